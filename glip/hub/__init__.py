@@ -1,0 +1,1 @@
+"""Model zoo and conversion of official GLIP checkpoints."""

