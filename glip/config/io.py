@@ -1,0 +1,71 @@
+"""Loading, merging and saving :class:`GLIPConfig` (ours or an official yaml)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from glip.config.official import from_official, is_official_yaml
+from glip.config.schema import GLIPConfig
+
+__all__ = ["ConfigError", "config_from_dict", "config_to_dict", "load_config", "save_config"]
+
+
+class ConfigError(ValueError):
+    """A configuration file or override that does not fit the schema."""
+
+
+def config_from_dict(tree: Mapping[str, Any], overrides: Sequence[str] = (), name: str | None = None) -> GLIPConfig:
+    """Builds a config from a parsed yaml of ours or of the official code, then applies
+    ``key=value`` overrides (our dotted names, e.g. ``inference.pre_nms_thresh=0.1``)."""
+    if is_official_yaml(tree):
+        base = OmegaConf.structured(from_official(tree, name=name or "official"))
+    else:
+        base = OmegaConf.structured(GLIPConfig)
+        try:
+            base = OmegaConf.merge(base, OmegaConf.create(dict(tree)))
+        except OmegaConfBaseException as e:
+            raise ConfigError(f"config does not fit the glip schema: {e}") from None
+    if overrides:
+        try:
+            base = OmegaConf.merge(base, OmegaConf.from_dotlist(list(overrides)))
+        except OmegaConfBaseException as e:
+            raise ConfigError(f"bad override in {list(overrides)}: {e}") from None
+    cfg = OmegaConf.to_object(base)
+    assert isinstance(cfg, GLIPConfig)
+    if name is not None:
+        cfg.name = name
+    return cfg
+
+
+def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> GLIPConfig:
+    """Reads a yaml (ours or official) or returns the GLIP-T defaults when ``path`` is None."""
+    if path is None:
+        return config_from_dict({}, overrides)
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file not found: {path}")
+    with open(path, encoding="utf-8") as f:
+        try:
+            tree = yaml.safe_load(f) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid yaml: {e}") from None
+    if not isinstance(tree, Mapping):
+        raise ConfigError(f"{path}: expected a yaml mapping")
+    name = tree.get("name") if not is_official_yaml(tree) else path.stem
+    return config_from_dict(tree, overrides, name=name)
+
+
+def config_to_dict(cfg: GLIPConfig) -> dict[str, Any]:
+    out = OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)
+    assert isinstance(out, dict)
+    return out
+
+
+def save_config(cfg: GLIPConfig, path: str | Path) -> None:
+    Path(path).write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)), encoding="utf-8")

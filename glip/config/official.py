@@ -1,0 +1,272 @@
+"""Reading the official GLIP yaml files (yacs style) into :class:`GLIPConfig`.
+
+An official yaml (e.g. ``configs/pretrain/glip_Swin_T_O365_GoldG.yaml``) only lists the
+values that differ from the official defaults (``maskrcnn_benchmark/config/defaults.py``).
+The defaults of every key we map are restated below, so a partial yaml and a full
+``cfg.dump()`` give the same result. Keys under ``MODEL`` that change the network but
+that this package does not implement are errors naming the key; keys that only steer
+training, datasets or unused heads are accepted and ignored here.
+"""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from glip.config.schema import GLIPConfig
+
+__all__ = ["OfficialConfigError", "flatten_official", "from_official", "is_official_yaml", "load_official_yaml"]
+
+
+class OfficialConfigError(ValueError):
+    """An official config uses a key or value this package does not implement."""
+
+
+def _tuple(v: Any) -> list:
+    return list(v) if isinstance(v, (list, tuple)) else [v]
+
+
+def _ints(v: Any) -> list[int]:
+    return [int(x) for x in _tuple(v)]
+
+
+def _floats(v: Any) -> list[float]:
+    return [float(x) for x in _tuple(v)]
+
+
+# official key -> (our dotted path, official default, converter)
+_MAPPED: dict[str, tuple[str, Any, Callable[[Any], Any]]] = {
+    "MODEL.SWINT.EMBED_DIM": ("model.backbone.swin.embed_dim", 96, int),
+    "MODEL.SWINT.DEPTHS": ("model.backbone.swin.depths", (2, 2, 6, 2), _ints),
+    "MODEL.SWINT.NUM_HEADS": ("model.backbone.swin.num_heads", (3, 6, 12, 24), _ints),
+    "MODEL.SWINT.WINDOW_SIZE": ("model.backbone.swin.window_size", 7, int),
+    "MODEL.SWINT.MLP_RATIO": ("model.backbone.swin.mlp_ratio", 4, float),
+    "MODEL.SWINT.DROP_PATH_RATE": ("model.backbone.swin.drop_path_rate", 0.2, float),
+    "MODEL.BACKBONE.USE_CHECKPOINT": ("model.backbone.swin.use_checkpoint", False, bool),
+    "MODEL.BACKBONE.OUT_CHANNELS": ("model.backbone.out_channels", 256 * 4, int),
+    "MODEL.BACKBONE.FREEZE_CONV_BODY_AT": ("model.backbone.freeze_at", 2, int),
+    "MODEL.FPN.DROP_BLOCK": ("model.backbone.fpn_drop_block", True, bool),
+    "MODEL.FPN.DROP_PROB": ("model.backbone.fpn_drop_prob", 0.3, float),
+    "MODEL.FPN.DROP_SIZE": ("model.backbone.fpn_drop_size", 3, int),
+    "MODEL.RESNETS.STRIDE_IN_1X1": ("model.backbone.resnet.stride_in_1x1", True, bool),
+    "MODEL.LANGUAGE_BACKBONE.MODEL_TYPE": ("model.text.encoder", "bert-base-uncased", str),
+    "MODEL.LANGUAGE_BACKBONE.LANG_DIM": ("model.text.dim", 768, int),
+    "MODEL.LANGUAGE_BACKBONE.MAX_QUERY_LEN": ("model.text.max_query_len", 256, int),
+    "MODEL.LANGUAGE_BACKBONE.N_LAYERS": ("model.text.num_layers", 1, int),
+    "MODEL.LANGUAGE_BACKBONE.MASK_SPECIAL": ("model.text.mask_special", False, bool),
+    "MODEL.LANGUAGE_BACKBONE.FREEZE": ("model.text.freeze", False, bool),
+    "MODEL.DYHEAD.CHANNELS": ("model.head.channels", 128, int),
+    "MODEL.DYHEAD.NUM_CONVS": ("model.head.num_blocks", 4, int),
+    "MODEL.DYHEAD.NUM_CLASSES": ("model.head.num_classes", 81, int),
+    "MODEL.DYHEAD.USE_GN": ("model.head.use_gn", False, bool),
+    "MODEL.GROUP_NORM.NUM_GROUPS": ("model.head.gn_groups", 16, int),
+    "MODEL.DYHEAD.USE_DYRELU": ("model.head.use_dyrelu", False, bool),
+    "MODEL.DYHEAD.USE_DFCONV": ("model.head.use_dfconv", False, bool),
+    "MODEL.DYHEAD.USE_DYFUSE": ("model.head.use_dyfuse", False, bool),
+    "MODEL.DYHEAD.LOG_SCALE": ("model.head.log_scale", 0.0, float),
+    "MODEL.DYHEAD.PRIOR_PROB": ("model.head.prior_prob", 0.01, float),
+    "MODEL.DYHEAD.USE_CHECKPOINT": ("model.head.use_checkpoint", False, bool),
+    "MODEL.DYHEAD.FUSE_CONFIG.EARLY_FUSE_ON": ("model.head.early_fusion", False, bool),
+    "MODEL.DYHEAD.FUSE_CONFIG.USE_FUSED_FEATURES_DOT_PRODUCT": ("model.head.fused_dot_product", False, bool),
+    "MODEL.DYHEAD.FUSE_CONFIG.USE_LAYER_SCALE": ("model.head.use_layer_scale", False, bool),
+    "MODEL.DYHEAD.FUSE_CONFIG.CLAMP_MIN_FOR_UNDERFLOW": ("model.head.clamp_min_for_underflow", False, bool),
+    "MODEL.DYHEAD.FUSE_CONFIG.CLAMP_MAX_FOR_OVERFLOW": ("model.head.clamp_max_for_overflow", False, bool),
+    "MODEL.DYHEAD.FUSE_CONFIG.CLAMP_BERTATTN_MIN_FOR_UNDERFLOW": (
+        "model.head.clamp_bertattn_min_for_underflow", False, bool),
+    "MODEL.DYHEAD.FUSE_CONFIG.CLAMP_BERTATTN_MAX_FOR_OVERFLOW": (
+        "model.head.clamp_bertattn_max_for_overflow", False, bool),
+    "MODEL.DYHEAD.FUSE_CONFIG.CLAMP_DOT_PRODUCT": ("model.head.clamp_dot_product", False, bool),
+    "MODEL.RPN.ANCHOR_SIZES": ("model.anchors.sizes", (32, 64, 128, 256, 512), _floats),
+    "MODEL.RPN.ANCHOR_STRIDE": ("model.anchors.strides", (16,), _ints),
+    "MODEL.RPN.ASPECT_RATIOS": ("model.anchors.aspect_ratios", (0.5, 1.0, 2.0), _floats),
+    "MODEL.RPN.SCALES_PER_OCTAVE": ("model.anchors.scales_per_octave", 3, int),
+    "MODEL.RPN.OCTAVE": ("model.anchors.octave", 2.0, float),
+    "MODEL.RPN.STRADDLE_THRESH": ("model.anchors.straddle_thresh", 0, int),
+    "MODEL.ATSS.INFERENCE_TH": ("inference.pre_nms_thresh", 0.05, float),
+    "MODEL.ATSS.PRE_NMS_TOP_N": ("inference.pre_nms_top_n", 1000, int),
+    "MODEL.ATSS.NMS_TH": ("inference.nms_thresh", 0.6, float),
+    "MODEL.ATSS.DETECTIONS_PER_IMG": ("inference.detections_per_img", 100, int),
+    "MODEL.DYHEAD.SCORE_AGG": ("inference.score_agg", "MEAN", str),
+    "INPUT.MIN_SIZE_TEST": ("input.min_size_test", 800, int),
+    "INPUT.MAX_SIZE_TEST": ("input.max_size_test", 1333, int),
+    "INPUT.MIN_SIZE_TRAIN": ("input.min_size_train", (800,), _ints),
+    "INPUT.MAX_SIZE_TRAIN": ("input.max_size_train", 1333, int),
+    "INPUT.PIXEL_MEAN": ("input.pixel_mean", (102.9801, 115.9465, 122.7717), _floats),
+    "INPUT.PIXEL_STD": ("input.pixel_std", (1.0, 1.0, 1.0), _floats),
+    "INPUT.TO_BGR255": ("input.to_bgr255", True, bool),
+    "DATALOADER.SIZE_DIVISIBILITY": ("input.size_divisibility", 0, int),
+}
+
+# Keys that change the network in ways not implemented here: the value must be one of these.
+_REQUIRED: dict[str, tuple[Any, ...]] = {
+    "MODEL.META_ARCHITECTURE": ("GeneralizedVLRCNN",),
+    "MODEL.RPN_ARCHITECTURE": ("VLDYHEAD",),
+    "MODEL.RPN_ONLY": (True,),
+    "MODEL.MASK_ON": (False,),
+    "MODEL.KEYPOINT_ON": (False,),
+    "MODEL.BACKBONE.CONV_BODY": ("SWINT-FPN-RETINANET", "R-50-FPN-RETINANET", "R-101-FPN-RETINANET"),
+    "MODEL.SWINT.VERSION": ("v1",),
+    "MODEL.SWINT.APE": (False,),
+    "MODEL.SWINT.LAYER_SCALE": (0,),
+    "MODEL.SWINT.OUT_NORM": (True,),
+    "MODEL.RPN.USE_FPN": (True,),
+    "MODEL.RPN.ANCHOR_SHIFT": ([0.0, 0.0, 0.0, 0.0],),
+    "MODEL.LANGUAGE_BACKBONE.PAD_MAX": (True,),
+    "MODEL.DYHEAD.FUSE_CONFIG.TYPE": ("MHA-B",),
+    "MODEL.DYHEAD.FUSE_CONFIG.USE_CLASSIFICATION_LOSS": (False,),
+    "MODEL.DYHEAD.FUSE_CONFIG.USE_TOKEN_LOSS": (False,),
+    "MODEL.DYHEAD.FUSE_CONFIG.USE_CONTRASTIVE_ALIGN_LOSS": (False,),
+    "MODEL.DYHEAD.FUSE_CONFIG.USE_DOT_PRODUCT_TOKEN_LOSS": (True,),
+    "MODEL.DYHEAD.FUSE_CONFIG.USE_SHALLOW_CONTRASTIVE_LOSS": (False,),
+    "MODEL.DYHEAD.FUSE_CONFIG.USE_BACKBONE_SHALLOW_CONTRASTIVE_LOSS": (False,),
+    "MODEL.DYHEAD.FUSE_CONFIG.MLM_LOSS": (False,),
+    "MODEL.DYHEAD.FUSE_CONFIG.ADD_LINEAR_LAYER": (False,),
+    "MODEL.DYHEAD.FUSE_CONFIG.SEPARATE_BIDIRECTIONAL": (False,),
+    "MODEL.DYHEAD.FUSE_CONFIG.STABLE_SOFTMAX_2D": (False,),
+    "MODEL.DYHEAD.FUSE_CONFIG.DO_LANG_PROJ_OUTSIDE_CHECKPOINT": (False,),
+    "MODEL.DYHEAD.COSINE_SCALE": (-1.0,),
+    "MODEL.DYHEAD.CONV_FUNC": ("",),
+    "MODEL.DYHEAD.GROUPS": (1,),
+    "MODEL.DYHEAD.USE_SYNCBN": (False,),
+    "MODEL.DYHEAD.USE_NSYNCBN": (False,),
+    "MODEL.FPN.USE_GN": (False,),
+    "MODEL.FPN.USE_RELU": (False,),
+    "MODEL.FPN.USE_DYHEAD": (False,),
+    "MODEL.FPN.USE_DYRELU": (False,),
+    "MODEL.FPN.USE_PAN": (False,),
+    "MODEL.FPN.USE_SPP": (False,),
+    "MODEL.FPN.RETURN_SWINT_FEATURE_BEFORE_FUSION": (False,),
+    "MODEL.RPN.RETURN_FUSED_FEATURES": (False,),
+    "MODEL.GROUP_NORM.DIM_PER_GP": (-1,),
+    "MODEL.GROUP_NORM.EPSILON": (1e-5,),
+    "MODEL.LINEAR_PROB": (False,),
+}
+
+# MODEL sections and keys that only matter to training, to other architectures of the
+# official code base, or to the runtime (device, weights path): accepted, not used here.
+_IGNORED_SECTIONS = (
+    "MODEL.ROI_HEADS.", "MODEL.ROI_BOX_HEAD.", "MODEL.ROI_MASK_HEAD.", "MODEL.ROI_KEYPOINT_HEAD.",
+    "MODEL.FCOS.", "MODEL.RETINANET.", "MODEL.FOCAL.", "MODEL.CLIP.", "MODEL.BIFPN.", "MODEL.EVO_NORM.",
+    "MODEL.RESNETS.", "MODEL.SPEC.", "MODEL.MULTITASK.", "MODEL.LAYER_SEARCH.",
+)
+_IGNORED_KEYS = frozenset(
+    """MODEL.DEVICE MODEL.WEIGHT MODEL.DEBUG MODEL.ONNX MODEL.PRETRAIN_NAME MODEL.BOX_ON MODEL.SPEC MODEL.MULTITASK
+    MODEL.ATSS.CHANNELS MODEL.ATSS.INFERENCE_TH_TRAIN MODEL.ATSS.NUM_CLASSES MODEL.ATSS.NUM_CONVS
+    MODEL.ATSS.POST_NMS_TOP_N_TRAIN MODEL.ATSS.PRE_NMS_TOP_N_TRAIN MODEL.ATSS.PRIOR_PROB MODEL.ATSS.REG_LOSS_WEIGHT
+    MODEL.ATSS.TOPK MODEL.ATSS.USE_BN MODEL.ATSS.USE_DFCONV MODEL.ATSS.USE_DYRELU MODEL.ATSS.USE_GN MODEL.ATSS.USE_SE
+    MODEL.BACKBONE.EFFICIENT_DET_BIFPN_VERSION MODEL.BACKBONE.EFFICIENT_DET_COMPOUND
+    MODEL.BACKBONE.EFFICIENT_DET_START_FROM MODEL.BACKBONE.FPN_LAYER MODEL.BACKBONE.FREEZE MODEL.BACKBONE.GROUP
+    MODEL.BACKBONE.LAYER_SEARCH MODEL.BACKBONE.LAYER_SETUP MODEL.BACKBONE.NORM_LEVEL MODEL.BACKBONE.OUT_FEATURES
+    MODEL.BACKBONE.RESET_BN MODEL.BACKBONE.USE_BN MODEL.BACKBONE.USE_DFCONV MODEL.BACKBONE.USE_DYRELU
+    MODEL.BACKBONE.USE_EN MODEL.BACKBONE.USE_GN MODEL.BACKBONE.USE_NSYNCBN MODEL.BACKBONE.USE_SE
+    MODEL.BACKBONE.USE_SYNCBN MODEL.SWINT.OUT_CHANNELS
+    MODEL.DYHEAD.FUSE_CONFIG.CONTRASTIVE_ALIGN_LOSS_WEIGHT MODEL.DYHEAD.FUSE_CONFIG.CONTRASTIVE_HIDDEN_DIM
+    MODEL.DYHEAD.FUSE_CONFIG.DOT_PRODUCT_TOKEN_LOSS_WEIGHT MODEL.DYHEAD.FUSE_CONFIG.JOINT_EMB_DROPOUT
+    MODEL.DYHEAD.FUSE_CONFIG.JOINT_EMB_SIZE MODEL.DYHEAD.FUSE_CONFIG.JOINT_MLP_LAYERS
+    MODEL.DYHEAD.FUSE_CONFIG.JOINT_OUT_SIZE MODEL.DYHEAD.FUSE_CONFIG.MLM_LOSS_COEF
+    MODEL.DYHEAD.FUSE_CONFIG.MLM_LOSS_FOR_ONLY_POSITIVES MODEL.DYHEAD.FUSE_CONFIG.MLM_OBJ_FOR_ONLY_POSITIVE
+    MODEL.DYHEAD.FUSE_CONFIG.NO_MASK_FOR_GOLD MODEL.DYHEAD.FUSE_CONFIG.NO_MASK_FOR_OD
+    MODEL.DYHEAD.FUSE_CONFIG.SHALLOW_CONTRASTIVE_HIDDEN_DIM MODEL.DYHEAD.FUSE_CONFIG.SHALLOW_CONTRASTIVE_LOSS_WEIGHT
+    MODEL.DYHEAD.FUSE_CONFIG.SHALLOW_MAX_POSITIVE_ANCHORS MODEL.DYHEAD.FUSE_CONFIG.TOKEN_ALPHA
+    MODEL.DYHEAD.FUSE_CONFIG.TOKEN_GAMMA MODEL.DYHEAD.FUSE_CONFIG.TOKEN_LOSS_WEIGHT
+    MODEL.DYHEAD.FUSE_CONFIG.USE_SHALLOW_ZERO_PADS MODEL.DYHEAD.SHALLOW_LOG_SCALE MODEL.DYHEAD.TOPK
+    MODEL.FPN.FREEZE MODEL.LANGUAGE_BACKBONE.BIDIRECTIONAL MODEL.LANGUAGE_BACKBONE.CORPUS_PATH
+    MODEL.LANGUAGE_BACKBONE.DROPOUT_P MODEL.LANGUAGE_BACKBONE.HIDDEN_SIZE MODEL.LANGUAGE_BACKBONE.INPUT_DROPOUT_P
+    MODEL.LANGUAGE_BACKBONE.RNN_TYPE MODEL.LANGUAGE_BACKBONE.TOKENIZER_TYPE MODEL.LANGUAGE_BACKBONE.UNUSED_TOKEN
+    MODEL.LANGUAGE_BACKBONE.USE_CHECKPOINT MODEL.LANGUAGE_BACKBONE.VARIABLE_LENGTH MODEL.LANGUAGE_BACKBONE.VOCAB_SIZE
+    MODEL.LANGUAGE_BACKBONE.WEIGHT MODEL.LANGUAGE_BACKBONE.WORD_EMBEDDING_SIZE MODEL.LANGUAGE_BACKBONE.WORD_VEC_SIZE
+    MODEL.RPN.BATCH_SIZE_PER_IMAGE MODEL.RPN.BG_IOU_THRESHOLD MODEL.RPN.FG_IOU_THRESHOLD MODEL.RPN.FORCE_BOXES
+    MODEL.RPN.FPN_POST_NMS_TOP_N_TEST MODEL.RPN.FPN_POST_NMS_TOP_N_TRAIN MODEL.RPN.FREEZE MODEL.RPN.MIN_SIZE
+    MODEL.RPN.NMS_THRESH MODEL.RPN.POSITIVE_FRACTION MODEL.RPN.POST_NMS_TOP_N_TEST MODEL.RPN.POST_NMS_TOP_N_TRAIN
+    MODEL.RPN.PRE_NMS_TOP_N_TEST MODEL.RPN.PRE_NMS_TOP_N_TRAIN MODEL.RPN.RPN_HEAD MODEL.RPN.USE_RELATIVE_SIZE""".split()
+)
+
+
+def _parse_value(value: Any) -> Any:
+    """yacs evaluates string literals such as ``"(64, 128)"``; do the same, safely."""
+    if isinstance(value, str):
+        try:
+            parsed = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            return value
+        return list(parsed) if isinstance(parsed, tuple) else parsed
+    if isinstance(value, tuple):
+        return list(value)
+    return value
+
+
+def flatten_official(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested yacs dict -> ``{"MODEL.SWINT.EMBED_DIM": 96, ...}``."""
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, Mapping) and value:
+            out.update(flatten_official(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = _parse_value(value)
+    return out
+
+
+def is_official_yaml(tree: Mapping[str, Any]) -> bool:
+    """True when a parsed yaml uses the official upper-case layout (``MODEL:``, ``INPUT:``...)."""
+    return any(k in tree for k in ("MODEL", "INPUT", "DATASETS", "SOLVER")) and "model" not in tree
+
+
+def load_official_yaml(path: str | Path) -> dict[str, Any]:
+    with open(path, encoding="utf-8") as f:
+        tree = yaml.safe_load(f) or {}
+    if not isinstance(tree, Mapping):
+        raise OfficialConfigError(f"{path}: not a yaml mapping")
+    return dict(tree)
+
+
+def _set(cfg: Any, dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    node = cfg
+    for p in parents:
+        node = getattr(node, p)
+    setattr(node, leaf, value)
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
+        return abs(float(a) - float(b)) <= 1e-12 * max(1.0, abs(float(b)))
+    return a == b
+
+
+def from_official(tree: Mapping[str, Any], name: str = "official") -> GLIPConfig:
+    """Builds a :class:`GLIPConfig` from a parsed official yaml (partial or full dump).
+
+    Raises :class:`OfficialConfigError` naming every ``MODEL`` key whose value is not
+    implemented, or which is unknown.
+    """
+    flat = flatten_official(tree)
+    cfg = GLIPConfig(name=name)
+    errors: list[str] = []
+    for key, (path, default, convert) in _MAPPED.items():
+        _set(cfg, path, convert(flat.get(key, _parse_value(default))))
+    for key, allowed in _REQUIRED.items():
+        if key in flat and not any(_same(flat[key], a) for a in allowed):
+            errors.append(f"{key}={flat[key]!r} (supported: {', '.join(repr(a) for a in allowed)})")
+    for key in flat:
+        if not key.startswith("MODEL.") or key in _MAPPED or key in _REQUIRED or key in _IGNORED_KEYS:
+            continue
+        if key.startswith(_IGNORED_SECTIONS):
+            continue
+        errors.append(f"{key} (unknown to glip)")
+    if errors:
+        raise OfficialConfigError("official config keys not supported by glip: " + "; ".join(errors))
+
+    body = flat.get("MODEL.BACKBONE.CONV_BODY", "R-50-C4")
+    if body.startswith("R-"):
+        cfg.model.backbone.type = "resnet"
+        cfg.model.backbone.resnet.depth = int(body.split("-")[1])
+        cfg.model.backbone.resnet.freeze_at = cfg.model.backbone.freeze_at
+    else:
+        cfg.model.backbone.type = "swin"
+    return cfg

@@ -1,0 +1,65 @@
+"""The BERT language backbone."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from glip.structures import TextFeatures
+
+__all__ = ["BertTextEncoder", "load_bert_config"]
+
+
+def load_bert_config(name_or_dir: str | Path) -> Any:
+    """The ``transformers.BertConfig`` of a local directory, a ``config.json`` / BERT json
+    file, or a Hugging Face name (from the local cache when offline)."""
+    from transformers import BertConfig
+
+    path = Path(name_or_dir)
+    if path.is_file():
+        return BertConfig(**json.loads(path.read_text()))
+    return BertConfig.from_pretrained(str(name_or_dir))
+
+
+class BertTextEncoder(nn.Module):
+    """BERT features for the head, as the official ``language_backbone``.
+
+    Args:
+        bert: a ``transformers.BertModel`` without pooler.
+        num_layers: how many last hidden layers are averaged (official ``N_LAYERS``).
+    """
+
+    def __init__(self, bert: nn.Module, num_layers: int = 1) -> None:
+        super().__init__()
+        self.bert = bert
+        self.num_layers = num_layers
+
+    @classmethod
+    def from_config(cls, bert_config: Any, num_layers: int = 1) -> "BertTextEncoder":
+        """A randomly initialised encoder (the weights come from a checkpoint)."""
+        from transformers import BertModel
+
+        bert_config = bert_config.__class__.from_dict(bert_config.to_dict())
+        # Eager attention is the only kind the transformers versions GLIP was written for had.
+        bert_config._attn_implementation = "eager"
+        return cls(BertModel(bert_config, add_pooling_layer=False), num_layers)
+
+    @property
+    def dim(self) -> int:
+        return int(self.bert.config.hidden_size)
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor) -> TextFeatures:
+        """``input_ids``, ``attention_mask``: ``Tensor[B, T]`` int64 -> :class:`TextFeatures`."""
+        out = self.bert(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)
+        layers = out.hidden_states[1:]  # drop the embedding output
+        # [B, T, D]: mean of the last num_layers, then divided by num_layers once more, as the
+        # official backbone does (a no-op for the released N_LAYERS=1).
+        features = torch.stack(layers[-self.num_layers :], dim=1).mean(dim=1) / self.num_layers
+        mask = attention_mask.to(features.dtype)
+        embedded = features * mask.unsqueeze(-1)
+        aggregate = embedded.sum(1) / mask.sum(-1, keepdim=True)
+        return TextFeatures(hidden=layers[-1], embedded=embedded, mask=attention_mask, aggregate=aggregate)

@@ -1,0 +1,116 @@
+"""Prompts: a caption string plus the character spans of its phrases."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+__all__ = ["CLASS_SEPARATOR", "Prompt", "PromptError", "parse_prompt"]
+
+# The official demo joins a list of class names with " . " (predictor_glip.compute_prediction).
+CLASS_SEPARATOR = " . "
+
+
+class PromptError(ValueError):
+    """A prompt that names no phrase, or spans that do not fit the caption."""
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """A caption and its phrases.
+
+    Attributes:
+        caption: the text given to the tokenizer.
+        phrases: P phrase strings; label ``j`` (1-based) is ``phrases[j - 1]``.
+        spans: P lists of ``(start, end)`` character spans (end exclusive) into
+            ``caption``; a phrase may cover several spans.
+    """
+
+    caption: str
+    phrases: tuple[str, ...]
+    spans: tuple[tuple[tuple[int, int], ...], ...]
+
+    def __post_init__(self) -> None:
+        if len(self.phrases) != len(self.spans):
+            raise PromptError(f"{len(self.phrases)} phrases but {len(self.spans)} span lists")
+        if not self.phrases:
+            raise PromptError(f"the prompt {self.caption!r} names no phrase")
+        for phrase, spans in zip(self.phrases, self.spans):
+            if not spans:
+                raise PromptError(f"phrase {phrase!r} has no character span")
+            for start, end in spans:
+                if not 0 <= start < end <= len(self.caption):
+                    raise PromptError(
+                        f"span ({start}, {end}) of phrase {phrase!r} is outside the caption "
+                        f"of {len(self.caption)} characters"
+                    )
+
+    @staticmethod
+    def from_spans(caption: str, spans: Sequence[Sequence[tuple[int, int]] | tuple[int, int]]) -> "Prompt":
+        """A prompt whose phrases are given as explicit character spans of ``caption``."""
+        norm: list[tuple[tuple[int, int], ...]] = []
+        for s in spans:
+            if len(s) == 2 and all(isinstance(v, int) for v in s):
+                norm.append(((int(s[0]), int(s[1])),))  # type: ignore[index,arg-type]
+            else:
+                norm.append(tuple((int(a), int(b)) for a, b in s))  # type: ignore[misc]
+        for group in norm:
+            for start, end in group:
+                if not 0 <= start < end <= len(caption):
+                    raise PromptError(f"span ({start}, {end}) is outside the caption of {len(caption)} characters")
+        phrases = tuple(" ".join(caption[a:b] for a, b in group) for group in norm)
+        return Prompt(caption, phrases, tuple(norm))
+
+
+def _from_class_names(names: Sequence[str]) -> Prompt:
+    caption = ""
+    phrases: list[str] = []
+    spans: list[tuple[tuple[int, int], ...]] = []
+    for name in names:
+        name = str(name).strip()
+        if not name:
+            raise PromptError("empty class name in the prompt list")
+        phrases.append(name)
+        spans.append(((len(caption), len(caption) + len(name)),))
+        caption += name + CLASS_SEPARATOR
+    return Prompt(caption, tuple(phrases), tuple(spans))
+
+
+def _from_dotted(text: str) -> Prompt:
+    """"a cat. a dog." -> phrases "a cat", "a dog", spans in the original string."""
+    phrases: list[str] = []
+    spans: list[tuple[tuple[int, int], ...]] = []
+    start = 0
+    for piece in text.split("."):
+        end = start + len(piece)
+        stripped = piece.strip()
+        if stripped and any(ch.isalnum() for ch in stripped):
+            lead = len(piece) - len(piece.lstrip())
+            a = start + lead
+            phrases.append(stripped)
+            spans.append(((a, a + len(stripped)),))
+        start = end + 1  # skip the "."
+    return Prompt(text, tuple(phrases), tuple(spans))
+
+
+def parse_prompt(prompt: "str | Sequence[str] | Prompt") -> Prompt:
+    """Turns user input into a :class:`Prompt`.
+
+    - ``"a cat. a dog."``: phrases are the "."-separated parts (the caption is kept as
+      typed, so character spans are those of the string);
+    - ``["cat", "dog"]``: class names joined as the official demo does
+      (``"cat . dog . "``);
+    - a :class:`Prompt`: returned unchanged.
+    """
+    if isinstance(prompt, Prompt):
+        return prompt
+    if isinstance(prompt, str):
+        if not prompt.strip():
+            raise PromptError("the prompt is empty")
+        parsed = _from_dotted(prompt)
+        return parsed
+    if isinstance(prompt, Sequence):
+        if not prompt:
+            raise PromptError("the prompt list is empty")
+        return _from_class_names(list(prompt))
+    raise TypeError(f"a prompt is a string, a list of class names or a Prompt, not {type(prompt).__name__}")

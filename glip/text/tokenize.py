@@ -1,0 +1,105 @@
+"""Tokenization of prompts and the phrase -> token positive map."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from glip.text.prompt import Prompt, PromptError
+
+__all__ = ["TokenizedPrompt", "load_tokenizer", "positive_map_from_spans", "tokenize_prompt"]
+
+
+@dataclass
+class TokenizedPrompt:
+    """A prompt ready for the model.
+
+    Attributes:
+        prompt: the parsed prompt.
+        input_ids: ``Tensor[1, T]`` int64, padded to ``T = max_query_len``.
+        attention_mask: ``Tensor[1, T]`` int64.
+        positive_map: ``Tensor[P, T]`` float32; row ``j - 1`` spreads phrase ``j`` evenly
+            over its tokens (rows sum to ~1, as the official ``create_positive_map``).
+        label_to_token: ``{label: [token indices]}`` with 1-based labels.
+    """
+
+    prompt: Prompt
+    input_ids: Tensor
+    attention_mask: Tensor
+    positive_map: Tensor
+    label_to_token: dict[int, list[int]]
+
+    @property
+    def phrases(self) -> tuple[str, ...]:
+        return self.prompt.phrases
+
+
+def load_tokenizer(name_or_dir: str | Path) -> Any:
+    """A fast BERT tokenizer from a local directory or a Hugging Face name (cache only when
+    ``HF_HUB_OFFLINE=1``)."""
+    from transformers import AutoTokenizer, BertTokenizerFast
+
+    path = Path(name_or_dir)
+    if path.is_dir() and (path / "vocab.txt").is_file() and not (path / "tokenizer.json").is_file():
+        # A bare vocabulary (as the fixtures ship): the official bert-base-uncased settings.
+        return BertTokenizerFast(vocab_file=str(path / "vocab.txt"), do_lower_case=True)
+    return AutoTokenizer.from_pretrained(str(name_or_dir), use_fast=True)
+
+
+def _char_to_token(encoding: Any, char: int) -> int | None:
+    if char < 0:
+        return None
+    return encoding.char_to_token(0, char)
+
+
+def positive_map_from_spans(encoding: Any, spans: Any, width: int, phrases: Any = None) -> Tensor:
+    """``Tensor[P, width]``: phrase ``p`` covers the tokens from the one holding its span's
+    first character to the one holding its last, inclusive.
+
+    Follows the official ``create_positive_map``: when the first (last) character maps
+    to no token (a space), the next one or two (previous one or two) characters are
+    tried; rows are divided by ``sum + 1e-6``.
+    """
+    pmap = torch.zeros((len(spans), width), dtype=torch.float32)
+    for p, group in enumerate(spans):
+        for start, end in group:
+            beg = _char_to_token(encoding, start)
+            if beg is None:
+                beg = _char_to_token(encoding, start + 1)
+                if beg is None:
+                    beg = _char_to_token(encoding, start + 2)
+            last = _char_to_token(encoding, end - 1)
+            if last is None:
+                last = _char_to_token(encoding, end - 2)
+                if last is None:
+                    last = _char_to_token(encoding, end - 3)
+            if beg is None or last is None:
+                continue
+            pmap[p, beg : last + 1] = 1.0
+        if pmap[p].sum() == 0:
+            name = phrases[p] if phrases is not None else f"#{p + 1}"
+            raise PromptError(
+                f"phrase {name!r} maps to no token: it lies beyond the {width}-token limit of the text encoder"
+            )
+    # 1e-6 as in the official code: rows hold 0.49999976 rather than 0.5 for two tokens.
+    return pmap / (pmap.sum(-1, keepdim=True) + 1e-6)
+
+
+def tokenize_prompt(tokenizer: Any, prompt: Prompt, max_length: int = 256) -> TokenizedPrompt:
+    """Tokenizes as the official model does: padded to ``max_length``, truncated."""
+    encoding = tokenizer(
+        [prompt.caption], max_length=max_length, padding="max_length", truncation=True, return_tensors="pt"
+    )
+    pmap = positive_map_from_spans(encoding, prompt.spans, max_length, prompt.phrases)
+    label_to_token = {j + 1: torch.nonzero(row, as_tuple=True)[0].tolist() for j, row in enumerate(pmap)}
+    return TokenizedPrompt(
+        prompt=prompt,
+        input_ids=encoding["input_ids"].to(torch.int64),
+        attention_mask=encoding["attention_mask"].to(torch.int64),
+        positive_map=pmap,
+        label_to_token=label_to_token,
+    )

@@ -1,0 +1,1 @@
+"""Low-level helpers with no model knowledge (image I/O)."""
