@@ -24,7 +24,7 @@ setup(
     python_requires=">=3.9",
     packages=find_packages(include=["glip", "glip.*"]),
     include_package_data=True,
-    package_data={"glip": ["configs/**/*.yaml"]},
+    package_data={"glip": ["assets/*/*", "model_zoo/*.yaml"]},
     install_requires=[
         "torch>=2.1",
         "transformers>=4.40",

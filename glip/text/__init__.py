@@ -1,9 +1,16 @@
 """Prompts, tokenization and positive maps."""
 
 from glip.text.prompt import CLASS_SEPARATOR, Prompt, PromptError, parse_prompt
-from glip.text.tokenize import TokenizedPrompt, load_tokenizer, positive_map_from_spans, tokenize_prompt
+from glip.text.tokenize import (
+    BUNDLED_TEXT_ENCODERS,
+    TokenizedPrompt,
+    load_tokenizer,
+    positive_map_from_spans,
+    tokenize_prompt,
+)
 
 __all__ = [
+    "BUNDLED_TEXT_ENCODERS",
     "CLASS_SEPARATOR",
     "Prompt",
     "PromptError",

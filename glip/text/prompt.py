@@ -77,7 +77,7 @@ def _from_class_names(names: Sequence[str]) -> Prompt:
 
 
 def _from_dotted(text: str) -> Prompt:
-    """"a cat. a dog." -> phrases "a cat", "a dog", spans in the original string."""
+    """ "a cat. a dog." -> phrases "a cat", "a dog", spans in the original string."""
     phrases: list[str] = []
     spans: list[tuple[tuple[int, int], ...]] = []
     start = 0

@@ -11,7 +11,10 @@ from torch import Tensor
 
 from glip.text.prompt import Prompt, PromptError
 
-__all__ = ["TokenizedPrompt", "load_tokenizer", "positive_map_from_spans", "tokenize_prompt"]
+__all__ = ["BUNDLED_TEXT_ENCODERS", "TokenizedPrompt", "load_tokenizer", "positive_map_from_spans", "tokenize_prompt"]
+
+# Config and vocabulary of bert-base-uncased, shipped so official checkpoints load offline.
+BUNDLED_TEXT_ENCODERS = {"bert-base-uncased": Path(__file__).resolve().parents[1] / "assets" / "bert-base-uncased"}
 
 
 @dataclass
@@ -39,15 +42,14 @@ class TokenizedPrompt:
 
 
 def load_tokenizer(name_or_dir: str | Path) -> Any:
-    """A fast BERT tokenizer from a local directory or a Hugging Face name (cache only when
-    ``HF_HUB_OFFLINE=1``)."""
-    from transformers import AutoTokenizer, BertTokenizerFast
+    """A fast (Rust-backed) BERT tokenizer from a local directory or a Hugging Face name
+    (read from the local cache when ``HF_HUB_OFFLINE=1``)."""
+    from transformers import AutoTokenizer
 
-    path = Path(name_or_dir)
-    if path.is_dir() and (path / "vocab.txt").is_file() and not (path / "tokenizer.json").is_file():
-        # A bare vocabulary (as the fixtures ship): the official bert-base-uncased settings.
-        return BertTokenizerFast(vocab_file=str(path / "vocab.txt"), do_lower_case=True)
-    return AutoTokenizer.from_pretrained(str(name_or_dir), use_fast=True)
+    tokenizer = AutoTokenizer.from_pretrained(str(name_or_dir), use_fast=True)
+    if not getattr(tokenizer, "is_fast", False):
+        raise ValueError(f"{name_or_dir}: a fast tokenizer is needed (character-to-token offsets)")
+    return tokenizer
 
 
 def _char_to_token(encoding: Any, char: int) -> int | None:

@@ -1,0 +1,217 @@
+"""Loading GLIP weights (official ``.pth`` or our safetensors folders) and saving ours."""
+
+from __future__ import annotations
+
+import copy
+import os
+import pickle
+import shutil
+import tempfile
+import zipfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from glip.config import GLIPConfig, load_config, save_config
+from glip.hub.official_keys import remap_official_state_dict
+from glip.modeling.build import build_model
+from glip.modeling.glip import GLIP
+from glip.modeling.text_encoder import load_bert_config
+from glip.text import BUNDLED_TEXT_ENCODERS, load_tokenizer
+
+__all__ = ["CheckpointError", "load_model", "read_checkpoint", "save_model"]
+
+WEIGHTS_NAME = "model.safetensors"
+CONFIG_NAME = "config.yaml"
+TEXT_ENCODER_DIR = "text_encoder"
+_OUR_PREFIXES = ("backbone.", "text_encoder.", "head.", "anchor_generator.")
+_OFFICIAL_PREFIXES = ("backbone.", "language_backbone.", "rpn.")
+
+
+class CheckpointError(ValueError):
+    """A weights file that cannot be read or does not fit the model."""
+
+
+def _listing(keys: list[str], limit: int = 12) -> str:
+    shown = ", ".join(keys[:limit])
+    return shown + (f", ... (+{len(keys) - limit} more)" if len(keys) > limit else "")
+
+
+def read_checkpoint(path: str | Path, trust_pickle: bool = False) -> dict[str, Tensor]:
+    """The raw state dict in a ``.pth`` (official layout or ours) or a ``.safetensors`` file.
+
+    Official files hold ``{"model": {...}, "optimizer": ..., "iteration": ...}``; only
+    ``"model"`` is returned (with its ``module.`` prefix, if any). Pickles are read with
+    ``weights_only=True`` unless ``trust_pickle`` is set.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path))
+        except Exception as e:  # safetensors raises its own error types
+            raise CheckpointError(f"cannot read {path}: corrupt or not a safetensors file ({e})") from None
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=not trust_pickle)
+    except pickle.UnpicklingError as e:
+        if trust_pickle:
+            raise CheckpointError(f"cannot unpickle {path}: {e}") from None
+        raise CheckpointError(
+            f"{path} holds Python objects that need unsafe unpickling to load. If you trust the file, "
+            "pass trust_pickle=True (CLI: --trust-pickle). Details: " + str(e).splitlines()[0]
+        ) from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
+        raise CheckpointError(f"cannot read {path}: the file is corrupt or truncated ({e})") from None
+    if isinstance(obj, Mapping) and "model" in obj and isinstance(obj["model"], Mapping):
+        obj = obj["model"]
+    elif isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
+        obj = obj["state_dict"]
+    if not isinstance(obj, Mapping) or not all(isinstance(v, Tensor) for v in obj.values()):
+        raise CheckpointError(f"{path} is not a state dict of tensors (found {type(obj).__name__})")
+    return dict(obj)
+
+
+def _to_our_keys(state: dict[str, Tensor], source: str) -> dict[str, Tensor]:
+    keys = list(state)
+    if not keys:
+        raise CheckpointError(f"{source} holds no tensors")
+    stripped = [k[len("module.") :] if k.startswith("module.") else k for k in keys]
+    if any(k.startswith(("language_backbone.", "rpn.")) for k in stripped):
+        try:
+            return remap_official_state_dict(state)
+        except KeyError as e:
+            raise CheckpointError(f"{source}: {e.args[0]}") from None
+    if all(k.startswith(_OUR_PREFIXES) for k in keys):
+        return state
+    foreign = [k for k in stripped if not k.startswith(_OUR_PREFIXES + _OFFICIAL_PREFIXES)]
+    raise CheckpointError(
+        f"{source} is not a GLIP checkpoint: keys such as {_listing(foreign, 5)} belong to no GLIP module"
+    )
+
+
+def load_state_into(model: GLIP, state: dict[str, Tensor], source: str = "checkpoint") -> None:
+    """Loads ``state`` (our key names) strictly; errors name missing, unexpected and
+    mis-shaped keys."""
+    ours = model.state_dict()
+    missing = sorted(set(ours) - set(state))
+    unexpected = sorted(set(state) - set(ours))
+    shapes = sorted(
+        f"{k} {tuple(state[k].shape)} vs model {tuple(ours[k].shape)}"
+        for k in set(ours) & set(state)
+        if tuple(ours[k].shape) != tuple(state[k].shape)
+    )
+    problems = []
+    if shapes:
+        problems.append(f"{len(shapes)} tensors of the wrong shape: {_listing(shapes, 6)}")
+    if missing:
+        problems.append(f"{len(missing)} missing keys: {_listing(missing)}")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected keys: {_listing(unexpected)}")
+    if problems:
+        hint = ""
+        if shapes or (missing and unexpected):
+            hint = " (is the config the one this checkpoint was trained with?)"
+        raise CheckpointError(f"{source} does not fit the model{hint}: " + "; ".join(problems))
+    model.load_state_dict(state, strict=True)
+
+
+def _resolve_text_encoder(text_encoder: str | Path | None, cfg: GLIPConfig, base: Path | None) -> str:
+    if text_encoder is None:
+        if base is not None and (base / TEXT_ENCODER_DIR).is_dir():
+            return str(base / TEXT_ENCODER_DIR)
+        text_encoder = cfg.model.text.encoder
+    bundled = BUNDLED_TEXT_ENCODERS.get(str(text_encoder))
+    return str(bundled) if bundled is not None and not Path(str(text_encoder)).exists() else str(text_encoder)
+
+
+def _text_components(name_or_dir: str) -> tuple[Any, Any]:
+    try:
+        return load_bert_config(name_or_dir), load_tokenizer(name_or_dir)
+    except OSError as e:
+        raise CheckpointError(
+            f"cannot load the text encoder {name_or_dir!r} (its BERT config and tokenizer): {e}. "
+            "Pass text_encoder= (CLI: --text-encoder) a local directory holding config.json and vocab.txt, "
+            "or a Hugging Face name that is in the local cache."
+        ) from None
+
+
+def load_model(
+    weights: str | Path,
+    config: str | Path | GLIPConfig | None = None,
+    *,
+    text_encoder: str | Path | None = None,
+    device: str | torch.device = "cpu",
+    trust_pickle: bool = False,
+) -> GLIP:
+    """Loads GLIP weights and returns the model in eval mode.
+
+    Args:
+        weights: an official checkpoint (``.pth`` with ``{"model": {"module." + key: ...}}``),
+            or a folder written by :func:`save_model` / ``glip convert``
+            (``model.safetensors`` + ``config.yaml``), or a ``.safetensors`` file.
+        config: an official yaml, one of ours, or a :class:`GLIPConfig`; None when the
+            weights carry their config (our folders).
+        text_encoder: a Hugging Face name or a local directory with a BERT ``config.json``
+            and tokenizer files; default: the folder's own copy, else the config's
+            ``model.text.encoder`` (``bert-base-uncased``). Only its config and tokenizer
+            are read: the weights come from the checkpoint.
+        device: where to put the model.
+        trust_pickle: allow pickles that ``torch.load(weights_only=True)`` refuses.
+    """
+    weights = Path(weights)
+    base: Path | None = None
+    if weights.is_dir():
+        base = weights
+        weights = weights / WEIGHTS_NAME
+        if not weights.is_file():
+            raise CheckpointError(f"{base} holds no {WEIGHTS_NAME}")
+    elif weights.suffix == ".safetensors":
+        base = weights.parent
+    if config is None:
+        if base is None or not (base / CONFIG_NAME).is_file():
+            raise CheckpointError(
+                f"{weights} carries no config: pass config= (CLI: --config), e.g. the official yaml "
+                "it was trained with (configs/pretrain/glip_Swin_T_O365_GoldG.yaml for GLIP-T)"
+            )
+        config = base / CONFIG_NAME
+    cfg = config if isinstance(config, GLIPConfig) else load_config(config)
+    bert_config, tokenizer = _text_components(_resolve_text_encoder(text_encoder, cfg, base))
+    state = _to_our_keys(read_checkpoint(weights, trust_pickle=trust_pickle), str(weights))
+    model = build_model(cfg, bert_config, tokenizer)
+    load_state_into(model, state, str(weights))
+    return model.to(device).eval()
+
+
+def save_model(model: GLIP, out_dir: str | Path) -> Path:
+    """Writes ``model.safetensors``, ``config.yaml`` and ``text_encoder/`` (BERT config and
+    tokenizer) into ``out_dir``, atomically (a crash leaves no half-written folder)."""
+    from safetensors.torch import save_file
+
+    if model.config is None:
+        raise ValueError("the model has no config attached; build it with glip.modeling.build_model")
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+        save_file(state, str(tmp / WEIGHTS_NAME), metadata={"format": "pt", "glip": "1"})
+        cfg = copy.deepcopy(model.config)
+        cfg.model.text.encoder = TEXT_ENCODER_DIR
+        save_config(cfg, tmp / CONFIG_NAME)
+        text_dir = tmp / TEXT_ENCODER_DIR
+        model.text_encoder.bert.config.save_pretrained(str(text_dir))
+        if model.tokenizer is not None:
+            model.tokenizer.save_pretrained(str(text_dir))
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        os.replace(tmp, out_dir)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return out_dir

@@ -1,0 +1,130 @@
+"""Builds a :class:`GLIP` from a :class:`GLIPConfig`: the only place that reads the config."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from glip.config import GLIPConfig
+from glip.modeling.anchors import AnchorGenerator
+from glip.modeling.backbone import VisionBackbone, build_resnet, build_swin
+from glip.modeling.glip import GLIP, Preprocessing
+from glip.modeling.head import GLIPHead
+from glip.modeling.postprocess import GroundingPostProcessor
+from glip.modeling.text_encoder import BertTextEncoder
+
+__all__ = ["build_backbone", "build_head", "build_model"]
+
+
+def build_backbone(cfg: GLIPConfig) -> VisionBackbone:
+    b = cfg.model.backbone
+    drop_prob = b.fpn_drop_prob if b.fpn_drop_block else 0.0
+    if b.type == "swin":
+        s = b.swin
+        return build_swin(
+            embed_dim=s.embed_dim,
+            depths=s.depths,
+            num_heads=s.num_heads,
+            window_size=s.window_size,
+            out_channels=b.out_channels,
+            mlp_ratio=s.mlp_ratio,
+            drop_path_rate=s.drop_path_rate,
+            frozen_stages=b.freeze_at,
+            use_checkpoint=s.use_checkpoint,
+            fpn_drop_prob=drop_prob,
+            fpn_drop_size=b.fpn_drop_size,
+        )
+    if b.type == "resnet":
+        r = b.resnet
+        return build_resnet(
+            depth=r.depth,
+            out_channels=b.out_channels,
+            stride_in_1x1=r.stride_in_1x1,
+            freeze_at=r.freeze_at,
+            fpn_drop_prob=drop_prob,
+            fpn_drop_size=b.fpn_drop_size,
+        )
+    raise ValueError(f"unknown backbone type {b.type!r} (expected 'swin' or 'resnet')")
+
+
+def build_head(cfg: GLIPConfig, bert_config: Any) -> GLIPHead:
+    h, t = cfg.model.head, cfg.model.text
+    return GLIPHead(
+        in_channels=cfg.model.backbone.out_channels,
+        channels=h.channels,
+        text_dim=t.dim,
+        num_blocks=h.num_blocks,
+        num_classes=h.num_classes - 1,  # the official score tensor drops the background slot
+        early_fusion=h.early_fusion,
+        fused_dot_product=h.fused_dot_product,
+        use_gn=h.use_gn,
+        gn_groups=h.gn_groups,
+        use_dyrelu=h.use_dyrelu,
+        use_dyfuse=h.use_dyfuse,
+        use_dfconv=h.use_dfconv,
+        num_levels=len(cfg.model.anchors.strides),
+        log_scale=h.log_scale,
+        prior_prob=h.prior_prob,
+        text_num_heads=bert_config.num_attention_heads,
+        text_intermediate_size=bert_config.intermediate_size,
+        text_activation=bert_config.hidden_act,
+        text_layer_norm_eps=bert_config.layer_norm_eps,
+        text_hidden_dropout=bert_config.hidden_dropout_prob,
+        text_attention_dropout=bert_config.attention_probs_dropout_prob,
+        clamp_min_for_underflow=h.clamp_min_for_underflow,
+        clamp_max_for_overflow=h.clamp_max_for_overflow,
+        clamp_bertattn_min_for_underflow=h.clamp_bertattn_min_for_underflow,
+        clamp_bertattn_max_for_overflow=h.clamp_bertattn_max_for_overflow,
+        clamp_dot_product=h.clamp_dot_product,
+        use_checkpoint=h.use_checkpoint,
+    )
+
+
+def build_model(cfg: GLIPConfig, bert_config: Any, tokenizer: Any = None) -> GLIP:
+    """A randomly initialised GLIP for ``cfg``.
+
+    Args:
+        cfg: the model configuration.
+        bert_config: the ``transformers.BertConfig`` of the text encoder; its hidden size
+            must equal ``cfg.model.text.dim`` (official ``LANG_DIM``).
+        tokenizer: the prompt tokenizer, kept on the model for :meth:`GLIP.predict`.
+    """
+    if int(bert_config.hidden_size) != cfg.model.text.dim:
+        raise ValueError(
+            f"the text encoder's hidden size ({bert_config.hidden_size}) differs from "
+            f"model.text.dim / LANG_DIM ({cfg.model.text.dim})"
+        )
+    a = cfg.model.anchors
+    inp = cfg.input
+    inf = cfg.inference
+    model = GLIP(
+        backbone=build_backbone(cfg),
+        text_encoder=BertTextEncoder.from_config(bert_config, num_layers=cfg.model.text.num_layers),
+        head=build_head(cfg, bert_config),
+        anchor_generator=AnchorGenerator(
+            sizes=a.sizes,
+            strides=a.strides,
+            aspect_ratios=a.aspect_ratios,
+            scales_per_octave=a.scales_per_octave,
+            octave=a.octave,
+            straddle_thresh=a.straddle_thresh,
+        ),
+        postprocessor=GroundingPostProcessor(
+            pre_nms_thresh=inf.pre_nms_thresh,
+            pre_nms_top_n=inf.pre_nms_top_n,
+            nms_thresh=inf.nms_thresh,
+            detections_per_img=inf.detections_per_img,
+            score_agg=inf.score_agg,
+        ),
+        preprocessing=Preprocessing(
+            min_size=inp.min_size_test,
+            max_size=inp.max_size_test,
+            pixel_mean=tuple(inp.pixel_mean),
+            pixel_std=tuple(inp.pixel_std),
+            to_bgr255=inp.to_bgr255,
+            size_divisibility=inp.size_divisibility,
+        ),
+        tokenizer=tokenizer,
+        max_query_len=cfg.model.text.max_query_len,
+    )
+    model.config = cfg
+    return model

@@ -1,0 +1,170 @@
+"""The GLIP detector: visual backbone + BERT + vision-language DyHead + grounding decoding."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from glip.modeling.anchors import AnchorGenerator
+from glip.modeling.backbone import VisionBackbone
+from glip.modeling.head import GLIPHead
+from glip.modeling.postprocess import GroundingPostProcessor
+from glip.modeling.text_encoder import BertTextEncoder
+from glip.structures import Detections, HeadOutputs, ImageBatch, TextFeatures
+from glip.text import Prompt, TokenizedPrompt, parse_prompt, tokenize_prompt
+from glip.utils.image import ImageInput, load_image, to_model_input
+
+__all__ = ["GLIP", "GLIPOutput", "Preprocessing"]
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """Test-time image preprocessing (official ``INPUT.*`` and ``SIZE_DIVISIBILITY``)."""
+
+    min_size: int = 800
+    max_size: int = 1333
+    pixel_mean: tuple[float, ...] = (103.53, 116.28, 123.675)
+    pixel_std: tuple[float, ...] = (57.375, 57.12, 58.395)
+    to_bgr255: bool = True
+    size_divisibility: int = 32
+
+    def __call__(self, image: ImageInput) -> tuple[Tensor, tuple[int, int]]:
+        """One image -> (``Tensor[3, h, w]`` network input, original ``(H, W)``)."""
+        rgb = load_image(image)
+        x = to_model_input(rgb, self.min_size, self.max_size, self.pixel_mean, self.pixel_std, self.to_bgr255)
+        return x, (int(rgb.shape[0]), int(rgb.shape[1]))
+
+
+@dataclass
+class GLIPOutput:
+    """Everything one forward pass computes.
+
+    Attributes:
+        head: the head's per-level predictions.
+        anchors: L tensors ``Tensor[H_l * W_l, 4]`` over the padded grid.
+        text: the language backbone's features (before fusion).
+        features: L FPN maps ``Tensor[B, C, H_l, W_l]``.
+    """
+
+    head: HeadOutputs
+    anchors: list[Tensor]
+    text: TextFeatures
+    features: list[Tensor]
+
+
+class GLIP(nn.Module):
+    """Grounded language-image detector.
+
+    Args:
+        backbone: images -> L FPN maps.
+        text_encoder: token ids -> :class:`TextFeatures`.
+        head: FPN maps + text -> :class:`HeadOutputs`.
+        anchor_generator: one anchor per location and level.
+        postprocessor: head outputs -> detections.
+        preprocessing: test-time image transforms.
+        tokenizer: a Hugging Face fast BERT tokenizer (needed by :meth:`predict`).
+        max_query_len: T, the padded prompt length (official ``MAX_QUERY_LEN``, 256).
+    """
+
+    def __init__(
+        self,
+        backbone: VisionBackbone,
+        text_encoder: BertTextEncoder,
+        head: GLIPHead,
+        anchor_generator: AnchorGenerator,
+        postprocessor: GroundingPostProcessor,
+        preprocessing: Preprocessing,
+        tokenizer: Any = None,
+        max_query_len: int = 256,
+    ) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.text_encoder = text_encoder
+        self.head = head
+        self.anchor_generator = anchor_generator
+        self.postprocessor = postprocessor
+        self.preprocessing = preprocessing
+        self.tokenizer = tokenizer
+        self.max_query_len = max_query_len
+        self.config: Any = None  # the GLIPConfig it was built from, set by the builder
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def forward(self, images: ImageBatch, input_ids: Tensor, attention_mask: Tensor) -> GLIPOutput:
+        """Runs the network.
+
+        Args:
+            images: ``B`` padded images.
+            input_ids, attention_mask: ``Tensor[B, T]`` (or ``[1, T]``, shared by all images).
+        """
+        batch = images.tensor.shape[0]
+        if input_ids.shape[0] == 1 and batch > 1:
+            input_ids = input_ids.expand(batch, -1)
+            attention_mask = attention_mask.expand(batch, -1)
+        text = self.text_encoder(input_ids, attention_mask)
+        features = self.backbone(images.tensor)
+        head = self.head(features, text)
+        anchors = self.anchor_generator([tuple(f.shape[-2:]) for f in features], device=images.tensor.device)
+        return GLIPOutput(head=head, anchors=anchors, text=text, features=features)
+
+    def tokenize(self, prompt: str | Sequence[str] | Prompt) -> TokenizedPrompt:
+        if self.tokenizer is None:
+            raise RuntimeError("this model has no tokenizer; build it with glip.load_model")
+        return tokenize_prompt(self.tokenizer, parse_prompt(prompt), self.max_query_len)
+
+    @torch.no_grad()
+    def detect(
+        self,
+        images: ImageBatch,
+        tokens: TokenizedPrompt,
+        original_sizes: Sequence[tuple[int, int]] | None = None,
+    ) -> list[Detections]:
+        """Detections of one prompt in every image of a batch, sorted by score.
+
+        Boxes are in resized-image pixels, or in ``original_sizes`` pixels when given.
+        Phrases are filled from ``tokens``.
+        """
+        device = self.device
+        out = self(images.to(device), tokens.input_ids.to(device), tokens.attention_mask.to(device))
+        results = self.postprocessor(
+            out.head.box_regression,
+            out.head.centerness,
+            out.head.dot_product_logits,
+            out.anchors,
+            tokens.positive_map.to(device),
+            out.head.num_classes,
+            images.image_sizes,
+            original_sizes=original_sizes,
+        )
+        phrases = tokens.phrases
+        for det in results:
+            det.phrases = [phrases[int(label) - 1] for label in det.labels.tolist()]
+        return [det.to("cpu") for det in results]
+
+    @torch.no_grad()
+    def predict(
+        self, image: ImageInput, prompt: str | Sequence[str] | Prompt, threshold: float = 0.5
+    ) -> Detections:
+        """Detects the prompt's phrases in one image, as the official demo does.
+
+        Args:
+            image: a path, a PIL image or an ``[H, W, 3]`` uint8 RGB array.
+            prompt: ``"a cat. a dog."``, a list of class names, or a :class:`Prompt`.
+            threshold: keep detections whose final score is above this.
+
+        Returns:
+            :class:`Detections` in original-image pixels, sorted by descending score.
+        """
+        if not 0.0 <= threshold <= 1.0:
+            raise ValueError(f"threshold must be in [0, 1], got {threshold}")
+        tokens = self.tokenize(prompt)
+        tensor, original_size = self.preprocessing(image)
+        batch = ImageBatch.from_tensors([tensor], self.preprocessing.size_divisibility)
+        (det,) = self.detect(batch, tokens, original_sizes=[original_size])
+        return det.above(threshold)

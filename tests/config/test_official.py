@@ -1,0 +1,107 @@
+"""Reading official GLIP yaml files into our config."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from glip.config import GLIPConfig, OfficialConfigError, config_from_dict, load_config, save_config
+from tests.conftest import OFFICIAL
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_fixture_dump_maps_every_model_toggle():
+    cfg = load_config(OFFICIAL / "tiny_glip_t" / "config.yaml")
+    assert cfg.model.backbone.swin.embed_dim == 24
+    assert cfg.model.backbone.swin.depths == [2, 2, 2, 2]
+    assert cfg.model.backbone.out_channels == 64
+    assert cfg.model.head.channels == 64 and cfg.model.head.num_blocks == 2
+    assert cfg.model.head.early_fusion and cfg.model.head.fused_dot_product
+    assert cfg.model.text.dim == 48 and cfg.model.text.max_query_len == 256
+    assert cfg.inference.pre_nms_thresh == 0.0 and cfg.inference.nms_thresh == 0.6
+    assert (cfg.input.min_size_test, cfg.input.max_size_test, cfg.input.size_divisibility) == (320, 512, 32)
+    a = load_config(OFFICIAL / "tiny_glip_a" / "config.yaml")
+    assert not a.model.head.early_fusion and not a.model.head.fused_dot_product
+
+
+def test_partial_official_yaml_uses_official_defaults(tmp_path):
+    # A GLIP-L style partial yaml: everything not named takes the official default.
+    text = """
+MODEL:
+  META_ARCHITECTURE: "GeneralizedVLRCNN"
+  RPN_ARCHITECTURE: "VLDYHEAD"
+  BACKBONE:
+    CONV_BODY: "SWINT-FPN-RETINANET"
+    OUT_CHANNELS: 256
+  SWINT:
+    EMBED_DIM: 192
+    DEPTHS: (2, 2, 18, 2)
+    NUM_HEADS: (6, 12, 24, 48)
+    WINDOW_SIZE: 12
+  RPN:
+    ANCHOR_SIZES: (64, 128, 256, 512, 1024)
+    ANCHOR_STRIDE: (8, 16, 32, 64, 128)
+    ASPECT_RATIOS: (1.0,)
+    SCALES_PER_OCTAVE: 1
+  DYHEAD:
+    CHANNELS: 256
+    NUM_CONVS: 8
+    USE_GN: True
+    FUSE_CONFIG:
+      EARLY_FUSE_ON: True
+INPUT:
+  MIN_SIZE_TEST: 800
+DATALOADER:
+  SIZE_DIVISIBILITY: 32
+SOLVER:
+  BASE_LR: 0.0001
+"""
+    p = tmp_path / "glip_l_like.yaml"
+    p.write_text(text)
+    cfg = load_config(p)
+    assert cfg.model.backbone.swin.depths == [2, 2, 18, 2]
+    assert cfg.model.backbone.swin.window_size == 12
+    assert cfg.model.anchors.sizes == [64.0, 128.0, 256.0, 512.0, 1024.0]
+    assert cfg.model.head.num_blocks == 8
+    assert cfg.model.text.dim == 768  # official default LANG_DIM
+    assert cfg.inference.pre_nms_thresh == 0.05  # official default ATSS.INFERENCE_TH
+    assert cfg.model.head.gn_groups == 16  # official default GROUP_NORM.NUM_GROUPS
+    assert cfg.input.max_size_test == 1333
+    assert cfg.model.backbone.freeze_at == 2  # official default FREEZE_CONV_BODY_AT
+
+
+@pytest.mark.parametrize(
+    "key,value",
+    [
+        ("MODEL.DYHEAD.FUSE_CONFIG.TYPE", "SCAN"),
+        ("MODEL.DYHEAD.FUSE_CONFIG.USE_TOKEN_LOSS", True),
+        ("MODEL.BACKBONE.CONV_BODY", "EFFICIENT7-FPN-RETINANET"),
+        ("MODEL.SOMETHING_NEW", 3),
+    ],
+)
+def test_unsupported_or_unknown_model_keys_are_errors_naming_the_key(key, value):
+    tree: dict = {}
+    node = tree
+    parts = key.split(".")
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+    node[parts[-1]] = value
+    with pytest.raises(OfficialConfigError, match=key.replace(".", r"\.")):
+        config_from_dict(tree)
+
+
+def test_our_yaml_round_trip_and_overrides(tmp_path):
+    cfg = load_config(None, ["inference.pre_nms_thresh=0.2", "model.head.num_blocks=3"])
+    assert cfg.inference.pre_nms_thresh == 0.2 and cfg.model.head.num_blocks == 3
+    save_config(cfg, tmp_path / "c.yaml")
+    again = load_config(tmp_path / "c.yaml")
+    assert again == cfg
+    assert isinstance(again, GLIPConfig)
+
+
+def test_our_yaml_rejects_unknown_keys(tmp_path):
+    p = tmp_path / "bad.yaml"
+    p.write_text(yaml.safe_dump({"model": {"head": {"num_blockz": 3}}}))
+    with pytest.raises(ValueError, match="num_blockz"):
+        load_config(p)
