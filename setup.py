@@ -22,9 +22,10 @@ setup(
     long_description_content_type="text/markdown",
     license="MIT",
     python_requires=">=3.9",
-    packages=find_packages(include=["glip", "glip.*"]),
+    packages=find_packages(include=["glip", "glip.*"]) + ["glip.configs"],
+    package_dir={"glip.configs": "configs"},
     include_package_data=True,
-    package_data={"glip": ["assets/*/*", "model_zoo/*.yaml"]},
+    package_data={"glip": ["assets/*/*"], "glip.configs": ["*.yaml"]},
     install_requires=[
         "torch>=2.1",
         "transformers>=4.40",

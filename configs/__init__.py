@@ -1,0 +1,1 @@
+"""Model-zoo configuration files (package data)."""
