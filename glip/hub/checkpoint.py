@@ -7,7 +7,6 @@ import os
 import pickle
 import shutil
 import tempfile
-import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -60,14 +59,16 @@ def read_checkpoint(path: str | Path, trust_pickle: bool = False) -> dict[str, T
     try:
         obj = torch.load(path, map_location="cpu", weights_only=not trust_pickle)
     except pickle.UnpicklingError as e:
-        if trust_pickle:
-            raise CheckpointError(f"cannot unpickle {path}: {e}") from None
+        message = str(e)
+        if trust_pickle or "Unsupported global" not in message and "Unsupported class" not in message:
+            raise CheckpointError(f"cannot read {path}: the file is corrupt or truncated ({message[:300]})") from None
+        reason = next((line.strip() for line in message.splitlines() if "Unsupported" in line), "")
         raise CheckpointError(
-            f"{path} holds Python objects that need unsafe unpickling to load. If you trust the file, "
-            "pass trust_pickle=True (CLI: --trust-pickle). Details: " + str(e).splitlines()[0]
+            f"{path} holds Python objects that need unsafe unpickling to load ({reason}). If you trust the "
+            "file, pass trust_pickle=True (CLI: --trust-pickle)."
         ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
-        raise CheckpointError(f"cannot read {path}: the file is corrupt or truncated ({e})") from None
+    except Exception as e:  # zip, struct, EOF and runtime errors of a damaged file
+        raise CheckpointError(f"cannot read {path}: the file is corrupt or truncated ({type(e).__name__}: {e})") from None
     if isinstance(obj, Mapping) and "model" in obj and isinstance(obj["model"], Mapping):
         obj = obj["model"]
     elif isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):

@@ -1,0 +1,253 @@
+"""DyHead blocks of the GLIP head: scale-aware deformable convolution (+ early fusion).
+
+One :class:`DyConv` mixes every FPN level with its two neighbours (Dai et al., 2021,
+"Dynamic Head"): for level l it averages
+
+* ``same``:         a 3x3 conv on level l (stride 1),
+* ``from_finer``:   a 3x3 stride-2 conv on level l-1 (higher resolution), if l > 0,
+* ``from_coarser``: a 3x3 conv on level l+1 (lower resolution), bilinearly upsampled
+                    to level l (``align_corners=True``), if l < L-1,
+
+weighted by a per-branch scalar attention (DyFuse), then applies a dynamic ReLU.
+With deformable convolution all three branches sample with the offsets and
+modulation mask predicted from level l (see :func:`_reinterpret_raw_buffer` for how
+the official kernel applies them to the smaller level l+1).
+
+Official counterparts: ``DyConv`` and ``Conv3x3Norm`` in ``modeling/rpn/vldyhead.py``;
+``same`` / ``from_finer`` / ``from_coarser`` are the official ``DyConv.1`` / ``.2`` / ``.0``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+from glip.layers.deform_conv import ModulatedDeformConv2d
+from glip.layers.dyrelu import DyReLU, h_sigmoid
+from glip.modeling.fusion import BiAttentionBlock, FusedFeatures
+from glip.modeling.text_layer import TextLayer
+
+__all__ = ["ConvNorm", "DyConv", "HeadBlock"]
+
+# A 3x3 kernel has K = 9 sampling points; the offset conv predicts 2K offsets
+# (y, x per point, official channel layout) followed by K modulation-mask logits.
+_KERNEL_POINTS = 9
+_OFFSET_CHANNELS = 2 * _KERNEL_POINTS  # 18
+_SAMPLING_CHANNELS = 3 * _KERNEL_POINTS  # 27
+
+
+class ConvNorm(nn.Module):
+    """3x3 convolution (modulated deformable or plain) followed by GroupNorm.
+
+    Args:
+        in_channels, out_channels: channel counts.
+        stride: 1, or 2 for the ``from_finer`` branch.
+        deformable: a :class:`ModulatedDeformConv2d` that takes offsets and a mask,
+            else a plain ``nn.Conv2d``.
+        gn_groups: GroupNorm groups (official MODEL.GROUP_NORM.NUM_GROUPS = 16, eps
+            1e-5), or None for no normalisation (official USE_GN False).
+
+    Shapes:
+        x ``Tensor[B, C_in, H, W]``, offset ``Tensor[B, 18, Ho, Wo]``, mask
+        ``Tensor[B, 9, Ho, Wo]`` -> ``Tensor[B, C_out, Ho, Wo]``.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        stride: int,
+        deformable: bool,
+        gn_groups: int | None,
+    ) -> None:
+        super().__init__()
+        self.conv: nn.Module
+        if deformable:
+            # Keeps ModulatedDeformConv2d's own init, as the official DyConv only re-inits nn.Conv2d.
+            self.conv = ModulatedDeformConv2d(
+                in_channels, out_channels, kernel_size=3, stride=stride, padding=1
+            )
+        else:
+            self.conv = nn.Conv2d(
+                in_channels, out_channels, kernel_size=3, stride=stride, padding=1
+            )
+            nn.init.normal_(self.conv.weight, std=0.01)
+            nn.init.zeros_(self.conv.bias)
+        self.norm = (
+            nn.GroupNorm(gn_groups, out_channels) if gn_groups else nn.Identity()
+        )
+
+    def forward(
+        self, x: Tensor, offset: Tensor | None = None, mask: Tensor | None = None
+    ) -> Tensor:
+        y = self.conv(x) if offset is None else self.conv(x, offset, mask)
+        return self.norm(y)
+
+
+def _reinterpret_raw_buffer(t: Tensor, out_hw: tuple[int, int]) -> Tensor:
+    """Re-reads a level's offset or mask map the way the official CUDA kernel does.
+
+    The official ``from_coarser`` conv runs on level l+1 (output ``Ho x Wo``) but is
+    given level l's offsets / mask (``H x W``, about twice as large). Its kernel never
+    checks shapes: it reads ``offset[b]`` as a raw contiguous buffer indexed with the
+    *output's* height and width. So it uses the first ``c * Ho * Wo`` values of each
+    image's buffer, re-interpreted as ``[c, Ho, Wo]``: not a resized or spatially
+    aligned map. GLIP's weights were trained with this; we reproduce it exactly.
+
+    Args:
+        t: ``Tensor[B, c, H, W]``.
+        out_hw: ``(Ho, Wo)`` with ``c * Ho * Wo <= c * H * W``.
+
+    Returns:
+        ``Tensor[B, c, Ho, Wo]`` (``t`` itself when the sizes already match).
+    """
+    b, c, h, w = t.shape
+    ho, wo = out_hw
+    if (h, w) == (ho, wo):
+        return t
+    if ho * wo > h * w:
+        raise ValueError(f"cannot read a {ho}x{wo} sampling map from a {h}x{w} buffer")
+    flat = t.reshape(b, c * h * w)  # [B, c*H*W], each image's raw buffer
+    return flat[:, : c * ho * wo].reshape(b, c, ho, wo)  # [B, c, Ho, Wo]
+
+
+class DyConv(nn.Module):
+    """One scale-aware DyHead convolution over all L levels.
+
+    Args:
+        in_channels: input width (= ``out_channels`` whenever DyReLU, DyFuse or
+            deformable convs are on, as in the official head).
+        out_channels: C.
+        gn_groups: GroupNorm groups after each conv, or None.
+        use_dyrelu: DyReLU after the fusion, else a plain ReLU (official USE_DYRELU).
+        use_dyfuse: weight the branches with a scalar attention each, else a plain
+            mean (official USE_DYFUSE).
+        use_dfconv: modulated deformable convs with offsets predicted from the
+            current level, else plain convs (official USE_DFCONV).
+
+    Shapes:
+        L tensors ``Tensor[B, C_in, H_l, W_l]`` -> L tensors ``Tensor[B, C, H_l, W_l]``.
+        ``H_{l+1} = ceil(H_l / 2)`` (FPN levels) so that the stride-2 branch lands on
+        level l's grid.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        gn_groups: int | None = 16,
+        use_dyrelu: bool = True,
+        use_dyfuse: bool = True,
+        use_dfconv: bool = True,
+    ) -> None:
+        super().__init__()
+        self.same = ConvNorm(in_channels, out_channels, 1, use_dfconv, gn_groups)
+        self.from_finer = ConvNorm(in_channels, out_channels, 2, use_dfconv, gn_groups)
+        self.from_coarser = ConvNorm(
+            in_channels, out_channels, 1, use_dfconv, gn_groups
+        )
+        # Offsets and mask logits for the 3x3 sampling grid (official init: PyTorch default).
+        self.offset = (
+            nn.Conv2d(in_channels, _SAMPLING_CHANNELS, kernel_size=3, padding=1)
+            if use_dfconv
+            else None
+        )
+        # DyFuse: global average pool -> 1x1 conv to one scalar -> ReLU -> hard sigmoid.
+        self.scale_attn: nn.Conv2d | None = None
+        if use_dyfuse:
+            self.scale_attn = nn.Conv2d(in_channels, 1, kernel_size=1)
+            nn.init.normal_(self.scale_attn.weight, std=0.01)
+            nn.init.zeros_(self.scale_attn.bias)
+        self.dyrelu = DyReLU(out_channels) if use_dyrelu else None
+
+    def _sampling(self, x: Tensor) -> tuple[Tensor | None, Tensor | None]:
+        """Offsets ``Tensor[B, 18, H, W]`` and mask ``Tensor[B, 9, H, W]`` for level ``x``."""
+        if self.offset is None:
+            return None, None
+        raw = self.offset(x)  # [B, 27, H, W]
+        return raw[:, :_OFFSET_CHANNELS], raw[:, _OFFSET_CHANNELS:].sigmoid()
+
+    def _fuse(self, branches: list[Tensor]) -> Tensor:
+        """Averages K branch outputs ``Tensor[B, C, H, W]``, attention-weighted with DyFuse."""
+        stacked = torch.stack(branches)  # [K, B, C, H, W]
+        if self.scale_attn is None:
+            return stacked.mean(dim=0)
+        k, b = stacked.shape[:2]
+        pooled = F.adaptive_avg_pool2d(stacked.flatten(0, 1), 1)  # [K*B, C, 1, 1]
+        attn = F.relu(self.scale_attn(pooled)).view(k, b, 1, 1, 1)  # [K, B, 1, 1, 1]
+        return (stacked * h_sigmoid(attn)).mean(dim=0)
+
+    def forward(self, features: list[Tensor]) -> list[Tensor]:
+        outputs = []
+        for level, x in enumerate(features):
+            offset, mask = self._sampling(x)
+            branches = [self.same(x, offset, mask)]
+            if level > 0:
+                branches.append(self.from_finer(features[level - 1], offset, mask))
+            if level < len(features) - 1:
+                coarser = features[level + 1]
+                coarse_hw = (coarser.shape[-2], coarser.shape[-1])
+                coarse_offset, coarse_mask = offset, mask
+                if offset is not None and mask is not None:
+                    # Official quirk: level l's sampling buffers, re-read at level l+1's size.
+                    coarse_offset = _reinterpret_raw_buffer(offset, coarse_hw)
+                    coarse_mask = _reinterpret_raw_buffer(mask, coarse_hw)
+                # [B, C, H_{l+1}, W_{l+1}], then upsampled to [B, C, H_l, W_l]
+                up = self.from_coarser(coarser, coarse_offset, coarse_mask)
+                branches.append(
+                    F.interpolate(
+                        up, size=x.shape[-2:], mode="bilinear", align_corners=True
+                    )
+                )
+            fused = self._fuse(branches)
+            outputs.append(
+                self.dyrelu(fused) if self.dyrelu is not None else F.relu(fused)
+            )
+        return outputs
+
+
+class HeadBlock(nn.Module):
+    """One tower step: [fusion -> text layer ->] DyConv.
+
+    Args:
+        dyconv: the visual convolution.
+        fusion: image <-> text cross-attention (GLIP-T/L), or None (GLIP-A).
+        text_layer: in-head BERT layer on the fused text, or None (GLIP-A, and the
+            last block when the dot product uses the unfused ``embedded`` text).
+        use_checkpoint: recompute the fusion in the backward pass (activation
+            checkpointing, official DYHEAD.USE_CHECKPOINT); only while training with
+            gradients, where it changes memory, never values.
+
+    ``forward(visual, hidden, mask)``: L tensors ``Tensor[B, C, H_l, W_l]``, text hidden
+    ``Tensor[B, T, D]`` and mask ``Tensor[B, T]`` -> :class:`FusedFeatures`.
+    """
+
+    def __init__(
+        self,
+        dyconv: DyConv,
+        fusion: BiAttentionBlock | None = None,
+        text_layer: TextLayer | None = None,
+        use_checkpoint: bool = False,
+    ) -> None:
+        super().__init__()
+        self.fusion = fusion
+        self.text_layer = text_layer
+        self.dyconv = dyconv
+        self.use_checkpoint = use_checkpoint
+
+    def forward(
+        self, visual: list[Tensor], hidden: Tensor, mask: Tensor
+    ) -> FusedFeatures:
+        if self.fusion is not None:
+            if self.use_checkpoint and self.training and torch.is_grad_enabled():
+                fused = checkpoint(
+                    self.fusion, visual, hidden, mask, use_reentrant=False
+                )
+            else:
+                fused = self.fusion(visual, hidden, mask)
+            visual, hidden = fused.visual, fused.text
+        if self.text_layer is not None:
+            hidden = self.text_layer(hidden, mask)
+        return FusedFeatures(visual=self.dyconv(visual), text=hidden)

@@ -1,0 +1,247 @@
+"""Bi-directional image <-> text cross-attention, GLIP's early-fusion block (MHA-B).
+
+All L feature levels are flattened, level after level in row-major pixel order, into
+one visual sequence of N = sum_l H_l * W_l tokens; one multi-head attention then runs
+in both directions between that sequence and the T text tokens:
+
+* image -> text: every pixel attends over the text tokens (padding tokens masked);
+* text -> image: every token attends over all pixels (no image mask: padded image
+  regions take part, as in the official code).
+
+Both residuals are added to the *layer-normalised* inputs, scaled by per-channel
+layer-scale vectors ``gamma_v`` / ``gamma_l``.
+
+Official counterparts: ``VLFuse`` (TYPE "MHA-B") with ``BiAttentionBlockForCheckpoint``
+and ``BiMultiHeadAttention`` in ``maskrcnn_benchmark/utils/fuse_helper.py``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from glip.layers.drop_path import DropPath
+
+__all__ = [
+    "FUSION_EMBED_DIM",
+    "FUSION_NUM_HEADS",
+    "BiAttentionBlock",
+    "BiMultiHeadAttention",
+    "FusedFeatures",
+]
+
+# The official VLFuse.init_configs hard-codes these, independent of the config and of
+# the visual / text widths: 8 heads of width 2048 / 8 = 256 for every GLIP model.
+FUSION_EMBED_DIM = 2048
+FUSION_NUM_HEADS = 8
+
+# Clamp bound of the attention logits (official CLAMP_{MIN,MAX}_FOR_{UNDER,OVER}FLOW):
+# kept inside the float16 range (max 65504) for mixed-precision training.
+_CLAMP = 50000.0
+# Additive logit for padded text tokens (official `masked_fill(mask == 0, -9e15)`).
+_TEXT_MASK_FILL = -9e15
+
+
+class BiMultiHeadAttention(nn.Module):
+    """Multi-head attention computed once and read in both directions.
+
+    The logits ``q_v k_l^T`` of image queries against text keys give the image ->
+    text attention directly and the text -> image attention after a transpose.
+
+    Args:
+        v_dim: visual width C.
+        l_dim: text width D.
+        embed_dim: attention width E (``FUSION_EMBED_DIM`` in GLIP).
+        num_heads: number of heads h; the head width is ``E // h``.
+        dropout: dropout on both attention-probability maps (training only).
+        clamp_min_for_underflow / clamp_max_for_overflow: clamp the logits to
+            ``>= -50000`` / ``<= 50000``, before and after the text -> image max
+            subtraction (fp16 safety; GLIP enables both).
+    """
+
+    def __init__(
+        self,
+        v_dim: int,
+        l_dim: int,
+        embed_dim: int = FUSION_EMBED_DIM,
+        num_heads: int = FUSION_NUM_HEADS,
+        dropout: float = 0.1,
+        clamp_min_for_underflow: bool = True,
+        clamp_max_for_overflow: bool = True,
+    ) -> None:
+        super().__init__()
+        if embed_dim % num_heads != 0:
+            raise ValueError(
+                f"embed_dim {embed_dim} is not divisible by num_heads {num_heads}"
+            )
+        self.embed_dim = embed_dim
+        self.num_heads = num_heads
+        self.head_dim = embed_dim // num_heads
+        self.scale = self.head_dim**-0.5
+        self.dropout = dropout
+        self.clamp_min = -_CLAMP if clamp_min_for_underflow else None
+        self.clamp_max = _CLAMP if clamp_max_for_overflow else None
+
+        self.v_proj = nn.Linear(v_dim, embed_dim)  # image queries
+        self.l_proj = nn.Linear(l_dim, embed_dim)  # text keys
+        self.values_v_proj = nn.Linear(v_dim, embed_dim)
+        self.values_l_proj = nn.Linear(l_dim, embed_dim)
+        self.out_v_proj = nn.Linear(embed_dim, v_dim)
+        self.out_l_proj = nn.Linear(embed_dim, l_dim)
+        for linear in (
+            self.v_proj,
+            self.l_proj,
+            self.values_v_proj,
+            self.values_l_proj,
+            self.out_v_proj,
+            self.out_l_proj,
+        ):
+            nn.init.xavier_uniform_(linear.weight)
+            nn.init.zeros_(linear.bias)
+
+    def _heads(self, x: Tensor) -> Tensor:
+        b, n, _ = x.shape
+        return x.view(b, n, self.num_heads, self.head_dim).transpose(
+            1, 2
+        )  # [B, h, n, E/h]
+
+    def _merge(self, x: Tensor) -> Tensor:
+        b, _, n, _ = x.shape
+        return x.transpose(1, 2).reshape(b, n, self.embed_dim)  # [B, n, E]
+
+    def _clamp(self, x: Tensor) -> Tensor:
+        if self.clamp_min is None and self.clamp_max is None:
+            return x
+        return x.clamp(min=self.clamp_min, max=self.clamp_max)
+
+    def forward(
+        self, v: Tensor, l: Tensor, text_mask: Tensor | None
+    ) -> tuple[Tensor, Tensor]:
+        """
+        Args:
+            v: ``Tensor[B, N, C]`` visual tokens.
+            l: ``Tensor[B, T, D]`` text tokens.
+            text_mask: ``Tensor[B, T]`` (int64, 1 = real token, 0 = padding) or None.
+
+        Returns:
+            ``(delta_v Tensor[B, N, C], delta_l Tensor[B, T, D])``, the two attention outputs.
+        """
+        query = self._heads(self.v_proj(v) * self.scale)  # [B, h, N, E/h]
+        key = self._heads(self.l_proj(l))  # [B, h, T, E/h]
+        value_v = self._heads(self.values_v_proj(v))  # [B, h, N, E/h]
+        value_l = self._heads(self.values_l_proj(l))  # [B, h, T, E/h]
+
+        logits = self._clamp(query @ key.transpose(-1, -2))  # [B, h, N, T]
+
+        # text -> image: softmax over the N pixels, after an explicit max subtraction
+        # (clamped again); no image mask.
+        logits_l = logits.transpose(-1, -2)  # [B, h, T, N]
+        logits_l = self._clamp(logits_l - logits_l.amax(dim=-1, keepdim=True))
+        probs_l = logits_l.softmax(dim=-1)
+
+        # image -> text: softmax over the T tokens. The official additive mask is the
+        # int mask itself with its zeros replaced by -9e15, so real tokens get +1
+        # (softmax-neutral, but it changes rounding; reproduced on purpose).
+        if text_mask is not None:
+            additive = text_mask.to(logits.dtype).masked_fill(
+                text_mask == 0, _TEXT_MASK_FILL
+            )  # [B, T]
+            logits = logits + additive[:, None, None, :]  # [B, h, N, T]
+        probs_v = logits.softmax(dim=-1)
+
+        probs_v = F.dropout(probs_v, p=self.dropout, training=self.training)
+        probs_l = F.dropout(probs_l, p=self.dropout, training=self.training)
+        delta_v = self.out_v_proj(self._merge(probs_v @ value_l))  # [B, N, C]
+        delta_l = self.out_l_proj(self._merge(probs_l @ value_v))  # [B, T, D]
+        return delta_v, delta_l
+
+
+@dataclass
+class FusedFeatures:
+    """Output of :class:`BiAttentionBlock`.
+
+    Attributes:
+        visual: L tensors ``Tensor[B, C, H_l, W_l]``.
+        text: ``Tensor[B, T, D]``, the new text ``hidden`` states.
+    """
+
+    visual: list[Tensor]
+    text: Tensor
+
+
+class BiAttentionBlock(nn.Module):
+    """Pre-norm bi-directional attention with layer scale, over all levels at once.
+
+    ``v = LN_v(v) + drop_path(gamma_v * delta_v)`` and
+    ``l = LN_l(l) + drop_path(gamma_l * delta_l)``: note the residual starts from the
+    normalised inputs, not the raw ones (official behaviour).
+
+    Args:
+        v_dim: visual width C (official FUSE_CONFIG.JOINT_EMB_SIZE, = DYHEAD.CHANNELS).
+        l_dim: text width D (official LANGUAGE_BACKBONE.LANG_DIM).
+        embed_dim, num_heads: attention sizes; GLIP always uses the hard-coded
+            ``FUSION_EMBED_DIM`` / ``FUSION_NUM_HEADS``.
+        dropout: attention-probability dropout (official 0.1, training only).
+        drop_path: stochastic depth on both residual branches (official 0.0).
+        init_values: initial layer-scale value; the official VLFuse passes
+            ``1 / DYHEAD.NUM_CONVS``.
+        clamp_min_for_underflow, clamp_max_for_overflow: see :class:`BiMultiHeadAttention`.
+    """
+
+    def __init__(
+        self,
+        v_dim: int,
+        l_dim: int,
+        embed_dim: int = FUSION_EMBED_DIM,
+        num_heads: int = FUSION_NUM_HEADS,
+        dropout: float = 0.1,
+        drop_path: float = 0.0,
+        init_values: float = 1e-4,
+        clamp_min_for_underflow: bool = True,
+        clamp_max_for_overflow: bool = True,
+    ) -> None:
+        super().__init__()
+        self.norm_v = nn.LayerNorm(v_dim)
+        self.norm_l = nn.LayerNorm(l_dim)
+        self.attn = BiMultiHeadAttention(
+            v_dim,
+            l_dim,
+            embed_dim=embed_dim,
+            num_heads=num_heads,
+            dropout=dropout,
+            clamp_min_for_underflow=clamp_min_for_underflow,
+            clamp_max_for_overflow=clamp_max_for_overflow,
+        )
+        self.drop_path = DropPath(drop_path)
+        self.gamma_v = nn.Parameter(torch.full((v_dim,), init_values))
+        self.gamma_l = nn.Parameter(torch.full((l_dim,), init_values))
+
+    def forward(
+        self, visual: list[Tensor], text: Tensor, text_mask: Tensor | None
+    ) -> FusedFeatures:
+        """
+        Args:
+            visual: L tensors ``Tensor[B, C, H_l, W_l]``.
+            text: ``Tensor[B, T, D]`` text hidden states.
+            text_mask: ``Tensor[B, T]`` int64 attention mask (1 = real token) or None.
+        """
+        sizes = [f.shape[-2:] for f in visual]
+        v = torch.cat(
+            [f.flatten(2).transpose(1, 2) for f in visual], dim=1
+        )  # [B, N, C]
+        v = self.norm_v(v)
+        l = self.norm_l(text)
+        delta_v, delta_l = self.attn(v, l, text_mask)
+        v = v + self.drop_path(self.gamma_v * delta_v)  # [B, N, C]
+        l = l + self.drop_path(self.gamma_l * delta_l)  # [B, T, D]
+
+        v = v.transpose(1, 2)  # [B, C, N]
+        counts = [int(h) * int(w) for h, w in sizes]
+        levels = [
+            chunk.reshape(v.shape[0], v.shape[1], h, w)  # [B, C, H_l, W_l]
+            for chunk, (h, w) in zip(torch.split(v, counts, dim=2), sizes)
+        ]
+        return FusedFeatures(visual=levels, text=l)

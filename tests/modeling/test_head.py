@@ -1,0 +1,390 @@
+"""GLIP head: stage-by-stage parity with the official VLDyHead, checkpoint layout, invariances."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+
+import pytest
+import torch
+import torch.nn.functional as F
+import yaml
+
+from glip.hub.official_keys import remap_official_state_dict
+from glip.modeling.dyhead import _reinterpret_raw_buffer
+from glip.modeling.head import GLIPHead
+from glip.modeling.text_layer import TextLayer
+from glip.structures import TextFeatures
+from tests.conftest import CASES, OFFICIAL, TINY_CONFIGS, load_case, official_state_dict
+
+ATOL = RTOL = 1e-4
+# Official DyConv branch numbering: DyConv.0 = from_coarser, .1 = same, .2 = from_finer.
+_OFFICIAL_CONV_INDEX = {"from_coarser": 0, "same": 1, "from_finer": 2}
+
+
+def _head_kwargs(config: str) -> dict:
+    """GLIPHead arguments from a fixture's merged official config.yaml and bert_config.json."""
+    model = yaml.safe_load((OFFICIAL / config / "config.yaml").read_text())["MODEL"]
+    dyhead, fuse = model["DYHEAD"], model["DYHEAD"]["FUSE_CONFIG"]
+    bert = json.loads((OFFICIAL / config / "bert_config.json").read_text())
+    assert (
+        fuse["TYPE"] == "MHA-B"
+        and fuse["USE_DOT_PRODUCT_TOKEN_LOSS"]
+        and not fuse["USE_TOKEN_LOSS"]
+    )
+    assert bert["hidden_size"] == model["LANGUAGE_BACKBONE"]["LANG_DIM"]
+    return {
+        "in_channels": model["BACKBONE"]["OUT_CHANNELS"],
+        "channels": dyhead["CHANNELS"],
+        "text_dim": model["LANGUAGE_BACKBONE"]["LANG_DIM"],
+        "num_blocks": dyhead["NUM_CONVS"],
+        "num_classes": dyhead["NUM_CLASSES"] - 1,
+        "early_fusion": fuse["EARLY_FUSE_ON"],
+        "fused_dot_product": fuse["USE_FUSED_FEATURES_DOT_PRODUCT"],
+        "use_gn": dyhead["USE_GN"],
+        "gn_groups": model["GROUP_NORM"]["NUM_GROUPS"],
+        "use_dyrelu": dyhead["USE_DYRELU"],
+        "use_dyfuse": dyhead["USE_DYFUSE"],
+        "use_dfconv": dyhead["USE_DFCONV"],
+        "log_scale": dyhead["LOG_SCALE"],
+        "prior_prob": dyhead["PRIOR_PROB"],
+        "text_num_heads": bert["num_attention_heads"],
+        "text_intermediate_size": bert["intermediate_size"],
+        "text_activation": bert["hidden_act"],
+        "text_layer_norm_eps": bert["layer_norm_eps"],
+        "clamp_min_for_underflow": fuse["CLAMP_MIN_FOR_UNDERFLOW"],
+        "clamp_max_for_overflow": fuse["CLAMP_MAX_FOR_OVERFLOW"],
+        "clamp_bertattn_min_for_underflow": fuse["CLAMP_BERTATTN_MIN_FOR_UNDERFLOW"],
+        "clamp_bertattn_max_for_overflow": fuse["CLAMP_BERTATTN_MAX_FOR_OVERFLOW"],
+        "clamp_dot_product": fuse["CLAMP_DOT_PRODUCT"],
+        "use_checkpoint": dyhead["USE_CHECKPOINT"],
+    }
+
+
+def _head_state_dict(config: str) -> dict[str, torch.Tensor]:
+    remapped = remap_official_state_dict(official_state_dict(config))
+    return {k[len("head.") :]: v for k, v in remapped.items() if k.startswith("head.")}
+
+
+def _text(case: dict) -> TextFeatures:
+    lang = case["language_backbone_out"]
+    return TextFeatures(
+        hidden=lang["hidden"],
+        embedded=lang["embedded"],
+        mask=lang["masks"],
+        aggregate=lang["aggregate"],
+    )
+
+
+@dataclass
+class _Trace:
+    """Everything the hooks saw during one forward."""
+
+    tower: list[tuple[str, list[torch.Tensor] | None, torch.Tensor | None]] = field(
+        default_factory=list
+    )
+    offsets: dict[int, list[torch.Tensor]] = field(default_factory=dict)
+    conv_calls: list[tuple[int, list[int], torch.Tensor]] = field(default_factory=list)
+    attn_calls: list[torch.Tensor] = field(default_factory=list)
+    relu_inputs: list[torch.Tensor] = field(default_factory=list)
+    proj_input: torch.Tensor | None = None
+    proj_tokens: torch.Tensor | None = None
+
+
+def _traced_forward(head: GLIPHead, case: dict) -> tuple[object, _Trace]:
+    trace = _Trace()
+    hooks = []
+    for i, block in enumerate(head.tower):
+        if block.fusion is not None:
+            hooks.append(
+                block.fusion.register_forward_hook(
+                    lambda m, a, o: trace.tower.append(("fusion", o.visual, o.text))
+                )
+            )
+        if block.text_layer is not None:
+            hooks.append(
+                block.text_layer.register_forward_hook(
+                    lambda m, a, o: trace.tower.append(("text_layer", None, o))
+                )
+            )
+        hooks.append(
+            block.dyconv.register_forward_hook(
+                lambda m, a, o: trace.tower.append(("dyconv", o, None))
+            )
+        )
+        hooks.append(
+            block.dyconv.offset.register_forward_hook(
+                lambda m, a, o, i=i: trace.offsets.setdefault(i, []).append(o)
+            )
+        )
+    first = head.tower[0].dyconv
+    for name, index in _OFFICIAL_CONV_INDEX.items():
+        hooks.append(
+            getattr(first, name).register_forward_hook(
+                lambda m, a, o, index=index: trace.conv_calls.append(
+                    (index, list(a[0].shape), o)
+                )
+            )
+        )
+    hooks.append(
+        first.scale_attn.register_forward_hook(
+            lambda m, a, o: trace.attn_calls.extend(F.relu(o).split(1))
+        )
+    )
+    hooks.append(
+        first.dyrelu.register_forward_pre_hook(
+            lambda m, a: trace.relu_inputs.append(a[0])
+        )
+    )
+
+    def on_proj(m, a, o):
+        trace.proj_input, trace.proj_tokens = a[0], o
+
+    hooks.append(head.text_proj.register_forward_hook(on_proj))
+    try:
+        with torch.no_grad():
+            out = head(case["fpn_outputs"], _text(case))
+    finally:
+        for h in hooks:
+            h.remove()
+    return out, trace
+
+
+@pytest.fixture(scope="module", params=TINY_CONFIGS)
+def tiny_head(request) -> tuple[str, GLIPHead]:
+    head = GLIPHead(**_head_kwargs(request.param)).eval()
+    head.load_state_dict(_head_state_dict(request.param), strict=True)
+    return request.param, head
+
+
+@pytest.fixture(scope="module", params=CASES)
+def traced(request, tiny_head):
+    config, head = tiny_head
+    case = load_case(config, request.param)
+    out, trace = _traced_forward(head, case)
+    return config, head, case, out, trace
+
+
+def _close_all(ours: list[torch.Tensor], ref: list[torch.Tensor]) -> None:
+    assert len(ours) == len(ref)
+    for a, b in zip(ours, ref):
+        assert a.shape == b.shape
+        torch.testing.assert_close(a, b, atol=ATOL, rtol=RTOL)
+
+
+def test_tower_matches_official(traced) -> None:
+    _config, _, case, _, trace = traced
+    ref = case["dyhead_tower"]
+    expected_modules = {
+        "fusion": "VLFuse",
+        "text_layer": "BertEncoderLayer",
+        "dyconv": "DyConv",
+    }
+    assert [expected_modules[name] for name, _, _ in trace.tower] == [
+        r["module"] for r in ref
+    ]
+    for (name, visual, hidden), r in zip(trace.tower, ref):
+        if visual is not None:
+            _close_all(visual, r["visual"])
+        if hidden is not None:
+            torch.testing.assert_close(hidden, r["lang_hidden"], atol=ATOL, rtol=RTOL)
+
+
+def test_dyconv_internals_match_official(traced) -> None:
+    _config, head, case, _, trace = traced
+    period = 3 if head.early_fusion else 1
+    assert sorted(case["dyconv_offset_mask_raw"]) == [
+        period * i + period - 1 for i in range(len(head.tower))
+    ]
+    for index, ref in case["dyconv_offset_mask_raw"].items():
+        _close_all(trace.offsets[index // period], ref)
+
+    assert case["first_dyconv_index"] == period - 1
+    ref_calls = case["first_dyconv_conv_calls"]
+    assert [(i, shape) for i, shape, _ in trace.conv_calls] == [
+        (c["conv"], list(c["input_shape"])) for c in ref_calls
+    ]
+    _close_all([o for _, _, o in trace.conv_calls], [c["output"] for c in ref_calls])
+    _close_all(trace.attn_calls, case["first_dyconv_attnconv_calls"])
+    _close_all(trace.relu_inputs, case["first_dyconv_relu_inputs"])
+
+
+def test_head_outputs_match_official(traced) -> None:
+    _, head, case, out, trace = traced
+    torch.testing.assert_close(
+        trace.proj_input,
+        case["dot_product_projection_text_input"],
+        atol=ATOL,
+        rtol=RTOL,
+    )
+    torch.testing.assert_close(
+        trace.proj_tokens, case["dot_product_proj_tokens"], atol=ATOL, rtol=RTOL
+    )
+    _close_all(out.box_regression, case["head_bbox_reg"])
+    _close_all(out.centerness, case["head_centerness"])
+    _close_all(out.dot_product_logits, case["head_dot_product_logits"])
+    assert out.num_classes == case["head_cls_logits"][0].shape[1] == 80
+    assert (out.fused_text is not None) == head.early_fusion
+    _close_all(out.features, case["dyhead_tower"][-1]["visual"])
+
+
+def test_raw_buffer_quirk_is_needed() -> None:
+    """The official from_coarser conv reads level l's offsets as a flat buffer, not resized."""
+    t = torch.arange(2 * 3 * 4 * 6, dtype=torch.float32).view(2, 3, 4, 6)
+    out = _reinterpret_raw_buffer(t, (2, 3))
+    assert out.shape == (2, 3, 2, 3)
+    for b in range(2):
+        assert torch.equal(out[b].flatten(), t[b].flatten()[: 3 * 2 * 3])
+    assert _reinterpret_raw_buffer(t, (4, 6)) is t
+    with pytest.raises(ValueError):
+        _reinterpret_raw_buffer(t, (5, 6))
+
+
+# ------------------------------------------------------------- checkpoint layout
+
+_FULL_SIZE = {
+    # Official pretrain yamls: CHANNELS 256, NUM_CONVS 6 (T, A) / 8 (L); BERT-base in-head layers.
+    "t": {"num_blocks": 6, "early_fusion": True, "fused_dot_product": True},
+    "l": {"num_blocks": 8, "early_fusion": True, "fused_dot_product": True},
+    "a": {"num_blocks": 6, "early_fusion": False, "fused_dot_product": False},
+}
+
+
+@pytest.mark.parametrize("model", sorted(_FULL_SIZE))
+def test_full_size_keys_match_official(model: str) -> None:
+    listing = json.loads((OFFICIAL / f"keys_glip_{model}.json").read_text())["keys"]
+    official = {e["key"]: torch.empty(e["shape"], device="meta") for e in listing}
+    expected = {
+        k: tuple(v.shape)
+        for k, v in remap_official_state_dict(official).items()
+        if k.startswith("head.")
+    }
+    with torch.device("meta"):
+        head = GLIPHead(
+            256,
+            256,
+            768,
+            text_num_heads=12,
+            text_intermediate_size=3072,
+            **_FULL_SIZE[model],
+        )
+    ours = {f"head.{k}": tuple(v.shape) for k, v in head.state_dict().items()}
+    assert sorted(ours) == sorted(expected)
+    assert ours == expected
+
+
+# ------------------------------------------------------------- invariances
+
+
+def test_batch_of_identical_images() -> None:
+    config = "tiny_glip_t"
+    head = GLIPHead(**_head_kwargs(config)).eval()
+    head.load_state_dict(_head_state_dict(config), strict=True)
+    case = load_case(config, "astronaut")
+    text = _text(case)
+    pair = TextFeatures(
+        *(
+            torch.cat([t, t])
+            for t in (text.hidden, text.embedded, text.mask, text.aggregate)
+        )
+    )
+    with torch.no_grad():
+        single = head(case["fpn_outputs"], text)
+        double = head([torch.cat([f, f]) for f in case["fpn_outputs"]], pair)
+    for ours, ref in [
+        (double.box_regression, single.box_regression),
+        (double.centerness, single.centerness),
+        (double.dot_product_logits, single.dot_product_logits),
+    ]:
+        for d, s in zip(ours, ref):
+            torch.testing.assert_close(d[0], d[1], atol=1e-6, rtol=1e-6)
+            torch.testing.assert_close(d[:1], s, atol=ATOL, rtol=RTOL)
+
+
+def test_gradients_flow() -> None:
+    torch.manual_seed(0)
+    head = GLIPHead(
+        32,
+        32,
+        8,
+        num_blocks=2,
+        num_classes=4,
+        text_num_heads=2,
+        text_intermediate_size=16,
+        use_checkpoint=True,
+    ).train()
+    sizes = [(8, 10), (4, 5), (2, 3), (1, 2), (1, 1)]
+    features = [torch.randn(2, 32, h, w, requires_grad=True) for h, w in sizes]
+    mask = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0]])
+    hidden = torch.randn(2, 4, 8, requires_grad=True)
+    text = TextFeatures(
+        hidden=hidden,
+        embedded=hidden * mask[..., None],
+        mask=mask,
+        aggregate=hidden.mean(1),
+    )
+    out = head(features, text)
+    loss = sum(
+        t.square().mean()
+        for t in out.box_regression + out.centerness + out.dot_product_logits
+    )
+    loss.backward()
+    missing = [
+        n
+        for n, p in head.named_parameters()
+        if p.grad is None and not n.startswith("cls_logits.")
+    ]
+    assert not missing, missing
+    assert all(f.grad is not None and f.grad.abs().sum() > 0 for f in features)
+    assert hidden.grad is not None and hidden.grad.abs().sum() > 0
+    # cls_logits only sizes the score tensor: it never takes part in the forward.
+    assert head.cls_logits.weight.grad is None
+
+
+def test_channel_mismatch_rules() -> None:
+    with pytest.raises(ValueError):
+        GLIPHead(48, 32, 8, num_blocks=1)
+    head = GLIPHead(
+        48,
+        32,
+        8,
+        num_blocks=2,
+        early_fusion=False,
+        fused_dot_product=False,
+        use_dfconv=False,
+    ).eval()
+    first, second = head.tower[0].dyconv, head.tower[1].dyconv
+    assert first.dyrelu is None and first.scale_attn is None and first.offset is None
+    assert second.dyrelu is not None and second.scale_attn is not None
+    text = TextFeatures(
+        torch.randn(1, 3, 8),
+        torch.randn(1, 3, 8),
+        torch.ones(1, 3, dtype=torch.long),
+        torch.randn(1, 8),
+    )
+    with torch.no_grad():
+        out = head(
+            [torch.randn(1, 48, 4 >> i or 1, 4 >> i or 1) for i in range(5)], text
+        )
+    assert [tuple(t.shape) for t in out.box_regression] == [
+        (1, 4, 4, 4),
+        (1, 4, 2, 2),
+        (1, 4, 1, 1),
+        (1, 4, 1, 1),
+        (1, 4, 1, 1),
+    ]
+
+
+def test_text_layer_from_bert_config() -> None:
+    bert = json.loads((OFFICIAL / "tiny_glip_t" / "bert_config.json").read_text())
+    layer = TextLayer.from_bert_config(SimpleNamespace(**bert)).eval()
+    head = GLIPHead(**_head_kwargs("tiny_glip_t")).eval()
+    reference = head.tower[0].text_layer
+    layer.load_state_dict(reference.state_dict(), strict=True)
+    hidden, mask = (
+        torch.randn(2, 5, bert["hidden_size"]),
+        torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]]),
+    )
+    with torch.no_grad():
+        torch.testing.assert_close(layer(hidden, mask), reference(hidden, mask))
