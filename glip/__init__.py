@@ -1,6 +1,28 @@
-"""glip: GLIP and GLIPv2, grounded language-image pre-training, in modern PyTorch."""
+"""glip: GLIP and GLIPv2, grounded language-image pre-training, in modern PyTorch.
 
+``import glip`` loads neither torchvision nor transformers; they are imported when a
+model is built or an op first runs.
+"""
+
+from glip.config import GLIPConfig, load_config
+from glip.hub.checkpoint import CheckpointError, load_model, save_model
+from glip.modeling.glip import GLIP
 from glip.structures import Detections
+from glip.text import Prompt, PromptError, parse_prompt
+from glip.utils.image import ImageLoadError
 from glip.version import __version__
 
-__all__ = ["Detections", "__version__"]
+__all__ = [
+    "GLIP",
+    "CheckpointError",
+    "Detections",
+    "GLIPConfig",
+    "ImageLoadError",
+    "Prompt",
+    "PromptError",
+    "__version__",
+    "load_config",
+    "load_model",
+    "parse_prompt",
+    "save_model",
+]

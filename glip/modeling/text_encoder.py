@@ -10,6 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from glip.structures import TextFeatures
+from glip.utils.imports import import_transformers
 
 __all__ = ["BertTextEncoder", "load_bert_config"]
 
@@ -17,7 +18,7 @@ __all__ = ["BertTextEncoder", "load_bert_config"]
 def load_bert_config(name_or_dir: str | Path) -> Any:
     """The ``transformers.BertConfig`` of a local directory, a ``config.json`` / BERT json
     file, or a Hugging Face name (from the local cache when offline)."""
-    from transformers import BertConfig
+    BertConfig = import_transformers().BertConfig
 
     path = Path(name_or_dir)
     if path.is_file():
@@ -41,7 +42,7 @@ class BertTextEncoder(nn.Module):
     @classmethod
     def from_config(cls, bert_config: Any, num_layers: int = 1) -> "BertTextEncoder":
         """A randomly initialised encoder (the weights come from a checkpoint)."""
-        from transformers import BertModel
+        BertModel = import_transformers().BertModel
 
         bert_config = bert_config.__class__.from_dict(bert_config.to_dict())
         # Eager attention is the only kind the transformers versions GLIP was written for had.

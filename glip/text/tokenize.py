@@ -10,6 +10,7 @@ import torch
 from torch import Tensor
 
 from glip.text.prompt import Prompt, PromptError
+from glip.utils.imports import import_transformers
 
 __all__ = ["BUNDLED_TEXT_ENCODERS", "TokenizedPrompt", "load_tokenizer", "positive_map_from_spans", "tokenize_prompt"]
 
@@ -44,7 +45,7 @@ class TokenizedPrompt:
 def load_tokenizer(name_or_dir: str | Path) -> Any:
     """A fast (Rust-backed) BERT tokenizer from a local directory or a Hugging Face name
     (read from the local cache when ``HF_HUB_OFFLINE=1``)."""
-    from transformers import AutoTokenizer
+    AutoTokenizer = import_transformers().AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(str(name_or_dir), use_fast=True)
     if not getattr(tokenizer, "is_fast", False):

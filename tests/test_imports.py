@@ -1,0 +1,94 @@
+"""Import hygiene: a light `import glip`, one-way layering, and a broken torchvision."""
+
+from __future__ import annotations
+
+import ast
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import OFFICIAL
+
+PACKAGE = Path(__file__).resolve().parents[1] / "glip"
+
+# Lower layers never import higher ones; modules of one rank-3 package never import another.
+RANK = {
+    "version": 0, "config": 0, "utils": 0, "configs": 0,
+    "structures": 1, "ops": 1,
+    "layers": 2, "text": 2,
+    "modeling": 3, "data": 3, "evaluation": 3,
+    "engine": 4, "hub": 4, "export": 4,
+    "api": 5,
+    "cli": 6,
+}
+SIBLINGS = {"modeling", "data", "evaluation"}
+
+
+def _imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text())
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+        elif isinstance(node, ast.Import):
+            names.update(a.name for a in node.names)
+    return {n for n in names if n == "glip" or n.startswith("glip.")}
+
+
+def test_layers_import_one_way():
+    problems = []
+    for path in PACKAGE.rglob("*.py"):
+        rel = path.relative_to(PACKAGE)
+        if rel.as_posix() == "__init__.py":
+            continue
+        top = rel.parts[0].removesuffix(".py")
+        for name in _imports(path):
+            parts = name.split(".")
+            if len(parts) < 2:
+                problems.append(f"{rel}: imports the top-level glip package")
+                continue
+            target = parts[1]
+            if target == top:
+                continue
+            if RANK[target] > RANK[top] or (target in SIBLINGS and top in SIBLINGS):
+                problems.append(f"{rel} ({top}) imports {name} ({target})")
+    assert problems == []
+
+
+def test_import_glip_loads_neither_torchvision_nor_transformers():
+    code = "import sys, glip; print(sorted(m for m in ('torchvision', 'transformers', 'timm') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("failure", ["RuntimeError('operator torchvision::nms does not exist')", "ImportError('no')"])
+def test_full_forward_with_a_broken_torchvision(tmp_path, failure):
+    fake = tmp_path / "fake" / "torchvision"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text(f"raise {failure}\n")
+    script = textwrap.dedent(
+        f"""
+        import torch, glip
+        from glip.ops.backend import torchvision_available
+        from tests.conftest import OFFICIAL, load_case, tiny_text_encoder_dir
+        from pathlib import Path
+        assert not torchvision_available()
+        model = glip.load_model(OFFICIAL / "tiny_glip_t" / "model_official.pth", OFFICIAL / "tiny_glip_t" / "config.yaml",
+                                text_encoder=tiny_text_encoder_dir("tiny_glip_t", Path({str(tmp_path)!r})))
+        c = load_case("tiny_glip_t", "astronaut")
+        det = model.predict(c["image_original_rgb_uint8"].numpy(), c["caption"], threshold=0.0)
+        ref = c["predictions"]["gpu_ml_nms_emulated"]["final_original_image_coords"]
+        assert len(det) == ref["bbox"].shape[0], (len(det), ref["bbox"].shape)
+        assert abs(float(det.scores.max()) - float(ref["fields"]["scores"].max())) < 1e-5
+        print("ok")
+        """
+    )
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path / "fake"), str(PACKAGE.parent)]))
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=PACKAGE.parent)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip().endswith("ok")
+    assert OFFICIAL.is_dir()
