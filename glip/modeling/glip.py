@@ -103,14 +103,18 @@ class GLIP(nn.Module):
             images: ``B`` padded images.
             input_ids, attention_mask: ``Tensor[B, T]`` (or ``[1, T]``, shared by all images).
         """
-        batch = images.tensor.shape[0]
+        return self.forward_features(self.backbone(images.tensor), input_ids, attention_mask)
+
+    def forward_features(self, features: list[Tensor], input_ids: Tensor, attention_mask: Tensor) -> GLIPOutput:
+        """The text encoder and head on precomputed FPN maps (L tensors ``[B, C, H_l, W_l]``):
+        several prompts can reuse one backbone pass."""
+        batch = features[0].shape[0]
         if input_ids.shape[0] == 1 and batch > 1:
             input_ids = input_ids.expand(batch, -1)
             attention_mask = attention_mask.expand(batch, -1)
         text = self.text_encoder(input_ids, attention_mask)
-        features = self.backbone(images.tensor)
         head = self.head(features, text)
-        anchors = self.anchor_generator([tuple(f.shape[-2:]) for f in features], device=images.tensor.device)
+        anchors = self.anchor_generator([tuple(f.shape[-2:]) for f in features], device=features[0].device)
         return GLIPOutput(head=head, anchors=anchors, text=text, features=features)
 
     def tokenize(self, prompt: str | Sequence[str] | Prompt) -> TokenizedPrompt:
@@ -130,22 +134,39 @@ class GLIP(nn.Module):
         Boxes are in resized-image pixels, or in ``original_sizes`` pixels when given.
         Phrases are filled from ``tokens``.
         """
+        return self.detect_prompts(images, [tokens], original_sizes)[0]
+
+    @torch.no_grad()
+    def detect_prompts(
+        self,
+        images: ImageBatch,
+        prompts: Sequence[TokenizedPrompt],
+        original_sizes: Sequence[tuple[int, int]] | None = None,
+    ) -> list[list[Detections]]:
+        """Like :meth:`detect` for several prompts, running the backbone once.
+
+        Returns ``[prompt][image]`` detections (labels index each prompt's own phrases).
+        """
         device = self.device
-        out = self(images.to(device), tokens.input_ids.to(device), tokens.attention_mask.to(device))
-        results = self.postprocessor(
-            out.head.box_regression,
-            out.head.centerness,
-            out.head.dot_product_logits,
-            out.anchors,
-            tokens.positive_map.to(device),
-            out.head.num_classes,
-            images.image_sizes,
-            original_sizes=original_sizes,
-        )
-        phrases = tokens.phrases
-        for det in results:
-            det.phrases = [phrases[int(label) - 1] for label in det.labels.tolist()]
-        return [det.to("cpu") for det in results]
+        images = images.to(device)
+        features = self.backbone(images.tensor)
+        results = []
+        for tokens in prompts:
+            out = self.forward_features(features, tokens.input_ids.to(device), tokens.attention_mask.to(device))
+            dets = self.postprocessor(
+                out.head.box_regression,
+                out.head.centerness,
+                out.head.dot_product_logits,
+                out.anchors,
+                tokens.positive_map.to(device),
+                out.head.num_classes,
+                images.image_sizes,
+                original_sizes=original_sizes,
+            )
+            for det in dets:
+                det.phrases = [tokens.phrases[int(label) - 1] for label in det.labels.tolist()]
+            results.append([det.to("cpu") for det in dets])
+        return results
 
     @torch.no_grad()
     def predict(

@@ -1,0 +1,107 @@
+"""Which implementation the detection ops run: torchvision's C++/CUDA kernels or pure PyTorch.
+
+torchvision is optional. Whether it is usable is probed once, lazily, on the first op call (so that
+``import glip`` never imports torchvision). The probe catches *any* exception: a torchvision wheel
+built for another torch typically raises ``RuntimeError`` (e.g. ``operator torchvision::nms does not
+exist``) at import time, and a wheel whose ``_C`` library fails to load may import but have no ops.
+
+Setting the environment variable ``GLIP_DISABLE_TORCHVISION=1`` forces the pure-PyTorch path without
+importing torchvision at all. Tests (and callers) can force a backend for a block of code with
+:func:`use_backend`, or per call with the ``backend=`` argument of the ops.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import functools
+import os
+import warnings
+from collections.abc import Iterator
+from typing import Literal
+
+__all__ = ["Backend", "resolve_backend", "torchvision_available", "use_backend"]
+
+Backend = Literal["torch", "torchvision"]
+_BACKENDS: tuple[str, ...] = ("torch", "torchvision")
+_DISABLE_ENV = "GLIP_DISABLE_TORCHVISION"
+
+# The backend forced by `use_backend` for the current context (thread / task); None means "automatic".
+_forced_backend: contextvars.ContextVar[str | None] = contextvars.ContextVar("glip_ops_backend", default=None)
+
+
+def _disabled_by_env() -> bool:
+    return os.environ.get(_DISABLE_ENV, "").strip().lower() not in ("", "0", "false", "no")
+
+
+@functools.lru_cache(maxsize=1)
+def _probe_torchvision() -> bool:
+    """Import torchvision and run its NMS kernel on a tiny input; True only if all of it works."""
+    try:
+        import torch
+
+        with warnings.catch_warnings():
+            # torchvision warns at import about optional image/video extensions; irrelevant here.
+            warnings.simplefilter("ignore")
+            import torchvision
+            import torchvision.ops  # noqa: F401
+
+        boxes = torch.tensor([[0.0, 0.0, 1.0, 1.0], [0.0, 0.0, 1.0, 1.0]])
+        keep = torch.ops.torchvision.nms(boxes, torch.tensor([0.5, 1.0]), 0.5)
+        if keep.tolist() != [1]:
+            return False
+        # deform_conv2d lives in the same compiled library; make sure the op is registered too.
+        return hasattr(torch.ops.torchvision, "deform_conv2d")
+    except Exception:  # noqa: BLE001 - any failure (ImportError, RuntimeError, OSError, ...) means "unusable"
+        return False
+
+
+def torchvision_available() -> bool:
+    """True if torchvision imports and its compiled ops run, and ``GLIP_DISABLE_TORCHVISION`` is not set.
+
+    The (costly) import probe runs at most once per process; the environment variable is read on every call.
+    """
+    if _disabled_by_env():
+        return False
+    return _probe_torchvision()
+
+
+def resolve_backend(backend: str | None = None) -> Backend:
+    """The backend an op call should use.
+
+    Args:
+        backend (str, optional): ``"torch"``, ``"torchvision"`` or ``None``. ``None`` means the backend
+            forced by an enclosing :func:`use_backend`, else torchvision when available, else torch.
+
+    Raises:
+        ValueError: unknown backend name.
+        RuntimeError: ``"torchvision"`` was requested but is not usable.
+    """
+    if backend is None:
+        backend = _forced_backend.get()
+    if backend is None:
+        return "torchvision" if torchvision_available() else "torch"
+    if backend not in _BACKENDS:
+        raise ValueError(f"unknown ops backend {backend!r}; expected one of {_BACKENDS}")
+    if backend == "torchvision" and not torchvision_available():
+        reason = f"{_DISABLE_ENV} is set" if _disabled_by_env() else "it does not import or its ops do not run"
+        raise RuntimeError(f"the torchvision ops backend was requested but is unavailable ({reason})")
+    return backend  # type: ignore[return-value]
+
+
+@contextlib.contextmanager
+def use_backend(backend: str | None) -> Iterator[None]:
+    """Force the backend of every op called inside the ``with`` block (``None`` restores automatic choice).
+
+    Example::
+
+        with use_backend("torch"):
+            keep = nms(boxes, scores, 0.5)  # pure-PyTorch path even if torchvision is installed
+    """
+    if backend is not None:
+        resolve_backend(backend)  # fail early on a bad or unavailable name
+    token = _forced_backend.set(backend)
+    try:
+        yield
+    finally:
+        _forced_backend.reset(token)
