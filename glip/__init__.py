@@ -4,6 +4,7 @@
 model is built or an op first runs.
 """
 
+from glip.api import Predictor, predict
 from glip.config import GLIPConfig, load_config
 from glip.hub.checkpoint import CheckpointError, load_model, save_model
 from glip.modeling.glip import GLIP
@@ -20,9 +21,11 @@ __all__ = [
     "ImageLoadError",
     "Prompt",
     "PromptError",
+    "Predictor",
     "__version__",
     "load_config",
     "load_model",
     "parse_prompt",
+    "predict",
     "save_model",
 ]

@@ -26,13 +26,60 @@ def _add_weights_args(p: argparse.ArgumentParser) -> None:
 def _cmd_convert(args: argparse.Namespace) -> int:
     from glip.hub.checkpoint import load_model, save_model
 
-    model = load_model(
-        args.checkpoint, args.config, text_encoder=args.text_encoder, trust_pickle=args.trust_pickle
-    )
+    model = load_model(args.checkpoint, args.config, text_encoder=args.text_encoder, trust_pickle=args.trust_pickle)
     out = save_model(model, args.out_dir)
     n = sum(p.numel() for p in model.parameters())
     print(f"wrote {out} ({n / 1e6:.1f}M parameters): model.safetensors, config.yaml, text_encoder/")
     return 0
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    from glip.hub.zoo import HF_REPO, cache_dir, list_models
+
+    rows = list_models()
+    print(f"{'name':<14} {'params':>7} {'size':>8}  {'cached':<6}  description")
+    for r in rows:
+        print(
+            f"{r['name']:<14} {r['params_m']:>6.0f}M {r['size_mb']:>6} MB  {'yes' if r['cached'] else 'no':<6}  "
+            f"{r['description']}"
+        )
+    print(f"\nweights: {HF_REPO} on the Hugging Face hub; converted copies cached in {cache_dir()}")
+    return 0
+
+
+def _cmd_detect(args: argparse.Namespace) -> int:
+    from glip.api import Predictor
+    from glip.text import parse_prompt
+    from glip.tools.detect import detect_files, expand_inputs, format_table
+
+    if not 0.0 <= args.threshold <= 1.0:
+        raise ValueError(f"--threshold must be in [0, 1], got {args.threshold}")
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
+    prompt = parse_prompt(args.prompt)  # fail fast on an empty prompt, before loading a model
+    files = expand_inputs(args.inputs)
+    if not files:
+        raise FileNotFoundError(f"no image found in {' '.join(args.inputs)}")
+    model = args.weights if args.weights else args.model
+    predictor = Predictor(
+        model, config=args.config, text_encoder=args.text_encoder, device=args.device, batch_size=args.batch_size
+    )
+    entries = detect_files(
+        predictor,
+        files,
+        prompt,
+        args.out,
+        threshold=args.threshold,
+        batch_size=args.batch_size,
+        progress=not args.quiet,
+    )
+    print(format_table(entries))
+    failed = sum("error" in e for e in entries)
+    if args.out:
+        print(f"wrote {args.out}/detections.json and {len(entries) - failed} annotated images")
+    if failed:
+        print(f"glip detect: {failed} of {len(entries)} inputs failed", file=sys.stderr)
+    return 1 if failed else 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -54,6 +101,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out_dir", help="folder to write")
     _add_weights_args(p)
     p.set_defaults(func=_cmd_convert)
+
+    p = sub.add_parser(
+        "detect",
+        help="detect the phrases of a prompt in images",
+        description="Detect the phrases of a prompt in images, folders or globs. Writes one annotated image per "
+        "input and OUT/detections.json, prints a table. Exit status 1 when any input failed (the others are "
+        "still processed).",
+        epilog='example: glip detect photo.jpg photos/ "shots/*.png" --prompt "a cat. a dog." --out results',
+    )
+    p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR_OR_GLOB")
+    p.add_argument(
+        "--prompt",
+        required=True,
+        help='phrases separated by "." ("a cat. a dog."), or a caption whose noun phrases are detected',
+    )
+    p.add_argument("--model", default="glip-t", help="model-zoo name (see `glip models`; default glip-t)")
+    p.add_argument("--weights", help="a checkpoint (official .pth or converted folder) instead of --model")
+    p.add_argument("--threshold", type=float, default=0.5, help="keep detections scoring above this (default 0.5)")
+    p.add_argument("--batch-size", type=int, default=4, help="images per forward pass (default 4)")
+    p.add_argument("--device", help="cpu, cuda, cuda:1... (default: cuda when available)")
+    p.add_argument("--out", default="glip_detections", help="output folder (default ./glip_detections)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_weights_args(p)
+    p.set_defaults(func=_cmd_detect)
+
+    p = sub.add_parser(
+        "models",
+        help="list the model zoo",
+        description="List the model-zoo names, sizes and whether each is in the local cache.",
+    )
+    p.set_defaults(func=_cmd_models)
     return parser
 
 

@@ -22,7 +22,7 @@ RANK = {
     "layers": 2, "text": 2,
     "modeling": 3, "data": 3, "evaluation": 3,
     "engine": 4, "hub": 4, "export": 4,
-    "api": 5,
+    "api": 5, "tools": 5,
     "cli": 6,
 }
 SIBLINGS = {"modeling", "data", "evaluation"}

@@ -118,21 +118,21 @@ class BiMultiHeadAttention(nn.Module):
         return x.clamp(min=self.clamp_min, max=self.clamp_max)
 
     def forward(
-        self, v: Tensor, l: Tensor, text_mask: Tensor | None
+        self, v: Tensor, t: Tensor, text_mask: Tensor | None
     ) -> tuple[Tensor, Tensor]:
         """
         Args:
             v: ``Tensor[B, N, C]`` visual tokens.
-            l: ``Tensor[B, T, D]`` text tokens.
+            t: ``Tensor[B, T, D]`` text tokens.
             text_mask: ``Tensor[B, T]`` (int64, 1 = real token, 0 = padding) or None.
 
         Returns:
             ``(delta_v Tensor[B, N, C], delta_l Tensor[B, T, D])``, the two attention outputs.
         """
         query = self._heads(self.v_proj(v) * self.scale)  # [B, h, N, E/h]
-        key = self._heads(self.l_proj(l))  # [B, h, T, E/h]
+        key = self._heads(self.l_proj(t))  # [B, h, T, E/h]
         value_v = self._heads(self.values_v_proj(v))  # [B, h, N, E/h]
-        value_l = self._heads(self.values_l_proj(l))  # [B, h, T, E/h]
+        value_l = self._heads(self.values_l_proj(t))  # [B, h, T, E/h]
 
         logits = self._clamp(query @ key.transpose(-1, -2))  # [B, h, N, T]
 
@@ -233,10 +233,10 @@ class BiAttentionBlock(nn.Module):
             [f.flatten(2).transpose(1, 2) for f in visual], dim=1
         )  # [B, N, C]
         v = self.norm_v(v)
-        l = self.norm_l(text)
-        delta_v, delta_l = self.attn(v, l, text_mask)
+        t = self.norm_l(text)
+        delta_v, delta_l = self.attn(v, t, text_mask)
         v = v + self.drop_path(self.gamma_v * delta_v)  # [B, N, C]
-        l = l + self.drop_path(self.gamma_l * delta_l)  # [B, T, D]
+        t = t + self.drop_path(self.gamma_l * delta_l)  # [B, T, D]
 
         v = v.transpose(1, 2)  # [B, C, N]
         counts = [int(h) * int(w) for h, w in sizes]
@@ -244,4 +244,4 @@ class BiAttentionBlock(nn.Module):
             chunk.reshape(v.shape[0], v.shape[1], h, w)  # [B, C, H_l, W_l]
             for chunk, (h, w) in zip(torch.split(v, counts, dim=2), sizes)
         ]
-        return FusedFeatures(visual=levels, text=l)
+        return FusedFeatures(visual=levels, text=t)

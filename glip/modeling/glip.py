@@ -101,7 +101,8 @@ class GLIP(nn.Module):
 
         Args:
             images: ``B`` padded images.
-            input_ids, attention_mask: ``Tensor[B, T]`` (or ``[1, T]``, shared by all images).
+            input_ids, attention_mask: ``Tensor[B, T]``, or ``[1, T]``: one prompt for all
+                images, encoded once.
         """
         return self.forward_features(self.backbone(images.tensor), input_ids, attention_mask)
 
@@ -109,10 +110,15 @@ class GLIP(nn.Module):
         """The text encoder and head on precomputed FPN maps (L tensors ``[B, C, H_l, W_l]``):
         several prompts can reuse one backbone pass."""
         batch = features[0].shape[0]
-        if input_ids.shape[0] == 1 and batch > 1:
-            input_ids = input_ids.expand(batch, -1)
-            attention_mask = attention_mask.expand(batch, -1)
         text = self.text_encoder(input_ids, attention_mask)
+        if input_ids.shape[0] == 1 and batch > 1:
+            # One prompt for the whole batch: encode it once, share the features.
+            text = TextFeatures(
+                hidden=text.hidden.expand(batch, -1, -1),
+                embedded=text.embedded.expand(batch, -1, -1),
+                mask=text.mask.expand(batch, -1),
+                aggregate=text.aggregate.expand(batch, -1),
+            )
         head = self.head(features, text)
         anchors = self.anchor_generator([tuple(f.shape[-2:]) for f in features], device=features[0].device)
         return GLIPOutput(head=head, anchors=anchors, text=text, features=features)

@@ -14,7 +14,8 @@ class Detections:
     """Boxes found in one image, sorted by descending score.
 
     Attributes:
-        boxes: ``Tensor[N, 4]`` float, ``(x1, y1, x2, y2)`` in original-image pixels.
+        boxes: ``Tensor[N, 4]`` float, ``(x1, y1, x2, y2)`` in the pixels of the image
+            ``image_size`` describes (the original image for ``predict``).
         scores: ``Tensor[N]`` float in [0, 1].
         labels: ``Tensor[N]`` int64, 1-based index of the phrase in the prompt
             (label ``j`` is the ``j``-th phrase, as in the official code).
@@ -41,7 +42,7 @@ class Detections:
     def __len__(self) -> int:
         return int(self.boxes.shape[0])
 
-    def __getitem__(self, index: Any) -> "Detections":
+    def __getitem__(self, index: Any) -> Detections:
         """Selects detections by index, slice or boolean/integer tensor."""
         if isinstance(index, int):
             index = slice(index, index + 1 if index != -1 else None)
@@ -51,21 +52,19 @@ class Detections:
         return Detections(self.boxes[keep], self.scores[keep], self.labels[keep], phrases, self.image_size)
 
     @staticmethod
-    def empty(image_size: tuple[int, int] = (0, 0)) -> "Detections":
-        return Detections(
-            torch.zeros((0, 4)), torch.zeros((0,)), torch.zeros((0,), dtype=torch.int64), [], image_size
-        )
+    def empty(image_size: tuple[int, int] = (0, 0)) -> Detections:
+        return Detections(torch.zeros((0, 4)), torch.zeros((0,)), torch.zeros((0,), dtype=torch.int64), [], image_size)
 
-    def to(self, device: torch.device | str) -> "Detections":
+    def to(self, device: torch.device | str) -> Detections:
         return Detections(
             self.boxes.to(device), self.scores.to(device), self.labels.to(device), list(self.phrases), self.image_size
         )
 
-    def above(self, threshold: float) -> "Detections":
+    def above(self, threshold: float) -> Detections:
         """Detections whose score is strictly greater than ``threshold``."""
         return self[self.scores > threshold]
 
-    def sorted(self) -> "Detections":
+    def sorted(self) -> Detections:
         """A copy sorted by descending score (stable)."""
         order = torch.sort(self.scores, descending=True, stable=True).indices
         return self[order]
@@ -83,6 +82,54 @@ class Detections:
                 }
             )
         return out
+
+    def to_coco(self, image_id: int, category_ids: Any = None) -> list[dict[str, Any]]:
+        """COCO results entries (``bbox`` as ``[x, y, w, h]``). ``category_ids`` maps a
+        label to a category id (a dict or a sequence indexed by ``label - 1``); by default
+        the label itself."""
+        out = []
+        for box, score, label in zip(self.boxes.tolist(), self.scores.tolist(), self.labels.tolist()):
+            if category_ids is None:
+                cat = int(label)
+            elif isinstance(category_ids, dict):
+                cat = int(category_ids[int(label)])
+            else:
+                cat = int(category_ids[int(label) - 1])
+            x1, y1, x2, y2 = box
+            out.append({"image_id": image_id, "category_id": cat, "bbox": [x1, y1, x2 - x1, y2 - y1], "score": score})
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict; :meth:`from_dict` reads it back."""
+        return {"image_size": list(self.image_size), "detections": self.to_list()}
+
+    @staticmethod
+    def from_dict(data: dict[str, Any]) -> Detections:
+        dets = data.get("detections", [])
+        if not dets:
+            return Detections.empty(tuple(data.get("image_size", (0, 0))))
+        return Detections(
+            torch.tensor([d["box"] for d in dets], dtype=torch.float32),
+            torch.tensor([d["score"] for d in dets], dtype=torch.float32),
+            torch.tensor([d["label"] for d in dets], dtype=torch.int64),
+            [d.get("phrase", "") for d in dets],
+            tuple(data.get("image_size", (0, 0))),
+        )
+
+    def to_supervision(self) -> Any:
+        """A ``supervision.Detections`` (``class_id`` = label - 1, phrases in ``data["class_name"]``)."""
+        try:
+            import supervision as sv
+        except ImportError as e:
+            raise ImportError("to_supervision() needs the supervision package: pip install supervision") from e
+        import numpy as np
+
+        return sv.Detections(
+            xyxy=self.boxes.numpy().astype(np.float32),
+            confidence=self.scores.numpy().astype(np.float32),
+            class_id=(self.labels - 1).numpy().astype(int),
+            data={"class_name": np.array(self.phrases if self.phrases else [""] * len(self))},
+        )
 
     def __repr__(self) -> str:
         return f"Detections(n={len(self)}, image_size={self.image_size})"

@@ -5,10 +5,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-__all__ = ["CLASS_SEPARATOR", "Prompt", "PromptError", "parse_prompt"]
+from glip.text.noun_phrases import find_noun_phrases
 
-# The official demo joins a list of class names with " . " (predictor_glip.compute_prediction).
-CLASS_SEPARATOR = " . "
+__all__ = ["CLASS_SEPARATOR", "Prompt", "PromptError", "from_class_names", "parse_prompt"]
+
+# Class names are joined with the official DATASETS.SEPARATION_TOKENS (". "), as the official
+# evaluation (create_queries_and_maps) and training captions do; no trailing separator.
+CLASS_SEPARATOR = ". "
 
 
 class PromptError(ValueError):
@@ -46,7 +49,7 @@ class Prompt:
                     )
 
     @staticmethod
-    def from_spans(caption: str, spans: Sequence[Sequence[tuple[int, int]] | tuple[int, int]]) -> "Prompt":
+    def from_spans(caption: str, spans: Sequence[Sequence[tuple[int, int]] | tuple[int, int]]) -> Prompt:
         """A prompt whose phrases are given as explicit character spans of ``caption``."""
         norm: list[tuple[tuple[int, int], ...]] = []
         for s in spans:
@@ -62,6 +65,11 @@ class Prompt:
         return Prompt(caption, phrases, tuple(norm))
 
 
+def from_class_names(names: Sequence[str]) -> Prompt:
+    """Class names joined as the official evaluation does: ``"cat. remote control"``."""
+    return _from_class_names(names)
+
+
 def _from_class_names(names: Sequence[str]) -> Prompt:
     caption = ""
     phrases: list[str] = []
@@ -73,7 +81,7 @@ def _from_class_names(names: Sequence[str]) -> Prompt:
         phrases.append(name)
         spans.append(((len(caption), len(caption) + len(name)),))
         caption += name + CLASS_SEPARATOR
-    return Prompt(caption, tuple(phrases), tuple(spans))
+    return Prompt(caption[: -len(CLASS_SEPARATOR)], tuple(phrases), tuple(spans))
 
 
 def _from_dotted(text: str) -> Prompt:
@@ -93,13 +101,15 @@ def _from_dotted(text: str) -> Prompt:
     return Prompt(text, tuple(phrases), tuple(spans))
 
 
-def parse_prompt(prompt: "str | Sequence[str] | Prompt") -> Prompt:
+def parse_prompt(prompt: str | Sequence[str] | Prompt) -> Prompt:
     """Turns user input into a :class:`Prompt`.
 
     - ``"a cat. a dog."``: phrases are the "."-separated parts (the caption is kept as
       typed, so character spans are those of the string);
-    - ``["cat", "dog"]``: class names joined as the official demo does
-      (``"cat . dog . "``);
+    - a caption without "." (``"a man riding a horse"``): its noun phrases, found offline
+      (:func:`glip.text.noun_phrases.find_noun_phrases`);
+    - ``["cat", "dog"]``: class names joined as the official evaluation does
+      (``"cat. dog"``);
     - a :class:`Prompt`: returned unchanged.
     """
     if isinstance(prompt, Prompt):
@@ -107,8 +117,12 @@ def parse_prompt(prompt: "str | Sequence[str] | Prompt") -> Prompt:
     if isinstance(prompt, str):
         if not prompt.strip():
             raise PromptError("the prompt is empty")
-        parsed = _from_dotted(prompt)
-        return parsed
+        if "." in prompt:
+            return _from_dotted(prompt)
+        found = find_noun_phrases(prompt)
+        if not found:
+            raise PromptError(f"found no noun phrase in {prompt!r}; separate phrases with '.' (\"a cat. a dog.\")")
+        return Prompt(prompt, tuple(p for p, _ in found), tuple((span,) for _, span in found))
     if isinstance(prompt, Sequence):
         if not prompt:
             raise PromptError("the prompt list is empty")

@@ -184,7 +184,7 @@ def test_tower_matches_official(traced) -> None:
     assert [expected_modules[name] for name, _, _ in trace.tower] == [
         r["module"] for r in ref
     ]
-    for (name, visual, hidden), r in zip(trace.tower, ref):
+    for (_name, visual, hidden), r in zip(trace.tower, ref):
         if visual is not None:
             _close_all(visual, r["visual"])
         if hidden is not None:

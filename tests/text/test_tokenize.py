@@ -25,10 +25,17 @@ def test_tokens_and_positive_map_match_official(tokenizer, case):
     assert tok.label_to_token == {int(k): v for k, v in c["positive_map_label_to_token"].items()}
 
 
-def test_class_name_list_joins_as_official_demo():
+def test_class_name_list_joins_as_official_evaluation():
     p = parse_prompt(["cat", "remote control"])
-    assert p.caption == "cat . remote control . "
-    assert p.spans == (((0, 3),), ((6, 20),))
+    assert p.caption == "cat. remote control"
+    assert p.spans == (((0, 3),), ((5, 19),))
+
+
+def test_free_form_caption_finds_noun_phrases_offline():
+    p = parse_prompt("a man riding a horse next to a dog")
+    assert p.phrases == ("a man", "a horse", "a dog")
+    assert p.spans == (((0, 5),), ((13, 20),), ((29, 34),))
+    assert parse_prompt("two dogs play in the snow").phrases == ("two dogs", "the snow")
 
 
 def test_explicit_spans():

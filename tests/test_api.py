@@ -1,0 +1,178 @@
+"""glip.predict / Predictor: equal to model.predict, batching, long prompts, bad inputs, zoo."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import glip
+from glip.api import Predictor, chunk_prompt
+from glip.hub import zoo
+from glip.structures import Detections
+from glip.text import PromptError, parse_prompt
+from glip.utils.image import ImageLoadError
+from tests.conftest import OFFICIAL, load_case, tiny_text_encoder_dir
+
+
+@pytest.fixture(scope="module")
+def images():
+    a = load_case("tiny_glip_t", "chelsea")["image_original_rgb_uint8"].numpy()
+    b = load_case("tiny_glip_t", "astronaut")["image_original_rgb_uint8"].numpy()
+    return a, b
+
+
+@pytest.fixture(scope="module")
+def predictor(tiny_model_factory):
+    return Predictor(tiny_model_factory("tiny_glip_t"), batch_size=4)
+
+
+CAPTION = "a cat. a remote control. a dog."
+
+
+def _same(a: Detections, b: Detections, atol: float = 1e-4):
+    assert len(a) == len(b)
+    torch.testing.assert_close(a.boxes, b.boxes, atol=atol, rtol=0)
+    torch.testing.assert_close(a.scores, b.scores, atol=1e-5, rtol=0)
+    assert torch.equal(a.labels, b.labels) and a.phrases == b.phrases
+
+
+def test_predict_equals_model_predict(predictor, images, tiny_model_factory):
+    model = tiny_model_factory("tiny_glip_t")
+    for image in images:
+        _same(predictor.predict(image, CAPTION, threshold=0.05), model.predict(image, CAPTION, threshold=0.05), 0)
+    out = glip.predict(images[0], CAPTION, model=model, threshold=0.05)
+    _same(out, model.predict(images[0], CAPTION, threshold=0.05), 0)
+
+
+def test_inputs_path_pil_array_agree(predictor, images, tmp_path):
+    path = tmp_path / "a.png"
+    Image.fromarray(images[0]).save(path)
+    ref = predictor.predict(images[0], CAPTION, threshold=0.0)
+    _same(predictor.predict(str(path), CAPTION, threshold=0.0), ref, 0)
+    _same(predictor.predict(Image.open(path), CAPTION, threshold=0.0), ref, 0)
+
+
+@pytest.mark.parametrize("order", ["same_size", "mixed"])
+def test_batch_equals_one_by_one(predictor, images, order):
+    a, b = images
+    flipped = np.ascontiguousarray(a[:, ::-1])
+    batch = [a, flipped, a] if order == "same_size" else [a, b, flipped, b, a]
+    one = [predictor.predict(im, CAPTION, threshold=0.0) for im in batch]
+    many = predictor.predict(batch, CAPTION, threshold=0.0, batch_size=3)
+    assert isinstance(many, list) and len(many) == len(batch)
+    for x, y in zip(one, many):
+        _same(x, y)
+
+
+def test_long_prompt_is_chunked_and_merged(predictor, images):
+    names = [f"object number {i}" for i in range(120)] + ["a cat", "a dog"]
+    tok = predictor.model.tokenizer
+    assert len(tok(". ".join(names), verbose=False)["input_ids"]) > 256
+    chunks = chunk_prompt(parse_prompt(names), tok, 256, 80)
+    assert len(chunks) > 1 and all(len(tok(c.caption)["input_ids"]) <= 256 for c in chunks)
+    assert [p for c in chunks for p in c.phrases] == names
+    merged = predictor.predict(images[0], names, threshold=0.0, max_detections=0)
+    last = chunks[-1]
+    assert "a cat" in last.phrases  # the class sits in the last chunk and is still found
+    cat = merged[[p == "a cat" for p in merged.phrases]]
+    assert len(cat) > 0
+    assert set(cat.labels.tolist()) == {names.index("a cat") + 1}
+    # The same class run in its own chunk alone gives the same boxes and scores.
+    alone = predictor.predict(images[0], list(last.phrases), threshold=0.0, max_detections=0)
+    alone_cat = alone[[p == "a cat" for p in alone.phrases]]
+    torch.testing.assert_close(cat.scores, alone_cat.scores)
+    torch.testing.assert_close(cat.boxes, alone_cat.boxes)
+    top = predictor.predict(images[0], names, threshold=0.0)
+    assert len(top) == 100 and torch.equal(top.scores, merged.scores[:100])
+
+
+def test_explicit_chunk_size(predictor, images):
+    names = ["a cat", "a remote control", "a dog"]
+    chunked = predictor.predict(images[0], names, threshold=0.0, chunk_size=1, max_detections=0)
+    assert set(chunked.phrases) <= set(names)
+    for i, name in enumerate(names):
+        alone = predictor.predict(images[0], [name], threshold=0.0, max_detections=0)
+        sel = chunked[chunked.labels == i + 1]
+        torch.testing.assert_close(sel.scores, alone.scores)
+
+
+@pytest.mark.parametrize("prompt", ["", "   ", ". . .", "!?"])
+def test_empty_prompts_are_clear_errors(predictor, images, prompt):
+    with pytest.raises(PromptError):
+        predictor.predict(images[0], prompt)
+
+
+def test_threshold_and_batch_size_are_checked(predictor, images):
+    with pytest.raises(ValueError, match="threshold"):
+        predictor.predict(images[0], CAPTION, threshold=1.5)
+    with pytest.raises(ValueError, match="batch_size"):
+        predictor.predict(images[0], CAPTION, batch_size=0)
+
+
+def test_image_modes_and_exif(predictor, images, tmp_path):
+    rgb = Image.fromarray(images[0])
+    rgb.convert("L").save(tmp_path / "grey.png")
+    rgb.convert("RGBA").save(tmp_path / "rgba.png")
+    rgb.convert("P").save(tmp_path / "palette.png")
+    Image.fromarray((np.asarray(rgb.convert("L")).astype(np.uint16) * 257)).save(tmp_path / "grey16.png")
+    for name in ("grey.png", "rgba.png", "palette.png", "grey16.png"):
+        det = predictor.predict(str(tmp_path / name), CAPTION, threshold=0.0)
+        assert det.image_size == (300, 451), name
+    # An EXIF-rotated photo is turned upright: orientation 6 = rotate 90 degrees clockwise.
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    rgb.save(tmp_path / "rotated.jpg", exif=exif.tobytes())
+    assert predictor.predict(str(tmp_path / "rotated.jpg"), CAPTION, threshold=0.0).image_size == (451, 300)
+
+
+def test_bad_images_raise_and_batches_continue(predictor, images, tmp_path):
+    (tmp_path / "bad.jpg").write_bytes(b"not an image at all")
+    with pytest.raises(ImageLoadError, match="cannot read"):
+        predictor.predict(str(tmp_path / "bad.jpg"), CAPTION)
+    with pytest.raises(ImageLoadError, match="not found"):
+        predictor.predict(str(tmp_path / "missing.jpg"), CAPTION)
+    results = dict(predictor.iter_predict([images[0], str(tmp_path / "bad.jpg"), images[1]], CAPTION, threshold=0.0))
+    assert isinstance(results[1], ImageLoadError)
+    assert isinstance(results[0], Detections) and isinstance(results[2], Detections)
+
+
+def test_json_and_coco_round_trip(predictor, images):
+    det = predictor.predict(images[0], CAPTION, threshold=0.0)
+    again = Detections.from_dict(json.loads(json.dumps(det.to_dict())))
+    _same(again, det, 1e-6)
+    coco = det.to_coco(image_id=7, category_ids={1: 17, 2: 75, 3: 18})
+    assert coco[0]["image_id"] == 7 and coco[0]["category_id"] in {17, 75, 18}
+    x1, y1, x2, y2 = det.boxes[0].tolist()
+    assert coco[0]["bbox"] == pytest.approx([x1, y1, x2 - x1, y2 - y1])
+
+
+def test_zoo_offline_without_cache_names_file_and_weights(tmp_path, monkeypatch):
+    monkeypatch.setenv("GLIP_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
+    with pytest.raises(zoo.ModelNotAvailableError) as e:
+        zoo.resolve_weights("glip-t")
+    message = str(e.value)
+    assert "glip_tiny_model_o365_goldg_cc_sbu.pth" in message and "--weights" in message and "MB" in message
+
+
+def test_zoo_downloads_once_then_loads_converted(tmp_path, monkeypatch):
+    monkeypatch.setenv("GLIP_CACHE", str(tmp_path / "cache"))
+    calls = []
+
+    def fake_download(entry):
+        calls.append(entry.filename)
+        return OFFICIAL / "tiny_glip_a" / "model_official.pth"
+
+    monkeypatch.setattr(zoo, "_download", fake_download)
+    monkeypatch.setattr(zoo, "zoo_config", lambda name: OFFICIAL / "tiny_glip_a" / "config.yaml")
+    te = tiny_text_encoder_dir("tiny_glip_a", tmp_path)
+    out = zoo.resolve_weights("glip-t-a", text_encoder=te)
+    assert (out / "model.safetensors").is_file() and zoo.is_cached("glip-t-a")
+    assert zoo.resolve_weights("glip-t-a") == out and calls == ["glip_a_tiny_o365.pth"]
+    assert [r["cached"] for r in zoo.list_models() if r["name"] == "glip-t-a"] == [True]
+    model = glip.load_model(out)
+    assert model.config.name == "glip-t-a"
