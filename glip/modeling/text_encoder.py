@@ -40,7 +40,7 @@ class BertTextEncoder(nn.Module):
         self.num_layers = num_layers
 
     @classmethod
-    def from_config(cls, bert_config: Any, num_layers: int = 1) -> "BertTextEncoder":
+    def from_config(cls, bert_config: Any, num_layers: int = 1) -> BertTextEncoder:
         """A randomly initialised encoder (the weights come from a checkpoint)."""
         BertModel = import_transformers().BertModel
 

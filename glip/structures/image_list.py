@@ -20,11 +20,11 @@ class ImageBatch:
     tensor: Tensor
     image_sizes: list[tuple[int, int]]
 
-    def to(self, device: torch.device | str) -> "ImageBatch":
+    def to(self, device: torch.device | str) -> ImageBatch:
         return ImageBatch(self.tensor.to(device), list(self.image_sizes))
 
     @staticmethod
-    def from_tensors(images: list[Tensor], size_divisibility: int = 0) -> "ImageBatch":
+    def from_tensors(images: list[Tensor], size_divisibility: int = 0) -> ImageBatch:
         """Pads ``images`` (each ``Tensor[3, h, w]``) to a common size.
 
         The padded height and width are the batch maxima rounded up to a multiple of

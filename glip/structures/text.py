@@ -24,6 +24,6 @@ class TextFeatures:
     mask: Tensor
     aggregate: Tensor
 
-    def with_hidden(self, hidden: Tensor) -> "TextFeatures":
+    def with_hidden(self, hidden: Tensor) -> TextFeatures:
         """A copy with ``hidden`` replaced (the other fields are shared)."""
         return replace(self, hidden=hidden)

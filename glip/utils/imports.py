@@ -10,7 +10,7 @@ from types import ModuleType
 __all__ = ["import_transformers", "torchvision_importable"]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def torchvision_importable() -> bool:
     """Whether ``import torchvision`` succeeds. A torchvision built for another torch
     raises RuntimeError at import (``operator torchvision::nms does not exist``)."""

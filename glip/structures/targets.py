@@ -1,0 +1,72 @@
+"""Training targets of one image: boxes and the phrase tokens each box grounds."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+__all__ = ["GroundingTargets"]
+
+
+@dataclass
+class GroundingTargets:
+    """The annotated boxes of one image and, for each box, the prompt tokens it grounds.
+
+    Attributes:
+        boxes: ``Tensor[G, 4]`` float32, ``(x1, y1, x2, y2)`` in the pixels of the
+            resized (network-input) image, inclusive-pixel corners as the official
+            datasets produce them (``x2 = x + w - 1``). ``G`` may be 0.
+        positive_map: ``Tensor[G, T]`` bool, ``positive_map[g, t]`` is True when token
+            ``t`` of the padded prompt belongs to box ``g``'s phrase. ``T`` must equal
+            the prompt length the model ran with (official ``MAX_QUERY_LEN``, 256).
+            A non-bool map is binarised (``!= 0``), as the official ``BatchCollator``
+            does to the dataset's row-normalised map before the loss sees it. An
+            all-False row is allowed (a phrase cut off by truncation): the box still
+            trains regression and centerness.
+        labels: ``Tensor[G]`` int64, 1-based phrase index of each box, or None. The
+            loss does not need it. The official loss turns any box whose label is 0
+            into background; such labels are rejected here instead.
+    """
+
+    boxes: Tensor
+    positive_map: Tensor
+    labels: Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if self.boxes.ndim != 2 or self.boxes.shape[-1] != 4:
+            raise ValueError(f"GroundingTargets.boxes must be [G, 4], got {tuple(self.boxes.shape)}")
+        num = self.boxes.shape[0]
+        if self.positive_map.ndim != 2 or self.positive_map.shape[0] != num:
+            raise ValueError(
+                f"GroundingTargets.positive_map must be [G, T] with G = {num}, got {tuple(self.positive_map.shape)}"
+            )
+        if self.positive_map.dtype != torch.bool:
+            self.positive_map = self.positive_map != 0
+        if self.labels is not None:
+            if self.labels.shape != (num,):
+                raise ValueError(f"GroundingTargets.labels must be [G] with G = {num}, got {tuple(self.labels.shape)}")
+            if num and int(self.labels.min()) <= 0:
+                raise ValueError("GroundingTargets.labels are 1-based phrase indices; got a label <= 0")
+
+    def __len__(self) -> int:
+        return int(self.boxes.shape[0])
+
+    @property
+    def num_tokens(self) -> int:
+        """T, the width of the positive map."""
+        return int(self.positive_map.shape[1])
+
+    def to(self, device: torch.device | str) -> GroundingTargets:
+        labels = None if self.labels is None else self.labels.to(device)
+        return GroundingTargets(self.boxes.to(device), self.positive_map.to(device), labels)
+
+    @staticmethod
+    def empty(num_tokens: int, device: torch.device | str | None = None) -> GroundingTargets:
+        """An image without boxes: every anchor is background."""
+        return GroundingTargets(
+            torch.zeros((0, 4), device=device),
+            torch.zeros((0, num_tokens), dtype=torch.bool, device=device),
+            torch.zeros((0,), dtype=torch.int64, device=device),
+        )
