@@ -3,7 +3,8 @@
 Semantics (those of ``torchvision.ops.nms``, which the official GLIP calls):
 
 - boxes are ``(x1, y1, x2, y2)``; areas are ``(x2 - x1) * (y2 - y1)`` (no ``+ 1``);
-- boxes are visited in the order of ``scores.sort(0, descending=True)``; a visited, not yet suppressed
+- boxes are visited in the order of a stable descending score sort (torchvision >= 0.2x's kernel sorts
+  with ``stable=True``, so among equal scores the lower index comes first); a visited, not yet suppressed
   box is kept and suppresses every later box whose IoU with it is ``> iou_threshold``. The IoU is
   computed in the boxes' dtype and compared with the threshold in float64, as the C++ kernel does;
 - the kept indices are returned in decreasing score order.
@@ -57,7 +58,7 @@ def _nms_torch(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
     n = boxes.shape[0]
     if n == 0:
         return torch.empty((0,), dtype=torch.int64, device=boxes.device)
-    order = scores.sort(0, descending=True)[1]  # same call (and so same tie order) as torchvision's kernel
+    order = scores.sort(dim=0, descending=True, stable=True)[1]
     x1, y1, x2, y2 = boxes[order].unbind(1)  # 4 x [N], in visiting order
     areas = (x2 - x1) * (y2 - y1)  # [N]
     threshold = _threshold_for(boxes.dtype, iou_threshold)

@@ -15,14 +15,14 @@ NO_TORCHVISION = "torchvision is not usable here, so there is no second backend 
 def _nms_loop(boxes: torch.Tensor, scores: torch.Tensor, threshold: float) -> list[int]:
     """Scalar transcription of torchvision's CPU NMS kernel.
 
-    The visiting order is the kernel's own ``scores.sort(0, descending=True)`` (an unstable sort: tie order is
-    whatever torch returns); the IoU is evaluated in the boxes' dtype with numpy scalars and compared in double.
+    The visiting order is the kernel's stable descending sort (ties: lower index first); the IoU is evaluated in
+    the boxes' dtype with numpy scalars and compared in double.
     """
     scalar = np.float32 if boxes.dtype == torch.float32 else np.float64
     zero = scalar(0)
     b = [[scalar(v) for v in row] for row in boxes.tolist()]
     areas = [(x2 - x1) * (y2 - y1) for x1, y1, x2, y2 in b]
-    order = scores.sort(0, descending=True)[1].tolist()
+    order = scores.sort(dim=0, descending=True, stable=True)[1].tolist()
     suppressed = [False] * len(b)
     keep = []
     with np.errstate(invalid="ignore", divide="ignore"):  # 0/0 for zero-area pairs, as in the kernel
