@@ -23,7 +23,7 @@ RANK = {
     "modeling": 3, "data": 3, "evaluation": 3,
     "engine": 4, "hub": 4, "export": 4,
     "api": 5, "tools": 5,
-    "cli": 6,
+    "cli": 6, "train": 6,
 }
 SIBLINGS = {"modeling", "data", "evaluation"}
 

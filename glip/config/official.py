@@ -5,7 +5,9 @@ values that differ from the official defaults (``maskrcnn_benchmark/config/defau
 The defaults of every key we map are restated below, so a partial yaml and a full
 ``cfg.dump()`` give the same result. Keys under ``MODEL`` that change the network but
 that this package does not implement are errors naming the key; keys that only steer
-training, datasets or unused heads are accepted and ignored here.
+datasets or unused heads are accepted and ignored here. ``SOLVER`` keys and the loss
+weights (``MODEL.ATSS.REG_LOSS_WEIGHT``, ``TOPK``, the ``FUSE_CONFIG`` token-loss keys)
+fill the ``solver`` and ``loss`` sections; other ``SOLVER`` keys are ignored.
 """
 
 from __future__ import annotations
@@ -99,6 +101,42 @@ _MAPPED: dict[str, tuple[str, Any, Callable[[Any], Any]]] = {
     "INPUT.PIXEL_STD": ("input.pixel_std", (1.0, 1.0, 1.0), _floats),
     "INPUT.TO_BGR255": ("input.to_bgr255", True, bool),
     "DATALOADER.SIZE_DIVISIBILITY": ("input.size_divisibility", 0, int),
+    # Training objective.
+    "MODEL.ATSS.REG_LOSS_WEIGHT": ("loss.reg_weight", 2.0, float),
+    "MODEL.ATSS.TOPK": ("loss.atss_topk", 9, int),
+    "MODEL.DYHEAD.FUSE_CONFIG.DOT_PRODUCT_TOKEN_LOSS_WEIGHT": ("loss.token_weight", 1.0, float),
+    "MODEL.DYHEAD.FUSE_CONFIG.TOKEN_ALPHA": ("loss.token_alpha", 0.25, float),
+    "MODEL.DYHEAD.FUSE_CONFIG.TOKEN_GAMMA": ("loss.token_gamma", 2.0, float),
+    # Optimiser and schedule (maskrcnn_benchmark/solver/build.py, lr_scheduler.py).
+    "SOLVER.OPTIMIZER": ("solver.optimizer", "SGD", lambda v: str(v).lower()),
+    "SOLVER.BASE_LR": ("solver.base_lr", 0.001, float),
+    "SOLVER.LANG_LR": ("solver.lang_lr", 0.00001, float),
+    "SOLVER.BACKBONE_BODY_LR_FACTOR": ("solver.backbone_body_lr_factor", 1.0, float),
+    "SOLVER.BIAS_LR_FACTOR": ("solver.bias_lr_factor", 2.0, float),
+    "SOLVER.WEIGHT_DECAY": ("solver.weight_decay", 0.0005, float),
+    "SOLVER.WEIGHT_DECAY_BIAS": ("solver.weight_decay_bias", 0.0, float),
+    "SOLVER.WEIGHT_DECAY_NORM_FACTOR": ("solver.weight_decay_norm_factor", 1.0, float),
+    "SOLVER.MOMENTUM": ("solver.momentum", 0.9, float),
+    "SOLVER.MAX_ITER": ("solver.max_iter", 40000, int),
+    "SOLVER.MAX_EPOCH": ("solver.max_epoch", 0, int),
+    "SOLVER.IMS_PER_BATCH": ("solver.ims_per_batch", 16, int),
+    "SOLVER.STEPS": ("solver.steps", (30000,), _floats),
+    "SOLVER.GAMMA": ("solver.gamma", 0.1, float),
+    "SOLVER.USE_COSINE": ("solver.use_cosine", False, bool),
+    "SOLVER.MIN_LR": ("solver.min_lr", 0.000001, float),
+    "SOLVER.WARMUP_FACTOR": ("solver.warmup_factor", 1.0 / 3, float),
+    "SOLVER.WARMUP_ITERS": ("solver.warmup_iters", 500, int),
+    "SOLVER.WARMUP_METHOD": ("solver.warmup_method", "linear", str),
+    "SOLVER.CLIP_GRADIENTS.ENABLED": ("solver.clip_gradients.enabled", False, bool),
+    "SOLVER.CLIP_GRADIENTS.CLIP_TYPE": ("solver.clip_gradients.clip_type", "full_model", str),
+    "SOLVER.CLIP_GRADIENTS.CLIP_VALUE": ("solver.clip_gradients.clip_value", 0.0, float),
+    "SOLVER.CLIP_GRADIENTS.NORM_TYPE": ("solver.clip_gradients.norm_type", 2.0, float),
+    "SOLVER.MODEL_EMA": ("solver.model_ema", 0.0, float),
+    "SOLVER.USE_AMP": ("solver.use_amp", False, bool),
+    "SOLVER.CHECKPOINT_PERIOD": ("solver.checkpoint_period", 2500, int),
+    "SOLVER.MAX_NEG_PER_BATCH": ("solver.max_neg_per_batch", 0.1, float),
+    "SOLVER.SEED": ("solver.seed", 0, int),
+    "SOLVER.FIND_UNUSED_PARAMETERS": ("train.find_unused_parameters", True, bool),
 }
 
 # Keys that change the network in ways not implemented here: the value must be one of these.
@@ -156,8 +194,8 @@ _IGNORED_SECTIONS = (
 _IGNORED_KEYS = frozenset(
     """MODEL.DEVICE MODEL.WEIGHT MODEL.DEBUG MODEL.ONNX MODEL.PRETRAIN_NAME MODEL.BOX_ON MODEL.SPEC MODEL.MULTITASK
     MODEL.ATSS.CHANNELS MODEL.ATSS.INFERENCE_TH_TRAIN MODEL.ATSS.NUM_CLASSES MODEL.ATSS.NUM_CONVS
-    MODEL.ATSS.POST_NMS_TOP_N_TRAIN MODEL.ATSS.PRE_NMS_TOP_N_TRAIN MODEL.ATSS.PRIOR_PROB MODEL.ATSS.REG_LOSS_WEIGHT
-    MODEL.ATSS.TOPK MODEL.ATSS.USE_BN MODEL.ATSS.USE_DFCONV MODEL.ATSS.USE_DYRELU MODEL.ATSS.USE_GN MODEL.ATSS.USE_SE
+    MODEL.ATSS.POST_NMS_TOP_N_TRAIN MODEL.ATSS.PRE_NMS_TOP_N_TRAIN MODEL.ATSS.PRIOR_PROB
+    MODEL.ATSS.USE_BN MODEL.ATSS.USE_DFCONV MODEL.ATSS.USE_DYRELU MODEL.ATSS.USE_GN MODEL.ATSS.USE_SE
     MODEL.BACKBONE.EFFICIENT_DET_BIFPN_VERSION MODEL.BACKBONE.EFFICIENT_DET_COMPOUND
     MODEL.BACKBONE.EFFICIENT_DET_START_FROM MODEL.BACKBONE.FPN_LAYER MODEL.BACKBONE.FREEZE MODEL.BACKBONE.GROUP
     MODEL.BACKBONE.LAYER_SEARCH MODEL.BACKBONE.LAYER_SETUP MODEL.BACKBONE.NORM_LEVEL MODEL.BACKBONE.OUT_FEATURES
@@ -165,14 +203,14 @@ _IGNORED_KEYS = frozenset(
     MODEL.BACKBONE.USE_EN MODEL.BACKBONE.USE_GN MODEL.BACKBONE.USE_NSYNCBN MODEL.BACKBONE.USE_SE
     MODEL.BACKBONE.USE_SYNCBN MODEL.SWINT.OUT_CHANNELS
     MODEL.DYHEAD.FUSE_CONFIG.CONTRASTIVE_ALIGN_LOSS_WEIGHT MODEL.DYHEAD.FUSE_CONFIG.CONTRASTIVE_HIDDEN_DIM
-    MODEL.DYHEAD.FUSE_CONFIG.DOT_PRODUCT_TOKEN_LOSS_WEIGHT MODEL.DYHEAD.FUSE_CONFIG.JOINT_EMB_DROPOUT
+    MODEL.DYHEAD.FUSE_CONFIG.JOINT_EMB_DROPOUT
     MODEL.DYHEAD.FUSE_CONFIG.JOINT_EMB_SIZE MODEL.DYHEAD.FUSE_CONFIG.JOINT_MLP_LAYERS
     MODEL.DYHEAD.FUSE_CONFIG.JOINT_OUT_SIZE MODEL.DYHEAD.FUSE_CONFIG.MLM_LOSS_COEF
     MODEL.DYHEAD.FUSE_CONFIG.MLM_LOSS_FOR_ONLY_POSITIVES MODEL.DYHEAD.FUSE_CONFIG.MLM_OBJ_FOR_ONLY_POSITIVE
     MODEL.DYHEAD.FUSE_CONFIG.NO_MASK_FOR_GOLD MODEL.DYHEAD.FUSE_CONFIG.NO_MASK_FOR_OD
     MODEL.DYHEAD.FUSE_CONFIG.SHALLOW_CONTRASTIVE_HIDDEN_DIM MODEL.DYHEAD.FUSE_CONFIG.SHALLOW_CONTRASTIVE_LOSS_WEIGHT
-    MODEL.DYHEAD.FUSE_CONFIG.SHALLOW_MAX_POSITIVE_ANCHORS MODEL.DYHEAD.FUSE_CONFIG.TOKEN_ALPHA
-    MODEL.DYHEAD.FUSE_CONFIG.TOKEN_GAMMA MODEL.DYHEAD.FUSE_CONFIG.TOKEN_LOSS_WEIGHT
+    MODEL.DYHEAD.FUSE_CONFIG.SHALLOW_MAX_POSITIVE_ANCHORS
+    MODEL.DYHEAD.FUSE_CONFIG.TOKEN_LOSS_WEIGHT
     MODEL.DYHEAD.FUSE_CONFIG.USE_SHALLOW_ZERO_PADS MODEL.DYHEAD.SHALLOW_LOG_SCALE MODEL.DYHEAD.TOPK
     MODEL.FPN.FREEZE MODEL.LANGUAGE_BACKBONE.BIDIRECTIONAL MODEL.LANGUAGE_BACKBONE.CORPUS_PATH
     MODEL.LANGUAGE_BACKBONE.DROPOUT_P MODEL.LANGUAGE_BACKBONE.HIDDEN_SIZE MODEL.LANGUAGE_BACKBONE.INPUT_DROPOUT_P

@@ -55,7 +55,10 @@ class TextConfig:
     max_query_len: int = 256  # official LANGUAGE_BACKBONE.MAX_QUERY_LEN
     num_layers: int = 1  # official LANGUAGE_BACKBONE.N_LAYERS: last layers averaged
     mask_special: bool = False
-    freeze: bool = False
+    freeze: bool = False  # official LANGUAGE_BACKBONE.FREEZE: no gradient, kept in eval mode
+    # Fresh models (training) load the encoder's pretrained weights from ``encoder``
+    # (official: BertModel.from_pretrained in the language backbone); checkpoints override them.
+    pretrained: bool = True
 
 
 @dataclass
@@ -81,6 +84,7 @@ class HeadConfig:
     clamp_bertattn_max_for_overflow: bool = True
     clamp_dot_product: bool = True
     use_checkpoint: bool = True
+    fusion_dropout: float = 0.1  # official: fixed 0.1 on the fusion's attention probabilities
 
 
 @dataclass
@@ -129,10 +133,108 @@ class ModelConfig:
 
 
 @dataclass
+class LossConfig:
+    """Training objective (official ``MODEL.ATSS`` and ``MODEL.DYHEAD.FUSE_CONFIG``)."""
+
+    reg_weight: float = 2.0  # official ATSS.REG_LOSS_WEIGHT
+    atss_topk: int = 9  # official ATSS.TOPK
+    token_weight: float = 1.0  # official FUSE_CONFIG.DOT_PRODUCT_TOKEN_LOSS_WEIGHT
+    token_alpha: float = 0.25  # official FUSE_CONFIG.TOKEN_ALPHA
+    token_gamma: float = 2.0  # official FUSE_CONFIG.TOKEN_GAMMA
+
+
+@dataclass
+class ClipGradientsConfig:
+    """Official ``SOLVER.CLIP_GRADIENTS`` (only ``full_model`` clipping exists officially)."""
+
+    enabled: bool = True
+    clip_type: str = "full_model"
+    clip_value: float = 1.0
+    norm_type: float = 2.0
+
+
+@dataclass
+class SolverConfig:
+    """Optimiser and schedule (official ``SOLVER``; GLIP-T pre-training values over the
+    official defaults)."""
+
+    optimizer: str = "adamw"  # "adamw" | "sgd"
+    base_lr: float = 1e-4
+    lang_lr: float = 1e-5  # every text-encoder parameter (official LANG_LR)
+    backbone_body_lr_factor: float = 1.0
+    bias_lr_factor: float = 2.0
+    weight_decay: float = 1e-4
+    weight_decay_bias: float = 0.0
+    weight_decay_norm_factor: float = 1.0
+    momentum: float = 0.9  # SGD only
+    max_iter: int = 40000
+    max_epoch: int = 30  # > 0: max_iter = max_epoch * (len(dataset) // ims_per_batch)
+    ims_per_batch: int = 64  # global batch, over all processes
+    steps: list[float] = field(default_factory=lambda: [0.67, 0.89])  # < 1: fraction of max_iter
+    gamma: float = 0.1
+    use_cosine: bool = False
+    min_lr: float = 1e-6  # cosine only
+    warmup_factor: float = 0.001
+    warmup_iters: int = 2000
+    warmup_method: str = "linear"  # "linear" | "constant"
+    clip_gradients: ClipGradientsConfig = field(default_factory=ClipGradientsConfig)
+    model_ema: float = 0.999  # 0 disables the EMA
+    use_amp: bool = True
+    checkpoint_period: int = 2500
+    max_neg_per_batch: float = 0.1  # skip a batch with more image without boxes than this fraction
+    seed: int = 0
+    # Evaluation-driven schedule (needs train.eval_period and an evaluator giving train.monitor):
+    use_autostep: bool = False  # official USE_AUTOSTEP: lr *= gamma after step_patience evals without gain
+    step_patience: int = 5  # official STEP_PATIENCE
+    auto_terminate_patience: int = -1  # official AUTO_TERMINATE_PATIENCE: stop after this many worse evals
+
+
+@dataclass
+class DataConfig:
+    """Training and validation data: COCO-format jsons and their image folders."""
+
+    format: str = "coco"  # "coco" (detection -> caption) | "mdetr" (captions with tokens_positive)
+    train_json: str = ""
+    train_images: str = ""
+    val_json: str = ""
+    val_images: str = ""
+    # Caption recipe of detection data (glip.data.CaptionRecipe).
+    sample_negatives: bool = False  # True: positives + sampled negatives (pre-training)
+    shuffle_categories: bool = False  # official not DATASETS.DISABLE_SHUFFLE
+    separator: str = ". "  # official DATASETS.SEPARATION_TOKENS
+    add_detection_prompt: bool = False  # official DATASETS.ADD_DET_PROMPT
+    random_sample_negative: int = 85  # official DATASETS.RANDOM_SAMPLE_NEG
+    flip_prob: float = 0.5  # official AUGMENT.FLIP_PROB_TRAIN
+    num_workers: int = 0
+    caption_prompt: str = ""  # official DATASETS.CAPTION_PROMPT (ODinW), the yaml's literal string
+    general_copy: int = 1  # official DATASETS.GENERAL_COPY: the training set repeated this many times
+
+
+@dataclass
+class TrainConfig:
+    """The training loop."""
+
+    precision: str = "auto"  # "auto" (bf16/fp16 on GPU when solver.use_amp, else fp32) | "no" | "bf16" | "fp16"
+    log_period: int = 20
+    eval_period: int = 0  # 0: validate at the end only (when data.val_json is set)
+    evaluator: str = ""  # "package.module:function" called as fn(model, cfg, step) -> {name: float}
+    keep_checkpoints: int = 2  # step checkpoints kept besides the last one
+    find_unused_parameters: bool = False  # official SOLVER.FIND_UNUSED_PARAMETERS (GLIP-T: False)
+    # What is trained (official SOLVER.TUNING_HIGHLEVEL_OVERRIDE, see glip.engine.tuning):
+    # "" (the config's own freezing), "full", "linear", "prompt", "prompt_v1", "prompt_v3", "prompt_v4".
+    tuning: str = ""
+    monitor: str = "AP"  # the evaluator metric that early stopping / autostep watch (higher is better)
+
+
+@dataclass
 class GLIPConfig:
-    """Everything needed to build a GLIP model and run it on images."""
+    """Everything needed to build a GLIP model and run it on images, and to train it."""
 
     name: str = "glip-t"
     model: ModelConfig = field(default_factory=ModelConfig)
     input: InputConfig = field(default_factory=InputConfig)
     inference: InferenceConfig = field(default_factory=InferenceConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    solver: SolverConfig = field(default_factory=SolverConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)

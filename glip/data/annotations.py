@@ -19,6 +19,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from glip.text import span_token_range
 from glip.utils.image import ImageLoadError, load_image
 
 __all__ = [
@@ -158,20 +159,12 @@ def clean_boxes(
     )
 
 
-def _char_to_token(encoding: Any, char: int) -> int | None:
-    try:
-        return encoding.char_to_token(char)
-    except Exception:  # an index past the text: the official code catches this too
-        return None
-
-
 def token_positive_map(encoding: Any, spans: Sequence[Sequence[Sequence[int]]], width: int = 256) -> Tensor:
     """``Tensor[G, width]`` bool: box ``g`` is positive on the tokens from the one holding
     the first character of each of its spans to the one holding the last, inclusive.
 
-    The character fall-backs are the official ``create_positive_map``'s (and
-    :func:`glip.text.positive_map_from_spans`'): a first character on no token tries the
-    next one or two, a last character the previous one or two. Unlike the inference helper
+    The character fall-backs are the official ``create_positive_map``'s
+    (:func:`glip.text.span_token_range`). Unlike the inference helper
     it never raises: a span cut off by truncation gives an all-False row, as the official
     training data does. The map is binary because the official ``BatchCollator`` casts the
     row-normalised map to bool before the loss.
@@ -183,17 +176,7 @@ def token_positive_map(encoding: Any, spans: Sequence[Sequence[Sequence[int]]], 
     pmap = torch.zeros((len(spans), width), dtype=torch.bool)
     for g, group in enumerate(spans):
         for start, end in group:
-            beg = _char_to_token(encoding, start)
-            if beg is None:
-                beg = _char_to_token(encoding, start + 1)
-                if beg is None:
-                    beg = _char_to_token(encoding, start + 2)
-            last = _char_to_token(encoding, end - 1)
-            if last is None:
-                last = _char_to_token(encoding, end - 2)
-                if last is None:
-                    last = _char_to_token(encoding, end - 3)
-            if beg is None or last is None:
-                continue
-            pmap[g, beg : last + 1] = True
+            tokens = span_token_range(encoding, start, end)
+            if tokens is not None:
+                pmap[g, tokens[0] : tokens[1] + 1] = True
     return pmap

@@ -19,14 +19,15 @@ from glip.hub.official_keys import remap_official_state_dict
 from glip.modeling.build import build_model
 from glip.modeling.glip import GLIP
 from glip.modeling.text_encoder import load_bert_config
-from glip.text import BUNDLED_TEXT_ENCODERS, load_tokenizer
+from glip.text import load_tokenizer, resolve_text_encoder
 
 __all__ = ["CheckpointError", "load_model", "read_checkpoint", "save_model"]
 
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.yaml"
 TEXT_ENCODER_DIR = "text_encoder"
-_OUR_PREFIXES = ("backbone.", "text_encoder.", "head.", "anchor_generator.")
+_OUR_PREFIXES = ("backbone.", "text_encoder.", "head.", "anchor_generator.", "prompt_offset.")
+TUNED_NAME = "tuned.json"  # a tuned model stored as a delta over base weights (glip.hub.tuned)
 _OFFICIAL_PREFIXES = ("backbone.", "language_backbone.", "rpn.")
 
 
@@ -127,8 +128,7 @@ def _resolve_text_encoder(text_encoder: str | Path | None, cfg: GLIPConfig, base
         if base is not None and (base / TEXT_ENCODER_DIR).is_dir():
             return str(base / TEXT_ENCODER_DIR)
         text_encoder = cfg.model.text.encoder
-    bundled = BUNDLED_TEXT_ENCODERS.get(str(text_encoder))
-    return str(bundled) if bundled is not None and not Path(str(text_encoder)).exists() else str(text_encoder)
+    return resolve_text_encoder(text_encoder)
 
 
 def _text_components(name_or_dir: str) -> tuple[Any, Any]:
@@ -155,7 +155,9 @@ def load_model(
     Args:
         weights: an official checkpoint (``.pth`` with ``{"model": {"module." + key: ...}}``),
             or a folder written by :func:`save_model` / ``glip convert``
-            (``model.safetensors`` + ``config.yaml``), or a ``.safetensors`` file.
+            (``model.safetensors`` + ``config.yaml``), or a ``.safetensors`` file, or a
+            tuned-model folder (``tuned.json``, :func:`glip.hub.tuned.save_tuned`): its base
+            is loaded, checked against the recorded hash, and the delta applied.
         config: an official yaml, one of ours, or a :class:`GLIPConfig`; None when the
             weights carry their config (our folders).
         text_encoder: a Hugging Face name or a local directory with a BERT ``config.json``
@@ -167,6 +169,10 @@ def load_model(
     """
     weights = Path(weights)
     base: Path | None = None
+    if weights.is_dir() and (weights / TUNED_NAME).is_file() and not (weights / WEIGHTS_NAME).is_file():
+        from glip.hub.tuned import load_tuned
+
+        return load_tuned(weights, text_encoder=text_encoder, device=device, trust_pickle=trust_pickle)
     if weights.is_dir():
         base = weights
         weights = weights / WEIGHTS_NAME
@@ -182,16 +188,33 @@ def load_model(
             )
         config = base / CONFIG_NAME
     cfg = config if isinstance(config, GLIPConfig) else load_config(config)
-    bert_config, tokenizer = _text_components(_resolve_text_encoder(text_encoder, cfg, base))
+    text_dir = _resolve_text_encoder(text_encoder, cfg, base)
+    bert_config, tokenizer = _text_components(text_dir)
     state = _to_our_keys(read_checkpoint(weights, trust_pickle=trust_pickle), str(weights))
-    model = build_model(cfg, bert_config, tokenizer)
+    # Folders saved with include_text_encoder=False reference the pretrained encoder instead.
+    referenced = cfg.model.text.pretrained and not any(k.startswith("text_encoder.") for k in state)
+    model = build_model(cfg, bert_config, tokenizer, pretrained_text=text_dir if referenced else None)
+    if referenced:
+        state = {**{k: v for k, v in model.state_dict().items() if k.startswith("text_encoder.")}, **state}
+    if "prompt_offset.weight" in state:  # a prompt-tuned checkpoint (ours or official tunable_linear)
+        model.enable_prompt_offset(int(state["prompt_offset.weight"].shape[0]))
     load_state_into(model, state, str(weights))
     return model.to(device).eval()
 
 
-def save_model(model: GLIP, out_dir: str | Path) -> Path:
+def save_model(
+    model: GLIP, out_dir: str | Path, *, dtype: torch.dtype | None = None, include_text_encoder: bool = True
+) -> Path:
     """Writes ``model.safetensors``, ``config.yaml`` and ``text_encoder/`` (BERT config and
-    tokenizer) into ``out_dir``, atomically (a crash leaves no half-written folder)."""
+    tokenizer) into ``out_dir``, atomically (a crash leaves no half-written folder).
+
+    Args:
+        dtype: cast floating-point tensors (e.g. ``torch.float16`` halves the file);
+            :func:`load_model` casts them back to the model's float32.
+        include_text_encoder: False leaves the text encoder's weights out and keeps the
+            config's ``model.text.encoder`` reference (with ``model.text.pretrained``), for
+            a frozen, pretrained encoder that :func:`load_model` reloads from its source.
+    """
     from safetensors.torch import save_file
 
     if model.config is None:
@@ -200,15 +223,29 @@ def save_model(model: GLIP, out_dir: str | Path) -> Path:
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
-        state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+        state = {}
+        for k, v in model.state_dict().items():
+            if not include_text_encoder and k.startswith("text_encoder."):
+                continue
+            v = v.detach().cpu()
+            state[k] = (v.to(dtype) if dtype is not None and v.is_floating_point() else v).contiguous()
         save_file(state, str(tmp / WEIGHTS_NAME), metadata={"format": "pt", "glip": "1"})
         cfg = copy.deepcopy(model.config)
-        cfg.model.text.encoder = TEXT_ENCODER_DIR
+        if include_text_encoder:
+            cfg.model.text.encoder = TEXT_ENCODER_DIR
+            text_dir = tmp / TEXT_ENCODER_DIR
+            model.text_encoder.bert.config.save_pretrained(str(text_dir))
+            if model.tokenizer is not None:
+                model.tokenizer.save_pretrained(str(text_dir))
+        else:
+            cfg.model.text.pretrained = True
         save_config(cfg, tmp / CONFIG_NAME)
-        text_dir = tmp / TEXT_ENCODER_DIR
-        model.text_encoder.bert.config.save_pretrained(str(text_dir))
-        if model.tokenizer is not None:
-            model.tokenizer.save_pretrained(str(text_dir))
+        # mkdtemp makes a private (0700) folder; give the result the usual permissions.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)
+        for path in tmp.rglob("*"):
+            os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~umask)
         if out_dir.exists():
             shutil.rmtree(out_dir)
         os.replace(tmp, out_dir)

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from glip.config import GLIPConfig
 from glip.modeling.anchors import AnchorGenerator
+from glip.modeling.assigner import ATSSAssigner
 from glip.modeling.backbone import VisionBackbone, build_resnet, build_swin
+from glip.modeling.box_coder import BoxCoder
 from glip.modeling.glip import GLIP, Preprocessing
 from glip.modeling.head import GLIPHead
+from glip.modeling.loss import GLIPLoss
 from glip.modeling.postprocess import GroundingPostProcessor
 from glip.modeling.text_encoder import BertTextEncoder
 
-__all__ = ["build_backbone", "build_head", "build_model"]
+__all__ = ["build_backbone", "build_head", "build_loss", "build_model"]
 
 
 def build_backbone(cfg: GLIPConfig) -> VisionBackbone:
@@ -76,17 +80,37 @@ def build_head(cfg: GLIPConfig, bert_config: Any) -> GLIPHead:
         clamp_bertattn_max_for_overflow=h.clamp_bertattn_max_for_overflow,
         clamp_dot_product=h.clamp_dot_product,
         use_checkpoint=h.use_checkpoint,
+        fusion_dropout=h.fusion_dropout,
     )
 
 
-def build_model(cfg: GLIPConfig, bert_config: Any, tokenizer: Any = None) -> GLIP:
-    """A randomly initialised GLIP for ``cfg``.
+def build_loss(cfg: GLIPConfig) -> GLIPLoss:
+    """The training objective of ``cfg.loss`` (ATSS assignment over one anchor per location)."""
+    a, lo = cfg.model.anchors, cfg.loss
+    anchors_per_location = len(a.aspect_ratios) * a.scales_per_octave
+    return GLIPLoss(
+        ATSSAssigner(BoxCoder(), topk=lo.atss_topk, anchors_per_location=anchors_per_location),
+        reg_weight=lo.reg_weight,
+        token_weight=lo.token_weight,
+        token_alpha=lo.token_alpha,
+        token_gamma=lo.token_gamma,
+    )
+
+
+def build_model(
+    cfg: GLIPConfig, bert_config: Any, tokenizer: Any = None, pretrained_text: str | Path | None = None
+) -> GLIP:
+    """A GLIP for ``cfg``, randomly initialised except for the text encoder when
+    ``pretrained_text`` is given.
 
     Args:
         cfg: the model configuration.
         bert_config: the ``transformers.BertConfig`` of the text encoder; its hidden size
             must equal ``cfg.model.text.dim`` (official ``LANG_DIM``).
         tokenizer: the prompt tokenizer, kept on the model for :meth:`GLIP.predict`.
+        pretrained_text: a local folder (or cached Hugging Face name) whose BERT weights
+            initialise the text encoder, as official training does; None: random weights
+            (checkpoints bring their own).
     """
     if int(bert_config.hidden_size) != cfg.model.text.dim:
         raise ValueError(
@@ -98,7 +122,11 @@ def build_model(cfg: GLIPConfig, bert_config: Any, tokenizer: Any = None) -> GLI
     inf = cfg.inference
     model = GLIP(
         backbone=build_backbone(cfg),
-        text_encoder=BertTextEncoder.from_config(bert_config, num_layers=cfg.model.text.num_layers),
+        text_encoder=(
+            BertTextEncoder.from_config(bert_config, num_layers=cfg.model.text.num_layers)
+            if pretrained_text is None
+            else BertTextEncoder.from_pretrained(pretrained_text, num_layers=cfg.model.text.num_layers)
+        ),
         head=build_head(cfg, bert_config),
         anchor_generator=AnchorGenerator(
             sizes=a.sizes,

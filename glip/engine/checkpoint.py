@@ -1,0 +1,172 @@
+"""Resumable training checkpoints, written atomically.
+
+A checkpoint is a folder ``OUTPUT/checkpoints/step_<NNNNNNN>/`` holding
+
+- ``state.pt``: model, optimiser, schedule, EMA and grad-scaler state, and the
+  :class:`Progress` (step, epoch, batch index within the epoch);
+- ``rng_<rank>.pt``: each process's Python, numpy and torch generator states.
+
+It is assembled in a hidden temporary folder and renamed into place (``os.replace``),
+then ``checkpoints/last`` (written the same way) names it: a crash at any moment leaves
+the previous checkpoint intact. Everything is saved as tensors and plain Python values,
+so files load with ``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+__all__ = [
+    "Progress",
+    "capture_rng_state",
+    "checkpoint_dir",
+    "latest_checkpoint",
+    "load_rng_state",
+    "load_state",
+    "prune_checkpoints",
+    "restore_rng_state",
+    "write_checkpoint",
+]
+
+STATE_NAME = "state.pt"
+LAST_NAME = "last"
+
+
+@dataclass
+class Progress:
+    """Where training stands.
+
+    Attributes:
+        step: optimiser steps done (skipped batches do not count).
+        epoch: the epoch being read.
+        batch: global batches of ``epoch`` already consumed (the next one to read).
+        skipped: batches skipped so far (too many images without boxes, non-finite loss).
+    """
+
+    step: int = 0
+    epoch: int = 0
+    batch: int = 0
+    skipped: int = 0
+
+    def to_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+def capture_rng_state() -> dict[str, Any]:
+    """Python, numpy (legacy global) and torch CPU (and CUDA, when used) generator states."""
+    py_version, py_state, py_gauss = random.getstate()
+    np_state = np.random.get_state(legacy=False)
+    state: dict[str, Any] = {
+        "python": {"version": py_version, "state": torch.tensor(py_state, dtype=torch.int64), "gauss": py_gauss},
+        "numpy": {
+            "key": torch.from_numpy(np_state["state"]["key"].astype(np.int64)),
+            "pos": int(np_state["state"]["pos"]),
+            "has_gauss": int(np_state["has_gauss"]),
+            "gauss": float(np_state["gauss"]),
+        },
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state: dict[str, Any]) -> None:
+    py = state["python"]
+    random.setstate((py["version"], tuple(int(x) for x in py["state"].tolist()), py["gauss"]))
+    n = state["numpy"]
+    np.random.set_state(
+        {
+            "bit_generator": "MT19937",
+            "state": {"key": n["key"].numpy().astype(np.uint32), "pos": n["pos"]},
+            "has_gauss": n["has_gauss"],
+            "gauss": n["gauss"],
+        }
+    )
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def checkpoint_dir(output_dir: str | Path, step: int) -> Path:
+    return Path(output_dir) / "checkpoints" / f"step_{step:07d}"
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def write_checkpoint(
+    output_dir: str | Path,
+    step: int,
+    state: dict[str, Any] | None,
+    rng_states: list[dict[str, Any]],
+) -> Path:
+    """Writes ``state`` and every rank's RNG state as checkpoint ``step`` and points
+    ``checkpoints/last`` at it. Called by the main process only, with all ranks' RNG
+    states gathered."""
+    final = checkpoint_dir(output_dir, step)
+    root = final.parent
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=root))
+    try:
+        torch.save(state, tmp / STATE_NAME)
+        for rank, rng in enumerate(rng_states):
+            torch.save(rng, tmp / f"rng_{rank}.pt")
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    _atomic_write_text(root / LAST_NAME, final.name + "\n")
+    return final
+
+
+def latest_checkpoint(output_dir: str | Path) -> Path | None:
+    """The checkpoint ``checkpoints/last`` names, or None."""
+    root = Path(output_dir) / "checkpoints"
+    last = root / LAST_NAME
+    if not last.is_file():
+        return None
+    path = root / last.read_text(encoding="utf-8").strip()
+    return path if (path / STATE_NAME).is_file() else None
+
+
+def load_state(path: str | Path) -> dict[str, Any]:
+    """``state.pt`` of a checkpoint folder (or the file itself), on the CPU."""
+    path = Path(path)
+    file = path / STATE_NAME if path.is_dir() else path
+    if not file.is_file():
+        raise FileNotFoundError(f"no training checkpoint at {path}")
+    return torch.load(file, map_location="cpu", weights_only=True)
+
+
+def load_rng_state(path: str | Path, rank: int) -> dict[str, Any] | None:
+    file = Path(path) / f"rng_{rank}.pt"
+    return torch.load(file, map_location="cpu", weights_only=True) if file.is_file() else None
+
+
+def prune_checkpoints(output_dir: str | Path, keep: int, protect: Callable[[Path], bool] = lambda p: False) -> None:
+    """Deletes all but the ``keep`` newest step checkpoints (the one ``last`` names stays)."""
+    root = Path(output_dir) / "checkpoints"
+    current = latest_checkpoint(output_dir)
+    found = sorted(p for p in root.glob("step_*") if p.is_dir())
+    for path in found[: max(len(found) - keep, 0)]:
+        if path != current and not protect(path):
+            shutil.rmtree(path, ignore_errors=True)

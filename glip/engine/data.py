@@ -1,0 +1,153 @@
+"""Training data for the loop: the datasets named by the config and a resumable,
+process-sharded batch sampler."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from glip.config import GLIPConfig
+from glip.data import CaptionRecipe, CocoGroundingDataset, GroundingCollator, MdetrGroundingDataset
+from glip.data.datasets import sample_seed
+from glip.data.od_to_grounding import SampleRNG, parse_caption_prompt
+from glip.data.transforms import build_train_transform
+
+__all__ = ["RepeatDataset", "ShardedBatchSampler", "build_dataset", "make_loader"]
+
+
+class RepeatDataset(Dataset):
+    """``dataset`` repeated ``copies`` times (official ``DATASETS.GENERAL_COPY``: few-shot
+    sets are repeated so that an epoch holds enough batches)."""
+
+    def __init__(self, dataset: Dataset, copies: int) -> None:
+        if copies < 1:
+            raise ValueError(f"copies must be at least 1, got {copies}")
+        self.dataset = dataset
+        self.copies = copies
+
+    def __len__(self) -> int:
+        return len(self.dataset) * self.copies  # type: ignore[arg-type]
+
+    def __getitem__(self, item: int) -> Any:
+        base = self.dataset
+        index = item % len(base)  # type: ignore[arg-type]
+        if isinstance(base, (CocoGroundingDataset, MdetrGroundingDataset)):
+            # Each copy draws its own augmentation (seeded by its position in the repeat).
+            return base.load(index, SampleRNG.from_seed(sample_seed(base.seed, base.epoch, item)))
+        return base[index]
+
+    def set_epoch(self, epoch: int) -> None:
+        if hasattr(self.dataset, "set_epoch"):
+            self.dataset.set_epoch(epoch)
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "dataset":
+            raise AttributeError(name)
+        return getattr(self.dataset, name)
+
+
+class ShardedBatchSampler(Sampler[list[int]]):
+    """Global batches of a seeded per-epoch permutation; yields this process's share.
+
+    Global batch ``b`` of epoch ``e`` is ``perm_e[b * G : (b + 1) * G]`` with ``G = local
+    batch x world size``; process ``r`` gets its ``r``-th slice of ``local_batch`` indices.
+    The incomplete last batch is dropped. The order depends only on ``(seed, epoch)``,
+    so a run resumed at ``(epoch, start_batch)`` reads exactly what the original would,
+    whatever the number of processes (for the same global batch).
+
+    Args:
+        size: dataset length.
+        local_batch: images per process and step.
+        rank, world_size: this process and the number of processes.
+        seed, epoch: the permutation's seed.
+        start_batch: global batches of this epoch already consumed.
+        shuffle: False reads in dataset order.
+    """
+
+    def __init__(
+        self,
+        size: int,
+        local_batch: int,
+        rank: int = 0,
+        world_size: int = 1,
+        seed: int = 0,
+        epoch: int = 0,
+        start_batch: int = 0,
+        shuffle: bool = True,
+    ) -> None:
+        if local_batch < 1 or not 0 <= rank < world_size:
+            raise ValueError(f"bad sampler settings: local_batch={local_batch}, rank={rank}, world={world_size}")
+        self.size = size
+        self.local_batch = local_batch
+        self.rank = rank
+        self.world_size = world_size
+        self.seed = seed
+        self.epoch = epoch
+        self.start_batch = start_batch
+        self.shuffle = shuffle
+
+    @property
+    def batches_per_epoch(self) -> int:
+        return self.size // (self.local_batch * self.world_size)
+
+    def __len__(self) -> int:
+        return max(self.batches_per_epoch - self.start_batch, 0)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        if self.shuffle:
+            seed = int(np.random.SeedSequence([self.seed, self.epoch]).generate_state(1)[0])
+            order = torch.randperm(self.size, generator=torch.Generator().manual_seed(seed)).tolist()
+        else:
+            order = list(range(self.size))
+        g = self.local_batch * self.world_size
+        for b in range(self.start_batch, self.batches_per_epoch):
+            chunk = order[b * g : (b + 1) * g]
+            yield chunk[self.rank * self.local_batch : (self.rank + 1) * self.local_batch]
+
+
+def build_dataset(cfg: GLIPConfig, tokenizer: Any, train: bool = True) -> Dataset:
+    """The training (or validation) set of ``cfg.data``: a COCO json and its image folder.
+
+    Validation uses the test resize and no flip. Detection data get the caption recipe
+    of ``cfg.data``; validation captions list every category in json order.
+    """
+    d = cfg.data
+    ann, images = (d.train_json, d.train_images) if train else (d.val_json, d.val_images)
+    if not ann or not images:
+        which = "train" if train else "val"
+        raise ValueError(f"data.{which}_json and data.{which}_images must name a COCO json and its image folder")
+    transform = build_train_transform(cfg.input, flip_prob=d.flip_prob, train=train)
+    max_len = cfg.model.text.max_query_len
+    if d.format == "mdetr":
+        return MdetrGroundingDataset(ann, images, tokenizer, transform, max_query_len=max_len, seed=cfg.solver.seed)
+    if d.format != "coco":
+        raise ValueError(f"unknown data.format {d.format!r} (expected 'coco' or 'mdetr')")
+    recipe = CaptionRecipe(
+        sample_negatives=d.sample_negatives and train,
+        shuffle=d.shuffle_categories and train,
+        separator=d.separator,
+        add_detection_prompt=d.add_detection_prompt,
+        random_sample_negative=d.random_sample_negative,
+        caption_prompt=parse_caption_prompt(d.caption_prompt) if d.caption_prompt else None,
+    )
+    dataset = CocoGroundingDataset(ann, images, tokenizer, transform, recipe, max_query_len=max_len, seed=cfg.solver.seed)
+    return RepeatDataset(dataset, d.general_copy) if train and d.general_copy > 1 else dataset
+
+
+def make_loader(dataset: Dataset, sampler: ShardedBatchSampler, cfg: GLIPConfig, pad_token_id: int = 0) -> DataLoader:
+    """A loader over ``sampler``'s batches. Its own generator keeps the global torch RNG
+    (dropout, drop-path) untouched, so resuming replays it exactly."""
+    if hasattr(dataset, "set_epoch"):
+        dataset.set_epoch(sampler.epoch)
+    collate = GroundingCollator(cfg.input.size_divisibility, cfg.model.text.max_query_len, pad_token_id)
+    return DataLoader(
+        dataset,
+        batch_sampler=sampler,
+        collate_fn=collate,
+        num_workers=cfg.data.num_workers,
+        generator=torch.Generator().manual_seed(0),
+    )

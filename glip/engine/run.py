@@ -1,0 +1,196 @@
+"""Setting up a training run from a config: model, data, accelerator, resume."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from glip.config import GLIPConfig, save_config
+from glip.engine.checkpoint import latest_checkpoint
+from glip.engine.data import build_dataset
+from glip.engine.trainer import Evaluator, Trainer, TrainResult
+from glip.engine.tuning import apply_tuning, resolve_tuning_mode, set_frozen_eval
+from glip.modeling.build import build_loss, build_model
+from glip.modeling.glip import GLIP
+from glip.modeling.text_encoder import load_bert_config
+from glip.text import load_tokenizer, resolve_text_encoder
+
+__all__ = ["build_training_model", "load_evaluator", "prepare_for_training", "resolve_precision", "train"]
+
+logger = logging.getLogger(__name__)
+
+
+def build_training_model(cfg: GLIPConfig, weights: str | Path | None = None) -> GLIP:
+    """A GLIP to train: from ``weights`` (official ``.pth`` or our folder, loaded with the
+    architecture of ``cfg``), else freshly initialised with the text encoder's
+    pretrained weights when ``cfg.model.text.pretrained`` (offline: a local folder, a
+    packaged name such as ``all-MiniLM-L6-v2``, or the Hugging Face cache)."""
+    text_dir = resolve_text_encoder(cfg.model.text.encoder)
+    if weights is not None:
+        from glip.hub.checkpoint import load_model
+
+        return load_model(weights, cfg, text_encoder=text_dir)
+    model = build_model(
+        cfg,
+        load_bert_config(text_dir),
+        load_tokenizer(text_dir),
+        pretrained_text=text_dir if cfg.model.text.pretrained else None,
+    )
+    return model
+
+
+def prepare_for_training(model: GLIP, cfg: GLIPConfig) -> GLIP:
+    """Freezes what the official training freezes and puts the model in train mode.
+
+    - ``head.cls_logits``: a leftover of the official head that no released loss uses
+      (its loss is multiplied by 0); frozen so that no process waits for its gradient.
+    - the text encoder when ``model.text.freeze`` (official ``LANGUAGE_BACKBONE.FREEZE``).
+    - backbone stages up to ``model.backbone.freeze_at``: done by the builder.
+    - the transfer mode ``train.tuning`` (:mod:`glip.engine.tuning`): full, linear probing,
+      prompt tuning...; frozen parts are kept in eval mode.
+    """
+    model.head.cls_logits.requires_grad_(False)
+    if cfg.model.text.freeze:
+        model.text_encoder.requires_grad_(False)
+    apply_tuning(model, cfg.train.tuning)
+    model.train()
+    set_frozen_eval(model, cfg.train.tuning, cfg.model.text.freeze)
+    return model
+
+
+def resolve_precision(cfg: GLIPConfig, cpu: bool) -> str:
+    """accelerate's ``mixed_precision`` for ``train.precision``: ``auto`` gives bf16 (or
+    fp16 with a grad scaler, as the official ``USE_AMP``) on GPUs when
+    ``solver.use_amp``, and fp32 on the CPU."""
+    p = cfg.train.precision
+    if p not in ("auto", "no", "bf16", "fp16"):
+        raise ValueError(f"train.precision must be auto, no, bf16 or fp16, got {p!r}")
+    if p != "auto":
+        return p
+    if cpu or not cfg.solver.use_amp or not torch.cuda.is_available():
+        return "no"
+    return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+
+
+def load_evaluator(spec: str, cfg: GLIPConfig) -> Evaluator | None:
+    """``"package.module:function"`` -> ``lambda model, step: function(model, cfg, step)``;
+    None (with a warning) when it cannot be imported."""
+    if not spec:
+        return None
+    module_name, _, func_name = spec.partition(":")
+    try:
+        func = getattr(importlib.import_module(module_name), func_name or "evaluate")
+    except (ImportError, AttributeError) as e:
+        logger.warning("train.evaluator %r is not importable (%s): only validation losses are computed", spec, e)
+        return None
+    return lambda model, step: func(model, cfg, step)
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def train(
+    cfg: GLIPConfig,
+    output_dir: str | Path,
+    *,
+    weights: str | Path | None = None,
+    resume: str | Path | bool | None = None,
+    max_steps: int | None = None,
+    evaluator: Evaluator | None = None,
+    cpu: bool | None = None,
+    progress_bar: bool = True,
+) -> TrainResult:
+    """Trains a GLIP as ``cfg`` says, writing into ``output_dir``.
+
+    Run it under ``accelerate launch`` / ``torchrun`` for several processes; every
+    process calls it.
+
+    Args:
+        weights: initial weights (official ``.pth`` or a folder of ours); ignored on resume.
+        resume: True (or ``"auto"``): continue from ``output_dir``'s last checkpoint if
+            there is one; a path: from that checkpoint folder.
+        max_steps: stop (with a checkpoint) after this many steps in all, without
+            changing the schedule, which still spans ``max_iter``.
+        evaluator: ``fn(model, step) -> metrics`` at each validation; default the
+            importable ``train.evaluator`` of the config, if any.
+        cpu: force the CPU (default: the GPU when there is one).
+    """
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedDataParallelKwargs
+
+    output_dir = Path(output_dir)
+    cpu = (not torch.cuda.is_available()) if cpu is None else cpu
+    accelerator = Accelerator(
+        cpu=cpu,
+        mixed_precision=resolve_precision(cfg, cpu),
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=cfg.train.find_unused_parameters)],
+    )
+    # The same initial weights on every process (DDP also broadcasts rank 0's).
+    _seed_everything(cfg.solver.seed)
+    checkpoint = None
+    if resume:
+        checkpoint = latest_checkpoint(output_dir) if resume is True or resume == "auto" else Path(resume)
+        if checkpoint is None:
+            logger.info("no checkpoint in %s: starting from scratch", output_dir)
+    model = build_training_model(cfg, None if checkpoint is not None else weights)
+    prepare_for_training(model, cfg)
+    tokenizer = model.tokenizer
+    train_set = build_dataset(cfg, tokenizer, train=True)
+    val_set = build_dataset(cfg, tokenizer, train=False) if cfg.data.val_json else None
+    if evaluator is None:
+        evaluator = load_evaluator(cfg.train.evaluator, cfg)
+    if accelerator.is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, output_dir / "config.yaml")
+    # Training randomness (dropout, drop-path, DropBlock) differs between processes.
+    _seed_everything(cfg.solver.seed + 1000 * accelerator.process_index + 1)
+    trainer = Trainer(
+        cfg,
+        model,
+        build_loss(cfg),
+        train_set,
+        accelerator,
+        output_dir,
+        val_set=val_set,
+        evaluator=evaluator,
+        pad_token_id=int(tokenizer.pad_token_id or 0),
+        progress_bar=progress_bar,
+    )
+    if checkpoint is not None:
+        trainer.load_checkpoint(checkpoint)
+    result = trainer.fit(max_steps=max_steps)
+    accelerator.wait_for_everyone()
+    finished = result.progress.step >= trainer.max_iter or result.early_stopped
+    if accelerator.is_main_process and result.interrupted_by is None and finished:
+        _save_final(trainer, output_dir, weights)
+    accelerator.end_training()
+    return result
+
+
+def _save_final(trainer: Trainer, output_dir: Path, weights: str | Path | None = None) -> None:
+    """``output_dir/model`` (and ``model_ema``): model-zoo folders for :func:`glip.load_model`.
+    A frozen pretrained text encoder is referenced by name, not copied. A run of a partial
+    transfer mode (linear, prompt...) from ``weights`` stores only the tensors it trained,
+    over a reference to ``weights`` (:func:`glip.hub.tuned.save_tuned`)."""
+    from glip.hub.checkpoint import save_model
+    from glip.hub.tuned import save_tuned
+
+    mode = resolve_tuning_mode(trainer.cfg.train.tuning)
+    if weights is not None and mode is not None and mode.name != "full":
+        save_tuned(trainer.model, output_dir / "model", base=weights, mode=mode.name)
+        return
+    text = trainer.cfg.model.text
+    include_text = not (text.freeze and text.pretrained)
+    save_model(trainer.model, output_dir / "model", include_text_encoder=include_text)
+    if trainer.ema is not None:
+        ema = trainer.ema.module
+        ema.config, ema.tokenizer = trainer.model.config, trainer.model.tokenizer
+        save_model(ema, output_dir / "model_ema", include_text_encoder=include_text)
