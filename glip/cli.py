@@ -132,6 +132,15 @@ def build_parser() -> argparse.ArgumentParser:
         description="List the model-zoo names, sizes and whether each is in the local cache.",
     )
     p.set_defaults(func=_cmd_models)
+
+    from glip.tools.train_cli import add_data_parser, add_train_parser
+
+    add_train_parser(sub)
+    add_data_parser(sub)
+
+    from glip.tools.evaluate_cli import add_evaluate_parser
+
+    add_evaluate_parser(sub)
     return parser
 
 

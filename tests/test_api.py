@@ -118,7 +118,7 @@ def test_image_modes_and_exif(predictor, images, tmp_path):
     rgb.convert("L").save(tmp_path / "grey.png")
     rgb.convert("RGBA").save(tmp_path / "rgba.png")
     rgb.convert("P").save(tmp_path / "palette.png")
-    Image.fromarray((np.asarray(rgb.convert("L")).astype(np.uint16) * 257)).save(tmp_path / "grey16.png")
+    Image.fromarray(np.asarray(rgb.convert("L")).astype(np.uint16) * 257).save(tmp_path / "grey16.png")
     for name in ("grey.png", "rgba.png", "palette.png", "grey16.png"):
         det = predictor.predict(str(tmp_path / name), CAPTION, threshold=0.0)
         assert det.image_size == (300, 451), name

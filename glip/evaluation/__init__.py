@@ -1,0 +1,29 @@
+"""Metrics over :class:`glip.structures.Detections` and COCO-results entries: COCO AP,
+LVIS (Fixed) AP, ODinW suites, Flickr30k recall and referring-expression precision.
+
+This package never runs a model; ``glip.tools.evaluate`` connects one to a dataset.
+"""
+
+from glip.evaluation.coco import COCO_METRICS, evaluate_coco
+from glip.evaluation.grounding import GroundingRecall, box_iou
+from glip.evaluation.lvis import FIXED_AP_TOPK, LVIS_METRICS, TopKPerCategory, evaluate_lvis
+from glip.evaluation.odinw import SUITES, OdinwDataset, odinw_suite
+from glip.evaluation.report import format_metrics, format_suite, suite_summary, write_json
+
+__all__ = [
+    "COCO_METRICS",
+    "FIXED_AP_TOPK",
+    "LVIS_METRICS",
+    "SUITES",
+    "GroundingRecall",
+    "OdinwDataset",
+    "TopKPerCategory",
+    "box_iou",
+    "evaluate_coco",
+    "evaluate_lvis",
+    "format_metrics",
+    "format_suite",
+    "odinw_suite",
+    "suite_summary",
+    "write_json",
+]

@@ -1,0 +1,81 @@
+"""COCO box AP with pycocotools, for COCO and any COCO-format dataset (ODinW)."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Union
+
+__all__ = ["COCO_METRICS", "CocoLike", "ResultsLike", "evaluate_coco", "load_json"]
+
+# The twelve numbers of COCOeval.summarize(), in its order (stats[0..11]).
+COCO_METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
+
+CocoLike = Union[str, Path, Mapping[str, Any]]
+ResultsLike = Union[str, Path, Sequence[Mapping[str, Any]]]
+
+
+def load_json(value: Any) -> Any:
+    """A path is read as JSON; anything else is returned unchanged."""
+    if isinstance(value, (str, Path)):
+        with open(value, encoding="utf-8") as f:
+            return json.load(f)
+    return value
+
+
+def _coco_api(ground_truth: Mapping[str, Any]) -> Any:
+    from pycocotools.coco import COCO
+
+    api = COCO()
+    api.dataset = copy.deepcopy(dict(ground_truth))
+    api.dataset.setdefault("annotations", [])
+    for ann in api.dataset["annotations"]:
+        ann.setdefault("iscrowd", 0)
+        if "area" not in ann:
+            ann["area"] = float(ann["bbox"][2] * ann["bbox"][3])
+    with contextlib.redirect_stdout(io.StringIO()):
+        api.createIndex()
+    return api
+
+
+def evaluate_coco(
+    ground_truth: CocoLike, results: ResultsLike, image_ids: Sequence[int] | None = None
+) -> dict[str, float]:
+    """Box AP of COCO-results entries against a COCO-format ground truth.
+
+    Args:
+        ground_truth: the annotation file (path or parsed dict): ``images``,
+            ``annotations`` (``bbox`` as ``[x, y, w, h]``), ``categories``.
+        results: ``[{"image_id", "category_id", "bbox": [x, y, w, h], "score"}]``
+            (path or list), as :meth:`glip.structures.Detections.to_coco` writes.
+        image_ids: evaluate these images only (default: every image of the ground truth,
+            as the official evaluation does).
+
+    Returns:
+        ``{name: value}`` for :data:`COCO_METRICS` (pycocotools ``COCOeval(..., "bbox")``:
+        at most 100 detections per image; -1 where no ground truth exists). Without any
+        result every metric is 0 (-1 where pycocotools would report no ground truth).
+    """
+    from pycocotools.cocoeval import COCOeval
+
+    gt = _coco_api(load_json(ground_truth))
+    dets = [dict(r) for r in load_json(results)]
+    if not dets:
+        empty = 0.0 if gt.dataset["annotations"] else -1.0
+        return {name: empty for name in COCO_METRICS}
+    unknown = {d["image_id"] for d in dets} - set(gt.getImgIds())
+    if unknown:
+        raise ValueError(f"results name {len(unknown)} image ids absent from the ground truth, e.g. {min(unknown)}")
+    with contextlib.redirect_stdout(io.StringIO()):
+        dt = gt.loadRes(copy.deepcopy(dets))
+        evaluator = COCOeval(gt, dt, "bbox")
+        if image_ids is not None:
+            evaluator.params.imgIds = list(image_ids)
+        evaluator.evaluate()
+        evaluator.accumulate()
+        evaluator.summarize()
+    return {name: float(v) for name, v in zip(COCO_METRICS, evaluator.stats)}
