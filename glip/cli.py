@@ -56,7 +56,7 @@ def _cmd_detect(args: argparse.Namespace) -> int:
         raise ValueError(f"--threshold must be in [0, 1], got {args.threshold}")
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
-    prompt = parse_prompt(args.prompt)  # fail fast on an empty prompt, before loading a model
+    prompt = parse_prompt(args.prompt) if args.prompt else None  # fail fast on an empty prompt
     files = expand_inputs(args.inputs)
     if not files:
         raise FileNotFoundError(f"no image found in {' '.join(args.inputs)}")
@@ -64,6 +64,10 @@ def _cmd_detect(args: argparse.Namespace) -> int:
     predictor = Predictor(
         model, config=args.config, text_encoder=args.text_encoder, device=args.device, batch_size=args.batch_size
     )
+    if prompt is None:  # a tuned model's own prompt (glip finetune)
+        prompt = predictor.model.tuned_prompt
+        if prompt is None:
+            raise ValueError("--prompt is required (the model records no tuned prompt)")
     entries = detect_files(
         predictor,
         files,
@@ -113,8 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR_OR_GLOB")
     p.add_argument(
         "--prompt",
-        required=True,
-        help='phrases separated by "." ("a cat. a dog."), or a caption whose noun phrases are detected',
+        help='phrases separated by "." ("a cat. a dog."), or a caption whose noun phrases are detected; '
+        "optional for a model tuned by `glip finetune` (its dataset's classes)",
     )
     p.add_argument("--model", default="glip-t", help="model-zoo name (see `glip models`; default glip-t)")
     p.add_argument("--weights", help="a checkpoint (official .pth or converted folder) instead of --model")
@@ -141,6 +145,10 @@ def build_parser() -> argparse.ArgumentParser:
     from glip.tools.evaluate_cli import add_evaluate_parser
 
     add_evaluate_parser(sub)
+
+    from glip.tools.finetune_cli import add_finetune_parser
+
+    add_finetune_parser(sub)
     return parser
 
 

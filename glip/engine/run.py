@@ -14,7 +14,7 @@ from glip.config import GLIPConfig, save_config
 from glip.engine.checkpoint import latest_checkpoint
 from glip.engine.data import build_dataset
 from glip.engine.trainer import Evaluator, Trainer, TrainResult
-from glip.engine.tuning import apply_tuning, resolve_tuning_mode, set_frozen_eval
+from glip.engine.tuning import apply_tuning, record_tuned_prompt, resolve_tuning_mode, set_frozen_eval
 from glip.modeling.build import build_loss, build_model
 from glip.modeling.glip import GLIP
 from glip.modeling.text_encoder import load_bert_config
@@ -145,6 +145,8 @@ def train(
     tokenizer = model.tokenizer
     train_set = build_dataset(cfg, tokenizer, train=True)
     val_set = build_dataset(cfg, tokenizer, train=False) if cfg.data.val_json else None
+    if cfg.train.tuning:
+        record_tuned_prompt(model, train_set, cfg.model.text.max_query_len)
     if evaluator is None:
         evaluator = load_evaluator(cfg.train.evaluator, cfg)
     if accelerator.is_main_process:

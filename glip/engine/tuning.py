@@ -21,8 +21,12 @@ Frozen parts are also kept in eval mode during training, as the official ``train
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
+from glip.data import build_caption
+from glip.data.od_to_grounding import DETECTION_PROMPT
 from glip.modeling.glip import GLIP
+from glip.text import Prompt, tokenize_prompt
 
 __all__ = [
     "LINEAR_PROBE_PARAMETERS",
@@ -31,6 +35,8 @@ __all__ = [
     "TUNING_MODES",
     "TuningMode",
     "apply_tuning",
+    "dataset_prompt",
+    "record_tuned_prompt",
     "resolve_tuning_mode",
     "set_frozen_eval",
     "trainable_names",
@@ -145,3 +151,31 @@ def set_frozen_eval(model: GLIP, mode: TuningMode | str | None, freeze_text: boo
 def trainable_names(model: GLIP) -> list[str]:
     """Names of the parameters that will be trained."""
     return [n for n, p in model.named_parameters() if p.requires_grad]
+
+
+def dataset_prompt(dataset: Any) -> Prompt | None:
+    """The caption a fixed-order detection dataset gives every image (all categories in
+    contiguous-id order, the official fine-tuning and evaluation prompt), or None when the
+    captions vary (shuffled or sampled categories, grounding data)."""
+    dataset = getattr(dataset, "dataset", dataset)  # a RepeatDataset's base
+    recipe = getattr(dataset, "recipe", None)
+    classes = getattr(dataset, "ind_to_class", None)
+    if recipe is None or classes is None or recipe.shuffle or recipe.sample_negatives:
+        return None
+    labels = sorted(classes)
+    prefix = DETECTION_PROMPT if recipe.add_detection_prompt else ""
+    caption = build_caption(labels, classes, recipe.separator, recipe.caption_prompt, prefix)
+    return Prompt.from_spans(caption.caption, [caption.label_to_span[label] for label in labels])
+
+
+def record_tuned_prompt(model: GLIP, dataset: Any, max_query_len: int) -> None:
+    """Records on ``model`` the prompt of a fixed-caption training set: ``model.tuned_prompt``
+    and, with a prompt offset, the token ids it will be applied to at inference."""
+    prompt = dataset_prompt(dataset)
+    if prompt is None or model.tokenizer is None:
+        return
+    model.tuned_prompt = prompt
+    if model.prompt_offset is not None:
+        tokens = tokenize_prompt(model.tokenizer, prompt, max_query_len)
+        n = int(tokens.attention_mask[0].sum())
+        model.prompt_offset.token_ids = tuple(int(t) for t in tokens.input_ids[0, :n].tolist())

@@ -27,6 +27,8 @@ _RULES: list[tuple[re.Pattern[str], str]] = [
     (re.compile(r"^language_backbone\.body\.model\."), "text_encoder.bert."),
     (re.compile(r"^rpn\.anchor_generator\."), "anchor_generator."),
     (re.compile(r"^rpn\.head\.dot_product_projection_text\."), "head.text_proj."),
+    # Prompt tuning (official ADD_LINEAR_LAYER / language_prompt_v2): the [1000, D] offset.
+    (re.compile(r"^rpn\.tunable_linear\."), "prompt_offset."),
 ]
 
 # Inside one DyConv block of the tower.

@@ -23,6 +23,7 @@ class ZooEntry:
         params_m: parameters in millions (from the official state dict).
         size_mb: approximate download size.
         description: what it was trained on, and its reported zero-shot numbers.
+        bundled: a folder shipped inside the package (no download), relative to ``glip/``.
     """
 
     name: str
@@ -32,6 +33,7 @@ class ZooEntry:
     size_mb: int
     description: str
     repo: str = HF_REPO
+    bundled: str | None = None
 
 
 # Parameter counts from the full-size official state dicts; file sizes are approximate.
@@ -102,6 +104,16 @@ ZOO: dict[str, ZooEntry] = {
             1730,
             "GLIP-L, the checkpoint chosen on LVIS minival (30.1 AP)",
         ),
+        ZooEntry(
+            "demo-shapes",
+            "",
+            "",
+            1.9,
+            19,
+            "offline demo: a tiny GLIP trained on synthetic coloured shapes (scripts/train_demo.py)",
+            repo="",
+            bundled="assets/demo-shapes",
+        ),
     ]
 }
 
@@ -133,7 +145,16 @@ def converted_dir(name: str) -> Path:
     return cache_dir() / name
 
 
+def _bundled_dir(entry: ZooEntry) -> Path | None:
+    if entry.bundled is None:
+        return None
+    return Path(__file__).resolve().parents[1] / entry.bundled
+
+
 def is_cached(name: str) -> bool:
+    bundled = _bundled_dir(_entry(name))
+    if bundled is not None:
+        return (bundled / "model.safetensors").is_file()
     return (converted_dir(name) / "model.safetensors").is_file()
 
 
@@ -158,6 +179,11 @@ def resolve_weights(name: str, text_encoder: str | Path | None = None) -> Path:
     (the official ``.pth`` stays in the Hugging Face cache; the converted copy goes to
     :func:`cache_dir`)."""
     entry = _entry(name)
+    bundled = _bundled_dir(entry)
+    if bundled is not None:
+        if not (bundled / "model.safetensors").is_file():
+            raise ModelNotAvailableError(f"the bundled model {name!r} is missing from {bundled}")
+        return bundled
     out = converted_dir(name)
     if is_cached(name):
         return out

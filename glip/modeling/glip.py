@@ -13,6 +13,7 @@ from glip.modeling.anchors import AnchorGenerator
 from glip.modeling.backbone import VisionBackbone
 from glip.modeling.head import GLIPHead
 from glip.modeling.postprocess import GroundingPostProcessor
+from glip.modeling.prompt_offset import PromptOffset
 from glip.modeling.text_encoder import BertTextEncoder
 from glip.structures import Detections, HeadOutputs, ImageBatch, TextFeatures
 from glip.text import Prompt, TokenizedPrompt, parse_prompt, tokenize_prompt
@@ -68,6 +69,8 @@ class GLIP(nn.Module):
         preprocessing: test-time image transforms.
         tokenizer: a Hugging Face fast BERT tokenizer (needed by :meth:`predict`).
         max_query_len: T, the padded prompt length (official ``MAX_QUERY_LEN``, 256).
+        prompt_offset: a tuned :class:`PromptOffset` on the text features (prompt tuning,
+            official ``tunable_linear``), or None (the default: the model is unchanged).
     """
 
     def __init__(
@@ -80,6 +83,7 @@ class GLIP(nn.Module):
         preprocessing: Preprocessing,
         tokenizer: Any = None,
         max_query_len: int = 256,
+        prompt_offset: PromptOffset | None = None,
     ) -> None:
         super().__init__()
         self.backbone = backbone
@@ -90,14 +94,30 @@ class GLIP(nn.Module):
         self.preprocessing = preprocessing
         self.tokenizer = tokenizer
         self.max_query_len = max_query_len
+        self.prompt_offset = prompt_offset
         self.config: Any = None  # the GLIPConfig it was built from, set by the builder
+        # The prompt a transfer run tuned it for (set by glip.hub.tuned); `glip detect`'s default.
+        self.tuned_prompt: Prompt | None = None
 
     @property
     def device(self) -> torch.device:
         return next(self.parameters()).device
 
+    def enable_prompt_offset(self, num_rows: int | None = None, token_ids: list[int] | None = None) -> PromptOffset:
+        """Adds a zero :class:`PromptOffset` (``num_rows`` default ``max_query_len``), or
+        returns the one there; the model's outputs are unchanged until it is trained."""
+        if self.prompt_offset is None:
+            rows = self.max_query_len if num_rows is None else num_rows
+            dim = int(self.text_encoder.bert.config.hidden_size)
+            param = next(self.parameters())
+            self.prompt_offset = PromptOffset(rows, dim, token_ids).to(param.device)
+        elif token_ids is not None:
+            self.prompt_offset.token_ids = tuple(token_ids)
+        return self.prompt_offset
+
     def forward(self, images: ImageBatch, input_ids: Tensor, attention_mask: Tensor) -> GLIPOutput:
-        """Runs the network.
+        """Runs the network (with the prompt offset, when there is one, whatever the prompt,
+        as the official training does).
 
         Args:
             images: ``B`` padded images.
@@ -106,11 +126,16 @@ class GLIP(nn.Module):
         """
         return self.forward_features(self.backbone(images.tensor), input_ids, attention_mask)
 
-    def forward_features(self, features: list[Tensor], input_ids: Tensor, attention_mask: Tensor) -> GLIPOutput:
+    def forward_features(
+        self, features: list[Tensor], input_ids: Tensor, attention_mask: Tensor, use_prompt_offset: bool = True
+    ) -> GLIPOutput:
         """The text encoder and head on precomputed FPN maps (L tensors ``[B, C, H_l, W_l]``):
-        several prompts can reuse one backbone pass."""
+        several prompts can reuse one backbone pass. ``use_prompt_offset`` False skips the
+        prompt offset (the base model's text features)."""
         batch = features[0].shape[0]
         text = self.text_encoder(input_ids, attention_mask)
+        if self.prompt_offset is not None and use_prompt_offset:
+            text = self.prompt_offset(text)
         if input_ids.shape[0] == 1 and batch > 1:
             # One prompt for the whole batch: encode it once, share the features.
             text = TextFeatures(
@@ -152,13 +177,17 @@ class GLIP(nn.Module):
         """Like :meth:`detect` for several prompts, running the backbone once.
 
         Returns ``[prompt][image]`` detections (labels index each prompt's own phrases).
+        A prompt offset (prompt tuning) applies only to the prompt it was tuned for (the
+        same token ids); any other prompt runs the base model.
         """
         device = self.device
         images = images.to(device)
         features = self.backbone(images.tensor)
         results = []
         for tokens in prompts:
-            out = self.forward_features(features, tokens.input_ids.to(device), tokens.attention_mask.to(device))
+            ids, mask = tokens.input_ids.to(device), tokens.attention_mask.to(device)
+            tuned = self.prompt_offset is not None and self.prompt_offset.matches(ids, mask)
+            out = self.forward_features(features, ids, mask, use_prompt_offset=tuned)
             dets = self.postprocessor(
                 out.head.box_regression,
                 out.head.centerness,
