@@ -43,7 +43,10 @@ def _coco_api(ground_truth: Mapping[str, Any]) -> Any:
 
 
 def evaluate_coco(
-    ground_truth: CocoLike, results: ResultsLike, image_ids: Sequence[int] | None = None
+    ground_truth: CocoLike,
+    results: ResultsLike,
+    image_ids: Sequence[int] | None = None,
+    category_ids: Sequence[int] | None = None,
 ) -> dict[str, float]:
     """Box AP of COCO-results entries against a COCO-format ground truth.
 
@@ -54,6 +57,7 @@ def evaluate_coco(
             (path or list), as :meth:`glip.structures.Detections.to_coco` writes.
         image_ids: evaluate these images only (default: every image of the ground truth,
             as the official evaluation does).
+        category_ids: average over these categories only (default: all).
 
     Returns:
         ``{name: value}`` for :data:`COCO_METRICS` (pycocotools ``COCOeval(..., "bbox")``:
@@ -75,6 +79,8 @@ def evaluate_coco(
         evaluator = COCOeval(gt, dt, "bbox")
         if image_ids is not None:
             evaluator.params.imgIds = list(image_ids)
+        if category_ids is not None:
+            evaluator.params.catIds = list(category_ids)
         evaluator.evaluate()
         evaluator.accumulate()
         evaluator.summarize()

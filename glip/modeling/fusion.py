@@ -129,6 +129,15 @@ class BiMultiHeadAttention(nn.Module):
         Returns:
             ``(delta_v Tensor[B, N, C], delta_l Tensor[B, T, D])``, the two attention outputs.
         """
+        if not self.training and v.shape[0] > 1:
+            # Images never attend to each other: at inference run them one at a time, which
+            # bounds the [h, N, T] attention buffers (~160 MB each for GLIP-T at 800 px) to
+            # one image instead of B.
+            parts = [
+                self.forward(v[i : i + 1], t[i : i + 1], None if text_mask is None else text_mask[i : i + 1])
+                for i in range(v.shape[0])
+            ]
+            return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
         query = self._heads(self.v_proj(v) * self.scale)  # [B, h, N, E/h]
         key = self._heads(self.l_proj(t))  # [B, h, T, E/h]
         value_v = self._heads(self.values_v_proj(v))  # [B, h, N, E/h]
