@@ -108,8 +108,18 @@ def main() -> None:
     rows = []
     for device in devices:
         for batch in args.batch or [1, 4]:
-            cmd = [sys.executable, __file__, "--_one", f"{device},{batch}", "--runs", str(args.runs),
-                   "--threads", str(args.threads), "--dtype", args.dtype]
+            cmd = [
+                sys.executable,
+                __file__,
+                "--_one",
+                f"{device},{batch}",
+                "--runs",
+                str(args.runs),
+                "--threads",
+                str(args.threads),
+                "--dtype",
+                args.dtype,
+            ]
             res = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, PYTHONUNBUFFERED="1"))
             if res.returncode != 0:
                 print(res.stderr[-2000:], file=sys.stderr)
@@ -120,8 +130,12 @@ def main() -> None:
                 f"{r['device']:<5} batch {r['batch']}  {r['dtype']}  {r['median_s_per_image']:7.2f} s/img  "
                 f"peak RSS {r['peak_rss_mib']:6.0f} MiB"
                 + (f"  peak CUDA {r['peak_cuda_mib']:6.0f} MiB ({r['gpu']})" if "peak_cuda_mib" in r else "")
-                + (f"   vs official CPU {OFFICIAL_CPU_S / r['median_s_per_image']:.1f}x faster, "
-                   f"{OFFICIAL_CPU_RSS_MIB / r['peak_rss_mib']:.2f}x less memory" if r["device"] == "cpu" else ""),
+                + (
+                    f"   vs official CPU {OFFICIAL_CPU_S / r['median_s_per_image']:.1f}x faster, "
+                    f"{OFFICIAL_CPU_RSS_MIB / r['peak_rss_mib']:.2f}x less memory"
+                    if r["device"] == "cpu"
+                    else ""
+                ),
                 flush=True,
             )
     if args.json:

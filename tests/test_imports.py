@@ -17,13 +17,24 @@ PACKAGE = Path(__file__).resolve().parents[1] / "glip"
 
 # Lower layers never import higher ones; modules of one rank-3 package never import another.
 RANK = {
-    "version": 0, "config": 0, "utils": 0, "configs": 0,
-    "structures": 1, "ops": 1,
-    "layers": 2, "text": 2,
-    "modeling": 3, "data": 3, "evaluation": 3,
-    "engine": 4, "hub": 4, "export": 4,
-    "api": 5, "tools": 5,
-    "cli": 6, "train": 6,
+    "version": 0,
+    "config": 0,
+    "utils": 0,
+    "configs": 0,
+    "structures": 1,
+    "ops": 1,
+    "layers": 2,
+    "text": 2,
+    "modeling": 3,
+    "data": 3,
+    "evaluation": 3,
+    "engine": 4,
+    "hub": 4,
+    "export": 4,
+    "api": 5,
+    "tools": 5,
+    "cli": 6,
+    "train": 6,
 }
 SIBLINGS = {"modeling", "data", "evaluation"}
 

@@ -78,9 +78,15 @@ _MAPPED: dict[str, tuple[str, Any, Callable[[Any], Any]]] = {
     "MODEL.DYHEAD.FUSE_CONFIG.CLAMP_MIN_FOR_UNDERFLOW": ("model.head.clamp_min_for_underflow", False, bool),
     "MODEL.DYHEAD.FUSE_CONFIG.CLAMP_MAX_FOR_OVERFLOW": ("model.head.clamp_max_for_overflow", False, bool),
     "MODEL.DYHEAD.FUSE_CONFIG.CLAMP_BERTATTN_MIN_FOR_UNDERFLOW": (
-        "model.head.clamp_bertattn_min_for_underflow", False, bool),
+        "model.head.clamp_bertattn_min_for_underflow",
+        False,
+        bool,
+    ),
     "MODEL.DYHEAD.FUSE_CONFIG.CLAMP_BERTATTN_MAX_FOR_OVERFLOW": (
-        "model.head.clamp_bertattn_max_for_overflow", False, bool),
+        "model.head.clamp_bertattn_max_for_overflow",
+        False,
+        bool,
+    ),
     "MODEL.DYHEAD.FUSE_CONFIG.CLAMP_DOT_PRODUCT": ("model.head.clamp_dot_product", False, bool),
     "MODEL.RPN.ANCHOR_SIZES": ("model.anchors.sizes", (32, 64, 128, 256, 512), _floats),
     "MODEL.RPN.ANCHOR_STRIDE": ("model.anchors.strides", (16,), _ints),
@@ -187,9 +193,20 @@ _REQUIRED: dict[str, tuple[Any, ...]] = {
 # MODEL sections and keys that only matter to training, to other architectures of the
 # official code base, or to the runtime (device, weights path): accepted, not used here.
 _IGNORED_SECTIONS = (
-    "MODEL.ROI_HEADS.", "MODEL.ROI_BOX_HEAD.", "MODEL.ROI_MASK_HEAD.", "MODEL.ROI_KEYPOINT_HEAD.",
-    "MODEL.FCOS.", "MODEL.RETINANET.", "MODEL.FOCAL.", "MODEL.CLIP.", "MODEL.BIFPN.", "MODEL.EVO_NORM.",
-    "MODEL.RESNETS.", "MODEL.SPEC.", "MODEL.MULTITASK.", "MODEL.LAYER_SEARCH.",
+    "MODEL.ROI_HEADS.",
+    "MODEL.ROI_BOX_HEAD.",
+    "MODEL.ROI_MASK_HEAD.",
+    "MODEL.ROI_KEYPOINT_HEAD.",
+    "MODEL.FCOS.",
+    "MODEL.RETINANET.",
+    "MODEL.FOCAL.",
+    "MODEL.CLIP.",
+    "MODEL.BIFPN.",
+    "MODEL.EVO_NORM.",
+    "MODEL.RESNETS.",
+    "MODEL.SPEC.",
+    "MODEL.MULTITASK.",
+    "MODEL.LAYER_SEARCH.",
 )
 _IGNORED_KEYS = frozenset(
     """MODEL.DEVICE MODEL.WEIGHT MODEL.DEBUG MODEL.ONNX MODEL.PRETRAIN_NAME MODEL.BOX_ON MODEL.SPEC MODEL.MULTITASK

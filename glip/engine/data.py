@@ -134,7 +134,9 @@ def build_dataset(cfg: GLIPConfig, tokenizer: Any, train: bool = True) -> Datase
         random_sample_negative=d.random_sample_negative,
         caption_prompt=parse_caption_prompt(d.caption_prompt) if d.caption_prompt else None,
     )
-    dataset = CocoGroundingDataset(ann, images, tokenizer, transform, recipe, max_query_len=max_len, seed=cfg.solver.seed)
+    dataset = CocoGroundingDataset(
+        ann, images, tokenizer, transform, recipe, max_query_len=max_len, seed=cfg.solver.seed
+    )
     return RepeatDataset(dataset, d.general_copy) if train and d.general_copy > 1 else dataset
 
 

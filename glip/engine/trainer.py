@@ -412,9 +412,7 @@ class _Monitor:
             self.worse += 1
             return
         self.best, self.worse = value, 0
-        self.best_state = {
-            n: p.detach().to("cpu", copy=True) for n, p in model.named_parameters() if p.requires_grad
-        }
+        self.best_state = {n: p.detach().to("cpu", copy=True) for n, p in model.named_parameters() if p.requires_grad}
 
     def plateau(self, value: float, patience: int) -> bool:
         """torch ``ReduceLROnPlateau`` (mode max, relative threshold 1e-4): True when the

@@ -69,7 +69,9 @@ def read_checkpoint(path: str | Path, trust_pickle: bool = False) -> dict[str, T
             "file, pass trust_pickle=True (CLI: --trust-pickle)."
         ) from None
     except Exception as e:  # zip, struct, EOF and runtime errors of a damaged file
-        raise CheckpointError(f"cannot read {path}: the file is corrupt or truncated ({type(e).__name__}: {e})") from None
+        raise CheckpointError(
+            f"cannot read {path}: the file is corrupt or truncated ({type(e).__name__}: {e})"
+        ) from None
     if isinstance(obj, Mapping) and "model" in obj and isinstance(obj["model"], Mapping):
         obj = obj["model"]
     elif isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):

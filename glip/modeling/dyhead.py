@@ -66,22 +66,14 @@ class ConvNorm(nn.Module):
         self.conv: nn.Module
         if deformable:
             # Keeps ModulatedDeformConv2d's own init, as the official DyConv only re-inits nn.Conv2d.
-            self.conv = ModulatedDeformConv2d(
-                in_channels, out_channels, kernel_size=3, stride=stride, padding=1
-            )
+            self.conv = ModulatedDeformConv2d(in_channels, out_channels, kernel_size=3, stride=stride, padding=1)
         else:
-            self.conv = nn.Conv2d(
-                in_channels, out_channels, kernel_size=3, stride=stride, padding=1
-            )
+            self.conv = nn.Conv2d(in_channels, out_channels, kernel_size=3, stride=stride, padding=1)
             nn.init.normal_(self.conv.weight, std=0.01)
             nn.init.zeros_(self.conv.bias)
-        self.norm = (
-            nn.GroupNorm(gn_groups, out_channels) if gn_groups else nn.Identity()
-        )
+        self.norm = nn.GroupNorm(gn_groups, out_channels) if gn_groups else nn.Identity()
 
-    def forward(
-        self, x: Tensor, offset: Tensor | None = None, mask: Tensor | None = None
-    ) -> Tensor:
+    def forward(self, x: Tensor, offset: Tensor | None = None, mask: Tensor | None = None) -> Tensor:
         y = self.conv(x) if offset is None else self.conv(x, offset, mask)
         return self.norm(y)
 
@@ -145,15 +137,9 @@ class DyConv(nn.Module):
         super().__init__()
         self.same = ConvNorm(in_channels, out_channels, 1, use_dfconv, gn_groups)
         self.from_finer = ConvNorm(in_channels, out_channels, 2, use_dfconv, gn_groups)
-        self.from_coarser = ConvNorm(
-            in_channels, out_channels, 1, use_dfconv, gn_groups
-        )
+        self.from_coarser = ConvNorm(in_channels, out_channels, 1, use_dfconv, gn_groups)
         # Offsets and mask logits for the 3x3 sampling grid (official init: PyTorch default).
-        self.offset = (
-            nn.Conv2d(in_channels, _SAMPLING_CHANNELS, kernel_size=3, padding=1)
-            if use_dfconv
-            else None
-        )
+        self.offset = nn.Conv2d(in_channels, _SAMPLING_CHANNELS, kernel_size=3, padding=1) if use_dfconv else None
         # DyFuse: global average pool -> 1x1 conv to one scalar -> ReLU -> hard sigmoid.
         self.scale_attn: nn.Conv2d | None = None
         if use_dyfuse:
@@ -196,15 +182,9 @@ class DyConv(nn.Module):
                     coarse_mask = _reinterpret_raw_buffer(mask, coarse_hw)
                 # [B, C, H_{l+1}, W_{l+1}], then upsampled to [B, C, H_l, W_l]
                 up = self.from_coarser(coarser, coarse_offset, coarse_mask)
-                branches.append(
-                    F.interpolate(
-                        up, size=x.shape[-2:], mode="bilinear", align_corners=True
-                    )
-                )
+                branches.append(F.interpolate(up, size=x.shape[-2:], mode="bilinear", align_corners=True))
             fused = self._fuse(branches)
-            outputs.append(
-                self.dyrelu(fused) if self.dyrelu is not None else F.relu(fused)
-            )
+            outputs.append(self.dyrelu(fused) if self.dyrelu is not None else F.relu(fused))
         return outputs
 
 
@@ -237,14 +217,10 @@ class HeadBlock(nn.Module):
         self.dyconv = dyconv
         self.use_checkpoint = use_checkpoint
 
-    def forward(
-        self, visual: list[Tensor], hidden: Tensor, mask: Tensor
-    ) -> FusedFeatures:
+    def forward(self, visual: list[Tensor], hidden: Tensor, mask: Tensor) -> FusedFeatures:
         if self.fusion is not None:
             if self.use_checkpoint and self.training and torch.is_grad_enabled():
-                fused = checkpoint(
-                    self.fusion, visual, hidden, mask, use_reentrant=False
-                )
+                fused = checkpoint(self.fusion, visual, hidden, mask, use_reentrant=False)
             else:
                 fused = self.fusion(visual, hidden, mask)
             visual, hidden = fused.visual, fused.text

@@ -74,9 +74,7 @@ class BiMultiHeadAttention(nn.Module):
     ) -> None:
         super().__init__()
         if embed_dim % num_heads != 0:
-            raise ValueError(
-                f"embed_dim {embed_dim} is not divisible by num_heads {num_heads}"
-            )
+            raise ValueError(f"embed_dim {embed_dim} is not divisible by num_heads {num_heads}")
         self.embed_dim = embed_dim
         self.num_heads = num_heads
         self.head_dim = embed_dim // num_heads
@@ -104,9 +102,7 @@ class BiMultiHeadAttention(nn.Module):
 
     def _heads(self, x: Tensor) -> Tensor:
         b, n, _ = x.shape
-        return x.view(b, n, self.num_heads, self.head_dim).transpose(
-            1, 2
-        )  # [B, h, n, E/h]
+        return x.view(b, n, self.num_heads, self.head_dim).transpose(1, 2)  # [B, h, n, E/h]
 
     def _merge(self, x: Tensor) -> Tensor:
         b, _, n, _ = x.shape
@@ -117,9 +113,7 @@ class BiMultiHeadAttention(nn.Module):
             return x
         return x.clamp(min=self.clamp_min, max=self.clamp_max)
 
-    def forward(
-        self, v: Tensor, t: Tensor, text_mask: Tensor | None
-    ) -> tuple[Tensor, Tensor]:
+    def forward(self, v: Tensor, t: Tensor, text_mask: Tensor | None) -> tuple[Tensor, Tensor]:
         """
         Args:
             v: ``Tensor[B, N, C]`` visual tokens.
@@ -155,9 +149,7 @@ class BiMultiHeadAttention(nn.Module):
         # int mask itself with its zeros replaced by -9e15, so real tokens get +1
         # (softmax-neutral, but it changes rounding; reproduced on purpose).
         if text_mask is not None:
-            additive = text_mask.to(logits.dtype).masked_fill(
-                text_mask == 0, _TEXT_MASK_FILL
-            )  # [B, T]
+            additive = text_mask.to(logits.dtype).masked_fill(text_mask == 0, _TEXT_MASK_FILL)  # [B, T]
             logits = logits + additive[:, None, None, :]  # [B, h, N, T]
         probs_v = logits.softmax(dim=-1)
 
@@ -228,9 +220,7 @@ class BiAttentionBlock(nn.Module):
         self.gamma_v = nn.Parameter(torch.full((v_dim,), init_values))
         self.gamma_l = nn.Parameter(torch.full((l_dim,), init_values))
 
-    def forward(
-        self, visual: list[Tensor], text: Tensor, text_mask: Tensor | None
-    ) -> FusedFeatures:
+    def forward(self, visual: list[Tensor], text: Tensor, text_mask: Tensor | None) -> FusedFeatures:
         """
         Args:
             visual: L tensors ``Tensor[B, C, H_l, W_l]``.
@@ -238,9 +228,7 @@ class BiAttentionBlock(nn.Module):
             text_mask: ``Tensor[B, T]`` int64 attention mask (1 = real token) or None.
         """
         sizes = [f.shape[-2:] for f in visual]
-        v = torch.cat(
-            [f.flatten(2).transpose(1, 2) for f in visual], dim=1
-        )  # [B, N, C]
+        v = torch.cat([f.flatten(2).transpose(1, 2) for f in visual], dim=1)  # [B, N, C]
         v = self.norm_v(v)
         t = self.norm_l(text)
         delta_v, delta_l = self.attn(v, t, text_mask)

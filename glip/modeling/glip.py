@@ -204,9 +204,7 @@ class GLIP(nn.Module):
         return results
 
     @torch.no_grad()
-    def predict(
-        self, image: ImageInput, prompt: str | Sequence[str] | Prompt, threshold: float = 0.5
-    ) -> Detections:
+    def predict(self, image: ImageInput, prompt: str | Sequence[str] | Prompt, threshold: float = 0.5) -> Detections:
         """Detects the prompt's phrases in one image, as the official demo does.
 
         Args:

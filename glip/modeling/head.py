@@ -126,8 +126,7 @@ class GLIPHead(nn.Module):
                     num_heads=FUSION_NUM_HEADS,
                     dropout=fusion_dropout,
                     drop_path=fusion_drop_path,
-                    init_values=1.0
-                    / num_blocks,  # official VLFuse: 1 / DYHEAD.NUM_CONVS
+                    init_values=1.0 / num_blocks,  # official VLFuse: 1 / DYHEAD.NUM_CONVS
                     clamp_min_for_underflow=clamp_min_for_underflow,
                     clamp_max_for_overflow=clamp_max_for_overflow,
                 )
@@ -152,9 +151,7 @@ class GLIPHead(nn.Module):
                 use_dyfuse=use_dyfuse and not reduced,
                 use_dfconv=use_dfconv and not reduced,
             )
-            blocks.append(
-                HeadBlock(dyconv, fusion, text_layer, use_checkpoint=use_checkpoint)
-            )
+            blocks.append(HeadBlock(dyconv, fusion, text_layer, use_checkpoint=use_checkpoint))
         self.tower = nn.ModuleList(blocks)
 
         # One anchor per location in every GLIP config (ASPECT_RATIOS (1.0,), SCALES_PER_OCTAVE 1).
@@ -184,9 +181,7 @@ class GLIPHead(nn.Module):
             out = block(visual, hidden, text.mask)
             visual, hidden = out.visual, out.text
 
-        embedding = F.normalize(
-            hidden if self.fused_dot_product else text.embedded, p=2, dim=-1
-        )  # [B, T, D]
+        embedding = F.normalize(hidden if self.fused_dot_product else text.embedded, p=2, dim=-1)  # [B, T, D]
         proj_tokens = self.text_proj(embedding / _TEXT_SCALE)  # [B, T, C]
         token_bias = embedding @ self.bias_lang + self.bias0  # [B, T]
         temperature = self.log_scale.exp()
@@ -196,10 +191,7 @@ class GLIPHead(nn.Module):
             box_regression.append(self.scales[level](self.bbox_pred(x)))  # [B, 4, H, W]
             centerness.append(self.centerness(x))  # [B, 1, H, W]
             queries = x.flatten(2).transpose(1, 2)  # [B, H*W, C]
-            logits = (
-                queries @ proj_tokens.transpose(-1, -2) / temperature
-                + token_bias[:, None, :]
-            )  # [B, H*W, T]
+            logits = queries @ proj_tokens.transpose(-1, -2) / temperature + token_bias[:, None, :]  # [B, H*W, T]
             if self.clamp_dot_product:
                 logits = logits.clamp(min=-_LOGIT_CLAMP, max=_LOGIT_CLAMP)
             dot_product_logits.append(logits)

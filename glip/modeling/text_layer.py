@@ -57,9 +57,7 @@ class _SelfAttention(nn.Module):
     ) -> None:
         super().__init__()
         if hidden_size % num_heads != 0:
-            raise ValueError(
-                f"hidden size {hidden_size} is not a multiple of num_heads {num_heads}"
-            )
+            raise ValueError(f"hidden size {hidden_size} is not a multiple of num_heads {num_heads}")
         self.num_heads = num_heads
         self.head_dim = hidden_size // num_heads
         self.query = nn.Linear(hidden_size, hidden_size)
@@ -71,9 +69,7 @@ class _SelfAttention(nn.Module):
 
     def _heads(self, x: Tensor) -> Tensor:
         b, t, _ = x.shape
-        return x.view(b, t, self.num_heads, self.head_dim).transpose(
-            1, 2
-        )  # [B, h, T, D/h]
+        return x.view(b, t, self.num_heads, self.head_dim).transpose(1, 2)  # [B, h, T, D/h]
 
     def forward(self, x: Tensor, additive_mask: Tensor) -> Tensor:
         q, k, v = (
@@ -133,9 +129,7 @@ class _Intermediate(nn.Module):
 class _Output(nn.Module):
     """Dense + dropout + clamp, residual LayerNorm, clamp."""
 
-    def __init__(
-        self, intermediate_size: int, hidden_size: int, eps: float, dropout: float
-    ) -> None:
+    def __init__(self, intermediate_size: int, hidden_size: int, eps: float, dropout: float) -> None:
         super().__init__()
         self.dense = nn.Linear(intermediate_size, hidden_size)
         self.LayerNorm = nn.LayerNorm(hidden_size, eps=eps)
@@ -182,9 +176,7 @@ class TextLayer(nn.Module):
     ) -> None:
         super().__init__()
         if activation not in _ACTIVATIONS:
-            raise ValueError(
-                f"unsupported activation {activation!r}; expected one of {sorted(_ACTIVATIONS)}"
-            )
+            raise ValueError(f"unsupported activation {activation!r}; expected one of {sorted(_ACTIVATIONS)}")
         self.attention = _Attention(
             _SelfAttention(
                 hidden_size,
@@ -195,12 +187,8 @@ class TextLayer(nn.Module):
             ),
             _SelfOutput(hidden_size, layer_norm_eps, hidden_dropout),
         )
-        self.intermediate = _Intermediate(
-            hidden_size, intermediate_size, _ACTIVATIONS[activation]
-        )
-        self.output = _Output(
-            intermediate_size, hidden_size, layer_norm_eps, hidden_dropout
-        )
+        self.intermediate = _Intermediate(hidden_size, intermediate_size, _ACTIVATIONS[activation])
+        self.output = _Output(intermediate_size, hidden_size, layer_norm_eps, hidden_dropout)
 
     @classmethod
     def from_bert_config(

@@ -131,7 +131,9 @@ def _write_train_subset(data: TransferData, shots: int, seed: int, out_dir: Path
     subset = coco if official else few_shot_subset(coco, shots, seed)
     if data.categories:
         names = dict(data.categories)
-        subset = dict(subset, categories=[dict(c, name=names.get(int(c["id"]), c["name"])) for c in subset["categories"]])
+        subset = dict(
+            subset, categories=[dict(c, name=names.get(int(c["id"]), c["name"])) for c in subset["categories"]]
+        )
     path = out_dir / f"train_shot{shots}_seed{seed}.json"
     write_json(path, subset)
     return path, subset
@@ -269,8 +271,12 @@ def summarize_grid(results: dict[str, dict[int, list[float]]]) -> dict[str, dict
     """Mean and sample standard deviation (0 for one seed) of each dataset x shots cell."""
     return {
         name: {
-            k: {"mean": statistics.fmean(aps), "std": statistics.stdev(aps) if len(aps) > 1 else 0.0,
-                "n": len(aps), "APs": list(aps)}  # fmt: skip
+            k: {
+                "mean": statistics.fmean(aps),
+                "std": statistics.stdev(aps) if len(aps) > 1 else 0.0,
+                "n": len(aps),
+                "APs": list(aps),
+            }  # fmt: skip
             for k, aps in rows.items()
         }
         for name, rows in results.items()

@@ -26,17 +26,13 @@ def test_dyrelu_is_relu_when_coefficients_are_neutral() -> None:
 def test_dyrelu_formula() -> None:
     torch.manual_seed(0)
     layer = DyReLU(8)
-    assert tuple(layer.fc1.weight.shape) == (2, 8) and tuple(
-        layer.fc2.weight.shape
-    ) == (32, 2)
+    assert tuple(layer.fc1.weight.shape) == (2, 8) and tuple(layer.fc2.weight.shape) == (32, 2)
     x = torch.randn(2, 8, 3, 5, dtype=torch.float64)
     layer = layer.double()
     pooled = x.mean(dim=(2, 3))
     y = torch.clamp(layer.fc2(torch.relu(layer.fc1(pooled))) + 3, 0, 6) / 6  # [B, 32]
     a1, b1, a2, b2 = (y[:, i * 8 : (i + 1) * 8, None, None] for i in range(4))
-    expected = torch.maximum(
-        x * (2 * a1 - 1 + 1) + (b1 - 0.5), x * (2 * a2 - 1) + (b2 - 0.5)
-    )
+    expected = torch.maximum(x * (2 * a1 - 1 + 1) + (b1 - 0.5), x * (2 * a2 - 1) + (b2 - 0.5))
     torch.testing.assert_close(layer(x), expected)
 
 

@@ -28,11 +28,7 @@ def _head_kwargs(config: str) -> dict:
     model = yaml.safe_load((OFFICIAL / config / "config.yaml").read_text())["MODEL"]
     dyhead, fuse = model["DYHEAD"], model["DYHEAD"]["FUSE_CONFIG"]
     bert = json.loads((OFFICIAL / config / "bert_config.json").read_text())
-    assert (
-        fuse["TYPE"] == "MHA-B"
-        and fuse["USE_DOT_PRODUCT_TOKEN_LOSS"]
-        and not fuse["USE_TOKEN_LOSS"]
-    )
+    assert fuse["TYPE"] == "MHA-B" and fuse["USE_DOT_PRODUCT_TOKEN_LOSS"] and not fuse["USE_TOKEN_LOSS"]
     assert bert["hidden_size"] == model["LANGUAGE_BACKBONE"]["LANG_DIM"]
     return {
         "in_channels": model["BACKBONE"]["OUT_CHANNELS"],
@@ -81,9 +77,7 @@ def _text(case: dict) -> TextFeatures:
 class _Trace:
     """Everything the hooks saw during one forward."""
 
-    tower: list[tuple[str, list[torch.Tensor] | None, torch.Tensor | None]] = field(
-        default_factory=list
-    )
+    tower: list[tuple[str, list[torch.Tensor] | None, torch.Tensor | None]] = field(default_factory=list)
     offsets: dict[int, list[torch.Tensor]] = field(default_factory=dict)
     conv_calls: list[tuple[int, list[int], torch.Tensor]] = field(default_factory=list)
     attn_calls: list[torch.Tensor] = field(default_factory=list)
@@ -98,45 +92,25 @@ def _traced_forward(head: GLIPHead, case: dict) -> tuple[object, _Trace]:
     for i, block in enumerate(head.tower):
         if block.fusion is not None:
             hooks.append(
-                block.fusion.register_forward_hook(
-                    lambda m, a, o: trace.tower.append(("fusion", o.visual, o.text))
-                )
+                block.fusion.register_forward_hook(lambda m, a, o: trace.tower.append(("fusion", o.visual, o.text)))
             )
         if block.text_layer is not None:
             hooks.append(
-                block.text_layer.register_forward_hook(
-                    lambda m, a, o: trace.tower.append(("text_layer", None, o))
-                )
+                block.text_layer.register_forward_hook(lambda m, a, o: trace.tower.append(("text_layer", None, o)))
             )
+        hooks.append(block.dyconv.register_forward_hook(lambda m, a, o: trace.tower.append(("dyconv", o, None))))
         hooks.append(
-            block.dyconv.register_forward_hook(
-                lambda m, a, o: trace.tower.append(("dyconv", o, None))
-            )
-        )
-        hooks.append(
-            block.dyconv.offset.register_forward_hook(
-                lambda m, a, o, i=i: trace.offsets.setdefault(i, []).append(o)
-            )
+            block.dyconv.offset.register_forward_hook(lambda m, a, o, i=i: trace.offsets.setdefault(i, []).append(o))
         )
     first = head.tower[0].dyconv
     for name, index in _OFFICIAL_CONV_INDEX.items():
         hooks.append(
             getattr(first, name).register_forward_hook(
-                lambda m, a, o, index=index: trace.conv_calls.append(
-                    (index, list(a[0].shape), o)
-                )
+                lambda m, a, o, index=index: trace.conv_calls.append((index, list(a[0].shape), o))
             )
         )
-    hooks.append(
-        first.scale_attn.register_forward_hook(
-            lambda m, a, o: trace.attn_calls.extend(F.relu(o).split(1))
-        )
-    )
-    hooks.append(
-        first.dyrelu.register_forward_pre_hook(
-            lambda m, a: trace.relu_inputs.append(a[0])
-        )
-    )
+    hooks.append(first.scale_attn.register_forward_hook(lambda m, a, o: trace.attn_calls.extend(F.relu(o).split(1))))
+    hooks.append(first.dyrelu.register_forward_pre_hook(lambda m, a: trace.relu_inputs.append(a[0])))
 
     def on_proj(m, a, o):
         trace.proj_input, trace.proj_tokens = a[0], o
@@ -181,9 +155,7 @@ def test_tower_matches_official(traced) -> None:
         "text_layer": "BertEncoderLayer",
         "dyconv": "DyConv",
     }
-    assert [expected_modules[name] for name, _, _ in trace.tower] == [
-        r["module"] for r in ref
-    ]
+    assert [expected_modules[name] for name, _, _ in trace.tower] == [r["module"] for r in ref]
     for (_name, visual, hidden), r in zip(trace.tower, ref):
         if visual is not None:
             _close_all(visual, r["visual"])
@@ -194,17 +166,13 @@ def test_tower_matches_official(traced) -> None:
 def test_dyconv_internals_match_official(traced) -> None:
     _config, head, case, _, trace = traced
     period = 3 if head.early_fusion else 1
-    assert sorted(case["dyconv_offset_mask_raw"]) == [
-        period * i + period - 1 for i in range(len(head.tower))
-    ]
+    assert sorted(case["dyconv_offset_mask_raw"]) == [period * i + period - 1 for i in range(len(head.tower))]
     for index, ref in case["dyconv_offset_mask_raw"].items():
         _close_all(trace.offsets[index // period], ref)
 
     assert case["first_dyconv_index"] == period - 1
     ref_calls = case["first_dyconv_conv_calls"]
-    assert [(i, shape) for i, shape, _ in trace.conv_calls] == [
-        (c["conv"], list(c["input_shape"])) for c in ref_calls
-    ]
+    assert [(i, shape) for i, shape, _ in trace.conv_calls] == [(c["conv"], list(c["input_shape"])) for c in ref_calls]
     _close_all([o for _, _, o in trace.conv_calls], [c["output"] for c in ref_calls])
     _close_all(trace.attn_calls, case["first_dyconv_attnconv_calls"])
     _close_all(trace.relu_inputs, case["first_dyconv_relu_inputs"])
@@ -218,9 +186,7 @@ def test_head_outputs_match_official(traced) -> None:
         atol=ATOL,
         rtol=RTOL,
     )
-    torch.testing.assert_close(
-        trace.proj_tokens, case["dot_product_proj_tokens"], atol=ATOL, rtol=RTOL
-    )
+    torch.testing.assert_close(trace.proj_tokens, case["dot_product_proj_tokens"], atol=ATOL, rtol=RTOL)
     _close_all(out.box_regression, case["head_bbox_reg"])
     _close_all(out.centerness, case["head_centerness"])
     _close_all(out.dot_product_logits, case["head_dot_product_logits"])
@@ -255,11 +221,7 @@ _FULL_SIZE = {
 def test_full_size_keys_match_official(model: str) -> None:
     listing = json.loads((OFFICIAL / f"keys_glip_{model}.json").read_text())["keys"]
     official = {e["key"]: torch.empty(e["shape"], device="meta") for e in listing}
-    expected = {
-        k: tuple(v.shape)
-        for k, v in remap_official_state_dict(official).items()
-        if k.startswith("head.")
-    }
+    expected = {k: tuple(v.shape) for k, v in remap_official_state_dict(official).items() if k.startswith("head.")}
     with torch.device("meta"):
         head = GLIPHead(
             256,
@@ -283,12 +245,7 @@ def test_batch_of_identical_images() -> None:
     head.load_state_dict(_head_state_dict(config), strict=True)
     case = load_case(config, "astronaut")
     text = _text(case)
-    pair = TextFeatures(
-        *(
-            torch.cat([t, t])
-            for t in (text.hidden, text.embedded, text.mask, text.aggregate)
-        )
-    )
+    pair = TextFeatures(*(torch.cat([t, t]) for t in (text.hidden, text.embedded, text.mask, text.aggregate)))
     with torch.no_grad():
         single = head(case["fpn_outputs"], text)
         double = head([torch.cat([f, f]) for f in case["fpn_outputs"]], pair)
@@ -325,16 +282,9 @@ def test_gradients_flow() -> None:
         aggregate=hidden.mean(1),
     )
     out = head(features, text)
-    loss = sum(
-        t.square().mean()
-        for t in out.box_regression + out.centerness + out.dot_product_logits
-    )
+    loss = sum(t.square().mean() for t in out.box_regression + out.centerness + out.dot_product_logits)
     loss.backward()
-    missing = [
-        n
-        for n, p in head.named_parameters()
-        if p.grad is None and not n.startswith("cls_logits.")
-    ]
+    missing = [n for n, p in head.named_parameters() if p.grad is None and not n.startswith("cls_logits.")]
     assert not missing, missing
     assert all(f.grad is not None and f.grad.abs().sum() > 0 for f in features)
     assert hidden.grad is not None and hidden.grad.abs().sum() > 0
@@ -364,9 +314,7 @@ def test_channel_mismatch_rules() -> None:
         torch.randn(1, 8),
     )
     with torch.no_grad():
-        out = head(
-            [torch.randn(1, 48, 4 >> i or 1, 4 >> i or 1) for i in range(5)], text
-        )
+        out = head([torch.randn(1, 48, 4 >> i or 1, 4 >> i or 1) for i in range(5)], text)
     assert [tuple(t.shape) for t in out.box_regression] == [
         (1, 4, 4, 4),
         (1, 4, 2, 2),

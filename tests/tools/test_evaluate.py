@@ -195,6 +195,37 @@ def test_flickr_recall_with_a_scripted_grounder(tmp_path):
     assert metrics == {"R@1": 0.0, "R@5": 0.5, "R@10": 0.5, "upper_bound": 0.5, "num_phrases": 2.0}
 
 
+def test_refcoco_precision_at_one(tmp_path):
+    # Two referring expressions, one box each; the whole caption is the phrase.
+    images = [
+        {"id": 1, "file_name": "a.png", "height": 64, "width": 64, "caption": "the man on the left"},
+        {"id": 2, "file_name": "b.png", "height": 64, "width": 64, "caption": "woman in red"},
+    ]
+    anns = [
+        {"id": 1, "image_id": 1, "bbox": [0, 0, 20, 40], "category_id": 1},
+        {"id": 2, "image_id": 2, "bbox": [10, 10, 20, 20], "category_id": 1},
+    ]
+    for name in ("a.png", "b.png"):
+        (tmp_path / name).write_bytes(b"")
+    (tmp_path / "refcoco.json").write_text(json.dumps({"images": images, "annotations": anns}))
+    top = {
+        # IoU 0.8 with [0, 0, 20, 40]: a hit at rank 1.
+        "a.png": [[0.0, 8.0, 20.0, 40.0], [40.0, 40.0, 60.0, 60.0]],
+        # IoU 0.4 with [10, 10, 30, 30] at rank 1 (a miss), the exact box at rank 2.
+        "b.png": [[10.0, 10.0, 30.0, 18.0], [10.0, 10.0, 30.0, 30.0]],
+    }
+
+    class Grounder:
+        def predict(self, path, prompt, **kwargs):
+            assert len(prompt.phrases) == 1 and prompt.caption in ("the man on the left", "woman in red")
+            boxes = torch.tensor(top[Path(path).name])
+            return Detections(boxes, torch.tensor([0.9, 0.5]), torch.tensor([1, 1]), [], (64, 64))
+
+    metrics = evaluate_grounding(Grounder(), tmp_path / "refcoco.json", tmp_path, task="refcoco", progress=False)
+    assert metrics["P@1"] == 0.5
+    assert metrics["P@5"] == 1.0
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
