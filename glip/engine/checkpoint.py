@@ -26,6 +26,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from glip.utils.fs import atomic_directory
+
 __all__ = [
     "Progress",
     "capture_rng_state",
@@ -121,20 +123,11 @@ def write_checkpoint(
     ``checkpoints/last`` at it. Called by the main process only, with all ranks' RNG
     states gathered."""
     final = checkpoint_dir(output_dir, step)
-    root = final.parent
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=root))
-    try:
+    with atomic_directory(final) as tmp:
         torch.save(state, tmp / STATE_NAME)
         for rank, rng in enumerate(rng_states):
             torch.save(rng, tmp / f"rng_{rank}.pt")
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    _atomic_write_text(root / LAST_NAME, final.name + "\n")
+    _atomic_write_text(final.parent / LAST_NAME, final.name + "\n")
     return final
 
 

@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import copy
-import os
 import pickle
-import shutil
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -20,6 +17,7 @@ from glip.modeling.build import build_model
 from glip.modeling.glip import GLIP
 from glip.modeling.text_encoder import load_bert_config
 from glip.text import load_tokenizer, resolve_text_encoder
+from glip.utils.fs import atomic_directory
 
 __all__ = ["CheckpointError", "load_model", "read_checkpoint", "save_model"]
 
@@ -222,9 +220,7 @@ def save_model(
     if model.config is None:
         raise ValueError("the model has no config attached; build it with glip.modeling.build_model")
     out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
+    with atomic_directory(out_dir) as tmp:
         state = {}
         for k, v in model.state_dict().items():
             if not include_text_encoder and k.startswith("text_encoder."):
@@ -242,16 +238,4 @@ def save_model(
         else:
             cfg.model.text.pretrained = True
         save_config(cfg, tmp / CONFIG_NAME)
-        # mkdtemp makes a private (0700) folder; give the result the usual permissions.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o777 & ~umask)
-        for path in tmp.rglob("*"):
-            os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~umask)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return out_dir

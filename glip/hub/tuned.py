@@ -15,8 +15,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +25,7 @@ from glip.engine.tuning import LINEAR_PROBE_PARAMETERS, resolve_tuning_mode
 from glip.hub.checkpoint import TUNED_NAME, WEIGHTS_NAME, CheckpointError, load_model
 from glip.modeling.glip import GLIP
 from glip.text import Prompt
+from glip.utils.fs import atomic_directory
 
 __all__ = ["DELTA_NAME", "base_weights_file", "delta_names", "file_sha256", "load_tuned", "save_tuned"]
 
@@ -131,18 +130,9 @@ def save_tuned(
         "prompt_offset_rows": model.prompt_offset.num_rows if model.prompt_offset is not None else None,
         "tensors": sorted(tensors),
     }
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
+    with atomic_directory(out_dir) as tmp:
         save_file(tensors, str(tmp / DELTA_NAME), metadata={"format": "pt", "glip": "tuned"})
         (tmp / TUNED_NAME).write_text(json.dumps(meta, indent=2), encoding="utf-8")
-        os.chmod(tmp, 0o755)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return out_dir
 
 
