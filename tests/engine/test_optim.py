@@ -17,9 +17,10 @@ from glip.engine.optim import (
     lr_milestones,
     param_group_settings,
 )
-from tests.engine.conftest import REPO
+from tests.conftest import OFFICIAL
 
-OFFICIAL_GLIP_T = REPO.parent / "official_ref" / "configs" / "pretrain" / "glip_Swin_T_O365_GoldG.yaml"
+# The merged official config of glip_Swin_T_O365_GoldG.yaml (SOLVER untouched by the fixture's overrides).
+OFFICIAL_GLIP_T = OFFICIAL / "tiny_glip_t" / "config.yaml"
 
 
 def test_param_group_rules_follow_official_make_optimizer():
