@@ -113,6 +113,14 @@ _MAPPED: dict[str, tuple[str, Any, Callable[[Any], Any]]] = {
     "MODEL.DYHEAD.FUSE_CONFIG.DOT_PRODUCT_TOKEN_LOSS_WEIGHT": ("loss.token_weight", 1.0, float),
     "MODEL.DYHEAD.FUSE_CONFIG.TOKEN_ALPHA": ("loss.token_alpha", 0.25, float),
     "MODEL.DYHEAD.FUSE_CONFIG.TOKEN_GAMMA": ("loss.token_gamma", 2.0, float),
+    # MDETR-style extra losses (off in every released config); the loss switches also
+    # add their head branches (see build_head).
+    "MODEL.DYHEAD.FUSE_CONFIG.USE_TOKEN_LOSS": ("loss.use_token_loss", False, bool),
+    "MODEL.DYHEAD.FUSE_CONFIG.TOKEN_LOSS_WEIGHT": ("loss.token_loss_weight", 1.0, float),
+    "MODEL.DYHEAD.FUSE_CONFIG.USE_CONTRASTIVE_ALIGN_LOSS": ("loss.use_contrastive_align_loss", False, bool),
+    "MODEL.DYHEAD.FUSE_CONFIG.CONTRASTIVE_ALIGN_LOSS_WEIGHT": ("loss.contrastive_align_loss_weight", 1.0, float),
+    "MODEL.DYHEAD.FUSE_CONFIG.CONTRASTIVE_HIDDEN_DIM": ("model.head.contrastive_hidden_dim", 64, int),
+    "MODEL.DYHEAD.FUSE_CONFIG.JOINT_EMB_DROPOUT": ("model.head.contrastive_dropout", 0.1, float),
     # Optimiser and schedule (maskrcnn_benchmark/solver/build.py, lr_scheduler.py).
     "SOLVER.OPTIMIZER": ("solver.optimizer", "SGD", lambda v: str(v).lower()),
     "SOLVER.BASE_LR": ("solver.base_lr", 0.001, float),
@@ -162,8 +170,6 @@ _REQUIRED: dict[str, tuple[Any, ...]] = {
     "MODEL.LANGUAGE_BACKBONE.PAD_MAX": (True,),
     "MODEL.DYHEAD.FUSE_CONFIG.TYPE": ("MHA-B",),
     "MODEL.DYHEAD.FUSE_CONFIG.USE_CLASSIFICATION_LOSS": (False,),
-    "MODEL.DYHEAD.FUSE_CONFIG.USE_TOKEN_LOSS": (False,),
-    "MODEL.DYHEAD.FUSE_CONFIG.USE_CONTRASTIVE_ALIGN_LOSS": (False,),
     "MODEL.DYHEAD.FUSE_CONFIG.USE_DOT_PRODUCT_TOKEN_LOSS": (True,),
     "MODEL.DYHEAD.FUSE_CONFIG.USE_SHALLOW_CONTRASTIVE_LOSS": (False,),
     "MODEL.DYHEAD.FUSE_CONFIG.USE_BACKBONE_SHALLOW_CONTRASTIVE_LOSS": (False,),
@@ -219,15 +225,12 @@ _IGNORED_KEYS = frozenset(
     MODEL.BACKBONE.RESET_BN MODEL.BACKBONE.USE_BN MODEL.BACKBONE.USE_DFCONV MODEL.BACKBONE.USE_DYRELU
     MODEL.BACKBONE.USE_EN MODEL.BACKBONE.USE_GN MODEL.BACKBONE.USE_NSYNCBN MODEL.BACKBONE.USE_SE
     MODEL.BACKBONE.USE_SYNCBN MODEL.SWINT.OUT_CHANNELS
-    MODEL.DYHEAD.FUSE_CONFIG.CONTRASTIVE_ALIGN_LOSS_WEIGHT MODEL.DYHEAD.FUSE_CONFIG.CONTRASTIVE_HIDDEN_DIM
-    MODEL.DYHEAD.FUSE_CONFIG.JOINT_EMB_DROPOUT
     MODEL.DYHEAD.FUSE_CONFIG.JOINT_EMB_SIZE MODEL.DYHEAD.FUSE_CONFIG.JOINT_MLP_LAYERS
     MODEL.DYHEAD.FUSE_CONFIG.JOINT_OUT_SIZE MODEL.DYHEAD.FUSE_CONFIG.MLM_LOSS_COEF
     MODEL.DYHEAD.FUSE_CONFIG.MLM_LOSS_FOR_ONLY_POSITIVES MODEL.DYHEAD.FUSE_CONFIG.MLM_OBJ_FOR_ONLY_POSITIVE
     MODEL.DYHEAD.FUSE_CONFIG.NO_MASK_FOR_GOLD MODEL.DYHEAD.FUSE_CONFIG.NO_MASK_FOR_OD
     MODEL.DYHEAD.FUSE_CONFIG.SHALLOW_CONTRASTIVE_HIDDEN_DIM MODEL.DYHEAD.FUSE_CONFIG.SHALLOW_CONTRASTIVE_LOSS_WEIGHT
     MODEL.DYHEAD.FUSE_CONFIG.SHALLOW_MAX_POSITIVE_ANCHORS
-    MODEL.DYHEAD.FUSE_CONFIG.TOKEN_LOSS_WEIGHT
     MODEL.DYHEAD.FUSE_CONFIG.USE_SHALLOW_ZERO_PADS MODEL.DYHEAD.SHALLOW_LOG_SCALE MODEL.DYHEAD.TOPK
     MODEL.FPN.FREEZE MODEL.LANGUAGE_BACKBONE.BIDIRECTIONAL MODEL.LANGUAGE_BACKBONE.CORPUS_PATH
     MODEL.LANGUAGE_BACKBONE.DROPOUT_P MODEL.LANGUAGE_BACKBONE.HIDDEN_SIZE MODEL.LANGUAGE_BACKBONE.INPUT_DROPOUT_P
@@ -314,6 +317,14 @@ def from_official(tree: Mapping[str, Any], name: str = "official") -> GLIPConfig
         if key.startswith(_IGNORED_SECTIONS):
             continue
         errors.append(f"{key} (unknown to glip)")
+    if cfg.loss.use_contrastive_align_loss and not cfg.model.head.fused_dot_product:
+        # Official: resizer(embedded) -> JOINT_EMB_SIZE feeds a Linear(DYHEAD.CHANNELS, ...).
+        joint = int(flat.get("MODEL.DYHEAD.FUSE_CONFIG.JOINT_EMB_SIZE", 256))
+        if joint != cfg.model.head.channels:
+            errors.append(
+                f"MODEL.DYHEAD.FUSE_CONFIG.JOINT_EMB_SIZE={joint} (with USE_CONTRASTIVE_ALIGN_LOSS it must equal "
+                f"MODEL.DYHEAD.CHANNELS={cfg.model.head.channels})"
+            )
     if errors:
         raise OfficialConfigError("official config keys not supported by glip: " + "; ".join(errors))
 

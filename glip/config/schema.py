@@ -85,6 +85,10 @@ class HeadConfig:
     clamp_dot_product: bool = True
     use_checkpoint: bool = True
     fusion_dropout: float = 0.1  # official: fixed 0.1 on the fusion's attention probabilities
+    use_token_loss: bool = False  # official FUSE_CONFIG.USE_TOKEN_LOSS: adds the token_logits branch
+    use_contrastive_align: bool = False  # official FUSE_CONFIG.USE_CONTRASTIVE_ALIGN_LOSS: adds its branches
+    contrastive_hidden_dim: int = 64  # official FUSE_CONFIG.CONTRASTIVE_HIDDEN_DIM
+    contrastive_dropout: float = 0.1  # official FUSE_CONFIG.JOINT_EMB_DROPOUT (the text resizer)
 
 
 @dataclass
@@ -141,6 +145,10 @@ class LossConfig:
     token_weight: float = 1.0  # official FUSE_CONFIG.DOT_PRODUCT_TOKEN_LOSS_WEIGHT
     token_alpha: float = 0.25  # official FUSE_CONFIG.TOKEN_ALPHA
     token_gamma: float = 2.0  # official FUSE_CONFIG.TOKEN_GAMMA
+    use_token_loss: bool = False  # official FUSE_CONFIG.USE_TOKEN_LOSS (needs model.head.use_token_loss)
+    token_loss_weight: float = 1.0  # official FUSE_CONFIG.TOKEN_LOSS_WEIGHT
+    use_contrastive_align_loss: bool = False  # official FUSE_CONFIG.USE_CONTRASTIVE_ALIGN_LOSS
+    contrastive_align_loss_weight: float = 1.0  # official FUSE_CONFIG.CONTRASTIVE_ALIGN_LOSS_WEIGHT
 
 
 @dataclass

@@ -27,6 +27,9 @@ _RULES: list[tuple[re.Pattern[str], str]] = [
     (re.compile(r"^language_backbone\.body\.model\."), "text_encoder.bert."),
     (re.compile(r"^rpn\.anchor_generator\."), "anchor_generator."),
     (re.compile(r"^rpn\.head\.dot_product_projection_text\."), "head.text_proj."),
+    # USE_CONTRASTIVE_ALIGN_LOSS: the text resizer lives in VLDyHeadModule, ours in the head.
+    # (token_logits and contrastive_align_projection_* keep their names under head.)
+    (re.compile(r"^rpn\.resizer\."), "head.resizer."),
     # Prompt tuning (official ADD_LINEAR_LAYER / language_prompt_v2): the [1000, D] offset.
     (re.compile(r"^rpn\.tunable_linear\."), "prompt_offset."),
 ]

@@ -81,6 +81,11 @@ def build_head(cfg: GLIPConfig, bert_config: Any) -> GLIPHead:
         clamp_dot_product=h.clamp_dot_product,
         use_checkpoint=h.use_checkpoint,
         fusion_dropout=h.fusion_dropout,
+        use_token_loss=h.use_token_loss or cfg.loss.use_token_loss,
+        max_query_len=t.max_query_len,
+        use_contrastive_align=h.use_contrastive_align or cfg.loss.use_contrastive_align_loss,
+        contrastive_hidden_dim=h.contrastive_hidden_dim,
+        contrastive_dropout=h.contrastive_dropout,
     )
 
 
@@ -94,6 +99,10 @@ def build_loss(cfg: GLIPConfig) -> GLIPLoss:
         token_weight=lo.token_weight,
         token_alpha=lo.token_alpha,
         token_gamma=lo.token_gamma,
+        use_token_loss=lo.use_token_loss,
+        use_contrastive_align_loss=lo.use_contrastive_align_loss,
+        token_loss_weight=lo.token_loss_weight,
+        contrastive_align_loss_weight=lo.contrastive_align_loss_weight,
     )
 
 

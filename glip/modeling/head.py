@@ -67,6 +67,26 @@ class GLIPHead(nn.Module):
             BERT attention clamps.
         clamp_dot_product: clamp the alignment logits to +-50000.
         use_checkpoint: activation checkpointing of the fusion blocks while training.
+        use_token_loss: adds the MDETR soft-token branch ``token_logits``, a 1x1 conv
+            from the tower's visual output to ``max_query_len`` token logits per
+            location (official FUSE_CONFIG.USE_TOKEN_LOSS; weight ~ N(0, 0.01), bias at
+            the focal prior).
+        max_query_len: width of the soft-token branch (official MAX_QUERY_LEN, 256).
+        use_contrastive_align: adds the MDETR contrastive-alignment branches
+            (official FUSE_CONFIG.USE_CONTRASTIVE_ALIGN_LOSS): ``resizer`` (linear text_dim
+            -> channels, LayerNorm eps 1e-12, dropout; official ``rpn.resizer``) on the
+            unfused ``embedded`` text, or the fused ``hidden`` text when
+            ``fused_dot_product`` is on; ``contrastive_align_projection_text`` (linear to
+            ``contrastive_hidden_dim``) and ``contrastive_align_projection_image`` (1x1
+            conv to ``contrastive_hidden_dim``). Both projections are L2-normalised and
+            their dot product divided by ``exp(log_scale)`` (the shared temperature).
+            The official head forbids it together with the dot-product branch; here the
+            dot-product branch always stays (detection needs it), so both coexist.
+        contrastive_hidden_dim: official FUSE_CONFIG.CONTRASTIVE_HIDDEN_DIM (64).
+        contrastive_dropout: dropout of ``resizer`` (official FUSE_CONFIG.JOINT_EMB_DROPOUT, 0.1).
+
+        With both switches off (every released config) the head has no extra parameter
+        and its outputs are unchanged.
 
     ``forward(features, text)``: L tensors ``Tensor[B, C_in, H_l, W_l]`` and
     :class:`TextFeatures` -> :class:`HeadOutputs`.
@@ -103,6 +123,11 @@ class GLIPHead(nn.Module):
         clamp_bertattn_max_for_overflow: bool = True,
         clamp_dot_product: bool = True,
         use_checkpoint: bool = False,
+        use_token_loss: bool = False,
+        max_query_len: int = 256,
+        use_contrastive_align: bool = False,
+        contrastive_hidden_dim: int = 64,
+        contrastive_dropout: float = 0.1,
     ) -> None:
         super().__init__()
         if in_channels != channels and (early_fusion or use_dfconv):
@@ -170,6 +195,25 @@ class GLIPHead(nn.Module):
         self.bias_lang = nn.Parameter(torch.zeros(text_dim))
         self.bias0 = nn.Parameter(torch.tensor([bias_value], dtype=torch.float32))
 
+        # Optional MDETR-style branches (official USE_TOKEN_LOSS / USE_CONTRASTIVE_ALIGN_LOSS).
+        self.use_token_loss = use_token_loss
+        self.use_contrastive_align = use_contrastive_align
+        if use_token_loss:
+            self.token_logits = nn.Conv2d(channels, max_query_len, kernel_size=1)
+            nn.init.normal_(self.token_logits.weight, std=0.01)
+            nn.init.constant_(self.token_logits.bias, bias_value)
+        if use_contrastive_align:
+            # Official: text input = resizer(embedded), or the fused hidden text with
+            # USE_FUSED_FEATURES_DOT_PRODUCT (the official layer then assumes text_dim ==
+            # channels; here it is sized to its actual input).
+            self.resizer = _FeatureResizer(text_dim, channels, contrastive_dropout)
+            self.contrastive_align_projection_image = nn.Conv2d(channels, contrastive_hidden_dim, kernel_size=1)
+            nn.init.normal_(self.contrastive_align_projection_image.weight, std=0.01)
+            nn.init.zeros_(self.contrastive_align_projection_image.bias)
+            self.contrastive_align_projection_text = nn.Linear(
+                text_dim if fused_dot_product else channels, contrastive_hidden_dim
+            )
+
     @property
     def num_classes(self) -> int:
         """Score-tensor width (the ``cls_logits`` output channels)."""
@@ -185,6 +229,12 @@ class GLIPHead(nn.Module):
         proj_tokens = self.text_proj(embedding / _TEXT_SCALE)  # [B, T, C]
         token_bias = embedding @ self.bias_lang + self.bias0  # [B, T]
         temperature = self.log_scale.exp()
+        token_logits: list[Tensor] | None = [] if self.use_token_loss else None
+        contrastive_logits: list[Tensor] | None = None
+        if self.use_contrastive_align:
+            contrastive_logits = []
+            align_text = hidden if self.fused_dot_product else self.resizer(text.embedded)
+            align_tokens = F.normalize(self.contrastive_align_projection_text(align_text), p=2, dim=-1)  # [B, T, K]
 
         box_regression, centerness, dot_product_logits = [], [], []
         for level, x in enumerate(visual):
@@ -195,6 +245,12 @@ class GLIPHead(nn.Module):
             if self.clamp_dot_product:
                 logits = logits.clamp(min=-_LOGIT_CLAMP, max=_LOGIT_CLAMP)
             dot_product_logits.append(logits)
+            if token_logits is not None:
+                token_logits.append(self.token_logits(x).flatten(2).transpose(1, 2))  # [B, H*W, T_max]
+            if contrastive_logits is not None:
+                align_queries = self.contrastive_align_projection_image(x).flatten(2).transpose(1, 2)  # [B, H*W, K]
+                align_queries = F.normalize(align_queries, p=2, dim=-1)
+                contrastive_logits.append(align_queries @ align_tokens.transpose(-1, -2) / temperature)  # [B, H*W, T]
 
         return HeadOutputs(
             box_regression=box_regression,
@@ -203,4 +259,20 @@ class GLIPHead(nn.Module):
             num_classes=self.num_classes,
             fused_text=hidden if self.early_fusion else None,
             features=visual,
+            token_logits=token_logits,
+            contrastive_logits=contrastive_logits,
         )
+
+
+class _FeatureResizer(nn.Module):
+    """Linear, LayerNorm (eps 1e-12), dropout: the official ``FeatureResizer`` (names
+    ``fc`` and ``layer_norm`` kept for checkpoint compatibility)."""
+
+    def __init__(self, in_dim: int, out_dim: int, dropout: float) -> None:
+        super().__init__()
+        self.fc = nn.Linear(in_dim, out_dim)
+        self.layer_norm = nn.LayerNorm(out_dim, eps=1e-12)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.dropout(self.layer_norm(self.fc(x)))

@@ -4,7 +4,9 @@ Official counterpart: ``ATSSLossComputation.__call__`` (``maskrcnn_benchmark/mod
 with the loss weights of ``VLDyHeadModule._forward_train`` (``rpn/vldyhead.py``) and the
 focal loss of ``layers/sigmoid_focal_loss.py::token_sigmoid_binary_focal_loss``, for the
 switches every released GLIP config uses (``USE_DOT_PRODUCT_TOKEN_LOSS`` on, the
-classification, token and contrastive losses off).
+classification, token and contrastive losses off). The MDETR-style ``loss_token``
+(official ``USE_TOKEN_LOSS``) and ``loss_contrastive_align`` (``USE_CONTRASTIVE_ALIGN_LOSS``)
+are optional extra terms, off by default.
 
 Dimension letters: B images, L levels, N anchors per image (levels concatenated),
 T tokens, P positive anchors of the batch.
@@ -46,7 +48,7 @@ from glip.modeling.box_coder import BoxCoder
 from glip.structures.outputs import HeadOutputs
 from glip.structures.targets import GroundingTargets
 
-__all__ = ["AssignedTargets", "GLIPLoss", "giou_loss", "sigmoid_focal_loss"]
+__all__ = ["AssignedTargets", "GLIPLoss", "contrastive_align_loss", "giou_loss", "sigmoid_focal_loss"]
 
 # Official GIoULoss: added to the enclosing and union areas against division by zero.
 _GIOU_EPS = 1e-7
@@ -98,6 +100,33 @@ def sigmoid_focal_loss(logits: Tensor, targets: Tensor, alpha: float = 0.25, gam
         alpha_t = alpha * targets + (1 - alpha) * (1 - targets)
         loss = alpha_t * loss
     return loss
+
+
+def contrastive_align_loss(logits: Tensor, positive_map: Tensor) -> Tensor:
+    """MDETR contrastive alignment loss, summed (official ``ContrastiveAlignLoss``).
+
+    For every anchor with at least one positive token,
+    ``-mean_{t positive} logits[a, t] + logsumexp_t logits[a, t]`` (the softmax over
+    all T tokens, padding included, as officially); for every token with at least one
+    positive anchor, the same over anchors (the softmax over all N anchors of the
+    image). The result is half the sum of both. The positive count has ``1e-6`` added,
+    as officially.
+
+    Args:
+        logits (Tensor[B, N, T]): anchor-token similarities (already divided by the temperature).
+        positive_map (Tensor[B, N, T]): bool.
+
+    Returns:
+        Tensor[]: the (unnormalised) loss.
+    """
+    positive_logits = -logits.masked_fill(~positive_map, 0)
+    terms = []
+    for dim in (2, 1):  # anchor -> tokens, then token -> anchors
+        has_pos = positive_map.any(dim)
+        count = positive_map.sum(dim) + 1e-6
+        per_item = positive_logits.sum(dim) / count + logits.logsumexp(dim)
+        terms.append(per_item.masked_fill(~has_pos, 0).sum())
+    return (terms[0] + terms[1]) / 2
 
 
 def giou_loss(pred_boxes: Tensor, target_boxes: Tensor) -> Tensor:
@@ -158,15 +187,20 @@ class GLIPLoss(nn.Module):
             ``MODEL.DYHEAD.FUSE_CONFIG.DOT_PRODUCT_TOKEN_LOSS_WEIGHT``, 1.0).
         token_alpha, token_gamma: focal-loss parameters (official
             ``FUSE_CONFIG.TOKEN_ALPHA`` 0.25 and ``TOKEN_GAMMA`` 2.0).
-        use_token_loss: official ``FUSE_CONFIG.USE_TOKEN_LOSS`` (MDETR-style soft-token
-            prediction from a separate head branch). Not implemented: our head has no
-            ``token_logits`` branch, and no released GLIP config turns it on.
-        use_contrastive_align_loss: official ``FUSE_CONFIG.USE_CONTRASTIVE_ALIGN_LOSS``
-            (MDETR contrastive alignment on projected features). Not implemented for the
-            same reason.
+        use_token_loss: official ``FUSE_CONFIG.USE_TOKEN_LOSS``: adds ``loss_token``, the
+            same focal loss (same alpha, gamma, targets, text mask and normaliser) on
+            the head's ``token_logits`` (its first T columns), times ``token_loss_weight``.
+        token_loss_weight: official ``FUSE_CONFIG.TOKEN_LOSS_WEIGHT`` (1.0).
+        use_contrastive_align_loss: official ``FUSE_CONFIG.USE_CONTRASTIVE_ALIGN_LOSS``:
+            adds ``loss_contrastive_align`` (see :func:`contrastive_align_loss`) on the
+            head's ``contrastive_logits`` against the positive anchors' token maps,
+            divided by ``max(num_positives / world_size, 1)``, times
+            ``contrastive_align_loss_weight``.
+        contrastive_align_loss_weight: official ``FUSE_CONFIG.CONTRASTIVE_ALIGN_LOSS_WEIGHT`` (1.0).
 
     ``forward(head, anchors, text_mask, targets)`` -> ``{"loss_reg", "loss_centerness",
-    "loss_dot_product_token"}``, each a 0-d float32 tensor; the training loop sums them.
+    "loss_dot_product_token"}`` (plus ``"loss_token"`` / ``"loss_contrastive_align"``
+    when switched on), each a 0-d float32 tensor; the training loop sums them.
     """
 
     def __init__(
@@ -179,18 +213,14 @@ class GLIPLoss(nn.Module):
         token_gamma: float = 2.0,
         use_token_loss: bool = False,
         use_contrastive_align_loss: bool = False,
+        token_loss_weight: float = 1.0,
+        contrastive_align_loss_weight: float = 1.0,
     ) -> None:
         super().__init__()
-        if use_token_loss:
-            raise NotImplementedError(
-                "MODEL.DYHEAD.FUSE_CONFIG.USE_TOKEN_LOSS (soft-token prediction) needs a token_logits head "
-                "branch that GLIPHead does not have"
-            )
-        if use_contrastive_align_loss:
-            raise NotImplementedError(
-                "MODEL.DYHEAD.FUSE_CONFIG.USE_CONTRASTIVE_ALIGN_LOSS needs contrastive projection branches "
-                "that GLIPHead does not have"
-            )
+        self.use_token_loss = use_token_loss
+        self.use_contrastive_align_loss = use_contrastive_align_loss
+        self.token_loss_weight = token_loss_weight
+        self.contrastive_align_loss_weight = contrastive_align_loss_weight
         self.assigner = assigner
         self.reg_weight = reg_weight
         self.centerness_weight = centerness_weight
@@ -308,8 +338,42 @@ class GLIPLoss(nn.Module):
             reg_loss = reg_pred.sum()
             ctr_loss = ctr_logit.sum()
 
-        return {
+        losses = {
             "loss_reg": reg_loss * self.reg_weight,
             "loss_centerness": ctr_loss * self.centerness_weight,
             "loss_dot_product_token": token_loss * self.token_weight,
         }
+        if self.use_token_loss:
+            if head.token_logits is None:
+                raise ValueError("use_token_loss needs a head built with use_token_loss=True (no token_logits)")
+            soft = torch.cat([x.float() for x in head.token_logits], dim=1)  # [B, N, T_max]
+            if soft.shape[-1] < logits.shape[-1] or soft.shape[:2] != logits.shape[:2]:
+                raise ValueError(
+                    f"token logits {tuple(soft.shape)} cannot cover the token targets {tuple(logits.shape)}"
+                )
+            soft = soft[..., : logits.shape[-1]]  # official: T_max == T (prompts padded to MAX_QUERY_LEN)
+            soft_loss = (
+                sigmoid_focal_loss(
+                    torch.masked_select(soft, attended),
+                    torch.masked_select(assigned.tokens, attended),
+                    self.token_alpha,
+                    self.token_gamma,
+                ).sum()
+                / num_pos_avg
+            )
+            losses["loss_token"] = soft_loss * self.token_loss_weight
+        if self.use_contrastive_align_loss:
+            if head.contrastive_logits is None:
+                raise ValueError(
+                    "use_contrastive_align_loss needs a head built with use_contrastive_align=True "
+                    "(no contrastive_logits)"
+                )
+            align = torch.cat([x.float() for x in head.contrastive_logits], dim=1)  # [B, N, T]
+            if align.shape != logits.shape:
+                raise ValueError(f"contrastive logits {tuple(align.shape)} != token targets {tuple(logits.shape)}")
+            # Official map: the matched box's tokens for positive anchors, nothing for background.
+            positive_map = (assigned.tokens > 0) & assigned.positive[:, :, None]  # [B, N, T]
+            losses["loss_contrastive_align"] = (
+                contrastive_align_loss(align, positive_map) / num_pos_avg * self.contrastive_align_loss_weight
+            )
+        return losses

@@ -22,6 +22,12 @@ class HeadOutputs:
         fused_text: ``Tensor[B, T, D]`` or None, the language features after the
             head's fusion layers.
         features: L tensors ``Tensor[B, C, H_l, W_l]``: the tower's visual output.
+        token_logits: L tensors ``Tensor[B, H_l*W_l, T_max]`` (``T_max`` = the head's
+            ``max_query_len``), the soft-token logits, or None (official
+            USE_TOKEN_LOSS off).
+        contrastive_logits: L tensors ``Tensor[B, H_l*W_l, T]``, the contrastive
+            alignment logits (cosine similarity / temperature), or None (official
+            USE_CONTRASTIVE_ALIGN_LOSS off).
     """
 
     box_regression: list[Tensor]
@@ -30,3 +36,5 @@ class HeadOutputs:
     num_classes: int
     fused_text: Tensor | None = None
     features: list[Tensor] = field(default_factory=list)
+    token_logits: list[Tensor] | None = None
+    contrastive_logits: list[Tensor] | None = None

@@ -304,11 +304,12 @@ def test_extreme_logits_stay_finite() -> None:
     assert all(torch.isfinite(t.grad).all() for t in head.dot_product_logits)
 
 
-def test_unported_official_options_raise() -> None:
-    with pytest.raises(NotImplementedError, match="USE_TOKEN_LOSS"):
-        GLIPLoss(ATSSAssigner(BoxCoder()), use_token_loss=True)
-    with pytest.raises(NotImplementedError, match="USE_CONTRASTIVE_ALIGN_LOSS"):
-        GLIPLoss(ATSSAssigner(BoxCoder()), use_contrastive_align_loss=True)
+def test_mdetr_losses_need_their_head_branches() -> None:
+    head, anchors, mask = _synthetic_batch()
+    with pytest.raises(ValueError, match="token_logits"):
+        GLIPLoss(ATSSAssigner(BoxCoder()), use_token_loss=True)(head, anchors, mask, _synthetic_targets())
+    with pytest.raises(ValueError, match="contrastive_logits"):
+        GLIPLoss(ATSSAssigner(BoxCoder()), use_contrastive_align_loss=True)(head, anchors, mask, _synthetic_targets())
 
 
 def test_mismatched_inputs_raise() -> None:

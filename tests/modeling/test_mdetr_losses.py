@@ -1,0 +1,230 @@
+"""The optional MDETR-style losses: soft-token prediction (official USE_TOKEN_LOSS) and
+contrastive alignment (official USE_CONTRASTIVE_ALIGN_LOSS)."""
+
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from glip.config import config_from_dict
+from glip.config.official import OfficialConfigError
+from glip.hub.official_keys import official_key_to_glip
+from glip.modeling.anchors import AnchorGenerator
+from glip.modeling.assigner import ATSSAssigner
+from glip.modeling.box_coder import BoxCoder
+from glip.modeling.build import build_head, build_loss
+from glip.modeling.head import GLIPHead
+from glip.modeling.loss import GLIPLoss
+from glip.structures import GroundingTargets, TextFeatures
+from tests.modeling.test_loss import _SIZES, _T, _synthetic_batch, _synthetic_targets
+
+_MAX_QUERY_LEN = 20  # > _T: the loss uses the first T token columns
+
+
+def _tiny_head(seed: int = 0, **kwargs) -> GLIPHead:
+    torch.manual_seed(seed)
+    return GLIPHead(
+        16,
+        16,
+        8,
+        num_blocks=1,
+        num_classes=4,
+        use_dfconv=False,
+        text_num_heads=2,
+        text_intermediate_size=16,
+        max_query_len=_MAX_QUERY_LEN,
+        **kwargs,
+    )
+
+
+def _inputs(seed: int = 1) -> tuple[list[torch.Tensor], TextFeatures]:
+    gen = torch.Generator().manual_seed(seed)
+    features = [torch.randn((2, 16, h, w), generator=gen) for h, w in _SIZES]
+    mask = torch.zeros((2, _T), dtype=torch.int64)
+    mask[0, :8] = 1
+    mask[1, :6] = 1
+    hidden = torch.randn((2, _T, 8), generator=gen)
+    text = TextFeatures(hidden=hidden, embedded=hidden * mask[..., None], mask=mask, aggregate=hidden.mean(1))
+    return features, text
+
+
+_NEW = ("token_logits.", "resizer.", "contrastive_align_projection_image.", "contrastive_align_projection_text.")
+
+
+def test_flags_off_adds_nothing_and_flags_on_keep_the_base_outputs() -> None:
+    features, text = _inputs()
+    base = _tiny_head().eval()
+    full = _tiny_head(use_token_loss=True, use_contrastive_align=True, fused_dot_product=False).eval()
+    plain = _tiny_head(fused_dot_product=False).eval()
+    assert not any(k.startswith(_NEW) for k in base.state_dict())
+    extra = set(full.state_dict()) - set(plain.state_dict())
+    assert extra and all(k.startswith(_NEW) for k in extra)
+    with torch.no_grad():
+        out = base(features, text)
+        a, b = plain(features, text), full(features, text)
+    assert out.token_logits is None and out.contrastive_logits is None
+    # The new layers are created after the base ones: same seed -> same base weights and outputs.
+    for x, y in zip(a.dot_product_logits + a.box_regression, b.dot_product_logits + b.box_regression):
+        torch.testing.assert_close(x, y, rtol=0, atol=0)
+    for level, (h, w) in enumerate(_SIZES):
+        assert b.token_logits[level].shape == (2, h * w, _MAX_QUERY_LEN)
+        assert b.contrastive_logits[level].shape == (2, h * w, _T)
+    # Contrastive logits are cosine similarities / exp(log_scale) = cosines at log_scale 0.
+    assert all(c.abs().max() <= 1 + 1e-5 for c in b.contrastive_logits)
+    # Soft-token bias at the focal prior.
+    torch.testing.assert_close(full.token_logits.bias, torch.full((_MAX_QUERY_LEN,), -math.log(99.0)))
+
+
+def _direct_focal(x: torch.Tensor, t: torch.Tensor, alpha: float = 0.25, gamma: float = 2.0) -> torch.Tensor:
+    p = torch.sigmoid(x.double())
+    t = t.double()
+    return -(alpha * t * (1 - p) ** gamma * p.log() + (1 - alpha) * (1 - t) * p**gamma * (1 - p).log())
+
+
+def _direct_contrastive(s: torch.Tensor, pos: torch.Tensor) -> float:
+    """MDETR contrastive loss written out with loops ([N, T] logits of one image)."""
+    s = s.double()
+    total = 0.0
+    for a in range(s.shape[0]):
+        if pos[a].any():
+            total += -s[a][pos[a]].mean().item() + math.log(s[a].exp().sum().item())
+    for t in range(s.shape[1]):
+        if pos[:, t].any():
+            total += -s[:, t][pos[:, t]].mean().item() + math.log(s[:, t].exp().sum().item())
+    return total / 2
+
+
+@pytest.mark.parametrize("empty_second", [False, True])
+def test_losses_match_direct_formulas(empty_second: bool) -> None:
+    head, anchors, mask = _synthetic_batch()
+    gen = torch.Generator().manual_seed(5)
+    head.token_logits = [3 * torch.randn((2, h * w, _MAX_QUERY_LEN), generator=gen) for h, w in _SIZES]
+    head.contrastive_logits = [2 * torch.randn((2, h * w, _T), generator=gen) for h, w in _SIZES]
+    targets = _synthetic_targets(empty_second=empty_second)
+    criterion = GLIPLoss(
+        ATSSAssigner(BoxCoder()),
+        use_token_loss=True,
+        use_contrastive_align_loss=True,
+        token_loss_weight=0.5,
+        contrastive_align_loss_weight=3.0,
+    )
+    assigned = criterion.assign(anchors, targets)
+    losses = criterion.compute(head, anchors, mask, assigned)
+    base = GLIPLoss(ATSSAssigner(BoxCoder())).compute(head, anchors, mask, assigned)
+    assert set(losses) == set(base) | {"loss_token", "loss_contrastive_align"}
+    for k in base:  # the released objective is unchanged
+        assert losses[k].item() == base[k].item()
+    assert all(torch.isfinite(v) for v in losses.values())
+
+    npos = max(assigned.num_positives, 1)
+    tok = torch.cat(head.token_logits, dim=1)[..., :_T]
+    attended = (mask > 0)[:, None, :].expand_as(tok)
+    want_token = _direct_focal(tok[attended], assigned.tokens[attended]).sum().item() / npos * 0.5
+    assert losses["loss_token"].item() == pytest.approx(want_token, rel=1e-5)
+
+    sim = torch.cat(head.contrastive_logits, dim=1)
+    want_align = 0.0
+    for i, target in enumerate(targets):
+        pos = torch.zeros(sim.shape[1:], dtype=torch.bool)
+        for a in torch.nonzero(assigned.positive[i]).flatten().tolist():
+            pos[a] = assigned.tokens[i, a] > 0  # the matched box's phrase tokens
+        want_align += _direct_contrastive(sim[i], pos)
+        if len(target.boxes) == 0:
+            assert not pos.any()
+    assert losses["loss_contrastive_align"].item() == pytest.approx(want_align / npos * 3.0, rel=1e-5)
+
+
+def test_backward_reaches_new_parameters_and_zero_box_images_work() -> None:
+    head = _tiny_head(use_token_loss=True, use_contrastive_align=True, fused_dot_product=False).train()
+    features, text = _inputs()
+    criterion = GLIPLoss(ATSSAssigner(BoxCoder()), use_token_loss=True, use_contrastive_align_loss=True)
+    anchors = AnchorGenerator()(_SIZES)
+    losses = criterion(head(features, text), anchors, text.mask, _synthetic_targets(empty_second=True))
+    assert {"loss_token", "loss_contrastive_align"} <= set(losses)
+    assert all(torch.isfinite(v) for v in losses.values())
+    sum(losses.values()).backward()
+    for name, p in head.named_parameters():
+        if name.startswith(_NEW) or name == "log_scale":
+            assert p.grad is not None and p.grad.abs().sum() > 0, name
+
+    no_boxes = [GroundingTargets(torch.zeros((0, 4)), torch.zeros((0, _T), dtype=torch.bool)) for _ in range(2)]
+    head.zero_grad()
+    losses = criterion(head(features, text), anchors, text.mask, no_boxes)
+    assert all(torch.isfinite(v) for v in losses.values())
+    assert losses["loss_contrastive_align"].item() == 0.0
+    assert losses["loss_token"].item() > 0  # [NoObj] targets still train the soft-token branch
+    sum(losses.values()).backward()
+    assert head.token_logits.weight.grad.abs().sum() > 0
+
+
+def test_fused_text_feeds_the_contrastive_projection() -> None:
+    head = _tiny_head(use_contrastive_align=True, fused_dot_product=True)
+    assert head.contrastive_align_projection_text.in_features == 8  # the text width
+    features, text = _inputs()
+    out = head(features, text)
+    assert out.contrastive_logits[0].shape == (2, _SIZES[0][0] * _SIZES[0][1], _T)
+
+
+def _official_tree(**fuse) -> dict:
+    return {"MODEL": {"DYHEAD": {"CHANNELS": 256, "FUSE_CONFIG": fuse}}}
+
+
+def test_official_keys_map_to_config_and_modules() -> None:
+    cfg = config_from_dict(
+        _official_tree(
+            USE_TOKEN_LOSS=True,
+            TOKEN_LOSS_WEIGHT=0.5,
+            USE_CONTRASTIVE_ALIGN_LOSS=True,
+            CONTRASTIVE_ALIGN_LOSS_WEIGHT=2.0,
+            CONTRASTIVE_HIDDEN_DIM=32,
+            JOINT_EMB_DROPOUT=0.2,
+        )
+    )
+    assert cfg.loss.use_token_loss and cfg.loss.token_loss_weight == 0.5
+    assert cfg.loss.use_contrastive_align_loss and cfg.loss.contrastive_align_loss_weight == 2.0
+    assert cfg.model.head.contrastive_hidden_dim == 32 and cfg.model.head.contrastive_dropout == 0.2
+    loss = build_loss(cfg)
+    assert loss.use_token_loss and loss.use_contrastive_align_loss and loss.token_loss_weight == 0.5
+
+    off = config_from_dict(_official_tree(USE_TOKEN_LOSS=False, USE_CONTRASTIVE_ALIGN_LOSS=False))
+    assert not off.loss.use_token_loss and not off.loss.use_contrastive_align_loss
+
+    # Official: resizer output (JOINT_EMB_SIZE) must match the projection input (CHANNELS).
+    with pytest.raises(OfficialConfigError, match="JOINT_EMB_SIZE"):
+        config_from_dict(_official_tree(USE_CONTRASTIVE_ALIGN_LOSS=True, JOINT_EMB_SIZE=128))
+
+    # A small head built from the config holds every official name of the new layers.
+    cfg.model.head.channels = 16
+    cfg.model.head.num_blocks = 1
+    cfg.model.head.use_dfconv = False
+    cfg.model.head.fused_dot_product = False
+    cfg.model.backbone.out_channels = 16
+    cfg.model.text.dim = 8
+    cfg.model.text.max_query_len = _MAX_QUERY_LEN
+    bert = SimpleNamespace(
+        num_attention_heads=2,
+        intermediate_size=16,
+        hidden_act="gelu",
+        layer_norm_eps=1e-12,
+        hidden_dropout_prob=0.1,
+        attention_probs_dropout_prob=0.1,
+    )
+    head = build_head(cfg, bert)
+    shapes = {f"head.{k}": tuple(v.shape) for k, v in head.state_dict().items()}
+    official = {
+        "rpn.head.token_logits.weight": (_MAX_QUERY_LEN, 16, 1, 1),
+        "rpn.head.token_logits.bias": (_MAX_QUERY_LEN,),
+        "rpn.head.contrastive_align_projection_image.weight": (32, 16, 1, 1),
+        "rpn.head.contrastive_align_projection_image.bias": (32,),
+        "rpn.head.contrastive_align_projection_text.weight": (32, 16),
+        "rpn.head.contrastive_align_projection_text.bias": (32,),
+        "rpn.resizer.fc.weight": (16, 8),
+        "rpn.resizer.fc.bias": (16,),
+        "rpn.resizer.layer_norm.weight": (16,),
+        "rpn.resizer.layer_norm.bias": (16,),
+    }
+    for key, shape in official.items():
+        assert shapes[official_key_to_glip(key, tower_period=3)] == shape, key
