@@ -40,8 +40,11 @@ def demo_shapes() -> None:
         truth = sorted({names[a["category_id"] - 1] for a in record["annotations"]})
         image = data.image_dir / record["images"][0]["file_name"]
         det = glip.predict(str(image), names, model="demo-shapes", threshold=0.3)
-    print(f"\ndemo-shapes on a synthetic image holding: {', '.join(truth)}")
-    for phrase, score, box in zip(det.phrases, det.scores.tolist(), det.boxes.tolist()):
+        boxes = [[round(a["bbox"][0]), round(a["bbox"][1]), round(a["bbox"][0] + a["bbox"][2]),
+                  round(a["bbox"][1] + a["bbox"][3])] for a in record["annotations"]]  # fmt: skip
+    print(f"\ndemo-shapes on a synthetic image holding: {', '.join(truth)} at {boxes}")
+    print(f"{len(det)} detections above 0.3; the best five:")
+    for phrase, score, box in list(zip(det.phrases, det.scores.tolist(), det.boxes.tolist()))[:5]:
         print(f"  {phrase:<16} {score:.2f} {[round(v) for v in box]}")
 
 
