@@ -176,3 +176,22 @@ def test_zoo_downloads_once_then_loads_converted(tmp_path, monkeypatch):
     assert [r["cached"] for r in zoo.list_models() if r["name"] == "glip-t-a"] == [True]
     model = glip.load_model(out)
     assert model.config.name == "glip-t-a"
+
+
+def test_to_supervision_with_a_stand_in_module(predictor, images, monkeypatch):
+    import sys
+    import types
+
+    captured = {}
+
+    class FakeDetections:
+        def __init__(self, xyxy, confidence, class_id, data):
+            captured.update(xyxy=xyxy, confidence=confidence, class_id=class_id, data=data)
+
+    monkeypatch.setitem(sys.modules, "supervision", types.SimpleNamespace(Detections=FakeDetections))
+    det = predictor.predict(images[0], CAPTION, threshold=0.05)
+    det.to_supervision()
+    np.testing.assert_allclose(captured["xyxy"], det.boxes.numpy())
+    np.testing.assert_allclose(captured["confidence"], det.scores.numpy())
+    assert captured["class_id"].tolist() == (det.labels - 1).tolist()
+    assert captured["data"]["class_name"].tolist() == det.phrases
