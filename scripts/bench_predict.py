@@ -131,8 +131,8 @@ def main() -> None:
                 f"peak RSS {r['peak_rss_mib']:6.0f} MiB"
                 + (f"  peak CUDA {r['peak_cuda_mib']:6.0f} MiB ({r['gpu']})" if "peak_cuda_mib" in r else "")
                 + (
-                    f"   vs official CPU {OFFICIAL_CPU_S / r['median_s_per_image']:.1f}x faster, "
-                    f"{OFFICIAL_CPU_RSS_MIB / r['peak_rss_mib']:.2f}x less memory"
+                    f"   vs official CPU: {OFFICIAL_CPU_S / r['median_s_per_image']:.1f}x faster, "
+                    f"{r['peak_rss_mib'] / OFFICIAL_CPU_RSS_MIB:.2f}x its peak memory"
                     if r["device"] == "cpu"
                     else ""
                 ),
