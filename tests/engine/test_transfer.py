@@ -98,7 +98,7 @@ def test_tuning_changes_only_its_tensors(mode, domain, base_model, tmp_path):
     assert set(after) - set(before) <= {"prompt_offset.weight"}
 
 
-def test_prompt_tuning_improves_ap_and_reloads_tiny(domain, base_model, tmp_path):
+def test_prompt_tuned_delta_is_tiny_and_reloads(domain, base_model, tmp_path):
     from glip.api import Predictor
     from glip.hub.checkpoint import load_model
     from glip.tools.evaluate import evaluate_detection
@@ -124,9 +124,7 @@ def test_prompt_tuning_improves_ap_and_reloads_tiny(domain, base_model, tmp_path
     assert torch.equal(a.boxes, b.boxes) and torch.equal(a.scores, b.scores)
     other_t, other_b = tuned.predict(image, "zorp", 0.0), plain.predict(image, "zorp", 0.0)
     assert torch.equal(other_t.scores, other_b.scores)  # not the tuned prompt: the offset is not applied
-    if not metrics["AP"] > zero["AP"] + 0.05:
-        # Known gap: the 50-step CPU base is too weak for a robust margin (seen: 0.122 -> 0.126).
-        pytest.xfail(f"prompt tuning AP {metrics['AP']:.3f} vs zero-shot {zero['AP']:.3f}: no clear gain")
+    # The AP gain is shown on a stronger base: test_prompt_tuning_beats_zero_shot_on_demo_shapes.
 
 
 def test_mismatched_base_is_refused(domain, base_model, tmp_path):
@@ -187,3 +185,37 @@ def test_protocol_grid_two_datasets_two_shots_two_seeds(base_model, text_dir, tm
     assert summary["dsa"]["1"]["n"] == 2 and summary["dsb"]["3"]["n"] == 2
     assert script.main(args) == 0  # resumed: every cell read back, nothing retrained
     assert capsys.readouterr().out.count("done before") == 8
+
+
+def test_prompt_tuning_beats_zero_shot_on_demo_shapes(tmp_path):
+    """The bundled demo-shapes model as the base; target domain: red circles and blue
+    squares renamed "zorp" and "blick". 100 prompt-tuning steps on 16 images raise COCO AP
+    on 16 validation images well above zero-shot (measured: 0.170 -> 0.252)."""
+    from glip.api import Predictor
+    from glip.config import load_config
+    from glip.hub.checkpoint import load_model
+    from glip.hub.zoo import resolve_weights
+    from glip.tools.evaluate import evaluate_detection
+    from glip.tools.finetune import TransferData, finetune
+
+    ds = generate_synthetic(tmp_path / "shapes", num_train=16, num_val=16, image_size=(128, 192), seed=5,
+                            colors=("red", "blue"), shapes=("circle", "square"), max_objects=3)  # fmt: skip
+    target = tmp_path / "target"
+    target.mkdir()
+    for split, src in (("train", ds.train_json), ("val", ds.val_json)):
+        data = json.loads(src.read_text())
+        data["categories"] = [dict(c, name=RENAMED[c["name"]]) for c in data["categories"] if c["name"] in RENAMED]
+        keep = {c["id"] for c in data["categories"]}
+        data["annotations"] = [a for a in data["annotations"] if a["category_id"] in keep]
+        (target / f"{split}.json").write_text(json.dumps(data))
+    (target / "images").symlink_to(ds.image_dir)
+    base = resolve_weights("demo-shapes")
+    data = TransferData.from_dir(target, "zorp")
+    zero = evaluate_detection(Predictor(load_model(base)), data.val_json, data.val_images, progress=False)
+    tuned = finetune(load_config(base / "config.yaml"), data, tmp_path / "pt", weights=base, mode="prompt",
+                     shots=0, seed=3, cpu=True,
+                     overrides=["solver.max_epoch=0", "solver.max_iter=100", "solver.ims_per_batch=4",
+                                "data.general_copy=1", "train.eval_period=1000", "data.flip_prob=0.0"])  # fmt: skip
+    print(f"zero-shot AP {zero['AP']:.3f} -> prompt-tuned AP {tuned['AP']:.3f}")
+    assert tuned["AP"] > zero["AP"] + 0.05
+    assert sum(f.stat().st_size for f in (tmp_path / "pt" / "model").iterdir()) < 100_000
