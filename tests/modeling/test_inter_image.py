@@ -419,3 +419,49 @@ def test_two_processes_equal_one_process(tmp_path: Path) -> None:
         else:
             assert not torch.allclose(mean_grads["text_proj.weight"], module.text_proj.weight.grad, rtol=1e-3)
             assert not torch.allclose(both_text, text.grad, rtol=1e-3)
+
+
+def test_build_from_atss_assignment() -> None:
+    """RegionWordTargets from the real ATSS assignment, then the loss on flattened FPN maps."""
+    from glip.modeling.assigner import ATSSAssigner
+    from glip.modeling.box_coder import BoxCoder
+    from glip.modeling.loss import GLIPLoss
+    from glip.structures.targets import GroundingTargets
+
+    centres = torch.arange(4, 64, 8, dtype=torch.float32)  # one 8 x 8 level, stride 8
+    cy, cx = torch.meshgrid(centres, centres, indexing="ij")
+    anchors = [torch.stack([cx - 8, cy - 8, cx + 8, cy + 8], dim=-1).reshape(-1, 4)]  # [64, 4] row-major
+    width = 8
+    maps = torch.zeros((3, 2, width), dtype=torch.bool)
+    maps[0, 0, 1], maps[0, 1, 3], maps[1, 0, 2] = True, True, True
+    targets = [
+        GroundingTargets(torch.tensor([[4.0, 4.0, 30.0, 30.0], [34.0, 34.0, 60.0, 60.0]]), maps[0]),
+        GroundingTargets(torch.tensor([[10.0, 20.0, 50.0, 50.0]]), maps[1, :1]),
+        GroundingTargets.empty(width),
+    ]
+    assigned = GLIPLoss(ATSSAssigner(BoxCoder())).assign(anchors, targets)
+    text_mask = torch.ones((3, width), dtype=torch.int64)
+    token_class = torch.full((3, width), -1)
+    token_class[0, 1], token_class[1, 2], token_class[2, 5] = 4, 4, 4  # class 4 named in every prompt
+    built = RegionWordTargets.build(
+        assigned, targets, text_mask, box_class=[torch.tensor([4, 9]), torch.tensor([4]), None], token_class=token_class
+    )
+    assert built.matched_gt.shape == (3, 64) and built.box_tokens.shape == (3, 2, width)
+    assert torch.equal(built.matched_gt >= 0, assigned.positive)
+    assert built.box_class.tolist() == [[4, 9], [4, -1], [-1, -1]]
+    assert torch.equal(built.box_tokens[1, 0], maps[1, 0]) and not built.box_tokens[2].any()
+
+    torch.manual_seed(0)
+    module = InterImageContrastiveLoss(3, 5, hidden_dim=4)
+    fpn = [torch.randn(3, 3, 8, 8, requires_grad=True)]
+    out = module.compute(
+        flatten_levels(fpn), torch.randn(3, width, 5), built, module.select(built, generators(range(3)))
+    )
+    assert out.num_pos_avg == float(assigned.num_positives)
+    # Class-4 rows of image 0 see the class-4 tokens of images 1 and 2; image 2 (no boxes) has only pads.
+    rows_img0 = out.targets.reshape(3, -1, 3, width)[0]  # [A, image, T]
+    class4 = built.matched_gt[0].gather(0, out.selection.anchor_index[0]) == 0
+    assert class4.any() and rows_img0[class4][:, 1, 2].all() and rows_img0[class4][:, 2, 5].all()
+    assert not out.selection.is_positive[2].any()
+    out.loss.backward()
+    assert fpn[0].grad.abs().sum() > 0

@@ -14,12 +14,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
-from glip.modeling.loss import AssignedTargets
-from glip.structures.targets import GroundingTargets
+if TYPE_CHECKING:  # annotations only: the assignment's producers are not imported at run time
+    from glip.modeling.loss import AssignedTargets
+    from glip.structures.targets import GroundingTargets
 
 __all__ = ["RegionSelection", "RegionWordTargets", "region_candidates", "region_word_targets", "select_regions"]
 
