@@ -170,6 +170,10 @@ class SolverConfig:
     base_lr: float = 1e-4
     lang_lr: float = 1e-5  # every text-encoder parameter (official LANG_LR)
     backbone_body_lr_factor: float = 1.0
+    # lr factor of the fusion tower's text-side layers (X-MHA blocks, in-head BERT layers); not
+    # official (1.0). Post-LN BERT layers trained at a detector's lr can collapse every token onto
+    # one vector, which makes the region-word scores ignore the words (see configs/synthetic).
+    fusion_lr_factor: float = 1.0
     bias_lr_factor: float = 2.0
     weight_decay: float = 1e-4
     weight_decay_bias: float = 0.0

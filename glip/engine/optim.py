@@ -17,6 +17,8 @@ import torch
 from torch import nn
 
 from glip.config import SolverConfig
+from glip.modeling.fusion import BiAttentionBlock
+from glip.modeling.text_layer import TextLayer
 
 __all__ = [
     "WarmupSchedule",
@@ -44,10 +46,13 @@ def _official_is_norm(name: str) -> bool:
     return "norm" in name or "Norm" in name
 
 
-def param_group_settings(name: str, solver: SolverConfig) -> tuple[float, float]:
+def param_group_settings(name: str, solver: SolverConfig, fusion: bool = False) -> tuple[float, float]:
     """``(lr, weight_decay)`` of one parameter, as the official ``make_optimizer``:
 
     - the text encoder uses ``lang_lr``; the visual body ``base_lr * backbone_body_lr_factor``;
+    - a parameter of the fusion tower's text-side layers (``fusion`` True: the X-MHA
+      blocks and the in-head BERT layers) ``base_lr * fusion_lr_factor`` (not an official
+      rule; the default factor 1.0 is the official behaviour);
     - a name containing ``bias`` gets ``lr * bias_lr_factor`` and ``weight_decay_bias``;
     - a name containing ``norm``/``Norm`` gets ``weight_decay * weight_decay_norm_factor``.
     """
@@ -56,12 +61,19 @@ def param_group_settings(name: str, solver: SolverConfig) -> tuple[float, float]
         lr = solver.lang_lr
     if name.startswith(_BODY_PREFIX):
         lr = solver.base_lr * solver.backbone_body_lr_factor
+    if fusion:
+        lr = solver.base_lr * solver.fusion_lr_factor
     if "bias" in name:
         lr *= solver.bias_lr_factor
         weight_decay = solver.weight_decay_bias
     if _official_is_norm(name):
         weight_decay *= solver.weight_decay_norm_factor
     return lr, weight_decay
+
+
+def _fusion_parameter_ids(model: nn.Module) -> set[int]:
+    """Ids of the parameters of every X-MHA fusion block and in-head BERT layer."""
+    return {id(p) for m in model.modules() if isinstance(m, (BiAttentionBlock, TextLayer)) for p in m.parameters()}
 
 
 def param_groups(model: nn.Module, solver: SolverConfig) -> list[dict[str, Any]]:
@@ -71,10 +83,11 @@ def param_groups(model: nn.Module, solver: SolverConfig) -> list[dict[str, Any]]
     same updates with fewer groups. Each group also records ``names``.
     """
     groups: dict[tuple[float, float], dict[str, Any]] = {}
+    fusion = _fusion_parameter_ids(model)
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        lr, wd = param_group_settings(name, solver)
+        lr, wd = param_group_settings(name, solver, fusion=id(param) in fusion)
         group = groups.setdefault((lr, wd), {"params": [], "names": [], "lr": lr, "weight_decay": wd})
         group["params"].append(param)
         group["names"].append(name)

@@ -128,3 +128,24 @@ def test_official_solver_keys_map_to_the_solver_section():
     assert s.clip_gradients.enabled and s.clip_gradients.clip_value == 1.0
     assert s.bias_lr_factor == 2.0 and s.weight_decay_bias == 0.0  # official defaults
     assert (cfg.loss.reg_weight, cfg.loss.atss_topk, cfg.loss.token_alpha, cfg.loss.token_gamma) == (2.0, 9, 0.25, 2.0)
+
+
+def test_fusion_lr_factor_scales_the_fusion_and_in_head_text_layers_only():
+    from glip.modeling.fusion import BiAttentionBlock
+    from glip.modeling.text_layer import TextLayer
+
+    model = nn.Module()
+    model.head = nn.Module()
+    model.head.fusion = BiAttentionBlock(8, 12, embed_dim=16, num_heads=2)
+    model.head.text_layer = TextLayer(12, 2, 24)
+    model.head.box = nn.Linear(3, 4)
+    solver = SolverConfig(base_lr=1e-3, fusion_lr_factor=0.1, bias_lr_factor=2.0)
+    lrs = {n: g["lr"] for g in build_optimizer(model, solver).param_groups for n in g["names"]}
+    assert lrs["head.box.weight"] == pytest.approx(1e-3)
+    assert lrs["head.box.bias"] == pytest.approx(2e-3)
+    for name, lr in lrs.items():
+        if name.startswith(("head.fusion.", "head.text_layer.")):
+            assert lr == pytest.approx(2e-4 if "bias" in name else 1e-4), name
+    # The default is the official rule: no factor.
+    default = {n: g["lr"] for g in build_optimizer(model, SolverConfig(base_lr=1e-3)).param_groups for n in g["names"]}
+    assert default["head.fusion.attn.out_l_proj.weight"] == pytest.approx(1e-3)
