@@ -57,7 +57,7 @@ def _cmd_detect(args: argparse.Namespace) -> int:
         raise ValueError(f"--threshold must be in [0, 1], got {args.threshold}")
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
-    overrides = [i for i in args.inputs if "=" in i and not Path(i).exists()]
+    overrides = [i for i in args.inputs if "=" in i and not Path(i).exists() and not any(c in i for c in "*?[")]
     if overrides:
         raise ValueError(f"glip detect takes no KEY=VALUE overrides (got {' '.join(overrides)}); see --help")
     prompt = parse_prompt(args.prompt) if args.prompt else None  # fail fast on an empty prompt

@@ -48,6 +48,7 @@ def add_model_args(
     default_model: str | None = "glip-t",
     model: bool = True,
     model_help: str | None = None,
+    config_help: str | None = None,
 ) -> None:
     """``--model``, ``--weights`` (unless ``model`` is False: a positional names the
     weights), ``--config``, ``--text-encoder``, ``--trust-pickle``; all interpreted by
@@ -65,7 +66,8 @@ def add_model_args(
         )
     g.add_argument(
         "--config",
-        help="a yaml (ours or official) or a zoo config name (glip-t, glip-l...): the architecture of an "
+        help=config_help
+        or "a yaml (ours or official) or a zoo config name (glip-t, glip-l...): the architecture of an "
         "official .pth; zoo names and converted folders carry their own",
     )
     g.add_argument(

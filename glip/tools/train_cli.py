@@ -29,6 +29,8 @@ def _train_arguments(p: argparse.ArgumentParser) -> None:
         p,
         default_model=None,
         model_help="initial weights: a model-zoo name (default: the config's initialisation)",
+        config_help="the run's config: a yaml (ours or official) or a zoo config name (glip-t...); default: the "
+        "one --model / --weights carry",
     )
     add_output_arg(p, required=True, help="checkpoints, metrics.jsonl, config.yaml and the final model")
     p.add_argument(
