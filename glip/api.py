@@ -10,7 +10,6 @@ from typing import Any, Union
 import torch
 
 from glip.hub.checkpoint import load_model
-from glip.hub.zoo import ZOO, resolve_weights
 from glip.modeling.glip import GLIP
 from glip.ops.multiclass_nms import multiclass_nms
 from glip.structures import Detections, ImageBatch
@@ -34,17 +33,15 @@ def resolve_model(
     config: str | Path | None = None,
     text_encoder: str | Path | None = None,
     device: str | torch.device | None = None,
+    trust_pickle: bool = False,
 ) -> GLIP:
-    """A model-zoo name, a weights path (official ``.pth`` or converted folder), or a model."""
+    """A model-zoo name, a weights path (official ``.pth``, converted or tuned folder) or a
+    model -> the model in eval mode. Names and paths are interpreted by
+    :func:`glip.hub.zoo.resolve_model_source`, as in :func:`glip.load_model`."""
     if isinstance(model, GLIP):
         return model.to(device).eval() if device is not None else model.eval()
     device = device or _default_device()
-    path = Path(model)
-    if path.exists():
-        return load_model(path, config, text_encoder=text_encoder, device=device)
-    if str(model) in ZOO:
-        return load_model(resolve_weights(str(model)), config, text_encoder=text_encoder, device=device)
-    raise FileNotFoundError(f"{model!r} is neither a model-zoo name ({', '.join(ZOO)}) nor an existing path")
+    return load_model(model, config, text_encoder=text_encoder, device=device, trust_pickle=trust_pickle)
 
 
 def chunk_prompt(
@@ -91,6 +88,7 @@ class Predictor:
         text_encoder: text-encoder folder or name (see :func:`glip.load_model`).
         device: ``"cpu"``, ``"cuda"``...; default: CUDA when available.
         batch_size: images per forward pass.
+        trust_pickle: allow a ``.pth`` that needs unsafe unpickling (see :func:`glip.load_model`).
     """
 
     def __init__(
@@ -101,10 +99,13 @@ class Predictor:
         text_encoder: str | Path | None = None,
         device: str | torch.device | None = None,
         batch_size: int = 4,
+        trust_pickle: bool = False,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-        self.model = resolve_model(model, config=config, text_encoder=text_encoder, device=device)
+        self.model = resolve_model(
+            model, config=config, text_encoder=text_encoder, device=device, trust_pickle=trust_pickle
+        )
         self.batch_size = batch_size
 
     def prepare_prompt(self, prompt: PromptLike, chunk_size: int | None = None) -> list[TokenizedPrompt]:
@@ -157,8 +158,8 @@ class Predictor:
     ) -> Iterator[tuple[int, Detections | Exception]]:
         """Yields ``(index, Detections or the error)`` for each image, in input order.
 
-        An image that cannot be read yields its :class:`ImageLoadError`; the others are
-        still processed. Images are batched only with images of the same padded size, so
+        An image that cannot be read, preprocessed or run through the model yields an
+        :class:`ImageLoadError`; the others are still processed. Images are batched only with images of the same padded size, so
         batched results equal one-by-one results (the official model attends over padding).
         """
         if not 0.0 <= threshold <= 1.0:
@@ -172,12 +173,25 @@ class Predictor:
         stride = prep.size_divisibility
         pending: dict[tuple[int, int], list[tuple[int, torch.Tensor, tuple[int, int]]]] = {}
 
-        def run(group: list[tuple[int, torch.Tensor, tuple[int, int]]]) -> Iterator[tuple[int, Detections]]:
+        def run_batch(group: list[tuple[int, torch.Tensor, tuple[int, int]]]) -> list[tuple[int, Detections]]:
             batch = ImageBatch.from_tensors([t for _, t, _ in group], stride)
             per_chunk = self.model.detect_prompts(batch, chunks, original_sizes=[s for _, _, s in group])
-            for j, (index, _, _) in enumerate(group):
-                merged = self._merge_chunks([dets[j] for dets in per_chunk], chunks, top_k)
-                yield index, merged.above(threshold)
+            return [
+                (index, self._merge_chunks([dets[j] for dets in per_chunk], chunks, top_k).above(threshold))
+                for j, (index, _, _) in enumerate(group)
+            ]
+
+        def run(group: list[tuple[int, torch.Tensor, tuple[int, int]]]) -> list[tuple[int, Detections | Exception]]:
+            # One image that breaks the model (an extreme size...) must not take the others
+            # down: a failed batch is rerun image by image, and a failing image is reported.
+            try:
+                return run_batch(group)
+            except Exception as e:
+                if len(group) == 1:
+                    h, w = group[0][2]
+                    error = ImageLoadError(f"cannot run the model on this {w}x{h} image: {type(e).__name__}: {e}")
+                    return [(group[0][0], error)]
+            return [item for one in group for item in run([one])]
 
         results: dict[int, Detections | Exception] = {}
         next_out = 0
@@ -186,6 +200,8 @@ class Predictor:
                 tensor, size = prep(image)
             except ImageLoadError as e:
                 results[index] = e
+            except Exception as e:  # resizing or conversion of an unusual image
+                results[index] = ImageLoadError(f"cannot preprocess the image: {type(e).__name__}: {e}")
             else:
                 h, w = tensor.shape[-2:]
                 key = (-(-h // stride) * stride, -(-w // stride) * stride) if stride > 0 else (h, w)

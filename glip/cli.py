@@ -5,29 +5,30 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
+
+from glip.tools.common import (
+    ArgumentParser,
+    add_device_arg,
+    add_model_args,
+    add_output_arg,
+    add_quiet_arg,
+    model_arg,
+    parse_device,
+    run_command,
+)
 
 __all__ = ["main"]
-
-
-def _add_weights_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", help="official GLIP yaml or a glip config (not needed for converted folders)")
-    p.add_argument(
-        "--text-encoder",
-        help="Hugging Face name or local folder with the BERT config.json and tokenizer files "
-        "(default: the converted folder's copy, else bert-base-uncased)",
-    )
-    p.add_argument(
-        "--trust-pickle",
-        action="store_true",
-        help="allow checkpoints that need unsafe unpickling (only for files you trust)",
-    )
 
 
 def _cmd_convert(args: argparse.Namespace) -> int:
     from glip.hub.checkpoint import load_model, save_model
 
+    out_dir = args.out or args.out_dir
+    if not out_dir:
+        raise ValueError("name the folder to write: glip convert CHECKPOINT OUT_DIR (or --out OUT_DIR)")
     model = load_model(args.checkpoint, args.config, text_encoder=args.text_encoder, trust_pickle=args.trust_pickle)
-    out = save_model(model, args.out_dir)
+    out = save_model(model, out_dir)
     n = sum(p.numel() for p in model.parameters())
     print(f"wrote {out} ({n / 1e6:.1f}M parameters): model.safetensors, config.yaml, text_encoder/")
     return 0
@@ -56,14 +57,17 @@ def _cmd_detect(args: argparse.Namespace) -> int:
         raise ValueError(f"--threshold must be in [0, 1], got {args.threshold}")
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
+    overrides = [i for i in args.inputs if "=" in i and not Path(i).exists() and not any(c in i for c in "*?[")]
+    if overrides:
+        raise ValueError(f"glip detect takes no KEY=VALUE overrides (got {' '.join(overrides)}); see --help")
     prompt = parse_prompt(args.prompt) if args.prompt else None  # fail fast on an empty prompt
     files = expand_inputs(args.inputs)
     if not files:
         raise FileNotFoundError(f"no image found in {' '.join(args.inputs)}")
-    model = args.weights if args.weights else args.model
     predictor = Predictor(
-        model, config=args.config, text_encoder=args.text_encoder, device=args.device, batch_size=args.batch_size
-    )
+        model_arg(args), config=args.config, text_encoder=args.text_encoder, device=parse_device(args.device),
+        batch_size=args.batch_size, trust_pickle=args.trust_pickle,
+    )  # fmt: skip
     if prompt is None:  # a tuned model's own prompt (glip finetune)
         prompt = predictor.model.tuned_prompt
         if prompt is None:
@@ -89,7 +93,7 @@ def _cmd_detect(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from glip.version import __version__
 
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="glip", description="GLIP grounded detection: convert checkpoints, detect, train, evaluate."
     )
     parser.add_argument("--version", action="version", version=f"glip {__version__}")
@@ -98,12 +102,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "convert",
         help="convert an official GLIP checkpoint to a glip folder (safetensors + config)",
-        description="Convert an official GLIP .pth checkpoint into OUT_DIR/model.safetensors + config.yaml "
-        "(+ text_encoder/), which glip.load_model(OUT_DIR) and --weights OUT_DIR load without a config.",
+        description="Convert an official GLIP .pth checkpoint (or a zoo name) into OUT_DIR/model.safetensors + "
+        "config.yaml (+ text_encoder/), which glip.load_model(OUT_DIR) and --weights OUT_DIR load without a config.",
+        epilog="example: glip convert glip_tiny_model_o365_goldg_cc_sbu.pth glip-t-folder --config glip-t",
     )
-    p.add_argument("checkpoint", help="official checkpoint, e.g. glip_tiny_model_o365_goldg.pth")
-    p.add_argument("out_dir", help="folder to write")
-    _add_weights_args(p)
+    p.add_argument("checkpoint", help="official checkpoint (e.g. glip_tiny_model_o365_goldg_cc_sbu.pth) or zoo name")
+    p.add_argument("out_dir", nargs="?", help="folder to write (or --out)")
+    add_output_arg(p, help="folder to write")
+    add_model_args(p, model=False)
     p.set_defaults(func=_cmd_convert)
 
     p = sub.add_parser(
@@ -120,14 +126,12 @@ def build_parser() -> argparse.ArgumentParser:
         help='phrases separated by "." ("a cat. a dog."), or a caption whose noun phrases are detected; '
         "optional for a model tuned by `glip finetune` (its dataset's classes)",
     )
-    p.add_argument("--model", default="glip-t", help="model-zoo name (see `glip models`; default glip-t)")
-    p.add_argument("--weights", help="a checkpoint (official .pth or converted folder) instead of --model")
     p.add_argument("--threshold", type=float, default=0.5, help="keep detections scoring above this (default 0.5)")
     p.add_argument("--batch-size", type=int, default=4, help="images per forward pass (default 4)")
-    p.add_argument("--device", help="cpu, cuda, cuda:1... (default: cuda when available)")
-    p.add_argument("--out", default="glip_detections", help="output folder (default ./glip_detections)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    _add_weights_args(p)
+    add_device_arg(p)
+    add_output_arg(p, default="glip_detections")
+    add_quiet_arg(p)
+    add_model_args(p)
     p.set_defaults(func=_cmd_detect)
 
     p = sub.add_parser(
@@ -158,11 +162,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    try:
-        return int(args.func(args))
-    except (ValueError, FileNotFoundError, OSError) as e:
-        print(f"glip {args.command}: error: {e}", file=sys.stderr)
-        return 1
+    return run_command(args.func, args, args.command)
 
 
 if __name__ == "__main__":

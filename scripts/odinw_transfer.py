@@ -51,8 +51,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
     args = p.parse_args(argv)
 
-    from glip.config import load_config
-    from glip.hub.zoo import ZOO, zoo_config
+    from glip.hub.zoo import resolve_model_source
     from glip.tools.finetune import TransferData, run_transfer_grid
 
     datasets = [TransferData.from_dir(d) for d in args.data]
@@ -60,14 +59,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         datasets += odinw_transfer_data(args.odinw_root, args.suite, args.datasets)
     if not datasets:
         p.error("give --data folders or --odinw-root")
-    if args.config:
-        config = args.config
-    elif args.weights in ZOO and not Path(args.weights).exists():
-        config = zoo_config(ZOO[args.weights].config)
-    else:
-        config = Path(args.weights) / "config.yaml"
+    config = resolve_model_source(args.weights, args.config).load_config()
     run_transfer_grid(
-        load_config(config), datasets, args.out, weights=args.weights, mode=args.mode, shots=args.shots,
+        config, datasets, args.out, weights=args.weights, mode=args.mode, shots=args.shots,
         seeds=args.seeds, overrides=args.overrides, cpu=True if args.cpu else None,
     )  # fmt: skip
     return 0

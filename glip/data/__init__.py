@@ -4,6 +4,7 @@ batching, and a synthetic shapes dataset."""
 from glip.data.annotations import BoxCleanup, CocoIndex, clean_boxes, read_image, token_positive_map
 from glip.data.collate import GroundingBatch, GroundingCollator, collate_grounding
 from glip.data.datasets import CocoGroundingDataset, GroundingSample, MdetrGroundingDataset, sample_seed
+from glip.data.layout import DatasetLayout, read_dataset_dir
 from glip.data.od_to_grounding import (
     CaptionPromptEntry,
     CaptionRecipe,
@@ -26,6 +27,7 @@ __all__ = [
     "CaptionRecipe",
     "CocoGroundingDataset",
     "CocoIndex",
+    "DatasetLayout",
     "GroundingBatch",
     "GroundingCaption",
     "GroundingCollator",
@@ -46,6 +48,7 @@ __all__ = [
     "generate_synthetic",
     "labels_to_caption",
     "parse_caption_prompt",
+    "read_dataset_dir",
     "read_image",
     "resize_boxes",
     "sample_seed",

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from glip.config import GLIPConfig, save_config
-from glip.engine.checkpoint import latest_checkpoint
+from glip.engine.checkpoint import STATE_NAME, latest_checkpoint
 from glip.engine.data import build_dataset
 from glip.engine.trainer import Evaluator, Trainer, TrainResult
 from glip.engine.tuning import apply_tuning, record_tuned_prompt, resolve_tuning_mode, set_frozen_eval
@@ -25,16 +25,16 @@ __all__ = ["build_training_model", "load_evaluator", "prepare_for_training", "re
 logger = logging.getLogger(__name__)
 
 
-def build_training_model(cfg: GLIPConfig, weights: str | Path | None = None) -> GLIP:
-    """A GLIP to train: from ``weights`` (official ``.pth`` or our folder, loaded with the
-    architecture of ``cfg``), else freshly initialised with the text encoder's
+def build_training_model(cfg: GLIPConfig, weights: str | Path | None = None, trust_pickle: bool = False) -> GLIP:
+    """A GLIP to train: from ``weights`` (a zoo name, official ``.pth`` or our folder, loaded
+    with the architecture of ``cfg``), else freshly initialised with the text encoder's
     pretrained weights when ``cfg.model.text.pretrained`` (offline: a local folder, a
     packaged name such as ``all-MiniLM-L6-v2``, or the Hugging Face cache)."""
     text_dir = resolve_text_encoder(cfg.model.text.encoder)
     if weights is not None:
         from glip.hub.checkpoint import load_model
 
-        return load_model(weights, cfg, text_encoder=text_dir)
+        return load_model(weights, cfg, text_encoder=text_dir, trust_pickle=trust_pickle)
     model = build_model(
         cfg,
         load_bert_config(text_dir),
@@ -107,6 +107,7 @@ def train(
     evaluator: Evaluator | None = None,
     cpu: bool | None = None,
     progress_bar: bool = True,
+    trust_pickle: bool = False,
 ) -> TrainResult:
     """Trains a GLIP as ``cfg`` says, writing into ``output_dir``.
 
@@ -116,12 +117,15 @@ def train(
     Args:
         weights: initial weights (official ``.pth`` or a folder of ours); ignored on resume.
         resume: True (or ``"auto"``): continue from ``output_dir``'s last checkpoint if
-            there is one; a path: from that checkpoint folder.
+            there is one; a path: from that checkpoint folder (refused unless it is one).
+            ``metrics.jsonl`` and TensorBoard drop what was logged after the checkpoint's
+            step, so that each step is logged once.
         max_steps: stop (with a checkpoint) after this many steps in all, without
             changing the schedule, which still spans ``max_iter``.
         evaluator: ``fn(model, step) -> metrics`` at each validation; default the
             importable ``train.evaluator`` of the config, if any.
         cpu: force the CPU (default: the GPU when there is one).
+        trust_pickle: allow an official ``.pth`` that needs unsafe unpickling.
     """
     from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs
@@ -140,7 +144,9 @@ def train(
         checkpoint = latest_checkpoint(output_dir) if resume is True or resume == "auto" else Path(resume)
         if checkpoint is None:
             logger.info("no checkpoint in %s: starting from scratch", output_dir)
-    model = build_training_model(cfg, None if checkpoint is not None else weights)
+        elif not (checkpoint / STATE_NAME).is_file():
+            raise FileNotFoundError(f"{checkpoint} is not a training checkpoint (a folder holding {STATE_NAME})")
+    model = build_training_model(cfg, None if checkpoint is not None else weights, trust_pickle=trust_pickle)
     prepare_for_training(model, cfg)
     tokenizer = model.tokenizer
     train_set = build_dataset(cfg, tokenizer, train=True)
@@ -184,10 +190,14 @@ def _save_final(trainer: Trainer, output_dir: Path, weights: str | Path | None =
     over a reference to ``weights`` (:func:`glip.hub.tuned.save_tuned`)."""
     from glip.hub.checkpoint import save_model
     from glip.hub.tuned import save_tuned
+    from glip.hub.zoo import resolve_model_source
 
     mode = resolve_tuning_mode(trainer.cfg.train.tuning)
     if weights is not None and mode is not None and mode.name != "full":
-        save_tuned(trainer.model, output_dir / "model", base=weights, mode=mode.name)
+        # A bare .pth base carries no config: the delta records the run's (same architecture).
+        carried = resolve_model_source(weights).config is not None
+        base_config = None if carried else output_dir / "config.yaml"
+        save_tuned(trainer.model, output_dir / "model", base=weights, mode=mode.name, base_config=base_config)
         return
     text = trainer.cfg.model.text
     include_text = not (text.freeze and text.pretrained)

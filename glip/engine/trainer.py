@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import signal
 import time
 from collections.abc import Callable, Mapping
@@ -139,6 +140,7 @@ class Trainer:
         self.progress = Progress()
         self._stop_signal: int | None = None
         self._writer: Any = None
+        self._purge_step: int | None = None  # set on resume (TensorBoard's purge_step)
         self.monitor = _Monitor()
 
     # ----------------------------------------------------------------- state
@@ -166,6 +168,8 @@ class Trainer:
         if scaler is not None and state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
         self.progress = Progress(**state["progress"])
+        if self.accelerator.is_main_process:
+            self._truncate_log(self.progress.step)
         rng = load_rng_state(path, self.accelerator.process_index)
         if rng is not None:
             restore_rng_state(rng)
@@ -370,6 +374,26 @@ class Trainer:
                 if k != "step" and isinstance(v, (int, float)) and math.isfinite(v):
                     writer.add_scalar(k if "/" in k else f"train/{k}", v, record["step"])
 
+    def _truncate_log(self, step: int) -> None:
+        """On resume from ``step``: drops the ``metrics.jsonl`` records of later steps (an
+        interrupted run logged them after its last checkpoint; they are logged again) and
+        makes TensorBoard purge its events past ``step``."""
+        self._purge_step = step + 1
+        log = self.output_dir / "metrics.jsonl"
+        if not log.is_file():
+            return
+        kept = []
+        for line in log.read_text(encoding="utf-8").splitlines():
+            try:
+                record = json.loads(line)
+            except ValueError:  # a line cut by a kill -9
+                continue
+            if int(record.get("step", 0)) <= step:
+                kept.append(line)
+        tmp = log.with_name(log.name + ".tmp")
+        tmp.write_text("".join(f"{line}\n" for line in kept), encoding="utf-8")
+        os.replace(tmp, log)
+
     def _tensorboard(self) -> Any:
         if self._writer is None:
             try:
@@ -377,7 +401,8 @@ class Trainer:
             except ImportError:  # tensorboard is optional
                 self._writer = False
                 return None
-            self._writer = SummaryWriter(str(self.output_dir / "tensorboard"))
+            # purge_step: events at or after it, left by the interrupted run, are dropped.
+            self._writer = SummaryWriter(str(self.output_dir / "tensorboard"), purge_step=self._purge_step)
         return self._writer or None
 
     # --------------------------------------------------------------- signals

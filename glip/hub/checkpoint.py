@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import copy
 import pickle
+import pickletools
+import warnings
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -13,6 +16,7 @@ from torch import Tensor
 
 from glip.config import GLIPConfig, load_config, save_config
 from glip.hub.official_keys import remap_official_state_dict
+from glip.hub.zoo import resolve_model_source
 from glip.modeling.build import build_model
 from glip.modeling.glip import GLIP
 from glip.modeling.text_encoder import load_bert_config
@@ -56,15 +60,17 @@ def read_checkpoint(path: str | Path, trust_pickle: bool = False) -> dict[str, T
         except Exception as e:  # safetensors raises its own error types
             raise CheckpointError(f"cannot read {path}: corrupt or not a safetensors file ({e})") from None
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=not trust_pickle)
+        with warnings.catch_warnings():  # torch warns about pickle protocols before refusing a file
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            obj = torch.load(path, map_location="cpu", weights_only=not trust_pickle)
     except pickle.UnpicklingError as e:
-        message = str(e)
-        if trust_pickle or "Unsupported global" not in message and "Unsupported class" not in message:
-            raise CheckpointError(f"cannot read {path}: the file is corrupt or truncated ({message[:300]})") from None
-        reason = next((line.strip() for line in message.splitlines() if "Unsupported" in line), "")
+        imports = None if trust_pickle else _pickle_imports(path)
+        if imports is None:
+            raise CheckpointError(f"cannot read {path}: the file is corrupt or truncated ({str(e)[:300]})") from None
         raise CheckpointError(
-            f"{path} holds Python objects that need unsafe unpickling to load ({reason}). If you trust the "
-            "file, pass trust_pickle=True (CLI: --trust-pickle)."
+            f"{path} is a well-formed pickle that the safe loader refuses: loading it would run arbitrary code "
+            f"(it imports {', '.join(imports[:6]) or 'Python objects'}). If you trust the file, pass "
+            "trust_pickle=True (CLI: --trust-pickle)."
         ) from None
     except Exception as e:  # zip, struct, EOF and runtime errors of a damaged file
         raise CheckpointError(
@@ -77,6 +83,31 @@ def read_checkpoint(path: str | Path, trust_pickle: bool = False) -> dict[str, T
     if not isinstance(obj, Mapping) or not all(isinstance(v, Tensor) for v in obj.values()):
         raise CheckpointError(f"{path} is not a state dict of tensors (found {type(obj).__name__})")
     return dict(obj)
+
+
+def _pickle_imports(path: Path) -> list[str] | None:
+    """The globals a pickle file imports, read without executing it (``pickletools``);
+    None when the file is not a complete pickle (corrupt or truncated). A torch zip
+    checkpoint's ``data.pkl`` is read from the archive."""
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as archive:
+                member = next(n for n in archive.namelist() if n.endswith("data.pkl"))
+                data = archive.read(member)
+        else:
+            data = path.read_bytes()
+        names: list[str] = []
+        strings: list[str] = []
+        for opcode, arg, _ in pickletools.genops(data):
+            if opcode.name == "GLOBAL":
+                names.append(str(arg).replace(" ", "."))
+            elif opcode.name == "STACK_GLOBAL" and len(strings) >= 2:
+                names.append(f"{strings[-2]}.{strings[-1]}")
+            elif isinstance(arg, str):
+                strings.append(arg)
+    except Exception:  # StopIteration, ValueError, zip errors... all mean "not a readable pickle"
+        return None
+    return list(dict.fromkeys(n for n in names if not n.startswith(("torch.", "collections.OrderedDict"))))
 
 
 def _to_our_keys(state: dict[str, Tensor], source: str) -> dict[str, Tensor]:
@@ -153,13 +184,15 @@ def load_model(
     """Loads GLIP weights and returns the model in eval mode.
 
     Args:
-        weights: an official checkpoint (``.pth`` with ``{"model": {"module." + key: ...}}``),
+        weights: a model-zoo name (``glip-t``, ``demo-shapes``; downloaded and converted on
+            first use), an official checkpoint (``.pth`` with ``{"model": {"module." + key: ...}}``),
             or a folder written by :func:`save_model` / ``glip convert``
             (``model.safetensors`` + ``config.yaml``), or a ``.safetensors`` file, or a
             tuned-model folder (``tuned.json``, :func:`glip.hub.tuned.save_tuned`): its base
             is loaded, checked against the recorded hash, and the delta applied.
-        config: an official yaml, one of ours, or a :class:`GLIPConfig`; None when the
-            weights carry their config (our folders).
+        config: an official yaml, one of ours, a zoo config name (``glip-t``), or a
+            :class:`GLIPConfig`; None when the weights carry their config (zoo names, our
+            folders). Names are resolved by :func:`glip.hub.zoo.resolve_model_source`.
         text_encoder: a Hugging Face name or a local directory with a BERT ``config.json``
             and tokenizer files; default: the folder's own copy, else the config's
             ``model.text.encoder`` (``bert-base-uncased``). Only its config and tokenizer
@@ -167,7 +200,11 @@ def load_model(
         device: where to put the model.
         trust_pickle: allow pickles that ``torch.load(weights_only=True)`` refuses.
     """
-    weights = Path(weights)
+    if isinstance(config, GLIPConfig):
+        weights = resolve_model_source(weights, text_encoder=text_encoder).weights
+    else:  # zoo names and zoo config names -> files (glip.hub.zoo.resolve_model_source)
+        source = resolve_model_source(weights, config, text_encoder=text_encoder)
+        weights, config = source.weights, source.config
     base: Path | None = None
     if weights.is_dir() and (weights / TUNED_NAME).is_file() and not (weights / WEIGHTS_NAME).is_file():
         from glip.hub.tuned import load_tuned
@@ -183,8 +220,8 @@ def load_model(
     if config is None:
         if base is None or not (base / CONFIG_NAME).is_file():
             raise CheckpointError(
-                f"{weights} carries no config: pass config= (CLI: --config), e.g. the official yaml "
-                "it was trained with (configs/pretrain/glip_Swin_T_O365_GoldG.yaml for GLIP-T)"
+                f"{weights} carries no config: pass config= (CLI: --config), a zoo config name such as glip-t "
+                "or the yaml it was trained with (official: configs/pretrain/glip_Swin_T_O365_GoldG.yaml)"
             )
         config = base / CONFIG_NAME
     cfg = config if isinstance(config, GLIPConfig) else load_config(config)

@@ -78,7 +78,10 @@ def detect_files(
         else:
             entries.append(_entry(file, result))
             if out is not None:
-                _write_annotated(file, result, out / _unique_name(Path(file).stem, used))
+                try:
+                    _write_annotated(file, result, out / _unique_name(Path(file).stem, used))
+                except Exception as e:  # the detections stand; only the picture is missing
+                    entries[-1]["error"] = f"cannot write the annotated image: {type(e).__name__}: {e}"
         if bar is not None:
             bar.update(1)
     if bar is not None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from glip.tools.common import add_device_arg, add_model_args, add_output_arg, add_quiet_arg, model_arg, parse_device
+
 __all__ = ["add_evaluate_parser", "resolve_detection_files"]
 
 TASKS = ("coco", "lvis", "odinw", "flickr", "refcoco")
@@ -21,6 +23,7 @@ EPILOG = """examples:
   glip evaluate --task lvis --data DATASET/coco --model glip-t --out eval_lvis
   glip evaluate --task odinw --suite odinw35 --data DATASET --model glip-t --out eval_odinw   (resumable)
   glip evaluate --task flickr --data mdetr_annotations/final_flickr_separateGT_test.json --images flickr30k/images
+  glip evaluate --task coco --data my_roboflow_export --split test --model demo-shapes   (Roboflow/ODinW folder)
   glip evaluate --task coco --ann instances_val2017.json --results results.json   (no model)
   accelerate launch --num_processes 8 -m glip.cli evaluate --task coco ...   (predictions gathered)"""
 
@@ -39,18 +42,14 @@ def add_evaluate_parser(subparsers: argparse._SubParsersAction) -> argparse.Argu
     p.add_argument(
         "--data",
         help="annotation json (coco, lvis, flickr, refcoco), a dataset folder (coco: annotations/instances_val2017.json "
-        "+ val2017/; lvis: annotations/lvis_*.json + val2017/), or for odinw the folder holding odinw/",
+        "+ val2017/, a Roboflow/ODinW export with valid/_annotations.coco.json, or what `glip data synthetic` writes; "
+        "lvis: annotations/lvis_*.json + val2017/), or for odinw the folder holding odinw/",
     )
     p.add_argument("--images", help="image folder (default: beside the annotation json, or the --data folder)")
     p.add_argument("--ann", help="ground-truth annotation json (overrides --data's)")
     p.add_argument("--results", help="score this COCO-results json against --ann; no model is run")
-    p.add_argument("--model", default="glip-t", help="model-zoo name (default glip-t)")
-    p.add_argument("--weights", help="a checkpoint (official .pth or converted folder) instead of --model")
-    p.add_argument("--config", help="official GLIP yaml or a glip config (for an official .pth)")
-    p.add_argument("--text-encoder", help="Hugging Face name or local folder of the text encoder")
-    p.add_argument(
-        "--device", help="cpu, cuda, cuda:1... (default: cuda when available; cuda:LOCAL_RANK when launched)"
-    )
+    add_model_args(p)
+    add_device_arg(p, help="cpu, cuda, cuda:1... (default: cuda when available; cuda:LOCAL_RANK when launched)")
     p.add_argument("--batch-size", type=int, default=1, help="images per forward pass (default 1, as the official)")
     p.add_argument(
         "--chunk-size", type=int, help="classes per prompt (default: 40 for lvis, else only past 256 tokens)"
@@ -58,17 +57,41 @@ def add_evaluate_parser(subparsers: argparse._SubParsersAction) -> argparse.Argu
     p.add_argument("--topk", type=int, default=10000, help="lvis Fixed AP: detections kept per class (default 10000)")
     p.add_argument("--suite", default="odinw13", choices=("odinw13", "odinw35"), help="odinw suite (default odinw13)")
     p.add_argument("--datasets", help="odinw: comma-separated dataset names of the suite to run (default: all)")
-    p.add_argument("--split", help="odinw: split to evaluate (default: the official one, val or minival; or test)")
-    p.add_argument("--out", default="glip_eval", help="output folder (default ./glip_eval)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument(
+        "--split",
+        help="odinw: split to evaluate (default: the official one, val or minival; or test); a dataset folder "
+        "(--task coco): train, val or test (default val)",
+    )
+    add_output_arg(p, default="glip_eval")
+    add_quiet_arg(p)
     p.set_defaults(func=_cmd_evaluate)
     return p
 
 
-def resolve_detection_files(task: str, data: str | None, ann: str | None, images: str | None) -> tuple[Path, Path]:
-    """``(annotation file, image folder)`` from ``--data``/``--ann``/``--images``."""
+def resolve_detection_files(
+    task: str, data: str | None, ann: str | None, images: str | None, split: str | None = None
+) -> tuple[Path, Path]:
+    """``(annotation file, image folder)`` from ``--data``/``--ann``/``--images``.
+
+    A ``--data`` folder is, in order: a COCO/LVIS release (``annotations/...``), a
+    Roboflow/ODinW export or a ``glip data synthetic`` folder (:func:`glip.data.read_dataset_dir`;
+    ``split`` picks train, val (default) or test), or one split folder holding
+    ``_annotations.coco.json``."""
+    from glip.data.layout import ROBOFLOW_ANNOTATIONS, read_dataset_dir
+
     ann_path = Path(ann) if ann else None
     root = Path(data) if data else None
+    if ann_path is None and root is not None and root.is_dir() and task == "coco":
+        if (root / ROBOFLOW_ANNOTATIONS).is_file():  # one split folder of an export
+            return resolve_detection_files(task, None, str(root / ROBOFLOW_ANNOTATIONS), images or str(root))
+        if not (root / _COCO_ANNOTATIONS[0]).is_file():  # not a COCO release: a Roboflow or synthetic folder?
+            try:
+                layout = read_dataset_dir(root)
+            except FileNotFoundError:
+                layout = None
+            if layout is not None:
+                chosen = layout.split(split or "val")
+                return resolve_detection_files(task, None, str(chosen.json), images or str(chosen.images))
     if ann_path is None:
         if root is None:
             raise ValueError(f"--task {task} needs --data (or --ann)")
@@ -129,19 +152,20 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
             datasets = [d for d in datasets if d.name in wanted]
         check_odinw_data(datasets, args.data, args.split)
     else:
-        ann_file, image_dir = resolve_detection_files(args.task, args.data, args.ann, args.images)
+        ann_file, image_dir = resolve_detection_files(args.task, args.data, args.ann, args.images, args.split)
 
     from glip.api import Predictor
     from glip.utils.distributed import init_distributed, is_main_process, local_device
 
     distributed = init_distributed()
-    device = args.device or (local_device() if distributed else None)
+    device = parse_device(args.device) or (local_device() if distributed else None)
     predictor = Predictor(
-        args.weights or args.model,
+        model_arg(args),
         config=args.config,
         text_encoder=args.text_encoder,
         device=device,
         batch_size=args.batch_size,
+        trust_pickle=args.trust_pickle,
     )
     progress = not args.quiet
     if args.task == "odinw":

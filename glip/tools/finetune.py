@@ -24,6 +24,7 @@ from typing import Any
 from glip.config import GLIPConfig
 from glip.config.io import config_from_dict, config_to_dict
 from glip.data.few_shot import few_shot_subset, instances_per_category, official_few_shot_file
+from glip.data.layout import read_dataset_dir
 from glip.engine.tuning import PROMPT_TUNING_SOLVER, resolve_tuning_mode
 from glip.evaluation import write_json
 from glip.evaluation.coco import load_json
@@ -73,19 +74,19 @@ class TransferData:
 
     @staticmethod
     def from_dir(root: str | Path, name: str | None = None) -> TransferData:
-        """A folder as ``glip data synthetic`` writes it: ``train.json``, ``val.json``,
-        ``images/`` (and ``test.json`` when present)."""
-        root = Path(root)
-        test = root / "test.json"
+        """A dataset folder (:func:`glip.data.read_dataset_dir`): a Roboflow / ODinW export
+        (``train/``, ``valid/``, ``test/`` with ``_annotations.coco.json``, images beside)
+        or what ``glip data synthetic`` writes (``train.json``, ``val.json``, ``test.json``
+        when present, ``images/``). Without a validation split the test split validates."""
+        layout = read_dataset_dir(root)
+        val = layout.val or layout.test
+        if val is None:
+            raise FileNotFoundError(f"{root}: a validation split is needed (valid/ or val.json; or test/)")
+        test = layout.test
         return TransferData(
-            name or root.name,
-            root / "train.json",
-            root / "images",
-            root / "val.json",
-            root / "images",
-            test if test.is_file() else None,
-            root / "images" if test.is_file() else None,
-        )
+            name or layout.name, layout.train.json, layout.train.images, val.json, val.images,
+            test.json if test else None, test.images if test else None,
+        )  # fmt: skip
 
     def test_files(self) -> tuple[Path, Path]:
         if self.test_json is not None:
@@ -167,6 +168,7 @@ def finetune(
     keep_checkpoints: bool = False,
     progress_bar: bool = False,
     cpu: bool | None = None,
+    trust_pickle: bool = False,
 ) -> dict[str, Any]:
     """Tunes ``weights`` on the ``shots``-shot subset (seed ``seed``) of ``data`` and tests it.
 
@@ -178,6 +180,7 @@ def finetune(
         cfg: the model's config (``config.yaml`` of the base folder, or the tiny one...).
         weights: the base model (folder, official ``.pth`` or zoo name); None: train from
             the config's initialisation (the result is then saved whole).
+        trust_pickle: allow an official ``.pth`` base that needs unsafe unpickling.
         official_schedule: apply :func:`transfer_overrides` before ``overrides``.
         overrides: ``key=value`` config overrides applied last (e.g. a short ``solver.max_epoch``).
 
@@ -203,9 +206,10 @@ def finetune(
         cfg.train.eval_period = per_epoch  # official CHECKPOINT_PER_EPOCH 1.0: evaluate every epoch
     cfg.solver.checkpoint_period = 0
     result = train(
-        cfg, out, weights=weights, evaluator=_ap_evaluator(data, eval_batch_size), cpu=cpu, progress_bar=progress_bar
-    )
-    model = load_model(out / "model")
+        cfg, out, weights=weights, evaluator=_ap_evaluator(data, eval_batch_size), cpu=cpu, progress_bar=progress_bar,
+        trust_pickle=trust_pickle,
+    )  # fmt: skip
+    model = load_model(out / "model", trust_pickle=trust_pickle)
     test_json, test_images = data.test_files()
     metrics = evaluate_detection(
         Predictor(model, batch_size=eval_batch_size), test_json, test_images, override=data.categories,

@@ -5,40 +5,62 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from glip.tools.common import (
+    add_device_arg,
+    add_model_args,
+    add_output_arg,
+    add_overrides_arg,
+    add_quiet_arg,
+    check_overrides,
+    model_arg,
+)
+
 __all__ = ["add_finetune_parser", "run_finetune"]
+
+
+def _transfer_data(args: argparse.Namespace) -> object:
+    from glip.tools.finetune import TransferData
+
+    if args.data:
+        if args.train_json or args.val_json or args.images:
+            raise ValueError("give --data DIR or --train-json/--val-json/--images, not both")
+        return TransferData.from_dir(args.data)
+    if not (args.train_json and args.val_json and args.images):
+        raise ValueError("give --data DIR, or --train-json, --val-json and --images")
+    images = Path(args.images)
+    for path in (args.train_json, args.val_json, args.test_json):
+        if path and not Path(path).is_file():
+            raise FileNotFoundError(f"annotation file not found: {path}")
+    if not images.is_dir():
+        raise FileNotFoundError(f"image folder not found: {images}")
+    return TransferData(
+        Path(args.train_json).stem, Path(args.train_json), images, Path(args.val_json), images,
+        Path(args.test_json) if args.test_json else None, images if args.test_json else None,
+    )  # fmt: skip
 
 
 def run_finetune(args: argparse.Namespace) -> int:
     import logging
 
-    from glip.config import load_config
-    from glip.hub.zoo import ZOO, zoo_config
-    from glip.tools.finetune import TransferData, finetune
+    from glip.hub.zoo import resolve_model_source
+    from glip.tools.finetune import finetune, transfer_overrides
+    from glip.tools.train_cli import device_is_cpu
 
+    check_overrides(args.overrides)
+    preset = transfer_overrides(args.mode, args.shots) if not args.no_official_schedule else []
+    data = _transfer_data(args)
+    cpu = device_is_cpu(args.device)
+    weights = model_arg(args)
+    source = resolve_model_source(weights, args.config, text_encoder=args.text_encoder)
+    text = [f"model.text.encoder={args.text_encoder}"] if args.text_encoder else []
+    cfg = source.load_config(text)
+    check_overrides([*preset, *args.overrides], cfg)  # unknown keys and bad values fail before training
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    weights = args.weights or args.model
-    if args.config:
-        config = args.config
-    elif weights in ZOO and not Path(weights).exists():
-        config = zoo_config(ZOO[weights].config)
-    else:
-        config = Path(weights) / "config.yaml"
-    cfg = load_config(config)
-    if args.data:
-        data = TransferData.from_dir(args.data)
-    else:
-        if not (args.train_json and args.val_json and args.images):
-            raise ValueError("give --data DIR, or --train-json, --val-json and --images")
-        images = Path(args.images)
-        data = TransferData(
-            Path(args.train_json).stem, Path(args.train_json), images, Path(args.val_json), images,
-            Path(args.test_json) if args.test_json else None, images if args.test_json else None,
-        )  # fmt: skip
     out = args.out or f"glip_finetune/{data.name}_{args.mode}_shot{args.shots}_seed{args.seed}"
     metrics = finetune(
         cfg, data, out, weights=weights, mode=args.mode, shots=args.shots, seed=args.seed,
         overrides=args.overrides, official_schedule=not args.no_official_schedule,
-        cpu=True if args.cpu else None, progress_bar=not args.quiet,
+        cpu=cpu, progress_bar=not args.quiet, trust_pickle=args.trust_pickle,
     )  # fmt: skip
     print(f"{data.name} {args.mode} {args.shots}-shot seed {args.seed}: test AP {metrics.get('AP', float('nan')):.4f}")
     print(f"tuned model: {out}/model (glip detect --weights {out}/model ...)")
@@ -53,10 +75,16 @@ def add_finetune_parser(subparsers: argparse._SubParsersAction) -> argparse.Argu
         "per-shot schedule, evaluation every epoch, early stopping). Linear and prompt modes save only the "
         "tensors they train (OUT/model/tuned.json + delta.safetensors), loadable by glip.load_model and "
         "--weights.",
-        epilog="example: glip finetune --data shapes --mode prompt --shots 5 --seed 30 --weights runs/tiny/model "
-        "--out runs/prompt5",
+        epilog="examples:\n"
+        "  glip finetune --data shapes --mode prompt --shots 5 --seed 30 --model demo-shapes --out runs/prompt5\n"
+        "  glip finetune --data my_roboflow_export --mode linear --model glip-t --out runs/linear",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--data", help="a folder with train.json, val.json (test.json) and images/")
+    p.add_argument(
+        "--data",
+        help="a dataset folder: a Roboflow/ODinW export (train/, valid/, test/ each with _annotations.coco.json "
+        "and its images) or what `glip data synthetic` writes (train.json, val.json, images/)",
+    )
     p.add_argument("--train-json")
     p.add_argument("--val-json")
     p.add_argument("--test-json", help="final AP (default: the validation set)")
@@ -64,13 +92,11 @@ def add_finetune_parser(subparsers: argparse._SubParsersAction) -> argparse.Argu
     p.add_argument("--mode", default="prompt", help="full | linear | prompt (| prompt_v1 | prompt_v3 | prompt_v4)")
     p.add_argument("--shots", type=int, default=0, help="1, 3, 5 or 10 shots per class; 0: all data")
     p.add_argument("--seed", type=int, default=3, help="k-shot sampling seed (official 3, 30, 300)")
-    p.add_argument("--model", default="glip-t", help="model-zoo base (default glip-t)")
-    p.add_argument("--weights", help="base weights: a glip folder or official .pth (instead of --model)")
-    p.add_argument("--config", help="the config of an official .pth base")
-    p.add_argument("--out", help="output folder")
     p.add_argument("--no-official-schedule", action="store_true", help="use the config's solver settings as they are")
-    p.add_argument("--cpu", action="store_true")
-    p.add_argument("--quiet", action="store_true")
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides applied last")
+    add_output_arg(p, help="output folder (default glip_finetune/NAME_MODE_shotK_seedS)")
+    add_device_arg(p, help="cpu or cuda (default: cuda when available)")
+    add_quiet_arg(p)
+    add_model_args(p, model_help="the base model: a model-zoo name (default glip-t)")
+    add_overrides_arg(p)
     p.set_defaults(func=run_finetune)
     return p

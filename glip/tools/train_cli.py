@@ -5,24 +5,72 @@ from __future__ import annotations
 import argparse
 import signal
 from collections.abc import Sequence
+from typing import Any
 
-__all__ = ["add_data_parser", "add_train_parser", "build_train_parser", "run_train"]
+from glip.hub.zoo import ModelSource
+from glip.tools.common import (
+    ArgumentParser,
+    add_device_arg,
+    add_model_args,
+    add_output_arg,
+    add_overrides_arg,
+    add_quiet_arg,
+    check_overrides,
+    model_arg,
+    parse_device,
+    run_command,
+)
+
+__all__ = ["add_data_parser", "add_train_parser", "build_train_parser", "device_is_cpu", "run_train", "training_config"]
 
 
 def _train_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", required=True, help="a glip yaml (e.g. configs/synthetic/tiny.yaml) or an official one")
-    p.add_argument("--output-dir", required=True, help="checkpoints, metrics.jsonl, config.yaml and the final model")
-    p.add_argument("--weights", help="initial weights: an official .pth or a glip folder")
-    p.add_argument(
-        "--resume",
-        nargs="?",
-        const="auto",
-        help="continue from OUTPUT_DIR's last checkpoint (or from the checkpoint folder given)",
+    add_model_args(
+        p,
+        default_model=None,
+        model_help="initial weights: a model-zoo name (default: the config's initialisation)",
+        config_help="the run's config: a yaml (ours or official) or a zoo config name (glip-t...); default: the "
+        "one --model / --weights carry",
     )
+    add_output_arg(p, required=True, help="checkpoints, metrics.jsonl, config.yaml and the final model")
+    p.add_argument(
+        "--data",
+        help="a dataset folder: a Roboflow/ODinW export (train/, valid/, test/ each with _annotations.coco.json) "
+        "or what `glip data synthetic` writes (train.json, val.json, images/); sets data.train_* and data.val_*",
+    )
+    p.add_argument("--resume", action="store_true", help="continue from OUT's last checkpoint (if there is one)")
+    p.add_argument("--resume-from", metavar="CHECKPOINT", help="continue from this checkpoint folder")
     p.add_argument("--max-steps", type=int, help="stop after this many steps (checkpointed); the schedule is unchanged")
-    p.add_argument("--cpu", action="store_true", help="train on the CPU even when a GPU is present")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. solver.base_lr=1e-4")
+    add_device_arg(p, help="cpu or cuda (default: cuda when available; several GPUs: accelerate launch)")
+    add_quiet_arg(p)
+    add_overrides_arg(p)
+
+
+def training_config(args: argparse.Namespace) -> Any:
+    """The run's :class:`GLIPConfig`: ``--config`` (a yaml or a zoo config name), else the
+    one ``--model`` / ``--weights`` carry; then ``--data``, ``--text-encoder`` and the
+    overrides (checked against the schema)."""
+    from glip.data.layout import read_dataset_dir
+    from glip.hub.zoo import resolve_config, resolve_model_source
+
+    check_overrides(args.overrides)
+    weights = model_arg(args)
+    if weights is not None:
+        source = resolve_model_source(weights, args.config, text_encoder=args.text_encoder)
+    elif args.config:
+        config = resolve_config(args.config)
+        source = ModelSource(config, config)  # no weights: the config alone
+    else:
+        raise ValueError("give --config (a yaml or a zoo config name), or --model / --weights carrying one")
+    extra = []
+    if args.data:
+        layout = read_dataset_dir(args.data)
+        extra += [f"data.train_json={layout.train.json}", f"data.train_images={layout.train.images}"]
+        if layout.val is not None:
+            extra += [f"data.val_json={layout.val.json}", f"data.val_images={layout.val.images}"]
+    if args.text_encoder:
+        extra.append(f"model.text.encoder={args.text_encoder}")
+    return source.load_config([*extra, *args.overrides])
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -30,22 +78,22 @@ def run_train(args: argparse.Namespace) -> int:
     (the checkpoint is written first)."""
     import logging
 
-    from glip.config import load_config
     from glip.engine import train
 
+    if args.resume and args.resume_from:
+        raise ValueError("give --resume (OUT's last checkpoint) or --resume-from CHECKPOINT, not both")
+    cfg = training_config(args)
+    cpu = device_is_cpu(args.device)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    bad = [o for o in args.overrides if "=" not in o]
-    if bad:
-        raise ValueError(f"overrides must be KEY=VALUE, got {bad}")
-    cfg = load_config(args.config, args.overrides)
     result = train(
         cfg,
-        args.output_dir,
-        weights=args.weights,
-        resume=args.resume,
+        args.out,
+        weights=model_arg(args),
+        resume=args.resume_from or args.resume,
         max_steps=args.max_steps,
-        cpu=True if args.cpu else None,
-        progress_bar=not args.no_progress,
+        cpu=cpu,
+        progress_bar=not args.quiet,
+        trust_pickle=args.trust_pickle,
     )
     if result.interrupted_by is not None:
         print(f"interrupted by {signal.Signals(result.interrupted_by).name}: checkpoint {result.checkpoint}")
@@ -54,9 +102,21 @@ def run_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def device_is_cpu(device: str | None) -> bool | None:
+    """``--device`` of a training command -> ``cpu=`` of :func:`glip.engine.train`
+    (``cuda:N`` is refused: one process uses the first visible GPU; pick it with
+    ``CUDA_VISIBLE_DEVICES``, or use ``accelerate launch`` for several)."""
+    if device is None:
+        return None
+    parse_device(device)
+    if device not in ("cpu", "cuda"):
+        raise ValueError(f"--device {device}: training takes cpu or cuda (select GPUs with CUDA_VISIBLE_DEVICES)")
+    return device == "cpu"
+
+
 def build_train_parser() -> argparse.ArgumentParser:
     """The parser of ``python -m glip.train`` (same arguments as ``glip train``)."""
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="glip.train",
         description="Train GLIP. Launch with `accelerate launch -m glip.train ...` or `torchrun -m glip.train ...` "
         "for several processes or machines.",
@@ -69,11 +129,11 @@ def add_train_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
     p = subparsers.add_parser(
         "train",
         help="train or fine-tune GLIP on COCO-format data",
-        description="Train GLIP on a COCO json + image folder (see data.* in the config). One process here; for "
+        description="Train GLIP on COCO-format data (--data DIR, or data.* overrides). One process here; for "
         "several GPUs or machines use `accelerate launch -m glip.train` with the same arguments. Writes "
-        "OUTPUT_DIR/config.yaml, metrics.jsonl, tensorboard/, checkpoints/ and, at the end, model/ (+ model_ema/).",
-        epilog="example: glip train --config configs/synthetic/tiny.yaml --output-dir runs/tiny "
-        "data.train_json=shapes/train.json data.train_images=shapes/images",
+        "OUT/config.yaml, metrics.jsonl, tensorboard/, checkpoints/ and, at the end, model/ (+ model_ema/).",
+        epilog="example: glip train --config configs/synthetic/tiny.yaml --data shapes --out runs/tiny "
+        "solver.max_iter=500",
     )
     _train_arguments(p)
     p.set_defaults(func=run_train)
@@ -106,7 +166,7 @@ def add_data_parser(subparsers: argparse._SubParsersAction) -> argparse.Argument
         description="Coloured shapes on noisy backgrounds: OUT/train.json, OUT/val.json, OUT/images/. "
         "Train on it with data.train_json=OUT/train.json data.train_images=OUT/images.",
     )
-    s.add_argument("--out", required=True, help="output folder")
+    add_output_arg(s, required=True)
     s.add_argument("--num-train", type=int, default=160)
     s.add_argument("--num-val", type=int, default=40)
     s.add_argument("--image-size", type=int, default=128, help="side (or the minimum side with --max-image-size)")
@@ -118,4 +178,5 @@ def add_data_parser(subparsers: argparse._SubParsersAction) -> argparse.Argument
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return run_train(build_train_parser().parse_args(argv))
+    """``python -m glip.train``: the parser of ``glip train``, the CLI's error handling."""
+    return run_command(run_train, build_train_parser().parse_args(argv), "train")

@@ -21,10 +21,12 @@ class ImageLoadError(ValueError):
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
-    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-        # 16/32-bit grey: scale the actual range down to 8 bits.
-        arr = np.asarray(img, dtype=np.float64)
-        top = arr.max() if arr.size and arr.max() > 255 else 255.0
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        # 16/32-bit integer or float grey: scale the actual range [0, max] down to 8 bits
+        # (a float image in [0, 1] is scaled by 255).
+        arr = np.nan_to_num(np.asarray(img, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+        peak = float(arr.max()) if arr.size else 0.0
+        top = peak if peak > 255 else (1.0 if img.mode == "F" and 0 < peak <= 1.0 else 255.0)
         img = Image.fromarray(np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8))
     if img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):
         # Composite transparent pixels on white, as image viewers show them.
@@ -47,16 +49,23 @@ def load_image(image: ImageInput) -> np.ndarray:
             raise ImageLoadError(f"image not found: {path}")
         if path.is_dir():
             raise ImageLoadError(f"expected an image file, got a directory: {path}")
+        if path.stat().st_size == 0:
+            raise ImageLoadError(f"cannot read {path} as an image: the file is empty")
         try:
             with Image.open(path) as img:
-                img.load()
+                img.load()  # the first frame of an animation
                 image = ImageOps.exif_transpose(img)
-        except (UnidentifiedImageError, OSError, SyntaxError) as e:
-            raise ImageLoadError(f"cannot read {path} as an image: {e}") from None
+        except UnidentifiedImageError:
+            raise ImageLoadError(f"cannot read {path} as an image: not an image format Pillow knows") from None
+        except Exception as e:  # OSError, SyntaxError, DecompressionBombError, ValueError of odd files
+            raise ImageLoadError(f"cannot read {path} as an image: {type(e).__name__}: {e}") from None
     if isinstance(image, Image.Image):
         if image.width == 0 or image.height == 0:
             raise ImageLoadError("the image is empty (0 pixels)")
-        return np.asarray(_to_rgb(ImageOps.exif_transpose(image)))
+        try:
+            return np.asarray(_to_rgb(ImageOps.exif_transpose(image)))
+        except Exception as e:  # a mode Pillow cannot convert to RGB
+            raise ImageLoadError(f"cannot convert a {image.mode} image to RGB: {type(e).__name__}: {e}") from None
     if isinstance(image, np.ndarray):
         if image.ndim == 2:
             image = np.repeat(image[:, :, None], 3, axis=2)
@@ -74,16 +83,22 @@ def load_image(image: ImageInput) -> np.ndarray:
 
 def resize_shape(height: int, width: int, min_size: int, max_size: int | None) -> tuple[int, int]:
     """The ``(h, w)`` the official ``Resize`` gives: the short side becomes ``min_size``
-    unless that makes the long side exceed ``max_size``; the long side is truncated."""
+    unless that makes the long side exceed ``max_size``; the long side is truncated.
+
+    Extreme aspect ratios (a 5000 x 2 strip) would round the short side to 0 pixels: both
+    sides are kept at least 1 pixel (the official code would fail on such an image)."""
+    if height < 1 or width < 1:
+        raise ValueError(f"an image needs at least one pixel per side, got {height} x {width}")
     size = min_size
     short, long = float(min(height, width)), float(max(height, width))
     if max_size is not None and long / short * size > max_size:
-        size = int(round(max_size * short / long))
+        size = max(1, int(round(max_size * short / long)))
     if (width <= height and width == size) or (height <= width and height == size):
         return height, width
-    if width < height:
-        return int(size * height / width), size
-    return size, int(size * width / height)
+    long_side = max(1, int(size * long / short))
+    if max_size is not None:
+        long_side = min(long_side, max_size)  # only when the short side was raised to 1 pixel
+    return (long_side, size) if width < height else (size, long_side)
 
 
 def normalize_image(rgb: Tensor, mean: Sequence[float], std: Sequence[float], to_bgr255: bool = True) -> Tensor:
