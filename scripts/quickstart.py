@@ -4,11 +4,14 @@
    checkpoint that the official code produced for our parity tests
    (``../shared/fixtures/official/tiny_glip_t``: random weights, official layout), runs
    ``model.predict`` on its image and prints our detections beside the official ones.
+   Those fixtures are not part of the repository (``$GLIP_FIXTURES`` points elsewhere): on
+   a plain clone this part is skipped with a message.
 2. The bundled ``demo-shapes`` model (trained on synthetic shapes) on a synthetic image.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 import tempfile
@@ -20,7 +23,8 @@ import torch
 import glip
 from glip.text import BUNDLED_TEXT_ENCODERS
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "official" / "tiny_glip_t"
+_ROOT = Path(os.environ.get("GLIP_FIXTURES", Path(__file__).resolve().parents[2] / "shared" / "fixtures"))
+FIXTURES = _ROOT / "official" / "tiny_glip_t"
 
 
 def demo_shapes() -> None:
@@ -50,7 +54,10 @@ def demo_shapes() -> None:
 
 def main() -> int:
     if not FIXTURES.is_dir():
-        print(f"the golden fixtures are not at {FIXTURES}; see README for the model zoo instead", file=sys.stderr)
+        print(
+            f"official fixtures not found at {FIXTURES} (they are not in the repository; set GLIP_FIXTURES): "
+            "skipping the official-architecture check, running the bundled demo-shapes model"
+        )
         demo_shapes()
         return 0
     with tempfile.TemporaryDirectory() as tmp:

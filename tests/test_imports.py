@@ -77,6 +77,7 @@ def test_import_glip_loads_neither_torchvision_nor_transformers():
 
 
 @pytest.mark.parametrize("failure", ["RuntimeError('operator torchvision::nms does not exist')", "ImportError('no')"])
+@pytest.mark.needs_fixtures
 def test_full_forward_with_a_broken_torchvision(tmp_path, failure):
     fake = tmp_path / "fake" / "torchvision"
     fake.mkdir(parents=True)

@@ -11,6 +11,7 @@ from tests.conftest import OFFICIAL
 REPO = Path(__file__).resolve().parents[2]
 
 
+@pytest.mark.needs_fixtures
 def test_fixture_dump_maps_every_model_toggle():
     cfg = load_config(OFFICIAL / "tiny_glip_t" / "config.yaml")
     assert cfg.model.backbone.swin.embed_dim == 24

@@ -25,6 +25,7 @@ def train_case():
     return torch.load(OFFICIAL_TRAIN / "tiny_glip_t" / "train_case.pth", weights_only=True)
 
 
+@pytest.mark.needs_fixtures
 def test_mdetr_batch_equals_official(tokenizer, train_case):
     """FlickrDataset + BatchCollator of the training fixture: image tensor, ids, mask,
     binary positive map and resized boxes, bit for bit."""
@@ -54,6 +55,7 @@ def _ann(i, image_id, bbox, **extra):
     return {"id": i, "image_id": image_id, "bbox": bbox, "category_id": 5, "area": 1.0, "iscrowd": 0, **extra}
 
 
+@pytest.mark.needs_fixtures
 def test_degenerate_boxes_are_dropped_counted_and_logged(tmp_path, tokenizer, caplog):
     chelsea = {"id": 7, "file_name": "chelsea.png", "height": 300, "width": 451}
     anns = [
@@ -93,6 +95,7 @@ def test_box_conversion_orders_follow_official():
     assert a.boxes[1].tolist() == [440.5, 1.0, 450.0, 30.0] and a.num_clipped == 1
 
 
+@pytest.mark.needs_fixtures
 def test_samples_are_seeded_by_seed_epoch_and_index(tokenizer):
     ds = CocoGroundingDataset(
         OFFICIAL_TRAIN / "data" / "od" / "tiny200.json",
@@ -111,6 +114,7 @@ def test_samples_are_seeded_by_seed_epoch_and_index(tokenizer):
     assert len(captions) == 3  # 200 categories: each epoch draws other negatives
 
 
+@pytest.mark.needs_fixtures
 def test_override_category_renames(tokenizer, tmp_path):
     path = _write(
         tmp_path, [{"id": 1, "file_name": "astronaut.png", "height": 512, "width": 512}], [_ann(1, 1, [0, 0, 9, 9])]

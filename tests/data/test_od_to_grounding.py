@@ -45,6 +45,7 @@ def official():
 
 
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
+@pytest.mark.needs_fixtures
 def test_seeded_samples_equal_official(official, tokenizer, variant):
     """Same seed -> same caption, spans, labels, token ids, binary map and resized boxes."""
     samples, maps = official
@@ -64,6 +65,7 @@ def test_seeded_samples_equal_official(official, tokenizer, variant):
         assert torch.equal(got.targets.boxes, torch.tensor(ref["boxes_resized_xyxy"])), where
 
 
+@pytest.mark.needs_fixtures
 def test_pretraining_captions_hold_background(official):
     """Label 0 is a negative candidate of the TSV label maps, written " background "."""
     captions = [s["caption"] for s in official[0]["pretrain_od_tsv"]["samples"]]
@@ -71,6 +73,7 @@ def test_pretraining_captions_hold_background(official):
     assert clean_name("__background__") == " background "
 
 
+@pytest.mark.needs_fixtures
 def test_overflowing_coco_caption_truncates_with_empty_rows(official, tokenizer):
     """All 200 names, no length control: boxes past token 256 keep zero token rows."""
     ds = CocoGroundingDataset(OD_DIR / "tiny200.json", IMAGE_DIR, tokenizer, TrainTransform([320], 512, 0.0))
@@ -81,6 +84,7 @@ def test_overflowing_coco_caption_truncates_with_empty_rows(official, tokenizer)
     assert len(got.input_ids) == 256 and len(got.targets) == 40
 
 
+@pytest.mark.needs_fixtures
 def test_safeguard_without_shuffle_keeps_category_one(official, tokenizer):
     """Deliberate deviation: the official safeguard path with DISABLE_SHUFFLE drops the
     first sorted category (meant to be the background) and then fails its own assert on an

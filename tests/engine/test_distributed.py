@@ -56,6 +56,7 @@ def reference_run(run_config, tmp_path_factory):
     return out
 
 
+@pytest.mark.slow  # a 2-process torchrun beside the reference run: ~45 CPU-s (README: pytest -m slow)
 def test_two_processes_equal_one(run_config, reference_run, tmp_path):
     out = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29533",
@@ -73,6 +74,7 @@ def test_two_processes_equal_one(run_config, reference_run, tmp_path):
             assert abs(r["loss"] - d["loss"]) < 1e-4 * max(1.0, abs(r["loss"]))
 
 
+@pytest.mark.slow  # two more training subprocesses: ~30 CPU-s (README: pytest -m slow)
 def test_sigterm_then_resume_equals_uninterrupted(run_config, reference_run, tmp_path):
     out = tmp_path / "interrupted"
     proc = subprocess.Popen(_train_cmd(run_config, out), env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)

@@ -119,6 +119,7 @@ def test_full_model_clipping_clips_the_global_norm():
     assert float(total) == pytest.approx(1.0, rel=1e-5)
 
 
+@pytest.mark.needs_fixtures
 def test_official_solver_keys_map_to_the_solver_section():
     cfg = load_config(OFFICIAL_GLIP_T)
     s = cfg.solver

@@ -187,6 +187,7 @@ def test_protocol_grid_two_datasets_two_shots_two_seeds(base_model, text_dir, tm
     assert capsys.readouterr().out.count("done before") == 8
 
 
+@pytest.mark.slow  # 100 training steps of the demo model: minutes on 2 cores (README: pytest -m slow)
 def test_prompt_tuning_beats_zero_shot_on_demo_shapes(tmp_path):
     """The bundled demo-shapes model as the base; target domain: red circles and blue
     squares renamed "zorp" and "blick". 100 prompt-tuning steps on 16 images raise COCO AP

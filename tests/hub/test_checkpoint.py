@@ -15,6 +15,8 @@ from glip.modeling.text_encoder import load_bert_config
 from glip.text import BUNDLED_TEXT_ENCODERS
 from tests.conftest import OFFICIAL, official_state_dict, tiny_text_encoder_dir
 
+pytestmark = pytest.mark.needs_fixtures  # every test here reads the official checkpoints
+
 ZOO = {"t": "glip-t", "l": "glip-l", "a": "glip-t-a"}
 
 

@@ -12,15 +12,13 @@ from glip.modeling.assigner import ATSSAssigner, centerness_targets
 from glip.modeling.box_coder import BoxCoder
 from glip.ops.boxes import box_iou
 from glip.structures import GroundingTargets
-from tests.conftest import OFFICIAL_TRAIN, TINY_CONFIGS
+from tests.conftest import OFFICIAL_TRAIN, TINY_CONFIGS, require_fixtures
 
 
 @functools.lru_cache(maxsize=2)
 def load_train_case(config: str) -> dict:
-    path = OFFICIAL_TRAIN / config / "train_case.pth"
-    if not path.is_file():
-        pytest.fail(f"official training fixture not found at {path} (set GLIP_FIXTURES)")
-    return torch.load(path, weights_only=True)
+    require_fixtures()
+    return torch.load(OFFICIAL_TRAIN / config / "train_case.pth", weights_only=True)
 
 
 def fixture_targets(case: dict) -> list[GroundingTargets]:

@@ -96,6 +96,7 @@ def _official_backbone_shapes(name: str) -> dict[str, tuple[tuple[int, ...], tor
         ("glip_l", {"embed_dim": 192, "depths": (2, 2, 18, 2), "num_heads": (6, 12, 24, 48), "window_size": 12}),
     ],
 )
+@pytest.mark.needs_fixtures
 def test_full_size_swin_matches_official_keys(name: str, settings: dict) -> None:
     expected = _official_backbone_shapes(name)
     with torch.device("meta"):

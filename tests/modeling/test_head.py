@@ -218,6 +218,7 @@ _FULL_SIZE = {
 
 
 @pytest.mark.parametrize("model", sorted(_FULL_SIZE))
+@pytest.mark.needs_fixtures
 def test_full_size_keys_match_official(model: str) -> None:
     listing = json.loads((OFFICIAL / f"keys_glip_{model}.json").read_text())["keys"]
     official = {e["key"]: torch.empty(e["shape"], device="meta") for e in listing}
@@ -324,6 +325,7 @@ def test_channel_mismatch_rules() -> None:
     ]
 
 
+@pytest.mark.needs_fixtures
 def test_text_layer_from_bert_config() -> None:
     bert = json.loads((OFFICIAL / "tiny_glip_t" / "bert_config.json").read_text())
     layer = TextLayer.from_bert_config(SimpleNamespace(**bert)).eval()
