@@ -15,7 +15,8 @@ For output pixel ``(ho, wo)``, kernel point ``k = i * kw + j`` and deformable gr
   of these samples with ``weight``, plus ``bias``.
 
 This is also what ``torchvision.ops.deform_conv2d`` computes (same offset interleave, same boundary
-rules), so it is used when torchvision is usable; the pure-PyTorch path below is exact on its own.
+rules); by default it runs on CUDA, while on CPU the pure-PyTorch path below (exact on its own) is
+faster and runs instead (see :mod:`glip.ops.backend`).
 """
 
 from __future__ import annotations
@@ -183,7 +184,8 @@ def modulated_deform_conv2d(
         stride, padding, dilation (int or (int, int)): as in :func:`torch.nn.functional.conv2d`.
         groups (int): convolution groups.
         deformable_groups (int): G, the number of offset/mask groups, each shared by ``Cin / G`` channels.
-        backend (str, optional): ``"torch"`` or ``"torchvision"``; default: see :func:`glip.ops.backend.resolve_backend`.
+        backend (str, optional): ``"torch"`` or ``"torchvision"``; default: see :func:`glip.ops.backend.resolve_backend`
+            (pure PyTorch on CPU, torchvision's kernel elsewhere when usable).
 
     Returns:
         Tensor[B, Cout, Ho, Wo]: with ``Ho = (H + 2*padding - (dilation*(kh-1) + 1)) // stride + 1`` (same for Wo),
@@ -226,8 +228,9 @@ def modulated_deform_conv2d(
     input, offset, mask, weight = (t.to(dtype) for t in (input, offset, mask, weight))
     bias = bias.to(dtype) if bias is not None else None
 
+    resolved = resolve_backend(backend, op="deform_conv2d", device=input.device)
     with torch.autocast(input.device.type, enabled=False):
-        if resolve_backend(backend) == "torchvision":
+        if resolved == "torchvision":
             import torchvision.ops  # imported only once the backend probe has found it usable
 
             out = torchvision.ops.deform_conv2d(
