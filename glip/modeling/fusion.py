@@ -307,9 +307,10 @@ class BiAttentionBlock(nn.Module):
         t = t + self.drop_path(self.gamma_l * delta_l)  # [B, T, D]
 
         v = v.transpose(1, 2)  # [B, C, N]
-        counts = [int(h) * int(w) for h, w in sizes]
-        levels = [
-            chunk.reshape(v.shape[0], v.shape[1], h, w)  # [B, C, H_l, W_l]
-            for chunk, (h, w) in zip(torch.split(v, counts, dim=2), sizes)
-        ]
+        # Level boundaries from the shapes themselves (no int(): an ONNX trace keeps them symbolic).
+        levels, start = [], 0
+        for h, w in sizes:
+            stop = start + h * w
+            levels.append(v[:, :, start:stop].reshape(v.shape[0], v.shape[1], h, w))  # [B, C, H_l, W_l]
+            start = stop
         return FusedFeatures(visual=levels, text=t)
