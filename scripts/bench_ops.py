@@ -49,8 +49,9 @@ def main() -> None:
             b, c, h, w = shape
             x, offset = torch.randn(shape), torch.randn(b, 18, h, w) * 2
             mask, weight, bias = torch.rand(b, 9, h, w), torch.randn(c, c, 3, 3) * 0.05, torch.randn(c)
+            inputs = (x, offset, mask, weight, bias)
             for be in backends:
-                s = _median(lambda be=be: modulated_deform_conv2d(x, offset, mask, weight, bias, backend=be))
+                s = _median(lambda be=be, a=inputs: modulated_deform_conv2d(*a, backend=be))
                 print(f"deform_conv2d {list(shape)} {be:<11} {s * 1e3:9.1f} ms", flush=True)
 
         g = torch.Generator().manual_seed(0)
@@ -58,7 +59,7 @@ def main() -> None:
             xy, wh = torch.rand(n, 2, generator=g) * 800, torch.rand(n, 2, generator=g) * 100 + 5
             boxes, scores = torch.cat([xy, xy + wh], 1), torch.rand(n, generator=g)
             for be in backends:
-                s = _median(lambda be=be: nms(boxes, scores, 0.6, backend=be))
+                s = _median(lambda be=be, bx=boxes, sc=scores: nms(bx, sc, 0.6, backend=be))
                 print(f"nms {n:5d} boxes {be:<11} {s * 1e3:9.2f} ms", flush=True)
 
         block = BiAttentionBlock(256, 768).eval()
