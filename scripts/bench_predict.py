@@ -169,7 +169,9 @@ def main() -> None:
         print(json.dumps(run_one(setting, int(batch), args.runs, args.threads, args.device)))
         return
     if args.ops:
-        os.execv(sys.executable, [sys.executable, str(REPO / "scripts" / "bench_ops.py"), "--threads", str(args.threads)])
+        os.execv(
+            sys.executable, [sys.executable, str(REPO / "scripts" / "bench_ops.py"), "--threads", str(args.threads)]
+        )
 
     import torch
 
