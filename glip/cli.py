@@ -153,6 +153,10 @@ def build_parser() -> argparse.ArgumentParser:
     from glip.tools.finetune_cli import add_finetune_parser
 
     add_finetune_parser(sub)
+
+    from glip.export.cli import add_export_parser
+
+    add_export_parser(sub)
     return parser
 
 

@@ -1,15 +1,23 @@
-"""Per-image latency and peak memory of a full-size GLIP-T (random weights).
+"""CPU latency and peak memory of full-size GLIP-T against a peer, Grounding DINO-T, in one run.
 
-Measures what the official timing in the fixtures REPORT (§10) measured: chelsea at
-MIN/MAX_SIZE_TEST 800/1333 (an 800x1216 padded input), eval, float32, 2 CPU threads,
-one warm-up then the median of several timed calls, peak RSS of the whole process.
-Each setting runs in its own process so peak memory is its own.
+Every setting runs in its own process (so its peak RSS, model construction included, is its
+own), on the same image and prompt, with random weights (nothing is downloaded):
 
-    python scripts/bench_predict.py                 # CPU, batch 1 and 4
-    python scripts/bench_predict.py --device cuda   # GPU as well (when available)
-    python scripts/bench_predict.py --dtype bf16    # autocast on the GPU
+* ``glip``       GLIP-T (configs/glip-t.yaml), the default op backends;
+* ``glip-pure``  the same with ``GLIP_DISABLE_TORCHVISION=1`` (pure-PyTorch ops only);
+* ``gdino``      Hugging Face ``GroundingDinoForObjectDetection`` with the default
+                 ``GroundingDinoConfig`` (= Grounding DINO-T: Swin-T, 6+6 layers, 900 queries)
+                 and the bundled bert-base-uncased text config, through its processor and
+                 ``post_process_grounded_object_detection``.
 
-Official reference on the same kind of 2-vCPU machine: 53.5 s per image, 3088 MiB peak RSS.
+Image: chelsea (skimage, else the official fixture's copy, else a generated 300x451 image),
+resized to 800 x ~1200 by each model's own preprocessing; prompt "a cat. a remote control.
+a dog."; float32, eval, ``--threads`` threads; one warm-up call, then the median of
+``--runs`` calls (the individual calls are printed). Batch 4 is timed per image as well.
+
+    python scripts/bench_predict.py                       # the full table
+    python scripts/bench_predict.py --settings glip --batch 1 --runs 1   # a quick look
+    python scripts/bench_predict.py --ops                 # per-op timings (deformable conv, fusion, NMS)
 """
 
 from __future__ import annotations
@@ -17,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
 import resource
 import statistics
 import subprocess
@@ -24,120 +33,192 @@ import sys
 import time
 from pathlib import Path
 
-OFFICIAL_CPU_S = 53.5
-OFFICIAL_CPU_RSS_MIB = 3088
+REPO = Path(__file__).resolve().parents[1]
 CAPTION = "a cat. a remote control. a dog."
+SETTINGS = ("glip", "glip-pure", "gdino")
+_ENV = {"glip-pure": {"GLIP_DISABLE_TORCHVISION": "1"}}
 
 
-def _chelsea():
+def _image():
+    """chelsea as an [H, W, 3] uint8 array, and where it came from."""
+    import numpy as np
+
     try:
         from skimage import data
 
-        return data.chelsea()
+        return data.chelsea(), "skimage chelsea"
     except ImportError:
+        pass
+    case = REPO.parent / "shared/fixtures/official/tiny_glip_t/case_chelsea.pth"
+    if case.is_file():
         import torch
 
-        case = Path(__file__).resolve().parents[2] / "shared/fixtures/official/tiny_glip_t/case_chelsea.pth"
-        return torch.load(case, weights_only=True)["image_original_rgb_uint8"].numpy()
+        return torch.load(case, weights_only=True)["image_original_rgb_uint8"].numpy(), "chelsea (fixture copy)"
+    yy, xx = np.mgrid[:300, :451]
+    rgb = np.stack([(xx * 0.5) % 256, (yy * 0.8) % 256, ((xx + yy) * 0.3) % 256], -1).astype(np.uint8)
+    return rgb, "generated 300x451"
 
 
-def run_one(device: str, batch: int, runs: int, threads: int, dtype: str) -> dict:
-    import torch
-
-    torch.set_num_threads(threads)
-    torch.manual_seed(0)
-    from glip.api import Predictor
+def _build_glip():
     from glip.config import load_config
     from glip.modeling.build import build_model
     from glip.modeling.text_encoder import load_bert_config
     from glip.text import BUNDLED_TEXT_ENCODERS, load_tokenizer
 
     te = BUNDLED_TEXT_ENCODERS["bert-base-uncased"]
-    cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "glip-t.yaml")
-    model = build_model(cfg, load_bert_config(te), load_tokenizer(te)).eval()
-    rss_after_build = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    predictor = Predictor(model, device=device, batch_size=batch)
-    images = [_chelsea()] * batch
+    cfg = load_config(REPO / "configs" / "glip-t.yaml")
+    return build_model(cfg, load_bert_config(te), load_tokenizer(te)).eval()
 
-    def call():
+
+def _glip_call(batch: int, device: str):
+    from glip.api import Predictor
+
+    predictor = Predictor(_build_glip(), device=device, batch_size=batch)
+    return lambda images: predictor.predict(images, CAPTION, threshold=0.5)
+
+
+def _gdino_call(batch: int, device: str):
+    import torch
+    from transformers import (
+        BertConfig,
+        BertTokenizerFast,
+        GroundingDinoConfig,
+        GroundingDinoForObjectDetection,
+        GroundingDinoImageProcessor,
+        GroundingDinoProcessor,
+    )
+
+    from glip.text import BUNDLED_TEXT_ENCODERS
+
+    bert = BUNDLED_TEXT_ENCODERS["bert-base-uncased"]
+    text_config = BertConfig.from_pretrained(str(bert)).to_dict()
+    model = GroundingDinoForObjectDetection(GroundingDinoConfig(text_config=text_config)).eval().to(device)
+    processor = GroundingDinoProcessor(GroundingDinoImageProcessor(), BertTokenizerFast.from_pretrained(str(bert)))
+
+    @torch.no_grad()
+    def call(images):
+        inputs = processor(images=images, text=[CAPTION] * len(images), return_tensors="pt").to(device)
+        outputs = model(**inputs)
+        sizes = [img.shape[:2] for img in images]
+        return processor.post_process_grounded_object_detection(
+            outputs, inputs.input_ids, threshold=0.5, text_threshold=0.25, target_sizes=sizes
+        )
+
+    return call
+
+
+def run_one(setting: str, batch: int, runs: int, threads: int, device: str) -> dict:
+    import torch
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    call = (_gdino_call if setting == "gdino" else _glip_call)(batch, device)
+    rss_after_build = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    image, source = _image()
+    images = [image] * batch
+
+    def timed():
         if device.startswith("cuda"):
             torch.cuda.synchronize()
         t0 = time.perf_counter()
-        with torch.autocast(device.split(":")[0], dtype=torch.bfloat16, enabled=dtype == "bf16"):
-            predictor.predict(images, CAPTION, threshold=0.5)
+        call(images)
         if device.startswith("cuda"):
             torch.cuda.synchronize()
         return time.perf_counter() - t0
 
-    call()  # warm-up
-    if device.startswith("cuda"):
-        torch.cuda.reset_peak_memory_stats()
-    times = [call() for _ in range(runs)]
-    out = {
-        "device": device,
+    timed()  # warm-up
+    times = [timed() for _ in range(runs)]
+    from glip.ops import active_backends
+
+    return {
+        "setting": setting,
         "batch": batch,
-        "dtype": dtype,
         "runs_s": [round(t, 3) for t in times],
         "median_s_per_image": statistics.median(times) / batch,
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "rss_after_build_mib": rss_after_build,
+        "backends": active_backends(device) if setting != "gdino" else None,
+        "image": source,
     }
-    if device.startswith("cuda"):
-        out["peak_cuda_mib"] = torch.cuda.max_memory_allocated() / 2**20
-        out["gpu"] = torch.cuda.get_device_name()
-    return out
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", action="append", help="cpu and/or cuda (default: cpu, plus cuda if available)")
-    parser.add_argument("--batch", type=int, action="append", help="batch sizes (default 1 and 4)")
+    parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=SETTINGS)
+    parser.add_argument("--batch", type=int, nargs="+", default=[1, 4], help="batch sizes (4: glip only)")
+    parser.add_argument("--peer-batch", action="store_true", help="also time the peer at every batch size")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
+    parser.add_argument("--device", default="cpu")
     parser.add_argument("--json", help="also write the rows here")
+    parser.add_argument("--ops", action="store_true", help="per-op timings instead (see scripts/bench_ops.py)")
     parser.add_argument("--_one", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args._one:
-        device, batch = args._one.split(",")
-        print(json.dumps(run_one(device, int(batch), args.runs, args.threads, args.dtype)))
+        setting, batch = args._one.split(",")
+        print(json.dumps(run_one(setting, int(batch), args.runs, args.threads, args.device)))
         return
+    if args.ops:
+        os.execv(
+            sys.executable, [sys.executable, str(REPO / "scripts" / "bench_ops.py"), "--threads", str(args.threads)]
+        )
+
     import torch
 
-    devices = args.device or (["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
+    print(
+        f"torch {torch.__version__} | CPU {_cpu_model()} ({os.cpu_count()} logical) | {args.threads} threads | "
+        f"device {args.device} | {args.runs} timed calls after 1 warm-up | prompt {CAPTION!r}",
+        flush=True,
+    )
+    plan = [(s, b) for b in args.batch for s in args.settings if b == 1 or s != "gdino" or args.peer_batch]
     rows = []
-    for device in devices:
-        for batch in args.batch or [1, 4]:
-            cmd = [
-                sys.executable,
-                __file__,
-                "--_one",
-                f"{device},{batch}",
-                "--runs",
-                str(args.runs),
-                "--threads",
-                str(args.threads),
-                "--dtype",
-                args.dtype,
-            ]
-            res = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, PYTHONUNBUFFERED="1"))
-            if res.returncode != 0:
-                print(res.stderr[-2000:], file=sys.stderr)
-                continue
-            rows.append(json.loads(res.stdout.strip().splitlines()[-1]))
-            r = rows[-1]
-            print(
-                f"{r['device']:<5} batch {r['batch']}  {r['dtype']}  {r['median_s_per_image']:7.2f} s/img  "
-                f"peak RSS {r['peak_rss_mib']:6.0f} MiB"
-                + (f"  peak CUDA {r['peak_cuda_mib']:6.0f} MiB ({r['gpu']})" if "peak_cuda_mib" in r else "")
-                + (
-                    f"   vs official CPU: {OFFICIAL_CPU_S / r['median_s_per_image']:.1f}x faster, "
-                    f"{r['peak_rss_mib'] / OFFICIAL_CPU_RSS_MIB:.2f}x its peak memory"
-                    if r["device"] == "cpu"
-                    else ""
-                ),
-                flush=True,
-            )
+    for setting, batch in plan:
+        cmd = [sys.executable, __file__, "--_one", f"{setting},{batch}", "--runs", str(args.runs)]
+        cmd += ["--threads", str(args.threads), "--device", args.device]
+        env = dict(os.environ, PYTHONUNBUFFERED="1", **_ENV.get(setting, {}))
+        env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
+        res = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        if res.returncode != 0:
+            print(f"{setting} batch {batch}: failed\n{res.stderr[-2000:]}", file=sys.stderr, flush=True)
+            continue
+        r = json.loads(res.stdout.strip().splitlines()[-1])
+        rows.append(r)
+        print(
+            f"{setting:<10} batch {batch}  {r['median_s_per_image']:7.2f} s/image (calls {r['runs_s']})  "
+            f"peak RSS {r['peak_rss_mib']:6.0f} MiB (after build {r['rss_after_build_mib']:.0f})"
+            + (f"  backends {r['backends']}" if r["backends"] else ""),
+            flush=True,
+        )
+    peer = next((r for r in rows if r["setting"] == "gdino" and r["batch"] == 1), None)
+    if rows:
+        print(f"image: {rows[0]['image']}")
+    if peer:
+        print("ratios to Grounding DINO-T (batch 1): latency, peak RSS")
+        for r in rows:
+            if r["setting"] != "gdino" and r["batch"] == 1:
+                print(
+                    f"  {r['setting']:<10} {r['median_s_per_image'] / peer['median_s_per_image']:.2f}x latency  "
+                    f"{r['peak_rss_mib'] / peer['peak_rss_mib']:.2f}x peak RSS"
+                )
+    for s in args.settings:
+        one = next((r for r in rows if r["setting"] == s and r["batch"] == 1), None)
+        for r in rows:
+            if one and r["setting"] == s and r["batch"] > 1:
+                print(
+                    f"{s} batch {r['batch']} vs 1: {1 / r['median_s_per_image']:.3f} vs "
+                    f"{1 / one['median_s_per_image']:.3f} images/s "
+                    f"({one['median_s_per_image'] / r['median_s_per_image']:.2f}x per image)"
+                )
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))
 

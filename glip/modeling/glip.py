@@ -17,6 +17,7 @@ from glip.modeling.prompt_offset import PromptOffset
 from glip.modeling.text_encoder import BertTextEncoder
 from glip.structures import Detections, HeadOutputs, ImageBatch, TextFeatures
 from glip.text import Prompt, TokenizedPrompt, parse_prompt, tokenize_prompt
+from glip.text.tokenize import trim_padding
 from glip.utils.image import ImageInput, load_image, to_model_input
 
 __all__ = ["GLIP", "GLIPOutput", "Preprocessing"]
@@ -98,6 +99,8 @@ class GLIP(nn.Module):
         self.config: Any = None  # the GLIPConfig it was built from, set by the builder
         # The prompt a transfer run tuned it for (set by glip.hub.tuned); `glip detect`'s default.
         self.tuned_prompt: Prompt | None = None
+        # Inference cuts each prompt's padding (same detections, see glip.text.tokenize.trim_padding).
+        self.trim_text = True
 
     @property
     def device(self) -> torch.device:
@@ -185,6 +188,7 @@ class GLIP(nn.Module):
         features = self.backbone(images.tensor)
         results = []
         for tokens in prompts:
+            tokens = trim_padding(tokens) if self.trim_text else tokens
             ids, mask = tokens.input_ids.to(device), tokens.attention_mask.to(device)
             tuned = self.prompt_offset is not None and self.prompt_offset.matches(ids, mask)
             out = self.forward_features(features, ids, mask, use_prompt_offset=tuned)

@@ -1,1 +1,5 @@
-"""Detection ops with a torchvision fast path and pure-PyTorch fallbacks."""
+"""Detection ops with a torchvision fast path and pure-PyTorch fallbacks, chosen per device."""
+
+from glip.ops.backend import active_backends, use_backend
+
+__all__ = ["active_backends", "use_backend"]

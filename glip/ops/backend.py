@@ -5,6 +5,13 @@ torchvision is optional. Whether it is usable is probed once, lazily, on the fir
 built for another torch typically raises ``RuntimeError`` (e.g. ``operator torchvision::nms does not
 exist``) at import time, and a wheel whose ``_C`` library fails to load may import but have no ops.
 
+When torchvision is usable, each op takes the backend measured faster on the device its inputs
+live on (:data:`PREFERRED`): on CPU the pure-PyTorch modulated deformable convolution beats
+torchvision's CPU ``deform_conv2d`` (1.10 s vs 1.77 s on a [1, 256, 100, 152] 3x3 case, 8.5 vs
+14.2 ms on [1, 64, 25, 38], 1 thread, torch 2.14 / torchvision 0.29), while torchvision's NMS beats
+the pure one (12.8 vs 54 ms for 1000 boxes, 200 vs 390 ms for 4000); on CUDA torchvision's kernels
+are used. :func:`active_backends` says what an op call would run on a device.
+
 Setting the environment variable ``GLIP_DISABLE_TORCHVISION=1`` forces the pure-PyTorch path without
 importing torchvision at all. Tests (and callers) can force a backend for a block of code with
 :func:`use_backend`, or per call with the ``backend=`` argument of the ops.
@@ -18,12 +25,20 @@ import functools
 import os
 import warnings
 from collections.abc import Iterator
-from typing import Literal
+from typing import Any, Literal
 
-__all__ = ["Backend", "resolve_backend", "torchvision_available", "use_backend"]
+__all__ = ["OPS", "PREFERRED", "Backend", "active_backends", "resolve_backend", "torchvision_available", "use_backend"]
 
 Backend = Literal["torch", "torchvision"]
 _BACKENDS: tuple[str, ...] = ("torch", "torchvision")
+# The ops with two backends.
+OPS: tuple[str, ...] = ("deform_conv2d", "nms")
+# (op, device type) -> the backend measured faster when both are usable (module docstring);
+# any pair not listed (CUDA, other accelerators) takes torchvision's kernel.
+PREFERRED: dict[tuple[str, str], Backend] = {
+    ("deform_conv2d", "cpu"): "torch",
+    ("nms", "cpu"): "torchvision",
+}
 _DISABLE_ENV = "GLIP_DISABLE_TORCHVISION"
 
 # The backend forced by `use_backend` for the current context (thread / task); None means "automatic".
@@ -66,12 +81,23 @@ def torchvision_available() -> bool:
     return _probe_torchvision()
 
 
-def resolve_backend(backend: str | None = None) -> Backend:
+def _device_type(device: Any) -> str:
+    if device is None:
+        return "cpu"
+    return (
+        device if isinstance(device, str) and ":" not in device else getattr(device, "type", str(device).split(":")[0])
+    )
+
+
+def resolve_backend(backend: str | None = None, *, op: str | None = None, device: Any = None) -> Backend:
     """The backend an op call should use.
 
     Args:
         backend (str, optional): ``"torch"``, ``"torchvision"`` or ``None``. ``None`` means the backend
-            forced by an enclosing :func:`use_backend`, else torchvision when available, else torch.
+            forced by an enclosing :func:`use_backend`, else (automatic choice) torch when torchvision is
+            not usable, else the one :data:`PREFERRED` lists for ``(op, device type)``, else torchvision.
+        op (str, optional): one of :data:`OPS`; None: any op (torchvision whenever usable).
+        device (torch.device or str, optional): where the op's inputs live (default CPU).
 
     Raises:
         ValueError: unknown backend name.
@@ -80,13 +106,24 @@ def resolve_backend(backend: str | None = None) -> Backend:
     if backend is None:
         backend = _forced_backend.get()
     if backend is None:
-        return "torchvision" if torchvision_available() else "torch"
+        if not torchvision_available():
+            return "torch"
+        if op is None:
+            return "torchvision"
+        if op not in OPS:
+            raise ValueError(f"unknown op {op!r}; expected one of {OPS}")
+        return PREFERRED.get((op, _device_type(device)), "torchvision")
     if backend not in _BACKENDS:
         raise ValueError(f"unknown ops backend {backend!r}; expected one of {_BACKENDS}")
     if backend == "torchvision" and not torchvision_available():
         reason = f"{_DISABLE_ENV} is set" if _disabled_by_env() else "it does not import or its ops do not run"
         raise RuntimeError(f"the torchvision ops backend was requested but is unavailable ({reason})")
     return backend  # type: ignore[return-value]
+
+
+def active_backends(device: Any = "cpu") -> dict[str, Backend]:
+    """``{op: backend}`` that op calls on ``device`` would run now (environment and :func:`use_backend` included)."""
+    return {op: resolve_backend(op=op, device=device) for op in OPS}
 
 
 @contextlib.contextmanager

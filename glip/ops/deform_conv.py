@@ -15,7 +15,8 @@ For output pixel ``(ho, wo)``, kernel point ``k = i * kw + j`` and deformable gr
   of these samples with ``weight``, plus ``bias``.
 
 This is also what ``torchvision.ops.deform_conv2d`` computes (same offset interleave, same boundary
-rules), so it is used when torchvision is usable; the pure-PyTorch path below is exact on its own.
+rules); by default it runs on CUDA, while on CPU the pure-PyTorch path below (exact on its own) is
+faster and runs instead (see :mod:`glip.ops.backend`).
 """
 
 from __future__ import annotations
@@ -132,19 +133,23 @@ def _modulated_deform_conv2d_torch(
     weight_mat = weight_mat.reshape(groups, k * c_in_group, c_out_group)  # [groups, K*Cin/gr, Cout/gr]
 
     n_positions = b * ho * wo
-    if n_positions == 0:  # empty batch
+    if torch.jit.is_tracing():
+        # One chunk while tracing (ONNX export): chunk bounds would freeze the traced map size.
+        spans = [slice(None)]
+    elif n_positions == 0:  # empty batch
         return input.new_zeros((b, c_out, ho, wo))
-    chunk = max(1, _MAX_CHUNK_ELEMENTS // (k * c_in))
+    else:
+        chunk = max(1, _MAX_CHUNK_ELEMENTS // (k * c_in))
+        spans = [slice(start, min(start + chunk, n_positions)) for start in range(0, n_positions, chunk)]
     outputs = []
-    for start in range(0, n_positions, chunk):
-        stop = min(start + chunk, n_positions)
-        n = stop - start
+    for span in spans:
         # Weighted sum of the 4 corners, accumulated in place (autograd-safe: the gathered tensors are fresh).
-        columns = table.index_select(0, indices[0][start:stop].reshape(-1)).view(n, k * g, c_dg)  # [n, K*G, Cin/G]
-        columns.mul_(weights[0][start:stop])
+        columns = table.index_select(0, indices[0][span].reshape(-1)).view(-1, k * g, c_dg)  # [n, K*G, Cin/G]
+        n = columns.shape[0]
+        columns.mul_(weights[0][span])
         for idx, wt in zip(indices[1:], weights[1:]):
-            corner = table.index_select(0, idx[start:stop].reshape(-1)).view(n, k * g, c_dg)  # [n, K*G, Cin/G]
-            columns.addcmul_(corner, wt[start:stop])
+            corner = table.index_select(0, idx[span].reshape(-1)).view(n, k * g, c_dg)  # [n, K*G, Cin/G]
+            columns.addcmul_(corner, wt[span])
         # columns: [n, K*G, Cin/G] == [n, K, Cin] with channel c = group * Cin/G + channel-in-group
         if groups == 1:
             out = columns.view(n, k * c_in) @ weight_mat[0]  # [n, Cout]
@@ -183,7 +188,8 @@ def modulated_deform_conv2d(
         stride, padding, dilation (int or (int, int)): as in :func:`torch.nn.functional.conv2d`.
         groups (int): convolution groups.
         deformable_groups (int): G, the number of offset/mask groups, each shared by ``Cin / G`` channels.
-        backend (str, optional): ``"torch"`` or ``"torchvision"``; default: see :func:`glip.ops.backend.resolve_backend`.
+        backend (str, optional): ``"torch"`` or ``"torchvision"``; default: see :func:`glip.ops.backend.resolve_backend`
+            (pure PyTorch on CPU, torchvision's kernel elsewhere when usable).
 
     Returns:
         Tensor[B, Cout, Ho, Wo]: with ``Ho = (H + 2*padding - (dilation*(kh-1) + 1)) // stride + 1`` (same for Wo),
@@ -226,8 +232,9 @@ def modulated_deform_conv2d(
     input, offset, mask, weight = (t.to(dtype) for t in (input, offset, mask, weight))
     bias = bias.to(dtype) if bias is not None else None
 
+    resolved = resolve_backend(backend, op="deform_conv2d", device=input.device)
     with torch.autocast(input.device.type, enabled=False):
-        if resolve_backend(backend) == "torchvision":
+        if resolved == "torchvision":
             import torchvision.ops  # imported only once the backend probe has found it usable
 
             out = torchvision.ops.deform_conv2d(

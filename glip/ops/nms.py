@@ -104,7 +104,7 @@ def nms(boxes: Tensor, scores: Tensor, iou_threshold: float, *, backend: str | N
     boxes, scores = _upcast(boxes), _upcast(scores)
     if scores.dtype != boxes.dtype:
         scores = scores.to(boxes.dtype)
-    if resolve_backend(backend) == "torchvision":
+    if resolve_backend(backend, op="nms", device=boxes.device) == "torchvision":
         return torch.ops.torchvision.nms(boxes, scores, float(iou_threshold))
     return _nms_torch(boxes, scores, float(iou_threshold))
 
@@ -154,7 +154,7 @@ def batched_nms(
     if boxes.shape[0] == 0:
         return torch.empty((0,), dtype=torch.int64, device=boxes.device)
     boxes, scores = _upcast(boxes), _upcast(scores)
-    resolved = resolve_backend(backend)
+    resolved = resolve_backend(backend, op="nms", device=boxes.device)
     if boxes.numel() > (4000 if boxes.device.type == "cpu" else 100_000):
         return _batched_nms_per_category(boxes, scores, idxs, iou_threshold, resolved)
     return _batched_nms_coordinate_trick(boxes, scores, idxs, iou_threshold, resolved)

@@ -20,7 +20,12 @@ __all__ = [
     "positive_map_from_spans",
     "span_token_range",
     "tokenize_prompt",
+    "trim_padding",
 ]
+
+# Trimmed prompts keep a length that is a multiple of this: a few shapes cover every prompt
+# (steady allocator and kernel choices) and matrix products keep aligned widths.
+TRIM_MULTIPLE = 8
 
 # Config and vocabulary of bert-base-uncased, shipped so official checkpoints load offline.
 BUNDLED_TEXT_ENCODERS = {"bert-base-uncased": Path(__file__).resolve().parents[1] / "assets" / "bert-base-uncased"}
@@ -151,4 +156,37 @@ def tokenize_prompt(tokenizer: Any, prompt: Prompt, max_length: int = 256) -> To
         attention_mask=encoding["attention_mask"].to(torch.int64),
         positive_map=pmap,
         label_to_token=label_to_token,
+    )
+
+
+def trim_padding(tokens: TokenizedPrompt, multiple: int = TRIM_MULTIPLE) -> TokenizedPrompt:
+    """The same prompt with the trailing padding cut to the last real token, rounded up to
+    a multiple of ``multiple`` (never longer than it was).
+
+    Padded tokens are masked everywhere the model reads text at inference (BERT, the
+    fusion's image -> text softmax, the in-head BERT layers) and carry no phrase, so the
+    detections equal the untrimmed ones up to float rounding, while the text side of every
+    attention shrinks from ``max_query_len`` (256) to ~16 columns. Training never trims: its
+    targets and the MDETR token branch are ``max_query_len`` wide.
+
+    ``input_ids``, ``attention_mask`` ``[1, T]`` and ``positive_map`` ``[P, T]`` become
+    ``[1, T']`` and ``[P, T']``; ``label_to_token`` is unchanged (its indices are < T').
+    """
+    if multiple < 1:
+        raise ValueError(f"multiple must be at least 1, got {multiple}")
+    width = tokens.input_ids.shape[1]
+    real = torch.nonzero(tokens.attention_mask.sum(0)).flatten()  # positions with a real token
+    used = int(real[-1]) + 1 if real.numel() else 1
+    covered = torch.nonzero(tokens.positive_map.sum(0)).flatten()  # phrase tokens (always real ones)
+    if covered.numel():
+        used = max(used, int(covered[-1]) + 1)
+    keep = min(width, -(-used // multiple) * multiple)
+    if keep == width:
+        return tokens
+    return TokenizedPrompt(
+        prompt=tokens.prompt,
+        input_ids=tokens.input_ids[:, :keep],
+        attention_mask=tokens.attention_mask[:, :keep],
+        positive_map=tokens.positive_map[:, :keep],
+        label_to_token=tokens.label_to_token,
     )

@@ -11,7 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from glip.ops import active_backends
 from glip.ops import backend as backend_module
+from glip.ops import deform_conv as deform_conv_module
+from glip.ops import nms as nms_module
 from glip.ops.backend import resolve_backend, torchvision_available, use_backend
 from glip.ops.nms import nms
 
@@ -53,6 +56,71 @@ def test_unknown_or_unavailable_backend_is_rejected() -> None:
     if not torchvision_available():
         with pytest.raises(RuntimeError, match="unavailable"):
             resolve_backend("torchvision")
+
+
+def test_backend_chosen_per_op_and_device(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With torchvision usable: pure deformable conv on CPU, torchvision's kernels elsewhere."""
+    monkeypatch.setattr(backend_module, "torchvision_available", lambda: True)
+    assert active_backends("cpu") == {"deform_conv2d": "torch", "nms": "torchvision"}
+    assert active_backends(torch.device("cpu")) == active_backends(None) == active_backends("cpu")
+    assert active_backends("cuda") == {"deform_conv2d": "torchvision", "nms": "torchvision"}
+    assert active_backends(torch.device("cuda", 1)) == active_backends("cuda:0") == active_backends("cuda")
+    assert resolve_backend() == "torchvision"  # no op named: torchvision whenever usable
+    with use_backend("torch"):
+        assert active_backends("cuda") == {"deform_conv2d": "torch", "nms": "torch"}
+    with pytest.raises(ValueError, match="unknown op"):
+        resolve_backend(op="roi_align")
+    monkeypatch.setattr(backend_module, "torchvision_available", lambda: False)
+    assert active_backends("cuda") == {"deform_conv2d": "torch", "nms": "torch"}
+
+
+def test_env_var_makes_every_op_pure(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GLIP_DISABLE_TORCHVISION", "1")
+    assert active_backends("cpu") == active_backends("cuda") == {"deform_conv2d": "torch", "nms": "torch"}
+
+
+class _FakeCudaTensor(torch.Tensor):
+    """A CPU tensor that reports a CUDA device, so the dispatch can be checked without a GPU."""
+
+    @property
+    def device(self) -> torch.device:  # type: ignore[override]
+        return torch.device("cuda", 0)
+
+
+class _Dispatched(Exception):
+    pass
+
+
+def test_ops_pass_their_device_to_the_dispatch(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[tuple[str, str]] = []
+
+    def spy(backend=None, *, op=None, device=None):
+        seen.append((op, torch.device(device).type))
+        raise _Dispatched  # stop before any device work: the fake CUDA tensor has CPU storage
+
+    monkeypatch.setattr(deform_conv_module, "resolve_backend", spy)
+    monkeypatch.setattr(nms_module, "resolve_backend", spy)
+    x = torch.randn(1, 2, 5, 5)
+    args = (torch.zeros(1, 18, 5, 5), torch.ones(1, 9, 5, 5), torch.randn(3, 2, 3, 3))
+    fake_cuda = x.as_subclass(_FakeCudaTensor)
+    assert fake_cuda.device.type == "cuda"
+    boxes, scores = torch.tensor([[0.0, 0, 1, 1]]), torch.tensor([1.0])
+    for call in (
+        lambda: deform_conv_module.modulated_deform_conv2d(x, *args),
+        lambda: nms(boxes, scores, 0.5),
+        lambda: nms_module.batched_nms(boxes, scores, torch.tensor([0]), 0.5),
+        lambda: deform_conv_module.modulated_deform_conv2d(fake_cuda, *args),
+        lambda: nms(boxes.as_subclass(_FakeCudaTensor), scores, 0.5),
+    ):
+        with pytest.raises(_Dispatched):
+            call()
+    assert seen == [
+        ("deform_conv2d", "cpu"),
+        ("nms", "cpu"),
+        ("nms", "cpu"),
+        ("deform_conv2d", "cuda"),
+        ("nms", "cuda"),
+    ]
 
 
 _SCRIPT = textwrap.dedent(
@@ -145,8 +213,11 @@ _DISPATCH_SCRIPT = textwrap.dedent(
     x, w = torch.randn(2, 4, 7, 6), torch.randn(6, 2, 3, 3)
     offset, mask = torch.randn(2, 36, 4, 2), torch.rand(2, 18, 4, 2)
     args = (x, offset, mask, w, torch.randn(6), 2, 1, (1, 2), 2, 2)
-    native = modulated_deform_conv2d(*args)
+    automatic = modulated_deform_conv2d(*args)  # on CPU the pure path is the faster one: no kernel call
+    assert torchvision.ops.CALLS == ["nms", "nms"]
+    native = modulated_deform_conv2d(*args, backend="torchvision")
     torch.testing.assert_close(native, modulated_deform_conv2d(*args, backend="torch"), rtol=0, atol=0)
+    torch.testing.assert_close(native, automatic, rtol=0, atol=0)
     assert torchvision.ops.CALLS == ["nms", "nms", ("deform_conv2d", (2, 2), (1, 1), (1, 2))]
     print("ok")
     """
