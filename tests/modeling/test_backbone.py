@@ -52,6 +52,7 @@ def tiny_official(request) -> tuple[str, dict, dict[str, torch.Tensor]]:
 
 @pytest.mark.parametrize("fused", [True, False], ids=["sdpa", "manual"])
 @pytest.mark.parametrize("case", CASES)
+@pytest.mark.needs_fixtures
 def test_swin_fpn_matches_official(tiny_official, case: str, fused: bool) -> None:
     config, s, state = tiny_official
     expected = _case(config, case)

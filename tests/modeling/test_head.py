@@ -147,6 +147,7 @@ def _close_all(ours: list[torch.Tensor], ref: list[torch.Tensor]) -> None:
         torch.testing.assert_close(a, b, atol=ATOL, rtol=RTOL)
 
 
+@pytest.mark.needs_fixtures
 def test_tower_matches_official(traced) -> None:
     _config, _, case, _, trace = traced
     ref = case["dyhead_tower"]
@@ -163,6 +164,7 @@ def test_tower_matches_official(traced) -> None:
             torch.testing.assert_close(hidden, r["lang_hidden"], atol=ATOL, rtol=RTOL)
 
 
+@pytest.mark.needs_fixtures
 def test_dyconv_internals_match_official(traced) -> None:
     _config, head, case, _, trace = traced
     period = 3 if head.early_fusion else 1
@@ -178,6 +180,7 @@ def test_dyconv_internals_match_official(traced) -> None:
     _close_all(trace.relu_inputs, case["first_dyconv_relu_inputs"])
 
 
+@pytest.mark.needs_fixtures
 def test_head_outputs_match_official(traced) -> None:
     _, head, case, out, trace = traced
     torch.testing.assert_close(
@@ -240,6 +243,7 @@ def test_full_size_keys_match_official(model: str) -> None:
 # ------------------------------------------------------------- invariances
 
 
+@pytest.mark.needs_fixtures
 def test_batch_of_identical_images() -> None:
     config = "tiny_glip_t"
     head = GLIPHead(**_head_kwargs(config)).eval()
