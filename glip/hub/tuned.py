@@ -21,9 +21,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from glip.engine.tuning import LINEAR_PROBE_PARAMETERS, resolve_tuning_mode
 from glip.hub.checkpoint import TUNED_NAME, WEIGHTS_NAME, CheckpointError, load_model
 from glip.modeling.glip import GLIP
+from glip.modeling.transfer import resolve_tuning_mode, tuned_state_names
 from glip.text import Prompt
 from glip.utils.fs import atomic_directory
 
@@ -53,15 +53,7 @@ def delta_names(model: GLIP, mode: str) -> list[str]:
     m = resolve_tuning_mode(mode)
     if m is None or m.name == "full":
         raise ValueError(f"mode {mode!r} changes every tensor: save it with glip.hub.checkpoint.save_model")
-    names = []
-    for name in model.state_dict():
-        if name.startswith("prompt_offset.") and m.prompt_offset:
-            names.append(name)
-        elif name.startswith("text_encoder.") and not m.freeze_text:
-            names.append(name)
-        elif m.linear_probe and name.startswith(LINEAR_PROBE_PARAMETERS):
-            names.append(name)
-    return names
+    return tuned_state_names(model, m)
 
 
 def _trimmed_offset(weight: Tensor, min_rows: int) -> Tensor:
