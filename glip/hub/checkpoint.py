@@ -12,6 +12,7 @@ import torch
 from torch import Tensor
 
 from glip.config import GLIPConfig, load_config, save_config
+from glip.hub.legacy_keys import remap_legacy_state_dict
 from glip.hub.official_keys import remap_official_state_dict
 from glip.modeling.build import build_model
 from glip.modeling.glip import GLIP
@@ -24,7 +25,8 @@ __all__ = ["CheckpointError", "load_model", "read_checkpoint", "save_model"]
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.yaml"
 TEXT_ENCODER_DIR = "text_encoder"
-_OUR_PREFIXES = ("backbone.", "text_encoder.", "head.", "anchor_generator.", "prompt_offset.")
+# Our top-level modules, and "head." of folders saved before the trunk/heads split.
+_OUR_PREFIXES = (*GLIP.state_prefixes(), "head.")
 TUNED_NAME = "tuned.json"  # a tuned model stored as a delta over base weights (glip.hub.tuned)
 _OFFICIAL_PREFIXES = ("backbone.", "language_backbone.", "rpn.")
 
@@ -90,7 +92,10 @@ def _to_our_keys(state: dict[str, Tensor], source: str) -> dict[str, Tensor]:
         except KeyError as e:
             raise CheckpointError(f"{source}: {e.args[0]}") from None
     if all(k.startswith(_OUR_PREFIXES) for k in keys):
-        return state
+        try:
+            return remap_legacy_state_dict(state)
+        except KeyError as e:
+            raise CheckpointError(f"{source}: {e.args[0]}") from None
     foreign = [k for k in stripped if not k.startswith(_OUR_PREFIXES + _OFFICIAL_PREFIXES)]
     raise CheckpointError(
         f"{source} is not a GLIP checkpoint: keys such as {_listing(foreign, 5)} belong to no GLIP module"

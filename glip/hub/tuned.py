@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 
 from glip.hub.checkpoint import TUNED_NAME, WEIGHTS_NAME, CheckpointError, load_model
+from glip.hub.legacy_keys import remap_legacy_state_dict
 from glip.modeling.glip import GLIP
 from glip.modeling.transfer import resolve_tuning_mode, tuned_state_names
 from glip.text import Prompt
@@ -171,7 +172,7 @@ def load_tuned(
             "(SHA-256 mismatch)"
         )
     model = load_model(base_path, base.get("config"), text_encoder=text_encoder, trust_pickle=trust_pickle)
-    delta = load_file(str(folder / DELTA_NAME))
+    delta = remap_legacy_state_dict(load_file(str(folder / DELTA_NAME)))  # deltas saved by earlier versions
     if "prompt_offset.weight" in delta:
         rows = int(meta.get("prompt_offset_rows") or model.max_query_len)
         offset = model.enable_prompt_offset(rows, meta.get("token_ids") or None)
