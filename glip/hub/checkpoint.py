@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 import pickle
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,7 @@ from glip.modeling.text_encoder import load_bert_config
 from glip.text import load_tokenizer, resolve_text_encoder
 from glip.utils.fs import atomic_directory
 
-__all__ = ["CheckpointError", "load_model", "read_checkpoint", "save_model"]
+__all__ = ["CheckpointError", "load_model", "read_checkpoint", "register_folder_loader", "save_model"]
 
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.yaml"
@@ -33,6 +33,19 @@ _OFFICIAL_PREFIXES = ("backbone.", "language_backbone.", "rpn.")
 
 class CheckpointError(ValueError):
     """A weights file that cannot be read or does not fit the model."""
+
+
+# Folder formats that other modules add: marker file -> loader(folder, text_encoder=,
+# device=, trust_pickle=). glip.hub.tuned registers its deltas (TUNED_NAME) when glip.hub
+# is imported, so this module never imports it (no checkpoint <-> tuned import cycle).
+FolderLoader = Callable[..., GLIP]
+_FOLDER_LOADERS: dict[str, FolderLoader] = {}
+
+
+def register_folder_loader(marker: str, loader: FolderLoader) -> None:
+    """Makes :func:`load_model` hand a folder holding ``marker`` (and no
+    ``model.safetensors``) to ``loader``."""
+    _FOLDER_LOADERS[marker] = loader
 
 
 def _listing(keys: list[str], limit: int = 12) -> str:
@@ -174,10 +187,10 @@ def load_model(
     """
     weights = Path(weights)
     base: Path | None = None
-    if weights.is_dir() and (weights / TUNED_NAME).is_file() and not (weights / WEIGHTS_NAME).is_file():
-        from glip.hub.tuned import load_tuned
-
-        return load_tuned(weights, text_encoder=text_encoder, device=device, trust_pickle=trust_pickle)
+    if weights.is_dir() and not (weights / WEIGHTS_NAME).is_file():
+        for marker, loader in _FOLDER_LOADERS.items():
+            if (weights / marker).is_file():
+                return loader(weights, text_encoder=text_encoder, device=device, trust_pickle=trust_pickle)
     if weights.is_dir():
         base = weights
         weights = weights / WEIGHTS_NAME

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from glip.hub.checkpoint import TUNED_NAME, WEIGHTS_NAME, CheckpointError, load_model
+from glip.hub.checkpoint import TUNED_NAME, WEIGHTS_NAME, CheckpointError, load_model, register_folder_loader
 from glip.hub.legacy_keys import remap_legacy_state_dict
 from glip.modeling.glip import GLIP
 from glip.modeling.transfer import resolve_tuning_mode, tuned_state_names
@@ -190,3 +190,6 @@ def load_tuned(
         spans = tuple(tuple((int(a), int(b)) for a, b in group) for group in p["spans"])
         model.tuned_prompt = Prompt(p["caption"], tuple(p["phrases"]), spans)
     return model.to(device).eval()
+
+
+register_folder_loader(TUNED_NAME, load_tuned)
