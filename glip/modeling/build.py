@@ -62,8 +62,8 @@ def build_backbone(cfg: GLIPConfig) -> VisionBackbone:
 
 
 def build_trunk(cfg: GLIPConfig, bert_config: Any) -> FusionTrunk:
-    """The fused DyHead tower of ``cfg.model.head``; the in-head BERT layers follow ``bert_config``."""
-    h, t = cfg.model.head, cfg.model.text
+    """The fused DyHead tower of ``cfg.model.trunk``; the in-head BERT layers follow ``bert_config``."""
+    h, t = cfg.model.trunk, cfg.model.text
     return FusionTrunk(
         in_channels=cfg.model.backbone.out_channels,
         channels=h.channels,
@@ -113,9 +113,9 @@ def register_head(name: str) -> Callable[[HeadBuilder], HeadBuilder]:
 
 @register_head("grounding")
 def _build_grounding(cfg: GLIPConfig, bert_config: Any) -> GroundingHead:
-    h, lo, inf = cfg.model.head, cfg.loss, cfg.inference
+    h, inf = cfg.model.heads.grounding, cfg.inference
     return GroundingHead(
-        channels=h.channels,
+        channels=cfg.model.trunk.channels,
         text_dim=cfg.model.text.dim,
         num_classes=h.num_classes - 1,  # the official score tensor drops the background slot
         num_levels=len(cfg.model.anchors.strides),
@@ -123,10 +123,10 @@ def _build_grounding(cfg: GLIPConfig, bert_config: Any) -> GroundingHead:
         prior_prob=h.prior_prob,
         clamp_dot_product=h.clamp_dot_product,
         loss=GroundingLoss(
-            reg_weight=lo.reg_weight,
-            token_weight=lo.token_weight,
-            token_alpha=lo.token_alpha,
-            token_gamma=lo.token_gamma,
+            reg_weight=h.reg_weight,
+            token_weight=h.token_weight,
+            token_alpha=h.token_alpha,
+            token_gamma=h.token_gamma,
         ),
         postprocessor=GroundingPostProcessor(
             pre_nms_thresh=inf.pre_nms_thresh,
@@ -140,29 +140,29 @@ def _build_grounding(cfg: GLIPConfig, bert_config: Any) -> GroundingHead:
 
 @register_head("mdetr_token")
 def _build_mdetr_token(cfg: GLIPConfig, bert_config: Any) -> MDETRTokenHead | None:
-    h, lo = cfg.model.head, cfg.loss
-    if not (h.use_token_loss or lo.use_token_loss):
+    if not cfg.model.heads.mdetr_token.enabled:
         return None
+    g = cfg.model.heads.grounding  # official: the same prior and focal parameters
     return MDETRTokenHead(
-        channels=h.channels,
+        channels=cfg.model.trunk.channels,
         max_query_len=cfg.model.text.max_query_len,
-        prior_prob=h.prior_prob,
-        alpha=lo.token_alpha,
-        gamma=lo.token_gamma,
+        prior_prob=g.prior_prob,
+        alpha=g.token_alpha,
+        gamma=g.token_gamma,
     )
 
 
 @register_head("mdetr_align")
 def _build_mdetr_align(cfg: GLIPConfig, bert_config: Any) -> MDETRAlignHead | None:
-    h = cfg.model.head
-    if not (h.use_contrastive_align or cfg.loss.use_contrastive_align_loss):
+    h = cfg.model.heads.mdetr_align
+    if not h.enabled:
         return None
     return MDETRAlignHead(
-        channels=h.channels,
+        channels=cfg.model.trunk.channels,
         text_dim=cfg.model.text.dim,
-        fused_dot_product=h.fused_dot_product,
-        hidden_dim=h.contrastive_hidden_dim,
-        dropout=h.contrastive_dropout,
+        fused_dot_product=cfg.model.trunk.fused_dot_product,
+        hidden_dim=h.hidden_dim,
+        dropout=h.dropout,
     )
 
 
@@ -177,21 +177,17 @@ def build_heads(cfg: GLIPConfig, bert_config: Any) -> dict[str, Head]:
 
 
 def loss_weights(cfg: GLIPConfig) -> dict[str, float]:
-    """Each head's weight in the criterion."""
-    lo = cfg.loss
-    return {
-        "grounding": 1.0,
-        "mdetr_token": lo.token_loss_weight if lo.use_token_loss else 0.0,
-        "mdetr_align": lo.contrastive_align_loss_weight if lo.use_contrastive_align_loss else 0.0,
-    }
+    """Each head's weight in the criterion: the ``weight`` of its ``model.heads`` section."""
+    return {name: float(section.weight) for name, section in vars(cfg.model.heads).items()}
 
 
 def build_loss(cfg: GLIPConfig) -> Criterion:
     """The training criterion: ATSS assignment over one anchor per location, and each
     head's weight."""
-    a, lo = cfg.model.anchors, cfg.loss
+    a = cfg.model.anchors
     anchors_per_location = len(a.aspect_ratios) * a.scales_per_octave
-    assigner = ATSSAssigner(BoxCoder(), topk=lo.atss_topk, anchors_per_location=anchors_per_location)
+    topk = cfg.model.heads.grounding.atss_topk
+    assigner = ATSSAssigner(BoxCoder(), topk=topk, anchors_per_location=anchors_per_location)
     return Criterion(assigner, loss_weights(cfg))
 
 

@@ -130,7 +130,8 @@ def test_official_solver_keys_map_to_the_solver_section():
     assert (s.warmup_iters, s.warmup_factor, s.use_amp, s.model_ema) == (2000, 0.001, True, 0.999)
     assert s.clip_gradients.enabled and s.clip_gradients.clip_value == 1.0
     assert s.bias_lr_factor == 2.0 and s.weight_decay_bias == 0.0  # official defaults
-    assert (cfg.loss.reg_weight, cfg.loss.atss_topk, cfg.loss.token_alpha, cfg.loss.token_gamma) == (2.0, 9, 0.25, 2.0)
+    g = cfg.model.heads.grounding
+    assert (g.reg_weight, g.atss_topk, g.token_alpha, g.token_gamma) == (2.0, 9, 0.25, 2.0)
 
 
 def test_language_and_body_rates_follow_the_modules_not_the_names():

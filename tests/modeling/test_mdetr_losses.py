@@ -223,14 +223,14 @@ def test_official_keys_map_to_config_and_modules() -> None:
             JOINT_EMB_DROPOUT=0.2,
         )
     )
-    assert cfg.loss.use_token_loss and cfg.loss.token_loss_weight == 0.5
-    assert cfg.loss.use_contrastive_align_loss and cfg.loss.contrastive_align_loss_weight == 2.0
-    assert cfg.model.head.contrastive_hidden_dim == 32 and cfg.model.head.contrastive_dropout == 0.2
+    token, align = cfg.model.heads.mdetr_token, cfg.model.heads.mdetr_align
+    assert token.enabled and token.weight == 0.5
+    assert align.enabled and align.weight == 2.0 and align.hidden_dim == 32 and align.dropout == 0.2
     loss = build_loss(cfg)
     assert loss.weights == {"grounding": 1.0, "mdetr_token": 0.5, "mdetr_align": 2.0}
 
     off = config_from_dict(_official_tree(USE_TOKEN_LOSS=False, USE_CONTRASTIVE_ALIGN_LOSS=False))
-    assert not off.loss.use_token_loss and not off.loss.use_contrastive_align_loss
+    assert not off.model.heads.mdetr_token.enabled and not off.model.heads.mdetr_align.enabled
     assert set(build_heads(off, _BERT)) == {"grounding"}
 
     # Official: resizer output (JOINT_EMB_SIZE) must match the projection input (CHANNELS).
@@ -238,10 +238,10 @@ def test_official_keys_map_to_config_and_modules() -> None:
         config_from_dict(_official_tree(USE_CONTRASTIVE_ALIGN_LOSS=True, JOINT_EMB_SIZE=128))
 
     # A small head built from the config holds every official name of the new layers.
-    cfg.model.head.channels = 16
-    cfg.model.head.num_blocks = 1
-    cfg.model.head.use_dfconv = False
-    cfg.model.head.fused_dot_product = False
+    cfg.model.trunk.channels = 16
+    cfg.model.trunk.num_blocks = 1
+    cfg.model.trunk.use_dfconv = False
+    cfg.model.trunk.fused_dot_product = False
     cfg.model.backbone.out_channels = 16
     cfg.model.text.dim = 8
     cfg.model.text.max_query_len = _MAX_QUERY_LEN
