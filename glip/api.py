@@ -112,7 +112,7 @@ class Predictor:
         """Parses, chunks (when too long) and tokenizes a prompt once for many images."""
         model = self.model
         parsed = parse_prompt(prompt)
-        max_phrases = model.head.cls_logits.out_channels
+        max_phrases = model.grounding.num_classes
         chunks = chunk_prompt(parsed, model.tokenizer, model.max_query_len, max_phrases, chunk_size)
         return [tokenize_prompt(model.tokenizer, p, model.max_query_len) for p in chunks]
 

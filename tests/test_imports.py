@@ -70,6 +70,28 @@ def test_layers_import_one_way():
     assert problems == []
 
 
+# Inside glip.modeling: building blocks (backbone, fusion, dyhead, losses' math...) < the
+# trunk < heads and losses packages < the model and the criterion < transfer < the builder.
+MODELING_RANK = {"trunk": 1, "heads": 2, "losses": 2, "glip": 3, "criterion": 3, "transfer": 4, "build": 5}
+
+
+def test_modeling_layers_import_one_way():
+    problems = []
+    root = PACKAGE / "modeling"
+    for path in root.rglob("*.py"):
+        rel = path.relative_to(root)
+        if rel.as_posix() == "__init__.py":
+            continue
+        own = MODELING_RANK.get(rel.parts[0].removesuffix(".py"), 0)
+        for name in _imports(path):
+            parts = name.split(".")
+            if len(parts) < 3 or parts[1] != "modeling":
+                continue
+            if MODELING_RANK.get(parts[2], 0) > own:
+                problems.append(f"modeling/{rel} imports {name}")
+    assert problems == []
+
+
 def test_import_glip_loads_neither_torchvision_nor_transformers():
     code = "import sys, glip; print(sorted(m for m in ('torchvision', 'transformers', 'timm') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

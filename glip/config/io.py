@@ -10,6 +10,7 @@ import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from glip.config.legacy import upgrade_override, upgrade_tree
 from glip.config.official import from_official, is_official_yaml
 from glip.config.schema import GLIPConfig
 
@@ -22,13 +23,16 @@ class ConfigError(ValueError):
 
 def config_from_dict(tree: Mapping[str, Any], overrides: Sequence[str] = (), name: str | None = None) -> GLIPConfig:
     """Builds a config from a parsed yaml of ours or of the official code, then applies
-    ``key=value`` overrides (our dotted names, e.g. ``inference.pre_nms_thresh=0.1``)."""
+    ``key=value`` overrides (our dotted names, e.g. ``inference.pre_nms_thresh=0.1``).
+    Our files and overrides of earlier versions (``model.head``, ``loss``) are upgraded
+    first (:mod:`glip.config.legacy`)."""
+    overrides = [upgrade_override(o) for o in overrides]
     if is_official_yaml(tree):
         base = OmegaConf.structured(from_official(tree, name=name or "official"))
     else:
         base = OmegaConf.structured(GLIPConfig)
         try:
-            base = OmegaConf.merge(base, OmegaConf.create(dict(tree)))
+            base = OmegaConf.merge(base, OmegaConf.create(upgrade_tree(tree)))
         except OmegaConfBaseException as e:
             raise ConfigError(f"config does not fit the glip schema: {e}") from None
     if overrides:

@@ -7,7 +7,8 @@ The defaults of every key we map are restated below, so a partial yaml and a ful
 that this package does not implement are errors naming the key; keys that only steer
 datasets or unused heads are accepted and ignored here. ``SOLVER`` keys and the loss
 weights (``MODEL.ATSS.REG_LOSS_WEIGHT``, ``TOPK``, the ``FUSE_CONFIG`` token-loss keys)
-fill the ``solver`` and ``loss`` sections; other ``SOLVER`` keys are ignored.
+fill the ``solver`` section and the head sections (``model.heads.*``); other ``SOLVER``
+keys are ignored.
 """
 
 from __future__ import annotations
@@ -61,33 +62,33 @@ _MAPPED: dict[str, tuple[str, Any, Callable[[Any], Any]]] = {
     "MODEL.LANGUAGE_BACKBONE.N_LAYERS": ("model.text.num_layers", 1, int),
     "MODEL.LANGUAGE_BACKBONE.MASK_SPECIAL": ("model.text.mask_special", False, bool),
     "MODEL.LANGUAGE_BACKBONE.FREEZE": ("model.text.freeze", False, bool),
-    "MODEL.DYHEAD.CHANNELS": ("model.head.channels", 128, int),
-    "MODEL.DYHEAD.NUM_CONVS": ("model.head.num_blocks", 4, int),
-    "MODEL.DYHEAD.NUM_CLASSES": ("model.head.num_classes", 81, int),
-    "MODEL.DYHEAD.USE_GN": ("model.head.use_gn", False, bool),
-    "MODEL.GROUP_NORM.NUM_GROUPS": ("model.head.gn_groups", 16, int),
-    "MODEL.DYHEAD.USE_DYRELU": ("model.head.use_dyrelu", False, bool),
-    "MODEL.DYHEAD.USE_DFCONV": ("model.head.use_dfconv", False, bool),
-    "MODEL.DYHEAD.USE_DYFUSE": ("model.head.use_dyfuse", False, bool),
-    "MODEL.DYHEAD.LOG_SCALE": ("model.head.log_scale", 0.0, float),
-    "MODEL.DYHEAD.PRIOR_PROB": ("model.head.prior_prob", 0.01, float),
-    "MODEL.DYHEAD.USE_CHECKPOINT": ("model.head.use_checkpoint", False, bool),
-    "MODEL.DYHEAD.FUSE_CONFIG.EARLY_FUSE_ON": ("model.head.early_fusion", False, bool),
-    "MODEL.DYHEAD.FUSE_CONFIG.USE_FUSED_FEATURES_DOT_PRODUCT": ("model.head.fused_dot_product", False, bool),
-    "MODEL.DYHEAD.FUSE_CONFIG.USE_LAYER_SCALE": ("model.head.use_layer_scale", False, bool),
-    "MODEL.DYHEAD.FUSE_CONFIG.CLAMP_MIN_FOR_UNDERFLOW": ("model.head.clamp_min_for_underflow", False, bool),
-    "MODEL.DYHEAD.FUSE_CONFIG.CLAMP_MAX_FOR_OVERFLOW": ("model.head.clamp_max_for_overflow", False, bool),
+    "MODEL.DYHEAD.CHANNELS": ("model.trunk.channels", 128, int),
+    "MODEL.DYHEAD.NUM_CONVS": ("model.trunk.num_blocks", 4, int),
+    "MODEL.DYHEAD.NUM_CLASSES": ("model.heads.grounding.num_classes", 81, int),
+    "MODEL.DYHEAD.USE_GN": ("model.trunk.use_gn", False, bool),
+    "MODEL.GROUP_NORM.NUM_GROUPS": ("model.trunk.gn_groups", 16, int),
+    "MODEL.DYHEAD.USE_DYRELU": ("model.trunk.use_dyrelu", False, bool),
+    "MODEL.DYHEAD.USE_DFCONV": ("model.trunk.use_dfconv", False, bool),
+    "MODEL.DYHEAD.USE_DYFUSE": ("model.trunk.use_dyfuse", False, bool),
+    "MODEL.DYHEAD.LOG_SCALE": ("model.heads.grounding.log_scale", 0.0, float),
+    "MODEL.DYHEAD.PRIOR_PROB": ("model.heads.grounding.prior_prob", 0.01, float),
+    "MODEL.DYHEAD.USE_CHECKPOINT": ("model.trunk.use_checkpoint", False, bool),
+    "MODEL.DYHEAD.FUSE_CONFIG.EARLY_FUSE_ON": ("model.trunk.early_fusion", False, bool),
+    "MODEL.DYHEAD.FUSE_CONFIG.USE_FUSED_FEATURES_DOT_PRODUCT": ("model.trunk.fused_dot_product", False, bool),
+    "MODEL.DYHEAD.FUSE_CONFIG.USE_LAYER_SCALE": ("model.trunk.use_layer_scale", False, bool),
+    "MODEL.DYHEAD.FUSE_CONFIG.CLAMP_MIN_FOR_UNDERFLOW": ("model.trunk.clamp_min_for_underflow", False, bool),
+    "MODEL.DYHEAD.FUSE_CONFIG.CLAMP_MAX_FOR_OVERFLOW": ("model.trunk.clamp_max_for_overflow", False, bool),
     "MODEL.DYHEAD.FUSE_CONFIG.CLAMP_BERTATTN_MIN_FOR_UNDERFLOW": (
-        "model.head.clamp_bertattn_min_for_underflow",
+        "model.trunk.clamp_bertattn_min_for_underflow",
         False,
         bool,
     ),
     "MODEL.DYHEAD.FUSE_CONFIG.CLAMP_BERTATTN_MAX_FOR_OVERFLOW": (
-        "model.head.clamp_bertattn_max_for_overflow",
+        "model.trunk.clamp_bertattn_max_for_overflow",
         False,
         bool,
     ),
-    "MODEL.DYHEAD.FUSE_CONFIG.CLAMP_DOT_PRODUCT": ("model.head.clamp_dot_product", False, bool),
+    "MODEL.DYHEAD.FUSE_CONFIG.CLAMP_DOT_PRODUCT": ("model.heads.grounding.clamp_dot_product", False, bool),
     "MODEL.RPN.ANCHOR_SIZES": ("model.anchors.sizes", (32, 64, 128, 256, 512), _floats),
     "MODEL.RPN.ANCHOR_STRIDE": ("model.anchors.strides", (16,), _ints),
     "MODEL.RPN.ASPECT_RATIOS": ("model.anchors.aspect_ratios", (0.5, 1.0, 2.0), _floats),
@@ -108,19 +109,18 @@ _MAPPED: dict[str, tuple[str, Any, Callable[[Any], Any]]] = {
     "INPUT.TO_BGR255": ("input.to_bgr255", True, bool),
     "DATALOADER.SIZE_DIVISIBILITY": ("input.size_divisibility", 0, int),
     # Training objective.
-    "MODEL.ATSS.REG_LOSS_WEIGHT": ("loss.reg_weight", 2.0, float),
-    "MODEL.ATSS.TOPK": ("loss.atss_topk", 9, int),
-    "MODEL.DYHEAD.FUSE_CONFIG.DOT_PRODUCT_TOKEN_LOSS_WEIGHT": ("loss.token_weight", 1.0, float),
-    "MODEL.DYHEAD.FUSE_CONFIG.TOKEN_ALPHA": ("loss.token_alpha", 0.25, float),
-    "MODEL.DYHEAD.FUSE_CONFIG.TOKEN_GAMMA": ("loss.token_gamma", 2.0, float),
-    # MDETR-style extra losses (off in every released config); the loss switches also
-    # add their head branches (see build_head).
-    "MODEL.DYHEAD.FUSE_CONFIG.USE_TOKEN_LOSS": ("loss.use_token_loss", False, bool),
-    "MODEL.DYHEAD.FUSE_CONFIG.TOKEN_LOSS_WEIGHT": ("loss.token_loss_weight", 1.0, float),
-    "MODEL.DYHEAD.FUSE_CONFIG.USE_CONTRASTIVE_ALIGN_LOSS": ("loss.use_contrastive_align_loss", False, bool),
-    "MODEL.DYHEAD.FUSE_CONFIG.CONTRASTIVE_ALIGN_LOSS_WEIGHT": ("loss.contrastive_align_loss_weight", 1.0, float),
-    "MODEL.DYHEAD.FUSE_CONFIG.CONTRASTIVE_HIDDEN_DIM": ("model.head.contrastive_hidden_dim", 64, int),
-    "MODEL.DYHEAD.FUSE_CONFIG.JOINT_EMB_DROPOUT": ("model.head.contrastive_dropout", 0.1, float),
+    "MODEL.ATSS.REG_LOSS_WEIGHT": ("model.heads.grounding.reg_weight", 2.0, float),
+    "MODEL.ATSS.TOPK": ("model.heads.grounding.atss_topk", 9, int),
+    "MODEL.DYHEAD.FUSE_CONFIG.DOT_PRODUCT_TOKEN_LOSS_WEIGHT": ("model.heads.grounding.token_weight", 1.0, float),
+    "MODEL.DYHEAD.FUSE_CONFIG.TOKEN_ALPHA": ("model.heads.grounding.token_alpha", 0.25, float),
+    "MODEL.DYHEAD.FUSE_CONFIG.TOKEN_GAMMA": ("model.heads.grounding.token_gamma", 2.0, float),
+    # MDETR-style heads (off in every released config): each switch builds its head.
+    "MODEL.DYHEAD.FUSE_CONFIG.USE_TOKEN_LOSS": ("model.heads.mdetr_token.enabled", False, bool),
+    "MODEL.DYHEAD.FUSE_CONFIG.TOKEN_LOSS_WEIGHT": ("model.heads.mdetr_token.weight", 1.0, float),
+    "MODEL.DYHEAD.FUSE_CONFIG.USE_CONTRASTIVE_ALIGN_LOSS": ("model.heads.mdetr_align.enabled", False, bool),
+    "MODEL.DYHEAD.FUSE_CONFIG.CONTRASTIVE_ALIGN_LOSS_WEIGHT": ("model.heads.mdetr_align.weight", 1.0, float),
+    "MODEL.DYHEAD.FUSE_CONFIG.CONTRASTIVE_HIDDEN_DIM": ("model.heads.mdetr_align.hidden_dim", 64, int),
+    "MODEL.DYHEAD.FUSE_CONFIG.JOINT_EMB_DROPOUT": ("model.heads.mdetr_align.dropout", 0.1, float),
     # Optimiser and schedule (maskrcnn_benchmark/solver/build.py, lr_scheduler.py).
     "SOLVER.OPTIMIZER": ("solver.optimizer", "SGD", lambda v: str(v).lower()),
     "SOLVER.BASE_LR": ("solver.base_lr", 0.001, float),
@@ -317,13 +317,13 @@ def from_official(tree: Mapping[str, Any], name: str = "official") -> GLIPConfig
         if key.startswith(_IGNORED_SECTIONS):
             continue
         errors.append(f"{key} (unknown to glip)")
-    if cfg.loss.use_contrastive_align_loss and not cfg.model.head.fused_dot_product:
+    if cfg.model.heads.mdetr_align.enabled and not cfg.model.trunk.fused_dot_product:
         # Official: resizer(embedded) -> JOINT_EMB_SIZE feeds a Linear(DYHEAD.CHANNELS, ...).
         joint = int(flat.get("MODEL.DYHEAD.FUSE_CONFIG.JOINT_EMB_SIZE", 256))
-        if joint != cfg.model.head.channels:
+        if joint != cfg.model.trunk.channels:
             errors.append(
                 f"MODEL.DYHEAD.FUSE_CONFIG.JOINT_EMB_SIZE={joint} (with USE_CONTRASTIVE_ALIGN_LOSS it must equal "
-                f"MODEL.DYHEAD.CHANNELS={cfg.model.head.channels})"
+                f"MODEL.DYHEAD.CHANNELS={cfg.model.trunk.channels})"
             )
     if errors:
         raise OfficialConfigError("official config keys not supported by glip: " + "; ".join(errors))

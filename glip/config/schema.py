@@ -62,33 +62,71 @@ class TextConfig:
 
 
 @dataclass
-class HeadConfig:
-    """The vision-language DyHead (official ``MODEL.DYHEAD`` and ``FUSE_CONFIG``)."""
+class TrunkConfig:
+    """The fused trunk: the DyHead tower with early fusion (official ``MODEL.DYHEAD`` and
+    ``FUSE_CONFIG``), shared by every head."""
 
     channels: int = 256
     num_blocks: int = 6
-    num_classes: int = 81  # official DYHEAD.NUM_CLASSES; the score tensor has num_classes - 1 slots
     use_gn: bool = True
     gn_groups: int = 16  # official MODEL.GROUP_NORM.NUM_GROUPS
     use_dyrelu: bool = True
     use_dfconv: bool = True
     use_dyfuse: bool = True
-    log_scale: float = 0.0
-    prior_prob: float = 0.01
     early_fusion: bool = True
-    fused_dot_product: bool = True
+    fused_dot_product: bool = True  # the heads read the fused text (official USE_FUSED_FEATURES_DOT_PRODUCT)
     use_layer_scale: bool = True
     clamp_min_for_underflow: bool = True
     clamp_max_for_overflow: bool = True
     clamp_bertattn_min_for_underflow: bool = True
     clamp_bertattn_max_for_overflow: bool = True
-    clamp_dot_product: bool = True
     use_checkpoint: bool = True
     fusion_dropout: float = 0.1  # official: fixed 0.1 on the fusion's attention probabilities
-    use_token_loss: bool = False  # official FUSE_CONFIG.USE_TOKEN_LOSS: adds the token_logits branch
-    use_contrastive_align: bool = False  # official FUSE_CONFIG.USE_CONTRASTIVE_ALIGN_LOSS: adds its branches
-    contrastive_hidden_dim: int = 64  # official FUSE_CONFIG.CONTRASTIVE_HIDDEN_DIM
-    contrastive_dropout: float = 0.1  # official FUSE_CONFIG.JOINT_EMB_DROPOUT (the text resizer)
+
+
+@dataclass
+class GroundingHeadConfig:
+    """The grounding (detection) head and its ATSS loss (official ``MODEL.DYHEAD``,
+    ``MODEL.ATSS`` and the token-loss keys of ``FUSE_CONFIG``)."""
+
+    weight: float = 1.0  # the criterion's weight of this head's losses
+    num_classes: int = 81  # official DYHEAD.NUM_CLASSES; the score tensor has num_classes - 1 slots
+    log_scale: float = 0.0
+    prior_prob: float = 0.01
+    clamp_dot_product: bool = True
+    reg_weight: float = 2.0  # official ATSS.REG_LOSS_WEIGHT
+    atss_topk: int = 9  # official ATSS.TOPK (the assignment every head's loss shares)
+    token_weight: float = 1.0  # official FUSE_CONFIG.DOT_PRODUCT_TOKEN_LOSS_WEIGHT
+    token_alpha: float = 0.25  # official FUSE_CONFIG.TOKEN_ALPHA (also the soft-token loss's)
+    token_gamma: float = 2.0  # official FUSE_CONFIG.TOKEN_GAMMA (also the soft-token loss's)
+
+
+@dataclass
+class MDETRTokenHeadConfig:
+    """The MDETR soft-token head (official ``FUSE_CONFIG.USE_TOKEN_LOSS``)."""
+
+    enabled: bool = False  # official USE_TOKEN_LOSS
+    weight: float = 1.0  # official TOKEN_LOSS_WEIGHT
+
+
+@dataclass
+class MDETRAlignHeadConfig:
+    """The MDETR contrastive-alignment head (official ``FUSE_CONFIG.USE_CONTRASTIVE_ALIGN_LOSS``)."""
+
+    enabled: bool = False  # official USE_CONTRASTIVE_ALIGN_LOSS
+    weight: float = 1.0  # official CONTRASTIVE_ALIGN_LOSS_WEIGHT
+    hidden_dim: int = 64  # official CONTRASTIVE_HIDDEN_DIM
+    dropout: float = 0.1  # official JOINT_EMB_DROPOUT (the text resizer)
+
+
+@dataclass
+class HeadsConfig:
+    """One section per head on the trunk; a head with ``enabled: false`` is not built.
+    A new head adds its section here and a builder in :mod:`glip.modeling.build`."""
+
+    grounding: GroundingHeadConfig = field(default_factory=GroundingHeadConfig)
+    mdetr_token: MDETRTokenHeadConfig = field(default_factory=MDETRTokenHeadConfig)
+    mdetr_align: MDETRAlignHeadConfig = field(default_factory=MDETRAlignHeadConfig)
 
 
 @dataclass
@@ -132,23 +170,9 @@ class InputConfig:
 class ModelConfig:
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     text: TextConfig = field(default_factory=TextConfig)
-    head: HeadConfig = field(default_factory=HeadConfig)
+    trunk: TrunkConfig = field(default_factory=TrunkConfig)
+    heads: HeadsConfig = field(default_factory=HeadsConfig)
     anchors: AnchorConfig = field(default_factory=AnchorConfig)
-
-
-@dataclass
-class LossConfig:
-    """Training objective (official ``MODEL.ATSS`` and ``MODEL.DYHEAD.FUSE_CONFIG``)."""
-
-    reg_weight: float = 2.0  # official ATSS.REG_LOSS_WEIGHT
-    atss_topk: int = 9  # official ATSS.TOPK
-    token_weight: float = 1.0  # official FUSE_CONFIG.DOT_PRODUCT_TOKEN_LOSS_WEIGHT
-    token_alpha: float = 0.25  # official FUSE_CONFIG.TOKEN_ALPHA
-    token_gamma: float = 2.0  # official FUSE_CONFIG.TOKEN_GAMMA
-    use_token_loss: bool = False  # official FUSE_CONFIG.USE_TOKEN_LOSS (needs model.head.use_token_loss)
-    token_loss_weight: float = 1.0  # official FUSE_CONFIG.TOKEN_LOSS_WEIGHT
-    use_contrastive_align_loss: bool = False  # official FUSE_CONFIG.USE_CONTRASTIVE_ALIGN_LOSS
-    contrastive_align_loss_weight: float = 1.0  # official FUSE_CONFIG.CONTRASTIVE_ALIGN_LOSS_WEIGHT
 
 
 @dataclass
@@ -246,7 +270,6 @@ class GLIPConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     input: InputConfig = field(default_factory=InputConfig)
     inference: InferenceConfig = field(default_factory=InferenceConfig)
-    loss: LossConfig = field(default_factory=LossConfig)
     solver: SolverConfig = field(default_factory=SolverConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)

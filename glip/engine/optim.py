@@ -28,17 +28,18 @@ __all__ = [
     "lr_milestones",
     "param_group_settings",
     "param_groups",
+    "parameter_parts",
 ]
 
-# Our module names that stand for the official ones the rules test.
-_TEXT_PREFIX = "text_encoder."  # official "language_backbone"
-_BODY_PREFIX = "backbone.body."  # official "backbone.body" (not "language_backbone.body")
+# The parts the official rules single out by module (official key prefixes
+# "language_backbone." and "backbone.body."); found by module identity, not by name.
+LANGUAGE, BODY, FUSION = "language", "body", "fusion"
 
 
 def _official_is_norm(name: str) -> bool:
     """Whether the official key of our parameter ``name`` contains ``norm``/``Norm``.
 
-    Our DyConv group norms are ``head.tower.<i>.dyconv.<branch>.norm.*``; the official
+    Our DyConv group norms are ``trunk.blocks.<i>.dyconv.<branch>.norm.*``; the official
     keys are ``...DyConv.<j>.bn.*`` and get no norm rule, so neither do ours.
     """
     if ".dyconv." in name and ".norm." in name:
@@ -46,22 +47,23 @@ def _official_is_norm(name: str) -> bool:
     return "norm" in name or "Norm" in name
 
 
-def param_group_settings(name: str, solver: SolverConfig, fusion: bool = False) -> tuple[float, float]:
+def param_group_settings(name: str, solver: SolverConfig, part: str = "") -> tuple[float, float]:
     """``(lr, weight_decay)`` of one parameter, as the official ``make_optimizer``:
 
-    - the text encoder uses ``lang_lr``; the visual body ``base_lr * backbone_body_lr_factor``;
-    - a parameter of the fusion tower's text-side layers (``fusion`` True: the X-MHA
-      blocks and the in-head BERT layers) ``base_lr * fusion_lr_factor`` (not an official
-      rule; the default factor 1.0 is the official behaviour);
+    - ``part`` :data:`LANGUAGE` (the text encoder) uses ``lang_lr``; :data:`BODY` (the
+      visual body) ``base_lr * backbone_body_lr_factor``; :data:`FUSION` (the fusion
+      tower's text-side layers: X-MHA blocks and in-head BERT layers) ``base_lr *
+      fusion_lr_factor`` (not an official rule; the default factor 1.0 is the official
+      behaviour);
     - a name containing ``bias`` gets ``lr * bias_lr_factor`` and ``weight_decay_bias``;
     - a name containing ``norm``/``Norm`` gets ``weight_decay * weight_decay_norm_factor``.
     """
     lr, weight_decay = solver.base_lr, solver.weight_decay
-    if name.startswith(_TEXT_PREFIX):
+    if part == LANGUAGE:
         lr = solver.lang_lr
-    if name.startswith(_BODY_PREFIX):
+    if part == BODY:
         lr = solver.base_lr * solver.backbone_body_lr_factor
-    if fusion:
+    if part == FUSION:
         lr = solver.base_lr * solver.fusion_lr_factor
     if "bias" in name:
         lr *= solver.bias_lr_factor
@@ -71,23 +73,36 @@ def param_group_settings(name: str, solver: SolverConfig, fusion: bool = False) 
     return lr, weight_decay
 
 
-def _fusion_parameter_ids(model: nn.Module) -> set[int]:
-    """Ids of the parameters of every X-MHA fusion block and in-head BERT layer."""
-    return {id(p) for m in model.modules() if isinstance(m, (BiAttentionBlock, TextLayer)) for p in m.parameters()}
+def parameter_parts(model: nn.Module) -> dict[int, str]:
+    """``id(parameter) -> part`` for the parts the rules single out: the parameters of
+    ``model.text_encoder`` (:data:`LANGUAGE`), of ``model.backbone.body`` (:data:`BODY`),
+    when the model has them, and of every X-MHA fusion block and in-head BERT layer
+    (:data:`FUSION`)."""
+    parts: dict[int, str] = {}
+    text = getattr(model, "text_encoder", None)
+    body = getattr(getattr(model, "backbone", None), "body", None)
+    for module, part in ((text, LANGUAGE), (body, BODY)):
+        if isinstance(module, nn.Module):
+            parts.update({id(p): part for p in module.parameters()})
+    for module in model.modules():
+        if isinstance(module, (BiAttentionBlock, TextLayer)):
+            parts.update({id(p): FUSION for p in module.parameters()})
+    return parts
 
 
 def param_groups(model: nn.Module, solver: SolverConfig) -> list[dict[str, Any]]:
     """Trainable parameters grouped by their ``(lr, weight_decay)``, in first-seen order.
 
     The official code makes one group per parameter; grouping equal settings gives the
-    same updates with fewer groups. Each group also records ``names``.
+    same updates with fewer groups. Each group also records ``names``. Any new head's
+    parameters get the base rules (base lr, bias and norm rules) with no edit here.
     """
+    parts = parameter_parts(model)
     groups: dict[tuple[float, float], dict[str, Any]] = {}
-    fusion = _fusion_parameter_ids(model)
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        lr, wd = param_group_settings(name, solver, fusion=id(param) in fusion)
+        lr, wd = param_group_settings(name, solver, parts.get(id(param), ""))
         group = groups.setdefault((lr, wd), {"params": [], "names": [], "lr": lr, "weight_decay": wd})
         group["params"].append(param)
         group["names"].append(name)

@@ -47,14 +47,14 @@ def build_training_model(cfg: GLIPConfig, weights: str | Path | None = None, tru
 def prepare_for_training(model: GLIP, cfg: GLIPConfig) -> GLIP:
     """Freezes what the official training freezes and puts the model in train mode.
 
-    - ``head.cls_logits``: a leftover of the official head that no released loss uses
-      (its loss is multiplied by 0); frozen so that no process waits for its gradient.
+    - the parameters the heads declare ``untrained`` (the official ``cls_logits``, a
+      leftover no released loss uses): frozen so that no process waits for their gradient.
     - the text encoder when ``model.text.freeze`` (official ``LANGUAGE_BACKBONE.FREEZE``).
     - backbone stages up to ``model.backbone.freeze_at``: done by the builder.
     - the transfer mode ``train.tuning`` (:mod:`glip.engine.tuning`): full, linear probing,
       prompt tuning...; frozen parts are kept in eval mode.
     """
-    model.head.cls_logits.requires_grad_(False)
+    model.freeze_untrained()
     if cfg.model.text.freeze:
         model.text_encoder.requires_grad_(False)
     apply_tuning(model, cfg.train.tuning)

@@ -43,8 +43,8 @@ from glip.engine.data import ShardedBatchSampler, make_loader
 from glip.engine.ema import ModelEMA
 from glip.engine.optim import build_optimizer, build_schedule, clip_grad_norm
 from glip.engine.tuning import set_frozen_eval
+from glip.modeling.criterion import Criterion
 from glip.modeling.glip import GLIP
-from glip.modeling.loss import GLIPLoss
 
 __all__ = ["Evaluator", "LossModel", "TrainResult", "Trainer"]
 
@@ -55,17 +55,18 @@ Evaluator = Callable[[GLIP, int], Mapping[str, float]]
 
 
 class LossModel(nn.Module):
-    """The model and its loss as one module, so DistributedDataParallel wraps one forward
-    that returns tensors: ``forward(batch) -> {loss name: 0-d tensor}``."""
+    """The model and its criterion as one module, so DistributedDataParallel wraps one
+    forward that returns tensors: ``forward(batch) -> {loss name: 0-d tensor}`` (every
+    head's named, weighted losses; the loop sums them)."""
 
-    def __init__(self, model: GLIP, loss: GLIPLoss) -> None:
+    def __init__(self, model: GLIP, loss: Criterion) -> None:
         super().__init__()
         self.model = model
         self.loss = loss
 
     def forward(self, batch: GroundingBatch) -> dict[str, Tensor]:
         out = self.model(batch.images, batch.input_ids, batch.attention_mask)
-        return self.loss(out.head, out.anchors, batch.attention_mask, batch.targets)
+        return self.loss(self.model.heads, out, batch.attention_mask, batch.targets)
 
 
 @dataclass
@@ -90,7 +91,7 @@ class Trainer:
         cfg: the full configuration (saved with every checkpoint folder's run).
         model: a GLIP on the CPU, already frozen where it should be (see
             :func:`glip.train.prepare_for_training`).
-        loss: the objective (:func:`glip.modeling.build_loss`).
+        loss: the criterion (:func:`glip.modeling.build.build_loss`).
         train_set: a dataset of :class:`GroundingSample` with ``set_epoch``.
         accelerator: an ``accelerate.Accelerator`` (decides processes, device, precision).
         output_dir: where checkpoints, ``metrics.jsonl`` and TensorBoard logs go.
@@ -104,7 +105,7 @@ class Trainer:
         self,
         cfg: GLIPConfig,
         model: GLIP,
-        loss: GLIPLoss,
+        loss: Criterion,
         train_set: Dataset,
         accelerator: Any,
         output_dir: str | Path,

@@ -1,13 +1,15 @@
 """Transfer modes: what a fine-tuning run trains, and how.
 
-Official counterpart: ``tuning_highlevel_override`` (``tools/finetune.py``) sets the
-freeze flags that ``GeneralizedVLRCNN.train()`` applies. Per mode, the trainable set is:
+The mode table and the parameter selection live in :mod:`glip.modeling.transfer`
+(re-exported here); this module applies them to a model being trained. Per mode, the
+trainable set is:
 
 =============  ==============================================================================
 ``full``       everything (text encoder included; backbone stages below
                ``model.backbone.freeze_at`` stay frozen by the builder)
-``linear``     official ``linear_prob``: the head's box, centerness and alignment terms
-               (:data:`LINEAR_PROBE_PARAMETERS`); backbone, FPN, text encoder, tower frozen
+``linear``     official ``linear_prob``: the parameters each head declares in its
+               ``linear_probe`` (grounding: box, centerness, alignment terms); backbone,
+               FPN, text encoder, trunk frozen
 ``prompt``     official ``language_prompt_v2``: only the zero-initialised prompt offset
 ``prompt_v1``  official ``language_prompt_v1``: only the text encoder
 ``prompt_v3``  official ``language_prompt_v3``: the text encoder and the linear-probe set
@@ -20,16 +22,21 @@ Frozen parts are also kept in eval mode during training, as the official ``train
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 from glip.data import build_caption
 from glip.data.od_to_grounding import DETECTION_PROMPT
 from glip.modeling.glip import GLIP
+from glip.modeling.transfer import (
+    OFFICIAL_MODE_NAMES,
+    TUNING_MODES,
+    TuningMode,
+    mode_requires_grad,
+    resolve_tuning_mode,
+)
 from glip.text import Prompt, tokenize_prompt
 
 __all__ = [
-    "LINEAR_PROBE_PARAMETERS",
     "OFFICIAL_MODE_NAMES",
     "PROMPT_TUNING_SOLVER",
     "TUNING_MODES",
@@ -42,94 +49,23 @@ __all__ = [
     "trainable_names",
 ]
 
-# Official LINEAR_PROB keeps the rpn parameters whose names contain bbox_pred, cls_logits,
-# centerness, cosine_scale, dot_product_projection_text, head.log_scale, head.bias_lang or
-# head.bias0; cls_logits is then frozen again (dot-product token loss) and cosine_scale does
-# not exist in GLIP's head. Our names of the rest:
-LINEAR_PROBE_PARAMETERS = (
-    "head.bbox_pred.",
-    "head.centerness.",
-    "head.text_proj.",  # official dot_product_projection_text
-    "head.log_scale",
-    "head.bias_lang",
-    "head.bias0",
-)
-
 # Official README (ODinW prompt tuning): SOLVER.BASE_LR 0.05, SOLVER.WEIGHT_DECAY 0.25.
 PROMPT_TUNING_SOLVER = {"base_lr": 0.05, "weight_decay": 0.25}
 
 
-@dataclass(frozen=True)
-class TuningMode:
-    """The official freeze flags of one ``TUNING_HIGHLEVEL_OVERRIDE`` value."""
-
-    name: str
-    official: str
-    freeze_backbone: bool
-    freeze_head: bool  # official RPN.FREEZE
-    linear_probe: bool
-    prompt_offset: bool  # official ADD_LINEAR_LAYER
-    freeze_text: bool
-
-
-TUNING_MODES: dict[str, TuningMode] = {
-    m.name: m
-    for m in (
-        TuningMode("full", "full", False, False, False, False, False),
-        TuningMode("linear", "linear_prob", True, False, True, False, True),
-        TuningMode("prompt", "language_prompt_v2", True, True, False, True, True),
-        TuningMode("prompt_v1", "language_prompt_v1", True, True, False, False, False),
-        TuningMode("prompt_v3", "language_prompt_v3", True, True, True, False, False),
-        TuningMode("prompt_v4", "language_prompt_v4", True, True, True, True, True),
-    )
-}
-OFFICIAL_MODE_NAMES = {m.official: m.name for m in TUNING_MODES.values()}
-
-
-def resolve_tuning_mode(name: str) -> TuningMode | None:
-    """Our mode for ``name`` (ours or the official override string); None for ``""``."""
-    if not name:
-        return None
-    key = OFFICIAL_MODE_NAMES.get(name, name)
-    if key not in TUNING_MODES:
-        raise ValueError(
-            f"unknown tuning mode {name!r}: one of {', '.join(TUNING_MODES)} "
-            f"(or official {', '.join(OFFICIAL_MODE_NAMES)})"
-        )
-    return TUNING_MODES[key]
-
-
-def _is_linear_probe(name: str) -> bool:
-    return name.startswith(LINEAR_PROBE_PARAMETERS)
-
-
 def apply_tuning(model: GLIP, mode: TuningMode | str) -> GLIP:
     """Sets ``requires_grad`` as the official run of ``mode`` does; adds a zero prompt
-    offset for the prompt modes. Run after the builder's own freezing (``freeze_at``)
-    and the ``cls_logits`` freeze, which it keeps."""
+    offset for the prompt modes. Run after the builder's own freezing (``freeze_at``),
+    which it keeps; the heads' ``untrained`` parameters stay frozen."""
     mode = resolve_tuning_mode(mode) if isinstance(mode, str) else mode
     if mode is None:
         return model
     if mode.prompt_offset:
         model.enable_prompt_offset()
-    if mode.name == "full":
-        model.text_encoder.requires_grad_(True)
-        model.head.requires_grad_(True)
-        model.head.cls_logits.requires_grad_(False)  # no loss reaches it (dot-product token loss)
-        return model
+    flags = mode_requires_grad(model, mode)
     for name, param in model.named_parameters():
-        if name.startswith("prompt_offset."):
-            param.requires_grad_(mode.prompt_offset)
-        elif name.startswith("text_encoder."):
-            param.requires_grad_(not mode.freeze_text)
-        elif name.startswith("backbone."):
-            if mode.freeze_backbone:
-                param.requires_grad_(False)
-        elif name.startswith("head."):
-            if mode.linear_probe:
-                param.requires_grad_(_is_linear_probe(name) and not name.startswith("head.cls_logits."))
-            elif mode.freeze_head:
-                param.requires_grad_(False)
+        if name in flags:
+            param.requires_grad_(flags[name])
     return model
 
 
@@ -142,7 +78,8 @@ def set_frozen_eval(model: GLIP, mode: TuningMode | str | None, freeze_text: boo
         if mode.freeze_backbone:
             model.backbone.eval()
         if mode.freeze_head:
-            model.head.eval()
+            model.trunk.eval()
+            model.heads.eval()
         freeze_text = mode.freeze_text
     if freeze_text:
         model.text_encoder.eval()

@@ -7,7 +7,7 @@ import pickle
 import pickletools
 import warnings
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from glip.config import GLIPConfig, load_config, save_config
+from glip.hub.legacy_keys import remap_legacy_state_dict
 from glip.hub.official_keys import remap_official_state_dict
 from glip.hub.zoo import resolve_model_source
 from glip.modeling.build import build_model
@@ -23,18 +24,32 @@ from glip.modeling.text_encoder import load_bert_config
 from glip.text import load_tokenizer, resolve_text_encoder
 from glip.utils.fs import atomic_directory
 
-__all__ = ["CheckpointError", "load_model", "read_checkpoint", "save_model"]
+__all__ = ["CheckpointError", "load_model", "read_checkpoint", "register_folder_loader", "save_model"]
 
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.yaml"
 TEXT_ENCODER_DIR = "text_encoder"
-_OUR_PREFIXES = ("backbone.", "text_encoder.", "head.", "anchor_generator.", "prompt_offset.")
+# Our top-level modules, and "head." of folders saved before the trunk/heads split.
+_OUR_PREFIXES = (*GLIP.state_prefixes(), "head.")
 TUNED_NAME = "tuned.json"  # a tuned model stored as a delta over base weights (glip.hub.tuned)
 _OFFICIAL_PREFIXES = ("backbone.", "language_backbone.", "rpn.")
 
 
 class CheckpointError(ValueError):
     """A weights file that cannot be read or does not fit the model."""
+
+
+# Folder formats that other modules add: marker file -> loader(folder, text_encoder=,
+# device=, trust_pickle=). glip.hub.tuned registers its deltas (TUNED_NAME) when glip.hub
+# is imported, so this module never imports it (no checkpoint <-> tuned import cycle).
+FolderLoader = Callable[..., GLIP]
+_FOLDER_LOADERS: dict[str, FolderLoader] = {}
+
+
+def register_folder_loader(marker: str, loader: FolderLoader) -> None:
+    """Makes :func:`load_model` hand a folder holding ``marker`` (and no
+    ``model.safetensors``) to ``loader``."""
+    _FOLDER_LOADERS[marker] = loader
 
 
 def _listing(keys: list[str], limit: int = 12) -> str:
@@ -121,7 +136,10 @@ def _to_our_keys(state: dict[str, Tensor], source: str) -> dict[str, Tensor]:
         except KeyError as e:
             raise CheckpointError(f"{source}: {e.args[0]}") from None
     if all(k.startswith(_OUR_PREFIXES) for k in keys):
-        return state
+        try:
+            return remap_legacy_state_dict(state)
+        except KeyError as e:
+            raise CheckpointError(f"{source}: {e.args[0]}") from None
     foreign = [k for k in stripped if not k.startswith(_OUR_PREFIXES + _OFFICIAL_PREFIXES)]
     raise CheckpointError(
         f"{source} is not a GLIP checkpoint: keys such as {_listing(foreign, 5)} belong to no GLIP module"
@@ -206,10 +224,10 @@ def load_model(
         source = resolve_model_source(weights, config, text_encoder=text_encoder)
         weights, config = source.weights, source.config
     base: Path | None = None
-    if weights.is_dir() and (weights / TUNED_NAME).is_file() and not (weights / WEIGHTS_NAME).is_file():
-        from glip.hub.tuned import load_tuned
-
-        return load_tuned(weights, text_encoder=text_encoder, device=device, trust_pickle=trust_pickle)
+    if weights.is_dir() and not (weights / WEIGHTS_NAME).is_file():
+        for marker, loader in _FOLDER_LOADERS.items():
+            if (weights / marker).is_file():
+                return loader(weights, text_encoder=text_encoder, device=device, trust_pickle=trust_pickle)
     if weights.is_dir():
         base = weights
         weights = weights / WEIGHTS_NAME

@@ -26,10 +26,13 @@ _RULES: list[tuple[re.Pattern[str], str]] = [
     (re.compile(r"^backbone\.fpn\.top_blocks\.(p6|p7)\."), "backbone.fpn.{0}."),
     (re.compile(r"^language_backbone\.body\.model\."), "text_encoder.bert."),
     (re.compile(r"^rpn\.anchor_generator\."), "anchor_generator."),
-    (re.compile(r"^rpn\.head\.dot_product_projection_text\."), "head.text_proj."),
-    # USE_CONTRASTIVE_ALIGN_LOSS: the text resizer lives in VLDyHeadModule, ours in the head.
-    # (token_logits and contrastive_align_projection_* keep their names under head.)
-    (re.compile(r"^rpn\.resizer\."), "head.resizer."),
+    (re.compile(r"^rpn\.head\.dot_product_projection_text\."), "heads.grounding.text_proj."),
+    # The MDETR branches (USE_TOKEN_LOSS, USE_CONTRASTIVE_ALIGN_LOSS) are heads of their own;
+    # the text resizer lives in VLDyHeadModule officially, in the contrastive head here.
+    (re.compile(r"^rpn\.head\.token_logits\."), "heads.mdetr_token.logits."),
+    (re.compile(r"^rpn\.resizer\."), "heads.mdetr_align.resizer."),
+    (re.compile(r"^rpn\.head\.contrastive_align_projection_image\."), "heads.mdetr_align.image_proj."),
+    (re.compile(r"^rpn\.head\.contrastive_align_projection_text\."), "heads.mdetr_align.text_proj."),
     # Prompt tuning (official ADD_LINEAR_LAYER / language_prompt_v2): the [1000, D] offset.
     (re.compile(r"^rpn\.tunable_linear\."), "prompt_offset."),
 ]
@@ -78,7 +81,7 @@ def official_key_to_glip(key: str, tower_period: int) -> str:
     if m:
         index, rest = int(m.group(1)), m.group(2)
         block, role = divmod(index, tower_period)
-        prefix = f"head.tower.{block}."
+        prefix = f"trunk.blocks.{block}."
         if tower_period == 1 or role == 2:
             mapped = _apply(_DYCONV_RULES, rest)
             if mapped is not None:
@@ -95,8 +98,8 @@ def official_key_to_glip(key: str, tower_period: int) -> str:
         return mapped
     if key.startswith("backbone.body."):
         return key
-    if key.startswith("rpn.head."):
-        return "head." + key[len("rpn.head.") :]
+    if key.startswith("rpn.head."):  # the grounding head's own layers
+        return "heads.grounding." + key[len("rpn.head.") :]
     raise KeyError(key)
 
 

@@ -21,9 +21,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from glip.engine.tuning import LINEAR_PROBE_PARAMETERS, resolve_tuning_mode
-from glip.hub.checkpoint import TUNED_NAME, WEIGHTS_NAME, CheckpointError, load_model
+from glip.hub.checkpoint import TUNED_NAME, WEIGHTS_NAME, CheckpointError, load_model, register_folder_loader
+from glip.hub.legacy_keys import remap_legacy_state_dict
 from glip.modeling.glip import GLIP
+from glip.modeling.transfer import resolve_tuning_mode, tuned_state_names
 from glip.text import Prompt
 from glip.utils.fs import atomic_directory
 
@@ -53,15 +54,7 @@ def delta_names(model: GLIP, mode: str) -> list[str]:
     m = resolve_tuning_mode(mode)
     if m is None or m.name == "full":
         raise ValueError(f"mode {mode!r} changes every tensor: save it with glip.hub.checkpoint.save_model")
-    names = []
-    for name in model.state_dict():
-        if name.startswith("prompt_offset.") and m.prompt_offset:
-            names.append(name)
-        elif name.startswith("text_encoder.") and not m.freeze_text:
-            names.append(name)
-        elif m.linear_probe and name.startswith(LINEAR_PROBE_PARAMETERS):
-            names.append(name)
-    return names
+    return tuned_state_names(model, m)
 
 
 def _trimmed_offset(weight: Tensor, min_rows: int) -> Tensor:
@@ -179,7 +172,7 @@ def load_tuned(
             "(SHA-256 mismatch)"
         )
     model = load_model(base_path, base.get("config"), text_encoder=text_encoder, trust_pickle=trust_pickle)
-    delta = load_file(str(folder / DELTA_NAME))
+    delta = remap_legacy_state_dict(load_file(str(folder / DELTA_NAME)))  # deltas saved by earlier versions
     if "prompt_offset.weight" in delta:
         rows = int(meta.get("prompt_offset_rows") or model.max_query_len)
         offset = model.enable_prompt_offset(rows, meta.get("token_ids") or None)
@@ -197,3 +190,6 @@ def load_tuned(
         spans = tuple(tuple((int(a), int(b)) for a, b in group) for group in p["spans"])
         model.tuned_prompt = Prompt(p["caption"], tuple(p["phrases"]), spans)
     return model.to(device).eval()
+
+
+register_folder_loader(TUNED_NAME, load_tuned)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -10,13 +11,23 @@ from glip.modeling.anchors import AnchorGenerator
 from glip.modeling.assigner import ATSSAssigner
 from glip.modeling.backbone import VisionBackbone, build_resnet, build_swin
 from glip.modeling.box_coder import BoxCoder
+from glip.modeling.criterion import Criterion
 from glip.modeling.glip import GLIP, Preprocessing
-from glip.modeling.head import GLIPHead
-from glip.modeling.loss import GLIPLoss
+from glip.modeling.heads import GroundingHead, GroundingLoss, Head, MDETRAlignHead, MDETRTokenHead
 from glip.modeling.postprocess import GroundingPostProcessor
 from glip.modeling.text_encoder import BertTextEncoder
+from glip.modeling.trunk import FusionTrunk
 
-__all__ = ["build_backbone", "build_head", "build_loss", "build_model"]
+__all__ = [
+    "HEAD_BUILDERS",
+    "build_backbone",
+    "build_heads",
+    "build_loss",
+    "build_model",
+    "build_trunk",
+    "loss_weights",
+    "register_head",
+]
 
 
 def build_backbone(cfg: GLIPConfig) -> VisionBackbone:
@@ -50,14 +61,14 @@ def build_backbone(cfg: GLIPConfig) -> VisionBackbone:
     raise ValueError(f"unknown backbone type {b.type!r} (expected 'swin' or 'resnet')")
 
 
-def build_head(cfg: GLIPConfig, bert_config: Any) -> GLIPHead:
-    h, t = cfg.model.head, cfg.model.text
-    return GLIPHead(
+def build_trunk(cfg: GLIPConfig, bert_config: Any) -> FusionTrunk:
+    """The fused DyHead tower of ``cfg.model.trunk``; the in-head BERT layers follow ``bert_config``."""
+    h, t = cfg.model.trunk, cfg.model.text
+    return FusionTrunk(
         in_channels=cfg.model.backbone.out_channels,
         channels=h.channels,
         text_dim=t.dim,
         num_blocks=h.num_blocks,
-        num_classes=h.num_classes - 1,  # the official score tensor drops the background slot
         early_fusion=h.early_fusion,
         fused_dot_product=h.fused_dot_product,
         use_gn=h.use_gn,
@@ -65,9 +76,6 @@ def build_head(cfg: GLIPConfig, bert_config: Any) -> GLIPHead:
         use_dyrelu=h.use_dyrelu,
         use_dyfuse=h.use_dyfuse,
         use_dfconv=h.use_dfconv,
-        num_levels=len(cfg.model.anchors.strides),
-        log_scale=h.log_scale,
-        prior_prob=h.prior_prob,
         text_num_heads=bert_config.num_attention_heads,
         text_intermediate_size=bert_config.intermediate_size,
         text_activation=bert_config.hidden_act,
@@ -78,32 +86,109 @@ def build_head(cfg: GLIPConfig, bert_config: Any) -> GLIPHead:
         clamp_max_for_overflow=h.clamp_max_for_overflow,
         clamp_bertattn_min_for_underflow=h.clamp_bertattn_min_for_underflow,
         clamp_bertattn_max_for_overflow=h.clamp_bertattn_max_for_overflow,
-        clamp_dot_product=h.clamp_dot_product,
         use_checkpoint=h.use_checkpoint,
         fusion_dropout=h.fusion_dropout,
-        use_token_loss=h.use_token_loss or cfg.loss.use_token_loss,
-        max_query_len=t.max_query_len,
-        use_contrastive_align=h.use_contrastive_align or cfg.loss.use_contrastive_align_loss,
-        contrastive_hidden_dim=h.contrastive_hidden_dim,
-        contrastive_dropout=h.contrastive_dropout,
     )
 
 
-def build_loss(cfg: GLIPConfig) -> GLIPLoss:
-    """The training objective of ``cfg.loss`` (ATSS assignment over one anchor per location)."""
-    a, lo = cfg.model.anchors, cfg.loss
+# name -> builder(cfg, bert_config) -> the head module, or None when the config leaves it out.
+HeadBuilder = Callable[[GLIPConfig, Any], Head | None]
+HEAD_BUILDERS: dict[str, HeadBuilder] = {}
+
+
+def register_head(name: str) -> Callable[[HeadBuilder], HeadBuilder]:
+    """Registers the builder of the head ``name`` (the model's ``heads[name]``, checkpoint
+    keys ``heads.<name>.*``). Heads are built, and run, in registration order; a head
+    that reads another's output registers after it. The builder is the only code that
+    reads the head's config section."""
+
+    def decorator(fn: HeadBuilder) -> HeadBuilder:
+        if name in HEAD_BUILDERS:
+            raise ValueError(f"a head named {name!r} is already registered")
+        HEAD_BUILDERS[name] = fn
+        return fn
+
+    return decorator
+
+
+@register_head("grounding")
+def _build_grounding(cfg: GLIPConfig, bert_config: Any) -> GroundingHead:
+    h, inf = cfg.model.heads.grounding, cfg.inference
+    return GroundingHead(
+        channels=cfg.model.trunk.channels,
+        text_dim=cfg.model.text.dim,
+        num_classes=h.num_classes - 1,  # the official score tensor drops the background slot
+        num_levels=len(cfg.model.anchors.strides),
+        log_scale=h.log_scale,
+        prior_prob=h.prior_prob,
+        clamp_dot_product=h.clamp_dot_product,
+        loss=GroundingLoss(
+            reg_weight=h.reg_weight,
+            token_weight=h.token_weight,
+            token_alpha=h.token_alpha,
+            token_gamma=h.token_gamma,
+        ),
+        postprocessor=GroundingPostProcessor(
+            pre_nms_thresh=inf.pre_nms_thresh,
+            pre_nms_top_n=inf.pre_nms_top_n,
+            nms_thresh=inf.nms_thresh,
+            detections_per_img=inf.detections_per_img,
+            score_agg=inf.score_agg,
+        ),
+    )
+
+
+@register_head("mdetr_token")
+def _build_mdetr_token(cfg: GLIPConfig, bert_config: Any) -> MDETRTokenHead | None:
+    if not cfg.model.heads.mdetr_token.enabled:
+        return None
+    g = cfg.model.heads.grounding  # official: the same prior and focal parameters
+    return MDETRTokenHead(
+        channels=cfg.model.trunk.channels,
+        max_query_len=cfg.model.text.max_query_len,
+        prior_prob=g.prior_prob,
+        alpha=g.token_alpha,
+        gamma=g.token_gamma,
+    )
+
+
+@register_head("mdetr_align")
+def _build_mdetr_align(cfg: GLIPConfig, bert_config: Any) -> MDETRAlignHead | None:
+    h = cfg.model.heads.mdetr_align
+    if not h.enabled:
+        return None
+    return MDETRAlignHead(
+        channels=cfg.model.trunk.channels,
+        text_dim=cfg.model.text.dim,
+        fused_dot_product=cfg.model.trunk.fused_dot_product,
+        hidden_dim=h.hidden_dim,
+        dropout=h.dropout,
+    )
+
+
+def build_heads(cfg: GLIPConfig, bert_config: Any) -> dict[str, Head]:
+    """Every registered head the config switches on, by name, in registration order."""
+    heads = {}
+    for name, builder in HEAD_BUILDERS.items():
+        head = builder(cfg, bert_config)
+        if head is not None:
+            heads[name] = head
+    return heads
+
+
+def loss_weights(cfg: GLIPConfig) -> dict[str, float]:
+    """Each head's weight in the criterion: the ``weight`` of its ``model.heads`` section."""
+    return {name: float(section.weight) for name, section in vars(cfg.model.heads).items()}
+
+
+def build_loss(cfg: GLIPConfig) -> Criterion:
+    """The training criterion: ATSS assignment over one anchor per location, and each
+    head's weight."""
+    a = cfg.model.anchors
     anchors_per_location = len(a.aspect_ratios) * a.scales_per_octave
-    return GLIPLoss(
-        ATSSAssigner(BoxCoder(), topk=lo.atss_topk, anchors_per_location=anchors_per_location),
-        reg_weight=lo.reg_weight,
-        token_weight=lo.token_weight,
-        token_alpha=lo.token_alpha,
-        token_gamma=lo.token_gamma,
-        use_token_loss=lo.use_token_loss,
-        use_contrastive_align_loss=lo.use_contrastive_align_loss,
-        token_loss_weight=lo.token_loss_weight,
-        contrastive_align_loss_weight=lo.contrastive_align_loss_weight,
-    )
+    topk = cfg.model.heads.grounding.atss_topk
+    assigner = ATSSAssigner(BoxCoder(), topk=topk, anchors_per_location=anchors_per_location)
+    return Criterion(assigner, loss_weights(cfg))
 
 
 def build_model(
@@ -128,7 +213,6 @@ def build_model(
         )
     a = cfg.model.anchors
     inp = cfg.input
-    inf = cfg.inference
     model = GLIP(
         backbone=build_backbone(cfg),
         text_encoder=(
@@ -136,7 +220,8 @@ def build_model(
             if pretrained_text is None
             else BertTextEncoder.from_pretrained(pretrained_text, num_layers=cfg.model.text.num_layers)
         ),
-        head=build_head(cfg, bert_config),
+        trunk=build_trunk(cfg, bert_config),
+        heads=build_heads(cfg, bert_config),
         anchor_generator=AnchorGenerator(
             sizes=a.sizes,
             strides=a.strides,
@@ -144,13 +229,6 @@ def build_model(
             scales_per_octave=a.scales_per_octave,
             octave=a.octave,
             straddle_thresh=a.straddle_thresh,
-        ),
-        postprocessor=GroundingPostProcessor(
-            pre_nms_thresh=inf.pre_nms_thresh,
-            pre_nms_top_n=inf.pre_nms_top_n,
-            nms_thresh=inf.nms_thresh,
-            detections_per_img=inf.detections_per_img,
-            score_agg=inf.score_agg,
         ),
         preprocessing=Preprocessing(
             min_size=inp.min_size_test,

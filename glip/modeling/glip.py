@@ -1,9 +1,14 @@
-"""The GLIP detector: visual backbone + BERT + vision-language DyHead + grounding decoding."""
+"""The GLIP model: visual backbone + text encoder + fused trunk + named heads.
+
+The grounding head (``heads["grounding"]``) detects; GLIPv2's other heads (MDETR
+branches, inter-image contrastive, MLM...) share the same trunk (see
+:mod:`glip.modeling.heads` for how a head is added).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -11,16 +16,31 @@ from torch import Tensor, nn
 
 from glip.modeling.anchors import AnchorGenerator
 from glip.modeling.backbone import VisionBackbone
-from glip.modeling.head import GLIPHead
+from glip.modeling.heads import GroundingHead, Head
 from glip.modeling.postprocess import GroundingPostProcessor
 from glip.modeling.prompt_offset import PromptOffset
 from glip.modeling.text_encoder import BertTextEncoder
+from glip.modeling.trunk import FusionTrunk, TrunkOutput
 from glip.structures import Detections, HeadOutputs, ImageBatch, TextFeatures
 from glip.text import Prompt, TokenizedPrompt, parse_prompt, tokenize_prompt
 from glip.text.tokenize import trim_padding
 from glip.utils.image import ImageInput, load_image, to_model_input
 
-__all__ = ["GLIP", "GLIPOutput", "Preprocessing"]
+__all__ = ["GLIP", "GROUNDING", "GLIPOutput", "Preprocessing"]
+
+# The name of the detection head in ``GLIP.heads``.
+GROUNDING = "grounding"
+
+# Each top-level module of GLIP and the official part it stands for in the freezing and
+# learning-rate rules: the official "rpn" (RPN.FREEZE) is our trunk and heads.
+_PARTS = {
+    "backbone": "backbone",
+    "text_encoder": "language",
+    "prompt_offset": "prompt",
+    "trunk": "head",
+    "heads": "head",
+    "anchor_generator": "head",
+}
 
 
 @dataclass(frozen=True)
@@ -46,16 +66,29 @@ class GLIPOutput:
     """Everything one forward pass computes.
 
     Attributes:
-        head: the head's per-level predictions.
+        trunk: the fused trunk's output (post-fusion maps and text, and its pre-fusion inputs).
+        heads: each head's output, by head name (the heads that ran).
         anchors: L tensors ``Tensor[H_l * W_l, 4]`` over the padded grid.
-        text: the language backbone's features (before fusion).
-        features: L FPN maps ``Tensor[B, C, H_l, W_l]``.
     """
 
-    head: HeadOutputs
+    trunk: TrunkOutput
     anchors: list[Tensor]
-    text: TextFeatures
-    features: list[Tensor]
+    heads: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def head(self) -> HeadOutputs:
+        """The grounding head's per-level predictions."""
+        return self.heads[GROUNDING]
+
+    @property
+    def text(self) -> TextFeatures:
+        """The language backbone's features (before fusion)."""
+        return self.trunk.text_input
+
+    @property
+    def features(self) -> list[Tensor]:
+        """L FPN maps ``Tensor[B, C, H_l, W_l]`` (before fusion)."""
+        return self.trunk.features
 
 
 class GLIP(nn.Module):
@@ -64,9 +97,11 @@ class GLIP(nn.Module):
     Args:
         backbone: images -> L FPN maps.
         text_encoder: token ids -> :class:`TextFeatures`.
-        head: FPN maps + text -> :class:`HeadOutputs`.
+        trunk: FPN maps + text -> :class:`TrunkOutput` (the fused tower).
+        heads: the heads by name, run in this order on the trunk's output; one named
+            ``"grounding"`` (a :class:`GroundingHead`) detects. A head may read the
+            outputs of the heads before it.
         anchor_generator: one anchor per location and level.
-        postprocessor: head outputs -> detections.
         preprocessing: test-time image transforms.
         tokenizer: a Hugging Face fast BERT tokenizer (needed by :meth:`predict`).
         max_query_len: T, the padded prompt length (official ``MAX_QUERY_LEN``, 256).
@@ -78,9 +113,9 @@ class GLIP(nn.Module):
         self,
         backbone: VisionBackbone,
         text_encoder: BertTextEncoder,
-        head: GLIPHead,
+        trunk: FusionTrunk,
+        heads: Mapping[str, Head],
         anchor_generator: AnchorGenerator,
-        postprocessor: GroundingPostProcessor,
         preprocessing: Preprocessing,
         tokenizer: Any = None,
         max_query_len: int = 256,
@@ -89,9 +124,11 @@ class GLIP(nn.Module):
         super().__init__()
         self.backbone = backbone
         self.text_encoder = text_encoder
-        self.head = head
+        if GROUNDING not in heads or not isinstance(heads[GROUNDING], GroundingHead):
+            raise ValueError(f"the model needs a GroundingHead named {GROUNDING!r} (got {sorted(heads)})")
+        self.trunk = trunk
+        self.heads = nn.ModuleDict(dict(heads))
         self.anchor_generator = anchor_generator
-        self.postprocessor = postprocessor
         self.preprocessing = preprocessing
         self.tokenizer = tokenizer
         self.max_query_len = max_query_len
@@ -105,6 +142,43 @@ class GLIP(nn.Module):
     @property
     def device(self) -> torch.device:
         return next(self.parameters()).device
+
+    @property
+    def grounding(self) -> GroundingHead:
+        """The detection head."""
+        return self.heads[GROUNDING]  # type: ignore[return-value]
+
+    @property
+    def postprocessor(self) -> GroundingPostProcessor:
+        """The grounding head's decoding (thresholds, NMS, detections per image)."""
+        return self.grounding.postprocessor
+
+    @staticmethod
+    def part_of(name: str) -> str:
+        """The part a parameter or state name belongs to: ``"backbone"``, ``"language"``
+        (the text encoder), ``"prompt"`` (the prompt offset), ``"head"`` (the trunk and the
+        heads: the official ``rpn``), or ``""``."""
+        return _PARTS.get(name.split(".", 1)[0], "")
+
+    @staticmethod
+    def state_prefixes() -> tuple[str, ...]:
+        """The first components of every state-dict key of a GLIP (checkpoint recognition)."""
+        return tuple(f"{k}." for k in _PARTS)
+
+    def linear_probe_names(self) -> list[str]:
+        """Full names of the parameters the heads declare for linear probing."""
+        return [f"heads.{name}.{p}" for name, head in self.heads.items() for p in head.linear_probe_names()]
+
+    def untrained_names(self) -> list[str]:
+        """Full names of the parameters no loss reaches (e.g. the official ``cls_logits``)."""
+        return [f"heads.{name}.{p}" for name, head in self.heads.items() for p in head.untrained_names()]
+
+    def freeze_untrained(self) -> None:
+        """Freezes :meth:`untrained_names`, so that no process waits for their gradient."""
+        names = set(self.untrained_names())
+        for name, param in self.named_parameters():
+            if name in names:
+                param.requires_grad_(False)
 
     def enable_prompt_offset(self, num_rows: int | None = None, token_ids: list[int] | None = None) -> PromptOffset:
         """Adds a zero :class:`PromptOffset` (``num_rows`` default ``max_query_len``), or
@@ -130,11 +204,17 @@ class GLIP(nn.Module):
         return self.forward_features(self.backbone(images.tensor), input_ids, attention_mask)
 
     def forward_features(
-        self, features: list[Tensor], input_ids: Tensor, attention_mask: Tensor, use_prompt_offset: bool = True
+        self,
+        features: list[Tensor],
+        input_ids: Tensor,
+        attention_mask: Tensor,
+        use_prompt_offset: bool = True,
+        heads: Sequence[str] | None = None,
     ) -> GLIPOutput:
-        """The text encoder and head on precomputed FPN maps (L tensors ``[B, C, H_l, W_l]``):
-        several prompts can reuse one backbone pass. ``use_prompt_offset`` False skips the
-        prompt offset (the base model's text features)."""
+        """The text encoder, trunk and heads on precomputed FPN maps (L tensors
+        ``[B, C, H_l, W_l]``): several prompts can reuse one backbone pass.
+        ``use_prompt_offset`` False skips the prompt offset (the base model's text
+        features). ``heads``: the names of the heads to run (default all, in order)."""
         batch = features[0].shape[0]
         text = self.text_encoder(input_ids, attention_mask)
         if self.prompt_offset is not None and use_prompt_offset:
@@ -147,9 +227,13 @@ class GLIP(nn.Module):
                 mask=text.mask.expand(batch, -1),
                 aggregate=text.aggregate.expand(batch, -1),
             )
-        head = self.head(features, text)
+        trunk = self.trunk(features, text)
+        outputs: dict[str, Any] = {}
+        for name, head in self.heads.items():
+            if heads is None or name in heads:
+                outputs[name] = head(trunk, outputs)
         anchors = self.anchor_generator([tuple(f.shape[-2:]) for f in features], device=features[0].device)
-        return GLIPOutput(head=head, anchors=anchors, text=text, features=features)
+        return GLIPOutput(trunk=trunk, anchors=anchors, heads=outputs)
 
     def tokenize(self, prompt: str | Sequence[str] | Prompt) -> TokenizedPrompt:
         if self.tokenizer is None:
@@ -191,16 +275,9 @@ class GLIP(nn.Module):
             tokens = trim_padding(tokens) if self.trim_text else tokens
             ids, mask = tokens.input_ids.to(device), tokens.attention_mask.to(device)
             tuned = self.prompt_offset is not None and self.prompt_offset.matches(ids, mask)
-            out = self.forward_features(features, ids, mask, use_prompt_offset=tuned)
-            dets = self.postprocessor(
-                out.head.box_regression,
-                out.head.centerness,
-                out.head.dot_product_logits,
-                out.anchors,
-                tokens.positive_map.to(device),
-                out.head.num_classes,
-                images.image_sizes,
-                original_sizes=original_sizes,
+            out = self.forward_features(features, ids, mask, use_prompt_offset=tuned, heads=(GROUNDING,))
+            dets = self.grounding.postprocess(
+                out.head, out.anchors, tokens.positive_map.to(device), images.image_sizes, original_sizes
             )
             for det in dets:
                 det.phrases = [tokens.phrases[int(label) - 1] for label in det.labels.tolist()]

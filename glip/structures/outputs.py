@@ -1,15 +1,15 @@
-"""Raw outputs of the detection head."""
+"""Raw outputs of the grounding head (the GLIP detection head)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from torch import Tensor
 
 
 @dataclass
 class HeadOutputs:
-    """Per-level predictions of the GLIP head, before decoding.
+    """Per-level predictions of the grounding head, before decoding.
 
     Attributes:
         box_regression: L tensors ``Tensor[B, 4, H_l, W_l]``, already multiplied by
@@ -19,22 +19,14 @@ class HeadOutputs:
             alignment logits (pixel order is row-major, as ``flatten(2)``).
         num_classes: the width of the score tensor the official post-processor
             builds (``NUM_CLASSES - 1``): at most this many phrases can be scored.
-        fused_text: ``Tensor[B, T, D]`` or None, the language features after the
-            head's fusion layers.
-        features: L tensors ``Tensor[B, C, H_l, W_l]``: the tower's visual output.
-        token_logits: L tensors ``Tensor[B, H_l*W_l, T_max]`` (``T_max`` = the head's
-            ``max_query_len``), the soft-token logits, or None (official
-            USE_TOKEN_LOSS off).
-        contrastive_logits: L tensors ``Tensor[B, H_l*W_l, T]``, the contrastive
-            alignment logits (cosine similarity / temperature), or None (official
-            USE_CONTRASTIVE_ALIGN_LOSS off).
+        temperature: ``Tensor[1]``, ``exp(log_scale)``, the learned logit temperature
+            (the MDETR contrastive branch shares it), or None.
+
+    The tower's visual maps and fused text are in :class:`glip.modeling.trunk.TrunkOutput`.
     """
 
     box_regression: list[Tensor]
     centerness: list[Tensor]
     dot_product_logits: list[Tensor]
     num_classes: int
-    fused_text: Tensor | None = None
-    features: list[Tensor] = field(default_factory=list)
-    token_logits: list[Tensor] | None = None
-    contrastive_logits: list[Tensor] | None = None
+    temperature: Tensor | None = None

@@ -17,13 +17,13 @@ def test_fixture_dump_maps_every_model_toggle():
     assert cfg.model.backbone.swin.embed_dim == 24
     assert cfg.model.backbone.swin.depths == [2, 2, 2, 2]
     assert cfg.model.backbone.out_channels == 64
-    assert cfg.model.head.channels == 64 and cfg.model.head.num_blocks == 2
-    assert cfg.model.head.early_fusion and cfg.model.head.fused_dot_product
+    assert cfg.model.trunk.channels == 64 and cfg.model.trunk.num_blocks == 2
+    assert cfg.model.trunk.early_fusion and cfg.model.trunk.fused_dot_product
     assert cfg.model.text.dim == 48 and cfg.model.text.max_query_len == 256
     assert cfg.inference.pre_nms_thresh == 0.0 and cfg.inference.nms_thresh == 0.6
     assert (cfg.input.min_size_test, cfg.input.max_size_test, cfg.input.size_divisibility) == (320, 512, 32)
     a = load_config(OFFICIAL / "tiny_glip_a" / "config.yaml")
-    assert not a.model.head.early_fusion and not a.model.head.fused_dot_product
+    assert not a.model.trunk.early_fusion and not a.model.trunk.fused_dot_product
 
 
 def test_partial_official_yaml_uses_official_defaults(tmp_path):
@@ -64,10 +64,10 @@ SOLVER:
     assert cfg.model.backbone.swin.depths == [2, 2, 18, 2]
     assert cfg.model.backbone.swin.window_size == 12
     assert cfg.model.anchors.sizes == [64.0, 128.0, 256.0, 512.0, 1024.0]
-    assert cfg.model.head.num_blocks == 8
+    assert cfg.model.trunk.num_blocks == 8
     assert cfg.model.text.dim == 768  # official default LANG_DIM
     assert cfg.inference.pre_nms_thresh == 0.05  # official default ATSS.INFERENCE_TH
-    assert cfg.model.head.gn_groups == 16  # official default GROUP_NORM.NUM_GROUPS
+    assert cfg.model.trunk.gn_groups == 16  # official default GROUP_NORM.NUM_GROUPS
     assert cfg.input.max_size_test == 1333
     assert cfg.model.backbone.freeze_at == 2  # official default FREEZE_CONV_BODY_AT
 
@@ -93,8 +93,8 @@ def test_unsupported_or_unknown_model_keys_are_errors_naming_the_key(key, value)
 
 
 def test_our_yaml_round_trip_and_overrides(tmp_path):
-    cfg = load_config(None, ["inference.pre_nms_thresh=0.2", "model.head.num_blocks=3"])
-    assert cfg.inference.pre_nms_thresh == 0.2 and cfg.model.head.num_blocks == 3
+    cfg = load_config(None, ["inference.pre_nms_thresh=0.2", "model.trunk.num_blocks=3"])
+    assert cfg.inference.pre_nms_thresh == 0.2 and cfg.model.trunk.num_blocks == 3
     save_config(cfg, tmp_path / "c.yaml")
     again = load_config(tmp_path / "c.yaml")
     assert again == cfg

@@ -46,7 +46,7 @@ def tiny_overrides(shapes, text_dir, **extra) -> list[str]:
         "model.text.encoder": str(text_dir),
         "model.text.max_query_len": 32,
         "model.backbone.swin.drop_path_rate": 0.0,
-        "model.head.fusion_dropout": 0.0,
+        "model.trunk.fusion_dropout": 0.0,
         "input.min_size_train": f"[{IMAGE_SIZE}]",
         "input.max_size_train": IMAGE_SIZE,
         "input.min_size_test": IMAGE_SIZE,

@@ -10,12 +10,15 @@ from torch import nn
 
 from glip.config import SolverConfig, load_config
 from glip.engine.optim import (
+    BODY,
+    LANGUAGE,
     WarmupSchedule,
     build_optimizer,
     build_schedule,
     clip_grad_norm,
     lr_milestones,
     param_group_settings,
+    param_groups,
 )
 from tests.conftest import OFFICIAL
 
@@ -26,23 +29,23 @@ OFFICIAL_GLIP_T = OFFICIAL / "tiny_glip_t" / "config.yaml"
 def test_param_group_rules_follow_official_make_optimizer():
     s = SolverConfig(base_lr=1e-4, lang_lr=1e-5, weight_decay=0.05, weight_decay_bias=0.0, bias_lr_factor=2.0,
                      weight_decay_norm_factor=0.5, backbone_body_lr_factor=0.1)  # fmt: skip
-    # (name, expected lr, expected weight decay), hand-derived from solver/build.py
+    # (name, part, expected lr, expected weight decay), hand-derived from solver/build.py
     cases = [
-        ("text_encoder.bert.encoder.layer.0.attention.self.query.weight", 1e-5, 0.05),
-        ("text_encoder.bert.encoder.layer.0.attention.self.query.bias", 2e-5, 0.0),
-        ("text_encoder.bert.embeddings.LayerNorm.weight", 1e-5, 0.025),
-        ("backbone.body.layers.0.blocks.0.attn.qkv.weight", 1e-5, 0.05),
-        ("backbone.body.layers.0.blocks.0.norm1.weight", 1e-5, 0.025),
-        ("backbone.body.layers.0.blocks.0.norm1.bias", 2e-5, 0.0),
-        ("backbone.fpn.output_convs.0.weight", 1e-4, 0.05),
-        ("head.bias_lang", 2e-4, 0.0),
-        ("head.tower.0.fusion.norm_v.weight", 1e-4, 0.025),
+        ("text_encoder.bert.encoder.layer.0.attention.self.query.weight", LANGUAGE, 1e-5, 0.05),
+        ("text_encoder.bert.encoder.layer.0.attention.self.query.bias", LANGUAGE, 2e-5, 0.0),
+        ("text_encoder.bert.embeddings.LayerNorm.weight", LANGUAGE, 1e-5, 0.025),
+        ("backbone.body.layers.0.blocks.0.attn.qkv.weight", BODY, 1e-5, 0.05),
+        ("backbone.body.layers.0.blocks.0.norm1.weight", BODY, 1e-5, 0.025),
+        ("backbone.body.layers.0.blocks.0.norm1.bias", BODY, 2e-5, 0.0),
+        ("backbone.fpn.output_convs.0.weight", "", 1e-4, 0.05),
+        ("heads.grounding.bias_lang", "", 2e-4, 0.0),
+        ("trunk.blocks.0.fusion.norm_v.weight", "", 1e-4, 0.025),
         # official key ...DyConv.1.bn.weight: no "norm" in it, so no norm factor
-        ("head.tower.0.dyconv.same.norm.weight", 1e-4, 0.05),
-        ("head.tower.0.text_layer.attention.output.LayerNorm.weight", 1e-4, 0.025),
+        ("trunk.blocks.0.dyconv.same.norm.weight", "", 1e-4, 0.05),
+        ("trunk.blocks.0.text_layer.attention.output.LayerNorm.weight", "", 1e-4, 0.025),
     ]
-    for name, lr, wd in cases:
-        got = param_group_settings(name, s)
+    for name, part, lr, wd in cases:
+        got = param_group_settings(name, s, part)
         assert got == pytest.approx((lr, wd), rel=1e-12), name
 
 
@@ -128,7 +131,24 @@ def test_official_solver_keys_map_to_the_solver_section():
     assert (s.warmup_iters, s.warmup_factor, s.use_amp, s.model_ema) == (2000, 0.001, True, 0.999)
     assert s.clip_gradients.enabled and s.clip_gradients.clip_value == 1.0
     assert s.bias_lr_factor == 2.0 and s.weight_decay_bias == 0.0  # official defaults
-    assert (cfg.loss.reg_weight, cfg.loss.atss_topk, cfg.loss.token_alpha, cfg.loss.token_gamma) == (2.0, 9, 0.25, 2.0)
+    g = cfg.model.heads.grounding
+    assert (g.reg_weight, g.atss_topk, g.token_alpha, g.token_gamma) == (2.0, 9, 0.25, 2.0)
+
+
+def test_language_and_body_rates_follow_the_modules_not_the_names():
+    model = nn.Module()
+    model.text_encoder = nn.Linear(3, 3)
+    model.backbone = nn.Module()
+    model.backbone.body = nn.Linear(3, 3)
+    model.backbone.fpn = nn.Linear(3, 3)
+    model.heads = nn.ModuleDict({"any_new_head": nn.Linear(3, 3)})
+    s = SolverConfig(base_lr=1e-4, lang_lr=1e-5, backbone_body_lr_factor=0.1, bias_lr_factor=2.0)
+    lrs = {n: g["lr"] for g in param_groups(model, s) for n in g["names"]}
+    assert lrs == pytest.approx({
+        "text_encoder.weight": 1e-5, "text_encoder.bias": 2e-5, "backbone.body.weight": 1e-5,
+        "backbone.body.bias": 2e-5, "backbone.fpn.weight": 1e-4, "backbone.fpn.bias": 2e-4,
+        "heads.any_new_head.weight": 1e-4, "heads.any_new_head.bias": 2e-4,
+    })  # fmt: skip
 
 
 def test_fusion_lr_factor_scales_the_fusion_and_in_head_text_layers_only():

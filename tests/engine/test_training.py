@@ -37,12 +37,12 @@ def test_golden_losses_on_a_fixed_batch(shapes, text_dir):
     data = build_dataset(cfg, model.tokenizer)
     batch = collate_grounding([data[0], data[1]], cfg.input.size_divisibility, cfg.model.text.max_query_len)
     out = model(batch.images, batch.input_ids, batch.attention_mask)
-    losses = build_loss(cfg)(out.head, out.anchors, batch.attention_mask, batch.targets)
+    losses = build_loss(cfg)(model.heads, out, batch.attention_mask, batch.targets)
     got = {k: float(v.detach()) for k, v in losses.items()}
     print(json.dumps(got))
     assert got == pytest.approx(GOLDEN, rel=1e-4, abs=1e-5)
     sum(losses.values()).backward()
-    assert model.head.cls_logits.weight.grad is None
+    assert model.grounding.cls_logits.weight.grad is None
     assert all(p.grad is None for p in model.text_encoder.parameters())  # text.freeze
     assert model.backbone.body.patch_embed.proj.weight.grad is not None
 

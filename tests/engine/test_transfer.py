@@ -11,7 +11,10 @@ import torch
 from glip.data import generate_synthetic
 from glip.data.few_shot import few_shot_subset, instances_per_category
 from glip.engine import build_training_model, prepare_for_training, train
+from glip.engine.optim import param_groups
 from glip.engine.tuning import trainable_names
+from glip.hub.tuned import delta_names
+from glip.modeling.heads import Head
 from tests.engine.conftest import IMAGE_SIZE, tiny_config
 
 # The target domain: the same shapes, named with words the text encoder cannot ground.
@@ -60,8 +63,9 @@ def _state(model):
     ("mode", "expected"),
     [
         ("prompt", {"prompt_offset.weight"}),
-        ("linear", {"head.bbox_pred.weight", "head.bbox_pred.bias", "head.centerness.weight", "head.centerness.bias",
-                    "head.text_proj.weight", "head.text_proj.bias", "head.log_scale", "head.bias_lang", "head.bias0"}),
+        ("linear", {f"heads.grounding.{n}" for n in (
+            "bbox_pred.weight", "bbox_pred.bias", "centerness.weight", "centerness.bias", "text_proj.weight",
+            "text_proj.bias", "log_scale", "bias_lang", "bias0")}),
     ],
 )  # fmt: skip
 def test_only_the_official_set_trains(mode, expected, shapes, text_dir):
@@ -69,7 +73,8 @@ def test_only_the_official_set_trains(mode, expected, shapes, text_dir):
     model = prepare_for_training(build_training_model(cfg), cfg)
     assert set(trainable_names(model)) == expected
     assert not model.backbone.training and not model.text_encoder.training
-    assert model.head.training == (mode == "linear")  # official RPN.FREEZE only for prompt tuning
+    # official RPN.FREEZE (our trunk and heads) only for prompt tuning
+    assert model.trunk.training == model.heads.training == (mode == "linear")
 
 
 @pytest.mark.parametrize("mode", ["prompt", "linear"])
@@ -93,8 +98,8 @@ def test_tuning_changes_only_its_tensors(mode, domain, base_model, tmp_path):
         assert changed == {"prompt_offset.weight"}
         assert after["prompt_offset.weight"].abs().sum() > 0
     else:
-        assert changed and all(k.startswith(("head.bbox_pred", "head.centerness", "head.text_proj", "head.log_scale",
-                                             "head.bias_lang", "head.bias0")) for k in changed)  # fmt: skip
+        assert changed and all(k.startswith(tuple(f"heads.grounding.{n}" for n in (
+            "bbox_pred", "centerness", "text_proj", "log_scale", "bias_lang", "bias0"))) for k in changed)  # fmt: skip
     assert set(after) - set(before) <= {"prompt_offset.weight"}
 
 
@@ -142,7 +147,7 @@ def test_mismatched_base_is_refused(domain, base_model, tmp_path):
     assert torch.equal(load_model(tmp_path / "delta").prompt_offset.weight[:4], model.prompt_offset.weight[:4])
     other = load_model(base)
     with torch.no_grad():
-        other.head.bias0.add_(1.0)
+        other.grounding.bias0.add_(1.0)
     save_model(other, copy)
     with pytest.raises(CheckpointError, match="SHA-256"):
         load_model(tmp_path / "delta")
@@ -220,3 +225,38 @@ def test_prompt_tuning_beats_zero_shot_on_demo_shapes(tmp_path):
     print(f"zero-shot AP {zero['AP']:.3f} -> prompt-tuned AP {tuned['AP']:.3f}")
     assert tuned["AP"] > zero["AP"] + 0.05
     assert sum(f.stat().st_size for f in (tmp_path / "pt" / "model").iterdir()) < 100_000
+
+
+class _ProbeHead(Head):
+    """A stand-in new head: one linear-probe layer, one layer that only full tuning trains."""
+
+    linear_probe = ("probe.",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.probe = torch.nn.Linear(2, 2)
+        self.deep = torch.nn.Linear(2, 2)
+
+    def forward(self, trunk, outputs):
+        return None
+
+
+@pytest.mark.parametrize("mode", ["linear", "prompt", "full"])
+def test_a_new_head_follows_the_modes_through_its_declarations(mode, shapes, text_dir):
+    cfg = tiny_config(shapes, text_dir)
+    model = build_training_model(cfg)
+    model.heads["probe"] = _ProbeHead()
+    cfg.train.tuning = mode
+    trainable = set(trainable_names(prepare_for_training(model, cfg)))
+    new = {n for n in trainable if n.startswith("heads.probe.")}
+    if mode == "linear":
+        assert new == {"heads.probe.probe.weight", "heads.probe.probe.bias"}
+        assert set(delta_names(model, mode)) >= new and not any("deep" in n for n in delta_names(model, mode))
+    elif mode == "prompt":
+        assert new == set()
+    else:
+        assert len(new) == 4 and not any("cls_logits" in n for n in trainable)
+    # Its parameters get the base rules of the optimiser (no name prefix to add anywhere).
+    lrs = {n: g["lr"] for g in param_groups(model, cfg.solver) for n in g["names"]}
+    if mode != "prompt":
+        assert lrs["heads.probe.probe.bias"] == pytest.approx(cfg.solver.base_lr * cfg.solver.bias_lr_factor)

@@ -65,18 +65,18 @@ def test_truncated_state_dict_names_the_missing_keys(tmp_path):
     for k in dropped:
         del state[k]
     torch.save({"model": state}, tmp_path / "partial.pth")
-    with pytest.raises(CheckpointError, match=r"missing keys: head\.tower\.1\.dyconv"):
+    with pytest.raises(CheckpointError, match=r"missing keys: trunk\.blocks\.1\.dyconv"):
         _load(tmp_path / "partial.pth", tmp_path=tmp_path)
 
 
 def test_checkpoint_of_another_config_names_mis_shaped_keys(tmp_path):
     # GLIP-T (fusion) weights into the GLIP-A (no fusion) model: clear error, no partial load.
-    with pytest.raises(CheckpointError, match="unexpected keys: head.tower.0.fusion"):
+    with pytest.raises(CheckpointError, match="unexpected keys: trunk.blocks.0.fusion"):
         _load(OFFICIAL / "tiny_glip_t" / "model_official.pth", "tiny_glip_a", tmp_path)
     state = official_state_dict("tiny_glip_a")
     state["module.rpn.head.bbox_pred.weight"] = torch.zeros(4, 32, 3, 3)
     torch.save({"model": state}, tmp_path / "shape.pth")
-    with pytest.raises(CheckpointError, match=r"wrong shape: head\.bbox_pred\.weight \(4, 32, 3, 3\)"):
+    with pytest.raises(CheckpointError, match=r"wrong shape: heads\.grounding\.bbox_pred\.weight \(4, 32, 3, 3\)"):
         _load(tmp_path / "shape.pth", tmp_path=tmp_path)
 
 

@@ -1,4 +1,5 @@
-"""GLIP head: stage-by-stage parity with the official VLDyHead, checkpoint layout, invariances."""
+"""The fused trunk and the grounding head (together the official VLDyHead): stage-by-stage
+parity, checkpoint layout, invariances."""
 
 from __future__ import annotations
 
@@ -10,12 +11,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 import yaml
+from torch import nn
 
 from glip.hub.official_keys import remap_official_state_dict
 from glip.modeling.dyhead import _reinterpret_raw_buffer
-from glip.modeling.head import GLIPHead
+from glip.modeling.heads import GroundingHead
 from glip.modeling.text_layer import TextLayer
-from glip.structures import TextFeatures
+from glip.modeling.trunk import FusionTrunk, TrunkOutput
+from glip.structures import HeadOutputs, TextFeatures
 from tests.conftest import CASES, OFFICIAL, TINY_CONFIGS, load_case, official_state_dict
 
 ATOL = RTOL = 1e-4
@@ -23,8 +26,30 @@ ATOL = RTOL = 1e-4
 _OFFICIAL_CONV_INDEX = {"from_coarser": 0, "same": 1, "from_finer": 2}
 
 
+# Arguments of the grounding head (the rest, but channels and text_dim, go to the trunk).
+_GROUNDING_ARGS = {"channels", "text_dim", "num_classes", "log_scale", "prior_prob", "clamp_dot_product"}
+_SHARED_ARGS = {"channels", "text_dim"}
+
+
+class GLIPHead(nn.Module):
+    """The official VLDyHead as ours: the trunk and the grounding head, from one argument
+    list. ``forward`` returns the grounding outputs with ``trunk`` the trunk's output."""
+
+    def __init__(self, in_channels: int, channels: int, text_dim: int, num_blocks: int = 1, **kwargs) -> None:
+        super().__init__()
+        grounding = {k: v for k, v in kwargs.items() if k in _GROUNDING_ARGS}
+        trunk = {k: v for k, v in kwargs.items() if k not in _GROUNDING_ARGS}
+        self.trunk = FusionTrunk(in_channels, channels, text_dim, num_blocks, **trunk)
+        self.grounding = GroundingHead(channels, text_dim, **grounding)
+        self.early_fusion = self.trunk.early_fusion
+
+    def forward(self, features: list[torch.Tensor], text: TextFeatures) -> tuple[TrunkOutput, HeadOutputs]:
+        trunk = self.trunk(features, text)
+        return trunk, self.grounding(trunk, {})
+
+
 def _head_kwargs(config: str) -> dict:
-    """GLIPHead arguments from a fixture's merged official config.yaml and bert_config.json."""
+    """VLDyHead arguments from a fixture's merged official config.yaml and bert_config.json."""
     model = yaml.safe_load((OFFICIAL / config / "config.yaml").read_text())["MODEL"]
     dyhead, fuse = model["DYHEAD"], model["DYHEAD"]["FUSE_CONFIG"]
     bert = json.loads((OFFICIAL / config / "bert_config.json").read_text())
@@ -60,7 +85,11 @@ def _head_kwargs(config: str) -> dict:
 
 def _head_state_dict(config: str) -> dict[str, torch.Tensor]:
     remapped = remap_official_state_dict(official_state_dict(config))
-    return {k[len("head.") :]: v for k, v in remapped.items() if k.startswith("head.")}
+    return {
+        k.replace("heads.grounding.", "grounding.", 1): v
+        for k, v in remapped.items()
+        if k.startswith(("trunk.", "heads.grounding."))
+    }
 
 
 def _text(case: dict) -> TextFeatures:
@@ -89,7 +118,7 @@ class _Trace:
 def _traced_forward(head: GLIPHead, case: dict) -> tuple[object, _Trace]:
     trace = _Trace()
     hooks = []
-    for i, block in enumerate(head.tower):
+    for i, block in enumerate(head.trunk.blocks):
         if block.fusion is not None:
             hooks.append(
                 block.fusion.register_forward_hook(lambda m, a, o: trace.tower.append(("fusion", o.visual, o.text)))
@@ -102,7 +131,7 @@ def _traced_forward(head: GLIPHead, case: dict) -> tuple[object, _Trace]:
         hooks.append(
             block.dyconv.offset.register_forward_hook(lambda m, a, o, i=i: trace.offsets.setdefault(i, []).append(o))
         )
-    first = head.tower[0].dyconv
+    first = head.trunk.blocks[0].dyconv
     for name, index in _OFFICIAL_CONV_INDEX.items():
         hooks.append(
             getattr(first, name).register_forward_hook(
@@ -115,7 +144,7 @@ def _traced_forward(head: GLIPHead, case: dict) -> tuple[object, _Trace]:
     def on_proj(m, a, o):
         trace.proj_input, trace.proj_tokens = a[0], o
 
-    hooks.append(head.text_proj.register_forward_hook(on_proj))
+    hooks.append(head.grounding.text_proj.register_forward_hook(on_proj))
     try:
         with torch.no_grad():
             out = head(case["fpn_outputs"], _text(case))
@@ -168,7 +197,7 @@ def test_tower_matches_official(traced) -> None:
 def test_dyconv_internals_match_official(traced) -> None:
     _config, head, case, _, trace = traced
     period = 3 if head.early_fusion else 1
-    assert sorted(case["dyconv_offset_mask_raw"]) == [period * i + period - 1 for i in range(len(head.tower))]
+    assert sorted(case["dyconv_offset_mask_raw"]) == [period * i + period - 1 for i in range(len(head.trunk.blocks))]
     for index, ref in case["dyconv_offset_mask_raw"].items():
         _close_all(trace.offsets[index // period], ref)
 
@@ -182,7 +211,7 @@ def test_dyconv_internals_match_official(traced) -> None:
 
 @pytest.mark.needs_fixtures
 def test_head_outputs_match_official(traced) -> None:
-    _, head, case, out, trace = traced
+    _, head, case, (trunk, out), trace = traced
     torch.testing.assert_close(
         trace.proj_input,
         case["dot_product_projection_text_input"],
@@ -194,8 +223,9 @@ def test_head_outputs_match_official(traced) -> None:
     _close_all(out.centerness, case["head_centerness"])
     _close_all(out.dot_product_logits, case["head_dot_product_logits"])
     assert out.num_classes == case["head_cls_logits"][0].shape[1] == 80
-    assert (out.fused_text is not None) == head.early_fusion
-    _close_all(out.features, case["dyhead_tower"][-1]["visual"])
+    assert (trunk.fused_text is not None) == head.early_fusion
+    _close_all(trunk.visual, case["dyhead_tower"][-1]["visual"])
+    _close_all(trunk.features, case["fpn_outputs"])  # the pre-fusion inputs are handed on
 
 
 def test_raw_buffer_quirk_is_needed() -> None:
@@ -225,7 +255,9 @@ _FULL_SIZE = {
 def test_full_size_keys_match_official(model: str) -> None:
     listing = json.loads((OFFICIAL / f"keys_glip_{model}.json").read_text())["keys"]
     official = {e["key"]: torch.empty(e["shape"], device="meta") for e in listing}
-    expected = {k: tuple(v.shape) for k, v in remap_official_state_dict(official).items() if k.startswith("head.")}
+    expected = {
+        k: tuple(v.shape) for k, v in remap_official_state_dict(official).items() if k.startswith(("trunk.", "heads."))
+    }
     with torch.device("meta"):
         head = GLIPHead(
             256,
@@ -235,7 +267,7 @@ def test_full_size_keys_match_official(model: str) -> None:
             text_intermediate_size=3072,
             **_FULL_SIZE[model],
         )
-    ours = {f"head.{k}": tuple(v.shape) for k, v in head.state_dict().items()}
+    ours = {k.replace("grounding.", "heads.grounding.", 1): tuple(v.shape) for k, v in head.state_dict().items()}
     assert sorted(ours) == sorted(expected)
     assert ours == expected
 
@@ -252,8 +284,8 @@ def test_batch_of_identical_images() -> None:
     text = _text(case)
     pair = TextFeatures(*(torch.cat([t, t]) for t in (text.hidden, text.embedded, text.mask, text.aggregate)))
     with torch.no_grad():
-        single = head(case["fpn_outputs"], text)
-        double = head([torch.cat([f, f]) for f in case["fpn_outputs"]], pair)
+        _, single = head(case["fpn_outputs"], text)
+        _, double = head([torch.cat([f, f]) for f in case["fpn_outputs"]], pair)
     for ours, ref in [
         (double.box_regression, single.box_regression),
         (double.centerness, single.centerness),
@@ -286,15 +318,16 @@ def test_gradients_flow() -> None:
         mask=mask,
         aggregate=hidden.mean(1),
     )
-    out = head(features, text)
+    _, out = head(features, text)
     loss = sum(t.square().mean() for t in out.box_regression + out.centerness + out.dot_product_logits)
     loss.backward()
-    missing = [n for n, p in head.named_parameters() if p.grad is None and not n.startswith("cls_logits.")]
+    missing = [n for n, p in head.named_parameters() if p.grad is None and not n.startswith("grounding.cls_logits.")]
     assert not missing, missing
     assert all(f.grad is not None and f.grad.abs().sum() > 0 for f in features)
     assert hidden.grad is not None and hidden.grad.abs().sum() > 0
     # cls_logits only sizes the score tensor: it never takes part in the forward.
-    assert head.cls_logits.weight.grad is None
+    assert head.grounding.cls_logits.weight.grad is None
+    assert head.grounding.untrained_names() == ["cls_logits.weight", "cls_logits.bias"]
 
 
 def test_channel_mismatch_rules() -> None:
@@ -309,7 +342,7 @@ def test_channel_mismatch_rules() -> None:
         fused_dot_product=False,
         use_dfconv=False,
     ).eval()
-    first, second = head.tower[0].dyconv, head.tower[1].dyconv
+    first, second = head.trunk.blocks[0].dyconv, head.trunk.blocks[1].dyconv
     assert first.dyrelu is None and first.scale_attn is None and first.offset is None
     assert second.dyrelu is not None and second.scale_attn is not None
     text = TextFeatures(
@@ -319,7 +352,7 @@ def test_channel_mismatch_rules() -> None:
         torch.randn(1, 8),
     )
     with torch.no_grad():
-        out = head([torch.randn(1, 48, 4 >> i or 1, 4 >> i or 1) for i in range(5)], text)
+        _, out = head([torch.randn(1, 48, 4 >> i or 1, 4 >> i or 1) for i in range(5)], text)
     assert [tuple(t.shape) for t in out.box_regression] == [
         (1, 4, 4, 4),
         (1, 4, 2, 2),
@@ -334,7 +367,7 @@ def test_text_layer_from_bert_config() -> None:
     bert = json.loads((OFFICIAL / "tiny_glip_t" / "bert_config.json").read_text())
     layer = TextLayer.from_bert_config(SimpleNamespace(**bert)).eval()
     head = GLIPHead(**_head_kwargs("tiny_glip_t")).eval()
-    reference = head.tower[0].text_layer
+    reference = head.trunk.blocks[0].text_layer
     layer.load_state_dict(reference.state_dict(), strict=True)
     hidden, mask = (
         torch.randn(2, 5, bert["hidden_size"]),

@@ -17,7 +17,9 @@ from glip.hub.official_keys import official_key_to_glip
 from glip.modeling.anchors import AnchorGenerator
 from glip.modeling.assigner import ATSSAssigner
 from glip.modeling.box_coder import BoxCoder
-from glip.modeling.loss import GLIPLoss, giou_loss, sigmoid_focal_loss
+from glip.modeling.criterion import Criterion
+from glip.modeling.heads import GroundingLoss
+from glip.modeling.loss import AssignedTargets, giou_loss, sigmoid_focal_loss
 from glip.structures import GroundingTargets, HeadOutputs, ImageBatch
 from tests.conftest import TINY_CONFIGS, load_tiny_model
 from tests.modeling.test_assigner import fixture_targets, load_train_case
@@ -26,8 +28,26 @@ LOSS_KEYS = ("loss_reg", "loss_centerness", "loss_dot_product_token")
 _HEAD_FIELDS = {"bbox_reg": "box_regression", "centerness": "centerness", "dot_product_logits": "dot_product_logits"}
 
 
-def _criterion() -> GLIPLoss:
-    return GLIPLoss(ATSSAssigner(BoxCoder()))
+class _GroundingObjective:
+    """The grounding head's loss on the criterion's shared ATSS assignment, called on head
+    outputs directly (no model): ``(head, anchors, text_mask, targets) -> losses``."""
+
+    def __init__(self) -> None:
+        self.criterion = Criterion(ATSSAssigner(BoxCoder()))
+        self.loss = GroundingLoss()
+
+    def assign(self, anchors, targets) -> AssignedTargets:
+        return self.criterion.assign(anchors, targets)
+
+    def compute(self, head, anchors, text_mask, assigned) -> dict[str, torch.Tensor]:
+        return self.loss(head, self.criterion.prepare(anchors, text_mask, [None] * len(assigned.per_image), assigned))
+
+    def __call__(self, head, anchors, text_mask, targets) -> dict[str, torch.Tensor]:
+        return self.loss(head, self.criterion.prepare(anchors, text_mask, targets))
+
+
+def _criterion() -> _GroundingObjective:
+    return _GroundingObjective()
 
 
 def _stored_head(case: dict) -> HeadOutputs:
@@ -115,7 +135,10 @@ def test_end_to_end_losses_and_gradients_match_official(config: str, tmp_path_fa
             ours = 0.0 if grad is None else grad.norm().item()
             assert abs(ours - norm) <= 1e-4 * max(norm, 1e-4), official
         no_grad = sorted(n for n, p in params.items() if p.grad is None)
-        assert no_grad == ["head.cls_logits.bias", "head.cls_logits.weight"]  # official: the frozen cls_logits
+        assert no_grad == [
+            "heads.grounding.cls_logits.bias",
+            "heads.grounding.cls_logits.weight",
+        ]  # official: the frozen cls_logits
     finally:
         model.zero_grad(set_to_none=True)
 
@@ -304,12 +327,31 @@ def test_extreme_logits_stay_finite() -> None:
     assert all(torch.isfinite(t.grad).all() for t in head.dot_product_logits)
 
 
-def test_mdetr_losses_need_their_head_branches() -> None:
+class _FixedHead(torch.nn.Module):
+    """A stand-in head whose loss returns given values."""
+
+    def __init__(self, **values: float) -> None:
+        super().__init__()
+        self.values = values
+
+    def loss(self, output, inputs) -> dict[str, torch.Tensor]:
+        return {k: torch.tensor(v) for k, v in self.values.items()}
+
+
+def test_criterion_weighs_each_head_and_refuses_duplicate_names() -> None:
     head, anchors, mask = _synthetic_batch()
-    with pytest.raises(ValueError, match="token_logits"):
-        GLIPLoss(ATSSAssigner(BoxCoder()), use_token_loss=True)(head, anchors, mask, _synthetic_targets())
-    with pytest.raises(ValueError, match="contrastive_logits"):
-        GLIPLoss(ATSSAssigner(BoxCoder()), use_contrastive_align_loss=True)(head, anchors, mask, _synthetic_targets())
+    criterion = Criterion(ATSSAssigner(BoxCoder()), {"a": 2.0, "b": 0.0})
+    inputs = criterion.prepare(anchors, mask, _synthetic_targets())
+    assert inputs.num_pos_avg == _GOLDEN_POSITIVES
+    heads = {"a": _FixedHead(loss_x=1.5, loss_y=-1.0), "b": _FixedHead(loss_z=7.0), "c": _FixedHead(loss_w=3.0)}
+    outputs = {"a": None, "b": None, "c": None}
+    losses = criterion.combine(heads, outputs, inputs)
+    # "a" doubled, "b" (weight 0) skipped, "c" (not listed) at weight 1.
+    assert {k: v.item() for k, v in losses.items()} == {"loss_x": 3.0, "loss_y": -2.0, "loss_w": 3.0}
+    # A head that did not run (no output) contributes nothing.
+    assert set(criterion.combine(heads, {"c": None}, inputs)) == {"loss_w"}
+    with pytest.raises(ValueError, match="loss_x"):
+        criterion.combine({"a": heads["a"], "d": _FixedHead(loss_x=1.0)}, {"a": None, "d": None}, inputs)
 
 
 def test_mismatched_inputs_raise() -> None:

@@ -1,0 +1,85 @@
+"""Our own folders saved before the trunk/heads split still load (legacy key names), and
+loading a tuned delta stays out of the training engine."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from glip.hub.legacy_keys import legacy_key_to_current, remap_legacy_state_dict
+from glip.hub.zoo import resolve_weights
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_legacy_names_map_to_the_trunk_and_the_heads() -> None:
+    cases = {
+        "head.tower.3.fusion.norm_v.weight": "trunk.blocks.3.fusion.norm_v.weight",
+        "head.tower.0.dyconv.same.norm.bias": "trunk.blocks.0.dyconv.same.norm.bias",
+        "head.bbox_pred.weight": "heads.grounding.bbox_pred.weight",
+        "head.scales.4.scale": "heads.grounding.scales.4.scale",
+        "head.bias0": "heads.grounding.bias0",
+        "head.cls_logits.bias": "heads.grounding.cls_logits.bias",
+        "head.token_logits.weight": "heads.mdetr_token.logits.weight",
+        "head.resizer.fc.weight": "heads.mdetr_align.resizer.fc.weight",
+        "head.contrastive_align_projection_image.bias": "heads.mdetr_align.image_proj.bias",
+        "head.contrastive_align_projection_text.weight": "heads.mdetr_align.text_proj.weight",
+        # current names and other modules are left alone
+        "heads.grounding.bias0": "heads.grounding.bias0",
+        "trunk.blocks.0.dyconv.offset.weight": "trunk.blocks.0.dyconv.offset.weight",
+        "backbone.fpn.p6.weight": "backbone.fpn.p6.weight",
+        "text_encoder.bert.embeddings.word_embeddings.weight": "text_encoder.bert.embeddings.word_embeddings.weight",
+        "prompt_offset.weight": "prompt_offset.weight",
+    }
+    for old, new in cases.items():
+        assert legacy_key_to_current(old) == new, old
+    with pytest.raises(KeyError, match="heads.grounding.bias0"):
+        remap_legacy_state_dict({"head.bias0": 1, "heads.grounding.bias0": 2})
+
+
+def test_the_bundled_folder_has_legacy_names_that_fill_the_model_exactly() -> None:
+    from safetensors.torch import load_file
+
+    import glip
+
+    folder = resolve_weights("demo-shapes")
+    saved = load_file(str(folder / "model.safetensors"))
+    assert any(k.startswith("head.tower.") for k in saved)  # written before the split
+    model = glip.load_model(folder)
+    state = model.state_dict()
+    remapped = remap_legacy_state_dict(saved)
+    # The folder references its frozen, pretrained text encoder instead of storing it.
+    assert set(remapped) == {k for k in state if not k.startswith("text_encoder.")}
+    for k, v in remapped.items():
+        assert torch.equal(state[k], v.to(state[k].dtype)), k
+
+
+def test_loading_a_tuned_delta_does_not_import_the_engine(tmp_path) -> None:
+    import glip
+    from glip.hub.tuned import save_tuned
+
+    base = resolve_weights("demo-shapes")
+    model = glip.load_model(base)
+    with torch.no_grad():
+        model.grounding.bias0.add_(0.5)
+    save_tuned(model, tmp_path / "delta", base=base, mode="linear")
+    code = textwrap.dedent(
+        f"""
+        import sys
+        import glip.hub
+        from glip.hub.checkpoint import load_model
+        model = load_model({str(tmp_path / "delta")!r})
+        print(float(model.grounding.bias0))
+        print(sorted(m for m in sys.modules if m == "glip.engine" or m.startswith("glip.engine.")))
+        """
+    )
+    env = {"PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    value, engine = out.stdout.strip().splitlines()[-2:]
+    assert float(value) == pytest.approx(model.grounding.bias0.item())
+    assert engine == "[]"
