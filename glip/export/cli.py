@@ -11,7 +11,7 @@ __all__ = ["add_export_parser"]
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from glip.api import resolve_model
+    from glip.hub.checkpoint import load_model
     from glip.export.onnx import export_onnx
 
     try:
@@ -22,7 +22,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
         raise ValueError("give --prompt (fixed in the graph) or --prompt-input (token ids as inputs)")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    model = resolve_model(args.model, config=args.config, text_encoder=args.text_encoder, device="cpu")
+    model = load_model(args.model, args.config, text_encoder=args.text_encoder, device="cpu")
     tokens = export_onnx(
         model, out, args.prompt, prompt_input=args.prompt_input, dynamic=args.dynamic, image_size=tuple(args.size)
     )

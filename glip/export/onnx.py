@@ -80,7 +80,7 @@ class OnnxGLIP(nn.Module):
             text = TextFeatures(hidden=self.hidden, embedded=self.embedded, mask=self.mask, aggregate=self.aggregate)
         else:
             text = self._text(input_ids, attention_mask)
-        head = self.model.head(features, text)
+        head = self.model.grounding(self.model.trunk(features, text), {})  # the grounding head's outputs
         box_regression = torch.cat([r.flatten(2).transpose(1, 2) for r in head.box_regression], 1)  # [B, A, 4]
         centerness = torch.cat([c.flatten(1) for c in head.centerness], 1)  # [B, A]
         logits = torch.cat(head.dot_product_logits, 1)  # [B, A, T]
