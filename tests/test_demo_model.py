@@ -30,3 +30,29 @@ def test_demo_shapes_localises_objects(tmp_path):
         assert set(det.phrases) <= set(names)
         # The best-scoring box lies on one of the shapes (IoU > 0.5 with a ground-truth box).
         assert box_iou(det.boxes[:1], gt).max() > 0.5, image["file_name"]
+
+
+def test_demo_shapes_scores_depend_on_the_words(tmp_path):
+    """On one-shape images with all 16 names prompted, the top-scoring phrase names the
+    shape far more often than chance (1/16): the scores read the prompt's words (the model
+    bundled before 2026-11 ranked every phrase alike, at chance)."""
+    data = generate_synthetic(tmp_path, num_train=0, num_val=32, image_size=(128, 192), seed=321, max_objects=1)
+    record = json.loads(data.val_json.read_text())
+    names = [c["name"] for c in sorted(record["categories"], key=lambda c: c["id"])]
+    truth = {a["image_id"]: names[a["category_id"] - 1] for a in record["annotations"]}
+    predictor = glip.Predictor("demo-shapes", device="cpu")
+    hits = total = 0
+    spread = []
+    for image in record["images"]:
+        if image["id"] not in truth:
+            continue
+        det = predictor.predict(str(data.image_dir / image["file_name"]), names, threshold=0.0)
+        total += 1
+        hits += det.phrases[0] == truth[image["id"]]
+        top = det.boxes[0]
+        same_box = det.scores[(det.boxes - top).abs().amax(dim=1) < 1.0]
+        spread.append(float(same_box.max() - same_box.min()))
+    assert total >= 24
+    assert hits / total >= 0.2, f"top phrase right on {hits}/{total} images (chance 1/16)"
+    # The phrases scored on the best box differ (they were equal to 1e-6 when the text collapsed).
+    assert sum(spread) / len(spread) > 0.01

@@ -1,20 +1,8 @@
 """Transfer modes: what a fine-tuning run trains, and how.
 
-The mode table and the parameter selection live in :mod:`glip.modeling.transfer`
-(re-exported here); this module applies them to a model being trained. Per mode, the
-trainable set is:
-
-=============  ==============================================================================
-``full``       everything (text encoder included; backbone stages below
-               ``model.backbone.freeze_at`` stay frozen by the builder)
-``linear``     official ``linear_prob``: the parameters each head declares in its
-               ``linear_probe`` (grounding: box, centerness, alignment terms); backbone,
-               FPN, text encoder, trunk frozen
-``prompt``     official ``language_prompt_v2``: only the zero-initialised prompt offset
-``prompt_v1``  official ``language_prompt_v1``: only the text encoder
-``prompt_v3``  official ``language_prompt_v3``: the text encoder and the linear-probe set
-``prompt_v4``  official ``language_prompt_v4``: the prompt offset and the linear-probe set
-=============  ==============================================================================
+The mode table (what each mode trains) and the parameter selection live in
+:mod:`glip.modeling.transfer` (re-exported here); this module applies them to a model being
+trained.
 
 Frozen parts are also kept in eval mode during training, as the official ``train()`` does
 (no dropout / drop-path in a frozen backbone, head or text encoder).

@@ -425,7 +425,7 @@ def test_build_from_atss_assignment() -> None:
     """RegionWordTargets from the real ATSS assignment, then the loss on flattened FPN maps."""
     from glip.modeling.assigner import ATSSAssigner
     from glip.modeling.box_coder import BoxCoder
-    from glip.modeling.loss import GLIPLoss
+    from glip.modeling.criterion import Criterion
     from glip.structures.targets import GroundingTargets
 
     centres = torch.arange(4, 64, 8, dtype=torch.float32)  # one 8 x 8 level, stride 8
@@ -439,7 +439,7 @@ def test_build_from_atss_assignment() -> None:
         GroundingTargets(torch.tensor([[10.0, 20.0, 50.0, 50.0]]), maps[1, :1]),
         GroundingTargets.empty(width),
     ]
-    assigned = GLIPLoss(ATSSAssigner(BoxCoder())).assign(anchors, targets)
+    assigned = Criterion(ATSSAssigner(BoxCoder())).assign(anchors, targets)
     text_mask = torch.ones((3, width), dtype=torch.int64)
     token_class = torch.full((3, width), -1)
     token_class[0, 1], token_class[1, 2], token_class[2, 5] = 4, 4, 4  # class 4 named in every prompt
