@@ -154,7 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_finetune_parser(sub)
 
-    from glip.export.cli import add_export_parser
+    from glip.tools.export_cli import add_export_parser
 
     add_export_parser(sub)
     return parser

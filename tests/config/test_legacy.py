@@ -75,7 +75,8 @@ def test_a_current_tree_is_left_alone() -> None:
     assert upgrade_tree(tree) == tree
 
 
-@pytest.mark.parametrize("path", ["tests/config/data/legacy_demo_config.yaml"])  # the demo folder's config before the split
+# The bundled demo folder's config as it was written before the trunk/heads split.
+@pytest.mark.parametrize("path", ["tests/config/data/legacy_demo_config.yaml"])
 def test_a_folder_saved_by_an_earlier_version_loads_with_the_same_values(path: str, tmp_path) -> None:
     old = yaml.safe_load((REPO / path).read_text())
     assert is_legacy_tree(old)  # written before the trunk/heads split

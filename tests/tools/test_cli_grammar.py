@@ -55,6 +55,11 @@ def _cases(ds, tmp: Path) -> dict[str, list[list[str]]]:
             ["convert", "no-such-model", out],
             ["convert", "demo-shapes", out, "--config", "no-such-config"],
         ],
+        "export": [
+            ["export", str(tmp / "missing.pth"), str(tmp / "m.onnx"), "--prompt", "a cat."],
+            ["export", "no-such-model", str(tmp / "m.onnx"), "--prompt", "a cat."],
+            ["export", "demo-shapes", str(tmp / "m.onnx"), "--config", "no-such-config", "--prompt", "a cat."],
+        ],
         "models": [
             ["models", str(tmp / "missing.txt")],
             ["models", "--model", "no-such-model"],
@@ -76,7 +81,9 @@ def _run(argv: list[str], capsys) -> tuple[int, str]:
     return rc, capsys.readouterr().err
 
 
-@pytest.mark.parametrize("command", ["detect", "evaluate", "finetune", "train", "convert", "models", "data synthetic"])
+@pytest.mark.parametrize(
+    "command", ["detect", "evaluate", "finetune", "train", "convert", "export", "models", "data synthetic"]
+)
 def test_user_errors_are_one_line(command, dataset, tmp_path, capsys):
     for argv in _cases(dataset, tmp_path)[command]:
         rc, err = _run(argv, capsys)  # an exception escaping main() fails the test: it would be a traceback
@@ -117,6 +124,7 @@ def test_every_command_speaks_the_same_options():
         }
         | model_options,  # fmt: skip
         "convert": {"--out", "--config", "--text-encoder", "--trust-pickle"},
+        "export": {"--config", "--text-encoder", "--trust-pickle"},
     }
     for name, options in expected.items():
         have = {s for a in sub[name]._actions for s in a.option_strings}

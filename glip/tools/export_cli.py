@@ -7,12 +7,14 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
+from glip.tools.common import add_model_args
+
 __all__ = ["add_export_parser"]
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from glip.hub.checkpoint import load_model
     from glip.export.onnx import export_onnx
+    from glip.hub.checkpoint import load_model
 
     try:
         import onnx  # noqa: F401  (torch's exporter needs it)
@@ -22,7 +24,9 @@ def _cmd_export(args: argparse.Namespace) -> int:
         raise ValueError("give --prompt (fixed in the graph) or --prompt-input (token ids as inputs)")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    model = load_model(args.model, args.config, text_encoder=args.text_encoder, device="cpu")
+    model = load_model(
+        args.model, args.config, text_encoder=args.text_encoder, device="cpu", trust_pickle=args.trust_pickle
+    )
     tokens = export_onnx(
         model, out, args.prompt, prompt_input=args.prompt_input, dynamic=args.dynamic, image_size=tuple(args.size)
     )
@@ -62,6 +66,5 @@ def add_export_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--size", type=int, nargs=2, default=[800, 1216], metavar=("H", "W"), help="traced size (default 800 1216)"
     )
-    p.add_argument("--config", help="official GLIP yaml or a glip config (not needed for converted folders)")
-    p.add_argument("--text-encoder", help="text-encoder folder or name (default: the model's own)")
+    add_model_args(p, model=False)
     p.set_defaults(func=_cmd_export)
