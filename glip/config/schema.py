@@ -237,6 +237,7 @@ class DataConfig:
     # Caption recipe of detection data (glip.data.CaptionRecipe).
     sample_negatives: bool = False  # True: positives + sampled negatives (pre-training)
     shuffle_categories: bool = False  # official not DATASETS.DISABLE_SHUFFLE
+    disjoint_negatives: bool = False  # negatives share no word with the positives (not official)
     separator: str = ". "  # official DATASETS.SEPARATION_TOKENS
     add_detection_prompt: bool = False  # official DATASETS.ADD_DET_PROMPT
     random_sample_negative: int = 85  # official DATASETS.RANDOM_SAMPLE_NEG

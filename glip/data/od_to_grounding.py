@@ -339,6 +339,14 @@ class CaptionRecipe:
         background_negative: add label 0 named ``"__background__"`` as a negative
             candidate, as the official TSV label maps do (``ODTSVDataset``); it then reads
             ``" background "`` in captions.
+        disjoint_negatives: sample negatives only among categories that share no word
+            with the image's positives (not an official option). With compositional
+            names ("red circle", "red square") a caption holding both gives the word
+            "red" a positive and a negative target on the same red circle, which only a
+            text encoder that tells the two "red" apart can fit; with disjoint
+            negatives every word of a caption has one meaning, the model learns one
+            detector per word, and phrase scores (the mean over a phrase's tokens)
+            compose to unseen combinations.
     """
 
     sample_negatives: bool = False
@@ -350,6 +358,7 @@ class CaptionRecipe:
     control_probabilities: tuple[float, float, float, float] = field(default=DEFAULT_CONTROL_PROBABILITIES)
     max_num_labels: int = -1
     background_negative: bool = False
+    disjoint_negatives: bool = False
 
     @staticmethod
     def coco_finetune() -> CaptionRecipe:
@@ -393,6 +402,10 @@ def labels_to_caption(
         ind_to_class = {**ind_to_class, 0: BACKGROUND_NAME}
     max_seq_length = max_query_len - 2
     kept, length = drop_overflowing_positives(labels, ind_to_class, tokenizer, rng, max_seq_length)
+    candidates = None
+    if recipe.disjoint_negatives:
+        used = {w for v in kept for w in _words(ind_to_class[v])}
+        candidates = [c for c, name in ind_to_class.items() if not used & _words(name)]
     caption = caption_with_negatives(
         [v for v in labels if int(v) in kept],
         ind_to_class,
@@ -406,5 +419,11 @@ def labels_to_caption(
         max_num_labels=recipe.max_num_labels,
         disable_shuffle=not recipe.shuffle,
         add_detection_prompt=recipe.add_detection_prompt,
+        negative_candidates=candidates,
     )
     return caption, kept
+
+
+def _words(name: str) -> set[str]:
+    """The lower-cased words of a category name."""
+    return set(name.lower().split())

@@ -129,6 +129,7 @@ def build_dataset(cfg: GLIPConfig, tokenizer: Any, train: bool = True) -> Datase
     recipe = CaptionRecipe(
         sample_negatives=d.sample_negatives and train,
         shuffle=d.shuffle_categories and train,
+        disjoint_negatives=d.disjoint_negatives and train,
         separator=d.separator,
         add_detection_prompt=d.add_detection_prompt,
         random_sample_negative=d.random_sample_negative,

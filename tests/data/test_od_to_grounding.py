@@ -174,3 +174,26 @@ def test_random_negative_count_is_between_one_and_full():
         cap = caption_with_negatives([1], names, _WordTokenizer(), SampleRNG.from_seed(seed), 85, (0.0, 0.0, 0.0, 0.0))
         counts.add(len(cap.label_to_span) - 1)
     assert min(counts) >= 0 and max(counts) <= 19 and len(counts) > 5
+
+
+def test_disjoint_negatives_share_no_word_with_the_positives():
+    """``disjoint_negatives``: every negative's words are absent from the positives' names;
+    off, word-sharing negatives do appear (the option changes what is sampled)."""
+    names = {
+        i + 1: f"{c} {s}"
+        for i, (c, s) in enumerate((c, s) for c in "red green blue".split() for s in "circle square".split())
+    }
+    full = (0.0, 0.0, 1.0, 0.0)
+    shared = {True: 0, False: 0}
+    for disjoint in (True, False):
+        recipe = CaptionRecipe(
+            sample_negatives=True, shuffle=True, control_probabilities=full, disjoint_negatives=disjoint
+        )
+        for seed in range(10):
+            cap, kept = labels_to_caption([1], names, recipe, _WordTokenizer(), SampleRNG.from_seed(seed))
+            assert kept == {1}
+            negatives = [names[k] for k in cap.label_to_span if k != 1]
+            shared[disjoint] += sum(bool(set(n.split()) & {"red", "circle"}) for n in negatives)
+            if disjoint:  # red circle: only green/blue squares remain
+                assert sorted(negatives) == ["blue square", "green square"]
+    assert shared[True] == 0 and shared[False] > 0

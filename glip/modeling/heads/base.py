@@ -67,10 +67,14 @@ class Head(nn.Module):
     Attributes:
         linear_probe: parameter names (relative, prefixes allowed) trained by linear probing.
         untrained: parameter names (relative, prefixes allowed) that no loss reaches.
+        text_side: parameter names (relative, prefixes allowed) that transform the prompt's
+            tokens (a text projection); the optimiser trains them with the fusion layers
+            (``solver.fusion_lr_factor``).
     """
 
     linear_probe: tuple[str, ...] = ()
     untrained: tuple[str, ...] = ()
+    text_side: tuple[str, ...] = ()
 
     def forward(self, trunk: TrunkOutput, outputs: Mapping[str, Any]) -> Any:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -90,3 +94,7 @@ class Head(nn.Module):
     def untrained_names(self) -> list[str]:
         """Relative names of the parameters no loss reaches."""
         return self._matches(self.untrained)
+
+    def text_side_names(self) -> list[str]:
+        """Relative names of the parameters that transform the prompt's tokens."""
+        return self._matches(self.text_side)

@@ -66,6 +66,7 @@ class GroundingHead(Head):
     # does not exist in GLIP's head.
     linear_probe = ("bbox_pred.", "centerness.", "text_proj.", "log_scale", "bias_lang", "bias0")
     untrained = ("cls_logits.",)
+    text_side = ("text_proj.",)
 
     def __init__(
         self,
