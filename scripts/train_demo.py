@@ -63,9 +63,10 @@ def evaluate(model, val_json: Path, image_dir: Path, held_out: set[str]) -> dict
     return rows
 
 
-def top_phrase_accuracy(model, out_dir: Path, num_images: int = 64, seed: int = 777) -> float:
-    """Fraction of fresh one-shape images whose top-scoring phrase (all 16 names prompted)
-    is the shape's own name."""
+def phrase_accuracy(model, out_dir: Path, num_images: int = 64, seed: int = 777) -> dict[str, float]:
+    """On fresh one-shape images, all 16 names prompted: how often the top-scoring phrase is
+    the shape's own name (``top1``), and how often its colour word and its shape word are
+    right (``colour``, ``shape``)."""
     from glip.data import generate_synthetic, synthetic_categories
 
     ds = generate_synthetic(out_dir, num_train=0, num_val=num_images, image_size=(128, 192), seed=seed, max_objects=1)
@@ -73,25 +74,56 @@ def top_phrase_accuracy(model, out_dir: Path, num_images: int = 64, seed: int = 
     truth = {a["image_id"]: a["category_id"] for a in data["annotations"]}
     names = {c["id"]: c["name"] for c in data["categories"]}
     prompt = synthetic_categories()
-    hits = total = 0
+    hits = {"top1": 0, "colour": 0, "shape": 0}
+    total = 0
     for record in data["images"]:
         if record["id"] not in truth:
             continue
         det = model.predict(ds.image_dir / record["file_name"], prompt, threshold=0.0)
         total += 1
-        hits += bool(len(det.phrases)) and det.phrases[0] == names[truth[record["id"]]]
-    return hits / max(total, 1)
+        if not len(det.phrases):
+            continue
+        (colour, shape), (true_colour, true_shape) = det.phrases[0].split(), names[truth[record["id"]]].split()
+        hits["top1"] += colour == true_colour and shape == true_shape
+        hits["colour"] += colour == true_colour
+        hits["shape"] += shape == true_shape
+    return {k: v / max(total, 1) for k, v in hits.items()}
+
+
+def top_phrase_accuracy(model, out_dir: Path, num_images: int = 64, seed: int = 777) -> float:
+    """Fraction of fresh one-shape images whose top-scoring phrase is the shape's own name."""
+    return phrase_accuracy(model, out_dir, num_images, seed)["top1"]
+
+
+def probe_evaluator(out_dir: Path, num_images: int = 32):
+    """An in-training evaluator: :func:`phrase_accuracy` on ``num_images`` one-shape images
+    (another seed than the final report's), printed and logged as ``probe/*``."""
+
+    def evaluate_probe(model, step: int) -> dict[str, float]:
+        was = model.training
+        model.eval()
+        try:
+            with torch.no_grad():
+                acc = phrase_accuracy(model, out_dir, num_images, seed=778)
+        finally:
+            model.train(was)
+        print(f"step {step}: top phrase {100 * acc['top1']:.0f}% (colour {100 * acc['colour']:.0f}%, "
+              f"shape {100 * acc['shape']:.0f}%) on {num_images} one-shape images", flush=True)  # fmt: skip
+        return {f"probe/{k}": v for k, v in acc.items()}
+
+    return evaluate_probe
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--work", default="runs/demo", help="data and training output")
     p.add_argument("--out", default=str(REPO / "glip" / "assets" / "demo-shapes"), help="zoo folder to write")
-    p.add_argument("--num-train", type=int, default=400)
+    p.add_argument("--num-train", type=int, default=2000)
     p.add_argument("--num-val", type=int, default=80)
     p.add_argument("--held-out", type=int, default=3)
     p.add_argument("--steps", type=int, default=1200)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--probe-every", type=int, default=200, help="steps between phrase-accuracy probes (0: none)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
     args = p.parse_args()
 
@@ -115,11 +147,13 @@ def main() -> int:
             f"data.train_json={ds.train_json}", f"data.train_images={ds.image_dir}",
             f"solver.max_iter={args.steps}", f"solver.warmup_iters={warmup}",
             f"solver.checkpoint_period={max(args.steps // 4, 1)}", f"solver.seed={args.seed}",
+            f"train.eval_period={args.probe_every}",
             *args.overrides,
         ],
     )  # fmt: skip
     start = time.time()
-    result = train(cfg, work / "train", resume=True, cpu=True)
+    evaluator = probe_evaluator(work / "probe") if args.probe_every > 0 else None
+    result = train(cfg, work / "train", resume=True, cpu=True, evaluator=evaluator)
     minutes = (time.time() - start) / 60
     if result.interrupted_by is not None:
         print(f"interrupted at step {result.progress.step}; run again to resume")
@@ -134,12 +168,14 @@ def main() -> int:
             continue
         model = load_model(folder)
         table = evaluate(model, ds.val_json, ds.image_dir, set(ds.held_out))
-        top1 = top_phrase_accuracy(model, work / "single")
-        report[which] = {"summary": table, "top_phrase_accuracy": top1}
+        acc = phrase_accuracy(model, work / "single")
+        top1 = acc["top1"]
+        report[which] = {"summary": table, "top_phrase_accuracy": top1, "phrase_accuracy": acc}
         print(f"\n{which}:   {'AP':>6} {'AP50':>6}  categories")
         for split, row in table.items():
             print(f"  {split:<9} {row['AP']:6.1f} {row['AP50']:6.1f}  {row['categories']}")
-        print(f"  top phrase correct on single-shape images: {100 * top1:.0f}%")
+        print(f"  top phrase correct on single-shape images: {100 * top1:.0f}% "
+              f"(colour {100 * acc['colour']:.0f}%, shape {100 * acc['shape']:.0f}%)")  # fmt: skip
         if best is None or table["all"]["AP"] > report[best]["summary"]["all"]["AP"]:
             best = which
     assert best is not None
