@@ -29,7 +29,7 @@ def _head(extractor: str = "conv", dtype=torch.float64, detections: int = 0, see
     ext = MaskConvExtractor(C, [C, C]) if extractor == "conv" else HourglassExtractor(C, [C], depth=1, resolution=4)
     head = MaskHead(ext, VLMaskPredictor(C, C, D), SCALES, pooler_resolution=4, resolution=8, detections=detections)
     with torch.no_grad():  # the official init zeroes every bias: give them values so the test sees them
-        for name, p in head.named_parameters():
+        for p in head.parameters():
             if p.ndim == 1:
                 p.copy_(torch.randn(p.shape) * 0.3)
     return head.to(dtype)
