@@ -21,6 +21,8 @@ class Detections:
             (label ``j`` is the ``j``-th phrase, as in the official code).
         phrases: the ``N`` phrase strings, ``phrases[i]`` naming ``labels[i]``.
         image_size: ``(height, width)`` of the original image.
+        masks: ``Tensor[N, H, W]`` bool instance masks in the same pixels as ``boxes``
+            (``H, W = image_size``), or None when masks were not asked for.
     """
 
     boxes: Tensor
@@ -28,6 +30,7 @@ class Detections:
     labels: Tensor
     phrases: list[str] = field(default_factory=list)
     image_size: tuple[int, int] = (0, 0)
+    masks: Tensor | None = None
 
     def __post_init__(self) -> None:
         n = self.boxes.shape[0]
@@ -38,6 +41,10 @@ class Detections:
             )
         if self.phrases and len(self.phrases) != n:
             raise ValueError(f"Detections has {n} boxes but {len(self.phrases)} phrases")
+        if self.masks is not None and (self.masks.ndim != 3 or self.masks.shape[0] != n):
+            raise ValueError(
+                f"Detections has {n} boxes but masks of shape {tuple(self.masks.shape)} (expected [N, H, W])"
+            )
 
     def __len__(self) -> int:
         return int(self.boxes.shape[0])
@@ -49,7 +56,8 @@ class Detections:
         keep = torch.arange(len(self))[index]
         idx = keep.tolist() if keep.ndim else [int(keep)]
         phrases = [self.phrases[i] for i in idx] if self.phrases else []
-        return Detections(self.boxes[keep], self.scores[keep], self.labels[keep], phrases, self.image_size)
+        masks = None if self.masks is None else self.masks[keep.to(self.masks.device)]
+        return Detections(self.boxes[keep], self.scores[keep], self.labels[keep], phrases, self.image_size, masks)
 
     @staticmethod
     def empty(image_size: tuple[int, int] = (0, 0)) -> Detections:
@@ -57,7 +65,12 @@ class Detections:
 
     def to(self, device: torch.device | str) -> Detections:
         return Detections(
-            self.boxes.to(device), self.scores.to(device), self.labels.to(device), list(self.phrases), self.image_size
+            self.boxes.to(device),
+            self.scores.to(device),
+            self.labels.to(device),
+            list(self.phrases),
+            self.image_size,
+            None if self.masks is None else self.masks.to(device),
         )
 
     def above(self, threshold: float) -> Detections:
@@ -117,18 +130,21 @@ class Detections:
         )
 
     def to_supervision(self) -> Any:
-        """A ``supervision.Detections`` (``class_id`` = label - 1, phrases in ``data["class_name"]``)."""
+        """A ``supervision.Detections`` (``class_id`` = label - 1, phrases in ``data["class_name"]``,
+        ``mask`` when there are masks)."""
         try:
             import supervision as sv
         except ImportError as e:
             raise ImportError("to_supervision() needs the supervision package: pip install supervision") from e
         import numpy as np
 
+        extra = {} if self.masks is None else {"mask": self.masks.numpy()}  # [N, H, W] bool, as supervision's
         return sv.Detections(
             xyxy=self.boxes.numpy().astype(np.float32),
             confidence=self.scores.numpy().astype(np.float32),
             class_id=(self.labels - 1).numpy().astype(int),
             data={"class_name": np.array(self.phrases if self.phrases else [""] * len(self))},
+            **extra,
         )
 
     def __repr__(self) -> str:
