@@ -3,6 +3,8 @@ Predictor; a model without a mask head asked for masks is a one-line error namin
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -113,3 +115,34 @@ def test_detections_carry_masks_through_selection() -> None:
     assert det.to("cpu").masks is not None
     with pytest.raises(ValueError, match="masks of shape"):
         Detections(torch.rand(3, 4), torch.rand(3), torch.ones(3, dtype=torch.int64), [], (4, 5), masks[:2])
+
+
+def test_detect_files_writes_rle_masks_and_fills(models, tmp_path) -> None:
+    from glip.data.masks import annotation_mask
+    from glip.tools.detect import detect_files
+    from glip.utils.draw import draw_detections
+
+    _, masked = models
+    image = case.golden_image()
+    path = tmp_path / "shapes.png"
+    Image.fromarray(image).save(path)
+    predictor = Predictor(masked, masks=True)
+    (entry,) = detect_files(predictor, [str(path)], case.PROMPT, tmp_path / "out", threshold=0.0, masks=True)
+    det = predictor.predict(image, case.PROMPT, threshold=0.0)
+    assert len(entry["detections"]) == len(det) > 0
+    for d, mask in zip(entry["detections"], det.masks):
+        assert np.array_equal(annotation_mask({"segmentation": d["mask"]}, *case.IMAGE_HW), mask.numpy())
+    assert (tmp_path / "out" / "shapes.jpg").is_file()
+    saved = json.loads((tmp_path / "out" / "detections.json").read_text())
+    assert saved[0]["detections"][0]["mask"] == entry["detections"][0]["mask"]
+    # Round trip through to_dict / from_dict keeps the masks; COCO results carry them as RLE.
+    again = Detections.from_dict(det.to_dict())
+    assert torch.equal(again.masks, det.masks)
+    assert det.to_coco(1)[0]["segmentation"] == entry["detections"][0]["mask"]
+    # The fill: a masked pixel moves toward the label's colour, an unmasked one is unchanged.
+    flat = np.full((40, 40, 3), 100, dtype=np.uint8)
+    m = np.zeros((1, 40, 40), dtype=bool)
+    m[0, 5, 5] = True  # far from the box's outline and tag
+    drawn = np.asarray(draw_detections(flat, [[20, 20, 39, 39]], [1], [""], m, mask_alpha=0.5))
+    assert tuple(drawn[5, 5]) == (178, 114, 57)  # (100 + palette[1]) / 2, rounded
+    assert tuple(drawn[5, 8]) == (100, 100, 100)
