@@ -146,3 +146,18 @@ def test_detect_files_writes_rle_masks_and_fills(models, tmp_path) -> None:
     drawn = np.asarray(draw_detections(flat, [[20, 20, 39, 39]], [1], [""], m, mask_alpha=0.5))
     assert tuple(drawn[5, 5]) == (178, 114, 57)  # (100 + palette[1]) / 2, rounded
     assert tuple(drawn[5, 8]) == (100, 100, 100)
+
+
+def test_evaluate_detection_scores_boxes_and_masks(models, tmp_path) -> None:
+    from glip.data import generate_synthetic
+    from glip.tools.evaluate import evaluate_detection
+
+    _, masked = models
+    data = generate_synthetic(tmp_path / "d", num_train=2, num_val=0, image_size=(96, 128), seed=1, max_objects=2)
+    metrics = evaluate_detection(
+        Predictor(masked, masks=True), data.train_json, data.image_dir, iou_types=("bbox", "segm"), progress=False,
+        out_dir=tmp_path / "out",
+    )  # fmt: skip
+    assert {"AP", "AP50", "segm_AP", "segm_AP50"} <= set(metrics)
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert results and all("segmentation" in r for r in results)
