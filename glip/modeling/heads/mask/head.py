@@ -260,8 +260,9 @@ class MaskHead(Head):
         masks, averaged over every pixel of every positive region of the batch (official
         ``MaskRCNNLossComputation``, VL version). Zero (connected to the head's
         parameters) without any positive region."""
-        targets = self.prepare_targets(self.proposals(inputs), inputs.targets)
-        if len(targets) == 0:
+        has_masks = any(t.masks is not None and bool(t.mask_flags().any()) for t in inputs.targets)
+        targets = self.prepare_targets(self.proposals(inputs), inputs.targets) if has_masks else None
+        if targets is None or len(targets) == 0:
             return {"loss_mask": sum(p.sum() for p in self.parameters()) * 0.0}
         logits = self.region_logits(output, targets.boxes, targets.token_map)  # [R, M, M]
         if logits.dtype in (torch.float16, torch.bfloat16):
