@@ -171,7 +171,7 @@ _MASK_KEYS: dict[str, tuple[str, Any, Callable[[Any], Any]]] = {
 }
 # Values the VL mask head needs (official default in brackets where it differs).
 _MASK_REQUIRED: dict[str, tuple[Any, Any]] = {
-    "MODEL.RPN_ONLY": (False, True),
+    "MODEL.RPN_ONLY": (False, False),
     "MODEL.BOX_ON": (False, True),
     "MODEL.RPN.RETURN_FUSED_FEATURES": (True, False),
     "MODEL.ROI_HEADS.USE_FPN": (True, False),
@@ -185,8 +185,8 @@ def _import_mask_head(flat: Mapping[str, Any], cfg: GLIPConfig, errors: list[str
     """Fills ``model.heads.mask`` from the ``ROI_MASK_HEAD`` keys (MASK_ON true), or checks
     that the keys only the mask head may change are at their detection values (MASK_ON false)."""
     if not cfg.model.heads.mask.enabled:
-        for key in ("MODEL.RPN_ONLY", "MODEL.RPN.RETURN_FUSED_FEATURES"):
-            if key in flat and not _same(flat[key], _MASK_REQUIRED[key][1]):
+        for key, detection_value in (("MODEL.RPN_ONLY", True), ("MODEL.RPN.RETURN_FUSED_FEATURES", False)):
+            if key in flat and not _same(flat[key], detection_value):
                 errors.append(f"{key}={flat[key]!r} (supported only with MODEL.MASK_ON: True)")
         return
     section = cfg.model.heads.mask

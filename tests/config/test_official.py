@@ -165,3 +165,9 @@ def test_vl_mask_head_values_it_cannot_run_are_errors(key, value):
 def test_mask_only_keys_without_mask_on_are_errors():
     with pytest.raises(OfficialConfigError, match=r"MODEL\.RPN_ONLY"):
         config_from_dict(_tree({"MODEL.RPN_ONLY": False}))
+
+
+def test_vl_mask_head_takes_the_official_rpn_only_default():
+    # The official default RPN_ONLY is False: a mask yaml need not restate it.
+    flat = {k: v for k, v in _VL_MASK.items() if k != "MODEL.RPN_ONLY"}
+    assert config_from_dict(_tree(flat)).model.heads.mask.enabled
