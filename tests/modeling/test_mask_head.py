@@ -243,3 +243,23 @@ def test_builder_registers_the_head_off_by_default() -> None:
     bad = load_config(CONFIG_FILE, ["model.heads.mask.enabled=true", "model.heads.mask.feature_extractor=x"])
     with pytest.raises(ValueError, match="feature_extractor"):
         build_heads(bad, BertConfig(**_TINY_BERT))
+
+
+def test_official_mask_head_keys_map_onto_the_head() -> None:
+    from glip.hub.official_keys import official_key_to_glip
+
+    head = MaskHead(HourglassExtractor(4, [4, 4], depth=1, resolution=4), VLMaskPredictor(4, 4, 6), SCALES, 2, 0, 4)
+    conv = MaskConvExtractor(4, [4, 4, 4, 4])
+    ours = {f"heads.mask.{k}" for k in head.state_dict()} | {f"heads.mask.extractor.{k}" for k in conv.state_dict()}
+    official = [  # names of the official ROIMaskHead's parameters (hourglass.py, roi_mask_predictors.py)
+        "roi_heads.mask.feature_extractor.mask_hg2.up1.conv1.weight",
+        "roi_heads.mask.feature_extractor.mask_hg1.low2.conv2.bias",
+        "roi_heads.mask.feature_extractor.mask_hg1.low3.conv3.weight",
+        "roi_heads.mask.feature_extractor.mask_fcn4.weight",
+        "roi_heads.mask.predictor.conv5_mask.weight",
+        "roi_heads.mask.predictor.dot_product_projection_text.bias",
+        "roi_heads.mask.predictor.log_scale",
+        "roi_heads.mask.predictor.bias_lang",
+    ]
+    for key in official:
+        assert official_key_to_glip(key, 3) in ours, key
