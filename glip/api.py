@@ -89,6 +89,9 @@ class Predictor:
         device: ``"cpu"``, ``"cuda"``...; default: CUDA when available.
         batch_size: images per forward pass.
         trust_pickle: allow a ``.pth`` that needs unsafe unpickling (see :func:`glip.load_model`).
+        masks: also predict each detection's mask (``Detections.masks``, ``[N, H, W]`` bool in
+            original-image pixels); the model needs a mask head (else
+            :class:`~glip.modeling.glip.MasksUnavailableError`, naming the model).
     """
 
     def __init__(
@@ -100,13 +103,17 @@ class Predictor:
         device: str | torch.device | None = None,
         batch_size: int = 4,
         trust_pickle: bool = False,
+        masks: bool = False,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         self.model = resolve_model(
             model, config=config, text_encoder=text_encoder, device=device, trust_pickle=trust_pickle
         )
+        if masks:
+            self.model.require_masks()
         self.batch_size = batch_size
+        self.masks = masks
 
     def prepare_prompt(self, prompt: PromptLike, chunk_size: int | None = None) -> list[TokenizedPrompt]:
         """Parses, chunks (when too long) and tokenizes a prompt once for many images."""
@@ -127,6 +134,7 @@ class Predictor:
         scores = torch.cat([d.scores for d in per_chunk])
         labels = torch.cat([d.labels + off for d, off in zip(per_chunk, offsets)])
         phrases = [p for d in per_chunk for p in d.phrases]
+        masks = None if per_chunk[0].masks is None else torch.cat([d.masks for d in per_chunk])
         keep = torch.arange(len(phrases))
         repeated = {p for p, n in Counter(phrases).items() if n > 1} & _phrases_in_several(chunks)
         if repeated:
@@ -143,7 +151,12 @@ class Predictor:
         if top_k > 0:
             order = order[:top_k]
         return Detections(
-            boxes[order], scores[order], labels[order], [phrases[i] for i in order.tolist()], per_chunk[0].image_size
+            boxes[order],
+            scores[order],
+            labels[order],
+            [phrases[i] for i in order.tolist()],
+            per_chunk[0].image_size,
+            None if masks is None else masks[order],
         )
 
     def iter_predict(
@@ -155,8 +168,10 @@ class Predictor:
         batch_size: int | None = None,
         chunk_size: int | None = None,
         max_detections: int | None = None,
+        masks: bool | None = None,
     ) -> Iterator[tuple[int, Detections | Exception]]:
         """Yields ``(index, Detections or the error)`` for each image, in input order.
+        ``masks``: override the predictor's ``masks`` setting.
 
         An image that cannot be read, preprocessed or run through the model yields an
         :class:`ImageLoadError`; the others are still processed. Images are batched only with images of the same padded size, so
@@ -167,6 +182,9 @@ class Predictor:
         batch_size = self.batch_size if batch_size is None else batch_size
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        with_masks = self.masks if masks is None else masks
+        if with_masks:
+            self.model.require_masks()
         chunks = self.prepare_prompt(prompt, chunk_size)
         top_k = self.model.postprocessor.detections_per_img if max_detections is None else max_detections
         prep = self.model.preprocessing
@@ -175,7 +193,8 @@ class Predictor:
 
         def run_batch(group: list[tuple[int, torch.Tensor, tuple[int, int]]]) -> list[tuple[int, Detections]]:
             batch = ImageBatch.from_tensors([t for _, t, _ in group], stride)
-            per_chunk = self.model.detect_prompts(batch, chunks, original_sizes=[s for _, _, s in group])
+            sizes = [s for _, _, s in group]
+            per_chunk = self.model.detect_prompts(batch, chunks, original_sizes=sizes, masks=with_masks)
             return [
                 (index, self._merge_chunks([dets[j] for dets in per_chunk], chunks, top_k).above(threshold))
                 for j, (index, _, _) in enumerate(group)
@@ -226,8 +245,9 @@ class Predictor:
         batch_size: int | None = None,
         chunk_size: int | None = None,
         max_detections: int | None = None,
+        masks: bool | None = None,
     ) -> Detections | list[Detections]:
-        """Detects the prompt's phrases.
+        """Detects the prompt's phrases (and segments them with ``masks``).
 
         Args:
             images: a path, PIL image or ``[H, W, 3]`` uint8 RGB array, or a list of them.
@@ -239,6 +259,7 @@ class Predictor:
                 exceeds the text encoder's 256 tokens or the head's 80 phrases.
             max_detections: per image, after merging chunks (default: the config's
                 ``detections_per_img``, 100); ``0`` keeps all.
+            masks: also each detection's mask (default: the predictor's setting).
 
         Returns:
             one :class:`Detections` (original-image pixels, sorted by score), or a list
@@ -254,6 +275,7 @@ class Predictor:
             batch_size=batch_size,
             chunk_size=chunk_size,
             max_detections=max_detections,
+            masks=masks,
         ):
             if isinstance(result, Exception):
                 raise result
@@ -275,11 +297,13 @@ def predict(
     chunk_size: int | None = None,
     config: str | Path | None = None,
     text_encoder: str | Path | None = None,
+    masks: bool = False,
 ) -> Detections | list[Detections]:
     """One-call zero-shot detection (see :meth:`Predictor.predict`).
 
     ``model`` is a zoo name, a weights path or a loaded :class:`GLIP`; the last model
-    loaded by name or path is kept for the next call.
+    loaded by name or path is kept for the next call. ``masks``: also each detection's
+    mask (``Detections.masks``, original-image pixels; the model needs a mask head).
     """
     if isinstance(model, GLIP):
         predictor = Predictor(model, device=device, batch_size=batch_size)
@@ -290,4 +314,6 @@ def predict(
             _CACHE.clear()
             predictor = Predictor(model, config=config, text_encoder=text_encoder, device=device, batch_size=batch_size)
             _CACHE[key] = predictor
-    return predictor.predict(images, prompt, threshold=threshold, batch_size=batch_size, chunk_size=chunk_size)
+    return predictor.predict(
+        images, prompt, threshold=threshold, batch_size=batch_size, chunk_size=chunk_size, masks=masks
+    )

@@ -66,7 +66,7 @@ def _cmd_detect(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"no image found in {' '.join(args.inputs)}")
     predictor = Predictor(
         model_arg(args), config=args.config, text_encoder=args.text_encoder, device=parse_device(args.device),
-        batch_size=args.batch_size, trust_pickle=args.trust_pickle,
+        batch_size=args.batch_size, trust_pickle=args.trust_pickle, masks=args.masks,
     )  # fmt: skip
     if prompt is None:  # a tuned model's own prompt (glip finetune)
         prompt = predictor.model.tuned_prompt
@@ -80,6 +80,7 @@ def _cmd_detect(args: argparse.Namespace) -> int:
         threshold=args.threshold,
         batch_size=args.batch_size,
         progress=not args.quiet,
+        masks=args.masks,
     )
     print(format_table(entries))
     failed = sum("error" in e for e in entries)
@@ -128,6 +129,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--threshold", type=float, default=0.5, help="keep detections scoring above this (default 0.5)")
     p.add_argument("--batch-size", type=int, default=4, help="images per forward pass (default 4)")
+    p.add_argument(
+        "--masks",
+        action="store_true",
+        help="also segment each detection (models with a mask head): translucent fills in the images, "
+        "COCO RLE under 'mask' in detections.json",
+    )
     add_device_arg(p)
     add_output_arg(p, default="glip_detections")
     add_quiet_arg(p)

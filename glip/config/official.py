@@ -151,14 +151,73 @@ _MAPPED: dict[str, tuple[str, Any, Callable[[Any], Any]]] = {
     "SOLVER.MAX_NEG_PER_BATCH": ("solver.max_neg_per_batch", 0.1, float),
     "SOLVER.SEED": ("solver.seed", 0, int),
     "SOLVER.FIND_UNUSED_PARAMETERS": ("train.find_unused_parameters", True, bool),
+    "MODEL.MASK_ON": ("model.heads.mask.enabled", False, bool),
 }
+
+# The VL mask head (GLIPv2; MODEL.MASK_ON): official key -> (our field of model.heads.mask,
+# official default, converter). Read only when MASK_ON is true: the official defaults
+# (one 1/16 scale, RESOLUTION 14) do not describe a runnable VL mask head.
+_MASK_KEYS: dict[str, tuple[str, Any, Callable[[Any], Any]]] = {
+    "MODEL.ROI_MASK_HEAD.FEATURE_EXTRACTOR": ("feature_extractor", "ResNet50Conv5ROIFeatureExtractor", str),
+    "MODEL.ROI_MASK_HEAD.POOLER_RESOLUTION": ("pooler_resolution", 14, int),
+    "MODEL.ROI_MASK_HEAD.POOLER_SAMPLING_RATIO": ("pooler_sampling_ratio", 0, int),
+    "MODEL.ROI_MASK_HEAD.POOLER_SCALES": ("pooler_scales", (1.0 / 16,), _floats),
+    "MODEL.ROI_MASK_HEAD.CONV_LAYERS": ("conv_layers", (256, 256, 256, 256), _ints),
+    "MODEL.ROI_MASK_HEAD.RESOLUTION": ("resolution", 14, int),
+    "MODEL.ROI_MASK_HEAD.DILATION": ("dilation", 1, int),
+    "MODEL.ROI_MASK_HEAD.USE_GN": ("use_gn", False, bool),
+    "MODEL.ROI_MASK_HEAD.HG_SCALE": ("hg_scale", 1, int),
+    "MODEL.ROI_HEADS.FG_IOU_THRESHOLD": ("fg_iou_threshold", 0.5, float),
+}
+# Values the VL mask head needs (official default in brackets where it differs).
+_MASK_REQUIRED: dict[str, tuple[Any, Any]] = {
+    "MODEL.RPN_ONLY": (False, False),
+    "MODEL.BOX_ON": (False, True),
+    "MODEL.RPN.RETURN_FUSED_FEATURES": (True, False),
+    "MODEL.ROI_HEADS.USE_FPN": (True, False),
+    "MODEL.ROI_MASK_HEAD.SHARE_BOX_FEATURE_EXTRACTOR": (False, True),
+    "MODEL.ROI_MASK_HEAD.PREDICTOR": ("VLMaskRCNNC4Predictor", "MaskRCNNC4Predictor"),
+}
+_MASK_EXTRACTORS = ("MaskRCNNFPNFeatureExtractor", "HourglassFPNFeatureExtractor")
+
+
+def _import_mask_head(flat: Mapping[str, Any], cfg: GLIPConfig, errors: list[str]) -> None:
+    """Fills ``model.heads.mask`` from the ``ROI_MASK_HEAD`` keys (MASK_ON true), or checks
+    that the keys only the mask head may change are at their detection values (MASK_ON false)."""
+    if not cfg.model.heads.mask.enabled:
+        for key, detection_value in (("MODEL.RPN_ONLY", True), ("MODEL.RPN.RETURN_FUSED_FEATURES", False)):
+            if key in flat and not _same(flat[key], detection_value):
+                errors.append(f"{key}={flat[key]!r} (supported only with MODEL.MASK_ON: True)")
+        return
+    section = cfg.model.heads.mask
+    for key, (name, default, convert) in _MASK_KEYS.items():
+        setattr(section, name, convert(flat.get(key, _parse_value(default))))
+    for key, (needed, default) in _MASK_REQUIRED.items():
+        value = flat.get(key, default)
+        if not _same(value, needed):
+            errors.append(f"{key}={value!r} (MODEL.MASK_ON needs {needed!r})")
+    if section.feature_extractor not in _MASK_EXTRACTORS:
+        errors.append(
+            f"MODEL.ROI_MASK_HEAD.FEATURE_EXTRACTOR={section.feature_extractor!r} (supported: {', '.join(_MASK_EXTRACTORS)})"
+        )
+    levels = len(cfg.model.anchors.strides)
+    if len(section.pooler_scales) != levels:
+        errors.append(
+            f"MODEL.ROI_MASK_HEAD.POOLER_SCALES={section.pooler_scales!r} (the mask head pools the {levels} "
+            "post-fusion levels: one scale per level, e.g. 1/8 .. 1/128)"
+        )
+    if section.resolution != 2 * section.pooler_resolution:
+        errors.append(
+            f"MODEL.ROI_MASK_HEAD.RESOLUTION={section.resolution} (the VL predictor doubles POOLER_RESOLUTION="
+            f"{section.pooler_resolution}: it must be {2 * section.pooler_resolution})"
+        )
+
 
 # Keys that change the network in ways not implemented here: the value must be one of these.
 _REQUIRED: dict[str, tuple[Any, ...]] = {
     "MODEL.META_ARCHITECTURE": ("GeneralizedVLRCNN",),
     "MODEL.RPN_ARCHITECTURE": ("VLDYHEAD",),
-    "MODEL.RPN_ONLY": (True,),
-    "MODEL.MASK_ON": (False,),
+    "MODEL.RPN_ONLY": (True, False),  # False only for the mask head (checked in _import_mask_head)
     "MODEL.KEYPOINT_ON": (False,),
     "MODEL.BACKBONE.CONV_BODY": ("SWINT-FPN-RETINANET", "R-50-FPN-RETINANET", "R-101-FPN-RETINANET"),
     "MODEL.SWINT.VERSION": ("v1",),
@@ -190,7 +249,7 @@ _REQUIRED: dict[str, tuple[Any, ...]] = {
     "MODEL.FPN.USE_PAN": (False,),
     "MODEL.FPN.USE_SPP": (False,),
     "MODEL.FPN.RETURN_SWINT_FEATURE_BEFORE_FUSION": (False,),
-    "MODEL.RPN.RETURN_FUSED_FEATURES": (False,),
+    "MODEL.RPN.RETURN_FUSED_FEATURES": (False, True),  # True only for the mask head (idem)
     "MODEL.GROUP_NORM.DIM_PER_GP": (-1,),
     "MODEL.GROUP_NORM.EPSILON": (1e-5,),
     "MODEL.LINEAR_PROB": (False,),
@@ -317,6 +376,7 @@ def from_official(tree: Mapping[str, Any], name: str = "official") -> GLIPConfig
         if key.startswith(_IGNORED_SECTIONS):
             continue
         errors.append(f"{key} (unknown to glip)")
+    _import_mask_head(flat, cfg, errors)
     if cfg.model.heads.mdetr_align.enabled and not cfg.model.trunk.fused_dot_product:
         # Official: resizer(embedded) -> JOINT_EMB_SIZE feeds a Linear(DYHEAD.CHANNELS, ...).
         joint = int(flat.get("MODEL.DYHEAD.FUSE_CONFIG.JOINT_EMB_SIZE", 256))

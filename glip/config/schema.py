@@ -120,6 +120,28 @@ class MDETRAlignHeadConfig:
 
 
 @dataclass
+class MaskHeadConfig:
+    """The vision-language mask head (official ``MODEL.MASK_ON`` and ``MODEL.ROI_MASK_HEAD``
+    with ``PREDICTOR: VLMaskRCNNC4Predictor``; GLIPv2, no official config)."""
+
+    enabled: bool = False  # official MASK_ON
+    weight: float = 1.0  # the criterion's weight of loss_mask
+    feature_extractor: str = "MaskRCNNFPNFeatureExtractor"  # or "HourglassFPNFeatureExtractor"
+    pooler_resolution: int = 14  # official POOLER_RESOLUTION
+    pooler_sampling_ratio: int = 0  # official POOLER_SAMPLING_RATIO (0: adaptive)
+    pooler_scales: list[float] = field(default_factory=list)  # official POOLER_SCALES; []: 1 / model.anchors.strides
+    conv_layers: list[int] = field(default_factory=list)  # official CONV_LAYERS; []: 4 x model.trunk.channels
+    resolution: int = 28  # official RESOLUTION (twice the pooler resolution)
+    dilation: int = 1  # official DILATION (4-conv extractor)
+    use_gn: bool = False  # official USE_GN
+    hg_scale: int = 1  # official HG_SCALE (hourglass depth; 1 is the only one that runs on 14x14)
+    fg_iou_threshold: float = 0.5  # official ROI_HEADS.FG_IOU_THRESHOLD
+    detections: int = 100  # detector boxes per image added to the ground truth as proposals (official 1000)
+    pre_nms_top_n: int = 3000  # official ATSS.PRE_NMS_TOP_N_TRAIN
+    nms_thresh: float = 0.6  # official ATSS.NMS_TH
+
+
+@dataclass
 class HeadsConfig:
     """One section per head on the trunk; a head with ``enabled: false`` is not built.
     A new head adds its section here and a builder in :mod:`glip.modeling.build`."""
@@ -127,6 +149,7 @@ class HeadsConfig:
     grounding: GroundingHeadConfig = field(default_factory=GroundingHeadConfig)
     mdetr_token: MDETRTokenHeadConfig = field(default_factory=MDETRTokenHeadConfig)
     mdetr_align: MDETRAlignHeadConfig = field(default_factory=MDETRAlignHeadConfig)
+    mask: MaskHeadConfig = field(default_factory=MaskHeadConfig)
 
 
 @dataclass

@@ -23,6 +23,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from glip.data.annotations import CocoIndex, clean_boxes, has_valid_annotation, read_image, token_positive_map
+from glip.data.masks import annotation_mask, has_segmentation, resize_masks
 from glip.data.od_to_grounding import CaptionRecipe, SampleRNG, labels_to_caption
 from glip.data.transforms import TrainTransform
 from glip.structures.targets import GroundingTargets
@@ -83,8 +84,10 @@ class _GroundingDataset(Dataset):
         transform: TrainTransform,
         max_query_len: int,
         seed: int,
+        masks: bool = False,
     ) -> None:
         self.index = CocoIndex.load(ann_file)
+        self.masks = masks
         self.image_dir = Path(image_dir)
         self.tokenizer = tokenizer
         self.transform = transform
@@ -121,9 +124,12 @@ class _GroundingDataset(Dataset):
         image_id: Any,
         rng: SampleRNG,
         num_dropped: int,
+        anns: Sequence[Mapping[str, Any]] = (),
     ) -> GroundingSample:
         """Tokenizes, builds the token map, then resizes/flips/normalises (official order:
-        ``prepare`` before the transforms, so the caption draws come first)."""
+        ``prepare`` before the transforms, so the caption draws come first). With
+        ``self.masks``, ``anns`` are the kept boxes' annotations: their masks are
+        rasterised, resized and flipped with the image (boxes without one flagged)."""
         encoding = self.tokenizer(caption, max_length=self.max_query_len, truncation=True)
         pmap = token_positive_map(encoding, spans, self.max_query_len)  # [G, T]
         empty_rows = int((~pmap.any(dim=1)).sum())
@@ -131,7 +137,17 @@ class _GroundingDataset(Dataset):
             logger.debug("image %s: %d boxes ground no token (caption truncated)", image_id, empty_rows)
         original_size = (int(image.shape[0]), int(image.shape[1]))
         tensor, boxes, flipped = self.transform(image, boxes, rng)
-        targets = GroundingTargets(boxes, pmap, labels if (len(labels) == 0 or int(labels.min()) >= 1) else None)
+        masks, has_mask = None, None
+        if self.masks:
+            height, width = original_size
+            has_mask = torch.tensor([has_segmentation(a) for a in anns], dtype=torch.bool)
+            dense = np.zeros((len(anns), height, width), dtype=bool)
+            for g, ann in enumerate(anns):
+                if has_mask[g]:
+                    dense[g] = annotation_mask(ann, height, width)
+            masks = resize_masks(torch.from_numpy(dense), tuple(tensor.shape[-2:]), flip=flipped)
+        labels_or_none = labels if (len(labels) == 0 or int(labels.min()) >= 1) else None
+        targets = GroundingTargets(boxes, pmap, labels_or_none, masks, has_mask)
         return GroundingSample(
             image=tensor,
             targets=targets,
@@ -180,6 +196,8 @@ class CocoGroundingDataset(_GroundingDataset):
             replace the json's names (ids must be json ids).
         max_query_len: text-encoder length (official ``MODEL.LANGUAGE_BACKBONE.MAX_QUERY_LEN``).
         seed: base of the per-sample seeds.
+        masks: also load each box's mask (``segmentation``: COCO polygons or RLE) into
+            ``targets.masks``; boxes without one get an empty mask and ``has_mask`` False.
     """
 
     def __init__(
@@ -192,8 +210,9 @@ class CocoGroundingDataset(_GroundingDataset):
         override_category: Sequence[Mapping[str, Any]] | None = None,
         max_query_len: int = 256,
         seed: int = 0,
+        masks: bool = False,
     ) -> None:
-        super().__init__(ann_file, image_dir, tokenizer, transform, max_query_len, seed)
+        super().__init__(ann_file, image_dir, tokenizer, transform, max_query_len, seed, masks)
         index = self.index
         self.recipe = recipe if recipe is not None else CaptionRecipe.coco_finetune()
         # Contiguous ids follow the json's category order (official getCatIds()).
@@ -230,7 +249,8 @@ class CocoGroundingDataset(_GroundingDataset):
         boxes, labels = cleaned.boxes[in_caption], labels[in_caption]
         spans = [[caption.label_to_span[int(v)]] for v in labels.tolist()]
         dropped = cleaned.num_dropped + int((~in_caption).sum())
-        return self._finish(image, boxes, caption.caption, spans, labels, image_id, rng, dropped)
+        kept = [anns[i] for i, used in zip(cleaned.keep, in_caption.tolist()) if used]
+        return self._finish(image, boxes, caption.caption, spans, labels, image_id, rng, dropped, kept)
 
 
 class MdetrGroundingDataset(_GroundingDataset):
@@ -250,8 +270,9 @@ class MdetrGroundingDataset(_GroundingDataset):
         transform: TrainTransform,
         max_query_len: int = 256,
         seed: int = 0,
+        masks: bool = False,
     ) -> None:
-        super().__init__(ann_file, image_dir, tokenizer, transform, max_query_len, seed)
+        super().__init__(ann_file, image_dir, tokenizer, transform, max_query_len, seed, masks)
 
     def load(self, item: int, rng: SampleRNG) -> GroundingSample:
         """Sample ``item`` drawn with ``rng`` (only the transform draws)."""
@@ -271,4 +292,5 @@ class MdetrGroundingDataset(_GroundingDataset):
                 raise ValueError(f"annotation {anns[i].get('id')} of image {image_id} has no tokens_positive")
             spans.append([(int(a), int(b)) for a, b in raw])
         labels = torch.tensor([int(anns[i].get("category_id", 1)) for i in cleaned.keep], dtype=torch.int64)
-        return self._finish(image, cleaned.boxes, caption, spans, labels, image_id, rng, cleaned.num_dropped)
+        kept = [anns[i] for i in cleaned.keep]
+        return self._finish(image, cleaned.boxes, caption, spans, labels, image_id, rng, cleaned.num_dropped, kept)

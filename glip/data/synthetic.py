@@ -5,7 +5,13 @@ be held out of training (they appear only in validation) for a zero-shot check: 
 model has seen "red" and "circle" separately, never "red circle".
 
 Everything comes from one seed through numpy's PCG64 and PIL drawing, so the same seed
-gives byte-identical json files and PNGs. Only numpy and PIL are used.
+gives byte-identical json files and PNGs. Only numpy and PIL are used (and pycocotools
+for the rare mask with a hole, written as RLE).
+
+Every annotation carries the exact ``segmentation`` of its shape: the outline of the
+drawn pixels along pixel edges (:func:`glip.data.masks.outline_polygons`), which
+rasterises back to exactly those pixels. Like ``bbox`` and ``area`` it describes the
+whole shape, including the parts a shape drawn later covers.
 """
 
 from __future__ import annotations
@@ -18,6 +24,8 @@ from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw
+
+from glip.data.masks import segmentation_from_mask
 
 __all__ = ["COLORS", "SHAPES", "SyntheticDataset", "generate_synthetic", "synthetic_categories"]
 
@@ -48,7 +56,8 @@ class SyntheticDataset:
     Attributes:
         root: the output folder.
         train_json, val_json: COCO jsons (``bbox`` ``[x, y, w, h]`` with ``x2 = x + w - 1``
-            the last pixel of the shape, ``area`` the shape's pixel count).
+            the last pixel of the shape, ``area`` the shape's pixel count, ``segmentation``
+            the shape's exact pixel outline as COCO polygons).
         image_dir: folder of the PNGs (``file_name`` is relative to it).
         categories: all category names, json id ``i + 1`` for ``categories[i]``.
         held_out: names that appear only in ``val_json`` (``train_json`` does not list them).
@@ -153,12 +162,12 @@ def _draw_image(
     width: int,
     names: list[str],
     rng: np.random.Generator,
-) -> tuple[np.ndarray, list[tuple[str, list[int], int]]]:
+) -> tuple[np.ndarray, list[tuple[str, list[int], int, Any]]]:
     """Draws the objects ``names`` (those that find room); returns the image and
-    ``(name, [x, y, w, h], area)`` per drawn object."""
+    ``(name, [x, y, w, h], area, segmentation)`` per drawn object."""
     img = Image.fromarray(_background(height, width, rng))
     placed: list[tuple[int, int, int, int]] = []
-    objects: list[tuple[str, list[int], int]] = []
+    objects: list[tuple[str, list[int], int, Any]] = []
     short = min(height, width)
     for name in names:
         color, shape = name.split(" ")
@@ -183,7 +192,7 @@ def _draw_image(
         img = Image.composite(layer, img, mask)
         xa, ya, xb, yb = int(xs.min()), int(ys.min()), int(xs.max()), int(ys.max())
         placed.append((xa, ya, xb, yb))
-        objects.append((name, [xa, ya, xb - xa + 1, yb - ya + 1], int(m.sum())))
+        objects.append((name, [xa, ya, xb - xa + 1, yb - ya + 1], int(m.sum()), segmentation_from_mask(m)))
     return np.asarray(img), objects
 
 
@@ -212,7 +221,7 @@ def _split(
         Image.fromarray(pixels).save(image_dir / file_name, format="PNG", compress_level=1)
         image_id = i + 1
         images.append({"id": image_id, "file_name": file_name, "height": height, "width": width})
-        for name, bbox, area in objects:
+        for name, bbox, area, segmentation in objects:
             annotations.append(
                 {
                     "id": len(annotations) + 1,
@@ -221,6 +230,7 @@ def _split(
                     "bbox": bbox,
                     "area": area,
                     "iscrowd": 0,
+                    "segmentation": segmentation,
                 }
             )
     return images, annotations

@@ -122,8 +122,11 @@ def build_dataset(cfg: GLIPConfig, tokenizer: Any, train: bool = True) -> Datase
         raise ValueError(f"data.{which}_json and data.{which}_images must name a COCO json and its image folder")
     transform = build_train_transform(cfg.input, flip_prob=d.flip_prob, train=train)
     max_len = cfg.model.text.max_query_len
+    masks = cfg.model.heads.mask.enabled  # the mask head's targets
     if d.format == "mdetr":
-        return MdetrGroundingDataset(ann, images, tokenizer, transform, max_query_len=max_len, seed=cfg.solver.seed)
+        return MdetrGroundingDataset(
+            ann, images, tokenizer, transform, max_query_len=max_len, seed=cfg.solver.seed, masks=masks
+        )
     if d.format != "coco":
         raise ValueError(f"unknown data.format {d.format!r} (expected 'coco' or 'mdetr')")
     recipe = CaptionRecipe(
@@ -136,7 +139,7 @@ def build_dataset(cfg: GLIPConfig, tokenizer: Any, train: bool = True) -> Datase
         caption_prompt=parse_caption_prompt(d.caption_prompt) if d.caption_prompt else None,
     )
     dataset = CocoGroundingDataset(
-        ann, images, tokenizer, transform, recipe, max_query_len=max_len, seed=cfg.solver.seed
+        ann, images, tokenizer, transform, recipe, max_query_len=max_len, seed=cfg.solver.seed, masks=masks
     )
     return RepeatDataset(dataset, d.general_copy) if train and d.general_copy > 1 else dataset
 

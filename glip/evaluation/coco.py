@@ -1,4 +1,4 @@
-"""COCO box AP with pycocotools, for COCO and any COCO-format dataset (ODinW)."""
+"""COCO box and mask AP with pycocotools, for COCO and any COCO-format dataset (ODinW)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Union
 
-__all__ = ["COCO_METRICS", "CocoLike", "ResultsLike", "evaluate_coco", "load_json"]
+__all__ = ["COCO_METRICS", "IOU_TYPES", "CocoLike", "ResultsLike", "evaluate_coco", "load_json"]
+
+# What COCOeval compares: boxes, or instance masks (results carry RLE ``segmentation``).
+IOU_TYPES = ("bbox", "segm")
 
 # The twelve numbers of COCOeval.summarize(), in its order (stats[0..11]).
 COCO_METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
@@ -47,8 +50,9 @@ def evaluate_coco(
     results: ResultsLike,
     image_ids: Sequence[int] | None = None,
     category_ids: Sequence[int] | None = None,
+    iou_type: str = "bbox",
 ) -> dict[str, float]:
-    """Box AP of COCO-results entries against a COCO-format ground truth.
+    """Box (or mask) AP of COCO-results entries against a COCO-format ground truth.
 
     Args:
         ground_truth: the annotation file (path or parsed dict): ``images``,
@@ -58,16 +62,28 @@ def evaluate_coco(
         image_ids: evaluate these images only (default: every image of the ground truth,
             as the official evaluation does).
         category_ids: average over these categories only (default: all).
+        iou_type: ``"bbox"``, or ``"segm"``: masks, the results' ``segmentation`` (RLE, as
+            :meth:`glip.structures.Detections.to_coco` writes with masks) against the
+            annotations' polygons or RLE.
 
     Returns:
-        ``{name: value}`` for :data:`COCO_METRICS` (pycocotools ``COCOeval(..., "bbox")``:
+        ``{name: value}`` for :data:`COCO_METRICS` (pycocotools ``COCOeval(..., iou_type)``:
         at most 100 detections per image; -1 where no ground truth exists). Without any
         result every metric is 0 (-1 where pycocotools would report no ground truth).
     """
     from pycocotools.cocoeval import COCOeval
 
+    if iou_type not in IOU_TYPES:
+        raise ValueError(f"iou_type must be one of {IOU_TYPES}, got {iou_type!r}")
     gt = _coco_api(load_json(ground_truth))
     dets = [dict(r) for r in load_json(results)]
+    if iou_type == "segm":
+        if any("segmentation" not in d for d in dets):
+            raise ValueError("mask AP needs a 'segmentation' in every result (predict with masks)")
+        if any("segmentation" not in a for a in gt.dataset["annotations"]):
+            raise ValueError("mask AP needs a 'segmentation' in every ground-truth annotation")
+        for d in dets:
+            d.pop("bbox", None)  # loadRes takes the box of the mask, as pycocotools' segm results do
     if not dets:
         empty = 0.0 if gt.dataset["annotations"] else -1.0
         return {name: empty for name in COCO_METRICS}
@@ -76,7 +92,7 @@ def evaluate_coco(
         raise ValueError(f"results name {len(unknown)} image ids absent from the ground truth, e.g. {min(unknown)}")
     with contextlib.redirect_stdout(io.StringIO()):
         dt = gt.loadRes(copy.deepcopy(dets))
-        evaluator = COCOeval(gt, dt, "bbox")
+        evaluator = COCOeval(gt, dt, iou_type)
         if image_ids is not None:
             evaluator.params.imgIds = list(image_ids)
         if category_ids is not None:

@@ -58,6 +58,11 @@ _FUSION_RULES: list[tuple[re.Pattern[str], str]] = [
 ]
 
 _TOWER = re.compile(r"^rpn\.head\.dyhead_tower\.(\d+)\.(.*)$")
+# The official ROIMaskHead's parts -> our MaskHead's (the pooler has no parameters).
+_MASK_HEAD_PREFIXES = (
+    ("roi_heads.mask.feature_extractor.", "heads.mask.extractor."),
+    ("roi_heads.mask.predictor.", "heads.mask.predictor."),
+)
 
 
 def _apply(rules: list[tuple[re.Pattern[str], str]], key: str) -> str | None:
@@ -100,6 +105,9 @@ def official_key_to_glip(key: str, tower_period: int) -> str:
         return key
     if key.startswith("rpn.head."):  # the grounding head's own layers
         return "heads.grounding." + key[len("rpn.head.") :]
+    for official, ours in _MASK_HEAD_PREFIXES:  # GLIPv2's VL mask head (MODEL.MASK_ON); same inner names
+        if key.startswith(official):
+            return ours + key[len(official) :]
     raise KeyError(key)
 
 

@@ -14,6 +14,7 @@ from glip.modeling.box_coder import BoxCoder
 from glip.modeling.criterion import Criterion
 from glip.modeling.glip import GLIP, Preprocessing
 from glip.modeling.heads import GroundingHead, GroundingLoss, Head, MDETRAlignHead, MDETRTokenHead
+from glip.modeling.heads.mask import HourglassExtractor, MaskConvExtractor, MaskHead, VLMaskPredictor
 from glip.modeling.postprocess import GroundingPostProcessor
 from glip.modeling.text_encoder import BertTextEncoder
 from glip.modeling.trunk import FusionTrunk
@@ -163,6 +164,39 @@ def _build_mdetr_align(cfg: GLIPConfig, bert_config: Any) -> MDETRAlignHead | No
         fused_dot_product=cfg.model.trunk.fused_dot_product,
         hidden_dim=h.hidden_dim,
         dropout=h.dropout,
+    )
+
+
+@register_head("mask")
+def _build_mask(cfg: GLIPConfig, bert_config: Any) -> MaskHead | None:
+    h = cfg.model.heads.mask
+    if not h.enabled:
+        return None
+    channels = cfg.model.trunk.channels
+    layers = list(h.conv_layers) or [channels] * 4
+    if h.feature_extractor == "MaskRCNNFPNFeatureExtractor":
+        extractor: MaskConvExtractor | HourglassExtractor = MaskConvExtractor(channels, layers, h.dilation, h.use_gn)
+    elif h.feature_extractor == "HourglassFPNFeatureExtractor":
+        extractor = HourglassExtractor(channels, layers, h.hg_scale, h.pooler_resolution, h.use_gn)
+    else:
+        raise ValueError(
+            f"unknown model.heads.mask.feature_extractor {h.feature_extractor!r} "
+            "(expected 'MaskRCNNFPNFeatureExtractor' or 'HourglassFPNFeatureExtractor')"
+        )
+    scales = list(h.pooler_scales) or [1.0 / s for s in cfg.model.anchors.strides]
+    return MaskHead(
+        extractor=extractor,
+        predictor=VLMaskPredictor(
+            extractor.out_channels, layers[-1], cfg.model.text.dim, log_scale=cfg.model.heads.grounding.log_scale
+        ),
+        scales=scales,
+        pooler_resolution=h.pooler_resolution,
+        sampling_ratio=h.pooler_sampling_ratio,
+        resolution=h.resolution,
+        fg_iou_threshold=h.fg_iou_threshold,
+        detections=h.detections,
+        pre_nms_top_n=h.pre_nms_top_n,
+        nms_thresh=h.nms_thresh,
     )
 
 

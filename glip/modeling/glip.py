@@ -21,15 +21,24 @@ from glip.modeling.postprocess import GroundingPostProcessor
 from glip.modeling.prompt_offset import PromptOffset
 from glip.modeling.text_encoder import BertTextEncoder
 from glip.modeling.trunk import FusionTrunk, TrunkOutput
+from glip.ops.boxes import rescale_boxes
+from glip.ops.masks import box_extent, paste_masks
 from glip.structures import Detections, HeadOutputs, ImageBatch, TextFeatures
 from glip.text import Prompt, TokenizedPrompt, parse_prompt, tokenize_prompt
 from glip.text.tokenize import trim_padding
 from glip.utils.image import ImageInput, load_image, to_model_input
 
-__all__ = ["GLIP", "GROUNDING", "GLIPOutput", "Preprocessing"]
+__all__ = ["GLIP", "GROUNDING", "MASK", "GLIPOutput", "MasksUnavailableError", "Preprocessing"]
+
+
+class MasksUnavailableError(ValueError):
+    """Masks were asked of a model without a mask head."""
+
 
 # The name of the detection head in ``GLIP.heads``.
 GROUNDING = "grounding"
+# The name of the mask head (GLIPv2 segmentation) in ``GLIP.heads``.
+MASK = "mask"
 
 # Each top-level module of GLIP and the official part it stands for in the freezing and
 # learning-rate rules: the official "rpn" (RPN.FREEZE) is our trunk and heads.
@@ -153,6 +162,20 @@ class GLIP(nn.Module):
         """The grounding head's decoding (thresholds, NMS, detections per image)."""
         return self.grounding.postprocessor
 
+    @property
+    def has_masks(self) -> bool:
+        """Whether the model has a mask head (can return :attr:`Detections.masks`)."""
+        return MASK in self.heads
+
+    def require_masks(self) -> None:
+        """Raises :class:`MasksUnavailableError` (one line naming the model) without a mask head."""
+        if not self.has_masks:
+            name = getattr(self.config, "name", None) or type(self).__name__
+            raise MasksUnavailableError(
+                f"model {name!r} has no mask head, so it cannot predict masks "
+                "(load a model trained with model.heads.mask.enabled, or ask for boxes only)"
+            )
+
     @staticmethod
     def part_of(name: str) -> str:
         """The part a parameter or state name belongs to: ``"backbone"``, ``"language"``
@@ -246,13 +269,15 @@ class GLIP(nn.Module):
         images: ImageBatch,
         tokens: TokenizedPrompt,
         original_sizes: Sequence[tuple[int, int]] | None = None,
+        masks: bool = False,
     ) -> list[Detections]:
         """Detections of one prompt in every image of a batch, sorted by score.
 
         Boxes are in resized-image pixels, or in ``original_sizes`` pixels when given.
-        Phrases are filled from ``tokens``.
+        Phrases are filled from ``tokens``. ``masks``: also each detection's mask (needs
+        the mask head), in the same pixels.
         """
-        return self.detect_prompts(images, [tokens], original_sizes)[0]
+        return self.detect_prompts(images, [tokens], original_sizes, masks=masks)[0]
 
     @torch.no_grad()
     def detect_prompts(
@@ -260,38 +285,75 @@ class GLIP(nn.Module):
         images: ImageBatch,
         prompts: Sequence[TokenizedPrompt],
         original_sizes: Sequence[tuple[int, int]] | None = None,
+        masks: bool = False,
     ) -> list[list[Detections]]:
         """Like :meth:`detect` for several prompts, running the backbone once.
 
         Returns ``[prompt][image]`` detections (labels index each prompt's own phrases).
         A prompt offset (prompt tuning) applies only to the prompt it was tuned for (the
-        same token ids); any other prompt runs the base model.
+        same token ids); any other prompt runs the base model. ``masks``: see :meth:`detect`.
         """
+        if masks:
+            self.require_masks()
         device = self.device
         images = images.to(device)
         features = self.backbone(images.tensor)
+        heads = (GROUNDING, MASK) if masks else (GROUNDING,)
         results = []
         for tokens in prompts:
             tokens = trim_padding(tokens) if self.trim_text else tokens
             ids, mask = tokens.input_ids.to(device), tokens.attention_mask.to(device)
             tuned = self.prompt_offset is not None and self.prompt_offset.matches(ids, mask)
-            out = self.forward_features(features, ids, mask, use_prompt_offset=tuned, heads=(GROUNDING,))
-            dets = self.grounding.postprocess(
-                out.head, out.anchors, tokens.positive_map.to(device), images.image_sizes, original_sizes
-            )
+            out = self.forward_features(features, ids, mask, use_prompt_offset=tuned, heads=heads)
+            positive_map = tokens.positive_map.to(device)
+            if masks:
+                # Decode in the network-input frame (the mask head pools there), then map to the originals.
+                dets = self.grounding.postprocess(out.head, out.anchors, positive_map, images.image_sizes)
+                dets = self._add_masks(out.heads[MASK], dets, positive_map, images.image_sizes, original_sizes)
+            else:
+                dets = self.grounding.postprocess(
+                    out.head, out.anchors, positive_map, images.image_sizes, original_sizes
+                )
             for det in dets:
                 det.phrases = [tokens.phrases[int(label) - 1] for label in det.labels.tolist()]
             results.append([det.to("cpu") for det in dets])
         return results
 
+    def _add_masks(
+        self,
+        output: Any,
+        dets: list[Detections],
+        positive_map: Tensor,
+        image_sizes: Sequence[tuple[int, int]],
+        original_sizes: Sequence[tuple[int, int]] | None,
+    ) -> list[Detections]:
+        """Each detection's mask, pasted into its image (``original_sizes`` when given, with
+        the boxes rescaled as the grounding post-processor does), threshold 0.5."""
+        token_maps = [positive_map[det.labels - 1] > 0 for det in dets]  # B x [N_b, T]
+        probs = self.heads[MASK].predict(output, [det.boxes for det in dets], token_maps)  # B x [N_b, M, M]
+        out = []
+        for b, (det, prob) in enumerate(zip(dets, probs)):
+            size, boxes = tuple(image_sizes[b]), det.boxes
+            extents = box_extent(boxes)
+            if original_sizes is not None:
+                size = tuple(original_sizes[b])
+                boxes = rescale_boxes(boxes, tuple(image_sizes[b]), size)
+                extents = rescale_boxes(extents, tuple(image_sizes[b]), size)
+            pasted = paste_masks(prob, extents, size)  # [N_b, H, W]
+            out.append(Detections(boxes, det.scores, det.labels, [], size, pasted))
+        return out
+
     @torch.no_grad()
-    def predict(self, image: ImageInput, prompt: str | Sequence[str] | Prompt, threshold: float = 0.5) -> Detections:
+    def predict(
+        self, image: ImageInput, prompt: str | Sequence[str] | Prompt, threshold: float = 0.5, masks: bool = False
+    ) -> Detections:
         """Detects the prompt's phrases in one image, as the official demo does.
 
         Args:
             image: a path, a PIL image or an ``[H, W, 3]`` uint8 RGB array.
             prompt: ``"a cat. a dog."``, a list of class names, or a :class:`Prompt`.
             threshold: keep detections whose final score is above this.
+            masks: also return each detection's mask (``Detections.masks``; needs a mask head).
 
         Returns:
             :class:`Detections` in original-image pixels, sorted by descending score.
@@ -301,5 +363,5 @@ class GLIP(nn.Module):
         tokens = self.tokenize(prompt)
         tensor, original_size = self.preprocessing(image)
         batch = ImageBatch.from_tensors([tensor], self.preprocessing.size_divisibility)
-        (det,) = self.detect(batch, tokens, original_sizes=[original_size])
+        (det,) = self.detect(batch, tokens, original_sizes=[original_size], masks=masks)
         return det.above(threshold)

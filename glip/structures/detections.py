@@ -21,6 +21,8 @@ class Detections:
             (label ``j`` is the ``j``-th phrase, as in the official code).
         phrases: the ``N`` phrase strings, ``phrases[i]`` naming ``labels[i]``.
         image_size: ``(height, width)`` of the original image.
+        masks: ``Tensor[N, H, W]`` bool instance masks in the same pixels as ``boxes``
+            (``H, W = image_size``), or None when masks were not asked for.
     """
 
     boxes: Tensor
@@ -28,6 +30,7 @@ class Detections:
     labels: Tensor
     phrases: list[str] = field(default_factory=list)
     image_size: tuple[int, int] = (0, 0)
+    masks: Tensor | None = None
 
     def __post_init__(self) -> None:
         n = self.boxes.shape[0]
@@ -38,6 +41,10 @@ class Detections:
             )
         if self.phrases and len(self.phrases) != n:
             raise ValueError(f"Detections has {n} boxes but {len(self.phrases)} phrases")
+        if self.masks is not None and (self.masks.ndim != 3 or self.masks.shape[0] != n):
+            raise ValueError(
+                f"Detections has {n} boxes but masks of shape {tuple(self.masks.shape)} (expected [N, H, W])"
+            )
 
     def __len__(self) -> int:
         return int(self.boxes.shape[0])
@@ -49,7 +56,8 @@ class Detections:
         keep = torch.arange(len(self))[index]
         idx = keep.tolist() if keep.ndim else [int(keep)]
         phrases = [self.phrases[i] for i in idx] if self.phrases else []
-        return Detections(self.boxes[keep], self.scores[keep], self.labels[keep], phrases, self.image_size)
+        masks = None if self.masks is None else self.masks[keep.to(self.masks.device)]
+        return Detections(self.boxes[keep], self.scores[keep], self.labels[keep], phrases, self.image_size, masks)
 
     @staticmethod
     def empty(image_size: tuple[int, int] = (0, 0)) -> Detections:
@@ -57,7 +65,12 @@ class Detections:
 
     def to(self, device: torch.device | str) -> Detections:
         return Detections(
-            self.boxes.to(device), self.scores.to(device), self.labels.to(device), list(self.phrases), self.image_size
+            self.boxes.to(device),
+            self.scores.to(device),
+            self.labels.to(device),
+            list(self.phrases),
+            self.image_size,
+            None if self.masks is None else self.masks.to(device),
         )
 
     def above(self, threshold: float) -> Detections:
@@ -69,26 +82,44 @@ class Detections:
         order = torch.sort(self.scores, descending=True, stable=True).indices
         return self[order]
 
+    def rles(self) -> list[dict[str, Any]]:
+        """The masks as COCO compressed RLE (``{"size": [H, W], "counts": str}``, pycocotools),
+        one per detection; ``[]`` without masks."""
+        if self.masks is None:
+            return []
+        import numpy as np
+        from pycocotools import mask as mask_utils
+
+        out = []
+        for m in self.masks.cpu().numpy():
+            rle = mask_utils.encode(np.asfortranarray(m.astype(np.uint8)))
+            out.append({"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")})
+        return out
+
     def to_list(self) -> list[dict[str, Any]]:
-        """One plain dict per detection: ``box`` (xyxy), ``score``, ``label``, ``phrase``."""
+        """One plain dict per detection: ``box`` (xyxy), ``score``, ``label``, ``phrase``, and
+        ``mask`` (COCO compressed RLE, see :meth:`rles`) when there are masks."""
+        rles = self.rles()
         out = []
         for i in range(len(self)):
-            out.append(
-                {
-                    "box": [float(v) for v in self.boxes[i].tolist()],
-                    "score": float(self.scores[i]),
-                    "label": int(self.labels[i]),
-                    "phrase": self.phrases[i] if self.phrases else "",
-                }
-            )
+            entry: dict[str, Any] = {
+                "box": [float(v) for v in self.boxes[i].tolist()],
+                "score": float(self.scores[i]),
+                "label": int(self.labels[i]),
+                "phrase": self.phrases[i] if self.phrases else "",
+            }
+            if rles:
+                entry["mask"] = rles[i]
+            out.append(entry)
         return out
 
     def to_coco(self, image_id: int, category_ids: Any = None) -> list[dict[str, Any]]:
-        """COCO results entries (``bbox`` as ``[x, y, w, h]``). ``category_ids`` maps a
-        label to a category id (a dict or a sequence indexed by ``label - 1``); by default
-        the label itself."""
+        """COCO results entries (``bbox`` as ``[x, y, w, h]``, and ``segmentation`` as
+        compressed RLE when there are masks). ``category_ids`` maps a label to a category id
+        (a dict or a sequence indexed by ``label - 1``); by default the label itself."""
+        rles = self.rles()
         out = []
-        for box, score, label in zip(self.boxes.tolist(), self.scores.tolist(), self.labels.tolist()):
+        for i, (box, score, label) in enumerate(zip(self.boxes.tolist(), self.scores.tolist(), self.labels.tolist())):
             if category_ids is None:
                 cat = int(label)
             elif isinstance(category_ids, dict):
@@ -96,7 +127,10 @@ class Detections:
             else:
                 cat = int(category_ids[int(label) - 1])
             x1, y1, x2, y2 = box
-            out.append({"image_id": image_id, "category_id": cat, "bbox": [x1, y1, x2 - x1, y2 - y1], "score": score})
+            entry = {"image_id": image_id, "category_id": cat, "bbox": [x1, y1, x2 - x1, y2 - y1], "score": score}
+            if rles:
+                entry["segmentation"] = rles[i]
+            out.append(entry)
         return out
 
     def to_dict(self) -> dict[str, Any]:
@@ -108,27 +142,45 @@ class Detections:
         dets = data.get("detections", [])
         if not dets:
             return Detections.empty(tuple(data.get("image_size", (0, 0))))
+        masks = None
+        if all("mask" in d for d in dets):
+            import warnings
+
+            import numpy as np
+            from pycocotools import mask as mask_utils
+
+            with warnings.catch_warnings():  # pycocotools vs numpy 2's __array__(copy=...) deprecation
+                warnings.simplefilter("ignore", DeprecationWarning)
+                decoded = [
+                    mask_utils.decode({"size": d["mask"]["size"], "counts": d["mask"]["counts"].encode("ascii")})
+                    for d in dets
+                ]
+            masks = torch.from_numpy(np.stack(decoded).astype(bool))
         return Detections(
             torch.tensor([d["box"] for d in dets], dtype=torch.float32),
             torch.tensor([d["score"] for d in dets], dtype=torch.float32),
             torch.tensor([d["label"] for d in dets], dtype=torch.int64),
             [d.get("phrase", "") for d in dets],
             tuple(data.get("image_size", (0, 0))),
+            masks,
         )
 
     def to_supervision(self) -> Any:
-        """A ``supervision.Detections`` (``class_id`` = label - 1, phrases in ``data["class_name"]``)."""
+        """A ``supervision.Detections`` (``class_id`` = label - 1, phrases in ``data["class_name"]``,
+        ``mask`` when there are masks)."""
         try:
             import supervision as sv
         except ImportError as e:
             raise ImportError("to_supervision() needs the supervision package: pip install supervision") from e
         import numpy as np
 
+        extra = {} if self.masks is None else {"mask": self.masks.numpy()}  # [N, H, W] bool, as supervision's
         return sv.Detections(
             xyxy=self.boxes.numpy().astype(np.float32),
             confidence=self.scores.numpy().astype(np.float32),
             class_id=(self.labels - 1).numpy().astype(int),
             data={"class_name": np.array(self.phrases if self.phrases else [""] * len(self))},
+            **extra,
         )
 
     def __repr__(self) -> str:

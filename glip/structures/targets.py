@@ -28,11 +28,18 @@ class GroundingTargets:
         labels: ``Tensor[G]`` int64, 1-based phrase index of each box, or None. The
             loss does not need it. The official loss turns any box whose label is 0
             into background; such labels are rejected here instead.
+        masks: ``Tensor[G, h, w]`` bool instance masks in the same (resized, unpadded)
+            frame as ``boxes``, or None (no masks: the mask head skips the image).
+        has_mask: ``Tensor[G]`` bool, False for a box whose annotation has no mask (its
+            row of ``masks`` is empty and the mask loss skips it); None: every box of
+            ``masks`` has one.
     """
 
     boxes: Tensor
     positive_map: Tensor
     labels: Tensor | None = None
+    masks: Tensor | None = None
+    has_mask: Tensor | None = None
 
     def __post_init__(self) -> None:
         if self.boxes.ndim != 2 or self.boxes.shape[-1] != 4:
@@ -49,6 +56,10 @@ class GroundingTargets:
                 raise ValueError(f"GroundingTargets.labels must be [G] with G = {num}, got {tuple(self.labels.shape)}")
             if num and int(self.labels.min()) <= 0:
                 raise ValueError("GroundingTargets.labels are 1-based phrase indices; got a label <= 0")
+        if self.masks is not None and (self.masks.ndim != 3 or self.masks.shape[0] != num):
+            raise ValueError(f"GroundingTargets.masks must be [G, h, w] with G = {num}, got {tuple(self.masks.shape)}")
+        if self.has_mask is not None and self.has_mask.shape != (num,):
+            raise ValueError(f"GroundingTargets.has_mask must be [G] with G = {num}, got {tuple(self.has_mask.shape)}")
 
     def __len__(self) -> int:
         return int(self.boxes.shape[0])
@@ -58,9 +69,25 @@ class GroundingTargets:
         """T, the width of the positive map."""
         return int(self.positive_map.shape[1])
 
+    def mask_flags(self) -> Tensor:
+        """``Tensor[G]`` bool: which boxes have a mask (none without ``masks``)."""
+        if self.masks is None:
+            return torch.zeros(len(self), dtype=torch.bool, device=self.boxes.device)
+        if self.has_mask is None:
+            return torch.ones(len(self), dtype=torch.bool, device=self.boxes.device)
+        return self.has_mask.to(self.boxes.device)
+
     def to(self, device: torch.device | str) -> GroundingTargets:
-        labels = None if self.labels is None else self.labels.to(device)
-        return GroundingTargets(self.boxes.to(device), self.positive_map.to(device), labels)
+        def move(t: Tensor | None) -> Tensor | None:
+            return None if t is None else t.to(device)
+
+        return GroundingTargets(
+            self.boxes.to(device),
+            self.positive_map.to(device),
+            move(self.labels),
+            move(self.masks),
+            move(self.has_mask),
+        )
 
     @staticmethod
     def empty(num_tokens: int, device: torch.device | str | None = None) -> GroundingTargets:

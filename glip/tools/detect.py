@@ -56,11 +56,14 @@ def detect_files(
     threshold: float = 0.5,
     batch_size: int | None = None,
     progress: bool = True,
+    masks: bool = False,
 ) -> list[dict[str, Any]]:
     """Runs ``predictor`` on every file; writes ``out_dir/<stem>.jpg`` (annotated) and
     ``out_dir/detections.json``. Returns the JSON entries, one per file, in order:
     ``{"file", "width", "height", "detections": [{"box", "score", "label", "phrase"}]}``
-    or ``{"file", "error"}`` for a file that could not be processed."""
+    or ``{"file", "error"}`` for a file that could not be processed. With ``masks`` each
+    detection also has ``"mask"`` (COCO compressed RLE) and the images show the masks
+    filled translucently in the box colour."""
     out = Path(out_dir) if out_dir is not None else None
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
@@ -71,7 +74,8 @@ def detect_files(
         from tqdm import tqdm
 
         bar = tqdm(total=len(files), unit="img", desc="detect", file=sys.stderr)
-    for index, result in predictor.iter_predict(list(files), prompt, threshold=threshold, batch_size=batch_size):
+    results = predictor.iter_predict(list(files), prompt, threshold=threshold, batch_size=batch_size, masks=masks)
+    for index, result in results:
         file = files[index]
         if isinstance(result, Exception):
             entries.append({"file": file, "error": str(result)})
@@ -101,7 +105,8 @@ def _entry(file: str, det: Detections) -> dict[str, Any]:
 def _write_annotated(file: str, det: Detections, path: Path) -> None:
     image = load_image(file)
     captions = [f"{p} {s:.2f}" for p, s in zip(det.phrases, det.scores.tolist())]
-    draw_detections(image, det.boxes.tolist(), det.labels.tolist(), captions).save(path, quality=92)
+    masks = None if det.masks is None else det.masks.numpy()
+    draw_detections(image, det.boxes.tolist(), det.labels.tolist(), captions, masks).save(path, quality=92)
 
 
 def format_table(entries: Sequence[dict[str, Any]], width: int = 100) -> str:

@@ -27,7 +27,7 @@ from glip.evaluation import (
     format_metrics,
     write_json,
 )
-from glip.evaluation.coco import load_json
+from glip.evaluation.coco import IOU_TYPES, load_json
 from glip.structures import Detections
 from glip.text import Prompt
 from glip.utils.distributed import all_gather_objects, is_main_process, rank, world_size
@@ -37,6 +37,7 @@ __all__ = [
     "LVIS_CHUNK_SIZE",
     "PredictorLike",
     "category_prompt",
+    "coco_metrics",
     "evaluate_detection",
     "image_path",
     "progress_bar",
@@ -132,6 +133,7 @@ def evaluate_detection(
     topk: int = FIXED_AP_TOPK,
     progress: bool = True,
     title: str = "",
+    iou_types: Sequence[str] = ("bbox",),
 ) -> dict[str, float] | None:
     """Predicts every image of ``ann_file`` and scores the detections.
 
@@ -142,12 +144,16 @@ def evaluate_detection(
             the top ``topk`` detections per category over the dataset, LVIS AP).
         chunk_size: classes per prompt (default: only when over 256 tokens; 40 for LVIS).
         out_dir: writes ``results.json`` (COCO-results entries) and ``metrics.json``.
+        iou_types: ``"bbox"`` and/or ``"segm"`` (coco only: the predictor segments, the
+            results carry RLE masks, mask AP is scored).
 
     Returns:
-        the metrics on the main process, ``None`` on the others.
+        the metrics on the main process, ``None`` on the others: see :func:`coco_metrics`.
     """
     if task not in DETECTION_TASKS:
         raise ValueError(f"task must be one of {DETECTION_TASKS}, got {task!r}")
+    _check_iou_types(task, iou_types)
+    masks = "segm" in iou_types
     gt = load_json(ann_file)
     images = sorted(gt.get("images", []), key=lambda img: img["id"])
     prompt, category_ids = category_prompt(gt.get("categories", []), override, caption_prompt)
@@ -161,7 +167,13 @@ def evaluate_detection(
     collector = TopKPerCategory(topk) if task == "lvis" else None
     bar = progress_bar(len(shard), title or task, progress)
     for j, dets in predictor.iter_predict(
-        [paths[i] for i in shard], prompt, threshold=0.0, batch_size=batch_size, chunk_size=chunk_size, max_detections=0
+        [paths[i] for i in shard],
+        prompt,
+        threshold=0.0,
+        batch_size=batch_size,
+        chunk_size=chunk_size,
+        max_detections=0,
+        **({"masks": True} if masks else {}),
     ):
         if isinstance(dets, Exception):
             raise dets
@@ -188,10 +200,28 @@ def evaluate_detection(
     else:
         ordered = sorted((item for part in gathered for item in part), key=lambda item: item[0])
         results = [entry for _, entries in ordered for entry in entries]
-        metrics = evaluate_coco(gt, results)
+        metrics = coco_metrics(gt, results, iou_types)
     if out_dir is not None:
         write_json(Path(out_dir) / "results.json", results)
         write_json(Path(out_dir) / "metrics.json", metrics)
+    return metrics
+
+
+def _check_iou_types(task: str, iou_types: Sequence[str]) -> None:
+    if not iou_types or any(t not in IOU_TYPES for t in iou_types):
+        raise ValueError(f"iou types must be among {IOU_TYPES}, got {list(iou_types)}")
+    if "segm" in iou_types and task != "coco":
+        raise ValueError(f"mask AP (segm) is implemented for --task coco only, not {task!r}")
+
+
+def coco_metrics(gt: Any, results: Sequence[Mapping[str, Any]], iou_types: Sequence[str]) -> dict[str, float]:
+    """pycocotools AP of each IoU type: box metrics under :data:`COCO_METRICS`' names, mask
+    metrics prefixed ``segm_`` (``segm_AP``...); mask metrics alone when only ``segm`` is asked."""
+    metrics: dict[str, float] = {}
+    for iou_type in iou_types:
+        values = evaluate_coco(gt, results, iou_type=iou_type)
+        prefix = "segm_" if iou_type == "segm" else ""
+        metrics.update({prefix + k: v for k, v in values.items()})
     return metrics
 
 
@@ -212,22 +242,32 @@ def _to_results(
 
 
 def score_results_file(
-    task: str, ann_file: str | Path, results_file: str | Path, out_dir: str | Path | None = None
+    task: str,
+    ann_file: str | Path,
+    results_file: str | Path,
+    out_dir: str | Path | None = None,
+    iou_types: Sequence[str] = ("bbox",),
 ) -> dict[str, float]:
-    """Scores an existing COCO-results file (no model): pycocotools AP for ``"coco"``,
-    LVIS AP with Fixed AP's unlimited detections per image for ``"lvis"``."""
+    """Scores an existing COCO-results file (no model): pycocotools AP for ``"coco"`` (box
+    and/or mask, see :func:`coco_metrics`), LVIS AP with Fixed AP's unlimited detections
+    per image for ``"lvis"``."""
     if task not in DETECTION_TASKS:
         raise ValueError(f"scoring a results file needs --task coco or lvis, got {task!r}")
+    _check_iou_types(task, iou_types)
     for path in (ann_file, results_file):
         if not Path(path).is_file():
             raise FileNotFoundError(f"no such file: {path}")
     results = load_json(results_file)
-    metrics = evaluate_lvis(ann_file, results, max_dets=-1) if task == "lvis" else evaluate_coco(ann_file, results)
+    if task == "lvis":
+        metrics = evaluate_lvis(ann_file, results, max_dets=-1)
+    else:
+        metrics = coco_metrics(load_json(ann_file), results, iou_types)
     if out_dir is not None:
         write_json(Path(out_dir) / "metrics.json", metrics)
     return metrics
 
 
 def metrics_table(task: str, metrics: Mapping[str, float], title: str = "") -> str:
-    """The printed table of one detection evaluation."""
-    return format_metrics({k: metrics[k] for k in _TABLE_METRICS[task] if k in metrics}, title)
+    """The printed table of one detection evaluation (box metrics, then ``segm_`` ones)."""
+    names = [*_TABLE_METRICS[task], *(f"segm_{k}" for k in _TABLE_METRICS[task])]
+    return format_metrics({k: metrics[k] for k in names if k in metrics}, title)

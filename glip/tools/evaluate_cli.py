@@ -48,6 +48,13 @@ def add_evaluate_parser(subparsers: argparse._SubParsersAction) -> argparse.Argu
     p.add_argument("--images", help="image folder (default: beside the annotation json, or the --data folder)")
     p.add_argument("--ann", help="ground-truth annotation json (overrides --data's)")
     p.add_argument("--results", help="score this COCO-results json against --ann; no model is run")
+    p.add_argument(
+        "--iou-type",
+        nargs="+",
+        choices=("bbox", "segm"),
+        default=["bbox"],
+        help="coco: box AP (bbox, default), mask AP (segm: the model needs a mask head, or the results masks), or both",
+    )
     add_model_args(p)
     add_device_arg(p, help="cpu, cuda, cuda:1... (default: cuda when available; cuda:LOCAL_RANK when launched)")
     p.add_argument("--batch-size", type=int, default=1, help="images per forward pass (default 1, as the official)")
@@ -119,6 +126,8 @@ def resolve_detection_files(
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
+    if "segm" in args.iou_type and args.task != "coco":
+        raise ValueError(f"--iou-type segm (mask AP) is implemented for --task coco only, not {args.task}")
     if args.results:
         from glip.tools.evaluate import metrics_table, score_results_file
 
@@ -126,7 +135,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
             raise ValueError("--results scores detection results: use --task coco or lvis")
         if not args.ann:
             raise ValueError("--results needs the ground truth: --ann GT.json")
-        metrics = score_results_file(args.task, args.ann, args.results, args.out)
+        metrics = score_results_file(args.task, args.ann, args.results, args.out, iou_types=args.iou_type)
         print(metrics_table(args.task, metrics, f"{args.task} ({Path(args.results).name})"))
         print(f"wrote {Path(args.out) / 'metrics.json'}")
         return 0
@@ -166,6 +175,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         device=device,
         batch_size=args.batch_size,
         trust_pickle=args.trust_pickle,
+        masks="segm" in args.iou_type,
     )
     progress = not args.quiet
     if args.task == "odinw":
@@ -193,6 +203,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
             chunk_size=args.chunk_size,
             topk=args.topk,
             progress=progress,
+            iou_types=args.iou_type,
         )
         if metrics is not None:
             print(metrics_table(args.task, metrics, f"{args.task} ({ann_file.name})"))

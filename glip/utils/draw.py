@@ -41,16 +41,29 @@ def draw_detections(
     boxes: Sequence[Sequence[float]],
     labels: Sequence[int],
     captions: Sequence[str],
+    masks: np.ndarray | None = None,
+    mask_alpha: float = 0.45,
 ) -> Image.Image:
     """The image with each box outlined in its label's colour and captioned on a filled tag
-    (white or black text by the tag's luminance), legible on any background.
+    (white or black text by the tag's luminance), legible on any background; with
+    ``masks``, each mask first filled translucently in its box's colour.
 
     Args:
         image: ``[H, W, 3]`` uint8 RGB.
         boxes: N ``(x1, y1, x2, y2)`` in image pixels.
         labels: N integer labels (pick the colour).
         captions: N strings, e.g. ``"a cat 0.87"``.
+        masks: optional ``[N, H, W]`` bool masks.
+        mask_alpha: opacity of the mask fill.
     """
+    if masks is not None and len(masks):
+        blended = image.astype(np.float32)
+        # Lowest-scored first (detections come sorted by score), so the best mask ends on top.
+        for mask, label in reversed(list(zip(masks, labels))):
+            color = np.array(_PALETTE[int(label) % len(_PALETTE)], dtype=np.float32)
+            m = np.asarray(mask, dtype=bool)
+            blended[m] = (1 - mask_alpha) * blended[m] + mask_alpha * color
+        image = np.clip(blended.round(), 0, 255).astype(np.uint8)
     canvas = Image.fromarray(image).convert("RGB")
     draw = ImageDraw.Draw(canvas)
     h, w = image.shape[:2]

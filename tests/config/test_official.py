@@ -106,3 +106,68 @@ def test_our_yaml_rejects_unknown_keys(tmp_path):
     p.write_text(yaml.safe_dump({"model": {"head": {"num_blockz": 3}}}))
     with pytest.raises(ValueError, match="num_blockz"):
         load_config(p)
+
+
+def _tree(flat: dict) -> dict:
+    tree: dict = {}
+    for key, value in flat.items():
+        node = tree
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return tree
+
+
+_VL_MASK = {
+    "MODEL.RPN_ONLY": False,
+    "MODEL.MASK_ON": True,
+    "MODEL.BOX_ON": False,
+    "MODEL.RPN.ANCHOR_STRIDE": "(8, 16, 32, 64, 128)",
+    "MODEL.RPN.RETURN_FUSED_FEATURES": True,
+    "MODEL.ROI_HEADS.USE_FPN": True,
+    "MODEL.ROI_HEADS.FG_IOU_THRESHOLD": 0.6,
+    "MODEL.ROI_MASK_HEAD.SHARE_BOX_FEATURE_EXTRACTOR": False,
+    "MODEL.ROI_MASK_HEAD.PREDICTOR": "VLMaskRCNNC4Predictor",
+    "MODEL.ROI_MASK_HEAD.FEATURE_EXTRACTOR": "HourglassFPNFeatureExtractor",
+    "MODEL.ROI_MASK_HEAD.POOLER_SCALES": "(0.125, 0.0625, 0.03125, 0.015625, 0.0078125)",
+    "MODEL.ROI_MASK_HEAD.POOLER_RESOLUTION": 14,
+    "MODEL.ROI_MASK_HEAD.RESOLUTION": 28,
+    "MODEL.ROI_MASK_HEAD.CONV_LAYERS": "(256, 256)",
+}
+
+
+def test_official_vl_mask_head_keys_import():
+    cfg = config_from_dict(_tree(_VL_MASK))
+    m = cfg.model.heads.mask
+    assert m.enabled and m.feature_extractor == "HourglassFPNFeatureExtractor"
+    assert m.pooler_scales == [0.125, 0.0625, 0.03125, 0.015625, 0.0078125]
+    assert (m.pooler_resolution, m.resolution, m.conv_layers, m.fg_iou_threshold) == (14, 28, [256, 256], 0.6)
+    assert not config_from_dict({}).model.heads.mask.enabled  # official default MASK_ON False
+
+
+@pytest.mark.parametrize(
+    "key,value",
+    [
+        ("MODEL.RPN.RETURN_FUSED_FEATURES", False),  # the head pools the post-fusion maps
+        ("MODEL.ROI_MASK_HEAD.PREDICTOR", "MaskRCNNC4Predictor"),
+        ("MODEL.ROI_MASK_HEAD.FEATURE_EXTRACTOR", "ResNet50Conv5ROIFeatureExtractor"),
+        ("MODEL.ROI_MASK_HEAD.POOLER_SCALES", "(0.0625,)"),
+        ("MODEL.ROI_MASK_HEAD.RESOLUTION", 14),
+        ("MODEL.BOX_ON", True),
+    ],
+)
+def test_vl_mask_head_values_it_cannot_run_are_errors(key, value):
+    with pytest.raises(OfficialConfigError, match=key.replace(".", r"\.")):
+        config_from_dict(_tree({**_VL_MASK, key: value}))
+
+
+def test_mask_only_keys_without_mask_on_are_errors():
+    with pytest.raises(OfficialConfigError, match=r"MODEL\.RPN_ONLY"):
+        config_from_dict(_tree({"MODEL.RPN_ONLY": False}))
+
+
+def test_vl_mask_head_takes_the_official_rpn_only_default():
+    # The official default RPN_ONLY is False: a mask yaml need not restate it.
+    flat = {k: v for k, v in _VL_MASK.items() if k != "MODEL.RPN_ONLY"}
+    assert config_from_dict(_tree(flat)).model.heads.mask.enabled

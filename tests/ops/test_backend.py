@@ -61,22 +61,26 @@ def test_unknown_or_unavailable_backend_is_rejected() -> None:
 def test_backend_chosen_per_op_and_device(monkeypatch: pytest.MonkeyPatch) -> None:
     """With torchvision usable: pure deformable conv on CPU, torchvision's kernels elsewhere."""
     monkeypatch.setattr(backend_module, "torchvision_available", lambda: True)
-    assert active_backends("cpu") == {"deform_conv2d": "torch", "nms": "torchvision"}
+    assert active_backends("cpu") == {"deform_conv2d": "torch", "nms": "torchvision", "roi_align": "torchvision"}
     assert active_backends(torch.device("cpu")) == active_backends(None) == active_backends("cpu")
-    assert active_backends("cuda") == {"deform_conv2d": "torchvision", "nms": "torchvision"}
+    assert active_backends("cuda") == {"deform_conv2d": "torchvision", "nms": "torchvision", "roi_align": "torchvision"}
     assert active_backends(torch.device("cuda", 1)) == active_backends("cuda:0") == active_backends("cuda")
     assert resolve_backend() == "torchvision"  # no op named: torchvision whenever usable
     with use_backend("torch"):
-        assert active_backends("cuda") == {"deform_conv2d": "torch", "nms": "torch"}
+        assert active_backends("cuda") == {"deform_conv2d": "torch", "nms": "torch", "roi_align": "torch"}
     with pytest.raises(ValueError, match="unknown op"):
-        resolve_backend(op="roi_align")
+        resolve_backend(op="ps_roi_pool")
     monkeypatch.setattr(backend_module, "torchvision_available", lambda: False)
-    assert active_backends("cuda") == {"deform_conv2d": "torch", "nms": "torch"}
+    assert active_backends("cuda") == {"deform_conv2d": "torch", "nms": "torch", "roi_align": "torch"}
 
 
 def test_env_var_makes_every_op_pure(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("GLIP_DISABLE_TORCHVISION", "1")
-    assert active_backends("cpu") == active_backends("cuda") == {"deform_conv2d": "torch", "nms": "torch"}
+    assert (
+        active_backends("cpu")
+        == active_backends("cuda")
+        == {"deform_conv2d": "torch", "nms": "torch", "roi_align": "torch"}
+    )
 
 
 class _FakeCudaTensor(torch.Tensor):

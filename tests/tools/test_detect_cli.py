@@ -88,6 +88,7 @@ def test_detect_glob(inputs, tmp_path):
         (["--prompt", "  "], "prompt is empty"),
         (["--prompt", "..."], "names no phrase"),
         (["--prompt", "a cat.", "--threshold", "2"], "--threshold"),
+        (["--prompt", "a cat.", "--masks"], "has no mask head"),
     ],
 )
 def test_detect_argument_errors(inputs, tmp_path, capsys, extra, message):
