@@ -375,8 +375,10 @@ class Trainer:
                   "lr_min": min(lrs), "lr_max": max(lrs), "images_per_s": speed}  # fmt: skip
         self._write_metrics(record)
         if bar is not None:
-            terms = {short_loss_name(k): f"{v:.3f}" for k, v in losses.items() if k not in ("loss", "grad_norm")}
-            bar.set_postfix(loss=f"{losses['loss']:.4f}", **terms, lr=f"{lr:.2e}", img_s=f"{speed:.1f}", refresh=False)
+            shown = {"loss": f"{losses['loss']:.4f}"}  # then each term, in the criterion's order
+            shown.update({short_loss_name(k): f"{v:.3f}" for k, v in losses.items() if k not in ("loss", "grad_norm")})
+            shown.update(lr=f"{lr:.2e}", img_s=f"{speed:.1f}")
+            bar.set_postfix(ordered_dict=shown, refresh=False)
 
     def _write_metrics(self, record: dict[str, Any]) -> None:
         self.output_dir.mkdir(parents=True, exist_ok=True)
