@@ -25,7 +25,7 @@ setup(
     packages=find_packages(include=["glip", "glip.*"]) + ["glip.configs"],
     package_dir={"glip.configs": "configs"},
     include_package_data=True,
-    package_data={"glip": ["assets/*/*"], "glip.configs": ["*.yaml"]},
+    package_data={"glip": ["assets/*/*"], "glip.configs": ["*.yaml", "pretrain/*.yaml"]},
     install_requires=[
         "torch>=2.1",
         "transformers>=4.40",

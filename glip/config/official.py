@@ -121,6 +121,18 @@ _MAPPED: dict[str, tuple[str, Any, Callable[[Any], Any]]] = {
     "MODEL.DYHEAD.FUSE_CONFIG.CONTRASTIVE_ALIGN_LOSS_WEIGHT": ("model.heads.mdetr_align.weight", 1.0, float),
     "MODEL.DYHEAD.FUSE_CONFIG.CONTRASTIVE_HIDDEN_DIM": ("model.heads.mdetr_align.hidden_dim", 64, int),
     "MODEL.DYHEAD.FUSE_CONFIG.JOINT_EMB_DROPOUT": ("model.heads.mdetr_align.dropout", 0.1, float),
+    # GLIPv2's pre-training heads (official defaults.py; off in every released config).
+    "MODEL.DYHEAD.FUSE_CONFIG.MLM_LOSS": ("model.heads.mlm.enabled", False, bool),
+    "MODEL.DYHEAD.FUSE_CONFIG.MLM_LOSS_COEF": ("model.heads.mlm.weight", 1.0, float),
+    "MODEL.DYHEAD.FUSE_CONFIG.MLM_LOSS_FOR_ONLY_POSITIVES": ("model.heads.mlm.only_positives", True, bool),
+    "MODEL.DYHEAD.FUSE_CONFIG.NO_MASK_FOR_OD": ("model.heads.mlm.no_mask_for_od", False, bool),
+    "MODEL.DYHEAD.FUSE_CONFIG.NO_MASK_FOR_GOLD": ("model.heads.mlm.no_mask_for_gold", False, bool),
+    "MODEL.DYHEAD.FUSE_CONFIG.USE_SHALLOW_CONTRASTIVE_LOSS": ("model.heads.inter_image.enabled", False, bool),
+    "MODEL.DYHEAD.FUSE_CONFIG.SHALLOW_CONTRASTIVE_LOSS_WEIGHT": ("model.heads.inter_image.weight", 1.0, float),
+    "MODEL.DYHEAD.FUSE_CONFIG.SHALLOW_MAX_POSITIVE_ANCHORS": ("model.heads.inter_image.max_positive", 100, int),
+    "MODEL.DYHEAD.FUSE_CONFIG.USE_SHALLOW_ZERO_PADS": ("model.heads.inter_image.zero_pad", False, bool),
+    "MODEL.DYHEAD.FUSE_CONFIG.SHALLOW_CONTRASTIVE_HIDDEN_DIM": ("model.heads.inter_image.hidden_dim", 64, int),
+    "MODEL.DYHEAD.SHALLOW_LOG_SCALE": ("model.heads.inter_image.log_scale", 0.0, float),
     # Optimiser and schedule (maskrcnn_benchmark/solver/build.py, lr_scheduler.py).
     "SOLVER.OPTIMIZER": ("solver.optimizer", "SGD", lambda v: str(v).lower()),
     "SOLVER.BASE_LR": ("solver.base_lr", 0.001, float),
@@ -230,9 +242,6 @@ _REQUIRED: dict[str, tuple[Any, ...]] = {
     "MODEL.DYHEAD.FUSE_CONFIG.TYPE": ("MHA-B",),
     "MODEL.DYHEAD.FUSE_CONFIG.USE_CLASSIFICATION_LOSS": (False,),
     "MODEL.DYHEAD.FUSE_CONFIG.USE_DOT_PRODUCT_TOKEN_LOSS": (True,),
-    "MODEL.DYHEAD.FUSE_CONFIG.USE_SHALLOW_CONTRASTIVE_LOSS": (False,),
-    "MODEL.DYHEAD.FUSE_CONFIG.USE_BACKBONE_SHALLOW_CONTRASTIVE_LOSS": (False,),
-    "MODEL.DYHEAD.FUSE_CONFIG.MLM_LOSS": (False,),
     "MODEL.DYHEAD.FUSE_CONFIG.ADD_LINEAR_LAYER": (False,),
     "MODEL.DYHEAD.FUSE_CONFIG.SEPARATE_BIDIRECTIONAL": (False,),
     "MODEL.DYHEAD.FUSE_CONFIG.STABLE_SOFTMAX_2D": (False,),
@@ -285,12 +294,8 @@ _IGNORED_KEYS = frozenset(
     MODEL.BACKBONE.USE_EN MODEL.BACKBONE.USE_GN MODEL.BACKBONE.USE_NSYNCBN MODEL.BACKBONE.USE_SE
     MODEL.BACKBONE.USE_SYNCBN MODEL.SWINT.OUT_CHANNELS
     MODEL.DYHEAD.FUSE_CONFIG.JOINT_EMB_SIZE MODEL.DYHEAD.FUSE_CONFIG.JOINT_MLP_LAYERS
-    MODEL.DYHEAD.FUSE_CONFIG.JOINT_OUT_SIZE MODEL.DYHEAD.FUSE_CONFIG.MLM_LOSS_COEF
-    MODEL.DYHEAD.FUSE_CONFIG.MLM_LOSS_FOR_ONLY_POSITIVES MODEL.DYHEAD.FUSE_CONFIG.MLM_OBJ_FOR_ONLY_POSITIVE
-    MODEL.DYHEAD.FUSE_CONFIG.NO_MASK_FOR_GOLD MODEL.DYHEAD.FUSE_CONFIG.NO_MASK_FOR_OD
-    MODEL.DYHEAD.FUSE_CONFIG.SHALLOW_CONTRASTIVE_HIDDEN_DIM MODEL.DYHEAD.FUSE_CONFIG.SHALLOW_CONTRASTIVE_LOSS_WEIGHT
-    MODEL.DYHEAD.FUSE_CONFIG.SHALLOW_MAX_POSITIVE_ANCHORS
-    MODEL.DYHEAD.FUSE_CONFIG.USE_SHALLOW_ZERO_PADS MODEL.DYHEAD.SHALLOW_LOG_SCALE MODEL.DYHEAD.TOPK
+    MODEL.DYHEAD.FUSE_CONFIG.JOINT_OUT_SIZE MODEL.DYHEAD.FUSE_CONFIG.MLM_OBJ_FOR_ONLY_POSITIVE MODEL.DYHEAD.TOPK
+    MODEL.DYHEAD.FUSE_CONFIG.USE_BACKBONE_SHALLOW_CONTRASTIVE_LOSS
     MODEL.FPN.FREEZE MODEL.LANGUAGE_BACKBONE.BIDIRECTIONAL MODEL.LANGUAGE_BACKBONE.CORPUS_PATH
     MODEL.LANGUAGE_BACKBONE.DROPOUT_P MODEL.LANGUAGE_BACKBONE.HIDDEN_SIZE MODEL.LANGUAGE_BACKBONE.INPUT_DROPOUT_P
     MODEL.LANGUAGE_BACKBONE.RNN_TYPE MODEL.LANGUAGE_BACKBONE.TOKENIZER_TYPE MODEL.LANGUAGE_BACKBONE.UNUSED_TOKEN
@@ -385,6 +390,12 @@ def from_official(tree: Mapping[str, Any], name: str = "official") -> GLIPConfig
                 f"MODEL.DYHEAD.FUSE_CONFIG.JOINT_EMB_SIZE={joint} (with USE_CONTRASTIVE_ALIGN_LOSS it must equal "
                 f"MODEL.DYHEAD.CHANNELS={cfg.model.trunk.channels})"
             )
+    backbone_inter = "MODEL.DYHEAD.FUSE_CONFIG.USE_BACKBONE_SHALLOW_CONTRASTIVE_LOSS"
+    if bool(flat.get(backbone_inter, False)):
+        errors.append(
+            f"{backbone_inter}=True (the ROI-pooled backbone variant of the inter-image loss is not implemented; "
+            "USE_SHALLOW_CONTRASTIVE_LOSS, the FPN variant, is)"
+        )
     if errors:
         raise OfficialConfigError("official config keys not supported by glip: " + "; ".join(errors))
 

@@ -142,6 +142,37 @@ class MaskHeadConfig:
 
 
 @dataclass
+class MLMHeadConfig:
+    """GLIPv2's masked-language-modelling head (official ``FUSE_CONFIG.MLM_LOSS`` family).
+    When enabled, training prompts are corrupted (15% of the tokens) and the whole model
+    runs on the corrupted text, as the official model does."""
+
+    enabled: bool = False  # official MLM_LOSS
+    weight: float = 1.0  # official MLM_LOSS_COEF
+    only_positives: bool = True  # official MLM_LOSS_FOR_ONLY_POSITIVES
+    no_mask_for_od: bool = False  # official NO_MASK_FOR_OD: detection prompts never masked
+    no_mask_for_gold: bool = False  # official NO_MASK_FOR_GOLD: gold grounding prompts never masked
+
+
+@dataclass
+class InterImageHeadConfig:
+    """GLIPv2's inter-image region-word contrastive loss, L_inter (official
+    ``FUSE_CONFIG.USE_SHALLOW_CONTRASTIVE_LOSS`` and ``SHALLOW_*``)."""
+
+    enabled: bool = False  # official USE_SHALLOW_CONTRASTIVE_LOSS
+    weight: float = 1.0  # official SHALLOW_CONTRASTIVE_LOSS_WEIGHT
+    # "fpn": pre-fusion FPN features at the ATSS positives (official USE_SHALLOW_CONTRASTIVE_LOSS);
+    # "backbone" (official USE_BACKBONE_SHALLOW_CONTRASTIVE_LOSS, ROI-pooled Swin stage 3): not implemented.
+    variant: str = "fpn"
+    max_positive: int = 100  # official SHALLOW_MAX_POSITIVE_ANCHORS
+    zero_pad: bool = False  # official USE_SHALLOW_ZERO_PADS
+    hidden_dim: int = 64  # official SHALLOW_CONTRASTIVE_HIDDEN_DIM
+    log_scale: float = 0.0  # official DYHEAD.SHALLOW_LOG_SCALE (initial log-temperature)
+    # "fused": the post-fusion text (the official code); "encoder": the text encoder's output (the paper).
+    text_source: str = "fused"
+
+
+@dataclass
 class HeadsConfig:
     """One section per head on the trunk; a head with ``enabled: false`` is not built.
     A new head adds its section here and a builder in :mod:`glip.modeling.build`."""
@@ -150,6 +181,8 @@ class HeadsConfig:
     mdetr_token: MDETRTokenHeadConfig = field(default_factory=MDETRTokenHeadConfig)
     mdetr_align: MDETRAlignHeadConfig = field(default_factory=MDETRAlignHeadConfig)
     mask: MaskHeadConfig = field(default_factory=MaskHeadConfig)
+    mlm: MLMHeadConfig = field(default_factory=MLMHeadConfig)
+    inter_image: InterImageHeadConfig = field(default_factory=InterImageHeadConfig)
 
 
 @dataclass

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -29,6 +29,15 @@ class GroundingBatch:
         targets: ``B`` per-image targets, boxes in each image's resized (unpadded) frame.
         captions: the ``B`` captions.
         image_ids: the ``B`` json image ids.
+        kinds: the ``B`` data kinds ("detection", "grounding", "caption").
+        box_class: ``B`` entries, ``Tensor[G_b]`` int64 global class ids of the boxes, or
+            None for data without categories.
+        token_class: ``Tensor[B, T]`` int64, each token's global class id, -1 elsewhere.
+        greenlight: ``Tensor[B, T]`` int64, each prompt's default MLM greenlight map.
+        indices: the ``B`` dataset indices (seed each sample's per-step random draws).
+
+    The last five feed GLIPv2's pre-training heads (:class:`glip.structures.PretrainingTargets`);
+    a batch built without them has no class ids (-1), zero greenlight and indices -1.
     """
 
     images: ImageBatch
@@ -37,6 +46,24 @@ class GroundingBatch:
     targets: list[GroundingTargets]
     captions: list[str]
     image_ids: list[Any]
+    kinds: list[str] = field(default_factory=list)
+    box_class: list[Tensor | None] = field(default_factory=list)
+    token_class: Tensor | None = None
+    greenlight: Tensor | None = None
+    indices: list[int] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        batch, width = self.input_ids.shape
+        if not self.kinds:
+            self.kinds = ["detection"] * batch
+        if not self.box_class:
+            self.box_class = [None] * batch
+        if self.token_class is None:
+            self.token_class = torch.full((batch, width), -1, dtype=torch.int64, device=self.input_ids.device)
+        if self.greenlight is None:
+            self.greenlight = torch.zeros((batch, width), dtype=torch.int64, device=self.input_ids.device)
+        if not self.indices:
+            self.indices = [-1] * batch
 
     def __len__(self) -> int:
         return len(self.targets)
@@ -56,6 +83,11 @@ class GroundingBatch:
             [t.to(device) for t in self.targets],
             list(self.captions),
             list(self.image_ids),
+            list(self.kinds),
+            [None if c is None else c.to(device) for c in self.box_class],
+            self.token_class.to(device),
+            self.greenlight.to(device),
+            list(self.indices),
         )
 
 
@@ -74,6 +106,8 @@ def collate_grounding(
         raise ValueError("collate_grounding needs at least one sample")
     ids = torch.full((len(samples), max_query_len), pad_token_id, dtype=torch.int64)  # [B, T]
     mask = torch.zeros((len(samples), max_query_len), dtype=torch.int64)  # [B, T]
+    token_class = torch.full((len(samples), max_query_len), -1, dtype=torch.int64)  # [B, T]
+    greenlight = torch.zeros((len(samples), max_query_len), dtype=torch.int64)  # [B, T]
     for b, s in enumerate(samples):
         n = int(s.input_ids.shape[0])
         if n > max_query_len:
@@ -82,6 +116,10 @@ def collate_grounding(
             raise ValueError(f"sample {s.image_id}: positive map width {s.targets.num_tokens} != {max_query_len}")
         ids[b, :n] = s.input_ids
         mask[b, :n] = 1
+        if s.token_class is not None:
+            token_class[b] = s.token_class
+        if s.greenlight is not None:
+            greenlight[b] = s.greenlight
     return GroundingBatch(
         images=ImageBatch.from_tensors([s.image for s in samples], size_divisibility),
         input_ids=ids,
@@ -89,6 +127,11 @@ def collate_grounding(
         targets=[s.targets for s in samples],
         captions=[s.caption for s in samples],
         image_ids=[s.image_id for s in samples],
+        kinds=[s.kind for s in samples],
+        box_class=[s.box_class for s in samples],
+        token_class=token_class,
+        greenlight=greenlight,
+        indices=[s.index for s in samples],
     )
 
 

@@ -3,6 +3,10 @@
 Both return a :class:`GroundingSample`: the normalised image, its boxes in the resized
 frame with the binary token map of each box, and the caption with its token ids.
 
+Each sample also carries what GLIPv2's pre-training heads need: its data kind
+(detection / grounding / caption), each box's id in one global class-name vocabulary,
+each token's class id and the default MLM greenlight map of its prompt.
+
 Per-sample randomness (caption order, negatives, resize size, flip) comes from a
 :class:`SampleRNG` derived from ``(seed, epoch, index)``, so a sample does not depend on
 the worker that loads it or on what was loaded before; :meth:`load` takes an explicit
@@ -27,6 +31,8 @@ from glip.data.masks import annotation_mask, has_segmentation, resize_masks
 from glip.data.od_to_grounding import CaptionRecipe, SampleRNG, labels_to_caption
 from glip.data.transforms import TrainTransform
 from glip.structures.targets import GroundingTargets
+from glip.text.masking import DataKind, greenlight_map
+from glip.text.spans import build_category_vocabulary, normalize_class_name, token_class_ids
 
 __all__ = ["CocoGroundingDataset", "GroundingSample", "MdetrGroundingDataset", "sample_seed"]
 
@@ -55,6 +61,16 @@ class GroundingSample:
         original_size: ``(H, W)`` of the stored image.
         flipped: whether the horizontal flip was applied.
         num_dropped_boxes: crowd, empty or non-finite boxes left out of ``targets``.
+        kind: the data kind: ``"detection"`` (a prompt of class names), ``"grounding"``
+            (gold grounding captions) or ``"caption"`` (image-text pairs with pseudo boxes).
+        box_class: ``Tensor[G]`` int64, each box's id in the global class-name vocabulary
+            (:func:`glip.text.spans.build_category_vocabulary`); None for data without
+            categories (grounding, captions).
+        token_class: ``Tensor[max_query_len]`` int64, the class id of the class name each
+            token belongs to, -1 elsewhere (None: unknown, treated as -1).
+        greenlight: ``Tensor[max_query_len]`` int64, the prompt's MLM greenlight map with
+            the default settings (:func:`glip.text.masking.greenlight_map`; None: zeros).
+        index: the dataset index the sample was loaded as (seeds its per-step draws).
     """
 
     image: Tensor
@@ -66,6 +82,11 @@ class GroundingSample:
     original_size: tuple[int, int]
     flipped: bool = False
     num_dropped_boxes: int = 0
+    kind: DataKind = "detection"
+    box_class: Tensor | None = None
+    token_class: Tensor | None = None
+    greenlight: Tensor | None = None
+    index: int = -1
 
     @property
     def image_size(self) -> tuple[int, int]:
@@ -109,7 +130,9 @@ class _GroundingDataset(Dataset):
         self.epoch = epoch
 
     def __getitem__(self, item: int) -> GroundingSample:
-        return self.load(item, SampleRNG.from_seed(sample_seed(self.seed, self.epoch, item)))
+        sample = self.load(item, SampleRNG.from_seed(sample_seed(self.seed, self.epoch, item)))
+        sample.index = item
+        return sample
 
     def load(self, item: int, rng: SampleRNG) -> GroundingSample:
         raise NotImplementedError
@@ -125,13 +148,24 @@ class _GroundingDataset(Dataset):
         rng: SampleRNG,
         num_dropped: int,
         anns: Sequence[Mapping[str, Any]] = (),
+        kind: DataKind = "detection",
+        box_class: Tensor | None = None,
+        class_spans: list[tuple[int, int, int]] | None = None,
+        positive_spans: list[tuple[int, int]] | None = None,
     ) -> GroundingSample:
-        """Tokenizes, builds the token map, then resizes/flips/normalises (official order:
-        ``prepare`` before the transforms, so the caption draws come first). With
-        ``self.masks``, ``anns`` are the kept boxes' annotations: their masks are
-        rasterised, resized and flipped with the image (boxes without one flagged)."""
+        """Tokenizes, builds the token maps, then resizes/flips/normalises (official order:
+        ``prepare`` before the transforms, so the caption draws come first).
+
+        With ``self.masks``, ``anns`` are the kept boxes' annotations: their masks are
+        rasterised, resized and flipped with the image (boxes without one flagged).
+        ``class_spans``: ``(start, end, global class id)`` of every class name in the
+        caption; ``positive_spans``: detection only, the spans of the classes with a box
+        (the MLM greenlight)."""
         encoding = self.tokenizer(caption, max_length=self.max_query_len, truncation=True)
-        pmap = token_positive_map(encoding, spans, self.max_query_len)  # [G, T]
+        width = self.max_query_len
+        pmap = token_positive_map(encoding, spans, width)  # [G, T]
+        token_class = token_class_ids(encoding, class_spans or [], width)  # [T]
+        greenlight = greenlight_map(encoding, caption, kind, width, positive_spans or [])  # [T]
         empty_rows = int((~pmap.any(dim=1)).sum())
         if empty_rows:
             logger.debug("image %s: %d boxes ground no token (caption truncated)", image_id, empty_rows)
@@ -158,6 +192,10 @@ class _GroundingDataset(Dataset):
             original_size=original_size,
             flipped=flipped,
             num_dropped_boxes=num_dropped,
+            kind=kind,
+            box_class=box_class,
+            token_class=token_class,
+            greenlight=greenlight,
         )
 
 
@@ -198,6 +236,9 @@ class CocoGroundingDataset(_GroundingDataset):
         seed: base of the per-sample seeds.
         masks: also load each box's mask (``segmentation``: COCO polygons or RLE) into
             ``targets.masks``; boxes without one get an empty mask and ``has_mask`` False.
+        category_vocabulary: normalised class name -> global class id, shared by every
+            dataset of a training mix (:func:`glip.text.spans.build_category_vocabulary`
+            over all their names); default: built from this dataset's names alone.
     """
 
     def __init__(
@@ -211,6 +252,7 @@ class CocoGroundingDataset(_GroundingDataset):
         max_query_len: int = 256,
         seed: int = 0,
         masks: bool = False,
+        category_vocabulary: Mapping[str, int] | None = None,
     ) -> None:
         super().__init__(ann_file, image_dir, tokenizer, transform, max_query_len, seed, masks)
         index = self.index
@@ -223,6 +265,14 @@ class CocoGroundingDataset(_GroundingDataset):
             if int(cat["id"]) not in self.json_to_contiguous:
                 raise ValueError(f"override category id {cat['id']} is not a category of {ann_file}")
             self.ind_to_class[self.json_to_contiguous[int(cat["id"])]] = str(cat["name"])
+        vocabulary = category_vocabulary or build_category_vocabulary(self.ind_to_class.values())
+        # Contiguous label -> global class id (names missing from the vocabulary are refused).
+        self.label_to_global: dict[int, int] = {}
+        for label, name in self.ind_to_class.items():
+            key = normalize_class_name(name)
+            if key not in vocabulary:
+                raise ValueError(f"category {name!r} of {ann_file} is not in the category vocabulary")
+            self.label_to_global[label] = int(vocabulary[key])
 
     def load(self, item: int, rng: SampleRNG) -> GroundingSample:
         """Sample ``item`` drawn with ``rng``."""
@@ -250,7 +300,18 @@ class CocoGroundingDataset(_GroundingDataset):
         spans = [[caption.label_to_span[int(v)]] for v in labels.tolist()]
         dropped = cleaned.num_dropped + int((~in_caption).sum())
         kept = [anns[i] for i, used in zip(cleaned.keep, in_caption.tolist()) if used]
-        return self._finish(image, boxes, caption.caption, spans, labels, image_id, rng, dropped, kept)
+        # Every class name written in the prompt (negatives too; not the background filler).
+        class_spans = [
+            (start, end, self.label_to_global[label])
+            for label, (start, end) in caption.label_to_span.items()
+            if label in self.label_to_global
+        ]
+        positive = [caption.label_to_span[v] for v in sorted(set(labels.tolist()))]
+        box_class = torch.tensor([self.label_to_global[int(v)] for v in labels.tolist()], dtype=torch.int64)
+        return self._finish(
+            image, boxes, caption.caption, spans, labels, image_id, rng, dropped, kept,
+            kind="detection", box_class=box_class, class_spans=class_spans, positive_spans=positive,
+        )  # fmt: skip
 
 
 class MdetrGroundingDataset(_GroundingDataset):
@@ -259,7 +320,11 @@ class MdetrGroundingDataset(_GroundingDataset):
     character spans (official ``ModulatedDataset`` / ``FlickrDataset``).
 
     The caption is used as is (no negatives); box ``g`` grounds the tokens of its spans.
-    Args as :class:`CocoGroundingDataset`.
+    Boxes have no global class (they get only their own image's block in GLIPv2's
+    inter-image loss) and the whole caption is the MLM greenlight. ``kind``:
+    ``"grounding"`` (gold data, default) or ``"caption"`` (pseudo-labelled image-text
+    pairs); it selects the official ``NO_MASK_FOR_GOLD`` rule. Other args as
+    :class:`CocoGroundingDataset`.
     """
 
     def __init__(
@@ -271,8 +336,12 @@ class MdetrGroundingDataset(_GroundingDataset):
         max_query_len: int = 256,
         seed: int = 0,
         masks: bool = False,
+        kind: DataKind = "grounding",
     ) -> None:
+        if kind not in ("grounding", "caption"):
+            raise ValueError(f"MdetrGroundingDataset kind must be 'grounding' or 'caption', got {kind!r}")
         super().__init__(ann_file, image_dir, tokenizer, transform, max_query_len, seed, masks)
+        self.kind: DataKind = kind
 
     def load(self, item: int, rng: SampleRNG) -> GroundingSample:
         """Sample ``item`` drawn with ``rng`` (only the transform draws)."""
@@ -293,4 +362,6 @@ class MdetrGroundingDataset(_GroundingDataset):
             spans.append([(int(a), int(b)) for a, b in raw])
         labels = torch.tensor([int(anns[i].get("category_id", 1)) for i in cleaned.keep], dtype=torch.int64)
         kept = [anns[i] for i in cleaned.keep]
-        return self._finish(image, cleaned.boxes, caption, spans, labels, image_id, rng, cleaned.num_dropped, kept)
+        return self._finish(
+            image, cleaned.boxes, caption, spans, labels, image_id, rng, cleaned.num_dropped, kept, kind=self.kind
+        )

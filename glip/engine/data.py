@@ -37,8 +37,12 @@ class RepeatDataset(Dataset):
         index = item % len(base)  # type: ignore[arg-type]
         if isinstance(base, (CocoGroundingDataset, MdetrGroundingDataset)):
             # Each copy draws its own augmentation (seeded by its position in the repeat).
-            return base.load(index, SampleRNG.from_seed(sample_seed(base.seed, base.epoch, item)))
-        return base[index]
+            sample = base.load(index, SampleRNG.from_seed(sample_seed(base.seed, base.epoch, item)))
+        else:
+            sample = base[index]
+        if hasattr(sample, "index"):
+            sample.index = item  # this copy's own per-step random streams
+        return sample
 
     def set_epoch(self, epoch: int) -> None:
         if hasattr(self.dataset, "set_epoch"):

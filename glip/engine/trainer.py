@@ -42,11 +42,12 @@ from glip.engine.checkpoint import (
 from glip.engine.data import ShardedBatchSampler, make_loader
 from glip.engine.ema import ModelEMA
 from glip.engine.optim import build_optimizer, build_schedule, clip_grad_norm
+from glip.engine.pretraining import pretraining_inputs
 from glip.engine.tuning import set_frozen_eval
 from glip.modeling.criterion import Criterion
 from glip.modeling.glip import GLIP
 
-__all__ = ["Evaluator", "LossModel", "TrainResult", "Trainer"]
+__all__ = ["Evaluator", "LossModel", "TrainResult", "Trainer", "short_loss_name"]
 
 logger = logging.getLogger(__name__)
 
@@ -56,17 +57,28 @@ Evaluator = Callable[[GLIP, int], Mapping[str, float]]
 
 class LossModel(nn.Module):
     """The model and its criterion as one module, so DistributedDataParallel wraps one
-    forward that returns tensors: ``forward(batch) -> {loss name: 0-d tensor}`` (every
-    head's named, weighted losses; the loop sums them)."""
+    forward that returns tensors: ``forward(batch, step) -> {loss name: 0-d tensor}``
+    (every head's named, weighted losses; the loop sums them).
 
-    def __init__(self, model: GLIP, loss: Criterion) -> None:
+    In training mode, with GLIPv2's pre-training heads, the batch's prompts are first
+    corrupted for MLM and the per-sample seeds of ``(seed, step, dataset index)`` made
+    (:mod:`glip.engine.pretraining`); the whole model runs on the corrupted ids. In eval
+    mode those heads do not run and the prompts stay clean. ``step``: the optimiser steps
+    done before this batch.
+    """
+
+    def __init__(self, model: GLIP, loss: Criterion, seed: int = 0) -> None:
         super().__init__()
         self.model = model
         self.loss = loss
+        self.seed = seed
 
-    def forward(self, batch: GroundingBatch) -> dict[str, Tensor]:
-        out = self.model(batch.images, batch.input_ids, batch.attention_mask)
-        return self.loss(self.model.heads, out, batch.attention_mask, batch.targets)
+    def forward(self, batch: GroundingBatch, step: int = 0) -> dict[str, Tensor]:
+        ids, pretraining = batch.input_ids, None
+        if self.training:
+            ids, pretraining = pretraining_inputs(self.model.heads, batch, self.seed, step)
+        out = self.model(batch.images, ids, batch.attention_mask)
+        return self.loss(self.model.heads, out, batch.attention_mask, batch.targets, pretraining)
 
 
 @dataclass
@@ -135,7 +147,7 @@ class Trainer:
         self.ema = ModelEMA(model, s.model_ema) if s.model_ema > 0 else None
         optimizer = build_optimizer(model, s)
         self.schedule = build_schedule(optimizer, s, self.max_iter)
-        ddp_model, self.optimizer = accelerator.prepare(LossModel(model, loss), optimizer)
+        ddp_model, self.optimizer = accelerator.prepare(LossModel(model, loss, s.seed), optimizer)
         self.loss_model = ddp_model
         self.model: GLIP = accelerator.unwrap_model(ddp_model).model
         self.progress = Progress()
@@ -263,7 +275,7 @@ class Trainer:
             self.progress.skipped += 1
             return None
         with acc.autocast():
-            loss_dict = self.loss_model(batch)
+            loss_dict = self.loss_model(batch, self.progress.step)
         total = sum(loss_dict.values())
         acc.backward(total)
         if getattr(acc, "scaler", None) is not None:
@@ -363,7 +375,10 @@ class Trainer:
                   "lr_min": min(lrs), "lr_max": max(lrs), "images_per_s": speed}  # fmt: skip
         self._write_metrics(record)
         if bar is not None:
-            bar.set_postfix(loss=f"{losses['loss']:.4f}", lr=f"{lr:.2e}", img_s=f"{speed:.1f}", refresh=False)
+            shown = {"loss": f"{losses['loss']:.4f}"}  # then each term, in the criterion's order
+            shown.update({short_loss_name(k): f"{v:.3f}" for k, v in losses.items() if k not in ("loss", "grad_norm")})
+            shown.update(lr=f"{lr:.2e}", img_s=f"{speed:.1f}")
+            bar.set_postfix(ordered_dict=shown, refresh=False)
 
     def _write_metrics(self, record: dict[str, Any]) -> None:
         self.output_dir.mkdir(parents=True, exist_ok=True)
@@ -417,6 +432,25 @@ class Trainer:
         if stop and self._stop_signal is None:
             self._stop_signal = int(signal.SIGTERM)
         return stop
+
+
+# Progress-bar names of the known loss terms; others lose their "loss_" prefix / "_loss" suffix.
+_SHORT_NAMES = {
+    "loss_reg": "reg",
+    "loss_centerness": "ctr",
+    "loss_dot_product_token": "tok",
+    "loss_token": "mdetr_tok",
+    "loss_contrastive_align": "align",
+    "loss_inter": "inter",
+    "loss_mlm": "mlm",
+}
+
+
+def short_loss_name(key: str) -> str:
+    """The progress bar's short name of a loss term (``loss_inter`` -> ``inter``)."""
+    if key in _SHORT_NAMES:
+        return _SHORT_NAMES[key]
+    return key.removeprefix("loss_").removesuffix("_loss") or key
 
 
 class _Monitor:

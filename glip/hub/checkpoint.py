@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import logging
 import pickle
 import pickletools
 import warnings
@@ -23,6 +24,8 @@ from glip.modeling.glip import GLIP
 from glip.modeling.text_encoder import load_bert_config
 from glip.text import load_tokenizer, resolve_text_encoder
 from glip.utils.fs import atomic_directory
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["CheckpointError", "load_model", "read_checkpoint", "register_folder_loader", "save_model"]
 
@@ -172,6 +175,22 @@ def load_state_into(model: GLIP, state: dict[str, Tensor], source: str = "checkp
     model.load_state_dict(state, strict=True)
 
 
+def with_fresh_heads(model: GLIP, state: dict[str, Tensor], source: str = "checkpoint") -> dict[str, Tensor]:
+    """``state`` completed with the initial weights of each ``fresh_start`` head (GLIPv2's MLM
+    and inter-image heads) of which it holds NO tensor: a GLIP checkpoint then loads into a
+    GLIPv2 model, the new heads starting fresh (as the official MLM head does). A head with
+    some of its tensors present is left to the strict check."""
+    ours = model.state_dict()
+    fresh: dict[str, Tensor] = {}
+    for name, head in model.heads.items():
+        prefix = f"heads.{name}."
+        keys = [k for k in ours if k.startswith(prefix)]
+        if getattr(head, "fresh_start", False) and keys and not any(k.startswith(prefix) for k in state):
+            fresh.update({k: ours[k] for k in keys})
+            logger.info("%s has no weights for the %r head: it starts from its initialisation", source, name)
+    return {**fresh, **state} if fresh else state
+
+
 def _resolve_text_encoder(text_encoder: str | Path | None, cfg: GLIPConfig, base: Path | None) -> str:
     if text_encoder is None:
         if base is not None and (base / TEXT_ENCODER_DIR).is_dir():
@@ -251,6 +270,7 @@ def load_model(
     model = build_model(cfg, bert_config, tokenizer, pretrained_text=text_dir if referenced else None)
     if referenced:
         state = {**{k: v for k, v in model.state_dict().items() if k.startswith("text_encoder.")}, **state}
+    state = with_fresh_heads(model, state, str(weights))
     if "prompt_offset.weight" in state:  # a prompt-tuned checkpoint (ours or official tunable_linear)
         model.enable_prompt_offset(int(state["prompt_offset.weight"].shape[0]))
     load_state_into(model, state, str(weights))

@@ -33,6 +33,21 @@ _RULES: list[tuple[re.Pattern[str], str]] = [
     (re.compile(r"^rpn\.resizer\."), "heads.mdetr_align.resizer."),
     (re.compile(r"^rpn\.head\.contrastive_align_projection_image\."), "heads.mdetr_align.image_proj."),
     (re.compile(r"^rpn\.head\.contrastive_align_projection_text\."), "heads.mdetr_align.text_proj."),
+    # GLIPv2's MLM head (official VLDyHead.mlm_head; ``bias`` and ``decoder.bias`` are one tensor)
+    # and the inter-image loss's parameters (official ATSSLossComputation, "shallow contrastive").
+    (re.compile(r"^rpn\.head\.mlm_head\.transform\.dense\."), "heads.mlm.predictor.dense."),
+    (re.compile(r"^rpn\.head\.mlm_head\.transform\.LayerNorm\."), "heads.mlm.predictor.norm."),
+    (re.compile(r"^rpn\.head\.mlm_head\.decoder\."), "heads.mlm.predictor.decoder."),
+    (re.compile(r"^rpn\.head\.mlm_head\.bias$"), "heads.mlm.predictor.decoder.bias"),
+    (re.compile(r"^rpn\.loss_evaluator\.shallow_log_scale$"), "heads.inter_image.contrastive.log_scale"),
+    (
+        re.compile(r"^rpn\.loss_evaluator\.shallow_contrastive_projection_image\."),
+        "heads.inter_image.contrastive.image_proj.",
+    ),
+    (
+        re.compile(r"^rpn\.loss_evaluator\.shallow_contrastive_projection_text\."),
+        "heads.inter_image.contrastive.text_proj.",
+    ),
     # Prompt tuning (official ADD_LINEAR_LAYER / language_prompt_v2): the [1000, D] offset.
     (re.compile(r"^rpn\.tunable_linear\."), "prompt_offset."),
 ]

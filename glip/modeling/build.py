@@ -13,8 +13,17 @@ from glip.modeling.backbone import VisionBackbone, build_resnet, build_swin
 from glip.modeling.box_coder import BoxCoder
 from glip.modeling.criterion import Criterion
 from glip.modeling.glip import GLIP, Preprocessing
-from glip.modeling.heads import GroundingHead, GroundingLoss, Head, MDETRAlignHead, MDETRTokenHead
+from glip.modeling.heads import (
+    GroundingHead,
+    GroundingLoss,
+    Head,
+    InterImageHead,
+    MaskedLMHead,
+    MDETRAlignHead,
+    MDETRTokenHead,
+)
 from glip.modeling.heads.mask import HourglassExtractor, MaskConvExtractor, MaskHead, VLMaskPredictor
+from glip.modeling.losses.inter_image import InterImageContrastiveLoss
 from glip.modeling.postprocess import GroundingPostProcessor
 from glip.modeling.text_encoder import BertTextEncoder
 from glip.modeling.trunk import FusionTrunk
@@ -200,6 +209,51 @@ def _build_mask(cfg: GLIPConfig, bert_config: Any) -> MaskHead | None:
     )
 
 
+@register_head("mlm")
+def _build_mlm(cfg: GLIPConfig, bert_config: Any) -> MaskedLMHead | None:
+    h = cfg.model.heads.mlm
+    if not h.enabled:
+        return None
+    return MaskedLMHead(
+        hidden_dim=cfg.model.text.dim,
+        vocab_size=int(bert_config.vocab_size),
+        layer_norm_eps=float(bert_config.layer_norm_eps),
+        only_positives=h.only_positives,
+        no_mask_for_od=h.no_mask_for_od,
+        no_mask_for_gold=h.no_mask_for_gold,
+    )
+
+
+@register_head("inter_image")
+def _build_inter_image(cfg: GLIPConfig, bert_config: Any) -> InterImageHead | None:
+    h = cfg.model.heads.inter_image
+    if not h.enabled:
+        return None
+    if h.variant == "backbone":
+        raise NotImplementedError(
+            "model.heads.inter_image.variant 'backbone' (official USE_BACKBONE_SHALLOW_CONTRASTIVE_LOSS, "
+            "ROI-pooled Swin stage-3 features) is not implemented; use 'fpn'"
+        )
+    if h.variant != "fpn":
+        raise ValueError(f"model.heads.inter_image.variant must be 'fpn' (or 'backbone'), got {h.variant!r}")
+    if h.text_source not in ("fused", "encoder"):
+        raise ValueError(f"model.heads.inter_image.text_source must be 'fused' or 'encoder', got {h.text_source!r}")
+    a = cfg.model.anchors
+    if len(a.aspect_ratios) * a.scales_per_octave != 1:
+        raise ValueError("model.heads.inter_image needs one anchor per location (as every GLIP config)")
+    return InterImageHead(
+        InterImageContrastiveLoss(
+            image_dim=cfg.model.backbone.out_channels,  # the pre-fusion FPN width x 1 anchor per location
+            text_dim=cfg.model.text.dim,
+            hidden_dim=h.hidden_dim,
+            max_positive=h.max_positive,
+            zero_pad=h.zero_pad,
+            log_scale_init=h.log_scale,
+            text_source=h.text_source,  # type: ignore[arg-type]
+        )
+    )
+
+
 def build_heads(cfg: GLIPConfig, bert_config: Any) -> dict[str, Head]:
     """Every registered head the config switches on, by name, in registration order."""
     heads = {}
@@ -275,5 +329,8 @@ def build_model(
         tokenizer=tokenizer,
         max_query_len=cfg.model.text.max_query_len,
     )
+    mlm = model.heads["mlm"] if "mlm" in model.heads else None
+    if isinstance(mlm, MaskedLMHead) and tokenizer is not None and tokenizer.mask_token_id is not None:
+        mlm.mask_token_id = int(tokenizer.mask_token_id)
     model.config = cfg
     return model

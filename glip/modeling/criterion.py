@@ -19,7 +19,7 @@ from glip.modeling.assigner import ATSSAssigner
 from glip.modeling.heads.base import LossInputs
 from glip.modeling.loss import AssignedTargets, all_reduce_sum, world_size
 from glip.modeling.trunk import TrunkOutput
-from glip.structures.targets import GroundingTargets
+from glip.structures.targets import GroundingTargets, PretrainingTargets
 
 __all__ = ["Criterion"]
 
@@ -33,9 +33,10 @@ class Criterion(nn.Module):
             skips the head's loss. A weight of 1.0 leaves the values bit-for-bit as the
             head returns them.
 
-    ``forward(heads, output, text_mask, targets)``: the model's ``heads`` (name ->
-    :class:`~glip.modeling.heads.Head`), its :class:`~glip.modeling.glip.GLIPOutput`, the
-    prompt mask ``Tensor[B, T]`` and B :class:`GroundingTargets` -> ``{loss name: tensor}``.
+    ``forward(heads, output, text_mask, targets, pretraining=None)``: the model's ``heads``
+    (name -> :class:`~glip.modeling.heads.Head`), its :class:`~glip.modeling.glip.GLIPOutput`,
+    the prompt mask ``Tensor[B, T]``, B :class:`GroundingTargets` and, for GLIPv2's
+    pre-training heads, the batch's :class:`PretrainingTargets` -> ``{loss name: tensor}``.
     Two heads returning the same loss name is an error.
     """
 
@@ -69,6 +70,7 @@ class Criterion(nn.Module):
         assigned: AssignedTargets | None = None,
         trunk: TrunkOutput | None = None,
         outputs: Mapping[str, Any] | None = None,
+        pretraining: PretrainingTargets | None = None,
     ) -> LossInputs:
         """The :class:`LossInputs` of a batch (assigning with ATSS unless ``assigned`` is given).
         Every process must call it (the positive count is summed over processes)."""
@@ -88,14 +90,22 @@ class Criterion(nn.Module):
             num_pos_avg=num_pos_avg,
             trunk=trunk,
             outputs=outputs or {},
+            pretraining=pretraining,
         )
 
     def forward(
-        self, heads: Mapping[str, nn.Module], output: Any, text_mask: Tensor, targets: Sequence[GroundingTargets]
+        self,
+        heads: Mapping[str, nn.Module],
+        output: Any,
+        text_mask: Tensor,
+        targets: Sequence[GroundingTargets],
+        pretraining: PretrainingTargets | None = None,
     ) -> dict[str, Tensor]:
         if len(targets) != text_mask.shape[0]:
             raise ValueError(f"got {len(targets)} targets for a batch of {text_mask.shape[0]} images")
-        inputs = self.prepare(output.anchors, text_mask, targets, trunk=output.trunk, outputs=output.heads)
+        inputs = self.prepare(
+            output.anchors, text_mask, targets, trunk=output.trunk, outputs=output.heads, pretraining=pretraining
+        )
         return self.combine(heads, output.heads, inputs)
 
     def combine(

@@ -237,7 +237,8 @@ class GLIP(nn.Module):
         """The text encoder, trunk and heads on precomputed FPN maps (L tensors
         ``[B, C, H_l, W_l]``): several prompts can reuse one backbone pass.
         ``use_prompt_offset`` False skips the prompt offset (the base model's text
-        features). ``heads``: the names of the heads to run (default all, in order)."""
+        features). ``heads``: the names of the heads to run (default all, in order,
+        except the ``training_only`` ones when the model is in eval mode)."""
         batch = features[0].shape[0]
         text = self.text_encoder(input_ids, attention_mask)
         if self.prompt_offset is not None and use_prompt_offset:
@@ -253,7 +254,8 @@ class GLIP(nn.Module):
         trunk = self.trunk(features, text)
         outputs: dict[str, Any] = {}
         for name, head in self.heads.items():
-            if heads is None or name in heads:
+            wanted = (self.training or not getattr(head, "training_only", False)) if heads is None else name in heads
+            if wanted:
                 outputs[name] = head(trunk, outputs)
         anchors = self.anchor_generator([tuple(f.shape[-2:]) for f in features], device=features[0].device)
         return GLIPOutput(trunk=trunk, anchors=anchors, heads=outputs)

@@ -8,7 +8,7 @@ D text width, P phrases (labels), H/W feature-map height/width.
 from glip.structures.detections import Detections
 from glip.structures.image_list import ImageBatch
 from glip.structures.outputs import HeadOutputs
-from glip.structures.targets import GroundingTargets
+from glip.structures.targets import GroundingTargets, PretrainingTargets
 from glip.structures.text import TextFeatures
 
-__all__ = ["Detections", "GroundingTargets", "HeadOutputs", "ImageBatch", "TextFeatures"]
+__all__ = ["Detections", "GroundingTargets", "HeadOutputs", "ImageBatch", "PretrainingTargets", "TextFeatures"]

@@ -1,4 +1,5 @@
-"""Training targets of one image: boxes and the phrase tokens each box grounds."""
+"""Training targets: per image, boxes and the phrase tokens each box grounds; per batch,
+what GLIPv2's pre-training losses (inter-image contrastive, MLM) need beyond them."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-__all__ = ["GroundingTargets"]
+__all__ = ["GroundingTargets", "PretrainingTargets"]
 
 
 @dataclass
@@ -97,3 +98,40 @@ class GroundingTargets:
             torch.zeros((0, num_tokens), dtype=torch.bool, device=device),
             torch.zeros((0,), dtype=torch.int64, device=device),
         )
+
+
+@dataclass
+class PretrainingTargets:
+    """A batch's inputs to GLIPv2's pre-training losses, beyond the boxes (B images, T tokens).
+
+    Attributes:
+        box_class: B entries: ``Tensor[G_b]`` int64, the category id of each box in ONE
+            global class-name vocabulary (:func:`glip.text.spans.build_category_vocabulary`),
+            or None for an image whose data has no categories (grounding, captions).
+        token_class: ``Tensor[B, T]`` int64, the category id of the class name each prompt
+            token belongs to, -1 elsewhere (:func:`glip.text.spans.token_class_ids`).
+        seeds: B per-sample seeds of this step's random draws
+            (:func:`glip.utils.seeding.sample_seed` of run seed, step and sample index);
+            the inter-image loss samples its anchors from streams derived from them.
+        mlm_labels: ``Tensor[B, T]`` int64, the original id at each token the MLM loss
+            scores, -100 elsewhere; None when the prompts were not corrupted (no MLM head,
+            or evaluation).
+    """
+
+    box_class: list[Tensor | None]
+    token_class: Tensor
+    seeds: list[int]
+    mlm_labels: Tensor | None = None
+
+    def __post_init__(self) -> None:
+        batch = self.token_class.shape[0]
+        if self.token_class.ndim != 2 or len(self.box_class) != batch or len(self.seeds) != batch:
+            raise ValueError(
+                f"PretrainingTargets: token_class {tuple(self.token_class.shape)} must be [B, T] with B = "
+                f"{len(self.box_class)} box_class entries and {len(self.seeds)} seeds"
+            )
+        if self.mlm_labels is not None and self.mlm_labels.shape != self.token_class.shape:
+            raise ValueError(
+                f"PretrainingTargets: mlm_labels {tuple(self.mlm_labels.shape)} must be [B, T] like "
+                f"token_class {tuple(self.token_class.shape)}"
+            )

@@ -33,6 +33,7 @@ __all__ = [
     "DataKind",
     "MaskedTokens",
     "apply_token_masking",
+    "batch_greenlight",
     "greenlight_map",
     "mask_tokens",
 ]
@@ -88,6 +89,38 @@ def greenlight_map(
         return torch.ones(width, dtype=torch.int64)
     spans = list(positive_spans) if kind == "detection" else [(0, len(caption))]
     return span_token_mask(encoding, spans, width).to(torch.int64)
+
+
+def batch_greenlight(
+    base: Tensor,
+    kinds: Sequence[DataKind],
+    only_positives: bool = True,
+    no_mask_for_od: bool = False,
+    no_mask_for_gold: bool = False,
+) -> Tensor:
+    """The greenlight map of a batch, ``Tensor[B, T]``, from each prompt's default map.
+
+    The same rules as :func:`greenlight_map`, applied to rows a dataset already built
+    with its defaults (``only_positives`` True, no ``NO_MASK_*``): the datasets do not
+    know the MLM head's settings, the batch does not need the tokenizer again.
+
+    Args:
+        base (Tensor[B, T]): each prompt's :func:`greenlight_map` with default settings.
+        kinds: the B prompts' data kinds.
+        only_positives, no_mask_for_od, no_mask_for_gold: as :func:`greenlight_map`.
+    """
+    if len(kinds) != base.shape[0]:
+        raise ValueError(f"need one data kind per prompt: got {len(kinds)} for {base.shape[0]} prompts")
+    unknown = sorted(set(kinds) - {"detection", "grounding", "caption"})
+    if unknown:
+        raise ValueError(f"unknown data kinds {unknown}; expected 'detection', 'grounding' or 'caption'")
+    out = base.to(torch.int64) if only_positives else torch.ones_like(base, dtype=torch.int64)
+    never = torch.tensor(
+        [(k == "detection" and no_mask_for_od) or (k == "grounding" and no_mask_for_gold) for k in kinds],
+        dtype=torch.bool,
+        device=base.device,
+    )  # [B]
+    return out.masked_fill(never[:, None], NEVER)
 
 
 @dataclass

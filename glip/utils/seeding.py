@@ -12,7 +12,13 @@ from collections.abc import Sequence
 
 import torch
 
-__all__ = ["sample_generators", "sample_seed"]
+__all__ = ["STREAM_INTER_IMAGE", "STREAM_MLM", "sample_generators", "sample_seed", "stream_generators"]
+
+# Sub-streams of one sample's per-step seed: each consumer of per-sample randomness draws
+# from its own (MLM corruption, the inter-image loss's anchor sampling), so adding or
+# removing one does not change the other's draws.
+STREAM_MLM = 1
+STREAM_INTER_IMAGE = 2
 
 _MASK64 = (1 << 64) - 1
 # SplitMix64 constants (Steele, Lea and Flood 2014, "Fast splittable pseudorandom number generators").
@@ -43,3 +49,9 @@ def sample_seed(*keys: int) -> int:
 def sample_generators(seeds: Sequence[int], device: torch.device | str = "cpu") -> list[torch.Generator]:
     """One ``torch.Generator`` per seed, on ``device``."""
     return [torch.Generator(device=device).manual_seed(int(s)) for s in seeds]
+
+
+def stream_generators(seeds: Sequence[int], stream: int) -> list[torch.Generator]:
+    """CPU generators of sub-stream ``stream`` of each per-sample seed
+    (``sample_seed(seed, stream)``)."""
+    return sample_generators([sample_seed(int(s), stream) for s in seeds])

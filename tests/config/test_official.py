@@ -76,7 +76,7 @@ SOLVER:
     "key,value",
     [
         ("MODEL.DYHEAD.FUSE_CONFIG.TYPE", "SCAN"),
-        ("MODEL.DYHEAD.FUSE_CONFIG.USE_SHALLOW_CONTRASTIVE_LOSS", True),
+        ("MODEL.DYHEAD.FUSE_CONFIG.USE_BACKBONE_SHALLOW_CONTRASTIVE_LOSS", True),
         ("MODEL.BACKBONE.CONV_BODY", "EFFICIENT7-FPN-RETINANET"),
         ("MODEL.SOMETHING_NEW", 3),
     ],
@@ -89,6 +89,40 @@ def test_unsupported_or_unknown_model_keys_are_errors_naming_the_key(key, value)
         node = node.setdefault(p, {})
     node[parts[-1]] = value
     with pytest.raises(OfficialConfigError, match=key.replace(".", r"\.")):
+        config_from_dict(tree)
+
+
+def test_glipv2_loss_keys_map_onto_the_head_sections():
+    fuse = {
+        "MLM_LOSS": True,
+        "MLM_LOSS_COEF": 0.5,
+        "MLM_LOSS_FOR_ONLY_POSITIVES": False,
+        "NO_MASK_FOR_OD": True,
+        "NO_MASK_FOR_GOLD": True,
+        "USE_SHALLOW_CONTRASTIVE_LOSS": True,
+        "SHALLOW_MAX_POSITIVE_ANCHORS": 50,
+        "USE_SHALLOW_ZERO_PADS": True,
+        "SHALLOW_CONTRASTIVE_HIDDEN_DIM": 32,
+        "SHALLOW_CONTRASTIVE_LOSS_WEIGHT": 2.0,
+    }
+    cfg = config_from_dict({"MODEL": {"DYHEAD": {"SHALLOW_LOG_SCALE": 0.3, "FUSE_CONFIG": fuse}}})
+    mlm, inter = cfg.model.heads.mlm, cfg.model.heads.inter_image
+    assert (mlm.enabled, mlm.weight, mlm.only_positives, mlm.no_mask_for_od, mlm.no_mask_for_gold) == (
+        True, 0.5, False, True, True
+    )  # fmt: skip
+    assert (inter.enabled, inter.max_positive, inter.zero_pad, inter.hidden_dim, inter.weight, inter.log_scale) == (
+        True, 50, True, 32, 2.0, 0.3
+    )  # fmt: skip
+    assert inter.variant == "fpn" and inter.text_source == "fused"
+    # Absent keys take the official defaults: both heads off, MLM scoring only positives.
+    off = config_from_dict({"MODEL": {"DYHEAD": {"FUSE_CONFIG": {"EARLY_FUSE_ON": True}}}})
+    assert not off.model.heads.mlm.enabled and not off.model.heads.inter_image.enabled
+    assert off.model.heads.mlm.only_positives and off.model.heads.inter_image.max_positive == 100
+
+
+def test_backbone_inter_image_variant_is_a_clear_error():
+    tree = {"MODEL": {"DYHEAD": {"FUSE_CONFIG": {"USE_BACKBONE_SHALLOW_CONTRASTIVE_LOSS": True}}}}
+    with pytest.raises(OfficialConfigError, match="backbone variant of the inter-image loss is not implemented"):
         config_from_dict(tree)
 
 

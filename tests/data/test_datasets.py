@@ -44,6 +44,25 @@ def test_mdetr_batch_equals_official(tokenizer, train_case):
         assert torch.equal(t.boxes, ref)
 
 
+@pytest.mark.needs_fixtures
+def test_grounding_samples_carry_no_classes_and_a_whole_caption_greenlight(tokenizer):
+    """GLIPv2's per-sample inputs for grounding data: no global classes (own block only in
+    L_inter), the whole caption (not [CLS]/[SEP]/padding) scored by MLM, the dataset index."""
+    args = (GROUNDING_DIR / "tiny_flickr_style_train.json", IMAGE_DIR, tokenizer, TrainTransform([320], 512, 0.0))
+    ds = MdetrGroundingDataset(*args)
+    sample = ds[1]
+    assert sample.kind == "grounding" and sample.box_class is None and sample.index == 1
+    assert (sample.token_class == -1).all()
+    n = len(sample.input_ids)
+    assert sample.greenlight[1 : n - 1].all() and sample.greenlight[0] == 0 and not sample.greenlight[n - 1 :].any()
+    batch = collate_grounding([ds[0], sample], size_divisibility=32, max_query_len=256)
+    assert batch.kinds == ["grounding", "grounding"] and batch.box_class == [None, None] and batch.indices == [0, 1]
+    assert torch.equal(batch.greenlight[1], sample.greenlight) and (batch.token_class == -1).all()
+    assert MdetrGroundingDataset(*args, kind="caption")[0].kind == "caption"
+    with pytest.raises(ValueError, match="kind"):
+        MdetrGroundingDataset(*args, kind="detection")
+
+
 def _write(tmp_path, images, annotations):
     data = {"images": images, "annotations": annotations, "categories": [{"id": 5, "name": "thing"}]}
     path = tmp_path / "ann.json"

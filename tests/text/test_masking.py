@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from glip.text import BUNDLED_TEXT_ENCODERS, load_tokenizer
-from glip.text.masking import IGNORE_INDEX, apply_token_masking, greenlight_map, mask_tokens
+from glip.text.masking import IGNORE_INDEX, apply_token_masking, batch_greenlight, greenlight_map, mask_tokens
 from glip.text.spans import build_category_vocabulary, normalize_class_name, token_class_ids
 from glip.utils.seeding import sample_generators, sample_seed
 from tests.conftest import FIXTURES
@@ -109,6 +109,25 @@ def test_greenlight_rules(tokenizer) -> None:
     out = apply_token_masking(ids, attention, det[None], torch.zeros(1, 16, dtype=torch.float64), ids, MASK_ID)
     assert torch.equal(out.input_ids != ids, attention.bool())  # u = 0: every real token masked
     assert out.labels[0].tolist()[:7] == [-100, ids[0, 1].item(), -100, -100, -100, ids[0, 5].item(), -100]
+
+
+@pytest.mark.parametrize("only_positives", [True, False])
+@pytest.mark.parametrize("no_od", [True, False])
+@pytest.mark.parametrize("no_gold", [True, False])
+def test_batch_greenlight_equals_the_per_prompt_rules(tokenizer, only_positives, no_od, no_gold) -> None:
+    """The datasets store the default map; the batch applies the head's settings per data kind."""
+    caption = "cat. dog. bird"
+    enc = _encode(tokenizer, caption, width=16)
+    positives = [(0, 3), (10, 14)]
+    kinds = ["detection", "grounding", "caption"]
+    base = torch.stack([greenlight_map(enc, caption, k, 16, positives if k == "detection" else ()) for k in kinds])
+    got = batch_greenlight(base, kinds, only_positives, no_od, no_gold)
+    settings = {"only_positives": only_positives, "no_mask_for_od": no_od, "no_mask_for_gold": no_gold}
+    for row, kind in zip(got, kinds):
+        spans = positives if kind == "detection" else ()
+        assert torch.equal(row, greenlight_map(enc, caption, kind, 16, spans, **settings)), (kind, settings)
+    with pytest.raises(ValueError, match="one data kind per prompt"):
+        batch_greenlight(base, kinds[:2])
 
 
 def test_category_vocabulary() -> None:

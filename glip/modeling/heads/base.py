@@ -14,6 +14,10 @@ A head is an ``nn.Module`` held by :class:`glip.modeling.glip.GLIP` in ``model.h
   weight; the training loop sums them. A head without a loss returns ``{}``.
 - optionally ``postprocess(output, ...)`` (inference decoding).
 
+A head with ``training_only = True`` (GLIPv2's MLM and inter-image heads) exists for its
+loss: the model runs it only in training mode, never at inference (``predict``, ``detect``,
+an ``eval()`` forward), and its loss needs ``LossInputs.pretraining``.
+
 Parameter discovery (no name prefixes elsewhere): ``linear_probe`` lists the parameter
 names (relative to the head, prefixes allowed) that the ``linear`` transfer mode trains
 (official LINEAR_PROB); ``untrained`` those no loss reaches (frozen for training, e.g.
@@ -31,7 +35,7 @@ from torch import Tensor, nn
 
 from glip.modeling.loss import AssignedTargets
 from glip.modeling.trunk import TrunkOutput
-from glip.structures.targets import GroundingTargets
+from glip.structures.targets import GroundingTargets, PretrainingTargets
 
 __all__ = ["Head", "LossInputs"]
 
@@ -50,6 +54,9 @@ class LossInputs:
             normaliser (a Python float, a constant for autograd).
         trunk: the trunk's output of the batch (None when a test feeds head outputs alone).
         outputs: every head's output of the batch, by head name.
+        pretraining: what GLIPv2's pre-training heads need beyond the boxes (global
+            class ids, per-sample seeds, MLM labels); None when the batch has none
+            (a model without those heads).
     """
 
     targets: Sequence[GroundingTargets]
@@ -59,6 +66,7 @@ class LossInputs:
     num_pos_avg: float
     trunk: TrunkOutput | None = None
     outputs: Mapping[str, Any] = field(default_factory=dict)
+    pretraining: PretrainingTargets | None = None
 
 
 class Head(nn.Module):
@@ -70,11 +78,18 @@ class Head(nn.Module):
         text_side: parameter names (relative, prefixes allowed) that transform the prompt's
             tokens (a text projection); the optimiser trains them with the fusion layers
             (``solver.fusion_lr_factor``).
+        training_only: the head only serves a training loss: skipped by an ``eval()``
+            forward and by inference.
+        fresh_start: a checkpoint without this head's weights may still be loaded (the
+            head keeps its initialisation), e.g. GLIPv2's pre-training heads added to a
+            GLIP checkpoint (the official MLM head starts fresh too).
     """
 
     linear_probe: tuple[str, ...] = ()
     untrained: tuple[str, ...] = ()
     text_side: tuple[str, ...] = ()
+    training_only: bool = False
+    fresh_start: bool = False
 
     def forward(self, trunk: TrunkOutput, outputs: Mapping[str, Any]) -> Any:  # pragma: no cover - abstract
         raise NotImplementedError

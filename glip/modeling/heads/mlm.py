@@ -7,18 +7,37 @@ normalisation of the dot-product path), and the ``mlm_loss`` term of
 ``VLDyHeadModule._forward_train`` (``rpn/vldyhead.py``).
 
 Dimension letters: B prompts, T tokens, D text width, V vocabulary size, S scored tokens.
-The corruption of the prompts and the labels come from :mod:`glip.text.masking`.
+The corruption of the prompts and the labels come from :mod:`glip.text.masking`;
+:class:`MaskedLMHead` is the head on the trunk (``model.heads["mlm"]``) that applies it
+with its settings and owns the loss.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["OFFICIAL_MLM_HEAD_KEYS", "MLMHead", "mlm_loss", "remap_official_mlm_head"]
+from glip.modeling.heads.base import Head, LossInputs
+from glip.modeling.trunk import TrunkOutput
+from glip.text.masking import DataKind, MaskedTokens, batch_greenlight, mask_tokens
+
+__all__ = [
+    "BERT_MASK_TOKEN_ID",
+    "OFFICIAL_MLM_HEAD_KEYS",
+    "MLMHead",
+    "MLMOutput",
+    "MaskedLMHead",
+    "mlm_loss",
+    "remap_official_mlm_head",
+]
+
+# The [MASK] id of the BERT uncased vocabulary (bert-base-uncased, all-MiniLM-L6-v2).
+BERT_MASK_TOKEN_ID = 103
 
 # CrossEntropyLoss's ignore_index, the label of unscored tokens (glip.text.masking.IGNORE_INDEX).
 _IGNORE = -100
@@ -122,3 +141,93 @@ def mlm_loss(logits: Tensor, labels: Tensor, coef: float = 1.0) -> Tensor:
     if not bool((flat_labels != _IGNORE).any()):
         return flat_logits.sum() * 0.0
     return F.cross_entropy(flat_logits, flat_labels, ignore_index=_IGNORE) * coef
+
+
+@dataclass
+class MLMOutput:
+    """What the MLM head reads from the trunk (the vocabulary scores are computed in the
+    loss, at the scored tokens only).
+
+    Attributes:
+        hidden: ``Tensor[B, T, D]``, the post-fusion text hidden states before L2
+            normalisation (the trunk's ``text``).
+    """
+
+    hidden: Tensor
+
+
+class MaskedLMHead(Head):
+    """GLIPv2's MLM head on the trunk: corrupts the prompts (before the model runs) and
+    scores the fused text at the corrupted positions (loss ``loss_mlm``; official key
+    ``mlm_loss``).
+
+    Training only (skipped at inference); it may start fresh from a checkpoint without it.
+
+    Args:
+        hidden_dim: D, the text width.
+        vocab_size: V, the text encoder's vocabulary (random replacement ids are drawn from it).
+        layer_norm_eps: BERT's ``layer_norm_eps``.
+        only_positives: official ``MLM_LOSS_FOR_ONLY_POSITIVES`` (True).
+        no_mask_for_od: official ``NO_MASK_FOR_OD``: detection prompts are never masked.
+        no_mask_for_gold: official ``NO_MASK_FOR_GOLD``: gold grounding prompts are never masked.
+        mask_token_id: the tokenizer's ``[MASK]`` id (the builder sets the model tokenizer's).
+
+    The criterion's weight of the head is the official ``MLM_LOSS_COEF``. Parameters:
+    ``predictor.*`` (:class:`MLMHead`).
+    """
+
+    training_only = True
+    fresh_start = True
+
+    def __init__(
+        self,
+        hidden_dim: int,
+        vocab_size: int,
+        layer_norm_eps: float = 1e-12,
+        only_positives: bool = True,
+        no_mask_for_od: bool = False,
+        no_mask_for_gold: bool = False,
+        mask_token_id: int = BERT_MASK_TOKEN_ID,
+    ) -> None:
+        super().__init__()
+        self.predictor = MLMHead(hidden_dim, vocab_size, layer_norm_eps)
+        self.vocab_size = vocab_size
+        self.only_positives = only_positives
+        self.no_mask_for_od = no_mask_for_od
+        self.no_mask_for_gold = no_mask_for_gold
+        self.mask_token_id = mask_token_id
+
+    @torch.no_grad()
+    def corrupt(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor,
+        greenlight: Tensor,
+        kinds: Sequence[DataKind],
+        generators: Sequence[torch.Generator],
+    ) -> MaskedTokens:
+        """The corrupted prompts and their labels (:func:`glip.text.masking.mask_tokens`).
+
+        Args:
+            input_ids, attention_mask (Tensor[B, T]): the batch's prompts.
+            greenlight (Tensor[B, T]): each prompt's default greenlight map (the datasets'),
+                turned into this head's by :func:`glip.text.masking.batch_greenlight`.
+            kinds: the B prompts' data kinds ("detection", "grounding", "caption").
+            generators: B CPU generators, one per sample.
+        """
+        rules = batch_greenlight(greenlight, kinds, self.only_positives, self.no_mask_for_od, self.no_mask_for_gold)
+        return mask_tokens(input_ids, attention_mask, rules, generators, self.mask_token_id, self.vocab_size)
+
+    def forward(self, trunk: TrunkOutput, outputs: Mapping[str, Any]) -> MLMOutput:
+        return MLMOutput(hidden=trunk.text)
+
+    def loss(self, output: MLMOutput, inputs: LossInputs) -> dict[str, Tensor]:
+        """``{"loss_mlm": Tensor[]}``: cross-entropy over the scored tokens (a connected zero
+        when none is)."""
+        if inputs.pretraining is None or inputs.pretraining.mlm_labels is None:
+            raise ValueError(
+                "the MLM head needs the batch's MLM labels (LossInputs.pretraining.mlm_labels): corrupt the "
+                "prompts with MaskedLMHead.corrupt before the forward (glip.engine.LossModel does)"
+            )
+        labels = inputs.pretraining.mlm_labels.to(output.hidden.device)
+        return {"loss_mlm": self.predictor.loss(output.hidden, labels)}
