@@ -1,14 +1,23 @@
 """CPU latency and peak memory of full-size GLIP-T against a peer, Grounding DINO-T, in one run.
 
-Every setting runs in its own process (so its peak RSS, model construction included, is its
-own), on the same image and prompt, with random weights (nothing is downloaded):
+Every setting runs in its own process (so its peak RSS is its own), on the same image and
+prompt, with random weights (nothing is downloaded):
 
-* ``glip``       GLIP-T (configs/glip-t.yaml), the default op backends;
+* ``glip``       GLIP-T (configs/glip-t.yaml), the default op backends, loaded as a user loads
+                 it: a random-init GLIP-T is saved once with ``glip.save_model`` to a temporary
+                 folder (model.safetensors + config.yaml + text_encoder/) by a separate
+                 preparatory process (not measured), and the measured process loads that
+                 folder with ``glip.Predictor(folder)``. Its peak RSS therefore includes
+                 building the model and reading the checkpoint, then the calls;
 * ``glip-pure``  the same with ``GLIP_DISABLE_TORCHVISION=1`` (pure-PyTorch ops only);
 * ``gdino``      Hugging Face ``GroundingDinoForObjectDetection`` with the default
                  ``GroundingDinoConfig`` (= Grounding DINO-T: Swin-T, 6+6 layers, 900 queries)
                  and the bundled bert-base-uncased text config, through its processor and
-                 ``post_process_grounded_object_detection``.
+                 ``post_process_grounded_object_detection``. It is built at random init and
+                 reads no checkpoint (its peak RSS includes construction only).
+
+"peak RSS" is the process's ``ru_maxrss`` at the end; "after build" is the same right after
+the model is ready (for glip: built and its checkpoint loaded).
 
 Image: chelsea (skimage, else the official fixture's copy, else a generated 300x451 image),
 resized to 800 x ~1200 by each model's own preprocessing; prompt "a cat. a remote control.
@@ -30,6 +39,7 @@ import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -70,10 +80,20 @@ def _build_glip():
     return build_model(cfg, load_bert_config(te), load_tokenizer(te)).eval()
 
 
-def _glip_call(batch: int, device: str):
+def _save_glip(folder: str) -> None:
+    """The preparatory step (own process, not measured): a random-init GLIP-T saved as a folder."""
+    import torch
+
+    from glip.hub.checkpoint import save_model
+
+    torch.manual_seed(0)
+    save_model(_build_glip(), folder)
+
+
+def _glip_call(batch: int, device: str, folder: str):
     from glip.api import Predictor
 
-    predictor = Predictor(_build_glip(), device=device, batch_size=batch)
+    predictor = Predictor(folder, device=device, batch_size=batch)
     return lambda images: predictor.predict(images, CAPTION, threshold=0.5)
 
 
@@ -107,12 +127,12 @@ def _gdino_call(batch: int, device: str):
     return call
 
 
-def run_one(setting: str, batch: int, runs: int, threads: int, device: str) -> dict:
+def run_one(setting: str, batch: int, runs: int, threads: int, device: str, folder: str | None) -> dict:
     import torch
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    call = (_gdino_call if setting == "gdino" else _glip_call)(batch, device)
+    call = _gdino_call(batch, device) if setting == "gdino" else _glip_call(batch, device, folder)
     rss_after_build = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     image, source = _image()
     images = [image] * batch
@@ -163,10 +183,15 @@ def main() -> None:
     parser.add_argument("--json", help="also write the rows here")
     parser.add_argument("--ops", action="store_true", help="per-op timings instead (see scripts/bench_ops.py)")
     parser.add_argument("--_one", help=argparse.SUPPRESS)
+    parser.add_argument("--_folder", help=argparse.SUPPRESS)
+    parser.add_argument("--_save", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args._save:
+        _save_glip(args._save)
+        return
     if args._one:
         setting, batch = args._one.split(",")
-        print(json.dumps(run_one(setting, int(batch), args.runs, args.threads, args.device)))
+        print(json.dumps(run_one(setting, int(batch), args.runs, args.threads, args.device, args._folder)))
         return
     if args.ops:
         os.execv(
@@ -181,12 +206,26 @@ def main() -> None:
         flush=True,
     )
     plan = [(s, b) for b in args.batch for s in args.settings if b == 1 or s != "gdino" or args.peer_batch]
+    with tempfile.TemporaryDirectory(prefix="bench_glip_") as tmp:
+        rows = _run_plan(plan, args, Path(tmp) / "glip-t")
+    _report(rows, args)
+
+
+def _run_plan(plan: list[tuple[str, int]], args: argparse.Namespace, folder: Path) -> list[dict]:
+    base_env = dict(os.environ, PYTHONUNBUFFERED="1")
+    base_env["PYTHONPATH"] = os.pathsep.join([str(REPO), base_env.get("PYTHONPATH", "")])
+    if any(s != "gdino" for s, _ in plan):
+        res = subprocess.run(
+            [sys.executable, __file__, "--_save", str(folder)], capture_output=True, text=True, env=base_env
+        )
+        if res.returncode != 0:
+            print(f"saving the random-init GLIP-T failed\n{res.stderr[-2000:]}", file=sys.stderr, flush=True)
+            plan = [(s, b) for s, b in plan if s == "gdino"]
     rows = []
     for setting, batch in plan:
         cmd = [sys.executable, __file__, "--_one", f"{setting},{batch}", "--runs", str(args.runs)]
-        cmd += ["--threads", str(args.threads), "--device", args.device]
-        env = dict(os.environ, PYTHONUNBUFFERED="1", **_ENV.get(setting, {}))
-        env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
+        cmd += ["--threads", str(args.threads), "--device", args.device, "--_folder", str(folder)]
+        env = dict(base_env, **_ENV.get(setting, {}))
         res = subprocess.run(cmd, capture_output=True, text=True, env=env)
         if res.returncode != 0:
             print(f"{setting} batch {batch}: failed\n{res.stderr[-2000:]}", file=sys.stderr, flush=True)
@@ -199,6 +238,10 @@ def main() -> None:
             + (f"  backends {r['backends']}" if r["backends"] else ""),
             flush=True,
         )
+    return rows
+
+
+def _report(rows: list[dict], args: argparse.Namespace) -> None:
     peer = next((r for r in rows if r["setting"] == "gdino" and r["batch"] == 1), None)
     if rows:
         print(f"image: {rows[0]['image']}")

@@ -18,6 +18,7 @@ from torch import Tensor
 from glip.config import GLIPConfig, load_config, save_config
 from glip.hub.legacy_keys import remap_legacy_state_dict
 from glip.hub.official_keys import remap_official_state_dict
+from glip.hub.streaming import SafetensorsIndex, index_safetensors, stream_state_into
 from glip.hub.zoo import resolve_model_source
 from glip.modeling.build import build_model
 from glip.modeling.glip import GLIP
@@ -149,9 +150,12 @@ def _to_our_keys(state: dict[str, Tensor], source: str) -> dict[str, Tensor]:
     )
 
 
-def load_state_into(model: GLIP, state: dict[str, Tensor], source: str = "checkpoint") -> None:
+def load_state_into(
+    model: GLIP, state: dict[str, Tensor], source: str = "checkpoint", *, index: SafetensorsIndex | None = None
+) -> None:
     """Loads ``state`` (our key names) strictly; errors name missing, unexpected and
-    mis-shaped keys."""
+    mis-shaped keys. With ``index``, the meta tensors of ``state`` that come from it are
+    read from its file straight into the model (:func:`glip.hub.streaming.stream_state_into`)."""
     ours = model.state_dict()
     missing = sorted(set(ours) - set(state))
     unexpected = sorted(set(state) - set(ours))
@@ -172,7 +176,13 @@ def load_state_into(model: GLIP, state: dict[str, Tensor], source: str = "checkp
         if shapes or (missing and unexpected):
             hint = " (is the config the one this checkpoint was trained with?)"
         raise CheckpointError(f"{source} does not fit the model{hint}: " + "; ".join(problems))
-    model.load_state_dict(state, strict=True)
+    if index is None:
+        model.load_state_dict(state, strict=True)
+        return
+    try:
+        stream_state_into(model, state, index)
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"cannot read {source}: corrupt or not a safetensors file ({e})") from None
 
 
 def with_fresh_heads(model: GLIP, state: dict[str, Tensor], source: str = "checkpoint") -> dict[str, Tensor]:
@@ -264,7 +274,11 @@ def load_model(
     cfg = config if isinstance(config, GLIPConfig) else load_config(config)
     text_dir = _resolve_text_encoder(text_encoder, cfg, base)
     bert_config, tokenizer = _text_components(text_dir)
-    state = _to_our_keys(read_checkpoint(weights, trust_pickle=trust_pickle), str(weights))
+    # A .safetensors file is indexed (meta tensors) and streamed into the built model, so the
+    # weights are never held twice; a .pth is read whole (torch.load).
+    index = _index_safetensors(weights) if weights.suffix == ".safetensors" else None
+    raw = index.tensors if index is not None else read_checkpoint(weights, trust_pickle=trust_pickle)
+    state = _to_our_keys(raw, str(weights))
     # Folders saved with include_text_encoder=False reference the pretrained encoder instead.
     referenced = cfg.model.text.pretrained and not any(k.startswith("text_encoder.") for k in state)
     model = build_model(cfg, bert_config, tokenizer, pretrained_text=text_dir if referenced else None)
@@ -273,8 +287,15 @@ def load_model(
     state = with_fresh_heads(model, state, str(weights))
     if "prompt_offset.weight" in state:  # a prompt-tuned checkpoint (ours or official tunable_linear)
         model.enable_prompt_offset(int(state["prompt_offset.weight"].shape[0]))
-    load_state_into(model, state, str(weights))
+    load_state_into(model, state, str(weights), index=index)
     return model.to(device).eval()
+
+
+def _index_safetensors(path: Path) -> SafetensorsIndex:
+    try:
+        return index_safetensors(path)
+    except Exception as e:  # malformed header, bad offsets, unreadable file
+        raise CheckpointError(f"cannot read {path}: corrupt or not a safetensors file ({e})") from None
 
 
 def save_model(
