@@ -118,7 +118,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--work", default="runs/demo", help="data and training output")
     p.add_argument("--out", default=str(REPO / "glip" / "assets" / "demo-shapes"), help="zoo folder to write")
-    p.add_argument("--num-train", type=int, default=2000)
+    p.add_argument("--num-train", type=int, default=400)
     p.add_argument("--num-val", type=int, default=80)
     p.add_argument("--held-out", type=int, default=3)
     p.add_argument("--steps", type=int, default=1200)
