@@ -72,11 +72,11 @@ def test_an_image_that_breaks_the_model_fails_alone(predictor, monkeypatch):
     original = predictor.model.detect_prompts
     calls = []
 
-    def fragile(batch, chunks, original_sizes):
+    def fragile(batch, chunks, original_sizes, **options):
         calls.append(len(original_sizes))
         if bool((batch.tensor.flatten(1).amax(1) > 2.0).any()):  # the white image (normalised 255)
             raise RuntimeError("simulated kernel failure")
-        return original(batch, chunks, original_sizes=original_sizes)
+        return original(batch, chunks, original_sizes=original_sizes, **options)
 
     monkeypatch.setattr(predictor.model, "detect_prompts", fragile)
     results = dict(predictor.iter_predict(images, PROMPT, threshold=0.0, batch_size=4))
