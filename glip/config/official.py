@@ -392,10 +392,13 @@ def from_official(tree: Mapping[str, Any], name: str = "official") -> GLIPConfig
             )
     backbone_inter = "MODEL.DYHEAD.FUSE_CONFIG.USE_BACKBONE_SHALLOW_CONTRASTIVE_LOSS"
     if bool(flat.get(backbone_inter, False)):
-        errors.append(
-            f"{backbone_inter}=True (the ROI-pooled backbone variant of the inter-image loss is not implemented; "
-            "USE_SHALLOW_CONTRASTIVE_LOSS, the FPN variant, is)"
-        )
+        if cfg.model.heads.inter_image.enabled:
+            errors.append(
+                f"{backbone_inter}=True together with USE_SHALLOW_CONTRASTIVE_LOSS=True (the official asserts one)"
+            )
+        # The ROI-pooled backbone variant of the inter-image loss.
+        cfg.model.heads.inter_image.enabled = True
+        cfg.model.heads.inter_image.variant = "backbone"
     if errors:
         raise OfficialConfigError("official config keys not supported by glip: " + "; ".join(errors))
 

@@ -162,7 +162,7 @@ class InterImageHeadConfig:
     enabled: bool = False  # official USE_SHALLOW_CONTRASTIVE_LOSS
     weight: float = 1.0  # official SHALLOW_CONTRASTIVE_LOSS_WEIGHT
     # "fpn": pre-fusion FPN features at the ATSS positives (official USE_SHALLOW_CONTRASTIVE_LOSS);
-    # "backbone" (official USE_BACKBONE_SHALLOW_CONTRASTIVE_LOSS, ROI-pooled Swin stage 3): not implemented.
+    # "backbone" (official USE_BACKBONE_SHALLOW_CONTRASTIVE_LOSS): the body's stride-16 map ROI-aligned at them.
     variant: str = "fpn"
     max_positive: int = 100  # official SHALLOW_MAX_POSITIVE_ANCHORS
     zero_pad: bool = False  # official USE_SHALLOW_ZERO_PADS

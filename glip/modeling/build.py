@@ -229,13 +229,8 @@ def _build_inter_image(cfg: GLIPConfig, bert_config: Any) -> InterImageHead | No
     h = cfg.model.heads.inter_image
     if not h.enabled:
         return None
-    if h.variant == "backbone":
-        raise NotImplementedError(
-            "model.heads.inter_image.variant 'backbone' (official USE_BACKBONE_SHALLOW_CONTRASTIVE_LOSS, "
-            "ROI-pooled Swin stage-3 features) is not implemented; use 'fpn'"
-        )
-    if h.variant != "fpn":
-        raise ValueError(f"model.heads.inter_image.variant must be 'fpn' (or 'backbone'), got {h.variant!r}")
+    if h.variant not in ("fpn", "backbone"):
+        raise ValueError(f"model.heads.inter_image.variant must be 'fpn' or 'backbone', got {h.variant!r}")
     if h.text_source not in ("fused", "encoder"):
         raise ValueError(f"model.heads.inter_image.text_source must be 'fused' or 'encoder', got {h.text_source!r}")
     a = cfg.model.anchors
@@ -243,15 +238,26 @@ def _build_inter_image(cfg: GLIPConfig, bert_config: Any) -> InterImageHead | No
         raise ValueError("model.heads.inter_image needs one anchor per location (as every GLIP config)")
     return InterImageHead(
         InterImageContrastiveLoss(
-            image_dim=cfg.model.backbone.out_channels,  # the pre-fusion FPN width x 1 anchor per location
+            image_dim=_inter_image_dim(cfg, h.variant),
             text_dim=cfg.model.text.dim,
             hidden_dim=h.hidden_dim,
             max_positive=h.max_positive,
             zero_pad=h.zero_pad,
             log_scale_init=h.log_scale,
             text_source=h.text_source,  # type: ignore[arg-type]
+            variant=h.variant,  # type: ignore[arg-type]
         )
     )
+
+
+def _inter_image_dim(cfg: GLIPConfig, variant: str) -> int:
+    """The width of L_inter's region features: the pre-fusion FPN width (x 1 anchor per
+    location) or, in the backbone variant, the body's stride-16 map (official
+    ``SWINT.OUT_CHANNELS[-2]``: Swin stage 3, 4 x embed_dim; ResNet C4, 1024)."""
+    b = cfg.model.backbone
+    if variant == "fpn":
+        return b.out_channels
+    return 4 * b.swin.embed_dim if b.type == "swin" else 1024
 
 
 def build_heads(cfg: GLIPConfig, bert_config: Any) -> dict[str, Head]:

@@ -8,7 +8,7 @@ branches, inter-image contrastive, MLM...) share the same trunk (see
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -224,6 +224,9 @@ class GLIP(nn.Module):
             input_ids, attention_mask: ``Tensor[B, T]``, or ``[1, T]``: one prompt for all
                 images, encoded once.
         """
+        if self.training and any(getattr(h, "needs_backbone", False) for h in self.heads.values()):
+            features, body = self.backbone.forward_with_body(images.tensor)
+            return self.forward_features(features, input_ids, attention_mask, backbone=body)
         return self.forward_features(self.backbone(images.tensor), input_ids, attention_mask)
 
     def forward_features(
@@ -233,12 +236,14 @@ class GLIP(nn.Module):
         attention_mask: Tensor,
         use_prompt_offset: bool = True,
         heads: Sequence[str] | None = None,
+        backbone: list[Tensor] | None = None,
     ) -> GLIPOutput:
         """The text encoder, trunk and heads on precomputed FPN maps (L tensors
         ``[B, C, H_l, W_l]``): several prompts can reuse one backbone pass.
         ``use_prompt_offset`` False skips the prompt offset (the base model's text
         features). ``heads``: the names of the heads to run (default all, in order,
-        except the ``training_only`` ones when the model is in eval mode)."""
+        except the ``training_only`` ones when the model is in eval mode). ``backbone``: the
+        visual body's maps, passed on in ``TrunkOutput.backbone`` for the heads that read them."""
         batch = features[0].shape[0]
         text = self.text_encoder(input_ids, attention_mask)
         if self.prompt_offset is not None and use_prompt_offset:
@@ -252,6 +257,8 @@ class GLIP(nn.Module):
                 aggregate=text.aggregate.expand(batch, -1),
             )
         trunk = self.trunk(features, text)
+        if backbone is not None:
+            trunk = replace(trunk, backbone=list(backbone))
         outputs: dict[str, Any] = {}
         for name, head in self.heads.items():
             wanted = (self.training or not getattr(head, "training_only", False)) if heads is None else name in heads

@@ -37,6 +37,9 @@ class TrunkOutput:
         early_fusion: whether the tower fused text and image (official EARLY_FUSE_ON).
         fused_dot_product: whether the heads read the fused ``text`` or the unfused
             ``text_input.embedded`` (official USE_FUSED_FEATURES_DOT_PRODUCT).
+        backbone: the visual body's maps before the FPN (finest first), kept only when a
+            training head asks for them (:attr:`glip.modeling.heads.Head.needs_backbone`);
+            None otherwise.
     """
 
     visual: list[Tensor]
@@ -45,6 +48,7 @@ class TrunkOutput:
     text_input: TextFeatures
     early_fusion: bool = True
     fused_dot_product: bool = True
+    backbone: list[Tensor] | None = None
 
     @property
     def mask(self) -> Tensor:

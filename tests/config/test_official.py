@@ -76,7 +76,6 @@ SOLVER:
     "key,value",
     [
         ("MODEL.DYHEAD.FUSE_CONFIG.TYPE", "SCAN"),
-        ("MODEL.DYHEAD.FUSE_CONFIG.USE_BACKBONE_SHALLOW_CONTRASTIVE_LOSS", True),
         ("MODEL.BACKBONE.CONV_BODY", "EFFICIENT7-FPN-RETINANET"),
         ("MODEL.SOMETHING_NEW", 3),
     ],
@@ -120,10 +119,14 @@ def test_glipv2_loss_keys_map_onto_the_head_sections():
     assert off.model.heads.mlm.only_positives and off.model.heads.inter_image.max_positive == 100
 
 
-def test_backbone_inter_image_variant_is_a_clear_error():
+def test_backbone_inter_image_variant_imports():
     tree = {"MODEL": {"DYHEAD": {"FUSE_CONFIG": {"USE_BACKBONE_SHALLOW_CONTRASTIVE_LOSS": True}}}}
-    with pytest.raises(OfficialConfigError, match="backbone variant of the inter-image loss is not implemented"):
-        config_from_dict(tree)
+    cfg = config_from_dict(tree)
+    assert cfg.model.heads.inter_image.enabled and cfg.model.heads.inter_image.variant == "backbone"
+    both = {"MODEL": {"DYHEAD": {"FUSE_CONFIG": {"USE_BACKBONE_SHALLOW_CONTRASTIVE_LOSS": True,
+                                                  "USE_SHALLOW_CONTRASTIVE_LOSS": True}}}}  # fmt: skip
+    with pytest.raises(OfficialConfigError, match="USE_BACKBONE_SHALLOW_CONTRASTIVE_LOSS"):
+        config_from_dict(both)
 
 
 def test_our_yaml_round_trip_and_overrides(tmp_path):

@@ -49,11 +49,35 @@ def test_heads_are_built_from_their_config_sections(v2, shapes, text_dir):
     contrastive = model.heads["inter_image"].contrastive
     assert contrastive.image_proj.in_features == cfg.model.backbone.out_channels
     assert contrastive.text_proj.out_features == cfg.model.heads.inter_image.hidden_dim
-    # Off by default; the backbone variant is refused by the builder.
+    # Off by default.
     assert list(prepare_for_training(build_training_model(tiny_config(shapes, text_dir)), cfg).heads) == ["grounding"]
-    backbone = _v2_config(shapes, text_dir, **{"model.heads.inter_image.variant": "backbone"})
-    with pytest.raises(NotImplementedError, match="backbone"):
-        build_heads(backbone, model.text_encoder.bert.config)
+    bad = _v2_config(shapes, text_dir, **{"model.heads.inter_image.variant": "roi"})
+    with pytest.raises(ValueError, match="variant"):
+        build_heads(bad, model.text_encoder.bert.config)
+
+
+def test_backbone_variant_trains_on_the_body_stride_16_map(v2, shapes, text_dir):
+    """USE_BACKBONE_SHALLOW_CONTRASTIVE_LOSS: L_inter pools the Swin stage-3 map (4 x embed_dim
+    wide) at the selected anchors; the model keeps the body's maps in training only, and the
+    loss's gradient reaches the projection and the body's stage 3."""
+    _, _, _, batch = v2
+    cfg = _v2_config(shapes, text_dir, **{"data.flip_prob": 0.0, "model.heads.inter_image.variant": "backbone"})
+    torch.manual_seed(0)
+    model = prepare_for_training(build_training_model(cfg), cfg)
+    head = model.heads["inter_image"]
+    assert head.needs_backbone and head.contrastive.image_proj.in_features == 4 * cfg.model.backbone.swin.embed_dim
+    loss_model = LossModel(model, build_loss(cfg), seed=0).train()
+    model.zero_grad(set_to_none=True)
+    losses = loss_model(batch, 0)
+    assert torch.isfinite(losses["loss_inter"]) and float(losses["loss_inter"]) > 0
+    losses["loss_inter"].backward()
+    assert head.contrastive.image_proj.weight.grad.abs().sum() > 0
+    stage3 = [p for n, p in model.backbone.body.named_parameters() if n.startswith("layers.2.")]
+    assert stage3 and any(p.grad is not None and p.grad.abs().sum() > 0 for p in stage3)
+    model.eval()
+    images = batch.images
+    with torch.no_grad():
+        assert model(images, batch.input_ids, batch.attention_mask).trunk.backbone is None
 
 
 def test_batch_carries_kinds_class_ids_greenlight_and_indices(v2):

@@ -251,8 +251,8 @@ def test_empty_and_shapes() -> None:
     maps = [torch.randn(2, 3, 4, 5), torch.randn(2, 3, 2, 3)]
     flat = flatten_levels(maps)
     assert flat.shape == (2, 26, 3) and torch.equal(flat[1, 4 * 5 + 3], maps[1][1, :, 1, 0])
-    with pytest.raises(NotImplementedError):
-        InterImageContrastiveLoss(4, 4, variant="backbone")
+    with pytest.raises(ValueError, match="unknown variant"):
+        InterImageContrastiveLoss(4, 4, variant="roi")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="encoder_text"):
         InterImageContrastiveLoss(_C, _D, text_source="encoder")(features, text, hand_targets(), generators())
 
@@ -465,3 +465,47 @@ def test_build_from_atss_assignment() -> None:
     assert not out.selection.is_positive[2].any()
     out.loss.backward()
     assert fpn[0].grad.abs().sum() > 0
+
+
+def test_backbone_variant_pools_the_body_map_at_the_selected_anchor_boxes() -> None:
+    """The backbone variant's rows are the stride-16 map ROI-aligned (1x1, aligned) over the
+    selected anchors' boxes: on a map linear in (x, y) that is the map's value at each box's
+    centre (``(x1 + x2) / 2 / 16 - 0.5`` in map cells); the loss is then the FPN variant's on
+    those rows, with the same projections."""
+    height, width = 12, 16  # the map of a 192 x 256 input
+    slope = torch.randn(3, _C, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    ys, xs = torch.meshgrid(
+        torch.arange(height, dtype=torch.float64), torch.arange(width, dtype=torch.float64), indexing="ij"
+    )
+    body = slope[0, :, None, None] * xs + slope[1, :, None, None] * ys + slope[2, :, None, None]  # [C, H, W]
+    body = body[None].repeat(4, 1, 1, 1)  # [B, C, H, W]
+    g = torch.Generator().manual_seed(5)
+    centres = torch.rand(_N, 2, generator=g, dtype=torch.float64) * 100 + 50  # inside the image
+    half = torch.rand(_N, 2, generator=g, dtype=torch.float64) * 30 + 10
+    anchors = torch.cat([centres - half, centres + half], dim=1)  # [N, 4] x1 y1 x2 y2
+
+    backbone = hand_loss(variant="backbone")
+    fpn = hand_loss()
+    fpn.load_state_dict(backbone.state_dict())
+    targets = hand_targets()
+    selection = backbone.select(targets, generators())
+    rows = backbone.region_rows(body, selection, anchors)  # [B, A, C]
+    cx = (anchors[:, 0] + anchors[:, 2]) / 2 / 16 - 0.5
+    cy = (anchors[:, 1] + anchors[:, 3]) / 2 / 16 - 0.5
+    expected = cx[:, None] * slope[0] + cy[:, None] * slope[1] + slope[2]  # [N, C]
+    assert torch.allclose(rows, expected[selection.anchor_index], atol=1e-9)
+
+    _, text = hand_inputs()
+    got = backbone.compute(body, text, targets, selection, anchors=anchors).loss
+    want = fpn.compute(expected[None].repeat(4, 1, 1), text, targets, selection).loss
+    assert torch.allclose(got, want, rtol=1e-10)
+    with pytest.raises(ValueError, match="anchor boxes"):
+        backbone.compute(body, text, targets, selection)
+
+
+def test_backbone_variant_keeps_the_default_linear_initialisation() -> None:
+    torch.manual_seed(0)
+    backbone = InterImageContrastiveLoss(_C, _D, variant="backbone")
+    fpn = InterImageContrastiveLoss(_C, _D)
+    assert bool((backbone.image_proj.bias != 0).any())  # nn.Linear's default, not zeros
+    assert bool((fpn.image_proj.bias == 0).all()) and bool((fpn.text_proj.bias == 0).all())

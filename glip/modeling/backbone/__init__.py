@@ -44,8 +44,13 @@ class VisionBackbone(nn.Module):
     def forward(self, images: Tensor) -> list[Tensor]:
         """``Tensor[B, 3, H, W]`` (H, W multiples of 32 for the usual level sizes)
         -> L maps ``Tensor[B, C, H_l, W_l]``, P3 first."""
-        features = self.body(images)
-        return self.fpn(features[-self.fpn.num_inputs :])
+        return self.forward_with_body(images)[0]
+
+    def forward_with_body(self, images: Tensor) -> tuple[list[Tensor], list[Tensor]]:
+        """The FPN maps (as :meth:`forward`) and the body's maps they were made from
+        (finest first)."""
+        features = list(self.body(images))
+        return self.fpn(features[-self.fpn.num_inputs :]), features
 
 
 def _drop_block(prob: float, size: int) -> DropBlock2d | None:

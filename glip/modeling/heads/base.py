@@ -83,6 +83,8 @@ class Head(nn.Module):
         fresh_start: a checkpoint without this head's weights may still be loaded (the
             head keeps its initialisation), e.g. GLIPv2's pre-training heads added to a
             GLIP checkpoint (the official MLM head starts fresh too).
+        needs_backbone: the head reads the visual body's maps (``TrunkOutput.backbone``);
+            the model keeps them in training when a head sets this.
     """
 
     linear_probe: tuple[str, ...] = ()
@@ -90,6 +92,7 @@ class Head(nn.Module):
     text_side: tuple[str, ...] = ()
     training_only: bool = False
     fresh_start: bool = False
+    needs_backbone: bool = False
 
     def forward(self, trunk: TrunkOutput, outputs: Mapping[str, Any]) -> Any:  # pragma: no cover - abstract
         raise NotImplementedError

@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from torch import Tensor
 
 from glip.modeling.heads.base import Head, LossInputs
@@ -39,11 +40,14 @@ class InterImageInputs:
             with the official ``USE_FUSED_FEATURES_DOT_PRODUCT``): the official L_inter text.
         encoder_text: ``Tensor[B, T, D]``, the text encoder's output before fusion (the
             paper's L_inter text), zero at padding.
+        body_map: ``Tensor[B, C4, H/16, W/16]``, the visual body's stride-16 map (the
+            backbone variant's region features; None in the FPN variant).
     """
 
     features: list[Tensor]
     fused_text: Tensor
     encoder_text: Tensor
+    body_map: Tensor | None = None
 
 
 class InterImageHead(Head):
@@ -66,10 +70,23 @@ class InterImageHead(Head):
     def __init__(self, contrastive: InterImageContrastiveLoss) -> None:
         super().__init__()
         self.contrastive = contrastive
+        # The backbone variant pools the body's stride-16 map (official swint_feature_c4 = x[-2]).
+        self.needs_backbone = contrastive.variant == "backbone"
 
     def forward(self, trunk: TrunkOutput, outputs: Mapping[str, Any]) -> InterImageInputs:
+        body_map = None
+        if self.needs_backbone:
+            if trunk.backbone is None:
+                raise ValueError(
+                    "the backbone variant of the inter-image head needs the visual body's maps "
+                    "(GLIP.forward keeps them in training)"
+                )
+            body_map = trunk.backbone[-2]
         return InterImageInputs(
-            features=list(trunk.features), fused_text=trunk.head_text, encoder_text=trunk.text_input.embedded
+            features=list(trunk.features),
+            fused_text=trunk.head_text,
+            encoder_text=trunk.text_input.embedded,
+            body_map=body_map,
         )
 
     def loss(self, output: InterImageInputs, inputs: LossInputs) -> dict[str, Tensor]:
@@ -84,11 +101,13 @@ class InterImageHead(Head):
         targets = RegionWordTargets.build(
             inputs.assigned, inputs.targets, inputs.text_mask, box_class=pre.box_class, token_class=pre.token_class
         )
+        backbone = output.body_map is not None
         return self.contrastive(
-            flatten_levels(output.features),  # [B, N, C]
+            output.body_map if backbone else flatten_levels(output.features),  # [B, C4, h, w] or [B, N, C]
             output.fused_text,
             targets,
             stream_generators(pre.seeds, STREAM_INTER_IMAGE),
             encoder_text=output.encoder_text,
             num_pos_avg=inputs.num_pos_avg,
+            anchors=torch.cat(list(inputs.anchors)) if backbone else None,  # [N, 4]
         )

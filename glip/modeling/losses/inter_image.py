@@ -14,7 +14,8 @@ The computation, over the GLOBAL batch (every process's images and prompts):
    padded to A rows (A = the largest kept count over the global batch) with random
    negative anchors (all-zero targets) or masked zero rows
    (:mod:`glip.modeling.losses.region_targets`).
-2. Features: the PRE-fusion FPN features at those anchors, ``Linear(C, H)`` then L2
+2. Features: the PRE-fusion FPN features at those anchors (or, in the backbone variant,
+   the body's stride-16 map ROI-aligned over their boxes), ``Linear(C, H)`` then L2
    normalisation; the text features, L2-normalised, ``Linear(D, H)``, L2-normalised.
    Text: the post-fusion text the official code uses (its dot-product ``embedding``,
    already L2-normalised) or the pre-fusion text the paper describes (``text_source``).
@@ -49,6 +50,7 @@ from glip.modeling.losses.region_targets import (
     region_word_targets,
     select_regions,
 )
+from glip.ops.roi_align import roi_align
 
 __all__ = [
     "OFFICIAL_INTER_IMAGE_KEYS",
@@ -139,7 +141,8 @@ class InterImageContrastiveLoss(nn.Module):
     """L_inter with its projections and temperature (see the module docstring).
 
     Args:
-        image_dim: C, the FPN width (official ``DYHEAD.CHANNELS`` x anchors per location).
+        image_dim: C, the FPN width (official ``DYHEAD.CHANNELS`` x anchors per location), or
+            the body's stride-16 map width in the backbone variant (``SWINT.OUT_CHANNELS[-2]``).
         text_dim: D, the text width (official ``LANGUAGE_BACKBONE.LANG_DIM``).
         hidden_dim: H (official ``SHALLOW_CONTRASTIVE_HIDDEN_DIM``, 64).
         max_positive: rows per image at most (official ``SHALLOW_MAX_POSITIVE_ANCHORS``, 100).
@@ -157,12 +160,18 @@ class InterImageContrastiveLoss(nn.Module):
         sum_grads_across_processes: True (default): the gathered features' gradients are
             summed over processes, giving the global-batch gradient. False: the official
             ``gather_tensors``, where each process keeps only its own terms' gradient.
-        variant: ``"fpn"`` (official ``USE_SHALLOW_CONTRASTIVE_LOSS``). The ROI-pooled
-            backbone variant (``USE_BACKBONE_SHALLOW_CONTRASTIVE_LOSS``) is not implemented.
+        variant: ``"fpn"`` (official ``USE_SHALLOW_CONTRASTIVE_LOSS``): the rows are the
+            pre-fusion FPN features at the selected anchors; ``"backbone"`` (official
+            ``USE_BACKBONE_SHALLOW_CONTRASTIVE_LOSS``): the rows are the visual body's
+            stride-16 map ROI-aligned (1 x 1 output, scale 1/16, adaptive sampling,
+            half-pixel ``aligned``: the official ``ROIAlignV2``) over the selected anchors'
+            boxes; ``image_dim`` is then that map's width (Swin stage 3).
 
-    The projections follow the official initialisation (Xavier-uniform weights, zero
-    biases). The parameters live here: a model must register this module so that they
-    reach the optimizer and the checkpoint (official names: :data:`OFFICIAL_INTER_IMAGE_KEYS`).
+    The projections follow the official initialisation: Xavier-uniform weights and zero
+    biases in the FPN variant; PyTorch's default ``nn.Linear`` initialisation in the
+    backbone variant (the official initialisation loop runs under the FPN flag only). The
+    parameters live here: a model must register this module so that they reach the
+    optimizer and the checkpoint (official names: :data:`OFFICIAL_INTER_IMAGE_KEYS`).
     """
 
     def __init__(
@@ -181,20 +190,17 @@ class InterImageContrastiveLoss(nn.Module):
         variant: Literal["fpn", "backbone"] = "fpn",
     ) -> None:
         super().__init__()
-        if variant == "backbone":
-            raise NotImplementedError(
-                "the backbone (ROI-pooled Swin stage-3) variant of the inter-image loss is not implemented; "
-                "use variant='fpn'"
-            )
-        if variant != "fpn" or text_source not in ("fused", "encoder"):
+        if variant not in ("fpn", "backbone") or text_source not in ("fused", "encoder"):
             raise ValueError(f"unknown variant {variant!r} or text_source {text_source!r}")
         if max_positive < 1:
             raise ValueError(f"max_positive must be >= 1, got {max_positive}")
         self.image_proj = nn.Linear(image_dim, hidden_dim)
         self.text_proj = nn.Linear(text_dim, hidden_dim)
-        for layer in (self.image_proj, self.text_proj):
-            nn.init.xavier_uniform_(layer.weight)
-            nn.init.zeros_(layer.bias)
+        if variant == "fpn":
+            for layer in (self.image_proj, self.text_proj):
+                nn.init.xavier_uniform_(layer.weight)
+                nn.init.zeros_(layer.bias)
+        self.variant = variant
         self.log_scale = nn.Parameter(torch.tensor([float(log_scale_init)]))
         self.max_positive = max_positive
         self.zero_pad = zero_pad
@@ -227,11 +233,14 @@ class InterImageContrastiveLoss(nn.Module):
         generators: Sequence[torch.Generator],
         encoder_text: Tensor | None = None,
         num_pos_avg: float | None = None,
+        anchors: Tensor | None = None,
     ) -> dict[str, Tensor]:
         """``{"loss_inter": Tensor[]}``, the weighted loss of this process.
 
         Args:
-            region_features (Tensor[B, N, C]): the pre-fusion FPN maps (:func:`flatten_levels`).
+            region_features: FPN variant: ``Tensor[B, N, C]``, the pre-fusion FPN maps
+                (:func:`flatten_levels`); backbone variant: ``Tensor[B, C, H/16, W/16]``, the
+                visual body's stride-16 map.
             fused_text (Tensor[B, T, D]): the post-fusion text hidden states.
             targets: :class:`RegionWordTargets` of the batch.
             generators: B CPU generators, one per image (e.g. seeded with
@@ -240,12 +249,14 @@ class InterImageContrastiveLoss(nn.Module):
                 ``text_source == "encoder"``.
             num_pos_avg: the normaliser when the caller already has it; by default
                 ``max(global ATSS positives / W, 1)`` from ``targets.positive``.
+            anchors (Tensor[N, 4] | None): every anchor box (levels concatenated, network-input
+                pixels), needed by the backbone variant.
         """
         if self.text_source == "encoder" and encoder_text is None:
             raise ValueError("text_source='encoder' needs encoder_text (the text encoder output before fusion)")
         text = encoder_text if self.text_source == "encoder" else fused_text
         selection = self.select(targets, generators)
-        return {"loss_inter": self.compute(region_features, text, targets, selection, num_pos_avg).loss}
+        return {"loss_inter": self.compute(region_features, text, targets, selection, num_pos_avg, anchors).loss}
 
     def compute(
         self,
@@ -254,13 +265,31 @@ class InterImageContrastiveLoss(nn.Module):
         targets: RegionWordTargets,
         selection: RegionSelection,
         num_pos_avg: float | None = None,
+        anchors: Tensor | None = None,
     ) -> InterImageOutput:
         """The loss given the rows (arguments as :meth:`forward`; ``text`` is the chosen
         ``Tensor[B, T, D]``). Every process must call it with the same B, T and A."""
         # The official loss runs in fp32 (custom_fwd(cast_inputs=float32)): -1e6 masks and a
         # softmax over W * B * T tokens; float64 inputs (gradcheck) stay float64.
         with torch.autocast(device_type=region_features.device.type, enabled=False):
-            return self._compute(region_features, text, targets, selection, num_pos_avg)
+            rows = self.region_rows(region_features, selection, anchors)  # [B, A, C]
+            return self._compute(rows, text, targets, selection, num_pos_avg)
+
+    def region_rows(self, region_features: Tensor, selection: RegionSelection, anchors: Tensor | None) -> Tensor:
+        """``Tensor[B, A, C]``: the image feature of each selected row (see ``variant``)."""
+        index = selection.anchor_index  # [B, A]
+        if self.variant == "fpn":
+            channels = region_features.shape[-1]
+            return region_features.gather(1, index[..., None].expand(-1, -1, channels))  # [B, A, C]
+        if anchors is None:
+            raise ValueError("the backbone variant of the inter-image loss needs the anchor boxes")
+        batch, num_rows = index.shape
+        boxes = anchors.to(region_features.dtype)[index.reshape(-1)]  # [B*A, 4]
+        image = torch.arange(batch, device=index.device).repeat_interleave(num_rows)  # [B*A]
+        rois = torch.cat([image[:, None].to(boxes.dtype), boxes], dim=1)  # [B*A, 5]
+        # Official ROIAlignV2((1, 1), 1/16, 0): half-pixel aligned, adaptive sampling.
+        pooled = roi_align(region_features, rois, 1, spatial_scale=1.0 / 16, sampling_ratio=0, aligned=True)
+        return pooled.reshape(batch, num_rows, -1)  # [B*A, C, 1, 1] -> [B, A, C]
 
     def _compute(
         self,
@@ -271,7 +300,7 @@ class InterImageContrastiveLoss(nn.Module):
         num_pos_avg: float | None,
     ) -> InterImageOutput:
         dtype = torch.float64 if region_features.dtype == torch.float64 else torch.float32
-        batch, _, channels = region_features.shape
+        batch = region_features.shape[0]  # region_features: the rows [B, A, C]
         width = text.shape[1]
         num_rows = selection.num_rows
         procs, me = world_size(), rank()
@@ -302,8 +331,7 @@ class InterImageContrastiveLoss(nn.Module):
                 all_image[me * batch : (me + 1) * batch],
             )  # [W*B*A, B*T]
 
-        rows = region_features.gather(1, selection.anchor_index[..., None].expand(-1, -1, channels))  # [B, A, C]
-        image_emb = F.normalize(self.image_proj(rows.to(dtype)), p=2, dim=-1)  # [B, A, H]
+        image_emb = F.normalize(self.image_proj(region_features.to(dtype)), p=2, dim=-1)  # [B, A, H]
         image_emb = image_emb * selection.valid[..., None]  # zero pads are zero vectors
         text = text.to(dtype)
         if self.normalize_text:
