@@ -52,8 +52,7 @@ def param_group_settings(name: str, solver: SolverConfig, part: str = "") -> tup
 
     - ``part`` :data:`LANGUAGE` (the text encoder) uses ``lang_lr``; :data:`BODY` (the
       visual body) ``base_lr * backbone_body_lr_factor``; :data:`FUSION` (the fusion
-      tower's text-side layers: X-MHA blocks, in-head BERT layers and the heads'
-      ``text_side`` projections) ``base_lr *
+      tower's text-side layers: X-MHA blocks and in-head BERT layers) ``base_lr *
       fusion_lr_factor`` (not an official rule; the default factor 1.0 is the official
       behaviour);
     - a name containing ``bias`` gets ``lr * bias_lr_factor`` and ``weight_decay_bias``;
@@ -77,8 +76,8 @@ def param_group_settings(name: str, solver: SolverConfig, part: str = "") -> tup
 def parameter_parts(model: nn.Module) -> dict[int, str]:
     """``id(parameter) -> part`` for the parts the rules single out: the parameters of
     ``model.text_encoder`` (:data:`LANGUAGE`), of ``model.backbone.body`` (:data:`BODY`),
-    when the model has them, and of every X-MHA fusion block, in-head BERT layer and
-    head's ``text_side`` parameters (the dot product's text projection) (:data:`FUSION`)."""
+    when the model has them, and of every X-MHA fusion block and in-head BERT layer
+    (:data:`FUSION`)."""
     parts: dict[int, str] = {}
     text = getattr(model, "text_encoder", None)
     body = getattr(getattr(model, "backbone", None), "body", None)
@@ -88,12 +87,6 @@ def parameter_parts(model: nn.Module) -> dict[int, str]:
     for module in model.modules():
         if isinstance(module, (BiAttentionBlock, TextLayer)):
             parts.update({id(p): FUSION for p in module.parameters()})
-    heads = getattr(model, "heads", None)
-    if isinstance(heads, nn.ModuleDict):
-        for head in heads.values():
-            names = head.text_side_names() if hasattr(head, "text_side_names") else []
-            params = dict(head.named_parameters())
-            parts.update({id(params[n]): FUSION for n in names})
     return parts
 
 

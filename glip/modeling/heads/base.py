@@ -75,9 +75,6 @@ class Head(nn.Module):
     Attributes:
         linear_probe: parameter names (relative, prefixes allowed) trained by linear probing.
         untrained: parameter names (relative, prefixes allowed) that no loss reaches.
-        text_side: parameter names (relative, prefixes allowed) that transform the prompt's
-            tokens (a text projection); the optimiser trains them with the fusion layers
-            (``solver.fusion_lr_factor``).
         training_only: the head only serves a training loss: skipped by an ``eval()``
             forward and by inference.
         fresh_start: a checkpoint without this head's weights may still be loaded (the
@@ -89,7 +86,6 @@ class Head(nn.Module):
 
     linear_probe: tuple[str, ...] = ()
     untrained: tuple[str, ...] = ()
-    text_side: tuple[str, ...] = ()
     training_only: bool = False
     fresh_start: bool = False
     needs_backbone: bool = False
@@ -112,7 +108,3 @@ class Head(nn.Module):
     def untrained_names(self) -> list[str]:
         """Relative names of the parameters no loss reaches."""
         return self._matches(self.untrained)
-
-    def text_side_names(self) -> list[str]:
-        """Relative names of the parameters that transform the prompt's tokens."""
-        return self._matches(self.text_side)
