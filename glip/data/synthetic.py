@@ -26,6 +26,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from glip.data.masks import segmentation_from_mask
+from glip.data.vqa_synthetic import write_synthetic_vqa
 
 __all__ = ["COLORS", "SHAPES", "SyntheticDataset", "generate_synthetic", "synthetic_categories"]
 
@@ -247,7 +248,8 @@ def generate_synthetic(
     shapes: Sequence[str] = DEFAULT_SHAPES,
     max_objects: int = 5,
 ) -> SyntheticDataset:
-    """Writes ``out_dir/train.json``, ``out_dir/val.json`` and ``out_dir/images/*.png``.
+    """Writes ``out_dir/train.json``, ``out_dir/val.json`` and ``out_dir/images/*.png``,
+    and VQA questions about them: ``out_dir/vqa_train.json``, ``out_dir/vqa_val.json``.
 
     Args:
         image_size: side length, or ``(min, max)``: each image's height and width are
@@ -294,4 +296,6 @@ def generate_synthetic(
     ):
         text = json.dumps({"images": images, "annotations": anns, "categories": cats}, sort_keys=True, indent=1)
         path.write_text(text + "\n", encoding="utf-8")
+    # VQA questions about the same images: root/vqa_train.json, root/vqa_val.json (glip.data.vqa_synthetic).
+    write_synthetic_vqa(root, train_json, val_json, seed)
     return SyntheticDataset(root, train_json, val_json, image_dir, tuple(names), tuple(held))

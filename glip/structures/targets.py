@@ -34,6 +34,9 @@ class GroundingTargets:
         has_mask: ``Tensor[G]`` bool, False for a box whose annotation has no mask (its
             row of ``masks`` is empty and the mask loss skips it); None: every box of
             ``masks`` has one.
+        answer_scores: ``Tensor[A]`` float32, a VQA sample's soft score ``min(1, n / 3)``
+            of each answer of the model's vocabulary (:mod:`glip.text.vqa`); None for an
+            image without a question (the VQA head's loss skips it).
     """
 
     boxes: Tensor
@@ -41,6 +44,7 @@ class GroundingTargets:
     labels: Tensor | None = None
     masks: Tensor | None = None
     has_mask: Tensor | None = None
+    answer_scores: Tensor | None = None
 
     def __post_init__(self) -> None:
         if self.boxes.ndim != 2 or self.boxes.shape[-1] != 4:
@@ -61,6 +65,8 @@ class GroundingTargets:
             raise ValueError(f"GroundingTargets.masks must be [G, h, w] with G = {num}, got {tuple(self.masks.shape)}")
         if self.has_mask is not None and self.has_mask.shape != (num,):
             raise ValueError(f"GroundingTargets.has_mask must be [G] with G = {num}, got {tuple(self.has_mask.shape)}")
+        if self.answer_scores is not None and self.answer_scores.ndim != 1:
+            raise ValueError(f"GroundingTargets.answer_scores must be [A], got {tuple(self.answer_scores.shape)}")
 
     def __len__(self) -> int:
         return int(self.boxes.shape[0])
@@ -88,6 +94,7 @@ class GroundingTargets:
             move(self.labels),
             move(self.masks),
             move(self.has_mask),
+            move(self.answer_scores),
         )
 
     @staticmethod
