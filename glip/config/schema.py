@@ -173,6 +173,20 @@ class InterImageHeadConfig:
 
 
 @dataclass
+class VQAHeadConfig:
+    """GLIPv2's answer head (:mod:`glip.modeling.heads.vqa`; no official config): a
+    classifier over ``answers`` at the ``[MASK]`` slot of ``question [MASK]``."""
+
+    enabled: bool = False
+    weight: float = 1.0  # the criterion's weight of loss_vqa
+    # The answer vocabulary (normalised). Empty: `glip train` builds it from data.train_json
+    # (answers given at least min_answer_count times) and saves it in the model's config.
+    answers: list[str] = field(default_factory=list)
+    min_answer_count: int = 9  # VQAv2: 9 -> 3129 answers
+    mlp_dim: int = 0  # the classifier's hidden width; 0: twice model.text.dim
+
+
+@dataclass
 class HeadsConfig:
     """One section per head on the trunk; a head with ``enabled: false`` is not built.
     A new head adds its section here and a builder in :mod:`glip.modeling.build`."""
@@ -183,6 +197,7 @@ class HeadsConfig:
     mask: MaskHeadConfig = field(default_factory=MaskHeadConfig)
     mlm: MLMHeadConfig = field(default_factory=MLMHeadConfig)
     inter_image: InterImageHeadConfig = field(default_factory=InterImageHeadConfig)
+    vqa: VQAHeadConfig = field(default_factory=VQAHeadConfig)
 
 
 @dataclass
@@ -285,7 +300,9 @@ class SolverConfig:
 class DataConfig:
     """Training and validation data: COCO-format jsons and their image folders."""
 
-    format: str = "coco"  # "coco" (detection -> caption) | "mdetr" (captions with tokens_positive)
+    # "coco" (detection -> caption) | "mdetr" (captions with tokens_positive)
+    # | "vqa" (VQAv2 or combined json, glip.data.vqa) | "gqa" (GQA questions json)
+    format: str = "coco"
     train_json: str = ""
     train_images: str = ""
     val_json: str = ""

@@ -23,10 +23,12 @@ from glip.modeling.heads import (
     MDETRTokenHead,
 )
 from glip.modeling.heads.mask import HourglassExtractor, MaskConvExtractor, MaskHead, VLMaskPredictor
+from glip.modeling.heads.vqa import VQAHead
 from glip.modeling.losses.inter_image import InterImageContrastiveLoss
 from glip.modeling.postprocess import GroundingPostProcessor
 from glip.modeling.text_encoder import BertTextEncoder
 from glip.modeling.trunk import FusionTrunk
+from glip.text.vqa import normalize_answer
 
 __all__ = [
     "HEAD_BUILDERS",
@@ -247,6 +249,30 @@ def _build_inter_image(cfg: GLIPConfig, bert_config: Any) -> InterImageHead | No
             text_source=h.text_source,  # type: ignore[arg-type]
             variant=h.variant,  # type: ignore[arg-type]
         )
+    )
+
+
+@register_head("vqa")
+def _build_vqa(cfg: GLIPConfig, bert_config: Any) -> VQAHead | None:
+    h = cfg.model.heads.vqa
+    if not h.enabled:
+        return None
+    if not h.answers:
+        raise ValueError(
+            "model.heads.vqa.answers is empty: `glip train` builds the answer vocabulary from data.train_json, "
+            "or list the answers in the config"
+        )
+    odd = [a for a in h.answers if normalize_answer(str(a)) != a]
+    if odd:
+        raise ValueError(
+            f"model.heads.vqa.answers must be normalised answers (glip.text.vqa.normalize_answer), got {odd[:5]} "
+            "(YAML reads an unquoted yes/no/on/off as a boolean: quote them)"
+        )
+    return VQAHead(
+        hidden_dim=cfg.model.text.dim,
+        answers=list(h.answers),
+        mlp_dim=h.mlp_dim or None,
+        layer_norm_eps=float(bert_config.layer_norm_eps),
     )
 
 

@@ -20,6 +20,7 @@ from glip.modeling.heads.grounding_loss import GroundingLoss
 from glip.modeling.heads.inter_image import InterImageHead, InterImageInputs
 from glip.modeling.heads.mdetr import AlignOutput, MDETRAlignHead, MDETRTokenHead, TokenOutput
 from glip.modeling.heads.mlm import MaskedLMHead, MLMOutput
+from glip.modeling.heads.vqa import VQAHead, VQAOutput
 
 __all__ = [
     "AlignOutput",
@@ -34,4 +35,6 @@ __all__ = [
     "MLMOutput",
     "MaskedLMHead",
     "TokenOutput",
+    "VQAHead",
+    "VQAOutput",
 ]

@@ -1,0 +1,149 @@
+"""GLIPv2's answer head: a classifier over an answer vocabulary at the answer slot.
+
+Not in the official code (only its data hook, ``question [MASK]`` with the answer's boxes
+diverted to the [MASK] token, exists there). The design follows the paper: the prompt is
+the question followed by a ``[MASK]`` answer slot; the fused text feature at the slot goes
+through an MLP ``D -> 2D -> GELU -> LayerNorm -> A`` (A answers, 3129 for VQAv2) trained
+with a binary cross-entropy against the soft scores ``min(1, annotators / 3)``. The answer's
+boxes come from the grounding head: its data point them at the [MASK] token (the
+divert-boxes rule, :func:`glip.data.vqa.divert_boxes`), so the boxes scored on that token
+are the answer's.
+
+Dimension letters: B prompts, T tokens, D text width, A answers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from glip.modeling.heads.base import Head, LossInputs
+from glip.modeling.trunk import TrunkOutput
+
+__all__ = ["AnswerClassifier", "VQAHead", "VQAOutput", "answer_slot", "vqa_loss"]
+
+
+def answer_slot(mask: Tensor) -> Tensor:
+    """``Tensor[B]`` int64: the answer slot of each ``[CLS] question [MASK] [SEP]`` prompt,
+    the last real token before ``[SEP]`` (``mask``: ``Tensor[B, T]``, non-zero = real token).
+    :func:`glip.text.vqa.tokenize_question` guarantees the slot is there."""
+    length = (mask != 0).sum(dim=1)  # [B]
+    return (length - 2).clamp(min=0)
+
+
+class AnswerClassifier(nn.Module):
+    """``Linear(D, H) -> GELU -> LayerNorm(H) -> Linear(H, A)``: answer logits from one
+    feature (H = 2D by default, as the VQA heads of BERT-style models).
+
+    ``forward(x)``: ``Tensor[..., D]`` -> ``Tensor[..., A]``.
+    """
+
+    def __init__(self, dim: int, num_answers: int, hidden_dim: int | None = None, layer_norm_eps: float = 1e-12):
+        super().__init__()
+        hidden = hidden_dim or 2 * dim
+        self.dense = nn.Linear(dim, hidden)
+        self.norm = nn.LayerNorm(hidden, eps=layer_norm_eps)
+        self.classifier = nn.Linear(hidden, num_answers)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.classifier(self.norm(F.gelu(self.dense(x))))
+
+
+def vqa_loss(logits: Tensor, scores: Tensor) -> Tensor:
+    """Binary cross-entropy with logits against soft scores, summed over the A answers and
+    averaged over the B questions (the usual VQA convention: BCE mean x A).
+
+    Args:
+        logits (Tensor[B, A]): answer logits.
+        scores (Tensor[B, A]): soft scores in [0, 1].
+
+    Returns:
+        Tensor[] float32 (half-precision logits are upcast: the sum over thousands of
+        answers loses too much in fp16).
+    """
+    if logits.shape != scores.shape:
+        raise ValueError(f"logits {tuple(logits.shape)} and scores {tuple(scores.shape)} must both be [B, A]")
+    if logits.shape[0] == 0:
+        return logits.sum() * 0.0
+    logits = logits.float()
+    return F.binary_cross_entropy_with_logits(logits, scores.to(logits), reduction="sum") / logits.shape[0]
+
+
+@dataclass
+class VQAOutput:
+    """The answer head's output.
+
+    Attributes:
+        logits: ``Tensor[B, A]``, each prompt's answer logits (sigmoid = score).
+        slot: ``Tensor[B]`` int64, the answer slot's token index.
+    """
+
+    logits: Tensor
+    slot: Tensor
+
+
+class VQAHead(Head):
+    """The answer head on the trunk (``model.heads["vqa"]``, loss ``loss_vqa``).
+
+    Reads the post-fusion text hidden states (``trunk.text``, before L2 normalisation) at
+    the answer slot; runs at inference too (answers come from it). It may start fresh from
+    a checkpoint without it (fine-tuning a pre-trained model).
+
+    Args:
+        hidden_dim: D, the text width.
+        answers: the answer vocabulary (normalised), A >= 1 answers; kept with the model
+            (the builder takes it from ``model.heads.vqa.answers``, saved in the config).
+        mlp_dim: the classifier's hidden width (default 2D).
+        layer_norm_eps: the classifier's LayerNorm epsilon.
+
+    Images whose targets have no ``answer_scores`` (non-VQA data in a mixed batch) are left
+    out of the loss. Parameters: ``classifier.*`` (:class:`AnswerClassifier`).
+    """
+
+    fresh_start = True
+
+    def __init__(
+        self, hidden_dim: int, answers: Sequence[str], mlp_dim: int | None = None, layer_norm_eps: float = 1e-12
+    ) -> None:
+        super().__init__()
+        if not answers:
+            raise ValueError("the VQA head needs at least one answer in its vocabulary")
+        if len(set(answers)) != len(answers):
+            raise ValueError("the VQA answer vocabulary has duplicates")
+        self.answers = tuple(answers)
+        self.classifier = AnswerClassifier(hidden_dim, len(self.answers), mlp_dim, layer_norm_eps)
+
+    @property
+    def num_answers(self) -> int:
+        return len(self.answers)
+
+    def forward(self, trunk: TrunkOutput, outputs: Mapping[str, Any]) -> VQAOutput:
+        slot = answer_slot(trunk.mask)  # [B]
+        rows = torch.arange(trunk.text.shape[0], device=trunk.text.device)
+        feature = trunk.text[rows, slot.to(trunk.text.device)]  # [B, D]
+        return VQAOutput(logits=self.classifier(feature), slot=slot)
+
+    def loss(self, output: VQAOutput, inputs: LossInputs) -> dict[str, Tensor]:
+        rows = [b for b, t in enumerate(inputs.targets) if t.answer_scores is not None]
+        if not rows:  # no question in the batch: a zero still connected to the graph
+            return {"loss_vqa": output.logits.sum() * 0.0}
+        scores = torch.stack([inputs.targets[b].answer_scores for b in rows])  # [B', A]
+        if scores.shape[1] != self.num_answers:
+            raise ValueError(
+                f"the targets score {scores.shape[1]} answers but the head has {self.num_answers}: "
+                "build the data with the model's answer vocabulary"
+            )
+        index = torch.tensor(rows, device=output.logits.device)
+        return {"loss_vqa": vqa_loss(output.logits[index], scores.to(output.logits.device))}
+
+    @torch.no_grad()
+    def decode(self, output: VQAOutput) -> list[tuple[str, float]]:
+        """Each prompt's best answer and its score (the sigmoid of its logit)."""
+        probs = output.logits.float().sigmoid()  # [B, A]
+        score, index = probs.max(dim=1)
+        return [(self.answers[int(i)], float(s)) for i, s in zip(index.tolist(), score.tolist())]
