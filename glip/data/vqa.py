@@ -195,7 +195,12 @@ def read_gqa(path: str | Path, scene_graphs: str | Path | None = None) -> list[V
 
 
 def load_vqa_records(path: str | Path, data_format: str = "vqa") -> list[VqaRecord]:
-    """``data_format`` ``"vqa"`` (VQAv2 or combined) or ``"gqa"`` (questions json only)."""
+    """``data_format`` ``"vqa"`` (VQAv2 or combined), ``"gqa"`` (questions json only) or
+    ``"auto"`` (VQAv2 when the json has ``questions`` or ``annotations``, else GQA)."""
+    if data_format == "auto":
+        data = _load_json(Path(path))
+        vqa = isinstance(data, dict) and ("questions" in data or "annotations" in data)
+        data_format = "vqa" if vqa else "gqa"
     if data_format == "vqa":
         return read_vqa(path)
     if data_format == "gqa":

@@ -15,6 +15,7 @@ from glip.data import CaptionRecipe, CocoGroundingDataset, GroundingCollator, Md
 from glip.data.datasets import sample_seed
 from glip.data.od_to_grounding import SampleRNG, parse_caption_prompt
 from glip.data.transforms import build_train_transform
+from glip.engine.vqa import VQA_FORMATS, build_vqa_dataset
 
 __all__ = ["RepeatDataset", "ShardedBatchSampler", "build_dataset", "make_loader"]
 
@@ -120,6 +121,8 @@ def build_dataset(cfg: GLIPConfig, tokenizer: Any, train: bool = True) -> Datase
     of ``cfg.data``; validation captions list every category in json order.
     """
     d = cfg.data
+    if d.format in VQA_FORMATS:  # VQA questions (glip.engine.vqa)
+        return build_vqa_dataset(cfg, tokenizer, train)
     ann, images = (d.train_json, d.train_images) if train else (d.val_json, d.val_images)
     if not ann or not images:
         which = "train" if train else "val"
@@ -132,7 +135,7 @@ def build_dataset(cfg: GLIPConfig, tokenizer: Any, train: bool = True) -> Datase
             ann, images, tokenizer, transform, max_query_len=max_len, seed=cfg.solver.seed, masks=masks
         )
     if d.format != "coco":
-        raise ValueError(f"unknown data.format {d.format!r} (expected 'coco' or 'mdetr')")
+        raise ValueError(f"unknown data.format {d.format!r} (expected 'coco', 'mdetr', 'vqa' or 'gqa')")
     recipe = CaptionRecipe(
         sample_negatives=d.sample_negatives and train,
         shuffle=d.shuffle_categories and train,

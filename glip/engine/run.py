@@ -15,6 +15,7 @@ from glip.engine.checkpoint import STATE_NAME, latest_checkpoint
 from glip.engine.data import build_dataset
 from glip.engine.trainer import Evaluator, Trainer, TrainResult
 from glip.engine.tuning import apply_tuning, record_tuned_prompt, resolve_tuning_mode, set_frozen_eval
+from glip.engine.vqa import with_answer_vocabulary
 from glip.modeling.build import build_loss, build_model
 from glip.modeling.glip import GLIP
 from glip.modeling.text_encoder import load_bert_config
@@ -146,6 +147,7 @@ def train(
             logger.info("no checkpoint in %s: starting from scratch", output_dir)
         elif not (checkpoint / STATE_NAME).is_file():
             raise FileNotFoundError(f"{checkpoint} is not a training checkpoint (a folder holding {STATE_NAME})")
+    cfg = with_answer_vocabulary(cfg)  # VQA: the answers of data.train_json, saved with the model
     model = build_training_model(cfg, None if checkpoint is not None else weights, trust_pickle=trust_pickle)
     prepare_for_training(model, cfg)
     tokenizer = model.tokenizer

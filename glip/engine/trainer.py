@@ -268,7 +268,8 @@ class Trainer:
     def _step(self, batch: GroundingBatch) -> dict[str, float] | None:
         """One optimiser step; None when the batch was skipped."""
         acc, s = self.accelerator, self.cfg.solver
-        empty = sum(int(t.boxes.shape[0] == 0) for t in batch.targets)
+        # An image with a VQA question is never "empty": its answer trains without boxes.
+        empty = sum(int(t.boxes.shape[0] == 0 and t.answer_scores is None) for t in batch.targets)
         skip_here = empty == len(batch) or empty > len(batch) * s.max_neg_per_batch
         if _any_process(skip_here, acc):
             logger.warning("skipping a batch: %d of %d images without boxes on this process", empty, len(batch))

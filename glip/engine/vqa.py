@@ -1,0 +1,71 @@
+"""VQA fine-tuning data for the training loop: the answer vocabulary and the datasets.
+
+``glip train`` with ``model.heads.vqa.enabled`` and ``data.format`` ``vqa`` / ``gqa``:
+when the config lists no answers, :func:`with_answer_vocabulary` builds them from the
+training questions (answers given at least ``model.heads.vqa.min_answer_count`` times)
+before the model is built; the config, saved with the model, carries them, so a loaded
+model answers without the data.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from typing import Any
+
+from glip.config import GLIPConfig
+from glip.data.transforms import build_train_transform
+from glip.data.vqa import VqaDataset, load_vqa_records
+from glip.text.vqa import build_answer_vocabulary
+
+__all__ = ["VQA_FORMATS", "build_vqa_dataset", "with_answer_vocabulary"]
+
+logger = logging.getLogger(__name__)
+
+VQA_FORMATS = ("vqa", "gqa")
+
+
+def with_answer_vocabulary(cfg: GLIPConfig) -> GLIPConfig:
+    """``cfg`` itself, or a copy whose ``model.heads.vqa.answers`` is built from
+    ``data.train_json`` when the VQA head is on and its vocabulary empty."""
+    h = cfg.model.heads.vqa
+    if not h.enabled or h.answers:
+        return cfg
+    if cfg.data.format not in VQA_FORMATS or not cfg.data.train_json:
+        raise ValueError(
+            "model.heads.vqa.answers is empty and cannot be built: set data.format to vqa or gqa and "
+            "data.train_json to the training questions (or list the answers in the config)"
+        )
+    records = load_vqa_records(cfg.data.train_json, cfg.data.format)
+    answers = build_answer_vocabulary([r.multiple_choice_answer for r in records], h.min_answer_count)
+    if not answers:
+        raise ValueError(
+            f"no answer of {cfg.data.train_json} is given {h.min_answer_count} times or more: "
+            "lower model.heads.vqa.min_answer_count"
+        )
+    logger.info("answer vocabulary: %d answers given at least %d times", len(answers), h.min_answer_count)
+    out = copy.deepcopy(cfg)
+    out.model.heads.vqa.answers = answers
+    return out
+
+
+def build_vqa_dataset(cfg: GLIPConfig, tokenizer: Any, train: bool = True) -> VqaDataset:
+    """The VQA questions of ``cfg.data`` (train or val) for the model's answer vocabulary.
+    Never flipped (left/right answers); validation uses the test resize."""
+    d = cfg.data
+    ann, images = (d.train_json, d.train_images) if train else (d.val_json, d.val_images)
+    if not ann or not images:
+        which = "train" if train else "val"
+        raise ValueError(f"data.{which}_json and data.{which}_images must name a VQA json and its image folder")
+    answers = cfg.model.heads.vqa.answers
+    if not cfg.model.heads.vqa.enabled or not answers:
+        raise ValueError(f"data.format {d.format!r} trains the VQA head: set model.heads.vqa.enabled=true")
+    return VqaDataset(
+        load_vqa_records(ann, d.format),
+        images,
+        tokenizer,
+        build_train_transform(cfg.input, flip_prob=0.0, train=train),
+        answers,
+        max_query_len=cfg.model.text.max_query_len,
+        seed=cfg.solver.seed,
+    )
