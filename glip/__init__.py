@@ -12,9 +12,11 @@ from glip.structures import Detections
 from glip.text import Prompt, PromptError, parse_prompt
 from glip.utils.image import ImageLoadError
 from glip.version import __version__
+from glip.vqa_api import Answer, answer
 
 __all__ = [
     "GLIP",
+    "Answer",
     "CheckpointError",
     "Detections",
     "GLIPConfig",
@@ -23,6 +25,7 @@ __all__ = [
     "PromptError",
     "Predictor",
     "__version__",
+    "answer",
     "load_config",
     "load_model",
     "parse_prompt",

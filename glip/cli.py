@@ -164,6 +164,10 @@ def build_parser() -> argparse.ArgumentParser:
     from glip.tools.export_cli import add_export_parser
 
     add_export_parser(sub)
+
+    from glip.tools.vqa_cli import add_vqa_parser
+
+    add_vqa_parser(sub)
     return parser
 
 

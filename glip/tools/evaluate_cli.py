@@ -9,7 +9,7 @@ from glip.tools.common import add_device_arg, add_model_args, add_output_arg, ad
 
 __all__ = ["add_evaluate_parser", "resolve_detection_files"]
 
-TASKS = ("coco", "lvis", "odinw", "flickr", "refcoco")
+TASKS = ("coco", "lvis", "odinw", "flickr", "refcoco", "vqa")
 # Standard file names tried when --data is a folder.
 _COCO_ANNOTATIONS = ("annotations/instances_val2017.json", "val.json")
 _LVIS_ANNOTATIONS = (
@@ -25,6 +25,7 @@ EPILOG = """examples:
   glip evaluate --task flickr --data mdetr_annotations/final_flickr_separateGT_test.json --images flickr30k/images
   glip evaluate --task coco --data my_roboflow_export --split test --model demo-shapes   (Roboflow/ODinW folder)
   glip evaluate --task coco --ann instances_val2017.json --results results.json   (no model)
+  glip evaluate --task vqa --ann shapes/vqa_val.json --images shapes/images --weights runs/vqa/model
   accelerate launch --num_processes 8 -m glip.cli evaluate --task coco ...   (predictions gathered)"""
 
 
@@ -139,6 +140,10 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         print(metrics_table(args.task, metrics, f"{args.task} ({Path(args.results).name})"))
         print(f"wrote {Path(args.out) / 'metrics.json'}")
         return 0
+    if args.task == "vqa":  # VQA accuracy (glip.tools.vqa_cli)
+        from glip.tools.vqa_cli import run_evaluate_vqa
+
+        return run_evaluate_vqa(args)
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
     if args.chunk_size is not None and args.chunk_size < 1:

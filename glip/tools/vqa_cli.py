@@ -1,0 +1,144 @@
+"""``glip vqa`` (answer questions about an image) and ``glip evaluate --task vqa``."""
+
+from __future__ import annotations
+
+import argparse
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from glip.tools.common import add_device_arg, add_model_args, add_output_arg, add_quiet_arg, model_arg, parse_device
+
+__all__ = ["add_vqa_parser", "evaluate_vqa", "run_evaluate_vqa", "run_vqa"]
+
+EPILOG = """examples:
+  glip vqa shapes/images/val_00000.png --question "What color is the circle?" --weights runs/vqa/model
+  glip vqa photo.jpg -q "How many cats are there?" -q "Is there a dog?" --weights runs/vqa/model --out answers
+  glip evaluate --task vqa --ann shapes/vqa_val.json --images shapes/images --weights runs/vqa/model"""
+
+
+def _require_model(args: argparse.Namespace) -> str:
+    name = model_arg(args)
+    if not name or (name == "glip-t" and not getattr(args, "weights", None)):  # `glip evaluate`'s default
+        raise ValueError("name a model with a VQA head: --weights FOLDER (e.g. what glip train writes) or --model NAME")
+    return name
+
+
+def _load(args: argparse.Namespace) -> Any:
+    from glip.api import resolve_model
+    from glip.vqa_api import require_vqa
+
+    model = resolve_model(
+        _require_model(args), config=args.config, text_encoder=args.text_encoder, device=parse_device(args.device),
+        trust_pickle=args.trust_pickle,
+    )  # fmt: skip
+    require_vqa(model)
+    return model
+
+
+def run_vqa(args: argparse.Namespace) -> int:
+    """Answers ``--question`` (one or more) about IMAGE; prints one line per question and
+    writes ``OUT/answers.json`` with ``--out``."""
+    from glip.evaluation import write_json
+    from glip.utils.image import load_image
+    from glip.vqa_api import answer_questions
+
+    questions = [q.strip() for q in args.question or []]
+    if not questions or any(not q for q in questions):
+        raise ValueError('the question is empty: give --question "..."')
+    if not 0.0 <= args.box_threshold <= 1.0:
+        raise ValueError(f"--box-threshold must be in [0, 1], got {args.box_threshold}")
+    if args.topk < 1:
+        raise ValueError(f"--topk must be at least 1, got {args.topk}")
+    image = load_image(args.image)  # fail on an unreadable image before loading a model
+    model = _load(args)
+    answers = answer_questions(model, image, questions, box_threshold=args.box_threshold, topk=args.topk)
+    for a in answers:
+        boxes = "; ".join(
+            f"[{', '.join(f'{v:.0f}' for v in b)}] {s:.2f}" for b, s in zip(a.boxes.tolist(), a.box_scores.tolist())
+        )
+        print(f"{a.question} -> {a.answer} ({a.score:.2f})" + (f"  boxes: {boxes}" if boxes else ""))
+    if args.out:
+        path = write_json(
+            Path(args.out) / "answers.json", {"image": str(args.image), "answers": [a.to_dict() for a in answers]}
+        )
+        print(f"wrote {path}")
+    return 0
+
+
+def add_vqa_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Registers ``vqa`` on the ``glip`` command's subparsers."""
+    p = subparsers.add_parser(
+        "vqa",
+        help="answer questions about an image (models with a VQA head), with the answer's boxes",
+        description="Answer questions about an image with GLIPv2's answer head: the best answer of the model's "
+        "vocabulary, its score, and the boxes the grounding head scores on the answer slot.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("image", metavar="IMAGE")
+    p.add_argument("--question", "-q", action="append", help="a question (repeat for several)")
+    p.add_argument("--box-threshold", type=float, default=0.3, help="keep answer boxes scoring above this (0.3)")
+    p.add_argument("--topk", type=int, default=5, help="answers listed in answers.json (default 5)")
+    add_device_arg(p)
+    add_output_arg(p, help="folder for answers.json (default: print only)")
+    add_quiet_arg(p)
+    add_model_args(p, default_model=None, model_help="a model-zoo name of a model with a VQA head")
+    p.set_defaults(func=run_vqa)
+    return p
+
+
+def evaluate_vqa(
+    model: Any, ann_file: str | Path, image_dir: str | Path, out_dir: str | Path | None = None, progress: bool = True
+) -> dict[str, Any]:
+    """Answers every question of ``ann_file`` (VQAv2 / combined json, or GQA) about the
+    images in ``image_dir`` and scores them with the official VQA accuracy.
+
+    Writes ``OUT/results.json`` (the official results format: ``question_id``, ``answer``)
+    and ``OUT/metrics.json`` (``accuracy``, ``per_question_type``, ``per_answer_type``...).
+    """
+    from glip.data.vqa import load_vqa_records
+    from glip.evaluation import write_json
+    from glip.evaluation.vqa import vqa_accuracy
+    from glip.vqa_api import answer_questions, require_vqa
+
+    require_vqa(model)
+    records = [r for r in load_vqa_records(ann_file, "auto") if r.answers]
+    if not records:
+        raise ValueError(f"{ann_file} has no answered question to evaluate")
+    by_image: dict[Any, list] = defaultdict(list)
+    for r in records:
+        by_image[r.file_name].append(r)
+    items = list(by_image.items())
+    if progress:
+        from tqdm import tqdm
+
+        items = tqdm(items, desc="vqa", unit="image")
+    predictions = {}
+    for file_name, recs in items:
+        answers = answer_questions(model, Path(image_dir) / file_name, [r.question for r in recs], topk=1)
+        predictions.update({r.question_id: a.answer for r, a in zip(recs, answers)})
+    metrics = vqa_accuracy(predictions, [r.to_annotation() for r in records]).to_dict()
+    if out_dir is not None:
+        write_json(Path(out_dir) / "results.json", [{"question_id": q, "answer": a} for q, a in predictions.items()])
+        write_json(Path(out_dir) / "metrics.json", metrics)
+    return metrics
+
+
+def run_evaluate_vqa(args: argparse.Namespace) -> int:
+    """``glip evaluate --task vqa --ann VQA.json --images DIR``."""
+    ann = args.ann or args.data
+    if not ann:
+        raise ValueError("--task vqa needs --ann VQA.json (VQAv2 annotations, a combined json, or GQA questions)")
+    if not Path(ann).is_file():
+        raise FileNotFoundError(f"annotation file {ann} does not exist")
+    image_dir = Path(args.images) if args.images else Path(ann).parent / "images"
+    if not image_dir.is_dir():
+        raise FileNotFoundError(f"image folder {image_dir} does not exist (give --images DIR)")
+    model = _load(args)
+    metrics = evaluate_vqa(model, ann, image_dir, args.out, progress=not args.quiet)
+    print(f"VQA accuracy {metrics['accuracy']:.4f} over {metrics['num_questions']} questions")
+    for qtype, acc in metrics["per_question_type"].items():
+        print(f"  {qtype:<24} {acc:.4f}")
+    print(f"wrote {Path(args.out) / 'metrics.json'}")
+    return 0
