@@ -32,6 +32,7 @@ RANK = {
     "hub": 4,
     "export": 4,
     "api": 5,
+    "vqa_api": 5,  # glip.answer (beside api.py)
     "tools": 5,
     "cli": 6,
     "train": 6,
