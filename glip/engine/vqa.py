@@ -60,8 +60,11 @@ def build_vqa_dataset(cfg: GLIPConfig, tokenizer: Any, train: bool = True) -> Vq
     answers = cfg.model.heads.vqa.answers
     if not cfg.model.heads.vqa.enabled or not answers:
         raise ValueError(f"data.format {d.format!r} trains the VQA head: set model.heads.vqa.enabled=true")
+    records = [r for r in load_vqa_records(ann, d.format) if r.answers]  # a test split has none
+    if not records:
+        raise ValueError(f"{ann} has no answered question (data.format {d.format!r})")
     return VqaDataset(
-        load_vqa_records(ann, d.format),
+        records,
         images,
         tokenizer,
         build_train_transform(cfg.input, flip_prob=0.0, train=train),

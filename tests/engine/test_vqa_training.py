@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 
+import pytest
 import torch
 
 from glip.config import load_config
@@ -59,3 +60,15 @@ def test_vqa_training_saves_a_model_that_answers(shapes, text_dir, tmp_path) -> 
     reply = answer(image, "What color is the circle?", model=model)
     assert reply.answer in answers and 0.0 <= reply.score <= 1.0
     assert reply.boxes.shape[1] == 4 and len(reply.phrases) == len(reply.box_scores)
+
+
+def test_a_split_without_answers_is_refused_for_training(shapes, text_dir, tmp_path) -> None:
+    from glip.engine.vqa import build_vqa_dataset
+
+    data = json.loads((shapes.root / "vqa_train.json").read_text())
+    del data["annotations"]  # a test split: questions only
+    (tmp_path / "questions.json").write_text(json.dumps(data))
+    cfg = vqa_config(shapes, text_dir, **{"data.train_json": str(tmp_path / "questions.json")})
+    cfg.model.heads.vqa.answers = ["yes", "no"]
+    with pytest.raises(ValueError, match="no answered question"):
+        build_vqa_dataset(cfg, tokenizer=None)
