@@ -53,7 +53,8 @@ def add_evaluate_parser(subparsers: argparse._SubParsersAction) -> argparse.Argu
         nargs="+",
         choices=("bbox", "segm"),
         default=["bbox"],
-        help="coco: box AP (bbox, default), mask AP (segm: the model needs a mask head, or the results masks), or both",
+        help="coco, lvis: box AP (bbox, default), mask AP (segm: the model needs a mask head, or the results "
+        "masks), or both",
     )
     add_model_args(p)
     add_device_arg(p, help="cpu, cuda, cuda:1... (default: cuda when available; cuda:LOCAL_RANK when launched)")
@@ -126,8 +127,8 @@ def resolve_detection_files(
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    if "segm" in args.iou_type and args.task != "coco":
-        raise ValueError(f"--iou-type segm (mask AP) is implemented for --task coco only, not {args.task}")
+    if "segm" in args.iou_type and args.task not in ("coco", "lvis"):
+        raise ValueError(f"--iou-type segm (mask AP) is implemented for --task coco and lvis, not {args.task}")
     if args.results:
         from glip.tools.evaluate import metrics_table, score_results_file
 
