@@ -26,8 +26,9 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from glip.data.masks import segmentation_from_mask
+from glip.data.phrasecut import phrasecut_from_coco
 
-__all__ = ["COLORS", "SHAPES", "SyntheticDataset", "generate_synthetic", "synthetic_categories"]
+__all__ = ["COLORS", "PHRASECUT_NAME", "SHAPES", "SyntheticDataset", "generate_synthetic", "synthetic_categories"]
 
 # RGB centres of the colour names; each object's colour is jittered by up to +-JITTER.
 COLORS: dict[str, tuple[int, int, int]] = {
@@ -42,6 +43,8 @@ SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "diamond", "star")
 DEFAULT_COLORS = ("red", "green", "blue", "yellow")
 DEFAULT_SHAPES = ("circle", "square", "triangle", "diamond")
 JITTER = 20
+# The validation split as PhraseCut-style referring-segmentation tasks (glip.data.phrasecut).
+PHRASECUT_NAME = "phrasecut_val.json"
 # Objects: side between these fractions of the image's short side, at least MIN_SIDE px.
 SIZE_RANGE = (0.15, 0.5)
 MIN_SIDE = 12
@@ -69,6 +72,11 @@ class SyntheticDataset:
     image_dir: Path
     categories: tuple[str, ...]
     held_out: tuple[str, ...]
+
+    @property
+    def phrasecut_json(self) -> Path:
+        """The validation split as PhraseCut tasks (one per image and category present)."""
+        return self.root / PHRASECUT_NAME
 
 
 def synthetic_categories(colors: Sequence[str] = DEFAULT_COLORS, shapes: Sequence[str] = DEFAULT_SHAPES) -> list[str]:
@@ -247,7 +255,8 @@ def generate_synthetic(
     shapes: Sequence[str] = DEFAULT_SHAPES,
     max_objects: int = 5,
 ) -> SyntheticDataset:
-    """Writes ``out_dir/train.json``, ``out_dir/val.json`` and ``out_dir/images/*.png``.
+    """Writes ``out_dir/train.json``, ``out_dir/val.json``, ``out_dir/images/*.png`` and
+    ``out_dir/phrasecut_val.json`` (the validation split as PhraseCut tasks).
 
     Args:
         image_size: side length, or ``(min, max)``: each image's height and width are
@@ -294,4 +303,7 @@ def generate_synthetic(
     ):
         text = json.dumps({"images": images, "annotations": anns, "categories": cats}, sort_keys=True, indent=1)
         path.write_text(text + "\n", encoding="utf-8")
+    val = {"images": val_images, "annotations": val_anns, "categories": all_categories}
+    text = json.dumps(phrasecut_from_coco(val), sort_keys=True, indent=1)
+    (root / PHRASECUT_NAME).write_text(text + "\n", encoding="utf-8")
     return SyntheticDataset(root, train_json, val_json, image_dir, tuple(names), tuple(held))
