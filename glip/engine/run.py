@@ -44,6 +44,7 @@ def build_training_model(cfg: GLIPConfig, weights: str | Path | None = None, tru
         load_bert_config(text_dir),
         load_tokenizer(text_dir),
         pretrained_text=text_dir if cfg.model.text.pretrained else None,
+        pretrained_backbone=True,  # a timm body's weights, when model.backbone.timm.pretrained
     )
     return model
 
