@@ -54,9 +54,12 @@ setup(
             "lvis",
             "onnx",
             "onnxruntime",
+            "timm",
         ],
         # `glip export` (ONNX) and its check with a real runtime.
         "export": ["onnx", "onnxruntime"],
+        # model.backbone.type: timm (any timm model with features_only as the visual body).
+        "timm": ["timm>=0.9"],
     },
     entry_points={"console_scripts": ["glip=glip.cli:main"]},
     classifiers=[

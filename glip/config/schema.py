@@ -8,6 +8,7 @@ construct modules; modules themselves take plain typed values.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass
@@ -33,14 +34,28 @@ class ResNetConfig:
 
 
 @dataclass
+class TimmConfig:
+    """Any timm model with ``features_only`` as the body (``type: timm``); its stride-8/16/32
+    maps feed the FPN (glip.modeling.backbone.timm_body)."""
+
+    name: str = "convnext_tiny"  # a timm model name, optionally with its tag (convnext_tiny.fb_in22k)
+    # Fresh models (training) load timm's pretrained weights: ``checkpoint`` (a local file) or the
+    # local Hugging Face cache, never a download; checkpoints override them.
+    pretrained: bool = False
+    checkpoint: str = ""
+    kwargs: dict[str, Any] = field(default_factory=dict)  # more timm.create_model arguments (drop_path_rate...)
+
+
+@dataclass
 class BackboneConfig:
     """Visual backbone and FPN (P3-P7)."""
 
-    type: str = "swin"  # "swin" | "resnet"
+    type: str = "swin"  # "swin" | "resnet" | "timm"
     swin: SwinConfig = field(default_factory=SwinConfig)
     resnet: ResNetConfig = field(default_factory=ResNetConfig)
+    timm: TimmConfig = field(default_factory=TimmConfig)
     out_channels: int = 256
-    freeze_at: int = -1  # official BACKBONE.FREEZE_CONV_BODY_AT; -1 trains every stage
+    freeze_at: int = -1  # official BACKBONE.FREEZE_CONV_BODY_AT; -1 trains every stage (swin; not timm)
     fpn_drop_block: bool = True  # official FPN.DROP_BLOCK: DropBlock on the FPN outputs, training only
     fpn_drop_prob: float = 0.3
     fpn_drop_size: int = 3

@@ -26,9 +26,10 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from glip.data.masks import segmentation_from_mask
+from glip.data.phrasecut import phrasecut_from_coco
 from glip.data.vqa_synthetic import write_synthetic_vqa
 
-__all__ = ["COLORS", "SHAPES", "SyntheticDataset", "generate_synthetic", "synthetic_categories"]
+__all__ = ["COLORS", "PHRASECUT_NAME", "SHAPES", "SyntheticDataset", "generate_synthetic", "synthetic_categories"]
 
 # RGB centres of the colour names; each object's colour is jittered by up to +-JITTER.
 COLORS: dict[str, tuple[int, int, int]] = {
@@ -43,6 +44,8 @@ SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "diamond", "star")
 DEFAULT_COLORS = ("red", "green", "blue", "yellow")
 DEFAULT_SHAPES = ("circle", "square", "triangle", "diamond")
 JITTER = 20
+# The validation split as PhraseCut-style referring-segmentation tasks (glip.data.phrasecut).
+PHRASECUT_NAME = "phrasecut_val.json"
 # Objects: side between these fractions of the image's short side, at least MIN_SIDE px.
 SIZE_RANGE = (0.15, 0.5)
 MIN_SIDE = 12
@@ -70,6 +73,11 @@ class SyntheticDataset:
     image_dir: Path
     categories: tuple[str, ...]
     held_out: tuple[str, ...]
+
+    @property
+    def phrasecut_json(self) -> Path:
+        """The validation split as PhraseCut tasks (one per image and category present)."""
+        return self.root / PHRASECUT_NAME
 
 
 def synthetic_categories(colors: Sequence[str] = DEFAULT_COLORS, shapes: Sequence[str] = DEFAULT_SHAPES) -> list[str]:
@@ -248,8 +256,9 @@ def generate_synthetic(
     shapes: Sequence[str] = DEFAULT_SHAPES,
     max_objects: int = 5,
 ) -> SyntheticDataset:
-    """Writes ``out_dir/train.json``, ``out_dir/val.json`` and ``out_dir/images/*.png``,
-    and VQA questions about them: ``out_dir/vqa_train.json``, ``out_dir/vqa_val.json``.
+    """Writes ``out_dir/train.json``, ``out_dir/val.json``, ``out_dir/images/*.png``,
+    ``out_dir/phrasecut_val.json`` (the validation split as PhraseCut tasks) and VQA
+    questions about the images: ``out_dir/vqa_train.json``, ``out_dir/vqa_val.json``.
 
     Args:
         image_size: side length, or ``(min, max)``: each image's height and width are
@@ -298,4 +307,7 @@ def generate_synthetic(
         path.write_text(text + "\n", encoding="utf-8")
     # VQA questions about the same images: root/vqa_train.json, root/vqa_val.json (glip.data.vqa_synthetic).
     write_synthetic_vqa(root, train_json, val_json, seed)
+    val = {"images": val_images, "annotations": val_anns, "categories": all_categories}
+    text = json.dumps(phrasecut_from_coco(val), sort_keys=True, indent=1)
+    (root / PHRASECUT_NAME).write_text(text + "\n", encoding="utf-8")
     return SyntheticDataset(root, train_json, val_json, image_dir, tuple(names), tuple(held))

@@ -28,19 +28,24 @@ logger = logging.getLogger(__name__)
 
 def build_training_model(cfg: GLIPConfig, weights: str | Path | None = None, trust_pickle: bool = False) -> GLIP:
     """A GLIP to train: from ``weights`` (a zoo name, official ``.pth`` or our folder, loaded
-    with the architecture of ``cfg``), else freshly initialised with the text encoder's
+    with the architecture of ``cfg``; the heads the transfer mode trains whole may be
+    absent from them), else freshly initialised with the text encoder's
     pretrained weights when ``cfg.model.text.pretrained`` (offline: a local folder, a
     packaged name such as ``all-MiniLM-L6-v2``, or the Hugging Face cache)."""
     text_dir = resolve_text_encoder(cfg.model.text.encoder)
     if weights is not None:
         from glip.hub.checkpoint import load_model
 
-        return load_model(weights, cfg, text_encoder=text_dir, trust_pickle=trust_pickle)
+        # The heads a transfer mode trains whole (the mask head) may start fresh.
+        mode = resolve_tuning_mode(cfg.train.tuning)
+        fresh = mode.heads if mode is not None else ()
+        return load_model(weights, cfg, text_encoder=text_dir, trust_pickle=trust_pickle, fresh_heads=fresh)
     model = build_model(
         cfg,
         load_bert_config(text_dir),
         load_tokenizer(text_dir),
         pretrained_text=text_dir if cfg.model.text.pretrained else None,
+        pretrained_backbone=True,  # a timm body's weights, when model.backbone.timm.pretrained
     )
     return model
 
@@ -189,13 +194,14 @@ def _save_final(trainer: Trainer, output_dir: Path, weights: str | Path | None =
     """``output_dir/model`` (and ``model_ema``): model-zoo folders for :func:`glip.load_model`.
     A frozen pretrained text encoder is referenced by name, not copied. A run of a partial
     transfer mode (linear, prompt...) from ``weights`` stores only the tensors it trained,
-    over a reference to ``weights`` (:func:`glip.hub.tuned.save_tuned`)."""
+    over a reference to ``weights`` (:func:`glip.hub.tuned.save_tuned`); the ``mask`` mode
+    saves the whole model (its base may lack the head it trains)."""
     from glip.hub.checkpoint import save_model
     from glip.hub.tuned import save_tuned
     from glip.hub.zoo import resolve_model_source
 
     mode = resolve_tuning_mode(trainer.cfg.train.tuning)
-    if weights is not None and mode is not None and mode.name != "full":
+    if weights is not None and mode is not None and mode.saves_delta:
         # A bare .pth base carries no config: the delta records the run's (same architecture).
         carried = resolve_model_source(weights).config is not None
         base_config = None if carried else output_dir / "config.yaml"

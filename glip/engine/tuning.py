@@ -44,10 +44,15 @@ PROMPT_TUNING_SOLVER = {"base_lr": 0.05, "weight_decay": 0.25}
 def apply_tuning(model: GLIP, mode: TuningMode | str) -> GLIP:
     """Sets ``requires_grad`` as the official run of ``mode`` does; adds a zero prompt
     offset for the prompt modes. Run after the builder's own freezing (``freeze_at``),
-    which it keeps; the heads' ``untrained`` parameters stay frozen."""
+    which it keeps; the heads' ``untrained`` parameters stay frozen. A mode training whole
+    heads (``mask``) needs them in the model (``ValueError`` naming the config key)."""
     mode = resolve_tuning_mode(mode) if isinstance(mode, str) else mode
     if mode is None:
         return model
+    missing = [h for h in mode.heads if h not in model.heads]
+    if missing:
+        keys = ", ".join(f"model.heads.{h}.enabled=true" for h in missing)
+        raise ValueError(f"the {mode.name!r} transfer mode trains the {', '.join(missing)} head, absent: set {keys}")
     if mode.prompt_offset:
         model.enable_prompt_offset()
     flags = mode_requires_grad(model, mode)
@@ -59,8 +64,8 @@ def apply_tuning(model: GLIP, mode: TuningMode | str) -> GLIP:
 
 def set_frozen_eval(model: GLIP, mode: TuningMode | str | None, freeze_text: bool) -> None:
     """Puts the frozen parts in eval mode after ``model.train()`` (official ``train()``):
-    the backbone when frozen, the head when frozen (official ``RPN.FREEZE``), the text
-    encoder when frozen."""
+    the backbone when frozen, the head when frozen (official ``RPN.FREEZE``; the heads a
+    mode trains whole stay in train mode), the text encoder when frozen."""
     mode = resolve_tuning_mode(mode) if isinstance(mode, str) else mode
     if mode is not None:
         if mode.freeze_backbone:
@@ -68,6 +73,9 @@ def set_frozen_eval(model: GLIP, mode: TuningMode | str | None, freeze_text: boo
         if mode.freeze_head:
             model.trunk.eval()
             model.heads.eval()
+            for name in mode.heads:
+                if name in model.heads:
+                    model.heads[name].train()
         freeze_text = mode.freeze_text
     if freeze_text:
         model.text_encoder.eval()

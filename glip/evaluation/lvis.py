@@ -1,11 +1,11 @@
-"""LVIS box AP, including the Fixed AP protocol the official GLIP evaluation reports.
+"""LVIS box and mask AP, including the Fixed AP protocol the official GLIP evaluation reports.
 
 :func:`evaluate_lvis` follows the LVIS API (``lvis.LVISEval`` 0.5.3, which the official
 ``lvis_eval.py`` copies) step for step: federated filtering of detections (only categories
 verified present or absent in an image count), unmatched detections of not-exhaustively
 annotated categories ignored, COCO-style greedy matching at IoU 0.50:0.95, 101-point
-interpolated precision, and the rare / common / frequent groups. The tests compare it
-with the LVIS API itself.
+interpolated precision, and the rare / common / frequent groups; boxes or masks
+(``iou_type``) as ``LVISEval(..., iou_type)``. The tests compare it with the LVIS API itself.
 
 Fixed AP (Dave et al. 2021, "Evaluating Large-Vocabulary Object Detectors: The Devil is in
 the Details"): instead of a 300-per-image cap, every category keeps its top
@@ -158,8 +158,43 @@ def _precision_recall(scores: np.ndarray, matched: np.ndarray, ignored: np.ndarr
     return out
 
 
-def evaluate_lvis(ground_truth: CocoLike, results: ResultsLike, max_dets: int = -1) -> dict[str, float]:
-    """LVIS box AP (default: Fixed AP's unlimited detections per image).
+def _segmentation_rle(ann: Mapping[str, Any], height: int, width: int) -> Any:
+    """An annotation's ``segmentation`` as one compressed RLE (LVIS API ``ann_to_rle``):
+    polygons merged, an uncompressed RLE compressed, a compressed one as it is."""
+    from pycocotools import mask as mask_utils
+
+    seg = ann["segmentation"]
+    if isinstance(seg, list):
+        return mask_utils.merge(mask_utils.frPyObjects(seg, height, width))
+    if isinstance(seg.get("counts"), list):
+        return mask_utils.frPyObjects(seg, height, width)
+    return seg
+
+
+def _prepare_segm(gt: Mapping[str, Any], dets: list[dict[str, Any]]) -> None:
+    """Puts an RLE ``_region`` on every ground-truth annotation and detection, and the
+    detections' ``area`` (their mask's pixel count); raises when a mask is missing."""
+    from pycocotools import mask as mask_utils
+
+    sizes = {img["id"]: (img.get("height"), img.get("width")) for img in gt["images"]}
+    for ann in gt["annotations"]:
+        if "segmentation" not in ann:
+            raise ValueError("mask AP needs a 'segmentation' in every ground-truth annotation")
+        height, width = sizes[ann["image_id"]]
+        if height is None or width is None:
+            raise ValueError(f"mask AP needs the height and width of image {ann['image_id']}")
+        ann["_region"] = _segmentation_rle(ann, int(height), int(width))
+    for d in dets:
+        if "segmentation" not in d:
+            raise ValueError("mask AP needs a 'segmentation' in every result (predict with masks)")
+        d["_region"] = d["segmentation"]
+        d["area"] = float(mask_utils.area(d["segmentation"]))
+
+
+def evaluate_lvis(
+    ground_truth: CocoLike, results: ResultsLike, max_dets: int = -1, iou_type: str = "bbox"
+) -> dict[str, float]:
+    """LVIS box or mask AP (default: Fixed AP's unlimited detections per image).
 
     Args:
         ground_truth: an LVIS annotation file (path or dict): images with
@@ -168,14 +203,24 @@ def evaluate_lvis(ground_truth: CocoLike, results: ResultsLike, max_dets: int = 
         results: COCO-results entries (path or list); for Fixed AP, the output of
             :class:`TopKPerCategory`.
         max_dets: detections kept per image (300 for the standard LVIS AP; -1 none).
+        iou_type: ``"bbox"``, or ``"segm"``: mask IoU of the results' RLE ``segmentation``
+            against the annotations' polygons or RLE (the images need ``height`` and
+            ``width``). A detection's area range is its mask's pixel count, as the LVIS API
+            computes it for segmentation results (the official ones carry no box); a result's
+            ``bbox`` is not used.
 
     Returns:
         ``{name: value}`` for :data:`LVIS_METRICS`; -1 where no category qualifies.
     """
+    if iou_type not in ("bbox", "segm"):
+        raise ValueError(f"iou_type must be 'bbox' or 'segm', got {iou_type!r}")
     gt = load_json(ground_truth)
     dets = [dict(r) for r in load_json(results)]
     if max_dets >= 0:
         dets = _limit_per_image(dets, max_dets)
+    if iou_type == "segm":
+        gt = dict(gt, annotations=[dict(a) for a in gt["annotations"]])  # _region added below, not to the caller's
+        _prepare_segm(gt, dets)
     images = {img["id"]: img for img in gt["images"]}
     unknown = {d["image_id"] for d in dets} - set(images)
     if unknown:
@@ -195,7 +240,8 @@ def evaluate_lvis(ground_truth: CocoLike, results: ResultsLike, max_dets: int = 
     dts: dict[tuple[Any, int], list[dict[str, Any]]] = defaultdict(list)
     for i, d in enumerate(dets):
         d["id"] = i + 1
-        d["area"] = d["bbox"][2] * d["bbox"][3]
+        if iou_type == "bbox":
+            d["area"], d["_region"] = d["bbox"][2] * d["bbox"][3], d["bbox"]
         img, cat = d["image_id"], d["category_id"]
         # Federated filter: a category neither verified present nor verified absent in the
         # image says nothing about the detector.
@@ -213,7 +259,8 @@ def evaluate_lvis(ground_truth: CocoLike, results: ResultsLike, max_dets: int = 
         g, d = gts.get((img, cat), []), dts.get((img, cat), [])
         d = [d[i] for i in np.argsort([-x["score"] for x in d], kind="mergesort")]
         if g and d:
-            ious = np.asarray(mask_utils.iou([x["bbox"] for x in d], [x["bbox"] for x in g], [0] * len(g)))
+            regions = [x["_region"] if iou_type == "segm" else x["bbox"] for x in g]
+            ious = np.asarray(mask_utils.iou([x["_region"] for x in d], regions, [0] * len(g)))
         else:
             ious = np.zeros((len(d), len(g)))
         scores = np.array([x["score"] for x in d], dtype=np.float64)

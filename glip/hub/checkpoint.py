@@ -8,7 +8,7 @@ import pickle
 import pickletools
 import warnings
 import zipfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -185,17 +185,20 @@ def load_state_into(
         raise CheckpointError(f"cannot read {source}: corrupt or not a safetensors file ({e})") from None
 
 
-def with_fresh_heads(model: GLIP, state: dict[str, Tensor], source: str = "checkpoint") -> dict[str, Tensor]:
+def with_fresh_heads(
+    model: GLIP, state: dict[str, Tensor], source: str = "checkpoint", fresh_heads: Sequence[str] = ()
+) -> dict[str, Tensor]:
     """``state`` completed with the initial weights of each ``fresh_start`` head (GLIPv2's MLM
-    and inter-image heads) of which it holds NO tensor: a GLIP checkpoint then loads into a
-    GLIPv2 model, the new heads starting fresh (as the official MLM head does). A head with
-    some of its tensors present is left to the strict check."""
+    and inter-image heads), or head named in ``fresh_heads``, of which it holds NO tensor: a
+    GLIP checkpoint then loads into a GLIPv2 model, the new heads starting fresh (as the
+    official MLM head does). A head with some of its tensors present is left to the strict check."""
     ours = model.state_dict()
     fresh: dict[str, Tensor] = {}
     for name, head in model.heads.items():
         prefix = f"heads.{name}."
         keys = [k for k in ours if k.startswith(prefix)]
-        if getattr(head, "fresh_start", False) and keys and not any(k.startswith(prefix) for k in state):
+        may_start = getattr(head, "fresh_start", False) or name in fresh_heads
+        if may_start and keys and not any(k.startswith(prefix) for k in state):
             fresh.update({k: ours[k] for k in keys})
             logger.info("%s has no weights for the %r head: it starts from its initialisation", source, name)
     return {**fresh, **state} if fresh else state
@@ -227,6 +230,7 @@ def load_model(
     text_encoder: str | Path | None = None,
     device: str | torch.device = "cpu",
     trust_pickle: bool = False,
+    fresh_heads: Sequence[str] = (),
 ) -> GLIP:
     """Loads GLIP weights and returns the model in eval mode.
 
@@ -246,6 +250,9 @@ def load_model(
             are read: the weights come from the checkpoint.
         device: where to put the model.
         trust_pickle: allow pickles that ``torch.load(weights_only=True)`` refuses.
+        fresh_heads: heads of the config that may be absent from the weights and then keep
+            their initialisation (:func:`with_fresh_heads`; e.g. a mask head about to be
+            trained on a detection checkpoint). Not for tuned-delta folders.
     """
     if isinstance(config, GLIPConfig):
         weights = resolve_model_source(weights, text_encoder=text_encoder).weights
@@ -284,7 +291,7 @@ def load_model(
     model = build_model(cfg, bert_config, tokenizer, pretrained_text=text_dir if referenced else None)
     if referenced:
         state = {**{k: v for k, v in model.state_dict().items() if k.startswith("text_encoder.")}, **state}
-    state = with_fresh_heads(model, state, str(weights))
+    state = with_fresh_heads(model, state, str(weights), fresh_heads)
     if "prompt_offset.weight" in state:  # a prompt-tuned checkpoint (ours or official tunable_linear)
         model.enable_prompt_offset(int(state["prompt_offset.weight"].shape[0]))
     load_state_into(model, state, str(weights), index=index)

@@ -50,10 +50,10 @@ def base_weights_file(base: str | Path) -> Path:
 
 
 def delta_names(model: GLIP, mode: str) -> list[str]:
-    """The state-dict names a run of ``mode`` changes (``full`` is not a delta)."""
+    """The state-dict names a run of ``mode`` changes (``full`` and ``mask`` are not deltas)."""
     m = resolve_tuning_mode(mode)
-    if m is None or m.name == "full":
-        raise ValueError(f"mode {mode!r} changes every tensor: save it with glip.hub.checkpoint.save_model")
+    if m is None or not m.saves_delta:
+        raise ValueError(f"mode {mode!r} is not stored as a delta: save it with glip.hub.checkpoint.save_model")
     return tuned_state_names(model, m)
 
 

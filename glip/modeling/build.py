@@ -9,7 +9,7 @@ from typing import Any
 from glip.config import GLIPConfig
 from glip.modeling.anchors import AnchorGenerator
 from glip.modeling.assigner import ATSSAssigner
-from glip.modeling.backbone import VisionBackbone, build_resnet, build_swin
+from glip.modeling.backbone import VisionBackbone, build_resnet, build_swin, build_timm
 from glip.modeling.box_coder import BoxCoder
 from glip.modeling.criterion import Criterion
 from glip.modeling.glip import GLIP, Preprocessing
@@ -42,7 +42,9 @@ __all__ = [
 ]
 
 
-def build_backbone(cfg: GLIPConfig) -> VisionBackbone:
+def build_backbone(cfg: GLIPConfig, pretrained: bool = False) -> VisionBackbone:
+    """The body + FPN of ``cfg.model.backbone``; ``pretrained``: a timm body loads its
+    pretrained weights when ``model.backbone.timm.pretrained`` (local files only)."""
     b = cfg.model.backbone
     drop_prob = b.fpn_drop_prob if b.fpn_drop_block else 0.0
     if b.type == "swin":
@@ -70,7 +72,18 @@ def build_backbone(cfg: GLIPConfig) -> VisionBackbone:
             fpn_drop_prob=drop_prob,
             fpn_drop_size=b.fpn_drop_size,
         )
-    raise ValueError(f"unknown backbone type {b.type!r} (expected 'swin' or 'resnet')")
+    if b.type == "timm":
+        t = b.timm
+        return build_timm(
+            t.name,
+            out_channels=b.out_channels,
+            pretrained=pretrained and t.pretrained,
+            checkpoint=t.checkpoint,
+            kwargs=dict(t.kwargs),
+            fpn_drop_prob=drop_prob,
+            fpn_drop_size=b.fpn_drop_size,
+        )
+    raise ValueError(f"unknown backbone type {b.type!r} (expected 'swin', 'resnet' or 'timm')")
 
 
 def build_trunk(cfg: GLIPConfig, bert_config: Any) -> FusionTrunk:
@@ -283,6 +296,8 @@ def _inter_image_dim(cfg: GLIPConfig, variant: str) -> int:
     b = cfg.model.backbone
     if variant == "fpn":
         return b.out_channels
+    if b.type == "timm":
+        raise ValueError("model.heads.inter_image.variant 'backbone' needs a swin or resnet body, not timm")
     return 4 * b.swin.embed_dim if b.type == "swin" else 1024
 
 
@@ -312,7 +327,11 @@ def build_loss(cfg: GLIPConfig) -> Criterion:
 
 
 def build_model(
-    cfg: GLIPConfig, bert_config: Any, tokenizer: Any = None, pretrained_text: str | Path | None = None
+    cfg: GLIPConfig,
+    bert_config: Any,
+    tokenizer: Any = None,
+    pretrained_text: str | Path | None = None,
+    pretrained_backbone: bool = False,
 ) -> GLIP:
     """A GLIP for ``cfg``, randomly initialised except for the text encoder when
     ``pretrained_text`` is given.
@@ -325,6 +344,8 @@ def build_model(
         pretrained_text: a local folder (or cached Hugging Face name) whose BERT weights
             initialise the text encoder, as official training does; None: random weights
             (checkpoints bring their own).
+        pretrained_backbone: a timm body loads its pretrained weights when the config asks
+            (``model.backbone.timm.pretrained``), as training from scratch does.
     """
     if int(bert_config.hidden_size) != cfg.model.text.dim:
         raise ValueError(
@@ -334,7 +355,7 @@ def build_model(
     a = cfg.model.anchors
     inp = cfg.input
     model = GLIP(
-        backbone=build_backbone(cfg),
+        backbone=build_backbone(cfg, pretrained=pretrained_backbone),
         text_encoder=(
             BertTextEncoder.from_config(bert_config, num_layers=cfg.model.text.num_layers)
             if pretrained_text is None

@@ -13,6 +13,9 @@ freeze flags that ``GeneralizedVLRCNN.train()`` applies. Per mode, the trainable
 ``prompt_v1``  official ``language_prompt_v1``: only the text encoder
 ``prompt_v3``  official ``language_prompt_v3``: the text encoder and the linear-probe set
 ``prompt_v4``  official ``language_prompt_v4``: the prompt offset and the linear-probe set
+``mask``       (no official counterpart) the mask head alone, everything else frozen: a
+               detection model learns to segment without changing its boxes; the head
+               may start fresh from a checkpoint that has none (:attr:`TuningMode.heads`)
 =============  ==============================================================================
 
 The parts are found through the model (:meth:`GLIP.part_of`, :meth:`GLIP.linear_probe_names`),
@@ -48,6 +51,13 @@ class TuningMode:
     linear_probe: bool
     prompt_offset: bool  # official ADD_LINEAR_LAYER
     freeze_text: bool
+    heads: tuple[str, ...] = ()  # heads trained whole (every other head frozen, whatever freeze_head says)
+
+    @property
+    def saves_delta(self) -> bool:
+        """Whether a run from a base is stored as a delta over it (:mod:`glip.hub.tuned`):
+        every partial mode except those training whole heads, which the base may lack."""
+        return self.name != "full" and not self.heads
 
 
 TUNING_MODES: dict[str, TuningMode] = {
@@ -59,9 +69,10 @@ TUNING_MODES: dict[str, TuningMode] = {
         TuningMode("prompt_v1", "language_prompt_v1", True, True, False, False, False),
         TuningMode("prompt_v3", "language_prompt_v3", True, True, True, False, False),
         TuningMode("prompt_v4", "language_prompt_v4", True, True, True, True, True),
+        TuningMode("mask", "", True, True, False, False, True, heads=("mask",)),
     )
 }
-OFFICIAL_MODE_NAMES = {m.official: m.name for m in TUNING_MODES.values()}
+OFFICIAL_MODE_NAMES = {m.official: m.name for m in TUNING_MODES.values() if m.official}
 
 
 def resolve_tuning_mode(name: str) -> TuningMode | None:
@@ -80,14 +91,18 @@ def resolve_tuning_mode(name: str) -> TuningMode | None:
 def mode_requires_grad(model: GLIP, mode: TuningMode) -> dict[str, bool]:
     """``requires_grad`` of the parameters ``mode`` decides (name -> flag); parameters it
     leaves as they are (e.g. the builder's ``freeze_at`` in unfrozen backbones) are absent.
-    The heads' ``untrained`` parameters are always False."""
+    The heads' ``untrained`` parameters are always False; those of the heads ``mode``
+    trains whole (``mode.heads``) True."""
     probe = set(model.linear_probe_names())
     untrained = set(model.untrained_names())
+    whole = tuple(f"heads.{h}." for h in mode.heads)
     flags: dict[str, bool] = {}
     for name, _ in model.named_parameters():
         part = model.part_of(name)
         if name in untrained:
             flags[name] = False
+        elif whole and name.startswith(whole):
+            flags[name] = True
         elif part == "prompt":
             if mode.name != "full":
                 flags[name] = mode.prompt_offset
@@ -109,10 +124,13 @@ def mode_requires_grad(model: GLIP, mode: TuningMode) -> dict[str, bool]:
 def tuned_state_names(model: GLIP, mode: TuningMode) -> list[str]:
     """The state-dict names a run of ``mode`` changes (for a delta; not ``full``)."""
     probe = set(model.linear_probe_names())
+    whole = tuple(f"heads.{h}." for h in mode.heads)
     names = []
     for name in model.state_dict():
         part = model.part_of(name)
         if (part == "prompt" and mode.prompt_offset) or (part == "language" and not mode.freeze_text):
+            names.append(name)
+        elif whole and name.startswith(whole):
             names.append(name)
         elif mode.linear_probe and name in probe:
             names.append(name)

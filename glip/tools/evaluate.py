@@ -40,6 +40,7 @@ __all__ = [
     "coco_metrics",
     "evaluate_detection",
     "image_path",
+    "lvis_metrics",
     "progress_bar",
     "score_results_file",
 ]
@@ -144,8 +145,8 @@ def evaluate_detection(
             the top ``topk`` detections per category over the dataset, LVIS AP).
         chunk_size: classes per prompt (default: only when over 256 tokens; 40 for LVIS).
         out_dir: writes ``results.json`` (COCO-results entries) and ``metrics.json``.
-        iou_types: ``"bbox"`` and/or ``"segm"`` (coco only: the predictor segments, the
-            results carry RLE masks, mask AP is scored).
+        iou_types: ``"bbox"`` and/or ``"segm"`` (the predictor segments, the results carry
+            RLE masks, mask AP is scored: pycocotools for coco, LVIS AP for lvis).
 
     Returns:
         the metrics on the main process, ``None`` on the others: see :func:`coco_metrics`.
@@ -196,7 +197,7 @@ def evaluate_detection(
         for part in gathered:
             merged.merge(part)
         results = merged.results()
-        metrics = evaluate_lvis(gt, results, max_dets=-1)
+        metrics = lvis_metrics(gt, results, iou_types)
     else:
         ordered = sorted((item for part in gathered for item in part), key=lambda item: item[0])
         results = [entry for _, entries in ordered for entry in entries]
@@ -210,8 +211,6 @@ def evaluate_detection(
 def _check_iou_types(task: str, iou_types: Sequence[str]) -> None:
     if not iou_types or any(t not in IOU_TYPES for t in iou_types):
         raise ValueError(f"iou types must be among {IOU_TYPES}, got {list(iou_types)}")
-    if "segm" in iou_types and task != "coco":
-        raise ValueError(f"mask AP (segm) is implemented for --task coco only, not {task!r}")
 
 
 def coco_metrics(gt: Any, results: Sequence[Mapping[str, Any]], iou_types: Sequence[str]) -> dict[str, float]:
@@ -220,6 +219,17 @@ def coco_metrics(gt: Any, results: Sequence[Mapping[str, Any]], iou_types: Seque
     metrics: dict[str, float] = {}
     for iou_type in iou_types:
         values = evaluate_coco(gt, results, iou_type=iou_type)
+        prefix = "segm_" if iou_type == "segm" else ""
+        metrics.update({prefix + k: v for k, v in values.items()})
+    return metrics
+
+
+def lvis_metrics(gt: Any, results: Sequence[Mapping[str, Any]], iou_types: Sequence[str]) -> dict[str, float]:
+    """LVIS AP (Fixed AP's unlimited detections per image) of each IoU type, named as
+    :func:`coco_metrics` names them (mask metrics prefixed ``segm_``)."""
+    metrics: dict[str, float] = {}
+    for iou_type in iou_types:
+        values = evaluate_lvis(gt, results, max_dets=-1, iou_type=iou_type)
         prefix = "segm_" if iou_type == "segm" else ""
         metrics.update({prefix + k: v for k, v in values.items()})
     return metrics
@@ -250,7 +260,7 @@ def score_results_file(
 ) -> dict[str, float]:
     """Scores an existing COCO-results file (no model): pycocotools AP for ``"coco"`` (box
     and/or mask, see :func:`coco_metrics`), LVIS AP with Fixed AP's unlimited detections
-    per image for ``"lvis"``."""
+    per image for ``"lvis"`` (box and/or mask, see :func:`lvis_metrics`)."""
     if task not in DETECTION_TASKS:
         raise ValueError(f"scoring a results file needs --task coco or lvis, got {task!r}")
     _check_iou_types(task, iou_types)
@@ -259,7 +269,7 @@ def score_results_file(
             raise FileNotFoundError(f"no such file: {path}")
     results = load_json(results_file)
     if task == "lvis":
-        metrics = evaluate_lvis(ann_file, results, max_dets=-1)
+        metrics = lvis_metrics(load_json(ann_file), results, iou_types)
     else:
         metrics = coco_metrics(load_json(ann_file), results, iou_types)
     if out_dir is not None:

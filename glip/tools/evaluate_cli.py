@@ -9,7 +9,7 @@ from glip.tools.common import add_device_arg, add_model_args, add_output_arg, ad
 
 __all__ = ["add_evaluate_parser", "resolve_detection_files"]
 
-TASKS = ("coco", "lvis", "odinw", "flickr", "refcoco", "vqa")
+TASKS = ("coco", "lvis", "odinw", "flickr", "refcoco", "phrasecut", "vqa")
 # Standard file names tried when --data is a folder.
 _COCO_ANNOTATIONS = ("annotations/instances_val2017.json", "val.json")
 _LVIS_ANNOTATIONS = (
@@ -26,6 +26,9 @@ EPILOG = """examples:
   glip evaluate --task coco --data my_roboflow_export --split test --model demo-shapes   (Roboflow/ODinW folder)
   glip evaluate --task coco --ann instances_val2017.json --results results.json   (no model)
   glip evaluate --task vqa --ann shapes/vqa_val.json --images shapes/images --weights runs/vqa/model
+  glip evaluate --task lvis --data DATASET/coco --model MASK_MODEL --iou-type bbox segm
+  glip evaluate --task phrasecut --data VGPhraseCut_v0 --split test --model MASK_MODEL   (refer_test.json, images/)
+  glip evaluate --task phrasecut --ann shapes/phrasecut_val.json --results results.json   (no model)
   accelerate launch --num_processes 8 -m glip.cli evaluate --task coco ...   (predictions gathered)"""
 
 
@@ -33,7 +36,7 @@ def add_evaluate_parser(subparsers: argparse._SubParsersAction) -> argparse.Argu
     """Registers ``evaluate`` on the ``glip`` command's subparsers."""
     p = subparsers.add_parser(
         "evaluate",
-        help="zero-shot evaluation on COCO, LVIS, ODinW, Flickr30k or RefCOCO; or score a results file",
+        help="zero-shot evaluation on COCO, LVIS, ODinW, Flickr30k, RefCOCO or PhraseCut; or score a results file",
         description="Evaluate a model on a dataset (prints a table, writes OUT/metrics.json and OUT/results.json), "
         "or score an existing COCO-results file with --ann and --results.",
         epilog=EPILOG,
@@ -54,7 +57,8 @@ def add_evaluate_parser(subparsers: argparse._SubParsersAction) -> argparse.Argu
         nargs="+",
         choices=("bbox", "segm"),
         default=["bbox"],
-        help="coco: box AP (bbox, default), mask AP (segm: the model needs a mask head, or the results masks), or both",
+        help="coco, lvis: box AP (bbox, default), mask AP (segm: the model needs a mask head, or the results "
+        "masks), or both",
     )
     add_model_args(p)
     add_device_arg(p, help="cpu, cuda, cuda:1... (default: cuda when available; cuda:LOCAL_RANK when launched)")
@@ -63,6 +67,12 @@ def add_evaluate_parser(subparsers: argparse._SubParsersAction) -> argparse.Argu
         "--chunk-size", type=int, help="classes per prompt (default: 40 for lvis, else only past 256 tokens)"
     )
     p.add_argument("--topk", type=int, default=10000, help="lvis Fixed AP: detections kept per class (default 10000)")
+    p.add_argument(
+        "--score-threshold",
+        type=float,
+        default=0.7,
+        help="phrasecut: detections scoring above it form the phrase's mask (default 0.7, MDETR's)",
+    )
     p.add_argument("--suite", default="odinw13", choices=("odinw13", "odinw35"), help="odinw suite (default odinw13)")
     p.add_argument("--datasets", help="odinw: comma-separated dataset names of the suite to run (default: all)")
     p.add_argument(
@@ -127,8 +137,10 @@ def resolve_detection_files(
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    if "segm" in args.iou_type and args.task != "coco":
-        raise ValueError(f"--iou-type segm (mask AP) is implemented for --task coco only, not {args.task}")
+    if args.task == "phrasecut":
+        return _cmd_phrasecut(args)
+    if "segm" in args.iou_type and args.task not in ("coco", "lvis"):
+        raise ValueError(f"--iou-type segm (mask AP) is implemented for --task coco and lvis, not {args.task}")
     if args.results:
         from glip.tools.evaluate import metrics_table, score_results_file
 
@@ -220,6 +232,43 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         )
         if metrics is not None:
             print(grounding_table(metrics))
+    if is_main_process():
+        print(f"wrote {Path(args.out) / 'metrics.json'}")
+    return 0
+
+
+def _cmd_phrasecut(args: argparse.Namespace) -> int:
+    """``--task phrasecut``: referring segmentation (glip.tools.evaluate_phrasecut)."""
+    from glip.tools.evaluate_phrasecut import evaluate_phrasecut, phrasecut_table, score_phrasecut
+
+    if not 0.0 <= args.score_threshold <= 1.0:
+        raise ValueError(f"--score-threshold must be in [0, 1], got {args.score_threshold}")
+    if args.results:
+        if not args.ann:
+            raise ValueError("--results needs the ground truth: --ann REFER.json")
+        metrics = score_phrasecut(
+            args.ann, args.results, args.images, out_dir=args.out, score_threshold=args.score_threshold
+        )
+        print(phrasecut_table(metrics, f"phrasecut ({Path(args.results).name})"))
+        print(f"wrote {Path(args.out) / 'metrics.json'}")
+        return 0
+    from glip.tools.evaluate_phrasecut import resolve_phrasecut_files
+
+    refer, image_dir = resolve_phrasecut_files(args.data, args.ann, args.images, args.split)
+    from glip.api import Predictor
+    from glip.utils.distributed import init_distributed, is_main_process, local_device
+
+    distributed = init_distributed()
+    device = parse_device(args.device) or (local_device() if distributed else None)
+    predictor = Predictor(
+        model_arg(args), config=args.config, text_encoder=args.text_encoder, device=device,
+        trust_pickle=args.trust_pickle, masks=True,
+    )  # fmt: skip
+    metrics = evaluate_phrasecut(
+        predictor, refer, image_dir, out_dir=args.out, score_threshold=args.score_threshold, progress=not args.quiet
+    )
+    if metrics is not None:
+        print(phrasecut_table(metrics, f"phrasecut ({refer.name})"))
     if is_main_process():
         print(f"wrote {Path(args.out) / 'metrics.json'}")
     return 0

@@ -140,15 +140,19 @@ def _write_train_subset(data: TransferData, shots: int, seed: int, out_dir: Path
     return path, subset
 
 
-def _ap_evaluator(data: TransferData, batch_size: int) -> Any:
+def _ap_evaluator(data: TransferData, batch_size: int, masks: bool = False) -> Any:
+    """Validation AP for early stopping: box AP, or with ``masks`` mask AP (``segm_AP``)."""
     from glip.api import Predictor
+
+    key = "segm_AP" if masks else "AP"
 
     def evaluate(model: Any, step: int) -> dict[str, float]:
         metrics = evaluate_detection(
-            Predictor(model, batch_size=batch_size), data.val_json, data.val_images, override=data.categories,
-            caption_prompt=data.caption_prompt, batch_size=batch_size, progress=False,
+            Predictor(model, batch_size=batch_size, masks=masks), data.val_json, data.val_images,
+            override=data.categories, caption_prompt=data.caption_prompt, batch_size=batch_size, progress=False,
+            iou_types=("segm",) if masks else ("bbox",),
         )  # fmt: skip
-        return {"AP": float(metrics["AP"]) if metrics else 0.0}
+        return {"AP": float(metrics[key]) if metrics else 0.0}
 
     return evaluate
 
@@ -175,6 +179,9 @@ def finetune(
     Writes ``out_dir/model`` (a delta for linear / prompt modes), ``train_shot*.json``,
     ``metrics.jsonl`` and ``metrics.json`` (test AP). Evaluates the validation AP every
     epoch (early stopping, learning-rate plateaus) and tests the best evaluation's weights.
+    The ``mask`` mode adds the mask head (starting fresh when ``weights`` has none), trains
+    it alone on the data's masks, validates on mask AP and tests box and mask AP
+    (``segm_AP``...).
 
     Args:
         cfg: the model's config (``config.yaml`` of the base folder, or the tiny one...).
@@ -196,7 +203,10 @@ def finetune(
     out.mkdir(parents=True, exist_ok=True)
     train_json, subset = _write_train_subset(data, shots, seed, out)
     preset = transfer_overrides(mode, shots) if official_schedule else [f"train.tuning={mode}"]
+    heads = resolve_tuning_mode(mode).heads  # type: ignore[union-attr]
+    preset += [f"model.heads.{h}.enabled=true" for h in heads]  # a mode training a head adds it
     cfg = config_from_dict(config_to_dict(cfg), [*preset, *overrides])
+    masks = "mask" in heads
     cfg.data.train_json, cfg.data.train_images = str(train_json), str(data.train_images)
     cfg.data.val_json = cfg.data.val_images = ""  # validation = the AP evaluator below
     if data.caption_prompt:
@@ -206,14 +216,15 @@ def finetune(
         cfg.train.eval_period = per_epoch  # official CHECKPOINT_PER_EPOCH 1.0: evaluate every epoch
     cfg.solver.checkpoint_period = 0
     result = train(
-        cfg, out, weights=weights, evaluator=_ap_evaluator(data, eval_batch_size), cpu=cpu, progress_bar=progress_bar,
-        trust_pickle=trust_pickle,
+        cfg, out, weights=weights, evaluator=_ap_evaluator(data, eval_batch_size, masks), cpu=cpu,
+        progress_bar=progress_bar, trust_pickle=trust_pickle,
     )  # fmt: skip
     model = load_model(out / "model", trust_pickle=trust_pickle)
     test_json, test_images = data.test_files()
     metrics = evaluate_detection(
-        Predictor(model, batch_size=eval_batch_size), test_json, test_images, override=data.categories,
+        Predictor(model, batch_size=eval_batch_size, masks=masks), test_json, test_images, override=data.categories,
         caption_prompt=data.caption_prompt, batch_size=eval_batch_size, progress=False,
+        iou_types=("bbox", "segm") if masks else ("bbox",),
     ) or {}  # fmt: skip
     summary = {
         **metrics,

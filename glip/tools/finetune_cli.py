@@ -62,7 +62,10 @@ def run_finetune(args: argparse.Namespace) -> int:
         overrides=args.overrides, official_schedule=not args.no_official_schedule,
         cpu=cpu, progress_bar=not args.quiet, trust_pickle=args.trust_pickle,
     )  # fmt: skip
-    print(f"{data.name} {args.mode} {args.shots}-shot seed {args.seed}: test AP {metrics.get('AP', float('nan')):.4f}")
+    ap = f"test AP {metrics.get('AP', float('nan')):.4f}"
+    if "segm_AP" in metrics:
+        ap += f", mask AP {metrics['segm_AP']:.4f}"
+    print(f"{data.name} {args.mode} {args.shots}-shot seed {args.seed}: {ap}")
     print(f"tuned model: {out}/model (glip detect --weights {out}/model ...)")
     return 0
 
@@ -77,7 +80,8 @@ def add_finetune_parser(subparsers: argparse._SubParsersAction) -> argparse.Argu
         "--weights.",
         epilog="examples:\n"
         "  glip finetune --data shapes --mode prompt --shots 5 --seed 30 --model demo-shapes --out runs/prompt5\n"
-        "  glip finetune --data my_roboflow_export --mode linear --model glip-t --out runs/linear",
+        "  glip finetune --data my_roboflow_export --mode linear --model glip-t --out runs/linear\n"
+        "  glip finetune --data shapes --mode mask --model demo-shapes --out runs/mask   (masks in the data)",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument(
@@ -89,7 +93,12 @@ def add_finetune_parser(subparsers: argparse._SubParsersAction) -> argparse.Argu
     p.add_argument("--val-json")
     p.add_argument("--test-json", help="final AP (default: the validation set)")
     p.add_argument("--images", help="image folder of the explicit jsons")
-    p.add_argument("--mode", default="prompt", help="full | linear | prompt (| prompt_v1 | prompt_v3 | prompt_v4)")
+    p.add_argument(
+        "--mode",
+        default="prompt",
+        help="full | linear | prompt (| prompt_v1 | prompt_v3 | prompt_v4) | mask (the mask head alone, the rest "
+        "frozen; added to a detection model)",
+    )
     p.add_argument("--shots", type=int, default=0, help="1, 3, 5 or 10 shots per class; 0: all data")
     p.add_argument("--seed", type=int, default=3, help="k-shot sampling seed (official 3, 30, 300)")
     p.add_argument("--no-official-schedule", action="store_true", help="use the config's solver settings as they are")

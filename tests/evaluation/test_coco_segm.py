@@ -100,6 +100,6 @@ def test_results_file_and_cli_score_masks(gt, tmp_path, capsys) -> None:
     out = capsys.readouterr().out
     assert "segm_AP" in out
     assert json.loads((tmp_path / "b" / "metrics.json").read_text())["segm_AP"] == pytest.approx(1.0)
-    rc = main(["evaluate", "--task", "lvis", "--ann", str(ann), "--results", str(res), "--iou-type", "segm"])
+    rc = main(["evaluate", "--task", "flickr", "--ann", str(ann), "--results", str(res), "--iou-type", "segm"])
     err = capsys.readouterr().err
-    assert rc == 1 and "coco only" in err and len(err.strip().splitlines()) == 1
+    assert rc == 1 and "coco and lvis" in err and len(err.strip().splitlines()) == 1

@@ -2,37 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import random
-import sys
-import types
 
-import numpy as np
 import pytest
 
 from glip.evaluation.lvis import TopKPerCategory, evaluate_lvis
 from tests.evaluation.synthetic_gt import ground_truth_as_results, perturbed_results, random_ground_truth
-
-
-@pytest.fixture
-def lvis_api(monkeypatch):
-    """The LVIS API (pip package ``lvis``) without its package ``__init__``, which imports
-    OpenCV and matplotlib for visualisation only; ``np.float`` is restored for its numpy-1 code."""
-    spec = importlib.util.find_spec("lvis")
-    if spec is None or not spec.submodule_search_locations:
-        pytest.skip("the lvis package is not installed (pip install --no-deps lvis)")
-    package = types.ModuleType("lvis")
-    package.__path__ = list(spec.submodule_search_locations)
-    monkeypatch.setitem(sys.modules, "lvis", package)
-    for name in ("lvis.lvis", "lvis.results", "lvis.eval"):
-        monkeypatch.delitem(sys.modules, name, raising=False)
-    monkeypatch.setattr(np, "float", float, raising=False)
-    from lvis.eval import LVISEval
-    from lvis.lvis import LVIS
-    from lvis.results import LVISResults
-
-    return LVIS, LVISResults, LVISEval
 
 
 def _reference(api, gt, results, tmp_path, max_dets):

@@ -1,11 +1,12 @@
-"""Visual backbones: a body (Swin or ResNet) followed by an FPN giving P3..P7.
+"""Visual backbones: a body (Swin, ResNet or a timm model) followed by an FPN giving P3..P7.
 
 Dimension letters: B images, C FPN channels, L = 5 levels (P3..P7, strides 8..128).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from torch import Tensor, nn
 
@@ -13,8 +14,19 @@ from glip.layers.dropblock import DropBlock2d
 from glip.modeling.backbone.fpn import FPN
 from glip.modeling.backbone.resnet import ResNet
 from glip.modeling.backbone.swin import SwinTransformer
+from glip.modeling.backbone.timm_body import TimmBody, TimmWeightsError, create_timm_body
 
-__all__ = ["FPN", "ResNet", "SwinTransformer", "VisionBackbone", "build_resnet", "build_swin"]
+__all__ = [
+    "FPN",
+    "ResNet",
+    "SwinTransformer",
+    "TimmBody",
+    "TimmWeightsError",
+    "VisionBackbone",
+    "build_resnet",
+    "build_swin",
+    "build_timm",
+]
 
 # Official defaults of MODEL.FPN.DROP_BLOCK / DROP_PROB / DROP_SIZE (maskrcnn_benchmark
 # config/defaults.py); no GLIP yaml overrides them, so GLIP was trained with them.
@@ -121,4 +133,20 @@ def build_resnet(
     fpn = FPN(
         body.out_channels, out_channels, p6_from_c5=p6_from_c5, drop_block=_drop_block(fpn_drop_prob, fpn_drop_size)
     )
+    return VisionBackbone(body, fpn)
+
+
+def build_timm(
+    name: str,
+    out_channels: int = 256,
+    pretrained: bool = False,
+    checkpoint: str = "",
+    kwargs: Mapping[str, Any] | None = None,
+    fpn_drop_prob: float = FPN_DROP_PROB,
+    fpn_drop_size: int = FPN_DROP_SIZE,
+) -> VisionBackbone:
+    """A timm ``features_only`` body (:func:`~glip.modeling.backbone.timm_body.create_timm_body`)
+    + FPN on its stride-8/16/32 maps, P6 built on P5 as for GLIP's Swin bodies."""
+    body = create_timm_body(name, pretrained=pretrained, checkpoint=checkpoint, kwargs=kwargs)
+    fpn = FPN(body.out_channels, out_channels, p6_from_c5=False, drop_block=_drop_block(fpn_drop_prob, fpn_drop_size))
     return VisionBackbone(body, fpn)
