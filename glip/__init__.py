@@ -5,6 +5,7 @@ model is built or an op first runs.
 """
 
 from glip.api import Predictor, predict
+from glip.captioning import Caption, caption  # captioning (GLIPv2)
 from glip.config import GLIPConfig, load_config
 from glip.hub.checkpoint import CheckpointError, load_model, save_model
 from glip.modeling.glip import GLIP
@@ -15,6 +16,7 @@ from glip.version import __version__
 
 __all__ = [
     "GLIP",
+    "Caption",
     "CheckpointError",
     "Detections",
     "GLIPConfig",
@@ -23,6 +25,7 @@ __all__ = [
     "PromptError",
     "Predictor",
     "__version__",
+    "caption",
     "load_config",
     "load_model",
     "parse_prompt",

@@ -13,28 +13,6 @@ import torch
 from glip.modeling.causal import additive_attention_mask, causal_keep_mask
 from glip.modeling.fusion import BiAttentionBlock
 from glip.modeling.heads.caption import CAPTION
-from glip.structures import ImageBatch
-from tests.golden import case
-
-
-@pytest.fixture(scope="module")
-def captioner():
-    from transformers import BertConfig
-
-    from glip.config import load_config
-    from glip.modeling.build import build_model
-    from glip.text import BUNDLED_TEXT_ENCODERS, load_tokenizer
-
-    cfg = load_config(case.CONFIG_FILE, ["model.heads.caption.enabled=true"])
-    tokenizer = load_tokenizer(BUNDLED_TEXT_ENCODERS["bert-base-uncased"])
-    model = build_model(cfg, BertConfig(**case._TINY_BERT), tokenizer)
-    case._fill_by_name(model)
-    model.eval()
-    tensor, _ = model.preprocessing(case.golden_image())
-    batch = ImageBatch.from_tensors([tensor], model.preprocessing.size_divisibility)
-    with torch.no_grad():
-        features = model.backbone(batch.tensor)
-    return model, features
 
 
 def _ids(model, caption: str, width: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
