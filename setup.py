@@ -54,9 +54,12 @@ setup(
             "lvis",
             "onnx",
             "onnxruntime",
+            "pycocoevalcap",  # caption metrics (captioning)
         ],
         # `glip export` (ONNX) and its check with a real runtime.
         "export": ["onnx", "onnxruntime"],
+        # Caption metrics (`glip evaluate --task caption`): BLEU, METEOR, ROUGE-L, CIDEr; Java for METEOR.
+        "caption": ["pycocoevalcap"],
     },
     entry_points={"console_scripts": ["glip=glip.cli:main"]},
     classifiers=[

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
+from glip.data.captions import write_synthetic_captions
 from glip.data.masks import segmentation_from_mask
 
 __all__ = ["COLORS", "SHAPES", "SyntheticDataset", "generate_synthetic", "synthetic_categories"]
@@ -247,7 +248,8 @@ def generate_synthetic(
     shapes: Sequence[str] = DEFAULT_SHAPES,
     max_objects: int = 5,
 ) -> SyntheticDataset:
-    """Writes ``out_dir/train.json``, ``out_dir/val.json`` and ``out_dir/images/*.png``.
+    """Writes ``out_dir/train.json``, ``out_dir/val.json`` and ``out_dir/images/*.png``, and
+    ``out_dir/captions_{train,val}.json`` (:func:`glip.data.captions.write_synthetic_captions`).
 
     Args:
         image_size: side length, or ``(min, max)``: each image's height and width are
@@ -294,4 +296,6 @@ def generate_synthetic(
     ):
         text = json.dumps({"images": images, "annotations": anns, "categories": cats}, sort_keys=True, indent=1)
         path.write_text(text + "\n", encoding="utf-8")
+    # Captioning (GLIPv2): captions_train.json / captions_val.json beside the detection jsons.
+    write_synthetic_captions(root, {"train": train_json, "val": val_json}, seed)
     return SyntheticDataset(root, train_json, val_json, image_dir, tuple(names), tuple(held))

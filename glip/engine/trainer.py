@@ -29,6 +29,7 @@ from torch.utils.data import Dataset
 
 from glip.config import GLIPConfig
 from glip.data import GroundingBatch
+from glip.engine.captioning import caption_losses, is_captioning_batch
 from glip.engine.checkpoint import (
     Progress,
     capture_rng_state,
@@ -74,6 +75,8 @@ class LossModel(nn.Module):
         self.seed = seed
 
     def forward(self, batch: GroundingBatch, step: int = 0) -> dict[str, Tensor]:
+        if is_captioning_batch(batch):  # captioning (GLIPv2): causal forward, caption loss only
+            return caption_losses(self.model, self.loss.weights, batch, self.seed, step)
         ids, pretraining = batch.input_ids, None
         if self.training:
             ids, pretraining = pretraining_inputs(self.model.heads, batch, self.seed, step)
