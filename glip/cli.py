@@ -164,6 +164,10 @@ def build_parser() -> argparse.ArgumentParser:
     from glip.tools.export_cli import add_export_parser
 
     add_export_parser(sub)
+
+    from glip.tools.caption_cli import add_caption_parser  # captioning (GLIPv2)
+
+    add_caption_parser(sub)
     return parser
 
 

@@ -273,6 +273,8 @@ class Trainer:
         acc, s = self.accelerator, self.cfg.solver
         empty = sum(int(t.boxes.shape[0] == 0) for t in batch.targets)
         skip_here = empty == len(batch) or empty > len(batch) * s.max_neg_per_batch
+        if is_captioning_batch(batch):  # captioning (GLIPv2): captions have no boxes
+            skip_here = False
         if _any_process(skip_here, acc):
             logger.warning("skipping a batch: %d of %d images without boxes on this process", empty, len(batch))
             self.progress.skipped += 1

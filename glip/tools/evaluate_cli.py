@@ -9,7 +9,7 @@ from glip.tools.common import add_device_arg, add_model_args, add_output_arg, ad
 
 __all__ = ["add_evaluate_parser", "resolve_detection_files"]
 
-TASKS = ("coco", "lvis", "odinw", "flickr", "refcoco")
+TASKS = ("coco", "lvis", "odinw", "flickr", "refcoco", "caption")
 # Standard file names tried when --data is a folder.
 _COCO_ANNOTATIONS = ("annotations/instances_val2017.json", "val.json")
 _LVIS_ANNOTATIONS = (
@@ -25,6 +25,7 @@ EPILOG = """examples:
   glip evaluate --task flickr --data mdetr_annotations/final_flickr_separateGT_test.json --images flickr30k/images
   glip evaluate --task coco --data my_roboflow_export --split test --model demo-shapes   (Roboflow/ODinW folder)
   glip evaluate --task coco --ann instances_val2017.json --results results.json   (no model)
+  glip evaluate --task caption --ann captions_val.json --images DIR --weights runs/caption/model   (CIDEr, BLEU-4...)
   accelerate launch --num_processes 8 -m glip.cli evaluate --task coco ...   (predictions gathered)"""
 
 
@@ -126,6 +127,10 @@ def resolve_detection_files(
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
+    if args.task == "caption":  # captioning (GLIPv2): glip/tools/caption_cli.py
+        from glip.tools.caption_cli import evaluate_captioning
+
+        return evaluate_captioning(args)
     if "segm" in args.iou_type and args.task != "coco":
         raise ValueError(f"--iou-type segm (mask AP) is implemented for --task coco only, not {args.task}")
     if args.results:
