@@ -73,7 +73,16 @@ def test_layers_import_one_way():
 
 # Inside glip.modeling: building blocks (backbone, fusion, dyhead, losses' math...) < the
 # trunk < heads and losses packages < the model and the criterion < transfer < the builder.
-MODELING_RANK = {"trunk": 1, "heads": 2, "losses": 2, "glip": 3, "criterion": 3, "transfer": 4, "caption_decoding": 4, "build": 5}
+MODELING_RANK = {
+    "trunk": 1,
+    "heads": 2,
+    "losses": 2,
+    "glip": 3,
+    "criterion": 3,
+    "transfer": 4,
+    "caption_decoding": 4,
+    "build": 5,
+}
 
 
 def test_modeling_layers_import_one_way():
