@@ -55,11 +55,14 @@ setup(
             "onnx",
             "onnxruntime",
             "timm",
+            "pycocoevalcap",  # caption metrics (captioning)
         ],
         # `glip export` (ONNX) and its check with a real runtime.
         "export": ["onnx", "onnxruntime"],
         # model.backbone.type: timm (any timm model with features_only as the visual body).
         "timm": ["timm>=0.9"],
+        # Caption metrics (`glip evaluate --task caption`): BLEU, METEOR, ROUGE-L, CIDEr; Java for METEOR.
+        "caption": ["pycocoevalcap"],
     },
     entry_points={"console_scripts": ["glip=glip.cli:main"]},
     classifiers=[

@@ -5,6 +5,7 @@ model is built or an op first runs.
 """
 
 from glip.api import Predictor, predict
+from glip.captioning import Caption, caption  # captioning (GLIPv2)
 from glip.config import GLIPConfig, load_config
 from glip.hub.checkpoint import CheckpointError, load_model, save_model
 from glip.modeling.glip import GLIP
@@ -17,6 +18,7 @@ from glip.vqa_api import Answer, answer
 __all__ = [
     "GLIP",
     "Answer",
+    "Caption",
     "CheckpointError",
     "Detections",
     "GLIPConfig",
@@ -26,6 +28,7 @@ __all__ = [
     "Predictor",
     "__version__",
     "answer",
+    "caption",
     "load_config",
     "load_model",
     "parse_prompt",

@@ -168,6 +168,9 @@ def build_parser() -> argparse.ArgumentParser:
     from glip.tools.vqa_cli import add_vqa_parser
 
     add_vqa_parser(sub)
+    from glip.tools.caption_cli import add_caption_parser  # captioning (GLIPv2)
+
+    add_caption_parser(sub)
     return parser
 
 

@@ -33,6 +33,7 @@ RANK = {
     "export": 4,
     "api": 5,
     "vqa_api": 5,  # glip.answer (beside api.py)
+    "captioning": 5,  # glip.caption (grounded captioning), beside the api
     "tools": 5,
     "cli": 6,
     "train": 6,
@@ -73,7 +74,16 @@ def test_layers_import_one_way():
 
 # Inside glip.modeling: building blocks (backbone, fusion, dyhead, losses' math...) < the
 # trunk < heads and losses packages < the model and the criterion < transfer < the builder.
-MODELING_RANK = {"trunk": 1, "heads": 2, "losses": 2, "glip": 3, "criterion": 3, "transfer": 4, "build": 5}
+MODELING_RANK = {
+    "trunk": 1,
+    "heads": 2,
+    "losses": 2,
+    "glip": 3,
+    "criterion": 3,
+    "transfer": 4,
+    "caption_decoding": 4,
+    "build": 5,
+}
 
 
 def test_modeling_layers_import_one_way():

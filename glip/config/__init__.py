@@ -5,6 +5,7 @@ from glip.config.official import OfficialConfigError, from_official
 from glip.config.schema import (
     AnchorConfig,
     BackboneConfig,
+    CaptionHeadConfig,
     ClipGradientsConfig,
     DataConfig,
     GLIPConfig,
@@ -27,6 +28,7 @@ from glip.config.schema import (
 __all__ = [
     "AnchorConfig",
     "BackboneConfig",
+    "CaptionHeadConfig",
     "ClipGradientsConfig",
     "ConfigError",
     "DataConfig",

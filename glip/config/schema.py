@@ -202,6 +202,24 @@ class VQAHeadConfig:
 
 
 @dataclass
+class CaptionHeadConfig:
+    """GLIPv2 captioning: a language-modelling head on the causal (uni-directional) fused text,
+    trained by predicting masked caption tokens (no official code; see
+    :mod:`glip.modeling.heads.caption`)."""
+
+    enabled: bool = False
+    weight: float = 1.0
+    # Tokens masked per caption: round(mask_prob x caption tokens), at least 1, at most
+    # max_masked (the OSCAR/VinVL captioning recipe: 0.15 and 3).
+    mask_prob: float = 0.15
+    max_masked: int = 3
+    label_smoothing: float = 0.1  # GLIPv2 / OSCAR captioning fine-tuning
+    max_length: int = 20  # decoding: most generated tokens, the end token included
+    beam_size: int = 1  # decoding: 1 = greedy
+    box_threshold: float = 0.3  # grounded captioning: a noun phrase's box needs this score
+
+
+@dataclass
 class HeadsConfig:
     """One section per head on the trunk; a head with ``enabled: false`` is not built.
     A new head adds its section here and a builder in :mod:`glip.modeling.build`."""
@@ -213,6 +231,7 @@ class HeadsConfig:
     mlm: MLMHeadConfig = field(default_factory=MLMHeadConfig)
     inter_image: InterImageHeadConfig = field(default_factory=InterImageHeadConfig)
     vqa: VQAHeadConfig = field(default_factory=VQAHeadConfig)
+    caption: CaptionHeadConfig = field(default_factory=CaptionHeadConfig)
 
 
 @dataclass
@@ -317,6 +336,7 @@ class DataConfig:
 
     # "coco" (detection -> caption) | "mdetr" (captions with tokens_positive)
     # | "vqa" (VQAv2 or combined json, glip.data.vqa) | "gqa" (GQA questions json)
+    # | "captions" (COCO-captions json: causal captioning, needs model.heads.caption)
     format: str = "coco"
     train_json: str = ""
     train_images: str = ""

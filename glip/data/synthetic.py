@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
+from glip.data.captions import write_synthetic_captions
 from glip.data.masks import segmentation_from_mask
 from glip.data.phrasecut import phrasecut_from_coco
 from glip.data.vqa_synthetic import write_synthetic_vqa
@@ -257,8 +258,9 @@ def generate_synthetic(
     max_objects: int = 5,
 ) -> SyntheticDataset:
     """Writes ``out_dir/train.json``, ``out_dir/val.json``, ``out_dir/images/*.png``,
-    ``out_dir/phrasecut_val.json`` (the validation split as PhraseCut tasks) and VQA
-    questions about the images: ``out_dir/vqa_train.json``, ``out_dir/vqa_val.json``.
+    ``out_dir/phrasecut_val.json`` (the validation split as PhraseCut tasks), VQA
+    questions about the images (``out_dir/vqa_train.json``, ``out_dir/vqa_val.json``) and
+    ``out_dir/captions_{train,val}.json`` (:func:`glip.data.captions.write_synthetic_captions`).
 
     Args:
         image_size: side length, or ``(min, max)``: each image's height and width are
@@ -310,4 +312,6 @@ def generate_synthetic(
     val = {"images": val_images, "annotations": val_anns, "categories": all_categories}
     text = json.dumps(phrasecut_from_coco(val), sort_keys=True, indent=1)
     (root / PHRASECUT_NAME).write_text(text + "\n", encoding="utf-8")
+    # Captioning (GLIPv2): captions_train.json / captions_val.json beside the detection jsons.
+    write_synthetic_captions(root, {"train": train_json, "val": val_json}, seed)
     return SyntheticDataset(root, train_json, val_json, image_dir, tuple(names), tuple(held))

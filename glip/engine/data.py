@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from glip.config import GLIPConfig
 from glip.data import CaptionRecipe, CocoGroundingDataset, GroundingCollator, MdetrGroundingDataset
+from glip.data.captions import CaptionDataset
 from glip.data.datasets import sample_seed
 from glip.data.od_to_grounding import SampleRNG, parse_caption_prompt
 from glip.data.transforms import build_train_transform
@@ -134,8 +135,11 @@ def build_dataset(cfg: GLIPConfig, tokenizer: Any, train: bool = True) -> Datase
         return MdetrGroundingDataset(
             ann, images, tokenizer, transform, max_query_len=max_len, seed=cfg.solver.seed, masks=masks
         )
+    if d.format == "captions":  # captioning (GLIPv2): COCO-captions json, never flipped
+        transform = build_train_transform(cfg.input, flip_prob=0.0, train=train)
+        return CaptionDataset(ann, images, tokenizer, transform, max_query_len=max_len, seed=cfg.solver.seed)
     if d.format != "coco":
-        raise ValueError(f"unknown data.format {d.format!r} (expected 'coco', 'mdetr', 'vqa' or 'gqa')")
+        raise ValueError(f"unknown data.format {d.format!r} (expected 'coco', 'mdetr', 'vqa', 'gqa' or 'captions')")
     recipe = CaptionRecipe(
         sample_negatives=d.sample_negatives and train,
         shuffle=d.shuffle_categories and train,

@@ -29,6 +29,7 @@ from torch.utils.data import Dataset
 
 from glip.config import GLIPConfig
 from glip.data import GroundingBatch
+from glip.engine.captioning import caption_losses, is_captioning_batch
 from glip.engine.checkpoint import (
     Progress,
     capture_rng_state,
@@ -74,6 +75,8 @@ class LossModel(nn.Module):
         self.seed = seed
 
     def forward(self, batch: GroundingBatch, step: int = 0) -> dict[str, Tensor]:
+        if is_captioning_batch(batch):  # captioning (GLIPv2): causal forward, caption loss only
+            return caption_losses(self.model, self.loss.weights, batch, self.seed, step)
         ids, pretraining = batch.input_ids, None
         if self.training:
             ids, pretraining = pretraining_inputs(self.model.heads, batch, self.seed, step)
@@ -271,6 +274,8 @@ class Trainer:
         # An image with a VQA question is never "empty": its answer trains without boxes.
         empty = sum(int(t.boxes.shape[0] == 0 and t.answer_scores is None) for t in batch.targets)
         skip_here = empty == len(batch) or empty > len(batch) * s.max_neg_per_batch
+        if is_captioning_batch(batch):  # captioning (GLIPv2): captions have no boxes
+            skip_here = False
         if _any_process(skip_here, acc):
             logger.warning("skipping a batch: %d of %d images without boxes on this process", empty, len(batch))
             self.progress.skipped += 1

@@ -14,6 +14,7 @@ from glip.modeling.box_coder import BoxCoder
 from glip.modeling.criterion import Criterion
 from glip.modeling.glip import GLIP, Preprocessing
 from glip.modeling.heads import (
+    CaptionHead,
     GroundingHead,
     GroundingLoss,
     Head,
@@ -289,6 +290,28 @@ def _build_vqa(cfg: GLIPConfig, bert_config: Any) -> VQAHead | None:
     )
 
 
+# --- captioning (GLIPv2) ---
+@register_head("caption")
+def _build_caption(cfg: GLIPConfig, bert_config: Any) -> CaptionHead | None:
+    h = cfg.model.heads.caption
+    if not h.enabled:
+        return None
+    return CaptionHead(
+        hidden_dim=cfg.model.text.dim,
+        vocab_size=int(bert_config.vocab_size),
+        layer_norm_eps=float(bert_config.layer_norm_eps),
+        mask_prob=h.mask_prob,
+        max_masked=h.max_masked,
+        label_smoothing=h.label_smoothing,
+        max_length=h.max_length,
+        beam_size=h.beam_size,
+        box_threshold=h.box_threshold,
+    )
+
+
+# --- end captioning ---
+
+
 def _inter_image_dim(cfg: GLIPConfig, variant: str) -> int:
     """The width of L_inter's region features: the pre-fusion FPN width (x 1 anchor per
     location) or, in the backbone variant, the body's stride-16 map (official
@@ -385,5 +408,8 @@ def build_model(
     mlm = model.heads["mlm"] if "mlm" in model.heads else None
     if isinstance(mlm, MaskedLMHead) and tokenizer is not None and tokenizer.mask_token_id is not None:
         mlm.mask_token_id = int(tokenizer.mask_token_id)
+    caption = model.heads["caption"] if "caption" in model.heads else None  # captioning (GLIPv2)
+    if isinstance(caption, CaptionHead) and tokenizer is not None and tokenizer.mask_token_id is not None:
+        caption.mask_token_id = int(tokenizer.mask_token_id)
     model.config = cfg
     return model

@@ -217,13 +217,15 @@ class HeadBlock(nn.Module):
         self.dyconv = dyconv
         self.use_checkpoint = use_checkpoint
 
-    def forward(self, visual: list[Tensor], hidden: Tensor, mask: Tensor) -> FusedFeatures:
+    def forward(self, visual: list[Tensor], hidden: Tensor, mask: Tensor, causal: bool = False) -> FusedFeatures:
+        """``causal``: the captioning mode of the fusion and the text layer (see
+        :class:`glip.modeling.fusion.BiAttentionBlock`)."""
         if self.fusion is not None:
             if self.use_checkpoint and self.training and torch.is_grad_enabled():
-                fused = checkpoint(self.fusion, visual, hidden, mask, use_reentrant=False)
+                fused = checkpoint(self.fusion, visual, hidden, mask, causal, use_reentrant=False)
             else:
-                fused = self.fusion(visual, hidden, mask)
+                fused = self.fusion(visual, hidden, mask, causal)
             visual, hidden = fused.visual, fused.text
         if self.text_layer is not None:
-            hidden = self.text_layer(hidden, mask)
+            hidden = self.text_layer(hidden, mask, causal) if causal else self.text_layer(hidden, mask)
         return FusedFeatures(visual=self.dyconv(visual), text=hidden)

@@ -113,33 +113,38 @@ class BiMultiHeadAttention(nn.Module):
             return x
         return x.clamp(min=self.clamp_min, max=self.clamp_max)
 
-    def forward(self, v: Tensor, t: Tensor, text_mask: Tensor | None) -> tuple[Tensor, Tensor]:
+    def forward(
+        self, v: Tensor, t: Tensor, text_mask: Tensor | None, update_visual: bool = True
+    ) -> tuple[Tensor | None, Tensor]:
         """
         Args:
             v: ``Tensor[B, N, C]`` visual tokens.
             t: ``Tensor[B, T, D]`` text tokens.
             text_mask: ``Tensor[B, T]`` (int64, 1 = real token, 0 = padding) or None.
+            update_visual: False skips the image -> text direction (``delta_v`` is None):
+                the causal (captioning) mode, where the pixels must not read the text.
 
         Returns:
-            ``(delta_v Tensor[B, N, C], delta_l Tensor[B, T, D])``, the two attention outputs.
+            ``(delta_v Tensor[B, N, C] | None, delta_l Tensor[B, T, D])``, the two attention outputs.
 
         In training the projections run as written (:meth:`_forward_projected`); at inference
         the same products are re-associated around the small text side
         (:meth:`_forward_reassociated`), which never forms the ``[N, E]`` visual projections.
         """
         if self.training:
-            return self._forward_projected(v, t, text_mask)
+            return self._forward_projected(v, t, text_mask, update_visual)
         if v.shape[0] > 1:
             # Images never attend to each other: at inference run them one at a time, which
             # bounds the attention buffers to one image instead of B.
             parts = [
                 self._forward_reassociated(
-                    v[i : i + 1], t[i : i + 1], None if text_mask is None else text_mask[i : i + 1]
+                    v[i : i + 1], t[i : i + 1], None if text_mask is None else text_mask[i : i + 1], update_visual
                 )
                 for i in range(v.shape[0])
             ]
-            return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
-        return self._forward_reassociated(v, t, text_mask)
+            delta_v = torch.cat([p[0] for p in parts]) if update_visual else None  # type: ignore[misc]
+            return delta_v, torch.cat([p[1] for p in parts])
+        return self._forward_reassociated(v, t, text_mask, update_visual)
 
     def _image_to_text_logits_bias(self, text_mask: Tensor | None, dtype: torch.dtype) -> Tensor | None:
         """The official additive mask: the int mask itself with its zeros replaced by -9e15, so
@@ -148,7 +153,9 @@ class BiMultiHeadAttention(nn.Module):
             return None
         return text_mask.to(dtype).masked_fill(text_mask == 0, _TEXT_MASK_FILL)  # [B, T]
 
-    def _forward_projected(self, v: Tensor, t: Tensor, text_mask: Tensor | None) -> tuple[Tensor, Tensor]:
+    def _forward_projected(
+        self, v: Tensor, t: Tensor, text_mask: Tensor | None, update_visual: bool = True
+    ) -> tuple[Tensor | None, Tensor]:
         """The official order of operations: project to E, attend per head, project back."""
         query = self._heads(self.v_proj(v) * self.scale)  # [B, h, N, E/h]
         key = self._heads(self.l_proj(t))  # [B, h, T, E/h]
@@ -162,6 +169,9 @@ class BiMultiHeadAttention(nn.Module):
         logits_l = logits.transpose(-1, -2)  # [B, h, T, N]
         logits_l = self._clamp(logits_l - logits_l.amax(dim=-1, keepdim=True))
         probs_l = logits_l.softmax(dim=-1)
+        if not update_visual:
+            probs_l = F.dropout(probs_l, p=self.dropout, training=self.training)
+            return None, self.out_l_proj(self._merge(probs_l @ value_v))  # [B, T, D]
 
         # image -> text: softmax over the T tokens, padding masked.
         additive = self._image_to_text_logits_bias(text_mask, logits.dtype)
@@ -175,7 +185,9 @@ class BiMultiHeadAttention(nn.Module):
         delta_l = self.out_l_proj(self._merge(probs_l @ value_v))  # [B, T, D]
         return delta_v, delta_l
 
-    def _forward_reassociated(self, v: Tensor, t: Tensor, text_mask: Tensor | None) -> tuple[Tensor, Tensor]:
+    def _forward_reassociated(
+        self, v: Tensor, t: Tensor, text_mask: Tensor | None, update_visual: bool = True
+    ) -> tuple[Tensor | None, Tensor]:
         """The same attention for one image without dropout, with every product around the
         visual side re-associated through the text side (h heads of width d = E / h):
 
@@ -218,6 +230,8 @@ class BiMultiHeadAttention(nn.Module):
         context_l = torch.baddbmm(mass * b_v, pooled, w_v.transpose(1, 2))  # [h, T, d]
         context_l = context_l.transpose(0, 1).reshape(num_t, h * d)  # [T, E]
         delta_l = self.out_l_proj(context_l)  # [T, D]
+        if not update_visual:
+            return None, delta_l[None]
 
         # image -> text: softmax over the T tokens of each head, padding masked.
         logits_v = logits.view(n, h, num_t)  # [N, h, T]
@@ -291,19 +305,34 @@ class BiAttentionBlock(nn.Module):
         self.gamma_v = nn.Parameter(torch.full((v_dim,), init_values))
         self.gamma_l = nn.Parameter(torch.full((l_dim,), init_values))
 
-    def forward(self, visual: list[Tensor], text: Tensor, text_mask: Tensor | None) -> FusedFeatures:
+    def forward(
+        self, visual: list[Tensor], text: Tensor, text_mask: Tensor | None, causal: bool = False
+    ) -> FusedFeatures:
         """
         Args:
             visual: L tensors ``Tensor[B, C, H_l, W_l]``.
             text: ``Tensor[B, T, D]`` text hidden states.
             text_mask: ``Tensor[B, T]`` int64 attention mask (1 = real token) or None.
+            causal: the captioning mode: the image -> text update is left out, so
+                ``v = LN_v(v)`` and the text reads a visual stream that no token wrote to.
+
+        Why the image update is dropped in causal mode (and not masked): every pixel is
+        shared by all T tokens, so a pixel that read token ``j`` would carry ``j`` to every
+        token ``i < j`` that reads the pixel in the next block (and the DyConv spreads it to
+        every other pixel). Masking per reader would need one copy of the maps per token
+        (T x the visual memory). Without the update the text -> image attention is a
+        decoder's cross-attention to an image encoding: token ``i`` sees the image and,
+        through the text layers' causal masks, tokens ``<= i`` only. This is the GLIPv2
+        captioning setting (uni-directional language modelling conditioned on the image).
+        The layer-normalised image still feeds the next block, as in the bi-directional mode.
         """
         sizes = [f.shape[-2:] for f in visual]
         v = torch.cat([f.flatten(2).transpose(1, 2) for f in visual], dim=1)  # [B, N, C]
         v = self.norm_v(v)
         t = self.norm_l(text)
-        delta_v, delta_l = self.attn(v, t, text_mask)
-        v = v + self.drop_path(self.gamma_v * delta_v)  # [B, N, C]
+        delta_v, delta_l = self.attn(v, t, text_mask, update_visual=not causal)
+        if delta_v is not None:
+            v = v + self.drop_path(self.gamma_v * delta_v)  # [B, N, C]
         t = t + self.drop_path(self.gamma_l * delta_l)  # [B, T, D]
 
         v = v.transpose(1, 2)  # [B, C, N]

@@ -237,15 +237,21 @@ class GLIP(nn.Module):
         use_prompt_offset: bool = True,
         heads: Sequence[str] | None = None,
         backbone: list[Tensor] | None = None,
+        causal: bool = False,
     ) -> GLIPOutput:
         """The text encoder, trunk and heads on precomputed FPN maps (L tensors
         ``[B, C, H_l, W_l]``): several prompts can reuse one backbone pass.
         ``use_prompt_offset`` False skips the prompt offset (the base model's text
         features). ``heads``: the names of the heads to run (default all, in order,
         except the ``training_only`` ones when the model is in eval mode). ``backbone``: the
-        visual body's maps, passed on in ``TrunkOutput.backbone`` for the heads that read them."""
+        visual body's maps, passed on in ``TrunkOutput.backbone`` for the heads that read them.
+        ``causal``: uni-directional text encoder and trunk (captioning, :mod:`glip.modeling.causal`):
+        the fused text at token ``i`` depends on the image and tokens ``<= i`` only."""
         batch = features[0].shape[0]
-        text = self.text_encoder(input_ids, attention_mask)
+        if causal:
+            text = self.text_encoder(input_ids, attention_mask, causal=True)
+        else:
+            text = self.text_encoder(input_ids, attention_mask)
         if self.prompt_offset is not None and use_prompt_offset:
             text = self.prompt_offset(text)
         if input_ids.shape[0] == 1 and batch > 1:
@@ -255,6 +261,7 @@ class GLIP(nn.Module):
                 embedded=text.embedded.expand(batch, -1, -1),
                 mask=text.mask.expand(batch, -1),
                 aggregate=text.aggregate.expand(batch, -1),
+                causal=text.causal,
             )
         trunk = self.trunk(features, text)
         if backbone is not None:

@@ -52,6 +52,7 @@ class PromptOffset(nn.Module):
             embedded=text.embedded + offset,
             mask=text.mask,
             aggregate=text.aggregate,
+            causal=text.causal,
         )
 
     def matches(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> bool:

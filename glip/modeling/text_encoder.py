@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import functools
 import json
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from glip.modeling.causal import additive_attention_mask, causal_keep_mask
 from glip.structures import TextFeatures
 from glip.utils.imports import import_transformers
 
@@ -73,9 +76,14 @@ class BertTextEncoder(nn.Module):
     def dim(self) -> int:
         return int(self.bert.config.hidden_size)
 
-    def forward(self, input_ids: Tensor, attention_mask: Tensor) -> TextFeatures:
-        """``input_ids``, ``attention_mask``: ``Tensor[B, T]`` int64 -> :class:`TextFeatures`."""
-        out = self.bert(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)
+    def forward(self, input_ids: Tensor, attention_mask: Tensor, causal: bool = False) -> TextFeatures:
+        """``input_ids``, ``attention_mask``: ``Tensor[B, T]`` int64 -> :class:`TextFeatures`.
+
+        ``causal``: every BERT layer attends uni-directionally (token ``i`` reads the real
+        tokens ``<= i``, :func:`glip.modeling.causal.causal_keep_mask`); ``mask`` stays the
+        ``[B, T]`` padding mask."""
+        bert_mask = _bert_causal_mask(attention_mask, self.bert.dtype) if causal else attention_mask
+        out = self.bert(input_ids=input_ids, attention_mask=bert_mask, output_hidden_states=True)
         layers = out.hidden_states[1:]  # drop the embedding output
         # [B, T, D]: mean of the last num_layers, then divided by num_layers once more, as the
         # official backbone does (a no-op for the released N_LAYERS=1).
@@ -83,4 +91,23 @@ class BertTextEncoder(nn.Module):
         mask = attention_mask.to(features.dtype)
         embedded = features * mask.unsqueeze(-1)
         aggregate = embedded.sum(1) / mask.sum(-1, keepdim=True)
-        return TextFeatures(hidden=layers[-1], embedded=embedded, mask=attention_mask, aggregate=aggregate)
+        return TextFeatures(
+            hidden=layers[-1], embedded=embedded, mask=attention_mask, aggregate=aggregate, causal=causal
+        )
+
+
+def _bert_causal_mask(attention_mask: Tensor, dtype: torch.dtype) -> Tensor:
+    """The causal mask in the form the installed ``transformers`` takes: a prepared 4-D
+    additive ``[B, 1, T, T]`` mask (transformers >= 5 passes 4-D masks through as they are),
+    or a 3-D ``[B, T, T]`` 0/1 mask that 4.x extends itself (``get_extended_attention_mask``)."""
+    if _transformers_major() >= 5:
+        return additive_attention_mask(attention_mask, dtype, causal=True)  # [B, 1, T, T]
+    return causal_keep_mask(attention_mask).to(attention_mask.dtype)  # [B, T, T]
+
+
+@functools.cache
+def _transformers_major() -> int:
+    try:
+        return int(metadata.version("transformers").split(".")[0])
+    except (metadata.PackageNotFoundError, ValueError):
+        return 5

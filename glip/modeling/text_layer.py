@@ -25,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from glip.modeling.causal import additive_attention_mask
+
 __all__ = ["TextLayer"]
 
 # fp16-safe clamp bound used throughout the official modeling_bert.py (`clamp_values`).
@@ -210,7 +212,12 @@ class TextLayer(nn.Module):
             clamp_max_for_overflow=clamp_max_for_overflow,
         )
 
-    def forward(self, hidden: Tensor, mask: Tensor) -> Tensor:
+    def forward(self, hidden: Tensor, mask: Tensor, causal: bool = False) -> Tensor:
+        """``causal``: token ``i`` attends to the real tokens ``<= i`` only (captioning)."""
+        if causal:
+            additive_mask = additive_attention_mask(mask, hidden.dtype, causal=True)  # [B, 1, T, T]
+            attended = self.attention(hidden, additive_mask)
+            return self.output(self.intermediate(attended), attended)
         # Hugging Face's extended attention mask: 0 for real tokens, the dtype's most
         # negative value for padding (transformers >= 4.31; older versions used -10000,
         # which gives the same probabilities in float32).

@@ -97,7 +97,9 @@ class FusionTrunk(nn.Module):
         use_checkpoint: activation checkpointing of the fusion blocks while training.
 
     ``forward(features, text)``: L tensors ``Tensor[B, C_in, H_l, W_l]`` and
-    :class:`TextFeatures` -> :class:`TrunkOutput`. Its only parameters are ``blocks``
+    :class:`TextFeatures` -> :class:`TrunkOutput`. When ``text.causal`` (captioning) every
+    block runs in causal mode: the fused text at token ``i`` depends on the image and on
+    tokens ``<= i`` only. Its only parameters are ``blocks``
     (``blocks.<i>.fusion``, ``.text_layer``, ``.dyconv``; official ``dyhead_tower``).
     """
 
@@ -181,7 +183,7 @@ class FusionTrunk(nn.Module):
     def forward(self, features: list[Tensor], text: TextFeatures) -> TrunkOutput:
         visual, hidden = list(features), text.hidden
         for block in self.blocks:
-            out = block(visual, hidden, text.mask)
+            out = block(visual, hidden, text.mask, text.causal) if text.causal else block(visual, hidden, text.mask)
             visual, hidden = out.visual, out.text
         return TrunkOutput(
             visual=visual,

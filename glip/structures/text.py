@@ -17,12 +17,16 @@ class TextFeatures:
         mask: ``Tensor[B, T]`` int64, 1 for real tokens and 0 for padding (the BERT
             attention mask).
         aggregate: ``Tensor[B, D]``, the masked mean of ``embedded`` over tokens.
+        causal: the features were encoded uni-directionally (captioning): token ``i`` saw
+            tokens ``<= i`` only, and the trunk keeps it so (:mod:`glip.modeling.causal`).
+            ``aggregate`` still averages every token; no causal head reads it.
     """
 
     hidden: Tensor
     embedded: Tensor
     mask: Tensor
     aggregate: Tensor
+    causal: bool = False
 
     def with_hidden(self, hidden: Tensor) -> TextFeatures:
         """A copy with ``hidden`` replaced (the other fields are shared)."""

@@ -9,7 +9,7 @@ from glip.tools.common import add_device_arg, add_model_args, add_output_arg, ad
 
 __all__ = ["add_evaluate_parser", "resolve_detection_files"]
 
-TASKS = ("coco", "lvis", "odinw", "flickr", "refcoco", "phrasecut", "vqa")
+TASKS = ("coco", "lvis", "odinw", "flickr", "refcoco", "phrasecut", "vqa", "caption")
 # Standard file names tried when --data is a folder.
 _COCO_ANNOTATIONS = ("annotations/instances_val2017.json", "val.json")
 _LVIS_ANNOTATIONS = (
@@ -29,6 +29,7 @@ EPILOG = """examples:
   glip evaluate --task lvis --data DATASET/coco --model MASK_MODEL --iou-type bbox segm
   glip evaluate --task phrasecut --data VGPhraseCut_v0 --split test --model MASK_MODEL   (refer_test.json, images/)
   glip evaluate --task phrasecut --ann shapes/phrasecut_val.json --results results.json   (no model)
+  glip evaluate --task caption --ann captions_val.json --images DIR --weights runs/caption/model   (CIDEr, BLEU-4...)
   accelerate launch --num_processes 8 -m glip.cli evaluate --task coco ...   (predictions gathered)"""
 
 
@@ -139,6 +140,10 @@ def resolve_detection_files(
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     if args.task == "phrasecut":
         return _cmd_phrasecut(args)
+    if args.task == "caption":  # captioning (GLIPv2): glip/tools/caption_cli.py
+        from glip.tools.caption_cli import evaluate_captioning
+
+        return evaluate_captioning(args)
     if "segm" in args.iou_type and args.task not in ("coco", "lvis"):
         raise ValueError(f"--iou-type segm (mask AP) is implemented for --task coco and lvis, not {args.task}")
     if args.results:

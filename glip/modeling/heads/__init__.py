@@ -15,6 +15,7 @@ The model then holds it in ``model.heads[name]``; its weights load (checkpoint k
 """
 
 from glip.modeling.heads.base import Head, LossInputs
+from glip.modeling.heads.caption import CaptionHead, CaptionOutput
 from glip.modeling.heads.grounding import GroundingHead
 from glip.modeling.heads.grounding_loss import GroundingLoss
 from glip.modeling.heads.inter_image import InterImageHead, InterImageInputs
@@ -24,6 +25,8 @@ from glip.modeling.heads.vqa import VQAHead, VQAOutput
 
 __all__ = [
     "AlignOutput",
+    "CaptionHead",
+    "CaptionOutput",
     "GroundingHead",
     "GroundingLoss",
     "Head",

@@ -1,0 +1,224 @@
+"""Caption data: COCO-captions jsons, the captioning dataset, and synthetic captions.
+
+COCO-captions layout (``captions_train2017.json``): ``images`` (``id``, ``file_name``,
+``width``, ``height``) and ``annotations`` (``id``, ``image_id``, ``caption``), several
+captions per image. :class:`CaptionDataset` serves them as training samples of the data
+kind ``"captioning"`` (causal captioning, :func:`glip.engine.captioning.caption_losses`),
+with no boxes. :func:`write_synthetic_captions` writes such jsons for the shapes of
+:func:`glip.data.synthetic.generate_synthetic`: one sentence per image naming its largest
+shapes with their colours and a spatial relation.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from glip.data.annotations import read_image
+from glip.data.datasets import GroundingSample, sample_seed
+from glip.data.od_to_grounding import SampleRNG
+from glip.data.transforms import TrainTransform
+from glip.structures.targets import GroundingTargets
+
+__all__ = [
+    "CAPTIONING",
+    "CaptionDataset",
+    "CocoCaptions",
+    "describe_objects",
+    "load_coco_captions",
+    "write_synthetic_captions",
+]
+
+# The data kind of causal-captioning samples (GroundingSample.kind / GroundingBatch.kinds).
+CAPTIONING = "captioning"
+
+
+@dataclass(frozen=True)
+class CocoCaptions:
+    """A COCO-captions json.
+
+    Attributes:
+        images: image records by id (``file_name`` relative to the image folder).
+        captions: each image's captions, in json order, by image id (images without one
+            are left out).
+        image_ids: the ids with at least one caption, in ``images`` order.
+    """
+
+    images: Mapping[Any, Mapping[str, Any]]
+    captions: Mapping[Any, list[str]]
+    image_ids: list[Any]
+
+
+def load_coco_captions(path: str | Path) -> CocoCaptions:
+    """Reads a COCO-captions json; a missing file or a wrong layout is one clear ``ValueError``
+    (``FileNotFoundError`` for a missing file)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"caption file not found: {path}")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path} is not a json file ({e})") from None
+    if (
+        not isinstance(data, dict)
+        or not isinstance(data.get("images"), list)
+        or not isinstance(data.get("annotations"), list)
+    ):
+        raise ValueError(f"{path} is not a COCO-captions json (expected 'images' and 'annotations' lists)")
+    images: dict[Any, Mapping[str, Any]] = {}
+    for record in data["images"]:
+        if not isinstance(record, dict) or "id" not in record or "file_name" not in record:
+            raise ValueError(f"{path}: every image needs an 'id' and a 'file_name' (got {record!r:.80})")
+        images[record["id"]] = record
+    captions: dict[Any, list[str]] = {}
+    for ann in data["annotations"]:
+        if not isinstance(ann, dict) or "image_id" not in ann or not isinstance(ann.get("caption"), str):
+            raise ValueError(f"{path}: every annotation needs an 'image_id' and a 'caption' string (got {ann!r:.80})")
+        if ann["image_id"] not in images:
+            raise ValueError(f"{path}: caption of unknown image id {ann['image_id']!r}")
+        captions.setdefault(ann["image_id"], []).append(ann["caption"])
+    ids = [i for i in images if captions.get(i)]
+    return CocoCaptions(images=images, captions=captions, image_ids=ids)
+
+
+class CaptionDataset(Dataset):
+    """Images and captions for causal captioning (samples of kind ``"captioning"``, no boxes).
+
+    Sample ``i`` is image ``image_ids[i]`` with one of its captions: the
+    ``(epoch + i) % n``-th of its ``n`` (all captions are seen over ``n`` epochs).
+    Captions are lower-cased by the uncased tokenizer, truncated to ``max_query_len``
+    tokens. The transform must not flip (a flip would swap "left" and "right").
+
+    Args:
+        ann_file: COCO-captions json.
+        image_dir: folder the images' ``file_name`` are relative to.
+        tokenizer: a fast BERT tokenizer.
+        transform: resize/normalise, with ``flip_prob`` 0.
+        max_query_len: T.
+        seed: the run seed (per-sample resize draws).
+    """
+
+    def __init__(
+        self,
+        ann_file: str | Path,
+        image_dir: str | Path,
+        tokenizer: Any,
+        transform: TrainTransform,
+        max_query_len: int,
+        seed: int = 0,
+    ) -> None:
+        if getattr(transform, "flip_prob", 0.0) > 0:
+            raise ValueError("captioning data must not be flipped (left/right would swap): use flip_prob 0")
+        self.data = load_coco_captions(ann_file)
+        self.image_dir = Path(image_dir)
+        self.tokenizer = tokenizer
+        self.transform = transform
+        self.max_query_len = max_query_len
+        self.seed = seed
+        self.epoch = 0
+        self.ids = list(self.data.image_ids)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def image_ids(self) -> list[Any]:
+        return list(self.ids)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __getitem__(self, item: int) -> GroundingSample:
+        image_id = self.ids[item]
+        record = self.data.images[image_id]
+        texts = self.data.captions[image_id]
+        caption = texts[(self.epoch + item) % len(texts)]
+        image = read_image(self.image_dir / record["file_name"])
+        encoding = self.tokenizer(caption, max_length=self.max_query_len, truncation=True)
+        rng = SampleRNG.from_seed(sample_seed(self.seed, self.epoch, item))
+        tensor, _, flipped = self.transform(image, torch.zeros(0, 4), rng)
+        targets = GroundingTargets(
+            torch.zeros(0, 4), torch.zeros(0, self.max_query_len, dtype=torch.bool), torch.zeros(0, dtype=torch.int64)
+        )
+        return GroundingSample(
+            image=tensor,
+            targets=targets,
+            caption=caption,
+            input_ids=torch.tensor(encoding["input_ids"], dtype=torch.int64),
+            tokens_positive=[],
+            image_id=image_id,
+            original_size=(int(image.shape[0]), int(image.shape[1])),
+            flipped=flipped,
+            kind=CAPTIONING,  # type: ignore[arg-type]
+            index=item,
+        )
+
+
+def _relation(a: Sequence[float], b: Sequence[float]) -> str:
+    """Where box ``a`` (x, y, w, h) is relative to box ``b``: along the axis of the larger
+    offset between their centres (ties: horizontal)."""
+    dx = (a[0] + a[2] / 2) - (b[0] + b[2] / 2)
+    dy = (a[1] + a[3] / 2) - (b[1] + b[3] / 2)
+    if abs(dx) >= abs(dy):
+        return "to the left of" if dx < 0 else "to the right of"
+    return "above" if dy < 0 else "below"
+
+
+def describe_objects(objects: Sequence[tuple[str, Sequence[float]]], rng: np.random.Generator) -> str:
+    """One sentence about an image's shapes: ``"a red circle to the left of a blue square"``.
+
+    Args:
+        objects: ``(name, [x, y, w, h])`` per shape (name ``"<colour> <shape>"``).
+        rng: picks which of the two largest shapes is the subject.
+
+    The two largest shapes (by box area; ties in json order) are related by the larger
+    offset of their centres; a third largest is added as ``"and a ..."``; one shape is named
+    alone. No punctuation, lower case: the sentence decodes back exactly from BERT tokens.
+    """
+    if not objects:
+        return "an empty picture"
+    order = sorted(range(len(objects)), key=lambda i: -objects[i][1][2] * objects[i][1][3])
+    if len(order) == 1:
+        return f"a {objects[order[0]][0]}"
+    first, second = order[0], order[1]
+    if rng.integers(2):
+        first, second = second, first
+    sentence = f"a {objects[first][0]} {_relation(objects[first][1], objects[second][1])} a {objects[second][0]}"
+    if len(order) > 2:
+        sentence += f" and a {objects[order[2]][0]}"
+    return sentence
+
+
+def write_synthetic_captions(root: str | Path, detection_jsons: Mapping[str, Path], seed: int = 0) -> list[Path]:
+    """Writes ``root/captions_<split>.json`` (COCO-captions layout, one caption per image) for
+    each ``{split: detection json}`` of :func:`glip.data.synthetic.generate_synthetic`.
+
+    The captions come from the boxes and names of the detection json
+    (:func:`describe_objects`) and a generator seeded by ``(seed, split index)``: the same
+    seed gives byte-identical files.
+    """
+    paths = []
+    for k, (split, det_json) in enumerate(detection_jsons.items()):
+        data = json.loads(Path(det_json).read_text(encoding="utf-8"))
+        names = {c["id"]: c["name"] for c in data["categories"]}
+        by_image: dict[Any, list[tuple[str, list[float]]]] = {im["id"]: [] for im in data["images"]}
+        for ann in sorted(data["annotations"], key=lambda a: a["id"]):
+            by_image[ann["image_id"]].append((names[ann["category_id"]], ann["bbox"]))
+        rng = np.random.Generator(np.random.PCG64([seed, k]))
+        images = [{key: im[key] for key in ("id", "file_name", "width", "height")} for im in data["images"]]
+        annotations = [
+            {"id": i + 1, "image_id": im["id"], "caption": describe_objects(by_image[im["id"]], rng)}
+            for i, im in enumerate(data["images"])
+        ]
+        path = Path(root) / f"captions_{split}.json"
+        text = json.dumps({"images": images, "annotations": annotations}, sort_keys=True, indent=1)
+        path.write_text(text + "\n", encoding="utf-8")
+        paths.append(path)
+    return paths

@@ -1,0 +1,187 @@
+"""GLIPv2 captioning head: masked-token prediction on the causal fused text.
+
+GLIPv2 (arXiv 2206.05836) captions with the trunk it grounds with: the text encoder and
+every fusion layer run uni-directionally (:mod:`glip.modeling.causal`), random caption
+tokens are replaced by ``[MASK]`` and predicted by an MLM head (:class:`MLMHead`) on the
+fused text, with label smoothing; decoding appends a ``[MASK]`` and predicts it, step by
+step (:mod:`glip.modeling.caption_decoding`). The official repository has no captioning
+code; the recipe of which tokens are masked is OSCAR's / VinVL's (their captioning
+fine-tuning, the one GLIPv2 reports against): ``round(0.15 x caption tokens)`` of them,
+at least one and at most three, any caption token but ``[CLS]``, the end token ``[SEP]``
+included (so the model learns to stop), always replaced by ``[MASK]``.
+
+Dimension letters: B captions, T tokens, D text width, V vocabulary, S scored tokens.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from glip.modeling.heads.base import Head, LossInputs
+from glip.modeling.heads.mlm import BERT_MASK_TOKEN_ID, MLMHead
+from glip.modeling.trunk import TrunkOutput
+from glip.text.masking import IGNORE_INDEX
+
+__all__ = ["CAPTION", "CaptionHead", "CaptionOutput", "MaskedCaptions", "mask_caption_tokens"]
+
+# The name of the captioning head in ``GLIP.heads``.
+CAPTION = "caption"
+
+
+@dataclass
+class MaskedCaptions:
+    """Captions with some tokens masked for the captioning loss.
+
+    Attributes:
+        input_ids: ``Tensor[B, T]`` int64, the ids the model runs on (``[MASK]`` at the slots).
+        labels: ``Tensor[B, T]`` int64, the original id at the masked slots, -100 elsewhere.
+    """
+
+    input_ids: Tensor
+    labels: Tensor
+
+
+def mask_caption_tokens(
+    input_ids: Tensor,
+    attention_mask: Tensor,
+    generators: Sequence[torch.Generator],
+    mask_token_id: int,
+    mask_prob: float = 0.15,
+    max_masked: int = 3,
+) -> MaskedCaptions:
+    """Masks ``min(max(round(mask_prob x n), 1), max_masked)`` of each caption's ``n``
+    maskable tokens (real tokens after ``[CLS]``: the words and the end token), chosen
+    uniformly without replacement from the caption's own generator.
+
+    Args:
+        input_ids, attention_mask: ``Tensor[B, T]``, each caption ``[CLS] words [SEP]`` then padding.
+        generators: B CPU generators (one per caption: the draws depend only on its seed).
+        mask_token_id: the ``[MASK]`` id.
+        mask_prob, max_masked: see above.
+    """
+    if len(generators) != input_ids.shape[0]:
+        raise ValueError(f"need one generator per caption: got {len(generators)} for {input_ids.shape[0]}")
+    ids = input_ids.clone()
+    labels = torch.full_like(input_ids, IGNORE_INDEX)
+    for b, g in enumerate(generators):
+        n = int((attention_mask[b] != 0).sum()) - 1  # maskable: positions 1..n
+        if n < 1:
+            continue
+        count = min(max(round(mask_prob * n), 1), max_masked, n)
+        slots = torch.randperm(n, generator=g)[:count] + 1  # [count]
+        slots = slots.to(input_ids.device)
+        labels[b, slots] = input_ids[b, slots]
+        ids[b, slots] = mask_token_id
+    return MaskedCaptions(input_ids=ids, labels=labels)
+
+
+@dataclass
+class CaptionOutput:
+    """What the captioning head reads from the trunk.
+
+    Attributes:
+        hidden: ``Tensor[B, T, D]``, the fused text before L2 normalisation (the trunk's
+            ``text``); meaningful for captioning only when the trunk ran causally.
+        causal: whether it did.
+    """
+
+    hidden: Tensor
+    causal: bool
+
+
+class CaptionHead(Head):
+    """The captioning head (``model.heads["caption"]``): an :class:`MLMHead` on the causal
+    fused text. Parameters: ``predictor.*``. It may start fresh from a checkpoint without it.
+
+    Its loss is ``loss_caption`` (:meth:`caption_loss`), computed on captioning batches,
+    which run the model causally (:func:`glip.engine.captioning.caption_losses`); on the
+    batches of the other tasks (bi-directional text) :meth:`loss` returns nothing.
+
+    Args:
+        hidden_dim: D, the text width.
+        vocab_size: V.
+        layer_norm_eps: BERT's ``layer_norm_eps``.
+        mask_token_id: the tokenizer's ``[MASK]`` id (the builder sets the model tokenizer's).
+        mask_prob, max_masked: :func:`mask_caption_tokens`'s settings.
+        label_smoothing: of the cross-entropy (0.1, as GLIPv2's and OSCAR's captioning).
+        max_length, beam_size: decoding defaults (:mod:`glip.modeling.caption_decoding`).
+        box_threshold: grounded captioning: the least score of a noun phrase's box.
+    """
+
+    fresh_start = True
+
+    def __init__(
+        self,
+        hidden_dim: int,
+        vocab_size: int,
+        layer_norm_eps: float = 1e-12,
+        mask_token_id: int = BERT_MASK_TOKEN_ID,
+        mask_prob: float = 0.15,
+        max_masked: int = 3,
+        label_smoothing: float = 0.1,
+        max_length: int = 20,
+        beam_size: int = 1,
+        box_threshold: float = 0.3,
+    ) -> None:
+        super().__init__()
+        if not 0.0 <= mask_prob <= 1.0 or max_masked < 1:
+            raise ValueError(f"bad caption masking: mask_prob={mask_prob}, max_masked={max_masked}")
+        if max_length < 1 or beam_size < 1:
+            raise ValueError(f"max_length ({max_length}) and beam_size ({beam_size}) must be at least 1")
+        self.predictor = MLMHead(hidden_dim, vocab_size, layer_norm_eps)
+        self.vocab_size = vocab_size
+        self.mask_token_id = mask_token_id
+        self.mask_prob = mask_prob
+        self.max_masked = max_masked
+        self.label_smoothing = label_smoothing
+        self.max_length = max_length
+        self.beam_size = beam_size
+        self.box_threshold = box_threshold
+
+    @torch.no_grad()
+    def corrupt(
+        self, input_ids: Tensor, attention_mask: Tensor, generators: Sequence[torch.Generator]
+    ) -> MaskedCaptions:
+        """:func:`mask_caption_tokens` with this head's settings."""
+        return mask_caption_tokens(
+            input_ids, attention_mask, generators, self.mask_token_id, self.mask_prob, self.max_masked
+        )
+
+    def forward(self, trunk: TrunkOutput, outputs: Mapping[str, Any]) -> CaptionOutput:
+        return CaptionOutput(hidden=trunk.text, causal=trunk.text_input.causal)
+
+    def logits(self, output: CaptionOutput, positions: Tensor) -> Tensor:
+        """``Tensor[B, V]``: the vocabulary scores at one position per caption.
+
+        Args:
+            positions: ``Tensor[B]`` int64 token indices.
+        """
+        rows = torch.arange(output.hidden.shape[0], device=output.hidden.device)
+        return self.predictor(output.hidden[rows, positions.to(output.hidden.device)])  # [B, V]
+
+    def caption_loss(self, output: CaptionOutput, labels: Tensor) -> Tensor:
+        """Label-smoothed cross-entropy over the masked slots (mean over them; a connected
+        zero when there is none), in float32.
+
+        Args:
+            output: the head's output of a causal forward.
+            labels: ``Tensor[B, T]``, the original ids at the slots, -100 elsewhere.
+        """
+        if not output.causal:
+            raise ValueError("the captioning loss needs the causal forward (GLIP.forward_features(causal=True))")
+        labels = labels.to(output.hidden.device)
+        scored = labels != IGNORE_INDEX  # [B, T]
+        logits = self.predictor(output.hidden[scored]).float()  # [S, V]
+        if logits.shape[0] == 0:
+            return output.hidden.sum() * 0.0
+        return F.cross_entropy(logits, labels[scored], label_smoothing=self.label_smoothing)
+
+    def loss(self, output: CaptionOutput, inputs: LossInputs) -> dict[str, Tensor]:
+        """Nothing: the captioning loss comes from captioning batches (:meth:`caption_loss`)."""
+        return {}
