@@ -89,3 +89,13 @@ def test_named_held_out_and_loading(tmp_path, tokenizer):
     assert all(t.positive_map.any(dim=1).all() for t in batch.targets)
     with pytest.raises(ValueError):
         generate_synthetic(tmp_path / "x", 1, 1, 64, held_out=["pink circle"])
+
+
+def test_cli_names_every_file_it_writes(tmp_path, capsys):
+    """`glip data synthetic` lists the other tasks' files (PhraseCut, VQA, captions) it wrote."""
+    from glip.cli import main
+
+    assert main(["data", "synthetic", "--out", str(tmp_path / "s"), "--num-train", "2", "--num-val", "1"]) == 0
+    out = capsys.readouterr().out
+    for name in ("phrasecut_val.json", "vqa_train.json", "vqa_val.json", "captions_train.json", "captions_val.json"):
+        assert name in out and (tmp_path / "s" / name).is_file(), name
