@@ -56,6 +56,8 @@ class BackboneConfig:
     timm: TimmConfig = field(default_factory=TimmConfig)
     out_channels: int = 256
     freeze_at: int = -1  # official BACKBONE.FREEZE_CONV_BODY_AT; -1 trains every stage (swin; not timm)
+    freeze: bool = False  # official BACKBONE.FREEZE: the visual body gets no gradient and stays in eval mode
+    freeze_fpn: bool = False  # official FPN.FREEZE: the same for the FPN
     fpn_drop_block: bool = True  # official FPN.DROP_BLOCK: DropBlock on the FPN outputs, training only
     fpn_drop_prob: float = 0.3
     fpn_drop_size: int = 3
@@ -303,6 +305,10 @@ class SolverConfig:
     # official (1.0). Post-LN BERT layers trained at a detector's lr can collapse every token onto
     # one vector, which makes the region-word scores ignore the words (see configs/synthetic).
     fusion_lr_factor: float = 1.0
+    # lr factor of the fusion tower's visual convolutions (the DyConv branches); not official
+    # (1.0). On small data a lower rate keeps the tower from discarding what the backbone
+    # tells apart (colour, shape) before the words can use it (see configs/synthetic).
+    tower_lr_factor: float = 1.0
     bias_lr_factor: float = 2.0
     weight_decay: float = 1e-4
     weight_decay_bias: float = 0.0

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from glip.config import SolverConfig
+from glip.modeling.dyhead import DyConv
 from glip.modeling.fusion import BiAttentionBlock
 from glip.modeling.text_layer import TextLayer
 
@@ -33,7 +34,7 @@ __all__ = [
 
 # The parts the official rules single out by module (official key prefixes
 # "language_backbone." and "backbone.body."); found by module identity, not by name.
-LANGUAGE, BODY, FUSION = "language", "body", "fusion"
+LANGUAGE, BODY, FUSION, TOWER = "language", "body", "fusion", "tower"
 
 
 def _official_is_norm(name: str) -> bool:
@@ -54,7 +55,8 @@ def param_group_settings(name: str, solver: SolverConfig, part: str = "") -> tup
       visual body) ``base_lr * backbone_body_lr_factor``; :data:`FUSION` (the fusion
       tower's text-side layers: X-MHA blocks and in-head BERT layers) ``base_lr *
       fusion_lr_factor`` (not an official rule; the default factor 1.0 is the official
-      behaviour);
+      behaviour); :data:`TOWER` (the fusion tower's visual DyConv branches) ``base_lr *
+      tower_lr_factor`` (not official either; default 1.0);
     - a name containing ``bias`` gets ``lr * bias_lr_factor`` and ``weight_decay_bias``;
     - a name containing ``norm``/``Norm`` gets ``weight_decay * weight_decay_norm_factor``.
     """
@@ -65,6 +67,8 @@ def param_group_settings(name: str, solver: SolverConfig, part: str = "") -> tup
         lr = solver.base_lr * solver.backbone_body_lr_factor
     if part == FUSION:
         lr = solver.base_lr * solver.fusion_lr_factor
+    if part == TOWER:
+        lr = solver.base_lr * solver.tower_lr_factor
     if "bias" in name:
         lr *= solver.bias_lr_factor
         weight_decay = solver.weight_decay_bias
@@ -76,8 +80,8 @@ def param_group_settings(name: str, solver: SolverConfig, part: str = "") -> tup
 def parameter_parts(model: nn.Module) -> dict[int, str]:
     """``id(parameter) -> part`` for the parts the rules single out: the parameters of
     ``model.text_encoder`` (:data:`LANGUAGE`), of ``model.backbone.body`` (:data:`BODY`),
-    when the model has them, and of every X-MHA fusion block and in-head BERT layer
-    (:data:`FUSION`)."""
+    when the model has them, of every X-MHA fusion block and in-head BERT layer
+    (:data:`FUSION`) and of every DyConv (:data:`TOWER`)."""
     parts: dict[int, str] = {}
     text = getattr(model, "text_encoder", None)
     body = getattr(getattr(model, "backbone", None), "body", None)
@@ -87,6 +91,8 @@ def parameter_parts(model: nn.Module) -> dict[int, str]:
     for module in model.modules():
         if isinstance(module, (BiAttentionBlock, TextLayer)):
             parts.update({id(p): FUSION for p in module.parameters()})
+        elif isinstance(module, DyConv):
+            parts.update({id(p): TOWER for p in module.parameters()})
     return parts
 
 

@@ -56,7 +56,9 @@ def prepare_for_training(model: GLIP, cfg: GLIPConfig) -> GLIP:
     - the parameters the heads declare ``untrained`` (the official ``cls_logits``, a
       leftover no released loss uses): frozen so that no process waits for their gradient.
     - the text encoder when ``model.text.freeze`` (official ``LANGUAGE_BACKBONE.FREEZE``).
-    - backbone stages up to ``model.backbone.freeze_at``: done by the builder.
+    - backbone stages up to ``model.backbone.freeze_at``: done by the builder; the whole
+      visual body when ``model.backbone.freeze`` and the FPN when ``freeze_fpn`` (official
+      ``BACKBONE.FREEZE`` / ``FPN.FREEZE``), kept in eval mode.
     - the transfer mode ``train.tuning`` (:mod:`glip.engine.tuning`): full, linear probing,
       prompt tuning...; frozen parts are kept in eval mode.
     """
@@ -64,8 +66,12 @@ def prepare_for_training(model: GLIP, cfg: GLIPConfig) -> GLIP:
     if cfg.model.text.freeze:
         model.text_encoder.requires_grad_(False)
     apply_tuning(model, cfg.train.tuning)
+    b = cfg.model.backbone
+    for module, frozen in ((model.backbone.body, b.freeze), (model.backbone.fpn, b.freeze_fpn)):
+        if frozen:
+            module.requires_grad_(False)
     model.train()
-    set_frozen_eval(model, cfg.train.tuning, cfg.model.text.freeze)
+    set_frozen_eval(model, cfg.train.tuning, cfg.model.text.freeze, b.freeze, b.freeze_fpn)
     return model
 
 

@@ -311,7 +311,8 @@ class Trainer:
     def _apply_freezing(self) -> None:
         """Official: frozen parts (language backbone, and the backbone / head of a transfer
         mode) are put back in eval mode (no dropout) whenever the model is set to train."""
-        set_frozen_eval(self.model, self.cfg.train.tuning, self.cfg.model.text.freeze)
+        b = self.cfg.model.backbone
+        set_frozen_eval(self.model, self.cfg.train.tuning, self.cfg.model.text.freeze, b.freeze, b.freeze_fpn)
 
     def _watch(self, metrics: Mapping[str, float]) -> bool:
         """Official early stopping and ``USE_AUTOSTEP`` on ``train.monitor``; True to stop."""

@@ -62,10 +62,22 @@ def apply_tuning(model: GLIP, mode: TuningMode | str) -> GLIP:
     return model
 
 
-def set_frozen_eval(model: GLIP, mode: TuningMode | str | None, freeze_text: bool) -> None:
+def set_frozen_eval(
+    model: GLIP,
+    mode: TuningMode | str | None,
+    freeze_text: bool,
+    freeze_body: bool = False,
+    freeze_fpn: bool = False,
+) -> None:
     """Puts the frozen parts in eval mode after ``model.train()`` (official ``train()``):
-    the backbone when frozen, the head when frozen (official ``RPN.FREEZE``; the heads a
-    mode trains whole stay in train mode), the text encoder when frozen."""
+    the backbone when frozen (by the mode, or its body / FPN by ``freeze_body`` /
+    ``freeze_fpn``, official ``BACKBONE.FREEZE`` / ``FPN.FREEZE``), the head when frozen
+    (official ``RPN.FREEZE``; the heads a mode trains whole stay in train mode), the text
+    encoder when frozen."""
+    if freeze_body:
+        model.backbone.body.eval()
+    if freeze_fpn:
+        model.backbone.fpn.eval()
     mode = resolve_tuning_mode(mode) if isinstance(mode, str) else mode
     if mode is not None:
         if mode.freeze_backbone:

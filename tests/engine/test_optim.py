@@ -170,3 +170,15 @@ def test_fusion_lr_factor_scales_the_fusion_and_in_head_text_layers_only():
     # The default is the official rule: no factor.
     default = {n: g["lr"] for g in build_optimizer(model, SolverConfig(base_lr=1e-3)).param_groups for n in g["names"]}
     assert default["head.fusion.attn.out_l_proj.weight"] == pytest.approx(1e-3)
+
+
+def test_tower_lr_factor_scales_the_dyconv_branches_only():
+    from glip.modeling.dyhead import DyConv
+
+    model = nn.Module()
+    model.tower = DyConv(8, 8, use_dyrelu=False, use_dfconv=False, gn_groups=4)
+    model.box = nn.Linear(3, 4)
+    lrs = {n: g["lr"] for g in build_optimizer(model, SolverConfig(base_lr=1e-3, tower_lr_factor=0.1)).param_groups for n in g["names"]}  # fmt: skip
+    assert lrs["box.weight"] == pytest.approx(1e-3)
+    tower = {n: lr for n, lr in lrs.items() if n.startswith("tower.")}
+    assert tower and all(lr == pytest.approx(2e-4 if "bias" in n else 1e-4) for n, lr in tower.items())

@@ -103,3 +103,22 @@ def test_ema_follows_the_official_update():
     ema.update(model)
     assert torch.allclose(ema.module.weight, before * 0.9 + 0.1 * model.weight)
     assert not any(p.requires_grad for p in ema.module.parameters())
+
+
+def test_frozen_backbone_and_fpn_keep_their_weights_and_eval_mode(shapes, text_dir, tmp_path):
+    from glip.engine.run import _seed_everything
+    from glip.hub.checkpoint import load_model
+
+    cfg = tiny_config(shapes, text_dir, **{"model.backbone.freeze": True, "model.backbone.freeze_fpn": True,
+                                            "solver.max_iter": 3, "solver.model_ema": 0.0})  # fmt: skip
+    _seed_everything(cfg.solver.seed)
+    start = build_training_model(cfg).state_dict()
+    prepared = prepare_for_training(build_training_model(cfg), cfg)
+    assert not prepared.backbone.body.training and not prepared.backbone.fpn.training and prepared.trunk.training
+    assert not any(p.requires_grad for p in prepared.backbone.parameters())
+    train(cfg, tmp_path, cpu=True, progress_bar=False)
+    end = load_model(tmp_path / "model", text_encoder=str(text_dir)).state_dict()
+    for name, value in start.items():
+        if name.startswith("backbone."):
+            assert torch.equal(end[name].float(), value.float()), name
+    assert any(not torch.equal(end[n].float(), start[n].float()) for n in start if n.startswith("trunk."))
