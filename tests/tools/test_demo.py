@@ -94,13 +94,11 @@ class DemoServer:
             self.proc.wait(timeout=10)
 
 
-@pytest.fixture(scope="module", autouse=True)
+@pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    """The demo server, started with the module so that its start-up (~10 s of imports)
-    runs alongside the in-process tests; always stopped at the end. None without Gradio."""
-    if any(importlib.util.find_spec(m) is None for m in ("gradio", "gradio_client")):
-        yield None
-        return
+    """The demo server, started when a test first asks for it (without waiting: the
+    reference detections are computed meanwhile); always stopped at the end."""
+    _require_gradio()
     demo = DemoServer(tmp_path_factory.mktemp("gradio_server"))
     try:
         yield demo
@@ -116,12 +114,6 @@ def reference(shapes):
     det = glip.predict(str(shapes), PROMPT, model="demo-shapes", device="cpu", threshold=THRESHOLD)
     assert len(det) >= 2, "the demo model should find shapes on this image"
     return det
-
-
-def _ready(server: DemoServer | None) -> tuple[str, str]:
-    _require_gradio()
-    assert server is not None
-    return server.ready()
 
 
 # --------------------------------------------------------------------------------------------
@@ -146,7 +138,17 @@ def all_heads_model():
     return build_model(cfg, load_bert_config(text), load_tokenizer(text), pretrained_text=text).eval()
 
 
-def test_every_head_gets_its_task(all_heads_model, shapes):
+@pytest.fixture
+def one_thread():
+    """One intra-op thread: the tiny model's many small ops (caption decoding step by step)
+    run ~40x slower with two threads spin-waiting on a busy 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_every_head_gets_its_task(all_heads_model, shapes, one_thread):
     """The tabs are the model's heads; each tab computes what the library call does."""
     from glip.api import Predictor
     from glip.captioning import caption_image
@@ -171,7 +173,7 @@ def test_every_head_gets_its_task(all_heads_model, shapes):
 
 
 @pytest.mark.slow
-def test_every_head_gets_its_tab_and_endpoint(all_heads_model, shapes, tmp_path):
+def test_every_head_gets_its_tab_and_endpoint(all_heads_model, shapes, tmp_path, one_thread):
     """Through Gradio: one named endpoint per head, each equal to the library call."""
     _require_gradio()
     from gradio_client import Client, handle_file
@@ -244,12 +246,6 @@ def test_gradio_is_imported_lazily():
 # The command with the demo model, through a real client and a real browser
 
 
-def test_server_binds_localhost_and_says_so(server):
-    url, line = _ready(server)
-    assert url in line and "127.0.0.1" in line and "this machine only" in line, line
-    assert "(detection)" in line, line  # the demo model has no mask, VQA or caption head
-
-
 def test_gradio_client_gets_the_results_of_glip_predict(server, shapes, reference, tmp_path):
     from gradio_client import Client, handle_file
     from gradio_client.exceptions import AppError
@@ -258,7 +254,7 @@ def test_gradio_client_gets_the_results_of_glip_predict(server, shapes, referenc
     from glip.tools.detect import annotate
     from glip.utils.image import load_image
 
-    url, _ = _ready(server)
+    url, _ = server.ready()
     client = Client(url, verbose=False, download_files=str(tmp_path))
     # One tab, so one endpoint: the tabs of the heads the model lacks are absent.
     assert set(client.view_api(return_format="dict", print_info=False)["named_endpoints"]) == {"/detect"}
@@ -289,12 +285,18 @@ def test_gradio_client_gets_the_results_of_glip_predict(server, shapes, referenc
     assert "Traceback" not in str(err.value)
 
 
+def test_server_binds_localhost_and_says_so(server):
+    url, line = server.ready()
+    assert url in line and "127.0.0.1" in line and "this machine only" in line, line
+    assert "(detection)" in line, line  # the demo model has no mask, VQA or caption head
+
+
 def test_browser_uploads_prompts_and_sees_the_result(server, shapes, reference, tmp_path):
     _require(importlib.util.find_spec("playwright") is not None, "playwright not installed (pip install -e '.[dev]')")
     _require(CHROMIUM is not None, "no chromium on PATH (scripts/install_chromium.sh installs Debian's)")
     from playwright.sync_api import expect, sync_playwright
 
-    url, _ = _ready(server)
+    url, _ = server.ready()
     shot = Path(os.environ.get("GLIP_DEMO_SCREENSHOT") or tmp_path / "demo.png")
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True)
