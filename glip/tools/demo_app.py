@@ -234,8 +234,14 @@ def launch_demo(demo: Any, host: str = "127.0.0.1", port: int = 7860, quiet: boo
     gr = import_gradio()
     theme = gr.themes.Default(font=_FONTS, font_mono=_MONO_FONTS)
     demo.queue(default_concurrency_limit=1)  # one model: one request at a time
-    demo.launch(
-        server_name=host, server_port=port, share=False, inbrowser=False, show_error=True, quiet=quiet,
-        prevent_thread_lock=True, ssr_mode=False, theme=theme,
-    )  # fmt: skip
+    try:
+        demo.launch(
+            server_name=host, server_port=port, share=False, inbrowser=False, show_error=True, quiet=quiet,
+            prevent_thread_lock=True, ssr_mode=False, theme=theme,
+        )  # fmt: skip
+    except OSError:  # Gradio's message names its own launch() arguments
+        raise OSError(
+            f"cannot serve on {host}:{port}: the port is in use or the address is not this machine's "
+            "(choose another --port or --host)"
+        ) from None
     return demo.local_url

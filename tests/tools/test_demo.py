@@ -186,7 +186,10 @@ def test_every_head_gets_its_tab_and_endpoint(all_heads_model, shapes, tmp_path,
     model = all_heads_model
     demo = build_demo(model, "all-heads")
     try:
-        url = launch_demo(demo, "127.0.0.1", _free_port(), quiet=True)
+        port = _free_port()
+        url = launch_demo(demo, "127.0.0.1", port, quiet=True)
+        with pytest.raises(OSError, match=f"cannot serve on 127.0.0.1:{port}: the port is in use"):
+            launch_demo(build_demo(model, "again"), "127.0.0.1", port, quiet=True)  # one line for the CLI
         client = Client(url, verbose=False, download_files=str(tmp_path))
         endpoints = set(client.view_api(return_format="dict", print_info=False)["named_endpoints"])
         assert endpoints == {"/detect", "/segment", "/vqa", "/caption"}
