@@ -56,6 +56,11 @@ setup(
             "onnxruntime",
             "timm",
             "pycocoevalcap",  # caption metrics (captioning)
+            # `glip demo` and its test: a real client, and Playwright driving the system's
+            # Chromium (scripts/install_chromium.sh; Playwright's own browsers are not used).
+            "gradio>=6",
+            "gradio_client>=1",
+            "playwright",
         ],
         # `glip export` (ONNX) and its check with a real runtime.
         "export": ["onnx", "onnxruntime"],
@@ -63,6 +68,8 @@ setup(
         "timm": ["timm>=0.9"],
         # Caption metrics (`glip evaluate --task caption`): BLEU, METEOR, ROUGE-L, CIDEr; Java for METEOR.
         "caption": ["pycocoevalcap"],
+        # `glip demo`: the local web page (Gradio).
+        "demo": ["gradio>=6"],
     },
     entry_points={"console_scripts": ["glip=glip.cli:main"]},
     classifiers=[

@@ -171,6 +171,9 @@ def build_parser() -> argparse.ArgumentParser:
     from glip.tools.caption_cli import add_caption_parser  # captioning (GLIPv2)
 
     add_caption_parser(sub)
+    from glip.tools.demo_cli import add_demo_parser  # the web page (glip[demo])
+
+    add_demo_parser(sub)
     return parser
 
 

@@ -10,12 +10,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+from PIL import Image
+
 from glip.api import Predictor, PromptLike
 from glip.structures import Detections
 from glip.utils.draw import draw_detections
 from glip.utils.image import load_image
 
-__all__ = ["IMAGE_SUFFIXES", "detect_files", "expand_inputs", "format_table"]
+__all__ = ["IMAGE_SUFFIXES", "annotate", "detect_files", "expand_inputs", "format_table"]
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm", ".pgm"})
 
@@ -102,11 +105,17 @@ def _entry(file: str, det: Detections) -> dict[str, Any]:
     return {"file": file, "width": int(w), "height": int(h), "detections": det.to_list()}
 
 
-def _write_annotated(file: str, det: Detections, path: Path) -> None:
-    image = load_image(file)
+def annotate(image: np.ndarray, det: Detections) -> Image.Image:
+    """``image`` (``[H, W, 3]`` uint8 RGB, the pixels ``det`` refers to) with each detection
+    drawn as ``glip detect`` draws it: its box and ``"phrase score"`` tag, coloured by label,
+    and its mask filled when ``det`` has masks. ``glip demo`` draws with this too."""
     captions = [f"{p} {s:.2f}" for p, s in zip(det.phrases, det.scores.tolist())]
-    masks = None if det.masks is None else det.masks.numpy()
-    draw_detections(image, det.boxes.tolist(), det.labels.tolist(), captions, masks).save(path, quality=92)
+    masks = None if det.masks is None else det.masks.cpu().numpy()
+    return draw_detections(image, det.boxes.tolist(), det.labels.tolist(), captions, masks)
+
+
+def _write_annotated(file: str, det: Detections, path: Path) -> None:
+    annotate(load_image(file), det).save(path, quality=92)
 
 
 def format_table(entries: Sequence[dict[str, Any]], width: int = 100) -> str:
