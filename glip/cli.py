@@ -171,6 +171,9 @@ def build_parser() -> argparse.ArgumentParser:
     from glip.tools.caption_cli import add_caption_parser  # captioning (GLIPv2)
 
     add_caption_parser(sub)
+    from glip.tools.pseudo_label_cli import add_pseudo_label_parser  # caption self-training data
+
+    add_pseudo_label_parser(sub)
     return parser
 
 

@@ -26,9 +26,7 @@ def _ann(i, image_id, bbox, tokens, score=None):
 def _write(tmp_path):
     """Image 1: a cat (0.9), a dog on the cat (IoU 0.67 with it, 0.8) and a ball (0.5, far away);
     image 2: one box (0.95); image 3: one box without a score."""
-    images = [
-        {"id": k, "file_name": "im.png", "height": 64, "width": 64, "caption": CAPTION} for k in (1, 2, 3)
-    ]
+    images = [{"id": k, "file_name": "im.png", "height": 64, "width": 64, "caption": CAPTION} for k in (1, 2, 3)]
     annotations = [
         _ann(1, 1, [10, 10, 20, 20], CAT, 0.9),
         _ann(2, 1, [12, 12, 20, 20], DOG, 0.8),  # xyxy (12, 12, 31, 31) vs (10, 10, 29, 29): 17^2 / (2 * 19^2 - 17^2)
