@@ -106,9 +106,11 @@ def _process_group(args: argparse.Namespace) -> tuple[int, int, Callable[[], Non
     if args.num_shards is not None:
         return args.shard_index, args.num_shards, None, None
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # started by accelerate launch / torchrun
+        import torch
         from accelerate import PartialState
 
-        state = PartialState()
+        # Without cpu=True accelerate treats CPU processes as one (no gloo group).
+        state = PartialState(cpu=args.device == "cpu" or not torch.cuda.is_available())
         return state.process_index, state.num_processes, state.wait_for_everyone, state.device
     return 0, 1, None, None
 

@@ -220,3 +220,23 @@ def test_spacy_chunker(monkeypatch, tmp_path, captions, capsys):
     prompt = caption_prompt("see a red circle", build_chunker("spacy"))
     assert prompt.phrases == ("a red circle",) and prompt.spans == (((4, 16),),)
     assert caption_prompt("nothing", lambda c: []) is None
+
+
+@pytest.mark.slow  # two torchrun processes, each loading the teacher: ~30 s on 2 busy cores (pytest -m slow)
+def test_two_distributed_processes_equal_one(captions, reference, tmp_path):
+    """The accelerate path (PartialState under torchrun, gloo on CPU): shards, barrier, merge."""
+    import os
+    import subprocess
+
+    from tests.engine.conftest import REPO
+
+    path, image_dir = captions
+    out = tmp_path / "pseudo.json"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29561",
+           "-m", "glip.cli", "pseudo-label", "--captions", str(path), "--images", str(image_dir), "--model",
+           "demo-shapes", "--out", str(out), "--threshold", str(THRESHOLD), "--chunk-size", "1", "--quiet"]  # fmt: skip
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "shard 1/2: labelled 3 images" in proc.stdout and "shard 2/2: labelled 3 images" in proc.stdout
+    assert out.read_bytes() == reference.path.read_bytes()
