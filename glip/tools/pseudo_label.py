@@ -194,8 +194,8 @@ class ShardStore:
 
 
 def _annotation(box: PseudoBox, spans: tuple[tuple[int, int], ...], phrase: str) -> dict[str, Any]:
-    x1, y1, x2, y2 = box.box
-    bbox = [round(x1, 2), round(y1, 2), round(x2 - x1 + 1, 2), round(y2 - y1 + 1, 2)]
+    x1, y1, x2, y2 = (round(v, 2) for v in box.box)  # corners rounded first: the reader gets them back
+    bbox = [x1, y1, round(x2 - x1 + 1, 2), round(y2 - y1 + 1, 2)]
     return {"bbox": bbox, "score": round(box.score, 4), "phrase": phrase, "tokens_positive": [list(s) for s in spans]}
 
 

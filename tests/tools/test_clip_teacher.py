@@ -20,6 +20,15 @@ from glip.tools.teachers import build_chunker
 COLOURS = {"red": (255, 0, 0), "green": (0, 255, 0), "blue": (0, 0, 255)}
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Small forwards: one thread is faster, and much faster on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def clip_dir(tmp_path_factory):
     """A 1-layer CLIP (width 32, 32-px images) with a character-level BPE vocabulary."""
