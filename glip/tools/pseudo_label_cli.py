@@ -154,11 +154,14 @@ def _teacher(args: argparse.Namespace, device: Any, chunker: Any, items: list[An
     return ClipTeacher(scorer, proposals, args.threshold, background, args.clip_template)
 
 
-def _merge(items: list[Any], store: Any, out: str) -> int:
+def _merge(items: list[Any], store: Any, out: str, asked: bool = False) -> int:
+    """Merges when every image is done; else says what is left (an error when ``asked``)."""
     from glip.tools.pseudo_label import merge_shards
 
     done = store.read_entries()
     left = sum(it.index not in done for it in items)
+    if left and asked:
+        merge_shards(items, store, out)  # raises the one-line error naming what is missing
     if left:
         print(f"{left} of {len(items)} images are still to label: run the same command again to continue")
         return 0
@@ -185,7 +188,7 @@ def _cmd_pseudo_label(args: argparse.Namespace) -> int:
     items = read_caption_items(args.captions)  # a bad file fails before a model is loaded
     store = ShardStore(args.shards or default_shard_dir(args.out))
     if args.merge:
-        return _merge(items, store, args.out)
+        return _merge(items, store, args.out, asked=True)
     if not args.images:
         raise ValueError("--images is required to label (the folder of the json's file_name)")
     if not Path(args.images).is_dir():

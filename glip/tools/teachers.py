@@ -128,7 +128,7 @@ class GlipTeacher:
         for group in chunks:
             dets = [per_chunk[start + j][0] for j in range(len(group))]
             start += len(group)
-            out.append(self.predictor._merge_chunks(dets, group, top_k))
+            out.append(self.predictor._merge_chunks(dets, group, top_k))  # as Predictor.predict merges them
         return out
 
     def label(self, image: np.ndarray, prompts: Sequence[Prompt], image_id: Any = None) -> list[list[PseudoBox]]:

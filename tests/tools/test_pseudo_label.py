@@ -177,8 +177,8 @@ def test_cli_shards_as_separate_jobs_then_merges(captions, teacher, reference, t
     items = read_caption_items(path)
     label_images(items, image_dir, teacher, build_chunker("offline"), ShardStore(tmp_path / "pseudo.json.shards"),
                  _settings(path, items), shard_index=1, num_shards=2, progress=False)  # fmt: skip
-    assert main(["pseudo-label", "--captions", str(path), "--out", str(out), "--merge"]) == 0
-    assert "3 of 6 images are still to label" in capsys.readouterr().out and not out.exists()
+    assert main(["pseudo-label", "--captions", str(path), "--out", str(out), "--merge"]) == 1
+    assert "3 of 6 images are not labelled yet" in capsys.readouterr().err and not out.exists()
     assert main(["pseudo-label", "--captions", str(path), "--images", str(image_dir), "--model", "demo-shapes",
                  "--out", str(out), "--threshold", str(THRESHOLD), "--device", "cpu", "--quiet", "--num-shards", "2",
                  "--shard-index", "0"]) == 0  # fmt: skip
