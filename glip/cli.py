@@ -174,6 +174,9 @@ def build_parser() -> argparse.ArgumentParser:
     from glip.tools.demo_cli import add_demo_parser  # the web page (glip[demo])
 
     add_demo_parser(sub)
+    from glip.tools.pseudo_label_cli import add_pseudo_label_parser  # caption self-training data
+
+    add_pseudo_label_parser(sub)
     return parser
 
 

@@ -5,7 +5,8 @@ values that differ from the official defaults (``maskrcnn_benchmark/config/defau
 The defaults of every key we map are restated below, so a partial yaml and a full
 ``cfg.dump()`` give the same result. Keys under ``MODEL`` that change the network but
 that this package does not implement are errors naming the key; keys that only steer
-datasets or unused heads are accepted and ignored here. ``SOLVER`` keys and the loss
+datasets or unused heads are accepted and ignored here, except the caption options
+(``DATASETS.CAPTION_*``, which fill ``data.caption_*``). ``SOLVER`` keys and the loss
 weights (``MODEL.ATSS.REG_LOSS_WEIGHT``, ``TOPK``, the ``FUSE_CONFIG`` token-loss keys)
 fill the ``solver`` section and the head sections (``model.heads.*``); other ``SOLVER``
 keys are ignored.
@@ -384,6 +385,11 @@ def from_official(tree: Mapping[str, Any], name: str = "official") -> GLIPConfig
             continue
         errors.append(f"{key} (unknown to glip)")
     _import_mask_head(flat, cfg, errors)
+    # Caption options (official build.py): the score filter and NMS only with FURTHER_SCREEN.
+    cfg.data.caption_min_box = int(flat.get("DATASETS.CAPTION_MIN_BOX", 1))
+    if bool(flat.get("DATASETS.FURTHER_SCREEN", False)):
+        cfg.data.caption_conf = float(flat.get("DATASETS.CAPTION_CONF", 0.9))
+        cfg.data.caption_nms = float(flat.get("DATASETS.CAPTION_NMS", 0.9))
     if cfg.model.heads.mdetr_align.enabled and not cfg.model.trunk.fused_dot_product:
         # Official: resizer(embedded) -> JOINT_EMB_SIZE feeds a Linear(DYHEAD.CHANNELS, ...).
         joint = int(flat.get("MODEL.DYHEAD.FUSE_CONFIG.JOINT_EMB_SIZE", 256))

@@ -359,6 +359,10 @@ class DataConfig:
     num_workers: int = 0
     caption_prompt: str = ""  # official DATASETS.CAPTION_PROMPT (ODinW), the yaml's literal string
     general_copy: int = 1  # official DATASETS.GENERAL_COPY: the training set repeated this many times
+    # Official caption options, applied to "mdetr" training data when it is read (glip.data.caption_screen):
+    caption_conf: float = 0.0  # keep boxes with score > this (official CAPTION_CONF with FURTHER_SCREEN); 0: all
+    caption_nms: float = -1.0  # class-agnostic NMS IoU (official CAPTION_NMS with FURTHER_SCREEN); <= 0: none
+    caption_min_box: int = 1  # images with fewer boxes are left out (official CAPTION_MIN_BOX)
 
 
 @dataclass

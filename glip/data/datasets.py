@@ -27,6 +27,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from glip.data.annotations import CocoIndex, clean_boxes, has_valid_annotation, read_image, token_positive_map
+from glip.data.caption_screen import CaptionScreen
 from glip.data.masks import annotation_mask, has_segmentation, resize_masks
 from glip.data.od_to_grounding import CaptionRecipe, SampleRNG, labels_to_caption
 from glip.data.transforms import TrainTransform
@@ -323,7 +324,9 @@ class MdetrGroundingDataset(_GroundingDataset):
     Boxes have no global class (they get only their own image's block in GLIPv2's
     inter-image loss) and the whole caption is the MLM greenlight. ``kind``:
     ``"grounding"`` (gold data, default) or ``"caption"`` (pseudo-labelled image-text
-    pairs); it selects the official ``NO_MASK_FOR_GOLD`` rule. Other args as
+    pairs); it selects the official ``NO_MASK_FOR_GOLD`` rule. ``screen``: the official
+    caption options (:class:`~glip.data.caption_screen.CaptionScreen`: score filter, NMS,
+    minimum boxes), applied once when the json is read. Other args as
     :class:`CocoGroundingDataset`.
     """
 
@@ -337,11 +340,15 @@ class MdetrGroundingDataset(_GroundingDataset):
         seed: int = 0,
         masks: bool = False,
         kind: DataKind = "grounding",
+        screen: CaptionScreen | None = None,
     ) -> None:
         if kind not in ("grounding", "caption"):
             raise ValueError(f"MdetrGroundingDataset kind must be 'grounding' or 'caption', got {kind!r}")
         super().__init__(ann_file, image_dir, tokenizer, transform, max_query_len, seed, masks)
         self.kind: DataKind = kind
+        if screen is not None:
+            self.index = screen.apply(self.index)
+            self.ids = _valid_ids(self.index)
 
     def load(self, item: int, rng: SampleRNG) -> GroundingSample:
         """Sample ``item`` drawn with ``rng`` (only the transform draws)."""

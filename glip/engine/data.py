@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from glip.config import GLIPConfig
 from glip.data import CaptionRecipe, CocoGroundingDataset, GroundingCollator, MdetrGroundingDataset
+from glip.data.caption_screen import CaptionScreen
 from glip.data.captions import CaptionDataset
 from glip.data.datasets import sample_seed
 from glip.data.od_to_grounding import SampleRNG, parse_caption_prompt
@@ -131,9 +132,10 @@ def build_dataset(cfg: GLIPConfig, tokenizer: Any, train: bool = True) -> Datase
     transform = build_train_transform(cfg.input, flip_prob=d.flip_prob, train=train)
     max_len = cfg.model.text.max_query_len
     masks = cfg.model.heads.mask.enabled  # the mask head's targets
-    if d.format == "mdetr":
+    if d.format == "mdetr":  # the caption options screen training data only, as official
+        screen = CaptionScreen(d.caption_conf, d.caption_nms, d.caption_min_box) if train else None
         return MdetrGroundingDataset(
-            ann, images, tokenizer, transform, max_query_len=max_len, seed=cfg.solver.seed, masks=masks
+            ann, images, tokenizer, transform, max_query_len=max_len, seed=cfg.solver.seed, masks=masks, screen=screen
         )
     if d.format == "captions":  # captioning (GLIPv2): COCO-captions json, never flipped
         transform = build_train_transform(cfg.input, flip_prob=0.0, train=train)

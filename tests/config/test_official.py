@@ -129,6 +129,18 @@ def test_backbone_inter_image_variant_imports():
         config_from_dict(both)
 
 
+def test_caption_options_import_as_the_official_build_reads_them():
+    """CAPTION_CONF and CAPTION_NMS count only with FURTHER_SCREEN (official build.py /
+    CaptionTSV); CAPTION_MIN_BOX always."""
+    glip_l = {"DATASETS": {"FURTHER_SCREEN": True, "CAPTION_CONF": 0.5, "CAPTION_NMS": -1.0, "CAPTION_MIN_BOX": 2}}
+    d = config_from_dict(glip_l).data
+    assert (d.caption_conf, d.caption_nms, d.caption_min_box) == (0.5, -1.0, 2)
+    d = config_from_dict({"DATASETS": {"FURTHER_SCREEN": True}}).data  # the official defaults, 0.9 and 0.9
+    assert (d.caption_conf, d.caption_nms, d.caption_min_box) == (0.9, 0.9, 1)
+    d = config_from_dict({"DATASETS": {"CAPTION_CONF": 0.5, "CAPTION_NMS": 0.6, "CAPTION_MIN_BOX": 3}}).data
+    assert (d.caption_conf, d.caption_nms, d.caption_min_box) == (0.0, -1.0, 3)
+
+
 def test_our_yaml_round_trip_and_overrides(tmp_path):
     cfg = load_config(None, ["inference.pre_nms_thresh=0.2", "model.trunk.num_blocks=3"])
     assert cfg.inference.pre_nms_thresh == 0.2 and cfg.model.trunk.num_blocks == 3

@@ -1,0 +1,218 @@
+"""``glip pseudo-label``: ground the noun phrases of image captions with a teacher and write
+MDETR-style grounding data (:mod:`glip.tools.pseudo_label`), on one process or many."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from glip.tools.common import add_device_arg, add_model_args, add_output_arg, add_quiet_arg, model_arg, parse_device
+
+__all__ = ["add_pseudo_label_parser"]
+
+EPILOG = """examples:
+  glip pseudo-label --captions captions_train.json --images images --model glip-t --out pseudo.json
+  accelerate launch --num_processes 8 -m glip.cli pseudo-label --captions cc3m.json --images cc3m \\
+      --model glip-l --out cc3m_pseudo.json
+  glip pseudo-label --captions c.json --images imgs --out p.json --num-shards 4 --shard-index 2   (one of 4 jobs)
+  glip pseudo-label --captions c.json --out p.json --merge                 (merge the finished shards)
+  glip pseudo-label --captions c.json --images imgs --out p.json --teacher clip --clip-model clip-vit-b32/
+
+An interrupted run resumes where it stopped when started again with the same options; the
+shards live in OUT.shards/ (--shards). Train on the result with data.format=mdetr."""
+
+
+def add_pseudo_label_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Registers ``pseudo-label`` on the ``glip`` command's subparsers."""
+    p = subparsers.add_parser(
+        "pseudo-label",
+        help="ground the noun phrases of image captions with a teacher model (sharded, resumable)",
+        description="Pseudo-label a COCO-captions json: find each caption's noun phrases, ground them with a GLIP "
+        "teacher (or score detector regions with CLIP, --teacher clip) and write MDETR-style grounding json "
+        "(each caption an image record, each box with tokens_positive and score) that glip train reads with "
+        "data.format=mdetr. Under `accelerate launch` the images are sharded over the processes; a bad image "
+        "is logged and skipped.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--captions", required=True, help="COCO-captions json (images + annotations with caption)")
+    p.add_argument("--images", help="folder of the images' file_name (not needed with --merge)")
+    p.add_argument("--threshold", type=float, default=0.5, help="keep boxes scoring above this (default 0.5)")
+    p.add_argument(
+        "--nms", type=float, default=-1.0,
+        help="class-agnostic NMS IoU over a caption's boxes, as the official CAPTION_NMS (default -1: none, "
+        "as the official GLIP-L pre-training)",
+    )  # fmt: skip
+    p.add_argument("--min-boxes", type=int, default=1, help="leave out captions with fewer boxes (default 1)")
+    p.add_argument("--teacher", choices=("glip", "clip"), default="glip", help="default glip")
+    p.add_argument(
+        "--chunker", choices=("offline", "spacy"), default="offline",
+        help="noun phrases: the built-in rule-based chunker (default) or spaCy's noun chunks (needs spaCy "
+        "and en_core_web_sm)",
+    )  # fmt: skip
+    g = p.add_argument_group("clip teacher")
+    g.add_argument("--clip-model", help="transformers CLIP folder (or cached hub name) that scores the regions")
+    g.add_argument("--boxes", help="regions from this json (COCO results: image_id, bbox xywh) instead of GLIP")
+    g.add_argument(
+        "--proposal-threshold", type=float, default=0.1, help="GLIP regions: boxes scoring above this (default 0.1)"
+    )
+    g.add_argument("--proposal-nms", type=float, default=0.5, help="GLIP regions: class-agnostic NMS IoU (0.5)")
+    g.add_argument(
+        "--clip-background", type=int, default=50,
+        help="background concepts: the N most frequent phrases of the captions file (default 50)",
+    )  # fmt: skip
+    g.add_argument("--clip-template", default="a photo of {}.", help='text for CLIP (default "a photo of {}.")')
+    g = p.add_argument_group("sharding")
+    g.add_argument("--shards", help="folder of the shards and settings (default OUT.shards)")
+    g.add_argument("--chunk-size", type=int, default=64, help="images per shard part written (default 64)")
+    g.add_argument("--num-shards", type=int, help="run one of N independent jobs (with --shard-index)")
+    g.add_argument("--shard-index", type=int, help="which of the --num-shards jobs this is (0-based)")
+    g.add_argument("--max-images", type=int, help="stop after labelling this many images (resume later)")
+    g.add_argument("--merge", action="store_true", help="only merge finished shards into OUT")
+    add_output_arg(p, required=True, help="the merged grounding json")
+    add_device_arg(p)
+    add_quiet_arg(p)
+    add_model_args(p, model_help="GLIP teacher (a zoo name, see `glip models`; default glip-t); with "
+                   "--teacher clip it proposes the regions")  # fmt: skip
+    p.set_defaults(func=_cmd_pseudo_label)
+    return p
+
+
+def _check(args: argparse.Namespace) -> None:
+    for name in ("threshold", "proposal_threshold"):
+        if not 0.0 <= getattr(args, name) <= 1.0:
+            raise ValueError(f"--{name.replace('_', '-')} must be in [0, 1], got {getattr(args, name)}")
+    for name in ("nms", "proposal_nms"):
+        if getattr(args, name) > 1.0:
+            raise ValueError(f"--{name.replace('_', '-')} must be at most 1, got {getattr(args, name)}")
+    if args.min_boxes < 0 or args.chunk_size < 1 or args.clip_background < 0:
+        raise ValueError("--min-boxes and --clip-background must be >= 0, --chunk-size >= 1")
+    if args.max_images is not None and args.max_images < 1:
+        raise ValueError(f"--max-images must be at least 1, got {args.max_images}")
+    if (args.num_shards is None) != (args.shard_index is None):
+        raise ValueError("--num-shards and --shard-index go together")
+    if args.num_shards is not None and not 0 <= args.shard_index < args.num_shards:
+        raise ValueError(f"--shard-index must be in [0, {args.num_shards}), got {args.shard_index}")
+    if args.teacher == "clip" and not args.clip_model:
+        raise ValueError("--teacher clip needs --clip-model, a transformers CLIP folder")
+
+
+def _process_group(args: argparse.Namespace) -> tuple[int, int, Callable[[], None] | None, Any]:
+    """(shard index, shard count, barrier or None, default device) of this process."""
+    if args.num_shards is not None:
+        return args.shard_index, args.num_shards, None, None
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # started by accelerate launch / torchrun
+        import torch
+        from accelerate import PartialState
+
+        # Without cpu=True accelerate treats CPU processes as one (no gloo group).
+        state = PartialState(cpu=args.device == "cpu" or not torch.cuda.is_available())
+        return state.process_index, state.num_processes, state.wait_for_everyone, state.device
+    return 0, 1, None, None
+
+
+def _settings(args: argparse.Namespace, items: list[Any]) -> Any:
+    from glip.tools.pseudo_label import PseudoLabelSettings, file_digest
+
+    model: dict[str, Any] = {"model": model_arg(args), "config": args.config}
+    if args.teacher == "clip":
+        model.update(
+            clip_model=args.clip_model, boxes=args.boxes, proposal_threshold=args.proposal_threshold,
+            proposal_nms=args.proposal_nms, clip_background=args.clip_background, clip_template=args.clip_template,
+        )  # fmt: skip
+        if args.boxes:
+            model.update(model=None, config=None, proposal_threshold=None, proposal_nms=None)
+    return PseudoLabelSettings(
+        file_digest(args.captions), len(items), args.threshold, args.nms, args.min_boxes, args.teacher,
+        args.chunker, model,
+    )  # fmt: skip
+
+
+def _teacher(args: argparse.Namespace, device: Any, chunker: Any, items: list[Any]) -> Any:
+    from glip.api import Predictor
+    from glip.tools.teachers import GlipTeacher
+
+    def glip(threshold: float) -> GlipTeacher:
+        predictor = Predictor(
+            model_arg(args), config=args.config, text_encoder=args.text_encoder, device=device,
+            trust_pickle=args.trust_pickle,
+        )  # fmt: skip
+        return GlipTeacher(predictor, threshold)
+
+    if args.teacher == "glip":
+        return glip(args.threshold)
+    from glip.tools.clip_teacher import BoxFileProposals, ClipScorer, ClipTeacher, GlipProposals, frequent_phrases
+
+    proposals = BoxFileProposals(args.boxes) if args.boxes else GlipProposals(glip(args.proposal_threshold),
+                                                                              args.proposal_nms)  # fmt: skip
+    scorer = ClipScorer.from_pretrained(args.clip_model, device or "cpu")
+    background = frequent_phrases((c for it in items for c in it.captions), chunker, args.clip_background)
+    return ClipTeacher(scorer, proposals, args.threshold, background, args.clip_template)
+
+
+def _merge(items: list[Any], store: Any, out: str, asked: bool = False) -> int:
+    """Merges when every image is done; else says what is left (an error when ``asked``)."""
+    from glip.tools.pseudo_label import merge_shards
+
+    done = store.read_entries()
+    left = sum(it.index not in done for it in items)
+    if left and asked:
+        merge_shards(items, store, out)  # raises the one-line error naming what is missing
+    if left:
+        print(f"{left} of {len(items)} images are still to label: run the same command again to continue")
+        return 0
+    summary = merge_shards(items, store, out)
+    print(
+        f"wrote {summary.path}: {summary.captions} captions with {summary.boxes} boxes "
+        f"({summary.dropped_captions} captions with too few boxes left out)"
+    )
+    if summary.failed:
+        first = summary.failed[0]
+        print(
+            f"glip pseudo-label: {len(summary.failed)} images could not be labelled, e.g. {first['file_name']}: "
+            f"{first['error']} (listed under pseudo_label.failed_images)",
+            file=sys.stderr,
+        )
+    return 0
+
+
+def _cmd_pseudo_label(args: argparse.Namespace) -> int:
+    from glip.tools.pseudo_label import ShardStore, default_shard_dir, label_images, read_caption_items
+    from glip.tools.teachers import build_chunker
+
+    _check(args)
+    items = read_caption_items(args.captions)  # a bad file fails before a model is loaded
+    store = ShardStore(args.shards or default_shard_dir(args.out))
+    if args.merge:
+        return _merge(items, store, args.out, asked=True)
+    if not args.images:
+        raise ValueError("--images is required to label (the folder of the json's file_name)")
+    if not Path(args.images).is_dir():
+        raise FileNotFoundError(f"image folder not found: {args.images}")
+    shard, num_shards, barrier, default_device = _process_group(args)
+    settings = _settings(args, items)
+    store.check_settings(settings)  # before the teacher is loaded
+    chunker = build_chunker(args.chunker)
+    device = parse_device(args.device) or default_device
+    teacher = _teacher(args, device, chunker, items)
+    summary = label_images(
+        items, args.images, teacher, chunker, store, settings, shard_index=shard, num_shards=num_shards,
+        chunk_size=args.chunk_size, max_images=args.max_images, progress=not args.quiet,
+    )  # fmt: skip
+    print(
+        f"shard {shard + 1}/{num_shards}: labelled {summary.labelled} images ({summary.failed} failed), "
+        f"{summary.already_done} were done already" + (f", {summary.remaining} left" if summary.remaining else "")
+    )
+    if barrier is not None:
+        barrier()
+        return _merge(items, store, args.out) if shard == 0 else 0
+    if num_shards > 1:  # independent jobs: whoever finds every shard done merges
+        done = store.read_entries()
+        if any(it.index not in done for it in items):
+            print("other shards are still running: merge with --merge when they are done")
+            return 0
+    return _merge(items, store, args.out)
