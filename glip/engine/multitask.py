@@ -204,6 +204,10 @@ def build_training_data(cfg: GLIPConfig, tokenizer: Any) -> Dataset | MultiSourc
     source's (every other ``data`` setting shared) with its own seed."""
     if not cfg.data.sources:
         return build_dataset(cfg, tokenizer, train=True)
+    if cfg.data.train_json or cfg.data.train_images:
+        raise ValueError(
+            "data.train_json / data.train_images are not read when data.sources is set: name the files in each source"
+        )
     sources = []
     for i, (name, s) in enumerate(zip(source_names(cfg), cfg.data.sources)):
         if not (s.weight > 0 and math.isfinite(s.weight)):

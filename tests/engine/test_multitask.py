@@ -192,3 +192,11 @@ def test_multitask_config_trains_every_head(shapes, text_dir, tmp_path, monkeypa
     model = glip.load_model(tmp_path / "model", device="cpu")
     assert {"grounding", "mask", "vqa", "caption"} <= set(model.heads.keys())
     assert torch.is_tensor(model.heads["vqa"].classifier.classifier.weight)
+
+
+def test_sources_refuse_the_single_source_files(shapes, text_dir) -> None:
+    from glip.engine.multitask import build_training_data
+
+    cfg = _multitask_config(shapes, text_dir, **{"data.train_json": str(shapes.train_json)})
+    with pytest.raises(ValueError, match="not read when data.sources is set"):
+        build_training_data(cfg, tokenizer=None)
