@@ -133,39 +133,45 @@ def _multitask_config(shapes, text_dir, **extra):
     return load_config(MULTITASK_YAML, [f"{k}={v}" for k, v in values.items()])
 
 
-def test_multitask_config_trains_every_head(shapes, text_dir, tmp_path, monkeypatch) -> None:
+@pytest.fixture(scope="module")
+def multitask_run(shapes, text_dir, tmp_path_factory):
+    """3 steps of configs/multitask/synthetic.yaml (tiny), recording per step the heads whose
+    parameters got a non-zero gradient."""
     import glip.engine.trainer as trainer_module
     from glip.engine import train
 
     cfg = _multitask_config(shapes, text_dir)
-    draws = SourceSchedule([s.weight for s in cfg.data.sources], cfg.solver.seed).sources(0, 3)
-    assert set(draws.tolist()) == {0, 1, 2}  # the seed's first draws visit every task
+    out = tmp_path_factory.mktemp("multitask")
+    models: list = []
+    reached: list[set[str]] = []
+    clip, init = trainer_module.clip_grad_norm, trainer_module.Trainer.__init__
 
-    reached: list[set[str]] = []  # per step, the heads whose parameters got a non-zero gradient
-    clip = trainer_module.clip_grad_norm
+    def recording_init(self, cfg, model, *args, **kwargs):
+        models.append(model)
+        init(self, cfg, model, *args, **kwargs)
 
     def recording_clip(parameters, solver):
-        parameters = list(parameters)
-        model = next(m for m in _models if any(p is parameters[0] for p in m.parameters()))
+        heads = models[-1].heads
         reached.append(
             {
-                name
-                for name, head in model.heads.items()
-                if any(p.grad is not None and bool(p.grad.abs().sum() > 0) for p in head.parameters())
+                n
+                for n, h in heads.items()
+                if any(p.grad is not None and bool(p.grad.abs().sum() > 0) for p in h.parameters())
             }
         )
         return clip(parameters, solver)
 
-    _models: list = []
-    init = trainer_module.Trainer.__init__
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(trainer_module, "clip_grad_norm", recording_clip)
+        mp.setattr(trainer_module.Trainer, "__init__", recording_init)
+        result = train(cfg, out, cpu=True, progress_bar=False)
+    return cfg, out, result, reached
 
-    def recording_init(self, cfg, model, *args, **kwargs):
-        _models.append(model)
-        init(self, cfg, model, *args, **kwargs)
 
-    monkeypatch.setattr(trainer_module, "clip_grad_norm", recording_clip)
-    monkeypatch.setattr(trainer_module.Trainer, "__init__", recording_init)
-    result = train(cfg, tmp_path, cpu=True, progress_bar=False)
+def test_multitask_config_trains_every_head(multitask_run) -> None:
+    cfg, tmp_path, result, reached = multitask_run
+    draws = SourceSchedule([s.weight for s in cfg.data.sources], cfg.solver.seed).sources(0, 3)
+    assert set(draws.tolist()) == {0, 1, 2}  # the seed's first draws visit every task
     assert result.progress.step == 3 and result.progress.skipped == 0
 
     log = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
@@ -200,3 +206,21 @@ def test_sources_refuse_the_single_source_files(shapes, text_dir) -> None:
     cfg = _multitask_config(shapes, text_dir, **{"data.train_json": str(shapes.train_json)})
     with pytest.raises(ValueError, match="not read when data.sources is set"):
         build_training_data(cfg, tokenizer=None)
+
+
+@pytest.mark.slow  # two more tiny runs (~20 CPU-s)
+def test_multitask_resume_equals_uninterrupted(multitask_run, tmp_path) -> None:
+    from glip.engine import train
+    from glip.engine.checkpoint import latest_checkpoint, load_state
+
+    cfg, reference, _, _ = multitask_run
+    train(cfg, tmp_path, cpu=True, progress_bar=False, max_steps=2)
+    result = train(cfg, tmp_path, cpu=True, progress_bar=False, resume=True)
+    assert result.progress.step == 3
+    ref, got = load_state(latest_checkpoint(reference)), load_state(latest_checkpoint(tmp_path))
+    assert got["progress"] == ref["progress"]
+    for k, v in ref["model"].items():
+        assert torch.equal(v, got["model"][k]), k
+    logged = [(tmp_path / "metrics.jsonl").read_text(), (reference / "metrics.jsonl").read_text()]
+    strip = [[{k: v for k, v in json.loads(x).items() if k != "images_per_s"} for x in t.splitlines()] for t in logged]
+    assert strip[0] == strip[1]
