@@ -34,17 +34,22 @@ def config_from_dict(tree: Mapping[str, Any], overrides: Sequence[str] = (), nam
         try:
             base = OmegaConf.merge(base, OmegaConf.create(upgrade_tree(tree)))
         except OmegaConfBaseException as e:
-            raise ConfigError(f"config does not fit the glip schema: {e}") from None
+            raise ConfigError(f"config does not fit the glip schema: {_first_line(e)}") from None
     if overrides:
         try:
             base = OmegaConf.merge(base, OmegaConf.from_dotlist(list(overrides)))
         except OmegaConfBaseException as e:
-            raise ConfigError(f"bad override in {list(overrides)}: {e}") from None
+            raise ConfigError(f"bad override in {list(overrides)}: {_first_line(e)}") from None
     cfg = OmegaConf.to_object(base)
     assert isinstance(cfg, GLIPConfig)
     if name is not None:
         cfg.name = name
     return cfg
+
+
+def _first_line(error: Exception) -> str:
+    """OmegaConf's message without the ``full_key`` / ``object_type`` lines it appends."""
+    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
 
 
 def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> GLIPConfig:

@@ -337,6 +337,20 @@ class SolverConfig:
 
 
 @dataclass
+class DataSource:
+    """One training source of a multi-task run (``data.sources``): its reader, files and
+    sampling weight. Each step draws one source with probability ``weight / sum(weights)``
+    and trains on a batch of it alone (:mod:`glip.engine.multitask`)."""
+
+    format: str = "coco"  # as data.format: coco | mdetr | vqa | gqa | captions
+    train_json: str = ""
+    train_images: str = ""
+    weight: float = 1.0  # sampling weight; official dataset "copies" c of n images: weight c * n
+    loss_weight: float = 1.0  # factor on this source's losses
+    name: str = ""  # the loss-log label ("loss/<name>"); "": the format, numbered if repeated
+
+
+@dataclass
 class DataConfig:
     """Training and validation data: COCO-format jsons and their image folders."""
 
@@ -363,6 +377,10 @@ class DataConfig:
     caption_conf: float = 0.0  # keep boxes with score > this (official CAPTION_CONF with FURTHER_SCREEN); 0: all
     caption_nms: float = -1.0  # class-agnostic NMS IoU (official CAPTION_NMS with FURTHER_SCREEN); <= 0: none
     caption_min_box: int = 1  # images with fewer boxes are left out (official CAPTION_MIN_BOX)
+    # Multi-task training: [] trains on format/train_json/train_images above; else each step
+    # trains on one batch of one source drawn by weight (the settings above apply to every
+    # source; format, val_json and val_images stay those of validation).
+    sources: list[DataSource] = field(default_factory=list)
 
 
 @dataclass

@@ -19,11 +19,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
 
 from glip.data.annotations import read_image
-from glip.data.datasets import GroundingSample, sample_seed
+from glip.data.datasets import GroundingSample
 from glip.data.od_to_grounding import SampleRNG
+from glip.data.seeded import SeededDataset
 from glip.data.transforms import TrainTransform
 from glip.structures.targets import GroundingTargets
 
@@ -88,7 +88,7 @@ def load_coco_captions(path: str | Path) -> CocoCaptions:
     return CocoCaptions(images=images, captions=captions, image_ids=ids)
 
 
-class CaptionDataset(Dataset):
+class CaptionDataset(SeededDataset):
     """Images and captions for causal captioning (samples of kind ``"captioning"``, no boxes).
 
     Sample ``i`` is image ``image_ids[i]`` with one of its captions: the
@@ -117,32 +117,20 @@ class CaptionDataset(Dataset):
         if getattr(transform, "flip_prob", 0.0) > 0:
             raise ValueError("captioning data must not be flipped (left/right would swap): use flip_prob 0")
         self.data = load_coco_captions(ann_file)
+        super().__init__(self.data.image_ids, seed)
         self.image_dir = Path(image_dir)
         self.tokenizer = tokenizer
         self.transform = transform
         self.max_query_len = max_query_len
-        self.seed = seed
-        self.epoch = 0
-        self.ids = list(self.data.image_ids)
 
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    @property
-    def image_ids(self) -> list[Any]:
-        return list(self.ids)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __getitem__(self, item: int) -> GroundingSample:
+    def load(self, item: int, rng: SampleRNG) -> GroundingSample:
+        """Sample ``item`` (the transform draws from ``rng``)."""
         image_id = self.ids[item]
         record = self.data.images[image_id]
         texts = self.data.captions[image_id]
         caption = texts[(self.epoch + item) % len(texts)]
         image = read_image(self.image_dir / record["file_name"])
         encoding = self.tokenizer(caption, max_length=self.max_query_len, truncation=True)
-        rng = SampleRNG.from_seed(sample_seed(self.seed, self.epoch, item))
         tensor, _, flipped = self.transform(image, torch.zeros(0, 4), rng)
         targets = GroundingTargets(
             torch.zeros(0, 4), torch.zeros(0, self.max_query_len, dtype=torch.bool), torch.zeros(0, dtype=torch.int64)
@@ -157,7 +145,6 @@ class CaptionDataset(Dataset):
             original_size=(int(image.shape[0]), int(image.shape[1])),
             flipped=flipped,
             kind=CAPTIONING,  # type: ignore[arg-type]
-            index=item,
         )
 
 

@@ -24,12 +24,12 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import Dataset
 
 from glip.data.annotations import CocoIndex, clean_boxes, has_valid_annotation, read_image, token_positive_map
 from glip.data.caption_screen import CaptionScreen
 from glip.data.masks import annotation_mask, has_segmentation, resize_masks
 from glip.data.od_to_grounding import CaptionRecipe, SampleRNG, labels_to_caption
+from glip.data.seeded import SeededDataset, sample_seed
 from glip.data.transforms import TrainTransform
 from glip.structures.targets import GroundingTargets
 from glip.text.masking import DataKind, greenlight_map
@@ -38,11 +38,6 @@ from glip.text.spans import build_category_vocabulary, normalize_class_name, tok
 __all__ = ["CocoGroundingDataset", "GroundingSample", "MdetrGroundingDataset", "sample_seed"]
 
 logger = logging.getLogger(__name__)
-
-
-def sample_seed(seed: int, epoch: int, index: int) -> int:
-    """A 32-bit seed for one sample of one epoch, independent of the loading order."""
-    return int(np.random.SeedSequence([seed, epoch, index]).generate_state(1)[0])
 
 
 @dataclass
@@ -95,7 +90,7 @@ class GroundingSample:
         return int(self.image.shape[-2]), int(self.image.shape[-1])
 
 
-class _GroundingDataset(Dataset):
+class _GroundingDataset(SeededDataset):
     """What both datasets share: the json index, seeding, tokenization and the transform."""
 
     def __init__(
@@ -109,34 +104,12 @@ class _GroundingDataset(Dataset):
         masks: bool = False,
     ) -> None:
         self.index = CocoIndex.load(ann_file)
+        super().__init__(_valid_ids(self.index), seed)
         self.masks = masks
         self.image_dir = Path(image_dir)
         self.tokenizer = tokenizer
         self.transform = transform
         self.max_query_len = max_query_len
-        self.seed = seed
-        self.epoch = 0
-        self.ids = _valid_ids(self.index)
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    @property
-    def image_ids(self) -> list[Any]:
-        """The json ids of the used images, in sample order."""
-        return list(self.ids)
-
-    def set_epoch(self, epoch: int) -> None:
-        """Changes the per-sample seeds (call before each epoch's loader is iterated)."""
-        self.epoch = epoch
-
-    def __getitem__(self, item: int) -> GroundingSample:
-        sample = self.load(item, SampleRNG.from_seed(sample_seed(self.seed, self.epoch, item)))
-        sample.index = item
-        return sample
-
-    def load(self, item: int, rng: SampleRNG) -> GroundingSample:
-        raise NotImplementedError
 
     def _finish(
         self,

@@ -33,11 +33,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import Dataset
 
 from glip.data.annotations import clean_boxes, read_image, token_positive_map
-from glip.data.datasets import GroundingSample, sample_seed
+from glip.data.datasets import GroundingSample
 from glip.data.od_to_grounding import SampleRNG
+from glip.data.seeded import SeededDataset
 from glip.data.transforms import TrainTransform
 from glip.structures.targets import GroundingTargets
 from glip.text.vqa import MASK_TOKEN, answer_soft_scores, tokenize_question
@@ -235,7 +235,7 @@ def divert_boxes(
     return f"{question} {mask_token}", out
 
 
-class VqaDataset(Dataset):
+class VqaDataset(SeededDataset):
     """VQA records as training samples (see the module docstring).
 
     Args:
@@ -267,24 +267,12 @@ class VqaDataset(Dataset):
         if tokenizer.mask_token_id is None:
             raise ValueError("the VQA prompt needs a tokenizer with a mask token")
         self.records = list(records)
+        super().__init__([r.image_id for r in self.records], seed)
         self.image_dir = Path(image_dir)
         self.tokenizer = tokenizer
         self.transform = transform
         self.answer_index = {a: i for i, a in enumerate(answers)}
         self.max_query_len = max_query_len
-        self.seed = seed
-        self.epoch = 0
-
-    def __len__(self) -> int:
-        return len(self.records)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __getitem__(self, item: int) -> GroundingSample:
-        sample = self.load(item, SampleRNG.from_seed(sample_seed(self.seed, self.epoch, item)))
-        sample.index = item
-        return sample
 
     def load(self, item: int, rng: SampleRNG) -> GroundingSample:
         record = self.records[item]

@@ -51,7 +51,8 @@ class Progress:
     Attributes:
         step: optimiser steps done (skipped batches do not count).
         epoch: the epoch being read.
-        batch: global batches of ``epoch`` already consumed (the next one to read).
+        batch: global batches of ``epoch`` already consumed (the next one to read); in a
+            multi-task run (``data.sources``), the batches drawn since the start.
         skipped: batches skipped so far (too many images without boxes, non-finite loss).
     """
 

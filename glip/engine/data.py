@@ -14,8 +14,8 @@ from glip.config import GLIPConfig
 from glip.data import CaptionRecipe, CocoGroundingDataset, GroundingCollator, MdetrGroundingDataset
 from glip.data.caption_screen import CaptionScreen
 from glip.data.captions import CaptionDataset
-from glip.data.datasets import sample_seed
-from glip.data.od_to_grounding import SampleRNG, parse_caption_prompt
+from glip.data.od_to_grounding import parse_caption_prompt
+from glip.data.seeded import SeededDataset
 from glip.data.transforms import build_train_transform
 from glip.engine.vqa import VQA_FORMATS, build_vqa_dataset
 
@@ -38,9 +38,9 @@ class RepeatDataset(Dataset):
     def __getitem__(self, item: int) -> Any:
         base = self.dataset
         index = item % len(base)  # type: ignore[arg-type]
-        if isinstance(base, (CocoGroundingDataset, MdetrGroundingDataset)):
+        if isinstance(base, SeededDataset):
             # Each copy draws its own augmentation (seeded by its position in the repeat).
-            sample = base.load(index, SampleRNG.from_seed(sample_seed(base.seed, base.epoch, item)))
+            sample = base.load(index, base.sample_rng(item))
         else:
             sample = base[index]
         if hasattr(sample, "index"):

@@ -13,6 +13,7 @@ import torch
 from glip.config import GLIPConfig, save_config
 from glip.engine.checkpoint import STATE_NAME, latest_checkpoint
 from glip.engine.data import build_dataset
+from glip.engine.multitask import build_training_data
 from glip.engine.trainer import Evaluator, Trainer, TrainResult
 from glip.engine.tuning import apply_tuning, record_tuned_prompt, resolve_tuning_mode, set_frozen_eval
 from glip.engine.vqa import with_answer_vocabulary
@@ -144,10 +145,12 @@ def train(
 
     output_dir = Path(output_dir)
     cpu = (not torch.cuda.is_available()) if cpu is None else cpu
+    # Multi-task: each step trains some heads only, the others get no gradient.
+    unused = cfg.train.find_unused_parameters or bool(cfg.data.sources)
     accelerator = Accelerator(
         cpu=cpu,
         mixed_precision=resolve_precision(cfg, cpu),
-        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=cfg.train.find_unused_parameters)],
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=unused)],
     )
     # The same initial weights on every process (DDP also broadcasts rank 0's).
     _seed_everything(cfg.solver.seed)
@@ -162,7 +165,7 @@ def train(
     model = build_training_model(cfg, None if checkpoint is not None else weights, trust_pickle=trust_pickle)
     prepare_for_training(model, cfg)
     tokenizer = model.tokenizer
-    train_set = build_dataset(cfg, tokenizer, train=True)
+    train_set = build_training_data(cfg, tokenizer)  # one dataset, or the sources of a multi-task run
     val_set = build_dataset(cfg, tokenizer, train=False) if cfg.data.val_json else None
     if cfg.train.tuning:
         record_tuned_prompt(model, train_set, cfg.model.text.max_query_len)

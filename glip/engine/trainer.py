@@ -12,13 +12,14 @@ SIGTERM/SIGINT a resumable checkpoint is written.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
 import os
 import signal
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,7 @@ from glip.engine.checkpoint import (
 )
 from glip.engine.data import ShardedBatchSampler, make_loader
 from glip.engine.ema import ModelEMA
+from glip.engine.multitask import MultiSourceData, TrainingSource
 from glip.engine.optim import build_optimizer, build_schedule, clip_grad_norm
 from glip.engine.pretraining import pretraining_inputs
 from glip.engine.tuning import set_frozen_eval
@@ -107,7 +109,8 @@ class Trainer:
         model: a GLIP on the CPU, already frozen where it should be (see
             :func:`glip.train.prepare_for_training`).
         loss: the criterion (:func:`glip.modeling.build.build_loss`).
-        train_set: a dataset of :class:`GroundingSample` with ``set_epoch``.
+        train_set: a dataset of :class:`GroundingSample` with ``set_epoch``, or the sources
+            of a multi-task run (:class:`glip.engine.multitask.MultiSourceData`).
         accelerator: an ``accelerate.Accelerator`` (decides processes, device, precision).
         output_dir: where checkpoints, ``metrics.jsonl`` and TensorBoard logs go.
         val_set: optional validation dataset: its mean losses are logged as ``val/<name>``.
@@ -121,7 +124,7 @@ class Trainer:
         cfg: GLIPConfig,
         model: GLIP,
         loss: Criterion,
-        train_set: Dataset,
+        train_set: Dataset | MultiSourceData,
         accelerator: Any,
         output_dir: str | Path,
         val_set: Dataset | None = None,
@@ -215,14 +218,9 @@ class Trainer:
         try:
             self.loss_model.train()
             self._apply_freezing()
-            while self.progress.step < stop_at and self._stop_signal is None:
-                sampler = ShardedBatchSampler(
-                    len(self.train_set), self.local_batch, acc.process_index, acc.num_processes,
-                    s.seed, self.progress.epoch, self.progress.batch,
-                )  # fmt: skip
-                for batch in make_loader(self.train_set, sampler, self.cfg, self.pad_token_id):
-                    self.progress.batch += 1
-                    losses = self._step(batch.to(acc.device))
+            if self.progress.step < stop_at and self._stop_signal is None:
+                for source, batch in self._batches():
+                    losses = self._step(batch.to(acc.device), source)
                     if losses is not None and (self.progress.step % t.log_period == 0 or self.progress.step == stop_at):
                         now = time.perf_counter()
                         speed = (self.progress.step - last_step) * s.ims_per_batch / max(now - last_time, 1e-9)
@@ -246,12 +244,6 @@ class Trainer:
                             break
                     if done or self._stop_requested():
                         break
-                else:
-                    self.progress.epoch += 1
-                    self.progress.batch = 0
-                    continue
-                if self.monitor.stopped:
-                    break
             checkpoint = self.save_checkpoint()
             if self._stop_signal is None and self.progress.step >= self.max_iter and not self.monitor.stopped:
                 metrics = self.validate()
@@ -268,8 +260,37 @@ class Trainer:
             self.progress, checkpoint, self._stop_signal, metrics, self.monitor.stopped, self.monitor.best
         )
 
-    def _step(self, batch: GroundingBatch) -> dict[str, float] | None:
-        """One optimiser step; None when the batch was skipped."""
+    def _batches(self) -> Iterator[tuple[TrainingSource | None, GroundingBatch]]:
+        """``(source, batch)`` from where ``progress`` stands, advancing ``progress.batch`` (and
+        ``epoch``) as each batch is read. One dataset: epoch after epoch of
+        :class:`ShardedBatchSampler` batches (source None). Multi-task
+        (:class:`MultiSourceData`): ``progress.batch`` counts the draws since the start and
+        ``epoch`` is the draws over the batches of one epoch."""
+        acc, s = self.accelerator, self.cfg.solver
+        if isinstance(self.train_set, MultiSourceData):
+            loader = functools.partial(make_loader, cfg=self.cfg, pad_token_id=self.pad_token_id)
+            batches = self.train_set.batches(
+                self.progress.batch, self.local_batch, acc.process_index, acc.num_processes, loader
+            )
+            for source, batch in batches:
+                self.progress.batch += 1
+                self.progress.epoch = self.progress.batch // self.batches_per_epoch
+                yield source, batch
+            return
+        while True:
+            sampler = ShardedBatchSampler(
+                len(self.train_set), self.local_batch, acc.process_index, acc.num_processes,
+                s.seed, self.progress.epoch, self.progress.batch,
+            )  # fmt: skip
+            for batch in make_loader(self.train_set, sampler, self.cfg, self.pad_token_id):
+                self.progress.batch += 1
+                yield None, batch
+            self.progress.epoch += 1
+            self.progress.batch = 0
+
+    def _step(self, batch: GroundingBatch, source: TrainingSource | None = None) -> dict[str, float] | None:
+        """One optimiser step; None when the batch was skipped. A multi-task ``source``
+        scales the batch's losses by its ``loss_weight`` and adds ``loss/<source name>``."""
         acc, s = self.accelerator, self.cfg.solver
         # An image with a VQA question is never "empty": its answer trains without boxes.
         empty = sum(int(t.boxes.shape[0] == 0 and t.answer_scores is None) for t in batch.targets)
@@ -282,6 +303,8 @@ class Trainer:
             return None
         with acc.autocast():
             loss_dict = self.loss_model(batch, self.progress.step)
+        if source is not None and source.loss_weight != 1.0:
+            loss_dict = {k: v * source.loss_weight for k, v in loss_dict.items()}
         total = sum(loss_dict.values())
         acc.backward(total)
         if getattr(acc, "scaler", None) is not None:
@@ -305,6 +328,8 @@ class Trainer:
         reduced = {k: acc.reduce(v.detach().float(), reduction="mean") for k, v in loss_dict.items()}
         out = {k: float(v) for k, v in reduced.items()}
         out["loss"] = sum(out.values())
+        if source is not None:
+            out[f"loss/{source.name}"] = out["loss"]
         out["grad_norm"] = float(grad_norm)
         return out
 
@@ -383,7 +408,8 @@ class Trainer:
         self._write_metrics(record)
         if bar is not None:
             shown = {"loss": f"{losses['loss']:.4f}"}  # then each term, in the criterion's order
-            shown.update({short_loss_name(k): f"{v:.3f}" for k, v in losses.items() if k not in ("loss", "grad_norm")})
+            terms = {k: v for k, v in losses.items() if k not in ("loss", "grad_norm") and "/" not in k}
+            shown.update({short_loss_name(k): f"{v:.3f}" for k, v in terms.items()})
             shown.update(lr=f"{lr:.2e}", img_s=f"{speed:.1f}")
             bar.set_postfix(ordered_dict=shown, refresh=False)
 

@@ -26,22 +26,28 @@ VQA_FORMATS = ("vqa", "gqa")
 
 
 def with_answer_vocabulary(cfg: GLIPConfig) -> GLIPConfig:
-    """``cfg`` itself, or a copy whose ``model.heads.vqa.answers`` is built from
-    ``data.train_json`` when the VQA head is on and its vocabulary empty."""
+    """``cfg`` itself, or a copy whose ``model.heads.vqa.answers`` is built from the training
+    questions when the VQA head is on and its vocabulary empty: ``data.train_json``, or in a
+    multi-task run those of every VQA / GQA source of ``data.sources``."""
     h = cfg.model.heads.vqa
     if not h.enabled or h.answers:
         return cfg
-    if cfg.data.format not in VQA_FORMATS or not cfg.data.train_json:
+    d = cfg.data
+    files = [(s.train_json, s.format) for s in d.sources if s.format in VQA_FORMATS and s.train_json]
+    if not d.sources and d.format in VQA_FORMATS and d.train_json:
+        files = [(d.train_json, d.format)]
+    if not files:
         raise ValueError(
             "model.heads.vqa.answers is empty and cannot be built: set data.format to vqa or gqa and "
-            "data.train_json to the training questions (or list the answers in the config)"
+            "data.train_json to the training questions, or add a vqa/gqa source to data.sources "
+            "(or list the answers in the config)"
         )
-    records = load_vqa_records(cfg.data.train_json, cfg.data.format)
+    records = [r for path, fmt in files for r in load_vqa_records(path, fmt)]
     answers = build_answer_vocabulary([r.multiple_choice_answer for r in records], h.min_answer_count)
     if not answers:
+        names = ", ".join(path for path, _ in files)
         raise ValueError(
-            f"no answer of {cfg.data.train_json} is given {h.min_answer_count} times or more: "
-            "lower model.heads.vqa.min_answer_count"
+            f"no answer of {names} is given {h.min_answer_count} times or more: lower model.heads.vqa.min_answer_count"
         )
     logger.info("answer vocabulary: %d answers given at least %d times", len(answers), h.min_answer_count)
     out = copy.deepcopy(cfg)

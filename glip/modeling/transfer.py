@@ -16,6 +16,8 @@ freeze flags that ``GeneralizedVLRCNN.train()`` applies. Per mode, the trainable
 ``mask``       (no official counterpart) the mask head alone, everything else frozen: a
                detection model learns to segment without changing its boxes; the head
                may start fresh from a checkpoint that has none (:attr:`TuningMode.heads`)
+``vqa``        (no official counterpart) the VQA answer head alone, as ``mask``
+``caption``    (no official counterpart) the caption head alone, as ``mask``
 =============  ==============================================================================
 
 The parts are found through the model (:meth:`GLIP.part_of`, :meth:`GLIP.linear_probe_names`),
@@ -70,6 +72,8 @@ TUNING_MODES: dict[str, TuningMode] = {
         TuningMode("prompt_v3", "language_prompt_v3", True, True, True, False, False),
         TuningMode("prompt_v4", "language_prompt_v4", True, True, True, True, True),
         TuningMode("mask", "", True, True, False, False, True, heads=("mask",)),
+        TuningMode("vqa", "", True, True, False, False, True, heads=("vqa",)),
+        TuningMode("caption", "", True, True, False, False, True, heads=("caption",)),
     )
 }
 OFFICIAL_MODE_NAMES = {m.official: m.name for m in TUNING_MODES.values() if m.official}

@@ -11,7 +11,7 @@ from typing import Any
 
 from glip.tools.common import add_device_arg, add_model_args, add_output_arg, add_quiet_arg, model_arg, parse_device
 
-__all__ = ["add_caption_parser", "caption_files", "evaluate_captioning"]
+__all__ = ["add_caption_parser", "caption_files", "evaluate_captioning", "evaluate_caption_model"]
 
 EPILOG = """examples:
   glip caption shapes/images/val_00000.png --weights runs/caption/model
@@ -135,6 +135,33 @@ def _cmd_caption(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def evaluate_caption_model(
+    model: Any, ann_file: str | Path, image_dir: str | Path, out_dir: str | Path, progress: bool = True
+) -> Any:
+    """Captions every image of ``ann_file`` (a COCO-captions json) found in ``image_dir`` and
+    scores them (:func:`glip.evaluation.captioning.evaluate_caption_files`). Writes
+    ``OUT/results.json`` and ``OUT/metrics.json``; returns the scores (``.metrics``, ``.notes``)."""
+    from glip.data.captions import load_coco_captions
+    from glip.evaluation.captioning import evaluate_caption_files
+
+    data = load_coco_captions(ann_file)
+    image_dir = Path(image_dir)
+    if not image_dir.is_dir():
+        raise FileNotFoundError(f"image folder not found: {image_dir}")
+    files = [str(image_dir / data.images[i]["file_name"]) for i in data.image_ids]
+    entries = caption_files(model, files, progress=progress)
+    failed = [e for e in entries if "error" in e]
+    if failed:
+        raise ValueError(
+            f"{len(failed)} of {len(entries)} images failed, e.g. {failed[0]['file']}: {failed[0]['error']}"
+        )
+    results_file = Path(out_dir) / "results.json"
+    _write_json(results_file, [{"image_id": i, "caption": e["caption"]} for i, e in zip(data.image_ids, entries)])
+    scores = evaluate_caption_files(ann_file, results_file)
+    _write_json(Path(out_dir) / "metrics.json", scores.to_json())
+    return scores
+
+
 def evaluate_captioning(args: argparse.Namespace) -> int:
     """``glip evaluate --task caption``: captions every image of ``--ann`` (a COCO-captions json)
     found in ``--images`` (or scores ``--results``), writes ``OUT/results.json`` and
@@ -145,27 +172,17 @@ def evaluate_captioning(args: argparse.Namespace) -> int:
 
     if not args.ann:
         raise ValueError("--task caption needs --ann, a COCO-captions json (images + annotations with captions)")
-    data = load_coco_captions(args.ann)  # checks the layout before a model is loaded
+    load_coco_captions(args.ann)  # checks the layout before a model is loaded
     out = Path(args.out)
-    results_file = Path(args.results) if args.results else out / "results.json"
-    if not args.results:
+    if args.results:
+        scores = evaluate_caption_files(args.ann, Path(args.results))
+        _write_json(out / "metrics.json", scores.to_json())
+    else:
         if not args.images:
             raise ValueError("--task caption needs --images, the folder of the json's file_name (or --results)")
-        image_dir = Path(args.images)
-        if not image_dir.is_dir():
-            raise FileNotFoundError(f"image folder not found: {image_dir}")
-        model = _load(args)
-        files = [str(image_dir / data.images[i]["file_name"]) for i in data.image_ids]
-        entries = caption_files(model, files, progress=not args.quiet)
-        failed = [e for e in entries if "error" in e]
-        if failed:
-            raise ValueError(
-                f"{len(failed)} of {len(entries)} images failed, e.g. {failed[0]['file']}: {failed[0]['error']}"
-            )
-        results = [{"image_id": i, "caption": e["caption"]} for i, e in zip(data.image_ids, entries)]
-        _write_json(results_file, results)
-    scores = evaluate_caption_files(args.ann, results_file)
-    _write_json(out / "metrics.json", scores.to_json())
+        if not Path(args.images).is_dir():
+            raise FileNotFoundError(f"image folder not found: {args.images}")
+        scores = evaluate_caption_model(_load(args), args.ann, args.images, out, progress=not args.quiet)
     for name, value in scores.metrics.items():
         print(f"{name:<8} {value:.4f}")
     for note in scores.notes:

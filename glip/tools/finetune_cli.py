@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from glip.tools.common import (
     add_device_arg,
@@ -14,6 +15,9 @@ from glip.tools.common import (
     check_overrides,
     model_arg,
 )
+
+if TYPE_CHECKING:
+    from glip.tools.finetune_tasks import TaskData
 
 __all__ = ["add_finetune_parser", "run_finetune"]
 
@@ -39,6 +43,47 @@ def _transfer_data(args: argparse.Namespace) -> object:
     )  # fmt: skip
 
 
+def _task_data(args: argparse.Namespace) -> TaskData:
+    from glip.tools.finetune_tasks import TaskData
+
+    if args.shots or args.test_json:
+        raise ValueError(f"--task {args.task} takes neither --shots nor --test-json (the validation json is tested)")
+    if args.data:
+        if args.train_json or args.val_json or args.images:
+            raise ValueError("give --data DIR or --train-json/--val-json/--images, not both")
+        return TaskData.from_dir(args.task, args.data)
+    if not (args.train_json and args.val_json and args.images):
+        raise ValueError("give --data DIR, or --train-json, --val-json and --images")
+    return TaskData.from_files(args.task, args.train_json, args.val_json, args.images)
+
+
+def _run_task(args: argparse.Namespace) -> int:
+    """``glip finetune --task vqa|caption``: :func:`glip.tools.finetune_tasks.finetune_task`."""
+    import logging
+
+    from glip.hub.zoo import resolve_model_source
+    from glip.tools.finetune_tasks import finetune_task, task_overrides
+    from glip.tools.train_cli import device_is_cpu
+
+    check_overrides(args.overrides)
+    data = _task_data(args)
+    mode = args.mode or ""
+    preset = task_overrides(data, mode)
+    weights = model_arg(args)
+    source = resolve_model_source(weights, args.config, text_encoder=args.text_encoder)
+    cfg = source.load_config([f"model.text.encoder={args.text_encoder}"] if args.text_encoder else [])
+    check_overrides([*preset, *args.overrides], cfg)  # unknown keys and bad values fail before training
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    out = args.out or f"glip_finetune/{data.name}_{args.task}_{mode or 'config'}"
+    summary = finetune_task(
+        cfg, data, out, weights=weights, mode=mode, overrides=args.overrides, cpu=device_is_cpu(args.device),
+        progress_bar=not args.quiet, trust_pickle=args.trust_pickle,
+    )  # fmt: skip
+    print(f"{data.name} {args.task} ({summary['steps']} steps): {summary['metric']} {summary['score']:.4f}")
+    print(f"tuned model: {out}/model (metrics in {out}/metrics.json)")
+    return 0
+
+
 def run_finetune(args: argparse.Namespace) -> int:
     import logging
 
@@ -46,6 +91,9 @@ def run_finetune(args: argparse.Namespace) -> int:
     from glip.tools.finetune import finetune, transfer_overrides
     from glip.tools.train_cli import device_is_cpu
 
+    if args.task != "detection":
+        return _run_task(args)
+    args.mode = args.mode or "prompt"
     check_overrides(args.overrides)
     preset = transfer_overrides(args.mode, args.shots) if not args.no_official_schedule else []
     data = _transfer_data(args)
@@ -73,15 +121,19 @@ def run_finetune(args: argparse.Namespace) -> int:
 def add_finetune_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "finetune",
-        help="transfer GLIP to a COCO-format dataset: full, linear probing or prompt tuning",
+        help="transfer GLIP to a COCO-format dataset (full, linear probing or prompt tuning), or fine-tune "
+        "its VQA or caption head (--task)",
         description="Fine-tune on a custom COCO-format dataset with the official ODinW recipe (k-shot subset, "
         "per-shot schedule, evaluation every epoch, early stopping). Linear and prompt modes save only the "
         "tensors they train (OUT/model/tuned.json + delta.safetensors), loadable by glip.load_model and "
-        "--weights.",
+        "--weights. --task vqa|caption adds and trains the answer or caption head with the config's solver and "
+        "tests it with VQA accuracy or CIDEr.",
         epilog="examples:\n"
         "  glip finetune --data shapes --mode prompt --shots 5 --seed 30 --model demo-shapes --out runs/prompt5\n"
         "  glip finetune --data my_roboflow_export --mode linear --model glip-t --out runs/linear\n"
-        "  glip finetune --data shapes --mode mask --model demo-shapes --out runs/mask   (masks in the data)",
+        "  glip finetune --data shapes --mode mask --model demo-shapes --out runs/mask   (masks in the data)\n"
+        "  glip finetune --task vqa --data shapes --model demo-shapes --out runs/vqa solver.max_iter=1000\n"
+        "  glip finetune --task caption --data shapes --model demo-shapes --mode head --out runs/caption",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument(
@@ -94,10 +146,18 @@ def add_finetune_parser(subparsers: argparse._SubParsersAction) -> argparse.Argu
     p.add_argument("--test-json", help="final AP (default: the validation set)")
     p.add_argument("--images", help="image folder of the explicit jsons")
     p.add_argument(
+        "--task",
+        choices=("detection", "vqa", "caption"),
+        default="detection",
+        help="detection (default: the ODinW transfer recipe on a COCO-format dataset); vqa or caption: add and "
+        "train that head (--data DIR holds vqa_train.json + vqa_val.json or captions_train.json + "
+        "captions_val.json beside images/, as `glip data synthetic` writes), then test VQA accuracy or CIDEr",
+    )
+    p.add_argument(
         "--mode",
-        default="prompt",
-        help="full | linear | prompt (| prompt_v1 | prompt_v3 | prompt_v4) | mask (the mask head alone, the rest "
-        "frozen; added to a detection model)",
+        help="detection: full | linear | prompt (default) (| prompt_v1 | prompt_v3 | prompt_v4) | mask (the mask "
+        "head alone, the rest frozen; added to a detection model). vqa/caption: what the config trains (default), "
+        "full, or head (the task's head alone)",
     )
     p.add_argument("--shots", type=int, default=0, help="1, 3, 5 or 10 shots per class; 0: all data")
     p.add_argument("--seed", type=int, default=3, help="k-shot sampling seed (official 3, 30, 300)")
