@@ -410,7 +410,8 @@ class Trainer:
             shown = {"loss": f"{losses['loss']:.4f}"}  # then each term, in the criterion's order
             terms = {k: v for k, v in losses.items() if k not in ("loss", "grad_norm") and "/" not in k}
             shown.update({short_loss_name(k): f"{v:.3f}" for k, v in terms.items()})
-            shown.update(lr=f"{lr:.2e}", img_s=f"{speed:.1f}")
+            # the largest group's lr: the first group may be frozen at 0
+            shown.update(lr=f"{max(lrs):.2e}", img_s=f"{speed:.1f}")
             bar.set_postfix(ordered_dict=shown, refresh=False)
 
     def _write_metrics(self, record: dict[str, Any]) -> None:
