@@ -65,10 +65,13 @@ class BackboneConfig:
 
 @dataclass
 class TextConfig:
-    """The BERT language backbone."""
+    """The language backbone: BERT (official default) or a CLIP text tower."""
 
-    encoder: str = "bert-base-uncased"  # Hugging Face name or local directory
-    dim: int = 768  # official LANGUAGE_BACKBONE.LANG_DIM; must equal BERT's hidden size
+    # official LANGUAGE_BACKBONE.MODEL_TYPE: "bert" (BertModel) or "clip" (transformers
+    # CLIPTextModel run bi-directionally, glip.modeling.text_encoder.ClipTextEncoder)
+    type: str = "bert"
+    encoder: str = "bert-base-uncased"  # Hugging Face name or local directory (config + tokenizer)
+    dim: int = 768  # official LANGUAGE_BACKBONE.LANG_DIM; must equal the encoder's hidden size
     max_query_len: int = 256  # official LANGUAGE_BACKBONE.MAX_QUERY_LEN
     num_layers: int = 1  # official LANGUAGE_BACKBONE.N_LAYERS: last layers averaged
     mask_special: bool = False
