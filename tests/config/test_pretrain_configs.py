@@ -30,5 +30,8 @@ def test_pretrain_recipe_loads_with_its_sources(name: str) -> None:
         src.train_json.startswith("/path/to/") and src.train_images.startswith("/path/to/") for src in sources.values()
     )
     assert not cfg.data.train_json  # data.sources only
+    assert [src.pseudo_labelled for src in sources.values()] == [False, False, False, True]
+    d = cfg.data  # official glip_Swin_L.yaml caption options
+    assert (d.caption_conf, d.caption_nms, d.pack_captions, d.pack_prob, d.no_pack_prob) == (0.5, -1.0, 20, 0.5, 0.4)
     v2 = name == "glipv2-t"
     assert cfg.model.heads.mlm.enabled is v2 and cfg.model.heads.inter_image.enabled is v2
