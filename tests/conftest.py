@@ -152,3 +152,28 @@ def tiny_model_factory(tmp_path_factory):
     require_fixtures()
     root = tmp_path_factory.mktemp("text_encoders")
     return lambda config: load_tiny_model(config, root)
+
+
+def save_tiny_clip(out: Path) -> Path:
+    """Saves into ``out`` a 1-layer ``transformers.CLIPModel`` (width 32, 2 heads, 64 text
+    positions, 32-px images), seeded random weights, with a character-level BPE vocabulary
+    (``CLIPTokenizer`` without merges: every character is a token, offline). Returns ``out``."""
+    import string
+
+    from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
+
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for c in string.ascii_lowercase + string.digits + string.punctuation:
+        vocab[c] = len(vocab)
+        vocab[c + "</w>"] = len(vocab)
+    tokenizer = CLIPTokenizer(vocab=vocab, merges=[])
+    text = dict(vocab_size=len(vocab), hidden_size=32, intermediate_size=37, num_hidden_layers=1,
+                num_attention_heads=2, max_position_embeddings=64, bos_token_id=0, eos_token_id=1, pad_token_id=1)  # fmt: skip
+    vision = dict(hidden_size=32, intermediate_size=37, num_hidden_layers=1, num_attention_heads=2, image_size=32,
+                  patch_size=8)  # fmt: skip
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=16))
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out

@@ -390,6 +390,11 @@ def from_official(tree: Mapping[str, Any], name: str = "official") -> GLIPConfig
     if bool(flat.get("DATASETS.FURTHER_SCREEN", False)):
         cfg.data.caption_conf = float(flat.get("DATASETS.CAPTION_CONF", 0.9))
         cfg.data.caption_nms = float(flat.get("DATASETS.CAPTION_NMS", 0.9))
+    # Caption packing (passed by the official build.py only when > 0; nothing says which data is caption data).
+    cfg.data.pack_captions = int(flat.get("DATASETS.PACK_RANDOM_CAPTION_NUMBER", 0))
+    pack_prob = float(flat.get("DATASETS.RANDOM_PACK_PROB", -1.0))
+    cfg.data.pack_prob = pack_prob if pack_prob > 0 else -1.0
+    cfg.data.no_pack_prob = float(flat.get("DATASETS.NO_RANDOM_PACK_PROBABILITY", 0.0))
     if cfg.model.heads.mdetr_align.enabled and not cfg.model.trunk.fused_dot_product:
         # Official: resizer(embedded) -> JOINT_EMB_SIZE feeds a Linear(DYHEAD.CHANNELS, ...).
         joint = int(flat.get("MODEL.DYHEAD.FUSE_CONFIG.JOINT_EMB_SIZE", 256))

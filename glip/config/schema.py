@@ -65,10 +65,13 @@ class BackboneConfig:
 
 @dataclass
 class TextConfig:
-    """The BERT language backbone."""
+    """The language backbone: BERT (official default) or a CLIP text tower."""
 
-    encoder: str = "bert-base-uncased"  # Hugging Face name or local directory
-    dim: int = 768  # official LANGUAGE_BACKBONE.LANG_DIM; must equal BERT's hidden size
+    # official LANGUAGE_BACKBONE.MODEL_TYPE: "bert" (BertModel) or "clip" (transformers
+    # CLIPTextModel run bi-directionally, glip.modeling.text_encoder.ClipTextEncoder)
+    type: str = "bert"
+    encoder: str = "bert-base-uncased"  # Hugging Face name or local directory (config + tokenizer)
+    dim: int = 768  # official LANGUAGE_BACKBONE.LANG_DIM; must equal the encoder's hidden size
     max_query_len: int = 256  # official LANGUAGE_BACKBONE.MAX_QUERY_LEN
     num_layers: int = 1  # official LANGUAGE_BACKBONE.N_LAYERS: last layers averaged
     mask_special: bool = False
@@ -348,6 +351,7 @@ class DataSource:
     weight: float = 1.0  # sampling weight; official dataset "copies" c of n images: weight c * n
     loss_weight: float = 1.0  # factor on this source's losses
     name: str = ""  # the loss-log label ("loss/<name>"); "": the format, numbered if repeated
+    pseudo_labelled: bool = False  # as data.pseudo_labelled, for this source ("mdetr" only)
 
 
 @dataclass
@@ -377,6 +381,12 @@ class DataConfig:
     caption_conf: float = 0.0  # keep boxes with score > this (official CAPTION_CONF with FURTHER_SCREEN); 0: all
     caption_nms: float = -1.0  # class-agnostic NMS IoU (official CAPTION_NMS with FURTHER_SCREEN); <= 0: none
     caption_min_box: int = 1  # images with fewer boxes are left out (official CAPTION_MIN_BOX)
+    # "mdetr" data that a teacher labelled (official caption data): not gold for NO_MASK_FOR_GOLD, and
+    # packed with random other captions as negatives (glip.data.caption_packing; official DATASETS keys):
+    pseudo_labelled: bool = False
+    pack_captions: int = 0  # PACK_RANDOM_CAPTION_NUMBER: up to this many negative captions; 0: none
+    pack_prob: float = -1.0  # RANDOM_PACK_PROB: all of them with this probability, else fewer; -1: always all
+    no_pack_prob: float = 0.0  # NO_RANDOM_PACK_PROBABILITY: none with this probability (when pack_prob is set)
     # Multi-task training: [] trains on format/train_json/train_images above; else each step
     # trains on one batch of one source drawn by weight (the settings above apply to every
     # source; format, val_json and val_images stay those of validation).

@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 
 from glip.data.annotations import CocoIndex, clean_boxes, has_valid_annotation, read_image, token_positive_map
+from glip.data.caption_packing import CaptionPacking, pack_captions
 from glip.data.caption_screen import CaptionScreen
 from glip.data.masks import annotation_mask, has_segmentation, resize_masks
 from glip.data.od_to_grounding import CaptionRecipe, SampleRNG, labels_to_caption
@@ -299,8 +300,10 @@ class MdetrGroundingDataset(_GroundingDataset):
     ``"grounding"`` (gold data, default) or ``"caption"`` (pseudo-labelled image-text
     pairs); it selects the official ``NO_MASK_FOR_GOLD`` rule. ``screen``: the official
     caption options (:class:`~glip.data.caption_screen.CaptionScreen`: score filter, NMS,
-    minimum boxes), applied once when the json is read. Other args as
-    :class:`CocoGroundingDataset`.
+    minimum boxes), applied once when the json is read. ``packing`` (caption data only): each
+    caption packed with random other captions of the set as negatives
+    (:mod:`glip.data.caption_packing`; never the sample's own caption, which the official may
+    draw). Other args as :class:`CocoGroundingDataset`.
     """
 
     def __init__(
@@ -314,9 +317,13 @@ class MdetrGroundingDataset(_GroundingDataset):
         masks: bool = False,
         kind: DataKind = "grounding",
         screen: CaptionScreen | None = None,
+        packing: CaptionPacking | None = None,
     ) -> None:
         if kind not in ("grounding", "caption"):
             raise ValueError(f"MdetrGroundingDataset kind must be 'grounding' or 'caption', got {kind!r}")
+        if packing is not None and packing.number > 0 and kind != "caption":
+            raise ValueError("caption packing applies to pseudo-labelled caption data (kind 'caption') only")
+        self.packing = packing
         super().__init__(ann_file, image_dir, tokenizer, transform, max_query_len, seed, masks)
         self.kind: DataKind = kind
         if screen is not None:
@@ -340,8 +347,22 @@ class MdetrGroundingDataset(_GroundingDataset):
             if raw is None:
                 raise ValueError(f"annotation {anns[i].get('id')} of image {image_id} has no tokens_positive")
             spans.append([(int(a), int(b)) for a, b in raw])
+        if self.packing is not None and self.packing.number > 0:
+            caption, spans = self._pack(item, caption, spans, rng)
         labels = torch.tensor([int(anns[i].get("category_id", 1)) for i in cleaned.keep], dtype=torch.int64)
         kept = [anns[i] for i in cleaned.keep]
         return self._finish(
             image, cleaned.boxes, caption, spans, labels, image_id, rng, cleaned.num_dropped, kept, kind=self.kind
         )
+
+    def _pack(
+        self, item: int, caption: str, spans: list[list[tuple[int, int]]], rng: SampleRNG
+    ) -> tuple[str, list[list[tuple[int, int]]]]:
+        """``caption`` packed with the captions of random other items (drawn with ``rng``)."""
+        assert self.packing is not None
+        count = self.packing.draw_count(rng) if len(self) > 1 else 0
+        others = [int(j) + (int(j) >= item) for j in rng.np.randint(len(self) - 1, size=count)] if count else []
+        negatives = [str(self.index.images[self.ids[j]]["caption"]) for j in others]
+        lengths = [len(self.tokenizer(text)["input_ids"]) for text in [*negatives, caption]]
+        packed = pack_captions(caption, spans, negatives, lengths, self.max_query_len, rng)
+        return packed.caption, packed.spans

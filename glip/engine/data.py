@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from glip.config import GLIPConfig
 from glip.data import CaptionRecipe, CocoGroundingDataset, GroundingCollator, MdetrGroundingDataset
+from glip.data.caption_packing import CaptionPacking
 from glip.data.caption_screen import CaptionScreen
 from glip.data.captions import CaptionDataset
 from glip.data.od_to_grounding import parse_caption_prompt
@@ -132,11 +133,16 @@ def build_dataset(cfg: GLIPConfig, tokenizer: Any, train: bool = True) -> Datase
     transform = build_train_transform(cfg.input, flip_prob=d.flip_prob, train=train)
     max_len = cfg.model.text.max_query_len
     masks = cfg.model.heads.mask.enabled  # the mask head's targets
-    if d.format == "mdetr":  # the caption options screen training data only, as official
+    if d.pseudo_labelled and d.format != "mdetr":
+        raise ValueError(f"data.pseudo_labelled applies to data.format 'mdetr' (grounding json), not {d.format!r}")
+    if d.format == "mdetr":  # the caption options screen (and pack) training data only, as official
         screen = CaptionScreen(d.caption_conf, d.caption_nms, d.caption_min_box) if train else None
+        pseudo = d.pseudo_labelled and train
+        packing = CaptionPacking(d.pack_captions, d.pack_prob, d.no_pack_prob) if pseudo else None
         return MdetrGroundingDataset(
-            ann, images, tokenizer, transform, max_query_len=max_len, seed=cfg.solver.seed, masks=masks, screen=screen
-        )
+            ann, images, tokenizer, transform, max_query_len=max_len, seed=cfg.solver.seed, masks=masks,
+            kind="caption" if pseudo else "grounding", screen=screen, packing=packing,
+        )  # fmt: skip
     if d.format == "captions":  # captioning (GLIPv2): COCO-captions json, never flipped
         transform = build_train_transform(cfg.input, flip_prob=0.0, train=train)
         return CaptionDataset(ann, images, tokenizer, transform, max_query_len=max_len, seed=cfg.solver.seed)

@@ -215,6 +215,7 @@ def build_training_data(cfg: GLIPConfig, tokenizer: Any) -> Dataset | MultiSourc
         one = copy.deepcopy(cfg)
         one.data.sources = []
         one.data.format, one.data.train_json, one.data.train_images = s.format, s.train_json, s.train_images
+        one.data.pseudo_labelled = s.pseudo_labelled
         # Source 0 keeps the run seed; the others get unrelated ones (their augmentations and
         # batch orders must not move in lockstep with source 0's).
         one.solver.seed = cfg.solver.seed if i == 0 else sample_seed(cfg.solver.seed, i) % 2**31

@@ -19,7 +19,7 @@ from glip.engine.tuning import apply_tuning, record_tuned_prompt, resolve_tuning
 from glip.engine.vqa import with_answer_vocabulary
 from glip.modeling.build import build_loss, build_model
 from glip.modeling.glip import GLIP
-from glip.modeling.text_encoder import load_bert_config
+from glip.modeling.text_encoder import load_text_config
 from glip.text import load_tokenizer, resolve_text_encoder
 
 __all__ = ["build_training_model", "load_evaluator", "prepare_for_training", "resolve_precision", "train"]
@@ -43,7 +43,7 @@ def build_training_model(cfg: GLIPConfig, weights: str | Path | None = None, tru
         return load_model(weights, cfg, text_encoder=text_dir, trust_pickle=trust_pickle, fresh_heads=fresh)
     model = build_model(
         cfg,
-        load_bert_config(text_dir),
+        load_text_config(cfg.model.text.type, text_dir),
         load_tokenizer(text_dir),
         pretrained_text=text_dir if cfg.model.text.pretrained else None,
         pretrained_backbone=True,  # a timm body's weights, when model.backbone.timm.pretrained

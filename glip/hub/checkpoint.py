@@ -22,7 +22,7 @@ from glip.hub.streaming import SafetensorsIndex, index_safetensors, stream_state
 from glip.hub.zoo import resolve_model_source
 from glip.modeling.build import build_model
 from glip.modeling.glip import GLIP
-from glip.modeling.text_encoder import load_bert_config
+from glip.modeling.text_encoder import load_text_config
 from glip.text import load_tokenizer, resolve_text_encoder
 from glip.utils.fs import atomic_directory
 
@@ -212,12 +212,12 @@ def _resolve_text_encoder(text_encoder: str | Path | None, cfg: GLIPConfig, base
     return resolve_text_encoder(text_encoder)
 
 
-def _text_components(name_or_dir: str) -> tuple[Any, Any]:
+def _text_components(kind: str, name_or_dir: str) -> tuple[Any, Any]:
     try:
-        return load_bert_config(name_or_dir), load_tokenizer(name_or_dir)
+        return load_text_config(kind, name_or_dir), load_tokenizer(name_or_dir)
     except OSError as e:
         raise CheckpointError(
-            f"cannot load the text encoder {name_or_dir!r} (its BERT config and tokenizer): {e}. "
+            f"cannot load the text encoder {name_or_dir!r} (its {kind} config and tokenizer): {e}. "
             "Pass text_encoder= (CLI: --text-encoder) a local directory holding config.json and vocab.txt, "
             "or a Hugging Face name that is in the local cache."
         ) from None
@@ -280,7 +280,7 @@ def load_model(
         config = base / CONFIG_NAME
     cfg = config if isinstance(config, GLIPConfig) else load_config(config)
     text_dir = _resolve_text_encoder(text_encoder, cfg, base)
-    bert_config, tokenizer = _text_components(text_dir)
+    bert_config, tokenizer = _text_components(cfg.model.text.type, text_dir)
     # A .safetensors file is indexed (meta tensors) and streamed into the built model, so the
     # weights are never held twice; a .pth is read whole (torch.load).
     index = _index_safetensors(weights) if weights.suffix == ".safetensors" else None
@@ -308,8 +308,8 @@ def _index_safetensors(path: Path) -> SafetensorsIndex:
 def save_model(
     model: GLIP, out_dir: str | Path, *, dtype: torch.dtype | None = None, include_text_encoder: bool = True
 ) -> Path:
-    """Writes ``model.safetensors``, ``config.yaml`` and ``text_encoder/`` (BERT config and
-    tokenizer) into ``out_dir``, atomically (a crash leaves no half-written folder).
+    """Writes ``model.safetensors``, ``config.yaml`` and ``text_encoder/`` (the BERT or CLIP
+    text config and the tokenizer) into ``out_dir``, atomically (a crash leaves no half-written folder).
 
     Args:
         dtype: cast floating-point tensors (e.g. ``torch.float16`` halves the file);
@@ -335,7 +335,7 @@ def save_model(
         if include_text_encoder:
             cfg.model.text.encoder = TEXT_ENCODER_DIR
             text_dir = tmp / TEXT_ENCODER_DIR
-            model.text_encoder.bert.config.save_pretrained(str(text_dir))
+            model.text_encoder.config.save_pretrained(str(text_dir))
             if model.tokenizer is not None:
                 model.tokenizer.save_pretrained(str(text_dir))
         else:

@@ -27,7 +27,7 @@ from glip.modeling.heads.mask import HourglassExtractor, MaskConvExtractor, Mask
 from glip.modeling.heads.vqa import VQAHead
 from glip.modeling.losses.inter_image import InterImageContrastiveLoss
 from glip.modeling.postprocess import GroundingPostProcessor
-from glip.modeling.text_encoder import BertTextEncoder
+from glip.modeling.text_encoder import build_text_encoder, in_head_layer_sizes
 from glip.modeling.trunk import FusionTrunk
 from glip.text.vqa import normalize_answer
 
@@ -88,7 +88,8 @@ def build_backbone(cfg: GLIPConfig, pretrained: bool = False) -> VisionBackbone:
 
 
 def build_trunk(cfg: GLIPConfig, bert_config: Any) -> FusionTrunk:
-    """The fused DyHead tower of ``cfg.model.trunk``; the in-head BERT layers follow ``bert_config``."""
+    """The fused DyHead tower of ``cfg.model.trunk``; the in-head text layers follow
+    ``bert_config`` (the text encoder's BERT or CLIP config)."""
     h, t = cfg.model.trunk, cfg.model.text
     return FusionTrunk(
         in_channels=cfg.model.backbone.out_channels,
@@ -102,12 +103,7 @@ def build_trunk(cfg: GLIPConfig, bert_config: Any) -> FusionTrunk:
         use_dyrelu=h.use_dyrelu,
         use_dyfuse=h.use_dyfuse,
         use_dfconv=h.use_dfconv,
-        text_num_heads=bert_config.num_attention_heads,
-        text_intermediate_size=bert_config.intermediate_size,
-        text_activation=bert_config.hidden_act,
-        text_layer_norm_eps=bert_config.layer_norm_eps,
-        text_hidden_dropout=bert_config.hidden_dropout_prob,
-        text_attention_dropout=bert_config.attention_probs_dropout_prob,
+        **in_head_layer_sizes(bert_config),
         clamp_min_for_underflow=h.clamp_min_for_underflow,
         clamp_max_for_overflow=h.clamp_max_for_overflow,
         clamp_bertattn_min_for_underflow=h.clamp_bertattn_min_for_underflow,
@@ -361,10 +357,11 @@ def build_model(
 
     Args:
         cfg: the model configuration.
-        bert_config: the ``transformers.BertConfig`` of the text encoder; its hidden size
-            must equal ``cfg.model.text.dim`` (official ``LANG_DIM``).
+        bert_config: the transformers config of the text encoder (``BertConfig``, or
+            ``CLIPTextConfig`` when ``model.text.type`` is ``clip``); its hidden size must
+            equal ``cfg.model.text.dim`` (official ``LANG_DIM``).
         tokenizer: the prompt tokenizer, kept on the model for :meth:`GLIP.predict`.
-        pretrained_text: a local folder (or cached Hugging Face name) whose BERT weights
+        pretrained_text: a local folder (or cached Hugging Face name) whose weights
             initialise the text encoder, as official training does; None: random weights
             (checkpoints bring their own).
         pretrained_backbone: a timm body loads its pretrained weights when the config asks
@@ -375,15 +372,17 @@ def build_model(
             f"the text encoder's hidden size ({bert_config.hidden_size}) differs from "
             f"model.text.dim / LANG_DIM ({cfg.model.text.dim})"
         )
+    t = cfg.model.text
+    masked = [n for n in ("mlm", "caption") if t.type == "clip" and getattr(cfg.model.heads, n).enabled]
+    if masked:  # both mask tokens with [MASK] and predict BERT's vocabulary; CLIP's tokenizer has no mask token
+        raise ValueError(
+            f"model.heads.{masked[0]} needs a BERT text encoder (a [MASK] token), not model.text.type clip"
+        )
     a = cfg.model.anchors
     inp = cfg.input
     model = GLIP(
         backbone=build_backbone(cfg, pretrained=pretrained_backbone),
-        text_encoder=(
-            BertTextEncoder.from_config(bert_config, num_layers=cfg.model.text.num_layers)
-            if pretrained_text is None
-            else BertTextEncoder.from_pretrained(pretrained_text, num_layers=cfg.model.text.num_layers)
-        ),
+        text_encoder=build_text_encoder(t.type, bert_config, t.num_layers, pretrained_text, t.max_query_len),
         trunk=build_trunk(cfg, bert_config),
         heads=build_heads(cfg, bert_config),
         anchor_generator=AnchorGenerator(

@@ -208,7 +208,7 @@ class GLIP(nn.Module):
         returns the one there; the model's outputs are unchanged until it is trained."""
         if self.prompt_offset is None:
             rows = self.max_query_len if num_rows is None else num_rows
-            dim = int(self.text_encoder.bert.config.hidden_size)
+            dim = self.text_encoder.dim
             param = next(self.parameters())
             self.prompt_offset = PromptOffset(rows, dim, token_ids).to(param.device)
         elif token_ids is not None:

@@ -36,6 +36,7 @@ _CLAMP = 50000.0
 _ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
     "gelu": F.gelu,
     "gelu_pytorch_tanh": partial(F.gelu, approximate="tanh"),
+    "quick_gelu": lambda x: x * torch.sigmoid(1.702 * x),  # CLIP's activation (OpenAI CLIP)
     "relu": F.relu,
     "silu": F.silu,
     "swish": F.silu,

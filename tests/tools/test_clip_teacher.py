@@ -4,7 +4,6 @@ with a tiny randomly initialised transformers CLIP saved offline (its own byte-l
 from __future__ import annotations
 
 import json
-import string
 
 import numpy as np
 import pytest
@@ -16,6 +15,7 @@ from glip.ops.boxes import box_iou
 from glip.text import Prompt
 from glip.tools.clip_teacher import BoxFileProposals, ClipScorer, ClipTeacher, crop, frequent_phrases
 from glip.tools.teachers import build_chunker
+from tests.conftest import save_tiny_clip
 
 COLOURS = {"red": (255, 0, 0), "green": (0, 255, 0), "blue": (0, 0, 255)}
 
@@ -32,23 +32,7 @@ def one_thread():
 @pytest.fixture(scope="module")
 def clip_dir(tmp_path_factory):
     """A 1-layer CLIP (width 32, 32-px images) with a character-level BPE vocabulary."""
-    from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
-
-    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
-    for c in string.ascii_lowercase + string.digits + string.punctuation:
-        vocab[c] = len(vocab)
-        vocab[c + "</w>"] = len(vocab)
-    tokenizer = CLIPTokenizer(vocab=vocab, merges=[])
-    text = dict(vocab_size=len(vocab), hidden_size=32, intermediate_size=37, num_hidden_layers=1,
-                num_attention_heads=2, max_position_embeddings=64, bos_token_id=0, eos_token_id=1, pad_token_id=1)  # fmt: skip
-    vision = dict(hidden_size=32, intermediate_size=37, num_hidden_layers=1, num_attention_heads=2, image_size=32,
-                  patch_size=8)  # fmt: skip
-    torch.manual_seed(0)
-    model = CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=16))
-    out = tmp_path_factory.mktemp("tiny_clip")
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return out
+    return save_tiny_clip(tmp_path_factory.mktemp("tiny_clip"))
 
 
 class ColourScorer:

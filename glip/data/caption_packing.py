@@ -1,0 +1,125 @@
+"""Packing random other captions into a pseudo-labelled caption, as negatives.
+
+The official caption dataset (``CaptionTSV.pack_caption`` in
+``maskrcnn_benchmark/data/datasets/caption.py``, ``DATASETS.PACK_RANDOM_CAPTION_NUMBER``)
+turns one image-caption pair into a longer prompt: the image's own caption plus captions
+of random other images of the set, in random order. The boxes keep grounding the tokens of
+their own caption (their spans are shifted to where it landed); the other captions' tokens
+ground nothing, so the region-word loss learns to score them low, as detection prompts'
+negative class names.
+
+How many: with ``pack_prob`` set (official ``RANDOM_PACK_PROB``, -1: unset), none with
+probability ``no_pack_prob`` (``NO_RANDOM_PACK_PROBABILITY``), else all ``number`` with
+probability ``pack_prob``, else a uniform count in ``[0, number)``; unset: always ``number``
+(the official reads ``NO_RANDOM_PACK_PROBABILITY`` only when ``RANDOM_PACK_PROB`` is set).
+
+Length safeguard (official ``SAFEGUARD_POSITIVE_CAPTION``, on by default): the negatives are
+visited in random order and one is kept when its token count (special tokens included) is
+below what the query length leaves after the kept ones and the positive caption, so the
+positive caption is never truncated away.
+
+Joined text: each caption, then ``"."`` unless it ends with one, then ``" "``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from glip.data.od_to_grounding import SampleRNG
+
+__all__ = ["CaptionPacking", "PackedCaption", "pack_captions"]
+
+
+@dataclass(frozen=True)
+class CaptionPacking:
+    """The packing options (official ``DATASETS`` keys in brackets).
+
+    Attributes:
+        number: up to this many negative captions (``PACK_RANDOM_CAPTION_NUMBER``); 0: none.
+        pack_prob: probability of packing all ``number`` (``RANDOM_PACK_PROB``); -1: always.
+        no_pack_prob: probability of packing none (``NO_RANDOM_PACK_PROBABILITY``), read
+            only when ``pack_prob`` is set.
+    """
+
+    number: int = 0
+    pack_prob: float = -1.0
+    no_pack_prob: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.number < 0:
+            raise ValueError(f"the number of packed captions must be >= 0, got {self.number}")
+
+    def draw_count(self, rng: SampleRNG) -> int:
+        """How many negatives this sample packs (Python stream for the coin flips, numpy's
+        for the uniform count, as the official)."""
+        if self.number == 0:
+            return 0
+        if self.pack_prob == -1.0:
+            return self.number
+        if rng.py.random() < self.no_pack_prob:
+            return 0
+        if rng.py.random() < self.pack_prob:
+            return self.number
+        return int(rng.np.randint(self.number))
+
+
+@dataclass(frozen=True)
+class PackedCaption:
+    """A packed prompt.
+
+    Attributes:
+        caption: the joined text.
+        spans: per box, its ``(start, end)`` character spans moved into ``caption``.
+        positive: the ``(start, end)`` span of the image's own caption in ``caption``.
+        num_negatives: how many negative captions were kept.
+    """
+
+    caption: str
+    spans: list[list[tuple[int, int]]]
+    positive: tuple[int, int]
+    num_negatives: int
+
+
+def pack_captions(
+    caption: str,
+    spans: Sequence[Sequence[tuple[int, int]]],
+    negatives: Sequence[str],
+    lengths: Sequence[int],
+    max_query_len: int,
+    rng: SampleRNG,
+) -> PackedCaption:
+    """Packs ``caption`` (whose boxes ground ``spans``) with ``negatives``.
+
+    Args:
+        caption: the image's own caption.
+        spans: per box, ``(start, end)`` character spans in ``caption``.
+        negatives: other images' captions.
+        lengths: token counts (special tokens included) of ``negatives`` then ``caption``
+            (``len(negatives) + 1`` numbers).
+        max_query_len: the text encoder's query length.
+        rng: the sample's streams (two Python shuffles).
+    """
+    if len(lengths) != len(negatives) + 1:
+        raise ValueError(f"{len(negatives) + 1} token counts expected, got {len(lengths)}")
+    if not negatives:
+        return PackedCaption(caption, [list(map(tuple, g)) for g in spans], (0, len(caption)), 0)
+    budget = max_query_len - lengths[-1]
+    order = list(range(len(negatives)))
+    rng.py.shuffle(order)
+    kept = []
+    for i in order:
+        if lengths[i] < budget:
+            kept.append(i)
+            budget -= lengths[i]
+    pieces = [-1, *kept]  # -1: the positive caption
+    rng.py.shuffle(pieces)
+    text, start = "", 0
+    for piece in pieces:
+        if piece == -1:
+            start = len(text)
+        part = caption if piece == -1 else negatives[piece]
+        text += part if part.endswith(".") else part + "."
+        text += " "
+    moved = [[(a + start, b + start) for a, b in group] for group in spans]
+    return PackedCaption(text, moved, (start, start + len(caption)), len(kept))
