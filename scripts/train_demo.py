@@ -17,6 +17,18 @@ The recipe (``configs/synthetic/tiny.yaml``) trains the head's fusion and in-hea
 layers at a tenth of the base learning rate (``solver.fusion_lr_factor``): at the full
 1e-3 those layers collapse every prompt token onto one vector within ~10 steps and the
 trained model scores every phrase alike.
+
+Two optional stages (off by default: the bundled model was trained without them):
+
+- ``--backbone-steps N`` (with ``--backbone-images``) first pre-trains the backbone and FPN
+  as a dense colour/shape labeller on other synthetic images (the stand-in for GLIP's
+  ImageNet-pretrained Swin), then trains GLIP with :data:`DEMO_RECIPE` (backbone frozen,
+  fusion's text side frozen, DyConv tower at base_lr / 10, disjoint negatives).
+  Measured 2026-11-30 (``--backbone-steps 1500 --mask-steps 300``, 80 min on a shared
+  2-core machine): box AP50 27.4 (held-out 10.7), top phrase right on 36 % of one-shape
+  images (colour 42 %, shape 84 %), mask AP50 27.2: the shape word is read, the colour
+  word only partly.
+- ``--mask-steps N`` then adds the mask head and trains it alone (``train.tuning=mask``).
 """
 
 from __future__ import annotations
@@ -36,9 +48,12 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 
 
-def evaluate(model, val_json: Path, image_dir: Path, held_out: set[str]) -> dict[str, dict[str, float]]:
+def evaluate(
+    model, val_json: Path, image_dir: Path, held_out: set[str], masks: bool = False
+) -> dict[str, dict[str, float]]:
     """COCO box AP / AP50 (pycocotools, through glip.evaluation) on the validation images,
-    prompting with every category name; for all, seen and held-out categories."""
+    prompting with every category name; for all, seen and held-out categories; with
+    ``masks`` also mask AP / AP50 (``segm_AP``, ``segm_AP50``)."""
     from glip.evaluation.coco import evaluate_coco
 
     data = json.loads(val_json.read_text())
@@ -47,7 +62,7 @@ def evaluate(model, val_json: Path, image_dir: Path, held_out: set[str]) -> dict
     ids = [c["id"] for c in categories]
     results = []
     for record in data["images"]:
-        det = model.predict(image_dir / record["file_name"], names, threshold=0.0)
+        det = model.predict(image_dir / record["file_name"], names, threshold=0.0, masks=masks)
         results.extend(det.to_coco(record["id"], category_ids=ids))
     rows = {}
     present = {a["category_id"] for a in data["annotations"]}
@@ -60,6 +75,9 @@ def evaluate(model, val_json: Path, image_dir: Path, held_out: set[str]) -> dict
         if cats:
             m = evaluate_coco(data, results, category_ids=cats)
             rows[split] = {"AP": 100 * m["AP"], "AP50": 100 * m["AP50"], "categories": len(cats)}
+            if masks:
+                m = evaluate_coco(data, results, category_ids=cats, iou_type="segm")
+                rows[split].update(segm_AP=100 * m["AP"], segm_AP50=100 * m["AP50"])
     return rows
 
 
@@ -114,6 +132,137 @@ def probe_evaluator(out_dir: Path, num_images: int = 32):
     return evaluate_probe
 
 
+def pretrain_backbone(
+    model, train_json: Path, image_dir: Path, steps: int = 300, batch: int = 16, seed: int = 0
+) -> dict[str, float]:
+    """Pre-trains ``model.backbone`` (body and FPN) in place as a dense labeller of the
+    training images: two 1x1 classifiers on P3-P5 name each location's colour and shape
+    (background included), then are dropped. The stand-in for GLIP's ImageNet-pretrained
+    Swin; only the training split is read, so the held-out colour-shape combinations stay
+    unseen. Returns the final per-location foreground accuracies (``colour``, ``shape``)."""
+    import numpy as np
+    import torch.nn.functional as F
+    from PIL import Image
+
+    from glip.data.masks import annotation_mask
+    from glip.utils.image import normalize_image
+
+    data = json.loads(train_json.read_text())
+    names = {c["id"]: c["name"].split() for c in data["categories"]}
+    colours = sorted({colour for colour, _ in names.values()})
+    shapes = sorted({shape for _, shape in names.values()})
+    per_image: dict[int, list] = {}
+    for a in data["annotations"]:
+        per_image.setdefault(a["image_id"], []).append(a)
+    pre = model.preprocessing
+    images, colour_maps, shape_maps = [], [], []
+    for record in data["images"]:
+        rgb = np.asarray(Image.open(image_dir / record["file_name"]).convert("RGB"))
+        h, w = rgb.shape[:2]
+        colour_map = torch.zeros(h, w, dtype=torch.long)  # 0: background, i + 1: colours[i]
+        shape_map = torch.zeros(h, w, dtype=torch.long)
+        for a in per_image.get(record["id"], []):  # in drawing order: later shapes on top
+            inside = torch.from_numpy(annotation_mask(a, h, w))
+            colour, shape = names[a["category_id"]]
+            colour_map[inside], shape_map[inside] = colours.index(colour) + 1, shapes.index(shape) + 1
+        x = torch.from_numpy(rgb.copy()).permute(2, 0, 1).float() / 255.0  # [3, h, w]
+        images.append(normalize_image(x, pre.pixel_mean, pre.pixel_std, pre.to_bgr255))
+        colour_maps.append(colour_map)
+        shape_maps.append(shape_map)
+    # One padded batch tensor (multiples of 32); padding is ignored by the loss (-100).
+    H = -(-max(x.shape[1] for x in images) // 32) * 32
+    W = -(-max(x.shape[2] for x in images) // 32) * 32
+
+    def pad(t: torch.Tensor, value: float) -> torch.Tensor:
+        return F.pad(t, (0, W - t.shape[-1], 0, H - t.shape[-2]), value=value)
+
+    X = torch.stack([pad(x, 0.0) for x in images])  # [N, 3, H, W]
+    C = torch.stack([pad(c, -100) for c in colour_maps])  # [N, H, W]
+    S = torch.stack([pad(s, -100) for s in shape_maps])
+    backbone, levels = model.backbone, 3
+    with torch.no_grad():
+        width = backbone(X[:1])[0].shape[1]
+    kc, ks = len(colours) + 1, len(shapes) + 1  # classes with background
+    classifiers = torch.nn.ModuleList(torch.nn.Conv2d(width, kc + ks, 1) for _ in range(levels))
+    params = list(backbone.parameters()) + list(classifiers.parameters())
+    optimizer = torch.optim.AdamW(params, lr=1e-3, weight_decay=1e-4)
+    # background is most of the image
+    colour_weight, shape_weight = (torch.tensor([0.2] + [1.0] * (k - 1)) for k in (kc, ks))
+    generator = torch.Generator().manual_seed(seed)
+    backbone.train()
+    accuracy = {"colour": 0.0, "shape": 0.0}
+    for step in range(steps):
+        idx = torch.randint(len(X), (batch,), generator=generator)
+        x, c, s = X[idx], C[idx], S[idx]
+        if torch.rand(1, generator=generator).item() < 0.5:
+            x, c, s = x.flip(-1), c.flip(-1), s.flip(-1)
+        for group in optimizer.param_groups:  # linear warm-up, /10 for the last fifth
+            group["lr"] = 1e-3 * min(1.0, (step + 1) / 30) * (0.1 if step >= 0.8 * steps else 1.0)
+        loss, hits = 0.0, {"colour": [], "shape": []}
+        for level, (feature, classifier) in enumerate(zip(backbone(x)[:levels], classifiers)):
+            stride = 8 * 2**level
+            h, w = feature.shape[-2:]
+            # the label at the centre of each cell: [B, h, w]
+            cl = c[:, stride // 2 :: stride, stride // 2 :: stride][:, :h, :w]
+            sl = s[:, stride // 2 :: stride, stride // 2 :: stride][:, :h, :w]
+            logits = classifier(feature)  # [B, kc + ks, h, w]
+            loss = loss + F.cross_entropy(logits[:, :kc], cl, weight=colour_weight)
+            loss = loss + F.cross_entropy(logits[:, kc:], sl, weight=shape_weight)
+            fg = cl > 0
+            hits["colour"].append((logits[:, :kc].argmax(1) == cl)[fg].float().mean().item())
+            hits["shape"].append((logits[:, kc:].argmax(1) == sl)[fg].float().mean().item())
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        accuracy = {key: sum(v) / len(v) for key, v in hits.items()}
+        if step % 50 == 0 or step == steps - 1:
+            print(f"backbone pre-training step {step}: loss {loss.item():.3f}, foreground colour "
+                  f"{100 * accuracy['colour']:.0f}%, shape {100 * accuracy['shape']:.0f}%", flush=True)  # fmt: skip
+    return accuracy
+
+
+# The GLIP stage of the demo recipe, over configs/synthetic/tiny.yaml, after the backbone
+# pre-training: the pre-trained backbone and FPN frozen (as GLIP's linear-probe and prompt
+# modes freeze theirs), the fusion's text side frozen and the tower's convolutions at a tenth
+# of the base rate. Trained from scratch together on 400 images, the tower and the fusion
+# learn "some object is here" within a few hundred steps and drop what tells colours and
+# shapes apart; the words then have nothing to match.
+DEMO_RECIPE = [
+    "model.backbone.freeze=true",
+    "model.backbone.freeze_fpn=true",
+    "solver.fusion_lr_factor=0.0",
+    "solver.tower_lr_factor=0.1",
+    "data.disjoint_negatives=true",
+]
+
+
+def train_masks(cfg, weights: Path, work: Path, ds, steps: int) -> tuple[Path, dict]:
+    """Adds the mask head to the detector ``weights`` and trains it alone (``train.tuning=mask``:
+    boxes unchanged) on the synthetic shapes' exact polygons; returns the folder and the box
+    and mask AP on the validation images."""
+    from glip.config import config_from_dict, config_to_dict
+    from glip.engine import train
+    from glip.hub.checkpoint import load_model
+
+    mask_cfg = config_from_dict(config_to_dict(cfg), [
+        "train.tuning=mask", "model.heads.mask.enabled=true", f"solver.max_iter={steps}",
+        f"solver.warmup_iters={max(steps // 10, 1)}", f"solver.checkpoint_period={max(steps // 2, 1)}",
+        "train.eval_period=0",
+    ])  # fmt: skip
+    start = time.time()
+    result = train(mask_cfg, work / "mask", resume=True, cpu=True, weights=weights)
+    if result.interrupted_by is not None:
+        raise SystemExit(f"interrupted at mask step {result.progress.step}; run again to resume")
+    folder = work / "mask" / "model"
+    table = evaluate(load_model(folder), ds.val_json, ds.image_dir, set(ds.held_out), masks=True)
+    print(f"\nmask head: {steps} steps in {(time.time() - start) / 60:.1f} min")
+    for split, row in table.items():
+        print(
+            f"  {split:<9} box AP50 {row['AP50']:5.1f}  mask AP {row['segm_AP']:5.1f}  mask AP50 {row['segm_AP50']:5.1f}"
+        )
+    return folder, table
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--work", default="runs/demo", help="data and training output")
@@ -123,6 +272,12 @@ def main() -> int:
     p.add_argument("--held-out", type=int, default=3)
     p.add_argument("--steps", type=int, default=1200)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--backbone-steps", type=int, default=0,
+                   help="steps of dense colour/shape pre-training of the backbone before GLIP training (0: none)")  # fmt: skip
+    p.add_argument("--backbone-images", type=int, default=2000,
+                   help="images (another seed, held-out combinations excluded) of the backbone pre-training")  # fmt: skip
+    p.add_argument("--mask-steps", type=int, default=0,
+                   help="steps of mask-head training (train.tuning=mask, the rest frozen) after detection (0: none)")  # fmt: skip
     p.add_argument("--probe-every", type=int, default=200, help="steps between phrase-accuracy probes (0: none)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
     args = p.parse_args()
@@ -131,6 +286,7 @@ def main() -> int:
     from glip.config import load_config
     from glip.data import generate_synthetic
     from glip.engine import train
+    from glip.engine.run import build_training_model
     from glip.hub.checkpoint import load_model, save_model
 
     torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
@@ -141,9 +297,11 @@ def main() -> int:
     )  # fmt: skip
     print("held-out categories:", ", ".join(ds.held_out))
     warmup = max(args.steps // 10, 1)
+    recipe = DEMO_RECIPE if args.backbone_steps > 0 else []
     cfg = load_config(
         REPO / "configs" / "synthetic" / "tiny.yaml",
         [
+            *recipe,
             f"data.train_json={ds.train_json}", f"data.train_images={ds.image_dir}",
             f"solver.max_iter={args.steps}", f"solver.warmup_iters={warmup}",
             f"solver.checkpoint_period={max(args.steps // 4, 1)}", f"solver.seed={args.seed}",
@@ -152,8 +310,22 @@ def main() -> int:
         ],
     )  # fmt: skip
     start = time.time()
+    init = None
+    if args.backbone_steps > 0:
+        init = work / "init"
+        if not init.is_dir():  # resumable: the pre-trained backbone is made once
+            pre = generate_synthetic(
+                work / "backbone_data", num_train=args.backbone_images, num_val=0, image_size=(128, 192),
+                seed=args.seed + 1000, held_out=list(ds.held_out),
+            )  # fmt: skip
+            torch.manual_seed(args.seed)
+            model = build_training_model(cfg)
+            acc = pretrain_backbone(model, pre.train_json, pre.image_dir, steps=args.backbone_steps, seed=args.seed)
+            save_model(model, init, include_text_encoder=False)
+            print(f"backbone pre-trained: colour {100 * acc['colour']:.0f}%, shape {100 * acc['shape']:.0f}% of "
+                  "foreground locations (last batch)")  # fmt: skip
     evaluator = probe_evaluator(work / "probe") if args.probe_every > 0 else None
-    result = train(cfg, work / "train", resume=True, cpu=True, evaluator=evaluator)
+    result = train(cfg, work / "train", resume=True, cpu=True, evaluator=evaluator, weights=init)
     minutes = (time.time() - start) / 60
     if result.interrupted_by is not None:
         print(f"interrupted at step {result.progress.step}; run again to resume")
@@ -179,12 +351,15 @@ def main() -> int:
         if best is None or table["all"]["AP"] > report[best]["summary"]["all"]["AP"]:
             best = which
     assert best is not None
-    model = load_model(work / "train" / best)
+    final = work / "train" / best
+    if args.mask_steps > 0:
+        final, report["mask"] = train_masks(cfg, final, work, ds, args.mask_steps)
+    model = load_model(final)
     out = save_model(model, args.out, dtype=torch.float16, include_text_encoder=False)
     size = sum(f.stat().st_size for f in Path(out).rglob("*") if f.is_file())
     # The fp16 folder must give the same numbers (up to rounding): evaluate it as shipped.
     shipped_model = load_model(out)
-    shipped = evaluate(shipped_model, ds.val_json, ds.image_dir, set(ds.held_out))
+    shipped = evaluate(shipped_model, ds.val_json, ds.image_dir, set(ds.held_out), masks=args.mask_steps > 0)
     shipped_top1 = top_phrase_accuracy(shipped_model, work / "single")
     report.update(
         {"saved": best, "folder": str(out), "size_mb": size / 1e6, "shipped": shipped, "shipped_top1": shipped_top1}
@@ -192,7 +367,8 @@ def main() -> int:
     (work / "report.json").write_text(json.dumps(report, indent=1))
     print(f"\nsaved {best} to {out} ({size / 1e6:.1f} MB, fp16, text encoder referenced)")
     for split, row in shipped.items():
-        print(f"  shipped {split:<9} AP {row['AP']:5.1f}  AP50 {row['AP50']:5.1f}")
+        masks = f"  mask AP {row['segm_AP']:5.1f}  mask AP50 {row['segm_AP50']:5.1f}" if "segm_AP" in row else ""
+        print(f"  shipped {split:<9} AP {row['AP']:5.1f}  AP50 {row['AP50']:5.1f}{masks}")
     print(f"  shipped top phrase correct on single-shape images: {100 * shipped_top1:.0f}%")
     return 0
 
