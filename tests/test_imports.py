@@ -109,7 +109,13 @@ def test_import_glip_loads_neither_torchvision_nor_transformers():
     assert out.stdout.strip() == "[]"
 
 
-@pytest.mark.parametrize("failure", ["RuntimeError('operator torchvision::nms does not exist')", "ImportError('no')"])
+@pytest.mark.parametrize(
+    "failure",
+    [
+        "RuntimeError('operator torchvision::nms does not exist')",
+        pytest.param("ImportError('no')", marks=pytest.mark.slow),  # the same path as above: ~8 s (pytest -m slow)
+    ],
+)
 @pytest.mark.needs_fixtures
 def test_full_forward_with_a_broken_torchvision(tmp_path, failure):
     fake = tmp_path / "fake" / "torchvision"

@@ -96,6 +96,7 @@ def test_sigterm_then_resume_equals_uninterrupted(run_config, reference_run, tmp
     _assert_states_close(_final_state(reference_run), final, atol=1e-6)
 
 
+@pytest.mark.slow  # the reference run plus two more training runs: ~40 s on 2 cores (pytest -m slow)
 def test_max_steps_then_resume_is_exact(run_config, reference_run, tmp_path):
     out = tmp_path / "partial"
     subprocess.run(_train_cmd(run_config, out, "--max-steps", "3"), check=True, env=_env(), capture_output=True,

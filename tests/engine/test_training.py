@@ -69,6 +69,7 @@ def test_loss_falls(shapes, text_dir, tmp_path):
         assert not any(k.startswith("text_encoder.") for k in f.keys())
 
 
+@pytest.mark.slow  # ~14 s of training on 2 cores (pytest -m slow)
 def test_overfit_one_image_to_its_boxes(text_dir, tmp_path):
     one = generate_synthetic(tmp_path / "one", num_train=1, num_val=1, image_size=IMAGE_SIZE, seed=11,
                              colors=("red", "blue"), shapes=("circle", "square"), max_objects=2)  # fmt: skip

@@ -167,6 +167,7 @@ def test_few_shot_subsets_are_seeded_and_cover_k(tmp_path):
     assert len(few_shot_subset(coco, 0, 3)["images"]) == len(coco["images"])
 
 
+@pytest.mark.slow  # 8 tuning runs: ~13 s on 2 cores (pytest -m slow)
 def test_protocol_grid_two_datasets_two_shots_two_seeds(base_model, text_dir, tmp_path, capsys):
     import importlib.util
 

@@ -68,6 +68,7 @@ def test_prompt_as_input_on_demo_model(demo_model, tmp_path):
             _assert_close(_run(session, image=image, input_ids=ids, attention_mask=mask), reference(image, ids, mask))
 
 
+@pytest.mark.slow  # export + onnxruntime of the GLIP-T-layout fixture: ~17 s on 2 cores (pytest -m slow)
 def test_official_fixture_model(fixtures_dir, tiny_model_factory, tmp_path):
     model = tiny_model_factory("tiny_glip_t")
     case = load_case("tiny_glip_t", "chelsea")

@@ -78,6 +78,7 @@ def test_a_folder_written_before_the_split_fills_the_model_exactly(tmp_path) -> 
         assert torch.equal(state[k], v.to(state[k].dtype)), k
 
 
+@pytest.mark.slow  # a fresh interpreter: ~8 s on 2 cores (pytest -m slow)
 def test_loading_a_tuned_delta_does_not_import_the_engine(tmp_path) -> None:
     import glip
     from glip.hub.tuned import save_tuned

@@ -232,6 +232,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow  # a 2-process evaluation: ~20 s on 2 cores (pytest -m slow)
 def test_two_processes_equal_one(synthetic, tmp_path):
     """Two gloo processes (as accelerate launch / torchrun start them) gather the same metrics."""
     base = [sys.executable, "-m", "glip.cli", "evaluate", "--task", "coco", "--data", str(synthetic.val_json),
