@@ -15,7 +15,7 @@ from glip.ops.boxes import box_iou
 from glip.text import Prompt
 from glip.tools.clip_teacher import BoxFileProposals, ClipScorer, ClipTeacher, crop, frequent_phrases
 from glip.tools.teachers import build_chunker
-from tests.conftest import save_tiny_clip
+from tests.conftest import save_tiny_clip, single_torch_thread
 
 COLOURS = {"red": (255, 0, 0), "green": (0, 255, 0), "blue": (0, 0, 255)}
 
@@ -23,10 +23,7 @@ COLOURS = {"red": (255, 0, 0), "green": (0, 255, 0), "blue": (0, 0, 255)}
 @pytest.fixture(autouse=True, scope="module")
 def one_thread():
     """Small forwards: one thread is faster, and much faster on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    yield from single_torch_thread()
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,6 @@ import json
 import sys
 
 import pytest
-import torch
 
 from glip.cli import main
 from glip.data import MdetrGroundingDataset, TrainTransform, collate_grounding
@@ -22,6 +21,7 @@ from glip.tools.pseudo_label import (
     read_caption_items,
 )
 from glip.tools.teachers import GlipTeacher, build_chunker, caption_prompt
+from tests.conftest import single_torch_thread
 
 THRESHOLD = 0.2
 
@@ -29,10 +29,7 @@ THRESHOLD = 0.2
 @pytest.fixture(autouse=True, scope="module")
 def one_thread():
     """Small forwards: one thread is faster, and much faster on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    yield from single_torch_thread()
 
 
 @pytest.fixture(scope="module")
