@@ -22,7 +22,6 @@ trunk, heads); the run stops when all are right. Exit status 0 when they are.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -49,22 +48,6 @@ def vocabulary() -> list[str]:
     return [*DEFAULT_COLORS, *DEFAULT_SHAPES, *(str(n) for n in range(6)), "yes", "no", "left", "right"]
 
 
-def _text_encoder_without_dropout(work: Path) -> Path:
-    """all-MiniLM-L6-v2 with its dropout probabilities set to 0 (files linked, not copied)."""
-    from glip.text import resolve_text_encoder
-
-    src = Path(resolve_text_encoder("all-MiniLM-L6-v2"))
-    out = work / "minilm_nodrop"
-    out.mkdir()
-    for f in src.iterdir():
-        if f.is_file() and f.name != "config.json":
-            os.symlink(f, out / f.name)
-    config = json.loads((src / "config.json").read_text())
-    config.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
-    (out / "config.json").write_text(json.dumps(config))
-    return out
-
-
 def build(seed: int):
     """The tiny VQA model, its criterion, the image's path and its question records/batch."""
     from glip.config import load_config
@@ -72,9 +55,10 @@ def build(seed: int):
     from glip.engine.run import build_training_model, prepare_for_training
     from glip.engine.vqa import build_vqa_dataset
     from glip.modeling.build import build_loss
+    from glip.text import text_encoder_without_dropout
 
     work = Path(tempfile.mkdtemp(prefix="overfit_vqa_"))
-    text_dir = _text_encoder_without_dropout(work)
+    text_dir = text_encoder_without_dropout("all-MiniLM-L6-v2", work / "minilm_nodrop")
     data = generate_synthetic(work, num_train=1, num_val=0, image_size=IMAGE_SIZE, seed=seed, max_objects=4)
     cfg = load_config(
         CONFIG,

@@ -8,6 +8,7 @@ from glip.text.tokenize import (
     positive_map_from_spans,
     resolve_text_encoder,
     span_token_range,
+    text_encoder_without_dropout,
     tokenize_prompt,
 )
 
@@ -22,5 +23,6 @@ __all__ = [
     "positive_map_from_spans",
     "span_token_range",
     "resolve_text_encoder",
+    "text_encoder_without_dropout",
     "tokenize_prompt",
 ]

@@ -16,6 +16,7 @@ __all__ = [
     "BUNDLED_TEXT_ENCODERS",
     "TokenizedPrompt",
     "resolve_text_encoder",
+    "text_encoder_without_dropout",
     "load_tokenizer",
     "positive_map_from_spans",
     "span_token_range",
@@ -55,6 +56,24 @@ def resolve_text_encoder(name_or_dir: str | Path) -> str:
         except ImportError:
             return text
     return text
+
+
+def text_encoder_without_dropout(name_or_dir: str | Path, out_dir: str | Path) -> Path:
+    """``out_dir``: the encoder's folder with its dropout probabilities set to 0 in
+    ``config.json`` (every other file linked, not copied), for runs that must be
+    deterministic in train mode."""
+    import json
+    import os
+
+    src, out = Path(resolve_text_encoder(name_or_dir)), Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for f in src.iterdir():
+        if f.is_file() and f.name != "config.json":
+            os.symlink(f, out / f.name)
+    config = json.loads((src / "config.json").read_text())
+    config.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    (out / "config.json").write_text(json.dumps(config))
+    return out
 
 
 @dataclass

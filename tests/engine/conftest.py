@@ -3,8 +3,6 @@ a tiny GLIP config (configs/synthetic/tiny.yaml made smaller and deterministic).
 
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 
 import pytest
@@ -27,17 +25,9 @@ def shapes(tmp_path_factory):
 @pytest.fixture(scope="session")
 def text_dir(tmp_path_factory) -> Path:
     """all-MiniLM-L6-v2 with its dropout probabilities set to 0 (weights linked, not copied)."""
-    from glip.text import resolve_text_encoder
+    from glip.text import text_encoder_without_dropout
 
-    src = Path(resolve_text_encoder("all-MiniLM-L6-v2"))
-    out = tmp_path_factory.mktemp("minilm_nodrop")
-    for f in src.iterdir():
-        if f.is_file() and f.name != "config.json":
-            os.symlink(f, out / f.name)
-    config = json.loads((src / "config.json").read_text())
-    config.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
-    (out / "config.json").write_text(json.dumps(config))
-    return out
+    return text_encoder_without_dropout("all-MiniLM-L6-v2", tmp_path_factory.mktemp("minilm_nodrop"))
 
 
 def tiny_overrides(shapes, text_dir, **extra) -> list[str]:
