@@ -110,6 +110,8 @@ def build_trunk(cfg: GLIPConfig, bert_config: Any) -> FusionTrunk:
         clamp_bertattn_max_for_overflow=h.clamp_bertattn_max_for_overflow,
         use_checkpoint=h.use_checkpoint,
         fusion_dropout=h.fusion_dropout,
+        fusion_embed_dim=h.fusion_embed_dim,
+        fusion_num_heads=h.fusion_num_heads,
     )
 
 

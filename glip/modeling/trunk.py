@@ -95,6 +95,8 @@ class FusionTrunk(nn.Module):
         clamp_bertattn_min_for_underflow, clamp_bertattn_max_for_overflow: in-head
             BERT attention clamps.
         use_checkpoint: activation checkpointing of the fusion blocks while training.
+        fusion_embed_dim, fusion_num_heads: the fusion attention's width and heads (GLIP:
+            2048 and 8 at every head width).
 
     ``forward(features, text)``: L tensors ``Tensor[B, C_in, H_l, W_l]`` and
     :class:`TextFeatures` -> :class:`TrunkOutput`. When ``text.causal`` (captioning) every
@@ -124,6 +126,8 @@ class FusionTrunk(nn.Module):
         text_attention_dropout: float = 0.1,
         fusion_dropout: float = 0.1,
         fusion_drop_path: float = 0.0,
+        fusion_embed_dim: int = FUSION_EMBED_DIM,
+        fusion_num_heads: int = FUSION_NUM_HEADS,
         clamp_min_for_underflow: bool = True,
         clamp_max_for_overflow: bool = True,
         clamp_bertattn_min_for_underflow: bool = True,
@@ -148,8 +152,8 @@ class FusionTrunk(nn.Module):
                 fusion = BiAttentionBlock(
                     channels,
                     text_dim,
-                    embed_dim=FUSION_EMBED_DIM,
-                    num_heads=FUSION_NUM_HEADS,
+                    embed_dim=fusion_embed_dim,
+                    num_heads=fusion_num_heads,
                     dropout=fusion_dropout,
                     drop_path=fusion_drop_path,
                     init_values=1.0 / num_blocks,  # official VLFuse: 1 / DYHEAD.NUM_CONVS

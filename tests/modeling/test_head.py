@@ -375,3 +375,29 @@ def test_text_layer_from_bert_config() -> None:
     )
     with torch.no_grad():
         torch.testing.assert_close(layer(hidden, mask), reference(hidden, mask))
+
+
+def test_fusion_width_from_config() -> None:
+    """``model.trunk.fusion_embed_dim`` / ``fusion_num_heads`` set the fusion attention's size;
+    the defaults are GLIP's fixed 2048 and 8."""
+    from glip.config import GLIPConfig, config_from_dict
+    from glip.modeling.build import build_trunk
+
+    bert = SimpleNamespace(num_attention_heads=4, intermediate_size=64, hidden_act="gelu", layer_norm_eps=1e-12,
+                           hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1)  # fmt: skip
+    small = ["model.trunk.channels=32", "model.backbone.out_channels=32", "model.trunk.num_blocks=1",
+             "model.text.dim=64", "model.trunk.use_dfconv=false"]  # fmt: skip
+    assert (GLIPConfig().model.trunk.fusion_embed_dim, GLIPConfig().model.trunk.fusion_num_heads) == (2048, 8)
+    default = build_trunk(config_from_dict({}, small), bert).blocks[0].fusion.attn
+    assert (default.embed_dim, default.num_heads) == (2048, 8)
+    trunk = build_trunk(
+        config_from_dict({}, [*small, "model.trunk.fusion_embed_dim=128", "model.trunk.fusion_num_heads=4"]), bert
+    ).eval()
+    attn = trunk.blocks[0].fusion.attn
+    assert (attn.embed_dim, attn.num_heads, attn.head_dim) == (128, 4, 32)
+    assert attn.values_v_proj.weight.shape == (128, 32)
+    features = [torch.randn(1, 32, 8, 8), torch.randn(1, 32, 4, 4)]
+    text = TextFeatures(torch.randn(1, 5, 64), torch.randn(1, 5, 64), torch.ones(1, 5, dtype=torch.long), None)
+    with torch.no_grad():
+        out = trunk(features, text)
+    assert out.visual[0].shape == (1, 32, 8, 8) and out.text.shape == (1, 5, 64)
