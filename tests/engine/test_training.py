@@ -33,7 +33,10 @@ def test_golden_losses_on_a_fixed_batch(shapes, text_dir):
 
     # Recorded with one fixed caption of every class (tiny.yaml now samples and shuffles them).
     fixed_caption = {"data.sample_negatives": "false", "data.shuffle_categories": "false"}
-    cfg = tiny_config(shapes, text_dir, **{"data.flip_prob": 0.0, **fixed_caption})
+    # ... and GLIP's 2048-wide fusion (tiny.yaml's is 256 since 2026-11-30)
+    cfg = tiny_config(
+        shapes, text_dir, **{"data.flip_prob": 0.0, "model.trunk.fusion_embed_dim": "2048", **fixed_caption}
+    )
     torch.manual_seed(0)
     model = prepare_for_training(build_training_model(cfg), cfg)
     data = build_dataset(cfg, model.tokenizer)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from glip.hub.legacy_keys import legacy_key_to_current, remap_legacy_state_dict
 from glip.hub.zoo import resolve_weights
@@ -55,18 +56,20 @@ def _before_split(key: str) -> str:
 
 
 def test_a_folder_written_before_the_split_fills_the_model_exactly(tmp_path) -> None:
-    import shutil
-
     from safetensors.torch import load_file, save_file
 
     import glip
 
     current = resolve_weights("demo-shapes")
-    saved = load_file(str(current / "model.safetensors"))
+    # Folders of that time held the detector only (no mask head).
+    saved = {k: v for k, v in load_file(str(current / "model.safetensors")).items() if not k.startswith("heads.mask.")}
     legacy = tmp_path / "legacy"
     legacy.mkdir()
     save_file({_before_split(k): v for k, v in saved.items()}, str(legacy / "model.safetensors"))
-    shutil.copy(REPO / "tests" / "config" / "data" / "legacy_demo_config.yaml", legacy / "config.yaml")
+    config = yaml.safe_load((REPO / "tests" / "config" / "data" / "legacy_demo_config.yaml").read_text())
+    # the legacy layout's `head` section, at the current demo's fusion width
+    config["model"]["head"]["fusion_embed_dim"] = saved["trunk.blocks.0.fusion.attn.v_proj.weight"].shape[0]
+    (legacy / "config.yaml").write_text(yaml.safe_dump(config))
     old = load_file(str(legacy / "model.safetensors"))
     assert any(k.startswith("head.tower.") for k in old) and not any(k.startswith("trunk.") for k in old)
     model = glip.load_model(legacy)
