@@ -41,15 +41,29 @@ def demo_shapes() -> None:
         data = generate_synthetic(tmp, num_train=0, num_val=1, image_size=(160, 192), seed=7)
         record = json.loads(data.val_json.read_text())
         names = [c["name"] for c in record["categories"]]
-        truth = sorted({names[a["category_id"] - 1] for a in record["annotations"]})
+        truth = [(names[a["category_id"] - 1], a["bbox"]) for a in record["annotations"]]
         image = data.image_dir / record["images"][0]["file_name"]
         det = glip.predict(str(image), names, model="demo-shapes", threshold=0.3)
-        boxes = [[round(a["bbox"][0]), round(a["bbox"][1]), round(a["bbox"][0] + a["bbox"][2]),
-                  round(a["bbox"][1] + a["bbox"][3])] for a in record["annotations"]]  # fmt: skip
-    print(f"\ndemo-shapes on a synthetic image holding: {', '.join(truth)} at {boxes}")
-    print(f"{len(det)} detections above 0.3; the best five:")
-    for phrase, score, box in list(zip(det.phrases, det.scores.tolist(), det.boxes.tolist()))[:5]:
-        print(f"  {phrase:<16} {score:.2f} {[round(v) for v in box]}")
+    gt = [(name, [round(x), round(y), round(x + w), round(y + h)]) for name, (x, y, w, h) in truth]
+    print("\ndemo-shapes on a synthetic image holding: " + ", ".join(f"{n} at {b}" for n, b in gt))
+    # GLIP scores every phrase on every box: show each box once, with its best phrase
+    best: list[tuple[str, float, list[float]]] = []
+    for phrase, score, box in zip(det.phrases, det.scores.tolist(), det.boxes.tolist()):
+        if all(_iou(box, kept) <= 0.7 for _, _, kept in best):
+            best.append((phrase, score, box))
+    print(f"{len(det)} detections above 0.3; the best phrase of the best {min(5, len(best))} boxes, "
+          "and the shape each box overlaps most:")  # fmt: skip
+    for phrase, score, box in best[:5]:
+        iou, name = max((_iou(box, b), n) for n, b in gt)
+        print(f"  {phrase:<16} {score:.2f} {[round(v) for v in box]}  on the {name} (IoU {iou:.2f})")
+
+
+def _iou(a: list[float], b: list[float]) -> float:
+    """IoU of two xyxy boxes."""
+    w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - w * h
+    return w * h / union if union > 0 else 0.0
 
 
 def main() -> int:
