@@ -118,7 +118,7 @@ def _golden(distill_weight: float):
     cfg = load_config(case.CONFIG_FILE, overrides)
     model = build_model(cfg, BertConfig(**case._TINY_BERT), load_tokenizer(BUNDLED_TEXT_ENCODERS["bert-base-uncased"]))
     case._fill_by_name(model)
-    model.train()
+    model.eval()  # the loss needs no training-mode forward (gradients flow all the same)
     tokens = model.tokenize(case.PROMPT)
     tensor, _ = model.preprocessing(case.golden_image())
     batch = ImageBatch.from_tensors([tensor], model.preprocessing.size_divisibility)
@@ -154,7 +154,7 @@ def test_the_distillation_loss_trains_the_head_and_vanishes_at_the_teacher() -> 
     assert any(g is not None and g.abs().sum() > 0 for g in grads[5:])
 
     # The teacher's scores set to the student's own phrase logits at one anchor per box: zero
-    # (the training forward has nothing random: its logits serve again).
+    # (the forward has nothing random: its logits serve again).
     with torch.no_grad():
         logits = torch.cat(out.heads["grounding"].dot_product_logits, dim=1).detach()  # [1, N, T]
         assigned = inputs.assigned
