@@ -30,7 +30,7 @@ def one_thread():
 def test_self_training_pipeline_at_toy_size(tmp_path, capsys):
     script = _script()
     size = ["input.min_size_train=[96]", "input.max_size_train=96", "input.min_size_test=96",
-            "input.max_size_test=96", "model.text.max_query_len=32"]  # fmt: skip
+            "input.max_size_test=96"]  # fmt: skip
     args = script.parse_args([
         "--work", str(tmp_path), "--num-train", "4", "--num-val", "2", "--image-size", "96", "96",
         "--max-objects", "2", "--steps", "2", "--batch", "2", "--threshold", "0.1", "--quiet", *size,
