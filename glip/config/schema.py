@@ -123,6 +123,12 @@ class GroundingHeadConfig:
     token_weight: float = 1.0  # official FUSE_CONFIG.DOT_PRODUCT_TOKEN_LOSS_WEIGHT
     token_alpha: float = 0.25  # official FUSE_CONFIG.TOKEN_ALPHA (also the soft-token loss's)
     token_gamma: float = 2.0  # official FUSE_CONFIG.TOKEN_GAMMA (also the soft-token loss's)
+    # RegionCLIP's region-concept distillation (not official; glip.modeling.losses.region_distill):
+    # loss_distill = distill_weight x T^2 x KL(teacher || student) over each pseudo box's caption
+    # concepts, at its ATSS positives. > 0 needs training data with the teacher's concept_scores
+    # (glip pseudo-label --teacher clip); 0: off (the loss is not computed).
+    distill_weight: float = 0.0
+    distill_temperature: float = 1.0  # T, dividing the teacher's and the student's logits
 
 
 @dataclass

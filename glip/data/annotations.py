@@ -28,6 +28,7 @@ __all__ = [
     "clean_boxes",
     "has_valid_annotation",
     "read_image",
+    "teacher_concepts",
     "token_positive_map",
 ]
 
@@ -180,3 +181,37 @@ def token_positive_map(encoding: Any, spans: Sequence[Sequence[Sequence[int]]], 
             if tokens is not None:
                 pmap[g, tokens[0] : tokens[1] + 1] = True
     return pmap
+
+
+def teacher_concepts(
+    image_id: Any, record: Mapping[str, Any], annotations: Sequence[Mapping[str, Any]]
+) -> tuple[list[list[tuple[int, int]]], Tensor] | None:
+    """A pseudo-labelled caption's concept pool and its boxes' teacher scores.
+
+    Args:
+        image_id: for the error messages.
+        record: the image record; its ``concepts`` is ``[{"phrase", "tokens_positive"}]``,
+            the K concepts a teacher scored the boxes against (``glip pseudo-label
+            --teacher clip`` writes the caption's noun phrases there).
+        annotations: the G boxes (each with ``concept_scores``, K numbers in the order of
+            ``concepts``).
+
+    Returns:
+        The K concepts' ``(start, end)`` character spans and the ``Tensor[G, K]`` float32
+        scores, or None when no box has ``concept_scores``. A ``ValueError`` when only some
+        have them, the record lists no concepts, or a row's length differs from K.
+    """
+    scored = ["concept_scores" in a for a in annotations]
+    if not any(scored):
+        return None
+    pool = record.get("concepts")
+    if not all(scored) or not isinstance(pool, list) or not pool:
+        raise ValueError(
+            f"image {image_id}: teacher concept_scores need every box to have them and the image record "
+            "to list its 'concepts' (as glip pseudo-label --teacher clip writes them)"
+        )
+    spans = [[(int(a), int(b)) for a, b in c["tokens_positive"]] for c in pool]
+    rows = [[float(v) for v in a["concept_scores"]] for a in annotations]
+    if any(len(r) != len(spans) for r in rows):
+        raise ValueError(f"image {image_id}: a box's concept_scores do not match its {len(spans)} concepts")
+    return spans, torch.tensor(rows, dtype=torch.float32).reshape(len(annotations), len(spans))  # [G, K]

@@ -25,7 +25,14 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from glip.data.annotations import CocoIndex, clean_boxes, has_valid_annotation, read_image, token_positive_map
+from glip.data.annotations import (
+    CocoIndex,
+    clean_boxes,
+    has_valid_annotation,
+    read_image,
+    teacher_concepts,
+    token_positive_map,
+)
 from glip.data.caption_packing import CaptionPacking, pack_captions
 from glip.data.caption_screen import CaptionScreen
 from glip.data.masks import annotation_mask, has_segmentation, resize_masks
@@ -127,6 +134,7 @@ class _GroundingDataset(SeededDataset):
         box_class: Tensor | None = None,
         class_spans: list[tuple[int, int, int]] | None = None,
         positive_spans: list[tuple[int, int]] | None = None,
+        concepts: tuple[list[list[tuple[int, int]]], Tensor] | None = None,
     ) -> GroundingSample:
         """Tokenizes, builds the token maps, then resizes/flips/normalises (official order:
         ``prepare`` before the transforms, so the caption draws come first).
@@ -135,7 +143,8 @@ class _GroundingDataset(SeededDataset):
         rasterised, resized and flipped with the image (boxes without one flagged).
         ``class_spans``: ``(start, end, global class id)`` of every class name in the
         caption; ``positive_spans``: detection only, the spans of the classes with a box
-        (the MLM greenlight)."""
+        (the MLM greenlight); ``concepts``: a teacher's concept pool, the character spans of
+        each of its K concepts and the ``Tensor[G, K]`` scores of the kept boxes."""
         encoding = self.tokenizer(caption, max_length=self.max_query_len, truncation=True)
         width = self.max_query_len
         pmap = token_positive_map(encoding, spans, width)  # [G, T]
@@ -156,7 +165,13 @@ class _GroundingDataset(SeededDataset):
                     dense[g] = annotation_mask(ann, height, width)
             masks = resize_masks(torch.from_numpy(dense), tuple(tensor.shape[-2:]), flip=flipped)
         labels_or_none = labels if (len(labels) == 0 or int(labels.min()) >= 1) else None
-        targets = GroundingTargets(boxes, pmap, labels_or_none, masks, has_mask)
+        concept_map, concept_scores = None, None
+        if concepts is not None:
+            concept_map = token_positive_map(encoding, concepts[0], width=self.max_query_len)  # [K, T]
+            concept_scores = concepts[1]
+        targets = GroundingTargets(
+            boxes, pmap, labels_or_none, masks, has_mask, concept_map=concept_map, concept_scores=concept_scores
+        )
         return GroundingSample(
             image=tensor,
             targets=targets,
@@ -303,7 +318,13 @@ class MdetrGroundingDataset(_GroundingDataset):
     minimum boxes), applied once when the json is read. ``packing`` (caption data only): each
     caption packed with random other captions of the set as negatives
     (:mod:`glip.data.caption_packing`; never the sample's own caption, which the official may
-    draw). Other args as :class:`CocoGroundingDataset`.
+    draw). ``concept_scores``: also read a teacher's region-concept scores, for the
+    distillation loss (:mod:`glip.modeling.losses.region_distill`): the image record's
+    ``concepts`` (``[{"phrase", "tokens_positive"}]``, the caption's concept pool, as
+    ``glip pseudo-label --teacher clip`` writes it) and each annotation's ``concept_scores``
+    (K numbers aligned with them) become the targets' ``concept_map`` and
+    ``concept_scores``; an image whose boxes have none has no teacher scores. Other args as
+    :class:`CocoGroundingDataset`.
     """
 
     def __init__(
@@ -318,6 +339,7 @@ class MdetrGroundingDataset(_GroundingDataset):
         kind: DataKind = "grounding",
         screen: CaptionScreen | None = None,
         packing: CaptionPacking | None = None,
+        concept_scores: bool = False,
     ) -> None:
         if kind not in ("grounding", "caption"):
             raise ValueError(f"MdetrGroundingDataset kind must be 'grounding' or 'caption', got {kind!r}")
@@ -326,9 +348,15 @@ class MdetrGroundingDataset(_GroundingDataset):
         self.packing = packing
         super().__init__(ann_file, image_dir, tokenizer, transform, max_query_len, seed, masks)
         self.kind: DataKind = kind
+        self.concept_scores = concept_scores
         if screen is not None:
             self.index = screen.apply(self.index)
             self.ids = _valid_ids(self.index)
+
+    @property
+    def has_concept_scores(self) -> bool:
+        """Whether some box of the (screened) data carries a teacher's ``concept_scores``."""
+        return any("concept_scores" in a for i in self.ids for a in self.index.annotations[i])
 
     def load(self, item: int, rng: SampleRNG) -> GroundingSample:
         """Sample ``item`` drawn with ``rng`` (only the transform draws)."""
@@ -347,22 +375,27 @@ class MdetrGroundingDataset(_GroundingDataset):
             if raw is None:
                 raise ValueError(f"annotation {anns[i].get('id')} of image {image_id} has no tokens_positive")
             spans.append([(int(a), int(b)) for a, b in raw])
-        if self.packing is not None and self.packing.number > 0:
-            caption, spans = self._pack(item, caption, spans, rng)
-        labels = torch.tensor([int(anns[i].get("category_id", 1)) for i in cleaned.keep], dtype=torch.int64)
         kept = [anns[i] for i in cleaned.keep]
+        concepts = teacher_concepts(image_id, record, kept) if self.concept_scores else None
+        if self.packing is not None and self.packing.number > 0:
+            caption, spans, shift = self._pack(item, caption, spans, rng)
+            if concepts is not None:
+                concepts = ([[(a + shift, b + shift) for a, b in c] for c in concepts[0]], concepts[1])
+        labels = torch.tensor([int(anns[i].get("category_id", 1)) for i in cleaned.keep], dtype=torch.int64)
         return self._finish(
-            image, cleaned.boxes, caption, spans, labels, image_id, rng, cleaned.num_dropped, kept, kind=self.kind
-        )
+            image, cleaned.boxes, caption, spans, labels, image_id, rng, cleaned.num_dropped, kept, kind=self.kind,
+            concepts=concepts,
+        )  # fmt: skip
 
     def _pack(
         self, item: int, caption: str, spans: list[list[tuple[int, int]]], rng: SampleRNG
-    ) -> tuple[str, list[list[tuple[int, int]]]]:
-        """``caption`` packed with the captions of random other items (drawn with ``rng``)."""
+    ) -> tuple[str, list[list[tuple[int, int]]], int]:
+        """``caption`` packed with the captions of random other items (drawn with ``rng``):
+        the packed text, the moved spans and where the own caption starts in it."""
         assert self.packing is not None
         count = self.packing.draw_count(rng) if len(self) > 1 else 0
         others = [int(j) + (int(j) >= item) for j in rng.np.randint(len(self) - 1, size=count)] if count else []
         negatives = [str(self.index.images[self.ids[j]]["caption"]) for j in others]
         lengths = [len(self.tokenizer(text)["input_ids"]) for text in [*negatives, caption]]
         packed = pack_captions(caption, spans, negatives, lengths, self.max_query_len, rng)
-        return packed.caption, packed.spans
+        return packed.caption, packed.spans, packed.positive[0]

@@ -20,7 +20,7 @@ from glip.data.seeded import SeededDataset
 from glip.data.transforms import build_train_transform
 from glip.engine.vqa import VQA_FORMATS, build_vqa_dataset
 
-__all__ = ["RepeatDataset", "ShardedBatchSampler", "build_dataset", "make_loader"]
+__all__ = ["RepeatDataset", "ShardedBatchSampler", "build_dataset", "check_teacher_scores", "make_loader"]
 
 
 class RepeatDataset(Dataset):
@@ -139,9 +139,10 @@ def build_dataset(cfg: GLIPConfig, tokenizer: Any, train: bool = True) -> Datase
         screen = CaptionScreen(d.caption_conf, d.caption_nms, d.caption_min_box) if train else None
         pseudo = d.pseudo_labelled and train
         packing = CaptionPacking(d.pack_captions, d.pack_prob, d.no_pack_prob) if pseudo else None
+        distill = train and cfg.model.heads.grounding.distill_weight > 0  # the teacher's concept scores
         return MdetrGroundingDataset(
             ann, images, tokenizer, transform, max_query_len=max_len, seed=cfg.solver.seed, masks=masks,
-            kind="caption" if pseudo else "grounding", screen=screen, packing=packing,
+            kind="caption" if pseudo else "grounding", screen=screen, packing=packing, concept_scores=distill,
         )  # fmt: skip
     if d.format == "captions":  # captioning (GLIPv2): COCO-captions json, never flipped
         transform = build_train_transform(cfg.input, flip_prob=0.0, train=train)
@@ -161,6 +162,18 @@ def build_dataset(cfg: GLIPConfig, tokenizer: Any, train: bool = True) -> Datase
         ann, images, tokenizer, transform, recipe, max_query_len=max_len, seed=cfg.solver.seed, masks=masks
     )
     return RepeatDataset(dataset, d.general_copy) if train and d.general_copy > 1 else dataset
+
+
+def check_teacher_scores(cfg: GLIPConfig, datasets: list[Dataset]) -> None:
+    """With the distillation loss on (``model.heads.grounding.distill_weight > 0``), some
+    training set must carry a teacher's ``concept_scores``; a one-line ``ValueError`` if none does."""
+    if cfg.model.heads.grounding.distill_weight <= 0:
+        return
+    if not any(getattr(ds, "has_concept_scores", False) for ds in datasets):
+        raise ValueError(
+            "model.heads.grounding.distill_weight > 0 needs training data with the teacher's concept_scores "
+            "(data.format mdetr, written by glip pseudo-label --teacher clip); none of the training data has them"
+        )
 
 
 def make_loader(dataset: Dataset, sampler: ShardedBatchSampler, cfg: GLIPConfig, pad_token_id: int = 0) -> DataLoader:

@@ -32,7 +32,7 @@ import numpy as np
 from torch.utils.data import DataLoader, Dataset
 
 from glip.config import GLIPConfig
-from glip.engine.data import ShardedBatchSampler, build_dataset
+from glip.engine.data import ShardedBatchSampler, build_dataset, check_teacher_scores
 from glip.utils.seeding import sample_seed
 
 __all__ = ["MultiSourceData", "SourceSchedule", "TrainingSource", "build_training_data", "source_names"]
@@ -203,7 +203,9 @@ def build_training_data(cfg: GLIPConfig, tokenizer: Any) -> Dataset | MultiSourc
     each read as ``data.format`` / ``data.train_json`` / ``data.train_images`` set to the
     source's (every other ``data`` setting shared) with its own seed."""
     if not cfg.data.sources:
-        return build_dataset(cfg, tokenizer, train=True)
+        dataset = build_dataset(cfg, tokenizer, train=True)
+        check_teacher_scores(cfg, [dataset])
+        return dataset
     if cfg.data.train_json or cfg.data.train_images:
         raise ValueError(
             "data.train_json / data.train_images are not read when data.sources is set: name the files in each source"
@@ -224,4 +226,5 @@ def build_training_data(cfg: GLIPConfig, tokenizer: Any) -> Dataset | MultiSourc
         except ValueError as e:
             raise ValueError(f"data.sources[{i}] ({name}): {e}") from None
         sources.append(TrainingSource(name, dataset, float(s.weight), float(s.loss_weight), one.solver.seed))
+    check_teacher_scores(cfg, [s.dataset for s in sources])
     return MultiSourceData(sources, cfg.solver.seed)

@@ -26,6 +26,7 @@ from glip.modeling.heads import (
 from glip.modeling.heads.mask import HourglassExtractor, MaskConvExtractor, MaskHead, VLMaskPredictor
 from glip.modeling.heads.vqa import VQAHead
 from glip.modeling.losses.inter_image import InterImageContrastiveLoss
+from glip.modeling.losses.region_distill import RegionConceptDistillation
 from glip.modeling.postprocess import GroundingPostProcessor
 from glip.modeling.text_encoder import build_text_encoder, in_head_layer_sizes
 from glip.modeling.trunk import FusionTrunk
@@ -138,6 +139,12 @@ def register_head(name: str) -> Callable[[HeadBuilder], HeadBuilder]:
 @register_head("grounding")
 def _build_grounding(cfg: GLIPConfig, bert_config: Any) -> GroundingHead:
     h, inf = cfg.model.heads.grounding, cfg.inference
+    if not (h.distill_weight >= 0 and h.distill_temperature > 0):
+        raise ValueError(
+            "model.heads.grounding.distill_weight must be >= 0 and distill_temperature > 0, got "
+            f"{h.distill_weight} and {h.distill_temperature}"
+        )
+    distill = RegionConceptDistillation(h.distill_temperature) if h.distill_weight > 0 else None
     return GroundingHead(
         channels=cfg.model.trunk.channels,
         text_dim=cfg.model.text.dim,
@@ -151,6 +158,8 @@ def _build_grounding(cfg: GLIPConfig, bert_config: Any) -> GroundingHead:
             token_weight=h.token_weight,
             token_alpha=h.token_alpha,
             token_gamma=h.token_gamma,
+            distill=distill,
+            distill_weight=h.distill_weight,
         ),
         postprocessor=GroundingPostProcessor(
             pre_nms_thresh=inf.pre_nms_thresh,

@@ -37,6 +37,13 @@ class GroundingTargets:
         answer_scores: ``Tensor[A]`` float32, a VQA sample's soft score ``min(1, n / 3)``
             of each answer of the model's vocabulary (:mod:`glip.text.vqa`); None for an
             image without a question (the VQA head's loss skips it).
+        concept_map: ``Tensor[K, T]`` bool, the prompt tokens of each of the K concepts a
+            teacher scored the boxes against (a pseudo-labelled caption's noun phrases);
+            an all-False row is a concept cut off by truncation. None: no teacher scores.
+        concept_scores: ``Tensor[G, K]`` float32, the teacher's logits of each box over
+            the K concepts (RegionCLIP's region-concept scores; the distillation loss of
+            :mod:`glip.modeling.losses.region_distill` reads them). Set together with
+            ``concept_map``.
     """
 
     boxes: Tensor
@@ -45,6 +52,8 @@ class GroundingTargets:
     masks: Tensor | None = None
     has_mask: Tensor | None = None
     answer_scores: Tensor | None = None
+    concept_map: Tensor | None = None
+    concept_scores: Tensor | None = None
 
     def __post_init__(self) -> None:
         if self.boxes.ndim != 2 or self.boxes.shape[-1] != 4:
@@ -67,6 +76,21 @@ class GroundingTargets:
             raise ValueError(f"GroundingTargets.has_mask must be [G] with G = {num}, got {tuple(self.has_mask.shape)}")
         if self.answer_scores is not None and self.answer_scores.ndim != 1:
             raise ValueError(f"GroundingTargets.answer_scores must be [A], got {tuple(self.answer_scores.shape)}")
+        if (self.concept_map is None) != (self.concept_scores is None):
+            raise ValueError("GroundingTargets.concept_map and concept_scores go together")
+        if self.concept_map is not None and self.concept_scores is not None:
+            if self.concept_map.ndim != 2 or self.concept_map.shape[1] != self.positive_map.shape[1]:
+                raise ValueError(
+                    f"GroundingTargets.concept_map must be [K, T] with T = {self.positive_map.shape[1]}, "
+                    f"got {tuple(self.concept_map.shape)}"
+                )
+            if self.concept_scores.shape != (num, self.concept_map.shape[0]):
+                raise ValueError(
+                    f"GroundingTargets.concept_scores must be [G, K] = [{num}, {self.concept_map.shape[0]}], "
+                    f"got {tuple(self.concept_scores.shape)}"
+                )
+            if self.concept_map.dtype != torch.bool:
+                self.concept_map = self.concept_map != 0
 
     def __len__(self) -> int:
         return int(self.boxes.shape[0])
@@ -95,6 +119,8 @@ class GroundingTargets:
             move(self.masks),
             move(self.has_mask),
             move(self.answer_scores),
+            move(self.concept_map),
+            move(self.concept_scores),
         )
 
     @staticmethod

@@ -12,6 +12,10 @@ the whole caption file): a region is labelled with the caption phrase that score
 in the pool, when that probability is above the threshold; a region that a background
 concept wins gets no label. Without background concepts a single-phrase caption labels
 every region, so give some (``--clip-background``).
+
+Each kept box also carries its ``concept_scores``: CLIP's logits (``logit_scale x cosine``)
+against each of the caption's phrases, in phrase order (the background concepts left
+out), for RegionCLIP's distillation loss (``model.heads.grounding.distill_weight``).
 """
 
 from __future__ import annotations
@@ -224,12 +228,13 @@ class ClipTeacher:
             own = {p.lower() for p in prompt.phrases}
             concepts = list(prompt.phrases) + [b for b in self.background if b.lower() not in own]
             text_emb = self.scorer.embed_texts([self.template.format(c) for c in concepts])  # [C, D]
-            probs = (self.scorer.logit_scale * region_emb @ text_emb.T).softmax(dim=-1)  # [R, C]
-            best, which = probs.max(dim=-1)  # [R], [R]
+            logits = self.scorer.logit_scale * region_emb @ text_emb.T  # [R, C]
+            best, which = logits.softmax(dim=-1).max(dim=-1)  # [R], [R]
+            own_logits = logits[:, : len(prompt.phrases)].tolist()  # [R][P]
             boxes = []
-            for (box, _), p, j in zip(kept, best.tolist(), which.tolist()):
+            for (box, _), p, j, row in zip(kept, best.tolist(), which.tolist(), own_logits):
                 if j < len(prompt.phrases) and p > self.threshold:
-                    boxes.append(PseudoBox(tuple(box), p, j))  # type: ignore[arg-type]
+                    boxes.append(PseudoBox(tuple(box), p, j, tuple(row)))  # type: ignore[arg-type]
             out.append(sorted(boxes, key=lambda b: -b.score))
         return out
 

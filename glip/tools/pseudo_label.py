@@ -22,6 +22,10 @@ The work:
   ``file_name``, ``height``, ``width``, ``caption``, ``original_img_id``, ``caption_index``)
   and each box an annotation (``bbox`` ``[x, y, w, h]`` with ``w = x2 - x1 + 1``,
   ``tokens_positive``, ``phrase``, ``score``, ``category_id`` 1, ``area``, ``iscrowd`` 0).
+  A teacher that scores each box against all the caption's phrases (the CLIP teacher) adds
+  the caption's ``concepts`` to its image record (``[{"phrase", "tokens_positive"}]``, its
+  noun phrases in caption order) and each box's ``concept_scores`` (the teacher's logits,
+  one per concept, 4 decimals), which the distillation loss reads.
   The result depends only on the inputs and the teacher, not on the sharding.
 """
 
@@ -196,7 +200,18 @@ class ShardStore:
 def _annotation(box: PseudoBox, spans: tuple[tuple[int, int], ...], phrase: str) -> dict[str, Any]:
     x1, y1, x2, y2 = (round(v, 2) for v in box.box)  # corners rounded first: the reader gets them back
     bbox = [x1, y1, round(x2 - x1 + 1, 2), round(y2 - y1 + 1, 2)]
-    return {"bbox": bbox, "score": round(box.score, 4), "phrase": phrase, "tokens_positive": [list(s) for s in spans]}
+    ann = {"bbox": bbox, "score": round(box.score, 4), "phrase": phrase, "tokens_positive": [list(s) for s in spans]}
+    if box.concept_scores is not None:
+        ann["concept_scores"] = [round(float(v), 4) for v in box.concept_scores]
+    return ann
+
+
+def _concepts(prompt: Any) -> list[dict[str, Any]]:
+    """The caption's concept pool as written in the json: each phrase with its spans."""
+    return [
+        {"phrase": phrase, "tokens_positive": [list(s) for s in spans]}
+        for phrase, spans in zip(prompt.phrases, prompt.spans)
+    ]
 
 
 def label_image(
@@ -215,10 +230,14 @@ def label_image(
     captions = []
     boxes = iter(found)
     for caption, prompt in zip(item.captions, prompts):
-        annotations = []
+        record: dict[str, Any] = {"caption": caption, "annotations": []}
         if prompt is not None:
-            annotations = [_annotation(b, prompt.spans[b.phrase], prompt.phrases[b.phrase]) for b in next(boxes)]
-        captions.append({"caption": caption, "annotations": screen.screen(annotations)})
+            labelled = next(boxes)
+            annotations = [_annotation(b, prompt.spans[b.phrase], prompt.phrases[b.phrase]) for b in labelled]
+            record["annotations"] = screen.screen(annotations)
+            if any(b.concept_scores is not None for b in labelled):
+                record["concepts"] = _concepts(prompt)
+        captions.append(record)
     return {**head, "height": int(image.shape[0]), "width": int(image.shape[1]), "captions": captions}
 
 
@@ -335,6 +354,7 @@ def merge_shards(items: Sequence[ImageItem], store: ShardStore, out: str | Path)
             images.append({
                 "id": image_id, "file_name": entry["file_name"], "height": entry["height"], "width": entry["width"],
                 "caption": cap["caption"], "original_img_id": entry["image_id"], "caption_index": k,
+                **({"concepts": cap["concepts"]} if "concepts" in cap else {}),
             })  # fmt: skip
             for ann in cap["annotations"]:
                 w, h = ann["bbox"][2], ann["bbox"][3]

@@ -39,11 +39,15 @@ class PseudoBox:
             (width ``x2 - x1 + 1``).
         score: the teacher's confidence in ``[0, 1]``.
         phrase: 0-based index of the phrase of the prompt that the box grounds.
+        concept_scores: the teacher's logits of the box against each phrase of the prompt
+            (in ``prompt.phrases`` order; the CLIP teacher's region-concept scores, which
+            the distillation loss reads), or None.
     """
 
     box: tuple[float, float, float, float]
     score: float
     phrase: int
+    concept_scores: tuple[float, ...] | None = None
 
 
 class Teacher(Protocol):

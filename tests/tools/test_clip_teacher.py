@@ -70,6 +70,8 @@ def test_regions_take_the_caption_phrase_clip_matches_best(tmp_path):
     (boxes,) = ClipTeacher(ColourScorer(), proposals, 0.5, background=["a green thing"]).label(_image(), [prompt], 7)
     assert [(b.box, b.phrase) for b in boxes] == [((5, 5, 24, 24), 0), ((35, 5, 54, 24), 1)]
     assert all(b.score > 0.99 for b in boxes)
+    # Each box's concept scores: CLIP's logits (scale x cosine) against the caption's phrases only.
+    assert [pytest.approx(b.concept_scores, abs=1e-3) for b in boxes] == [(100.0, 0.0), (0.0, 100.0)]
     # Without a background concept the green region is labelled too, with a low probability.
     (boxes,) = ClipTeacher(ColourScorer(), proposals, 0.0).label(_image(), [prompt], 7)
     assert len(boxes) == 3 and boxes[-1].score < 0.6
@@ -110,6 +112,11 @@ def test_pseudo_label_with_the_clip_teacher(clip_dir, tmp_path, capsys):
     for ann in given["annotations"]:
         (start, end), = ann["tokens_positive"]  # fmt: skip
         assert caption[start:end] == ann["phrase"] in ("a red square", "a blue square")
+        # The concept pool (the caption's phrases) and the box's scores over it, the winner its phrase.
+        concepts = given["images"][0]["concepts"]
+        assert [c["phrase"] for c in concepts] == ["a red square", "a blue square"]
+        assert len(ann["concept_scores"]) == 2
+        assert concepts[max((0, 1), key=lambda k: ann["concept_scores"][k])]["phrase"] == ann["phrase"]
     assert given["pseudo_label"]["model"]["boxes"] == str(tmp_path / "boxes.json")
 
     out = tmp_path / "detected.json"

@@ -27,6 +27,11 @@ quantities that are constants for autograd:
 Under DistributedDataParallel (which averages gradients over processes) this is the
 global sum divided by the global positive count, as in the official training.
 
+Optional, not official: ``loss_distill``, RegionCLIP's region-concept distillation
+(:mod:`glip.modeling.losses.region_distill`), present only when a ``distill`` loss is
+given (``model.heads.grounding.distill_weight > 0``); the three official terms do not
+change with it.
+
 The official loss dict also holds ``loss_cls = 0.0 * focal(cls_logits)``; it adds
 nothing to the total nor to any gradient (``cls_logits`` is frozen), and our head has
 no ``cls_logits`` output, so it is left out.
@@ -41,6 +46,7 @@ from torch import Tensor
 from glip.modeling.box_coder import BoxCoder
 from glip.modeling.heads.base import LossInputs
 from glip.modeling.loss import all_reduce_sum, giou_loss, sigmoid_focal_loss, world_size
+from glip.modeling.losses.region_distill import RegionConceptDistillation
 from glip.structures.outputs import HeadOutputs
 
 __all__ = ["GroundingLoss", "attended_token_focal_loss"]
@@ -72,9 +78,11 @@ class GroundingLoss:
         token_alpha, token_gamma: focal-loss parameters (official
             ``FUSE_CONFIG.TOKEN_ALPHA`` 0.25 and ``TOKEN_GAMMA`` 2.0).
         box_coder: decodes boxes for the GIoU loss (default: the official one).
+        distill: the region-concept distillation loss, or None (default: off).
+        distill_weight: multiplies it (``model.heads.grounding.distill_weight``).
 
-    ``loss(output, inputs)`` -> ``{"loss_reg", "loss_centerness", "loss_dot_product_token"}``,
-    each a 0-d float32 tensor.
+    ``loss(output, inputs)`` -> ``{"loss_reg", "loss_centerness", "loss_dot_product_token"}``
+    (and ``"loss_distill"`` with ``distill``), each a 0-d float32 tensor.
     """
 
     def __init__(
@@ -85,6 +93,8 @@ class GroundingLoss:
         token_alpha: float = 0.25,
         token_gamma: float = 2.0,
         box_coder: BoxCoder | None = None,
+        distill: RegionConceptDistillation | None = None,
+        distill_weight: float = 1.0,
     ) -> None:
         self.reg_weight = reg_weight
         self.centerness_weight = centerness_weight
@@ -92,6 +102,8 @@ class GroundingLoss:
         self.token_alpha = token_alpha
         self.token_gamma = token_gamma
         self.box_coder = box_coder if box_coder is not None else BoxCoder()
+        self.distill = distill
+        self.distill_weight = distill_weight
 
     def __call__(self, head: HeadOutputs, inputs: LossInputs) -> dict[str, Tensor]:
         """The weighted losses of a batch.
@@ -144,8 +156,11 @@ class GroundingLoss:
             # No positive here: zero losses still connected to the graph.
             reg_loss = reg_pred.sum()
             ctr_loss = ctr_logit.sum()
-        return {
+        losses = {
             "loss_reg": reg_loss * self.reg_weight,
             "loss_centerness": ctr_loss * self.centerness_weight,
             "loss_dot_product_token": token_loss * self.token_weight,
         }
+        if self.distill is not None:
+            losses["loss_distill"] = self.distill(logits, inputs.targets, assigned) * self.distill_weight
+        return losses
