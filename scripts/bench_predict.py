@@ -12,6 +12,9 @@ prompt, with random weights (nothing is downloaded):
 * ``glip-pure``  the same with ``GLIP_DISABLE_TORCHVISION=1`` (pure-PyTorch ops only);
 * ``glip-bf16``  the same folder loaded with ``glip.Predictor(folder, weights_dtype="bfloat16")``:
                  weights stored in bfloat16, compute in float32 (the opt-in low-memory mode);
+* ``glip-bf16-mmap``  the same with ``MALLOC_MMAP_THRESHOLD_=131072`` (glibc hands every
+                 freed block of 128 KiB or more back to the system at once, instead of
+                 keeping it in the heap);
 * ``gdino``      Hugging Face ``GroundingDinoForObjectDetection`` with the default
                  ``GroundingDinoConfig`` (= Grounding DINO-T: Swin-T, 6+6 layers, 900 queries)
                  and the bundled bert-base-uncased text config, through its processor and
@@ -47,9 +50,12 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 CAPTION = "a cat. a remote control. a dog."
-SETTINGS = ("glip", "glip-pure", "glip-bf16", "gdino")
-_ENV = {"glip-pure": {"GLIP_DISABLE_TORCHVISION": "1"}}
-_WEIGHTS_DTYPE = {"glip-bf16": "bfloat16"}  # glip settings loaded with Predictor(weights_dtype=...)
+SETTINGS = ("glip", "glip-pure", "glip-bf16", "glip-bf16-mmap", "gdino")
+_ENV = {"glip-pure": {"GLIP_DISABLE_TORCHVISION": "1"}, "glip-bf16-mmap": {"MALLOC_MMAP_THRESHOLD_": "131072"}}
+_WEIGHTS_DTYPE = {
+    "glip-bf16": "bfloat16",
+    "glip-bf16-mmap": "bfloat16",
+}  # glip settings loaded with Predictor(weights_dtype=...)
 
 
 def _image():

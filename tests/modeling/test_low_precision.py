@@ -20,9 +20,12 @@ from glip.tools.common import ArgumentParser, add_model_args
 from tests.conftest import OFFICIAL, load_case, require_fixtures, tiny_text_encoder_dir
 
 # The README's stated effect of bfloat16 weights on the official tiny GLIP-T fixture model
-# (both cases): final boxes within this many pixels, scores within this much of float32.
-BOX_TOL_PX = 0.5
-SCORE_TOL = 2e-3
+# (both cases; measured: logits 0.013, regressions 9.3e-4, scores 1.5e-4, boxes 0.007 px
+# where no near-tie swaps through NMS): the tolerances against float32.
+LOGIT_TOL = 0.03
+REGRESSION_TOL = 3e-3
+SCORE_TOL = 5e-4
+BOX_TOL_PX = 0.1
 
 
 def _param_bytes(model: torch.nn.Module) -> int:
@@ -92,17 +95,25 @@ def test_official_fixture_model_within_the_stated_tolerance(tmp_path):
     for case in ("chelsea", "astronaut"):
         c = load_case(config, case)
         images = ImageBatch(c["image_tensor"], [tuple(s) for s in c["image_sizes_field_hw"]])
+        with torch.no_grad():
+            a = fp32(images, c["input_ids"], c["attention_mask"]).head
+            b = bf16(images, c["input_ids"], c["attention_mask"]).head
+        for ours, theirs in zip(b.dot_product_logits, a.dot_product_logits):
+            torch.testing.assert_close(ours, theirs, atol=LOGIT_TOL, rtol=0)
+        for ours, theirs in zip(b.box_regression, a.box_regression):
+            torch.testing.assert_close(ours, theirs, atol=REGRESSION_TOL, rtol=0)
         tokens = fp32.tokenize(Prompt.from_spans(c["caption"], c["tokens_positive_char_spans"]))
         (a,) = fp32.detect(images, tokens)
         (b,) = bf16.detect(images, tokens)
         ref = c["predictions"]["gpu_ml_nms_emulated"]["final_resized_image_coords"]
-        assert len(a) == ref["bbox"].shape[0]  # the float32 path still matches the official one
-        keep = a.scores > a.scores.min() + SCORE_TOL  # away from the top-k cut, present in both
-        iou = box_iou(a.boxes[keep], b.boxes)
-        iou[a.labels[keep][:, None] != b.labels[None, :]] = -1
+        assert len(a) == len(b) == ref["bbox"].shape[0]  # the float32 path still matches the official one
+        iou = box_iou(a.boxes, b.boxes)
+        iou[a.labels[:, None] != b.labels[None, :]] = -1
         best = iou.argmax(1)
-        torch.testing.assert_close(b.boxes[best], a.boxes[keep], atol=BOX_TOL_PX, rtol=0)
-        torch.testing.assert_close(b.scores[best], a.scores[keep], atol=SCORE_TOL, rtol=0)
+        torch.testing.assert_close(b.scores[best], a.scores, atol=SCORE_TOL, rtol=0)
+        # Random weights put all 100 scores within 0.01: near-tied boxes may swap through NMS,
+        # so the typical box, not every box, is held to the tolerance.
+        assert (b.boxes[best] - a.boxes).abs().amax(1).median() < BOX_TOL_PX
 
 
 def test_weights_dtype_names_and_errors():
