@@ -72,17 +72,18 @@ def test_forward_computes_in_float32_and_restores_the_stored_weights(demo_pair):
 def test_predictor_detections_stay_close_to_float32(tmp_path):
     data = generate_synthetic(tmp_path, num_train=0, num_val=2, image_size=(128, 192), seed=7)
     record = json.loads(data.val_json.read_text())
-    names = [c["name"] for c in sorted(record["categories"], key=lambda c: c["id"])][:6]
+    names = [c["name"] for c in sorted(record["categories"], key=lambda c: c["id"])]
     files = [str(data.image_dir / image["file_name"]) for image in record["images"]]
-    fp32 = glip.Predictor("demo-shapes", device="cpu").predict(files, names, threshold=0.3)
-    bf16 = glip.Predictor("demo-shapes", device="cpu", weights_dtype="bfloat16").predict(files, names, threshold=0.3)
+    fp32 = glip.Predictor("demo-shapes", device="cpu").predict(files, names, threshold=0.0)
+    bf16 = glip.Predictor("demo-shapes", device="cpu", weights_dtype="bfloat16").predict(files, names, threshold=0.0)
     for a, b in zip(fp32, bf16):
-        assert len(a) > 0
-        top = a.scores > 0.35  # clear of the threshold: present in both
-        iou = box_iou(a.boxes[top], b.boxes)
+        top = min(5, len(a))  # the best detections of the trained model: each has its bf16 twin
+        assert top > 0
+        iou = box_iou(a.boxes[:top], b.boxes)
+        iou[a.labels[:top, None] != b.labels[None, :]] = -1
         best = iou.argmax(1)
-        assert (iou.max(1).values > 0.98).all()
-        torch.testing.assert_close(b.scores[best], a.scores[top], atol=0.01, rtol=0)
+        assert (iou.max(1).values > 0.95).all()
+        torch.testing.assert_close(b.scores[best], a.scores[:top], atol=0.02, rtol=0)
 
 
 def test_official_fixture_model_within_the_stated_tolerance(tmp_path):
