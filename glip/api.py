@@ -11,6 +11,7 @@ import torch
 
 from glip.hub.checkpoint import load_model
 from glip.modeling.glip import GLIP
+from glip.modeling.low_precision import parse_weights_dtype, store_weights, stored_weights_dtype
 from glip.ops.multiclass_nms import multiclass_nms
 from glip.structures import Detections, ImageBatch
 from glip.text import Prompt, PromptError, TokenizedPrompt, parse_prompt, tokenize_prompt
@@ -34,14 +35,27 @@ def resolve_model(
     text_encoder: str | Path | None = None,
     device: str | torch.device | None = None,
     trust_pickle: bool = False,
+    weights_dtype: str | torch.dtype | None = None,
 ) -> GLIP:
     """A model-zoo name, a weights path (official ``.pth``, converted or tuned folder) or a
     model -> the model in eval mode. Names and paths are interpreted by
-    :func:`glip.hub.zoo.resolve_model_source`, as in :func:`glip.load_model`."""
+    :func:`glip.hub.zoo.resolve_model_source`, as in :func:`glip.load_model`.
+    ``weights_dtype`` (``"bfloat16"``): see :func:`glip.load_model`; a given model is
+    converted in place (unless its weights are stored so already)."""
     if isinstance(model, GLIP):
+        storage = parse_weights_dtype(weights_dtype)
+        if storage is not None and stored_weights_dtype(model) != storage:
+            store_weights(model, storage)
         return model.to(device).eval() if device is not None else model.eval()
     device = device or _default_device()
-    return load_model(model, config, text_encoder=text_encoder, device=device, trust_pickle=trust_pickle)
+    return load_model(
+        model,
+        config,
+        text_encoder=text_encoder,
+        device=device,
+        trust_pickle=trust_pickle,
+        weights_dtype=weights_dtype,
+    )
 
 
 def chunk_prompt(
@@ -92,6 +106,9 @@ class Predictor:
         masks: also predict each detection's mask (``Detections.masks``, ``[N, H, W]`` bool in
             original-image pixels); the model needs a mask head (else
             :class:`~glip.modeling.glip.MasksUnavailableError`, naming the model).
+        weights_dtype: ``"bfloat16"`` keeps the weights in bfloat16 (half their memory) and
+            computes in float32 (see :func:`glip.load_model`; results move by the weights'
+            rounding only); default float32.
     """
 
     def __init__(
@@ -104,11 +121,17 @@ class Predictor:
         batch_size: int = 4,
         trust_pickle: bool = False,
         masks: bool = False,
+        weights_dtype: str | torch.dtype | None = None,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         self.model = resolve_model(
-            model, config=config, text_encoder=text_encoder, device=device, trust_pickle=trust_pickle
+            model,
+            config=config,
+            text_encoder=text_encoder,
+            device=device,
+            trust_pickle=trust_pickle,
+            weights_dtype=weights_dtype,
         )
         if masks:
             self.model.require_masks()

@@ -67,6 +67,7 @@ def _cmd_detect(args: argparse.Namespace) -> int:
     predictor = Predictor(
         model_arg(args), config=args.config, text_encoder=args.text_encoder, device=parse_device(args.device),
         batch_size=args.batch_size, trust_pickle=args.trust_pickle, masks=args.masks,
+        weights_dtype=args.weights_dtype,
     )  # fmt: skip
     if prompt is None:  # a tuned model's own prompt (glip finetune)
         prompt = predictor.model.tuned_prompt
@@ -138,7 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_device_arg(p)
     add_output_arg(p, default="glip_detections")
     add_quiet_arg(p)
-    add_model_args(p)
+    add_model_args(p, weights_dtype=True)
     p.set_defaults(func=_cmd_detect)
 
     p = sub.add_parser(

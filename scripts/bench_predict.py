@@ -10,6 +10,11 @@ prompt, with random weights (nothing is downloaded):
                  folder with ``glip.Predictor(folder)``. Its peak RSS therefore includes
                  building the model and reading the checkpoint, then the calls;
 * ``glip-pure``  the same with ``GLIP_DISABLE_TORCHVISION=1`` (pure-PyTorch ops only);
+* ``glip-bf16``  the same folder loaded with ``glip.Predictor(folder, weights_dtype="bfloat16")``:
+                 weights stored in bfloat16, compute in float32 (the opt-in low-memory mode);
+* ``glip-bf16-mmap``  the same with ``MALLOC_MMAP_THRESHOLD_=131072`` (glibc hands every
+                 freed block of 128 KiB or more back to the system at once, instead of
+                 keeping it in the heap);
 * ``gdino``      Hugging Face ``GroundingDinoForObjectDetection`` with the default
                  ``GroundingDinoConfig`` (= Grounding DINO-T: Swin-T, 6+6 layers, 900 queries)
                  and the bundled bert-base-uncased text config, through its processor and
@@ -45,8 +50,12 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 CAPTION = "a cat. a remote control. a dog."
-SETTINGS = ("glip", "glip-pure", "gdino")
-_ENV = {"glip-pure": {"GLIP_DISABLE_TORCHVISION": "1"}}
+SETTINGS = ("glip", "glip-pure", "glip-bf16", "glip-bf16-mmap", "gdino")
+_ENV = {"glip-pure": {"GLIP_DISABLE_TORCHVISION": "1"}, "glip-bf16-mmap": {"MALLOC_MMAP_THRESHOLD_": "131072"}}
+_WEIGHTS_DTYPE = {
+    "glip-bf16": "bfloat16",
+    "glip-bf16-mmap": "bfloat16",
+}  # glip settings loaded with Predictor(weights_dtype=...)
 
 
 def _image():
@@ -90,10 +99,10 @@ def _save_glip(folder: str) -> None:
     save_model(_build_glip(), folder)
 
 
-def _glip_call(batch: int, device: str, folder: str):
+def _glip_call(batch: int, device: str, folder: str, weights_dtype: str | None = None):
     from glip.api import Predictor
 
-    predictor = Predictor(folder, device=device, batch_size=batch)
+    predictor = Predictor(folder, device=device, batch_size=batch, weights_dtype=weights_dtype)
     return lambda images: predictor.predict(images, CAPTION, threshold=0.5)
 
 
@@ -132,7 +141,10 @@ def run_one(setting: str, batch: int, runs: int, threads: int, device: str, fold
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    call = _gdino_call(batch, device) if setting == "gdino" else _glip_call(batch, device, folder)
+    if setting == "gdino":
+        call = _gdino_call(batch, device)
+    else:
+        call = _glip_call(batch, device, folder, _WEIGHTS_DTYPE.get(setting))
     rss_after_build = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     image, source = _image()
     images = [image] * batch
@@ -180,7 +192,18 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="measured processes at once (default 1). More only for peak RSS on a busy machine: "
+        "concurrent settings slow each other, so their latencies are not comparable",
+    )
     parser.add_argument("--json", help="also write the rows here")
+    parser.add_argument(
+        "--glip-folder",
+        help="load this saved random-init GLIP-T folder (e.g. one kept from an earlier run) instead of saving one",
+    )
     parser.add_argument("--ops", action="store_true", help="per-op timings instead (see scripts/bench_ops.py)")
     parser.add_argument("--_one", help=argparse.SUPPRESS)
     parser.add_argument("--_folder", help=argparse.SUPPRESS)
@@ -202,43 +225,53 @@ def main() -> None:
 
     print(
         f"torch {torch.__version__} | CPU {_cpu_model()} ({os.cpu_count()} logical) | {args.threads} threads | "
-        f"device {args.device} | {args.runs} timed calls after 1 warm-up | prompt {CAPTION!r}",
+        f"device {args.device} | {args.runs} timed calls after 1 warm-up | prompt {CAPTION!r}"
+        + (f" | {args.jobs} settings at once (latencies not comparable)" if args.jobs > 1 else ""),
         flush=True,
     )
     plan = [(s, b) for b in args.batch for s in args.settings if b == 1 or s != "gdino" or args.peer_batch]
     with tempfile.TemporaryDirectory(prefix="bench_glip_") as tmp:
-        rows = _run_plan(plan, args, Path(tmp) / "glip-t")
+        rows = _run_plan(plan, args, Path(args.glip_folder) if args.glip_folder else Path(tmp) / "glip-t")
     _report(rows, args)
 
 
 def _run_plan(plan: list[tuple[str, int]], args: argparse.Namespace, folder: Path) -> list[dict]:
     base_env = dict(os.environ, PYTHONUNBUFFERED="1")
     base_env["PYTHONPATH"] = os.pathsep.join([str(REPO), base_env.get("PYTHONPATH", "")])
-    if any(s != "gdino" for s, _ in plan):
+    if any(s != "gdino" for s, _ in plan) and not args.glip_folder:
         res = subprocess.run(
             [sys.executable, __file__, "--_save", str(folder)], capture_output=True, text=True, env=base_env
         )
         if res.returncode != 0:
             print(f"saving the random-init GLIP-T failed\n{res.stderr[-2000:]}", file=sys.stderr, flush=True)
             plan = [(s, b) for s, b in plan if s == "gdino"]
-    rows = []
+    procs: list[tuple[str, int, subprocess.Popen]] = []
+    done: list[dict | None] = []
     for setting, batch in plan:
         cmd = [sys.executable, __file__, "--_one", f"{setting},{batch}", "--runs", str(args.runs)]
         cmd += ["--threads", str(args.threads), "--device", args.device, "--_folder", str(folder)]
         env = dict(base_env, **_ENV.get(setting, {}))
-        res = subprocess.run(cmd, capture_output=True, text=True, env=env)
-        if res.returncode != 0:
-            print(f"{setting} batch {batch}: failed\n{res.stderr[-2000:]}", file=sys.stderr, flush=True)
-            continue
-        r = json.loads(res.stdout.strip().splitlines()[-1])
-        rows.append(r)
-        print(
-            f"{setting:<10} batch {batch}  {r['median_s_per_image']:7.2f} s/image (calls {r['runs_s']})  "
-            f"peak RSS {r['peak_rss_mib']:6.0f} MiB (after build {r['rss_after_build_mib']:.0f})"
-            + (f"  backends {r['backends']}" if r["backends"] else ""),
-            flush=True,
-        )
-    return rows
+        if len(procs) >= args.jobs:  # at most --jobs measured processes at once
+            done.append(_print_row(*procs.pop(0)))
+        popen = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        procs.append((setting, batch, popen))
+    done.extend(_print_row(*p) for p in procs)
+    return [row for row in done if row is not None]
+
+
+def _print_row(setting: str, batch: int, popen: subprocess.Popen) -> dict | None:
+    stdout, stderr = popen.communicate()
+    if popen.returncode != 0:
+        print(f"{setting} batch {batch}: failed\n{stderr[-2000:]}", file=sys.stderr, flush=True)
+        return None
+    r = json.loads(stdout.strip().splitlines()[-1])
+    print(
+        f"{setting:<10} batch {batch}  {r['median_s_per_image']:7.2f} s/image (calls {r['runs_s']})  "
+        f"peak RSS {r['peak_rss_mib']:6.0f} MiB (after build {r['rss_after_build_mib']:.0f})"
+        + (f"  backends {r['backends']}" if r["backends"] else ""),
+        flush=True,
+    )
+    return r
 
 
 def _report(rows: list[dict], args: argparse.Namespace) -> None:

@@ -22,6 +22,7 @@ from glip.hub.streaming import SafetensorsIndex, index_safetensors, stream_state
 from glip.hub.zoo import resolve_model_source
 from glip.modeling.build import build_model
 from glip.modeling.glip import GLIP
+from glip.modeling.low_precision import build_in_dtype, parse_weights_dtype, store_weights
 from glip.modeling.text_encoder import load_text_config
 from glip.text import load_tokenizer, resolve_text_encoder
 from glip.utils.fs import atomic_directory
@@ -231,6 +232,7 @@ def load_model(
     device: str | torch.device = "cpu",
     trust_pickle: bool = False,
     fresh_heads: Sequence[str] = (),
+    weights_dtype: str | torch.dtype | None = None,
 ) -> GLIP:
     """Loads GLIP weights and returns the model in eval mode.
 
@@ -253,7 +255,14 @@ def load_model(
         fresh_heads: heads of the config that may be absent from the weights and then keep
             their initialisation (:func:`with_fresh_heads`; e.g. a mask head about to be
             trained on a detection checkpoint). Not for tuned-delta folders.
+        weights_dtype: ``None`` / ``"float32"`` (the default: float32 weights), or
+            ``"bfloat16"`` (``"bf16"``): an inference mode that keeps the parameters in
+            bfloat16 (half the memory) and computes in float32
+            (:func:`glip.modeling.low_precision.store_weights`); the model is built in
+            bfloat16 from the start, so float32 weights are never all in memory. Results
+            differ from float32 by the weights' rounding only (README, "Speed and memory").
     """
+    storage = parse_weights_dtype(weights_dtype)
     if isinstance(config, GLIPConfig):
         weights = resolve_model_source(weights, text_encoder=text_encoder).weights
     else:  # zoo names and zoo config names -> files (glip.hub.zoo.resolve_model_source)
@@ -263,7 +272,8 @@ def load_model(
     if weights.is_dir() and not (weights / WEIGHTS_NAME).is_file():
         for marker, loader in _FOLDER_LOADERS.items():
             if (weights / marker).is_file():
-                return loader(weights, text_encoder=text_encoder, device=device, trust_pickle=trust_pickle)
+                model = loader(weights, text_encoder=text_encoder, device=device, trust_pickle=trust_pickle)
+                return store_weights(model, storage) if storage is not None else model
     if weights.is_dir():
         base = weights
         weights = weights / WEIGHTS_NAME
@@ -288,13 +298,22 @@ def load_model(
     state = _to_our_keys(raw, str(weights))
     # Folders saved with include_text_encoder=False reference the pretrained encoder instead.
     referenced = cfg.model.text.pretrained and not any(k.startswith("text_encoder.") for k in state)
-    model = build_model(cfg, bert_config, tokenizer, pretrained_text=text_dir if referenced else None)
+    pretrained_text = text_dir if referenced else None
+    if storage is None:
+        model = build_model(cfg, bert_config, tokenizer, pretrained_text=pretrained_text)
+    else:
+        model = build_in_dtype(
+            storage, lambda: build_model(cfg, bert_config, tokenizer, pretrained_text=pretrained_text)
+        )
     if referenced:
         state = {**{k: v for k, v in model.state_dict().items() if k.startswith("text_encoder.")}, **state}
     state = with_fresh_heads(model, state, str(weights), fresh_heads)
     if "prompt_offset.weight" in state:  # a prompt-tuned checkpoint (ours or official tunable_linear)
         model.enable_prompt_offset(int(state["prompt_offset.weight"].shape[0]))
     load_state_into(model, state, str(weights), index=index)
+    del raw, state  # a .pth's tensors: not held beside the model any longer than needed
+    if storage is not None:
+        store_weights(model, storage)
     return model.to(device).eval()
 
 

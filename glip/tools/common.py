@@ -49,10 +49,12 @@ def add_model_args(
     model: bool = True,
     model_help: str | None = None,
     config_help: str | None = None,
+    weights_dtype: bool = False,
 ) -> None:
     """``--model``, ``--weights`` (unless ``model`` is False: a positional names the
     weights), ``--config``, ``--text-encoder``, ``--trust-pickle``; all interpreted by
-    :func:`glip.hub.zoo.resolve_model_source`."""
+    :func:`glip.hub.zoo.resolve_model_source`. ``weights_dtype``: also ``--weights-dtype``
+    (``float32`` or ``bfloat16``/``bf16``, for inference commands; default float32)."""
     g = p.add_argument_group("model")
     if model:
         default = f" (default {default_model})" if default_model else ""
@@ -80,6 +82,14 @@ def add_model_args(
         action="store_true",
         help="allow a .pth that needs arbitrary code execution to unpickle (only for files you trust)",
     )
+    if weights_dtype:
+        g.add_argument(
+            "--weights-dtype",
+            choices=("float32", "bfloat16", "bf16"),
+            default="float32",
+            help="bfloat16 (bf16) keeps the weights in bfloat16, half their memory, and computes in float32; "
+            "results move by the weights' rounding (README, Speed and memory). Default float32",
+        )
 
 
 def model_arg(args: argparse.Namespace) -> str | None:

@@ -162,6 +162,26 @@ def test_swin_fused_attention_equals_manual_and_batch_equals_single() -> None:
                 torch.testing.assert_close(u, v[i : i + 1], atol=1e-5, rtol=1e-5)
 
 
+def test_swin_inference_chunks_equal_one_pass(monkeypatch) -> None:
+    """Without autograd a block attends over bands of window rows and runs its MLP over
+    chunks of tokens (bounded temporaries); the maps equal the one-pass ones."""
+    import glip.modeling.backbone.swin as swin
+
+    model = _tiny_swin().eval()
+    x = torch.randn(2, 3, 93, 130)  # stage 0: 24 x 33 tokens, padded to 6 x 9 windows of 4
+    with torch.enable_grad():
+        reference = [t.detach() for t in model(x)]  # with autograd: the one-pass path
+    calls = []
+    attn = model.layers[0].blocks[1].attn
+    attn.register_forward_hook(lambda mod, args, out: calls.append(args[0].shape[0]))
+    monkeypatch.setattr(swin, "INFERENCE_CHUNK_TOKENS", 2 * 4 * 36)  # one window row of 2 images
+    with torch.no_grad():
+        chunked = model(x)
+    assert calls == [2 * 9] * 6  # 6 bands of one window row (9 windows per image)
+    for u, v in zip(chunked, reference):
+        torch.testing.assert_close(u, v, atol=1e-6, rtol=1e-6)
+
+
 def test_swin_frozen_stages_and_checkpointing() -> None:
     model = _tiny_swin(frozen_stages=2, drop_path_rate=0.3, use_checkpoint=True)
     model.train()

@@ -401,3 +401,25 @@ def test_fusion_width_from_config() -> None:
     with torch.no_grad():
         out = trunk(features, text)
     assert out.visual[0].shape == (1, 32, 8, 8) and out.text.shape == (1, 5, 64)
+
+
+@pytest.mark.parametrize("dyfuse", [True, False])
+@pytest.mark.parametrize("k", [2, 3])
+def test_dyconv_fuse_equals_the_stacked_mean_bitwise(dyfuse: bool, k: int) -> None:
+    """The branch average is accumulated in place (no [K, B, C, H, W] temporaries) and equals
+    the stack -> weight -> mean formula of the official DyConv bit for bit."""
+    from glip.layers.dyrelu import h_sigmoid
+    from glip.modeling.dyhead import DyConv
+
+    torch.manual_seed(0)
+    conv = DyConv(16, 16, gn_groups=4, use_dyfuse=dyfuse)
+    branches = [torch.randn(2, 16, 9, 13) for _ in range(k)]
+    stacked = torch.stack(branches)  # [K, B, C, H, W]
+    if dyfuse:
+        pooled = F.adaptive_avg_pool2d(stacked.flatten(0, 1), 1)
+        attn = F.relu(conv.scale_attn(pooled)).view(k, 2, 1, 1, 1)
+        expected = (stacked * h_sigmoid(attn)).mean(dim=0)
+    else:
+        expected = stacked.mean(dim=0)
+    with torch.no_grad():
+        assert torch.equal(conv._fuse(branches), expected.detach())
