@@ -21,7 +21,7 @@ from those pseudo-labels alone, and both are evaluated on the same validation im
 
 Every stage resumes: the labelling skips the images its shards hold, the training continues
 from its last checkpoint (``WORK/student/checkpoints``); run the same command again after
-an interruption. The bundled demo teacher scores its boxes around 0.2-0.45, hence the
+an interruption. The bundled demo teacher scores its best boxes around 0.3-0.6, hence the
 default ``--threshold 0.2`` (the official caption threshold, 0.5, suits GLIP-T / GLIP-L).
 """
 
@@ -62,12 +62,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-objects", type=int, default=5, help="shapes per image, at most (5)")
     p.add_argument("--seed", type=int, default=1, help="data and training seed (1; the demo trained on seed 0)")
     p.add_argument("--threshold", type=float, default=0.2,
-                   help="teacher boxes scoring above this are kept (0.2: the demo teacher scores ~0.2-0.45)")  # fmt: skip
+                   help="teacher boxes scoring above this are kept (0.2: the demo teacher scores ~0.3-0.6)")  # fmt: skip
     p.add_argument("--nms", type=float, default=-1.0, help="class-agnostic NMS IoU over a caption's boxes (-1: none)")
     p.add_argument("--min-boxes", type=int, default=1, help="captions with fewer boxes are left out (1)")
     p.add_argument("--steps", type=int, default=1200, help="student training steps (1200, as the demo)")
     p.add_argument("--batch", type=int, default=8, help="student images per step (8)")
     p.add_argument("--device", default="cpu", help="where the teacher labels and the models are evaluated (cpu)")
+    p.add_argument("--student-init", default=None, metavar="FOLDER",
+                   help="weights the student starts from (e.g. scripts/train_demo.py's visual pre-training, "
+                        "WORK/init; with its DEMO_RECIPE as overrides); default: fresh")  # fmt: skip
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="student config overrides (tiny.yaml)")
     return p.parse_args(argv)
@@ -134,7 +137,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         raise SystemExit(f"only {summary.captions} captions have a box above --threshold {args.threshold}: lower it")
 
     cfg = student_config(args, work / "pseudo.json", ds.image_dir)
-    result = train(cfg, work / "student", resume=True, cpu=args.device == "cpu", progress_bar=not args.quiet)
+    result = train(
+        cfg, work / "student", resume=True, cpu=args.device == "cpu", progress_bar=not args.quiet,
+        weights=args.student_init,
+    )  # fmt: skip
     if result.interrupted_by is not None:
         raise SystemExit(f"interrupted at step {result.progress.step}; run again to resume")
 

@@ -103,7 +103,10 @@ class SwinBlock(nn.Module):
         h, w = hw
         b, hw_tokens, c = x.shape
         ws = self.window_size
-        chunked = not torch.is_grad_enabled() and not self.training  # (drop path is off in eval)
+        # (drop path is off in eval; a traced graph, e.g. an ONNX export, keeps the plain path:
+        # the chunk loop would bake the traced size into it)
+        tracing = torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
+        chunked = not torch.is_grad_enabled() and not self.training and not tracing
         y = self.norm1(x).view(b, h, w, c)  # [B, H, W, C]
         # Pad after the norm, so padded tokens are exact zeros that still get attended.
         pad_b, pad_r = (-h) % ws, (-w) % ws
