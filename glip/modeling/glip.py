@@ -256,13 +256,7 @@ class GLIP(nn.Module):
             text = self.prompt_offset(text)
         if input_ids.shape[0] == 1 and batch > 1:
             # One prompt for the whole batch: encode it once, share the features.
-            text = TextFeatures(
-                hidden=text.hidden.expand(batch, -1, -1),
-                embedded=text.embedded.expand(batch, -1, -1),
-                mask=text.mask.expand(batch, -1),
-                aggregate=text.aggregate.expand(batch, -1),
-                causal=text.causal,
-            )
+            text = text.expand(batch)
         trunk = self.trunk(features, text)
         if backbone is not None:
             trunk = replace(trunk, backbone=list(backbone))

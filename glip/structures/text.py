@@ -31,3 +31,13 @@ class TextFeatures:
     def with_hidden(self, hidden: Tensor) -> TextFeatures:
         """A copy with ``hidden`` replaced (the other fields are shared)."""
         return replace(self, hidden=hidden)
+
+    def expand(self, batch: int) -> TextFeatures:
+        """One prompt's features (``B = 1``) shared by ``batch`` images, as views (no copy)."""
+        return replace(
+            self,
+            hidden=self.hidden.expand(batch, -1, -1),  # [batch, T, D]
+            embedded=self.embedded.expand(batch, -1, -1),
+            mask=self.mask.expand(batch, -1),  # [batch, T]
+            aggregate=self.aggregate.expand(batch, -1),  # [batch, D]
+        )
