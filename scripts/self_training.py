@@ -44,9 +44,12 @@ REPO = Path(__file__).resolve().parents[1]
 
 def _train_demo() -> Any:
     """scripts/train_demo.py as a module (its ``evaluate``)."""
+    if "train_demo" in sys.modules:
+        return sys.modules["train_demo"]
     spec = importlib.util.spec_from_file_location("train_demo", REPO / "scripts" / "train_demo.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
+    sys.modules["train_demo"] = module  # registered first: its dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 

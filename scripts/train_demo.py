@@ -132,23 +132,24 @@ def probe_evaluator(out_dir: Path, num_images: int = 32):
     return evaluate_probe
 
 
-def pretrain_backbone(
-    model,
-    train_json: Path,
-    image_dir: Path,
-    steps: int = 300,
-    batch: int = 16,
-    seed: int = 0,
-    tower: bool = False,
-    train_backbone: bool = True,
-) -> dict[str, float]:
-    """Pre-trains ``model.backbone`` (body and FPN) in place as a dense labeller of the
-    images of ``train_json``: two 1x1 classifiers on P3-P5 name each location's colour and
-    shape (background included), then are dropped. The stand-in for GLIP's
-    ImageNet-pretrained Swin. ``tower``: the classifiers read the trunk's DyConv tower
-    output instead (the trunk run with every category name as the prompt) and the tower's
-    convolutions train too; ``train_backbone`` False keeps the backbone and FPN as they are.
-    Returns the final per-location foreground accuracies (``colour``, ``shape``)."""
+@dataclasses.dataclass
+class DenseLabels:
+    """Images and per-pixel labels for :func:`pretrain_backbone`: ``images``
+    ``Tensor[N, 3, H, W]`` (normalised, zero-padded to multiples of 32), ``colour`` and
+    ``shape`` ``Tensor[N, H, W]`` (0: background, ``i + 1``: ``colours[i]`` / ``shapes[i]``,
+    -100: padding), and the prompt naming every category."""
+
+    images: torch.Tensor
+    colour: torch.Tensor
+    shape: torch.Tensor
+    colours: list[str]
+    shapes: list[str]
+    prompt: list[str]
+
+
+def dense_labels(train_json: Path, image_dir: Path, preprocessing) -> DenseLabels:
+    """Reads the images of ``train_json`` and paints each shape's colour and shape into
+    per-pixel label maps (the exact polygons; later shapes on top)."""
     import numpy as np
     import torch.nn.functional as F
     from PIL import Image
@@ -163,7 +164,7 @@ def pretrain_backbone(
     per_image: dict[int, list] = {}
     for a in data["annotations"]:
         per_image.setdefault(a["image_id"], []).append(a)
-    pre = model.preprocessing
+    pre = preprocessing
     images, colour_maps, shape_maps = [], [], []
     for record in data["images"]:
         rgb = np.asarray(Image.open(image_dir / record["file_name"]).convert("RGB"))
@@ -185,13 +186,40 @@ def pretrain_backbone(
     def pad(t: torch.Tensor, value: float) -> torch.Tensor:
         return F.pad(t, (0, W - t.shape[-1], 0, H - t.shape[-2]), value=value)
 
-    X = torch.stack([pad(x, 0.0) for x in images])  # [N, 3, H, W]
-    C = torch.stack([pad(c, -100) for c in colour_maps])  # [N, H, W]
-    S = torch.stack([pad(s, -100) for s in shape_maps])
+    return DenseLabels(
+        images=torch.stack([pad(x, 0.0) for x in images]),  # [N, 3, H, W]
+        colour=torch.stack([pad(c, -100) for c in colour_maps]),  # [N, H, W]
+        shape=torch.stack([pad(m, -100) for m in shape_maps]),
+        colours=colours,
+        shapes=shapes,
+        prompt=[" ".join(n) for n in names.values()],
+    )
+
+
+def pretrain_backbone(
+    model,
+    labels: DenseLabels,
+    steps: int = 300,
+    batch: int = 16,
+    seed: int = 0,
+    tower: bool = False,
+    train_backbone: bool = True,
+) -> dict[str, float]:
+    """Pre-trains ``model.backbone`` (body and FPN) in place as a dense labeller of
+    ``labels`` (:func:`dense_labels`): two 1x1 classifiers on P3-P5 name each location's
+    colour and shape (background included), then are dropped. The stand-in for GLIP's
+    ImageNet-pretrained Swin. ``tower``: the classifiers read the trunk's DyConv tower
+    output instead (the trunk run with every category name as the prompt) and the tower's
+    convolutions train too; ``train_backbone`` False keeps the backbone and FPN as they are.
+    Returns the final per-location foreground accuracies (``colour``, ``shape``)."""
+    import torch.nn.functional as F
+
+    X, C, S = labels.images, labels.colour, labels.shape
+    colours, shapes = labels.colours, labels.shapes
     backbone, levels = model.backbone, 3
     text = None
     if tower:  # the trunk runs on the prompt of every category name, as at inference
-        tokens = model.tokenize([" ".join(n) for n in names.values()])
+        tokens = model.tokenize(labels.prompt)
         with torch.no_grad():
             text = model.text_encoder(tokens.input_ids, tokens.attention_mask)
 
@@ -201,12 +229,7 @@ def pretrain_backbone(
             features = backbone(x)
         if text is None:
             return features[:levels]
-        b = x.shape[0]
-        batch_text = dataclasses.replace(
-            text, hidden=text.hidden.expand(b, -1, -1), embedded=text.embedded.expand(b, -1, -1),
-            mask=text.mask.expand(b, -1), aggregate=text.aggregate.expand(b, -1),
-        )  # fmt: skip
-        return model.trunk(features, batch_text).visual[:levels]
+        return model.trunk(features, text.expand(x.shape[0])).visual[:levels]
 
     with torch.no_grad():
         width = dense(X[:1])[0].shape[1]
@@ -314,7 +337,7 @@ def main() -> int:
                    help="the dense colour/shape pre-training also sees the held-out combinations (labelled by "
                         "colour and shape separately); the grounding stage never does")  # fmt: skip
     p.add_argument("--backbone-images", type=int, default=2000,
-                   help="images (another seed, held-out combinations excluded) of the backbone pre-training")  # fmt: skip
+                   help="images (another seed) of the visual pre-training")  # fmt: skip
     p.add_argument("--mask-steps", type=int, default=300,
                    help="steps of mask-head training (train.tuning=mask, the rest frozen) after detection (0: none)")  # fmt: skip
     p.add_argument("--probe-every", type=int, default=200, help="steps between phrase-accuracy probes (0: none)")
@@ -359,12 +382,12 @@ def main() -> int:
             )  # fmt: skip
             torch.manual_seed(args.seed)
             model = build_training_model(cfg)
-            acc = pretrain_backbone(model, pre.train_json, pre.image_dir, steps=args.backbone_steps, seed=args.seed)
+            labels = dense_labels(pre.train_json, pre.image_dir, model.preprocessing)
+            acc = pretrain_backbone(model, labels, steps=args.backbone_steps, seed=args.seed)
             if args.tower_steps > 0:
                 acc = pretrain_backbone(
-                    model, pre.train_json, pre.image_dir, steps=args.tower_steps, seed=args.seed,
-                    tower=True, train_backbone=False,
-                )  # fmt: skip
+                    model, labels, steps=args.tower_steps, seed=args.seed, tower=True, train_backbone=False
+                )
             save_model(model, init, include_text_encoder=False)
             print(f"backbone pre-trained: colour {100 * acc['colour']:.0f}%, shape {100 * acc['shape']:.0f}% of "
                   "foreground locations (last batch)")  # fmt: skip
