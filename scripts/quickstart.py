@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 import glip
+from glip.ops.boxes import box_iou
 from glip.text import BUNDLED_TEXT_ENCODERS
 
 _ROOT = Path(os.environ.get("GLIP_FIXTURES", Path(__file__).resolve().parents[2] / "shared" / "fixtures"))
@@ -44,26 +45,22 @@ def demo_shapes() -> None:
         truth = [(names[a["category_id"] - 1], a["bbox"]) for a in record["annotations"]]
         image = data.image_dir / record["images"][0]["file_name"]
         det = glip.predict(str(image), names, model="demo-shapes", threshold=0.3)
-    gt = [(name, [round(x), round(y), round(x + w), round(y + h)]) for name, (x, y, w, h) in truth]
-    print("\ndemo-shapes on a synthetic image holding: " + ", ".join(f"{n} at {b}" for n, b in gt))
+    gt_names = [name for name, _ in truth]
+    gt_boxes = torch.tensor([[round(x), round(y), round(x + w), round(y + h)] for _, (x, y, w, h) in truth])  # [G, 4]
+    print("\ndemo-shapes on a synthetic image holding: "
+          + ", ".join(f"{n} at {b}" for n, b in zip(gt_names, gt_boxes.tolist())))  # fmt: skip
     # GLIP scores every phrase on every box: show each box once, with its best phrase
-    best: list[tuple[str, float, list[float]]] = []
-    for phrase, score, box in zip(det.phrases, det.scores.tolist(), det.boxes.tolist()):
-        if all(_iou(box, kept) <= 0.7 for _, _, kept in best):
-            best.append((phrase, score, box))
-    print(f"{len(det)} detections above 0.3; the best phrase of the best {min(5, len(best))} boxes, "
+    keep: list[int] = []
+    for i in range(len(det)):  # in score order
+        if not keep or box_iou(det.boxes[i : i + 1], det.boxes[keep]).max() <= 0.7:
+            keep.append(i)
+    keep = keep[:5]
+    print(f"{len(det)} detections above 0.3; the best phrase of the best {len(keep)} boxes, "
           "and the shape each box overlaps most:")  # fmt: skip
-    for phrase, score, box in best[:5]:
-        iou, name = max((_iou(box, b), n) for n, b in gt)
-        print(f"  {phrase:<16} {score:.2f} {[round(v) for v in box]}  on the {name} (IoU {iou:.2f})")
-
-
-def _iou(a: list[float], b: list[float]) -> float:
-    """IoU of two xyxy boxes."""
-    w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - w * h
-    return w * h / union if union > 0 else 0.0
+    overlap = box_iou(det.boxes[keep], gt_boxes.float())  # [K, G]
+    for i, (iou, j) in zip(keep, zip(*overlap.max(dim=1))):
+        box = [round(v) for v in det.boxes[i].tolist()]
+        print(f"  {det.phrases[i]:<16} {det.scores[i]:.2f} {box}  on the {gt_names[j]} (IoU {iou:.2f})")
 
 
 def main() -> int:
