@@ -214,6 +214,11 @@ class VQAHeadConfig:
     answers: list[str] = field(default_factory=list)
     min_answer_count: int = 9  # VQAv2: 9 -> 3129 answers
     mlp_dim: int = 0  # the classifier's hidden width; 0: twice model.text.dim
+    # A cross-attention of the slot to the trunk's visual maps before the classifier
+    # (glip.modeling.heads.readout): its width, 0 = none (the fused slot feature alone, as
+    # GLIPv2 describes); the demo model's small trunk needs it.
+    readout_dim: int = 0
+    readout_heads: int = 4
 
 
 @dataclass
@@ -232,6 +237,10 @@ class CaptionHeadConfig:
     max_length: int = 20  # decoding: most generated tokens, the end token included
     beam_size: int = 1  # decoding: 1 = greedy
     box_threshold: float = 0.3  # grounded captioning: a noun phrase's box needs this score
+    # Each token's cross-attention to the trunk's visual maps before the predictor
+    # (glip.modeling.heads.readout; causal-safe): its width, 0 = none.
+    readout_dim: int = 0
+    readout_heads: int = 4
 
 
 @dataclass

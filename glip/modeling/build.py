@@ -24,6 +24,7 @@ from glip.modeling.heads import (
     MDETRTokenHead,
 )
 from glip.modeling.heads.mask import HourglassExtractor, MaskConvExtractor, MaskHead, VLMaskPredictor
+from glip.modeling.heads.readout import VisualReadout
 from glip.modeling.heads.vqa import VQAHead
 from glip.modeling.losses.inter_image import InterImageContrastiveLoss
 from glip.modeling.losses.region_distill import RegionConceptDistillation
@@ -294,6 +295,21 @@ def _build_vqa(cfg: GLIPConfig, bert_config: Any) -> VQAHead | None:
         answers=list(h.answers),
         mlp_dim=h.mlp_dim or None,
         layer_norm_eps=float(bert_config.layer_norm_eps),
+        readout=_readout(cfg, h.readout_dim, h.readout_heads, bert_config),
+    )
+
+
+def _readout(cfg: GLIPConfig, dim: int, heads: int, bert_config: Any) -> VisualReadout | None:
+    """A language head's visual read-out (``readout_dim`` 0: none)."""
+    if dim <= 0:
+        return None
+    return VisualReadout(
+        text_dim=cfg.model.text.dim,
+        visual_dim=cfg.model.trunk.channels,
+        num_levels=len(cfg.model.anchors.strides),
+        dim=dim,
+        num_heads=heads,
+        layer_norm_eps=float(bert_config.layer_norm_eps),
     )
 
 
@@ -313,6 +329,7 @@ def _build_caption(cfg: GLIPConfig, bert_config: Any) -> CaptionHead | None:
         max_length=h.max_length,
         beam_size=h.beam_size,
         box_threshold=h.box_threshold,
+        readout=_readout(cfg, h.readout_dim, h.readout_heads, bert_config),
     )
 
 

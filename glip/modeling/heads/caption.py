@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from glip.modeling.heads.base import Head, LossInputs
 from glip.modeling.heads.mlm import BERT_MASK_TOKEN_ID, MLMHead
@@ -87,7 +87,8 @@ class CaptionOutput:
 
     Attributes:
         hidden: ``Tensor[B, T, D]``, the fused text before L2 normalisation (the trunk's
-            ``text``); meaningful for captioning only when the trunk ran causally.
+            ``text``, through the head's visual read-out when it has one); meaningful for
+            captioning only when the trunk ran causally.
         causal: whether it did.
     """
 
@@ -97,7 +98,8 @@ class CaptionOutput:
 
 class CaptionHead(Head):
     """The captioning head (``model.heads["caption"]``): an :class:`MLMHead` on the causal
-    fused text. Parameters: ``predictor.*``. It may start fresh from a checkpoint without it.
+    fused text. Parameters: ``predictor.*``, ``readout.*``. It may start fresh from a
+    checkpoint without it.
 
     Its loss is ``loss_caption`` (:meth:`caption_loss`), computed on captioning batches,
     which run the model causally (:func:`glip.engine.captioning.caption_losses`); on the
@@ -112,6 +114,8 @@ class CaptionHead(Head):
         label_smoothing: of the cross-entropy (0.1, as GLIPv2's and OSCAR's captioning).
         max_length, beam_size: decoding defaults (:mod:`glip.modeling.caption_decoding`).
         box_threshold: grounded captioning: the least score of a noun phrase's box.
+        readout: an optional :class:`~glip.modeling.heads.readout.VisualReadout` through
+            which every token reads the trunk's visual maps before the predictor.
     """
 
     fresh_start = True
@@ -128,6 +132,7 @@ class CaptionHead(Head):
         max_length: int = 20,
         beam_size: int = 1,
         box_threshold: float = 0.3,
+        readout: nn.Module | None = None,
     ) -> None:
         super().__init__()
         if not 0.0 <= mask_prob <= 1.0 or max_masked < 1:
@@ -143,6 +148,7 @@ class CaptionHead(Head):
         self.max_length = max_length
         self.beam_size = beam_size
         self.box_threshold = box_threshold
+        self.readout = readout
 
     @torch.no_grad()
     def corrupt(
@@ -154,7 +160,8 @@ class CaptionHead(Head):
         )
 
     def forward(self, trunk: TrunkOutput, outputs: Mapping[str, Any]) -> CaptionOutput:
-        return CaptionOutput(hidden=trunk.text, causal=trunk.text_input.causal)
+        hidden = trunk.text if self.readout is None else self.readout(trunk.text, trunk.visual)  # [B, T, D]
+        return CaptionOutput(hidden=hidden, causal=trunk.text_input.causal)
 
     def logits(self, output: CaptionOutput, positions: Tensor) -> Tensor:
         """``Tensor[B, V]``: the vocabulary scores at one position per caption.

@@ -100,15 +100,23 @@ class VQAHead(Head):
             (the builder takes it from ``model.heads.vqa.answers``, saved in the config).
         mlp_dim: the classifier's hidden width (default 2D).
         layer_norm_eps: the classifier's LayerNorm epsilon.
+        readout: an optional :class:`~glip.modeling.heads.readout.VisualReadout` through
+            which the slot feature reads the trunk's visual maps before the classifier
+            (None: the fused slot feature alone).
 
     Images whose targets have no ``answer_scores`` (non-VQA data in a mixed batch) are left
-    out of the loss. Parameters: ``classifier.*`` (:class:`AnswerClassifier`).
+    out of the loss. Parameters: ``classifier.*`` (:class:`AnswerClassifier`), ``readout.*``.
     """
 
     fresh_start = True
 
     def __init__(
-        self, hidden_dim: int, answers: Sequence[str], mlp_dim: int | None = None, layer_norm_eps: float = 1e-12
+        self,
+        hidden_dim: int,
+        answers: Sequence[str],
+        mlp_dim: int | None = None,
+        layer_norm_eps: float = 1e-12,
+        readout: nn.Module | None = None,
     ) -> None:
         super().__init__()
         if not answers:
@@ -117,6 +125,7 @@ class VQAHead(Head):
             raise ValueError("the VQA answer vocabulary has duplicates")
         self.answers = tuple(answers)
         self.classifier = AnswerClassifier(hidden_dim, len(self.answers), mlp_dim, layer_norm_eps)
+        self.readout = readout
 
     @property
     def num_answers(self) -> int:
@@ -126,6 +135,8 @@ class VQAHead(Head):
         slot = answer_slot(trunk.mask)  # [B]
         rows = torch.arange(trunk.text.shape[0], device=trunk.text.device)
         feature = trunk.text[rows, slot.to(trunk.text.device)]  # [B, D]
+        if self.readout is not None:
+            feature = self.readout(feature[:, None], trunk.visual)[:, 0]  # [B, 1, D] -> [B, D]
         return VQAOutput(logits=self.classifier(feature), slot=slot)
 
     def loss(self, output: VQAOutput, inputs: LossInputs) -> dict[str, Tensor]:
