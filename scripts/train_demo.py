@@ -48,6 +48,11 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 
 
+# The demo's synthetic set (with train_demo.py's defaults --num-train, --num-val, --held-out):
+# train_demo_vl.py regenerates the same images from it.
+DEMO_DATA = {"num_train": 2000, "num_val": 80, "image_size": (128, 192), "held_out": 3}
+
+
 def evaluate(
     model, val_json: Path, image_dir: Path, held_out: set[str], masks: bool = False
 ) -> dict[str, dict[str, float]]:
@@ -324,9 +329,9 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--work", default="runs/demo", help="data and training output")
     p.add_argument("--out", default=str(REPO / "glip" / "assets" / "demo-shapes"), help="zoo folder to write")
-    p.add_argument("--num-train", type=int, default=2000)
-    p.add_argument("--num-val", type=int, default=80)
-    p.add_argument("--held-out", type=int, default=3)
+    p.add_argument("--num-train", type=int, default=DEMO_DATA["num_train"])
+    p.add_argument("--num-val", type=int, default=DEMO_DATA["num_val"])
+    p.add_argument("--held-out", type=int, default=DEMO_DATA["held_out"])
     p.add_argument("--steps", type=int, default=1200)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--backbone-steps", type=int, default=1500,
@@ -354,7 +359,7 @@ def main() -> int:
     torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
     work = Path(args.work)
     ds = generate_synthetic(
-        work / "data", num_train=args.num_train, num_val=args.num_val, image_size=(128, 192),
+        work / "data", num_train=args.num_train, num_val=args.num_val, image_size=DEMO_DATA["image_size"],
         seed=args.seed, held_out=args.held_out,
     )  # fmt: skip
     print("held-out categories:", ", ".join(ds.held_out))

@@ -186,3 +186,17 @@ def save_tiny_clip(out: Path) -> Path:
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out
+
+
+@pytest.fixture(scope="session")
+def detector_only(tmp_path_factory) -> Path:
+    """The bundled demo model saved without its answer and caption heads (a detector with a
+    mask head, as the official checkpoints are): for the "model has no such head" errors."""
+    from glip.hub.checkpoint import load_model, save_model
+
+    model = load_model("demo-shapes", device="cpu")
+    for name in ("vqa", "caption"):
+        if name in model.heads:
+            del model.heads[name]
+        getattr(model.config.model.heads, name).enabled = False
+    return save_model(model, tmp_path_factory.mktemp("detector_only") / "model", include_text_encoder=False)

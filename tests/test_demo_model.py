@@ -81,3 +81,46 @@ def test_demo_shapes_segments_the_shapes_it_finds(tmp_path):
         pred = det.masks[0].numpy()
         ious.append(np.logical_and(pred, truth).sum() / max(np.logical_or(pred, truth).sum(), 1))
     assert len(ious) >= 6 and float(np.mean(ious)) > 0.6, ious
+
+
+def test_demo_shapes_answers_questions(tmp_path):
+    """The bundled model answers the synthetic questions (VQA accuracy, the official
+    formula) well above what one answer per question type would score, on fresh images."""
+    from glip.evaluation.vqa import vqa_accuracy
+    from glip.vqa_api import answer_questions
+
+    data = generate_synthetic(tmp_path, num_train=0, num_val=12, image_size=(128, 192), seed=654)
+    record = json.loads((data.root / "vqa_val.json").read_text())
+    questions = {q["question_id"]: q for q in record["questions"]}
+    model = glip.load_model("demo-shapes", device="cpu")
+    predictions = {}
+    for image in json.loads(data.val_json.read_text())["images"]:
+        asked = [q for q in questions.values() if q["image_id"] == image["id"]]
+        answers = answer_questions(model, data.image_dir / image["file_name"], [q["question"] for q in asked])
+        predictions.update({q["question_id"]: a.answer for q, a in zip(asked, answers)})
+    annotations = record["annotations"]
+    accuracy = vqa_accuracy(predictions, annotations).accuracy
+    # The best constant answer per question type ("yes", "left", "1", ...) as the bar's floor.
+    by_type: dict = {}
+    for a in annotations:
+        by_type.setdefault(a["question_type"], []).append(a["multiple_choice_answer"])
+    constant = sum(max(v.count(x) for x in set(v)) for v in by_type.values()) / len(annotations)
+    assert len(predictions) >= 40
+    assert accuracy >= 0.6 and accuracy >= constant + 0.1, (accuracy, constant)  # the model: 0.70, 0.55
+
+
+def test_demo_shapes_captions_name_the_shapes(tmp_path):
+    """Captions of fresh images start with a shape of the image ("a <colour> <shape>"), and
+    their noun phrases come with boxes."""
+    data = generate_synthetic(tmp_path, num_train=0, num_val=8, image_size=(128, 192), seed=987)
+    record = json.loads(data.val_json.read_text())
+    names = {c["id"]: c["name"] for c in record["categories"]}
+    model = glip.load_model("demo-shapes", device="cpu")
+    right = 0
+    for image in record["images"]:
+        present = {names[a["category_id"]] for a in record["annotations"] if a["image_id"] == image["id"]}
+        cap = glip.caption(str(data.image_dir / image["file_name"]), model=model)
+        words = cap.text.split()
+        assert words and words[0] == "a" and len(cap.phrases) == len(cap.boxes) >= 1, cap.text
+        right += " ".join(words[1:3]) in present
+    assert right >= 6, f"the first shape named is in the image on {right} of 8"

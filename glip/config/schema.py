@@ -241,6 +241,9 @@ class CaptionHeadConfig:
     # (glip.modeling.heads.readout; causal-safe): its width, 0 = none.
     readout_dim: int = 0
     readout_heads: int = 4
+    # The token ids the decoder scores ([]: the whole vocabulary); a closed-domain model
+    # lists its captions' words (glip.modeling.heads.caption.restrict_vocabulary).
+    vocab: list[int] = field(default_factory=list)
 
 
 @dataclass

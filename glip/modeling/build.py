@@ -330,6 +330,7 @@ def _build_caption(cfg: GLIPConfig, bert_config: Any) -> CaptionHead | None:
         beam_size=h.beam_size,
         box_threshold=h.box_threshold,
         readout=_readout(cfg, h.readout_dim, h.readout_heads, bert_config),
+        vocab=list(h.vocab) or None,
     )
 
 

@@ -1,8 +1,8 @@
 """``glip demo`` end to end: the command serves the page on a loopback port; a real
 Gradio client gets the same detections as ``glip.predict``; headless Chromium uploads an
 image, types a prompt, submits and sees the drawn result and its table (a screenshot is
-saved); a model with mask, VQA and caption heads gets those tabs, the demo model (boxes
-and masks) the detection and segmentation ones.
+saved); a model gets one tab per head it has: the demo model (boxes, masks, answers and
+captions) all four, a detector only the detection tab.
 
 Needs the dev extras (gradio, gradio_client, playwright) and Debian's ``chromium``
 (``scripts/install_chromium.sh``); without them each test is skipped with a one-line
@@ -260,8 +260,9 @@ def test_gradio_client_gets_the_results_of_glip_predict(server, shapes, referenc
 
     url, _ = server.ready()
     client = Client(url, verbose=False, download_files=str(tmp_path))
-    # One tab, so one endpoint: the tabs of the heads the model lacks are absent.
-    assert set(client.view_api(return_format="dict", print_info=False)["named_endpoints"]) == {"/detect", "/segment"}
+    # One endpoint per head: the demo model has all four.
+    endpoints = set(client.view_api(return_format="dict", print_info=False)["named_endpoints"])
+    assert endpoints == {"/detect", "/segment", "/vqa", "/caption"}
     image, table, data = client.predict(handle_file(str(shapes)), PROMPT, THRESHOLD, api_name="/detect")
     dets = data["detections"]
     assert [d["phrase"] for d in dets] == reference.phrases
@@ -287,12 +288,20 @@ def test_gradio_client_gets_the_results_of_glip_predict(server, shapes, referenc
     with pytest.raises(AppError, match=r"cannot read not_an_image\.png as an image") as err:
         client.predict(handle_file(str(bad)), PROMPT, THRESHOLD, api_name="/detect")
     assert "Traceback" not in str(err.value)
+    # The answer and the caption are the library's.
+    import glip
+
+    _, answer, _, data = client.predict(handle_file(str(shapes)), "How many circles are there?", 0.3, api_name="/vqa")
+    ref_answer = glip.answer(str(shapes), "How many circles are there?", model="demo-shapes", device="cpu")
+    assert data["answer"] == ref_answer.answer and answer.startswith(ref_answer.answer)
+    _, text, _, data = client.predict(handle_file(str(shapes)), 1, 20, 0.3, api_name="/caption")
+    assert text == data["caption"] == glip.caption(str(shapes), model="demo-shapes", device="cpu").text
 
 
 def test_server_binds_localhost_and_says_so(server):
     url, line = server.ready()
     assert url in line and "127.0.0.1" in line and "this machine only" in line, line
-    assert "(detection, segmentation)" in line, line  # the demo model has a mask head, no VQA or caption head
+    assert "(detection, segmentation, visual question answering, captioning)" in line, line  # all four heads
 
 
 def test_browser_uploads_prompts_and_sees_the_result(server, shapes, reference, tmp_path):
@@ -309,7 +318,7 @@ def test_browser_uploads_prompts_and_sees_the_result(server, shapes, reference, 
             page.goto(url, wait_until="domcontentloaded")
             expect(page.locator("#tab-detect")).to_be_attached(timeout=20_000)
             assert page.get_by_role("tab", name="Segmentation").count() == 1  # the mask head's tab
-            assert page.get_by_role("tab", name="Visual question answering").count() == 0  # no answer head, no tab
+            assert page.get_by_role("tab", name="Visual question answering").count() == 1  # the answer head's tab
             # Upload, prompt, threshold, submit: the drawn image and the table of phrases.
             page.locator("#detect-image input[type=file]").set_input_files(str(shapes))
             page.locator("#detect-prompt textarea").fill(PROMPT)

@@ -40,7 +40,10 @@ def captions(tmp_path_factory):
     root = tmp_path_factory.mktemp("pl")
     data = generate_synthetic(root, num_train=4, num_val=0, image_size=64, seed=5, max_objects=2)
     record = json.loads((root / "captions_train.json").read_text())
-    record["annotations"].append({"id": 100, "image_id": record["images"][1]["id"], "caption": "a shape on the left"})
+    # A second caption of image 1: its first shape, named again ("a red circle" -> "one more a red circle").
+    first = next(a["caption"] for a in record["annotations"] if a["image_id"] == record["images"][1]["id"])
+    second = "one more " + " ".join(first.split()[:3])
+    record["annotations"].append({"id": 100, "image_id": record["images"][1]["id"], "caption": second})
     (data.image_dir / "broken.png").write_bytes(b"not an image")
     record["images"][2:2] = [
         {"id": 90, "file_name": "broken.png", "width": 64, "height": 64},
@@ -98,7 +101,7 @@ def test_two_shards_equal_one_process_and_bad_images_are_skipped(captions, teach
     assert [im["id"] for im in merged["images"]] == list(range(1, 6))
     assert [a["id"] for a in merged["annotations"]] == list(range(1, one.boxes + 1))
     second = [im for im in merged["images"] if im["caption_index"] == 1]
-    assert len(second) == 1 and second[0]["caption"] == "a shape on the left"
+    assert len(second) == 1 and second[0]["caption"].startswith("one more a ")
     for ann in merged["annotations"]:
         caption = merged["images"][ann["image_id"] - 1]["caption"]
         (start, end), = ann["tokens_positive"]  # fmt: skip

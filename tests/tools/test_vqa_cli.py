@@ -62,7 +62,7 @@ def test_vqa_command_answers_and_writes_json(shapes, vqa_model, tmp_path, capsys
     assert all(len(a["boxes"]) == len(a["box_scores"]) == len(a["phrases"]) for a in data["answers"])
 
 
-def test_vqa_command_bad_input_is_one_line(shapes, vqa_model, tmp_path, capsys) -> None:
+def test_vqa_command_bad_input_is_one_line(shapes, vqa_model, detector_only, tmp_path, capsys) -> None:
     image = str(shapes.image_dir / "val_00000.png")
     assert main(["vqa", image, "--question", "  ", "--weights", str(vqa_model)]) == 1
     assert "the question is empty" in _error_line(capsys)
@@ -70,7 +70,7 @@ def test_vqa_command_bad_input_is_one_line(shapes, vqa_model, tmp_path, capsys) 
     bad.write_bytes(b"not an image")
     assert main(["vqa", str(bad), "--question", "Is there a circle?", "--weights", str(vqa_model)]) == 1
     assert "cannot read" in _error_line(capsys)
-    assert main(["vqa", image, "--question", "Is there a circle?", "--model", "demo-shapes", "--device", "cpu"]) == 1
+    assert main(["vqa", image, "--question", "Is there a circle?", "--weights", str(detector_only)]) == 1
     line = _error_line(capsys)
     assert "has no VQA head (model.heads.vqa)" in line and "glip-synthetic-tiny" in line
     assert main(["vqa", image, "--question", "Is there a circle?"]) == 1
