@@ -96,7 +96,9 @@ def test_evaluate_caption_writes_metrics(trained, shapes, tmp_path, capsys, monk
 
 
 def test_model_without_caption_head_is_one_line(shapes, detector_only, tmp_path, capsys) -> None:
-    code = main(["caption", str(shapes.image_dir / "val_00000.png"), "--weights", str(detector_only), "--device", "cpu"])
+    code = main(
+        ["caption", str(shapes.image_dir / "val_00000.png"), "--weights", str(detector_only), "--device", "cpu"]
+    )
     assert code == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "has no caption head" in err and err.startswith("glip caption: error: model ")

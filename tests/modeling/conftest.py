@@ -20,7 +20,9 @@ def captioner(request):
     from glip.modeling.build import build_model
     from glip.text import BUNDLED_TEXT_ENCODERS, load_tokenizer
 
-    cfg = load_config(case.CONFIG_FILE, ["model.heads.caption.enabled=true", f"model.heads.caption.readout_dim={request.param}"])
+    cfg = load_config(
+        case.CONFIG_FILE, ["model.heads.caption.enabled=true", f"model.heads.caption.readout_dim={request.param}"]
+    )
     tokenizer = load_tokenizer(BUNDLED_TEXT_ENCODERS["bert-base-uncased"])
     model = build_model(cfg, BertConfig(**case._TINY_BERT), tokenizer)
     case._fill_by_name(model)
