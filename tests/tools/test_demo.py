@@ -65,12 +65,11 @@ class DemoServer:
     """``python -m glip.cli demo`` with the bundled model on a free loopback port, started
     at once; :meth:`ready` waits for the line it prints once it serves."""
 
-    def __init__(self, gradio_tmp: Path) -> None:
+    def __init__(self, gradio_tmp: Path, model_args: tuple[str, ...] = ("--model", "demo-shapes")) -> None:
         self.port = _free_port()
         env = dict(os.environ, PYTHONPATH=str(REPO), HF_HUB_OFFLINE="1", GRADIO_ANALYTICS_ENABLED="False")
         env["GRADIO_TEMP_DIR"] = str(gradio_tmp)
-        cmd = [sys.executable, "-m", "glip.cli", "demo", "--model", "demo-shapes", "--device", "cpu",
-               "--port", str(self.port)]  # fmt: skip
+        cmd = [sys.executable, "-m", "glip.cli", "demo", *model_args, "--device", "cpu", "--port", str(self.port)]
         self.proc = subprocess.Popen(
             cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
         )
@@ -296,6 +295,32 @@ def test_gradio_client_gets_the_results_of_glip_predict(server, shapes, referenc
     assert data["answer"] == ref_answer.answer and answer.startswith(ref_answer.answer)
     _, text, _, data = client.predict(handle_file(str(shapes)), 1, 20, 0.3, api_name="/caption")
     assert text == data["caption"] == glip.caption(str(shapes), model="demo-shapes", device="cpu").text
+
+
+def test_an_official_checkpoint_is_served(fixtures_dir, tmp_path_factory, shapes, tmp_path):
+    """An official ``.pth`` (the fixture's tiny GLIP-T, written by the official code) with its
+    config: the page serves it and ``/detect`` equals ``glip.predict`` on the same files."""
+    _require_gradio()
+    from gradio_client import Client, handle_file
+
+    import glip
+    from tests.conftest import tiny_text_encoder_dir
+
+    folder = fixtures_dir / "official" / "tiny_glip_t"
+    text = tiny_text_encoder_dir("tiny_glip_t", tmp_path_factory.mktemp("official_text"))
+    files = ("--weights", str(folder / "model_official.pth"), "--config", str(folder / "config.yaml"))
+    demo = DemoServer(tmp_path_factory.mktemp("official_gradio"), (*files, "--text-encoder", str(text)))
+    try:
+        url, line = demo.ready()
+        assert "(detection)" in line, line  # a detector: one tab
+        client = Client(url, verbose=False, download_files=str(tmp_path))
+        _, _, data = client.predict(handle_file(str(shapes)), PROMPT, 0.0, api_name="/detect")
+    finally:
+        demo.stop()
+    model = glip.load_model(folder / "model_official.pth", folder / "config.yaml", text_encoder=text, device="cpu")
+    ref = glip.predict(str(shapes), PROMPT, model=model, threshold=0.0)
+    assert [d["phrase"] for d in data["detections"]] == ref.phrases and len(ref) > 0
+    torch.testing.assert_close(torch.tensor([d["score"] for d in data["detections"]]), ref.scores, atol=1e-4, rtol=0)
 
 
 def test_server_binds_localhost_and_says_so(server):
