@@ -18,20 +18,15 @@ from glip.modeling.heads import (
     GroundingHead,
     GroundingLoss,
     Head,
-    InterImageHead,
     MaskedLMHead,
     MDETRAlignHead,
     MDETRTokenHead,
 )
 from glip.modeling.heads.mask import HourglassExtractor, MaskConvExtractor, MaskHead, VLMaskPredictor
-from glip.modeling.heads.readout import VisualReadout
-from glip.modeling.heads.vqa import VQAHead
-from glip.modeling.losses.inter_image import InterImageContrastiveLoss
 from glip.modeling.losses.region_distill import RegionConceptDistillation
 from glip.modeling.postprocess import GroundingPostProcessor
 from glip.modeling.text_encoder import build_text_encoder, in_head_layer_sizes
 from glip.modeling.trunk import FusionTrunk
-from glip.text.vqa import normalize_answer
 
 __all__ = [
     "HEAD_BUILDERS",
@@ -233,122 +228,6 @@ def _build_mask(cfg: GLIPConfig, bert_config: Any) -> MaskHead | None:
     )
 
 
-@register_head("mlm")
-def _build_mlm(cfg: GLIPConfig, bert_config: Any) -> MaskedLMHead | None:
-    h = cfg.model.heads.mlm
-    if not h.enabled:
-        return None
-    return MaskedLMHead(
-        hidden_dim=cfg.model.text.dim,
-        vocab_size=int(bert_config.vocab_size),
-        layer_norm_eps=float(bert_config.layer_norm_eps),
-        only_positives=h.only_positives,
-        no_mask_for_od=h.no_mask_for_od,
-        no_mask_for_gold=h.no_mask_for_gold,
-    )
-
-
-@register_head("inter_image")
-def _build_inter_image(cfg: GLIPConfig, bert_config: Any) -> InterImageHead | None:
-    h = cfg.model.heads.inter_image
-    if not h.enabled:
-        return None
-    if h.variant not in ("fpn", "backbone"):
-        raise ValueError(f"model.heads.inter_image.variant must be 'fpn' or 'backbone', got {h.variant!r}")
-    if h.text_source not in ("fused", "encoder"):
-        raise ValueError(f"model.heads.inter_image.text_source must be 'fused' or 'encoder', got {h.text_source!r}")
-    a = cfg.model.anchors
-    if len(a.aspect_ratios) * a.scales_per_octave != 1:
-        raise ValueError("model.heads.inter_image needs one anchor per location (as every GLIP config)")
-    return InterImageHead(
-        InterImageContrastiveLoss(
-            image_dim=_inter_image_dim(cfg, h.variant),
-            text_dim=cfg.model.text.dim,
-            hidden_dim=h.hidden_dim,
-            max_positive=h.max_positive,
-            zero_pad=h.zero_pad,
-            log_scale_init=h.log_scale,
-            text_source=h.text_source,  # type: ignore[arg-type]
-            variant=h.variant,  # type: ignore[arg-type]
-        )
-    )
-
-
-@register_head("vqa")
-def _build_vqa(cfg: GLIPConfig, bert_config: Any) -> VQAHead | None:
-    h = cfg.model.heads.vqa
-    if not h.enabled:
-        return None
-    if not h.answers:
-        raise ValueError(
-            "model.heads.vqa.answers is empty: `glip train` builds the answer vocabulary from data.train_json, "
-            "or list the answers in the config"
-        )
-    odd = [a for a in h.answers if normalize_answer(str(a)) != a]
-    if odd:
-        raise ValueError(
-            f"model.heads.vqa.answers must be normalised answers (glip.text.vqa.normalize_answer), got {odd[:5]} "
-            "(YAML reads an unquoted yes/no/on/off as a boolean: quote them)"
-        )
-    return VQAHead(
-        hidden_dim=cfg.model.text.dim,
-        answers=list(h.answers),
-        mlp_dim=h.mlp_dim or None,
-        layer_norm_eps=float(bert_config.layer_norm_eps),
-        readout=_readout(cfg, h.readout_dim, h.readout_heads, bert_config),
-    )
-
-
-def _readout(cfg: GLIPConfig, dim: int, heads: int, bert_config: Any) -> VisualReadout | None:
-    """A language head's visual read-out (``readout_dim`` 0: none)."""
-    if dim <= 0:
-        return None
-    return VisualReadout(
-        text_dim=cfg.model.text.dim,
-        visual_dim=cfg.model.trunk.channels,
-        num_levels=len(cfg.model.anchors.strides),
-        dim=dim,
-        num_heads=heads,
-        layer_norm_eps=float(bert_config.layer_norm_eps),
-    )
-
-
-# --- captioning (GLIPv2) ---
-@register_head("caption")
-def _build_caption(cfg: GLIPConfig, bert_config: Any) -> CaptionHead | None:
-    h = cfg.model.heads.caption
-    if not h.enabled:
-        return None
-    return CaptionHead(
-        hidden_dim=cfg.model.text.dim,
-        vocab_size=int(bert_config.vocab_size),
-        layer_norm_eps=float(bert_config.layer_norm_eps),
-        mask_prob=h.mask_prob,
-        max_masked=h.max_masked,
-        label_smoothing=h.label_smoothing,
-        max_length=h.max_length,
-        beam_size=h.beam_size,
-        box_threshold=h.box_threshold,
-        readout=_readout(cfg, h.readout_dim, h.readout_heads, bert_config),
-        vocab=list(h.vocab) or None,
-    )
-
-
-# --- end captioning ---
-
-
-def _inter_image_dim(cfg: GLIPConfig, variant: str) -> int:
-    """The width of L_inter's region features: the pre-fusion FPN width (x 1 anchor per
-    location) or, in the backbone variant, the body's stride-16 map (official
-    ``SWINT.OUT_CHANNELS[-2]``: Swin stage 3, 4 x embed_dim; ResNet C4, 1024)."""
-    b = cfg.model.backbone
-    if variant == "fpn":
-        return b.out_channels
-    if b.type == "timm":
-        raise ValueError("model.heads.inter_image.variant 'backbone' needs a swin or resnet body, not timm")
-    return 4 * b.swin.embed_dim if b.type == "swin" else 1024
-
-
 def build_heads(cfg: GLIPConfig, bert_config: Any) -> dict[str, Head]:
     """Every registered head the config switches on, by name, in registration order."""
     heads = {}
@@ -441,3 +320,8 @@ def build_model(
         caption.mask_token_id = int(tokenizer.mask_token_id)
     model.config = cfg
     return model
+
+
+# The GLIPv2 language heads register after the detection heads above (heads run in
+# registration order); their builders live in their own module.
+from glip.modeling import build_language as _build_language  # noqa: E402, F401

@@ -70,3 +70,18 @@ def test_builder_off_by_default_and_checks_the_vocabulary() -> None:
     head = HEAD_BUILDERS["vqa"](cfg, bert)
     assert head.answers == ("red", "yes") and head.classifier.dense.out_features == 16
     assert head.fresh_start and not head.training_only
+
+
+def test_heads_register_in_the_order_they_run() -> None:
+    """The detection heads first, then the language heads of glip.modeling.build_language
+    (imported at the end of glip.modeling.build)."""
+    assert list(HEAD_BUILDERS) == [
+        "grounding",
+        "mdetr_token",
+        "mdetr_align",
+        "mask",
+        "mlm",
+        "inter_image",
+        "vqa",
+        "caption",
+    ]
