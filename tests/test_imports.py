@@ -83,6 +83,7 @@ MODELING_RANK = {
     "transfer": 4,
     "caption_decoding": 4,
     "build": 5,
+    "build_language": 5,  # the language heads' builders, part of the builder
 }
 
 
