@@ -75,12 +75,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=1, help="data and training seed (1; the demo trained on seed 0)")
     p.add_argument("--threshold", type=float, default=0.15,
                    help="the teacher's boxes scoring above this are stored in WORK/pseudo.json (0.15)")  # fmt: skip
-    p.add_argument(
-        "--conf",
-        type=float,
-        default=0.3,
-        help="the student's data: boxes scoring above this (0.3; at least --threshold)",
-    )
+    p.add_argument("--conf", type=float, default=0.3,
+                   help="the student's data: boxes scoring above this (0.3; at least --threshold)")  # fmt: skip
     p.add_argument("--nms", type=float, default=0.5,
                    help="the student's data: class-agnostic NMS IoU over a caption's boxes (0.5; -1: none)")  # fmt: skip
     p.add_argument("--per-phrase", type=int, default=1,
