@@ -325,6 +325,23 @@ def train_masks(cfg, weights: Path, work: Path, ds, steps: int) -> tuple[Path, d
     return folder, table
 
 
+def save_demo(model, out: str | Path) -> tuple[Path, int]:
+    """Saves the demo as a zoo folder (fp16, the text encoder referenced) with the recipe's
+    training switches reset to tiny.yaml's (fine-tuning the demo starts from tiny.yaml's
+    settings, not from a frozen backbone and fusion); returns the folder and its bytes."""
+    from glip.config import load_config
+    from glip.hub.checkpoint import save_model
+
+    base = load_config(REPO / "configs" / "synthetic" / "tiny.yaml")
+    model.config.model.backbone.freeze = base.model.backbone.freeze
+    model.config.model.backbone.freeze_fpn = base.model.backbone.freeze_fpn
+    model.config.solver = base.solver
+    model.config.data = base.data
+    model.config.train = base.train
+    folder = Path(save_model(model, out, dtype=torch.float16, include_text_encoder=False))
+    return folder, sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--work", default="runs/demo", help="data and training output")
@@ -426,17 +443,7 @@ def main() -> int:
     final = work / "train" / best
     if args.mask_steps > 0:
         final, report["mask"] = train_masks(cfg, final, work, ds, args.mask_steps)
-    model = load_model(final)
-    # The recipe's training switches stay out of the shipped config: fine-tuning the demo
-    # starts from tiny.yaml's settings, not from a frozen backbone and fusion.
-    base = load_config(REPO / "configs" / "synthetic" / "tiny.yaml")
-    model.config.model.backbone.freeze = base.model.backbone.freeze
-    model.config.model.backbone.freeze_fpn = base.model.backbone.freeze_fpn
-    model.config.solver = base.solver
-    model.config.data = base.data
-    model.config.train = base.train
-    out = save_model(model, args.out, dtype=torch.float16, include_text_encoder=False)
-    size = sum(f.stat().st_size for f in Path(out).rglob("*") if f.is_file())
+    out, size = save_demo(load_model(final), args.out)
     # The fp16 folder must give the same numbers (up to rounding): evaluate it as shipped.
     shipped_model = load_model(out)
     shipped = evaluate(shipped_model, ds.val_json, ds.image_dir, set(ds.held_out), masks=args.mask_steps > 0)

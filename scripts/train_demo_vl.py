@@ -33,7 +33,6 @@ not carry an object's attributes into the answer slot.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import shutil
@@ -64,15 +63,11 @@ VL_RECIPE = [
 
 
 def _train_demo() -> Any:
-    """scripts/train_demo.py as a module (its data settings and ``evaluate``)."""
-    if "train_demo" in sys.modules:
-        return sys.modules["train_demo"]
-    spec = importlib.util.spec_from_file_location("train_demo", REPO / "scripts" / "train_demo.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["train_demo"] = module  # registered first: its dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+    """scripts/train_demo.py as a module (its data settings, ``evaluate`` and ``save_demo``)."""
+    sys.path.insert(0, str(REPO / "scripts"))
+    import train_demo
+
+    return train_demo
 
 
 def evaluate_all(model, ds, fresh, out: Path) -> dict[str, Any]:
@@ -127,7 +122,7 @@ def main() -> int:
     from glip.data import generate_synthetic
     from glip.data.captions import load_coco_captions
     from glip.engine import train
-    from glip.hub.checkpoint import load_model, save_model
+    from glip.hub.checkpoint import load_model
     from glip.hub.zoo import resolve_weights
     from glip.modeling.heads.caption import restrict_vocabulary
 
@@ -186,14 +181,7 @@ def main() -> int:
     words.discard(model.tokenizer.cls_token_id)
     model.heads["caption"] = restrict_vocabulary(model.heads["caption"], sorted(words))
     model.config.model.heads.caption.vocab = sorted(words)
-    base = load_config(REPO / "configs" / "synthetic" / "tiny.yaml")
-    model.config.model.backbone.freeze = base.model.backbone.freeze
-    model.config.model.backbone.freeze_fpn = base.model.backbone.freeze_fpn
-    model.config.solver = base.solver
-    model.config.data = base.data
-    model.config.train = base.train
-    out = save_model(model, args.out, dtype=torch.float16, include_text_encoder=False)
-    size = sum(f.stat().st_size for f in Path(out).rglob("*") if f.is_file())
+    out, size = demo.save_demo(model, args.out)
     shipped = evaluate_all(load_model(out), ds, fresh, work / "eval_shipped")
     print_report(f"as shipped ({out}, {size / 1e6:.1f} MB, fp16)", shipped)
     report = {
