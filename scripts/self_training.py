@@ -35,7 +35,6 @@ shapes labelled; the official caption threshold, 0.5, suits GLIP-T / GLIP-L).
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import sys
@@ -53,14 +52,10 @@ REPO = Path(__file__).resolve().parents[1]
 
 def _train_demo() -> Any:
     """scripts/train_demo.py as a module (its ``evaluate``)."""
-    if "train_demo" in sys.modules:
-        return sys.modules["train_demo"]
-    spec = importlib.util.spec_from_file_location("train_demo", REPO / "scripts" / "train_demo.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["train_demo"] = module  # registered first: its dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+    sys.path.insert(0, str(REPO / "scripts"))
+    import train_demo
+
+    return train_demo
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -174,13 +169,18 @@ def refine(pseudo: Path, out: Path, conf: float, nms: float, per_phrase: int, co
     return {"captions": len(images), "boxes": len(annotations)}
 
 
-def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU of COCO ``[x, y, w, h]`` boxes ``a [N, 4]`` and ``b [M, 4]``: ``[N, M]``."""
-    a_lo, a_hi = a[:, None, :2], a[:, None, :2] + a[:, None, 2:]  # [N, 1, 2]
-    b_lo, b_hi = b[None, :, :2], b[None, :, :2] + b[None, :, 2:]  # [1, M, 2]
-    inter = np.clip(np.minimum(a_hi, b_hi) - np.maximum(a_lo, b_lo), 0, None).prod(-1)  # [N, M]
-    union = a[:, None, 2:].prod(-1) + b[None, :, 2:].prod(-1) - inter
-    return inter / np.maximum(union, 1e-9)
+def _iou(a: list[list[float]], b: list[list[float]]) -> np.ndarray:
+    """IoU of COCO ``[x, y, w, h]`` boxes ``a`` (N) and ``b`` (M): ``[N, M]``
+    (:func:`glip.ops.boxes.box_iou`, continuous coordinates)."""
+    import torch
+
+    from glip.ops.boxes import box_iou
+
+    def corners(boxes: list[list[float]]) -> torch.Tensor:  # [K, 4] xywh -> xyxy
+        t = torch.tensor(boxes, dtype=torch.float64)
+        return torch.cat([t[:, :2], t[:, :2] + t[:, 2:]], dim=1)
+
+    return box_iou(corners(a), corners(b)).numpy()
 
 
 def pseudo_label_quality(pseudo: Path, gold: Path, iou: float = 0.5) -> dict[str, Any]:
@@ -213,7 +213,7 @@ def pseudo_label_quality(pseudo: Path, gold: Path, iou: float = 0.5) -> dict[str
         boxes, captions = boxes + len(kept), captions + bool(kept)
         if not kept or not truth:
             continue
-        overlap = _iou(np.array([a["bbox"] for a in kept]), np.array([b for _, b in truth]))  # [K, G]
+        overlap = _iou([a["bbox"] for a in kept], [b for _, b in truth])  # [K, G]
         taken = np.zeros(len(truth), dtype=bool)
         for k, a in enumerate(kept):
             same = np.array([name in a["phrase"] for name, _ in truth]) & (overlap[k] >= iou)  # [G]
