@@ -409,6 +409,7 @@ class DataConfig:
     pack_captions: int = 0  # PACK_RANDOM_CAPTION_NUMBER: up to this many negative captions; 0: none
     pack_prob: float = -1.0  # RANDOM_PACK_PROB: all of them with this probability, else fewer; -1: always all
     no_pack_prob: float = 0.0  # NO_RANDOM_PACK_PROBABILITY: none with this probability (when pack_prob is set)
+    pack_disjoint: bool = False  # negatives only among captions grounding none of its phrases (not official)
     # Multi-task training: [] trains on format/train_json/train_images above; else each step
     # trains on one batch of one source drawn by weight (the settings above apply to every
     # source; format, val_json and val_images stay those of validation).

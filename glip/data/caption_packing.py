@@ -19,16 +19,27 @@ below what the query length leaves after the kept ones and the positive caption,
 positive caption is never truncated away.
 
 Joined text: each caption, then ``"."`` unless it ends with one, then ``" "``.
+
+Phrase-disjoint packing (``disjoint``, not official): a negative caption is drawn only among
+captions that ground none of the phrases the image's own caption grounds (compared
+lower-cased, a leading article dropped). The official draw may pack "a red circle" as a
+negative beside an own caption grounding "a red circle": the same words are then a
+positive and a negative for the same box. Each negative slot retries up to
+``DISJOINT_TRIES`` draws and stays empty when none fits.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from glip.data.od_to_grounding import SampleRNG
 
-__all__ = ["CaptionPacking", "PackedCaption", "pack_captions"]
+__all__ = ["DISJOINT_TRIES", "CaptionPacking", "PackedCaption", "draw_negatives", "grounded_phrases", "pack_captions"]
+
+# Draws per negative slot before phrase-disjoint packing leaves it empty.
+DISJOINT_TRIES = 20
+_ARTICLES = ("a ", "an ", "the ")
 
 
 @dataclass(frozen=True)
@@ -40,11 +51,14 @@ class CaptionPacking:
         pack_prob: probability of packing all ``number`` (``RANDOM_PACK_PROB``); -1: always.
         no_pack_prob: probability of packing none (``NO_RANDOM_PACK_PROBABILITY``), read
             only when ``pack_prob`` is set.
+        disjoint: negatives only among captions grounding none of the own caption's
+            phrases (not official; ``data.pack_disjoint``).
     """
 
     number: int = 0
     pack_prob: float = -1.0
     no_pack_prob: float = 0.0
+    disjoint: bool = False
 
     def __post_init__(self) -> None:
         if self.number < 0:
@@ -123,3 +137,38 @@ def pack_captions(
         text += " "
     moved = [[(a + start, b + start) for a, b in group] for group in spans]
     return PackedCaption(text, moved, (start, start + len(caption)), len(kept))
+
+
+def grounded_phrases(caption: str, spans: Sequence[Sequence[tuple[int, int]]]) -> frozenset[str]:
+    """The phrases ``caption``'s boxes ground: per box, the text of its ``spans`` joined,
+    lower-cased, a leading article (a, an, the) dropped."""
+    phrases = set()
+    for group in spans:
+        text = " ".join(caption[a:b] for a, b in group).lower().strip()
+        for article in _ARTICLES:
+            if text.startswith(article):
+                text = text[len(article) :]
+                break
+        phrases.add(text)
+    return frozenset(phrases)
+
+
+def draw_negatives(
+    item: int, count: int, size: int, rng: SampleRNG, phrases: Callable[[int], frozenset[str]] | None = None
+) -> list[int]:
+    """Indices of up to ``count`` other items of a set of ``size`` (never ``item``), drawn
+    uniformly with ``rng``'s numpy stream. With ``phrases`` (index -> its grounded phrases)
+    only items sharing no phrase with ``item``: each slot retries up to
+    :data:`DISJOINT_TRIES` draws and is left empty when none fits."""
+    if count <= 0 or size < 2:
+        return []
+    if phrases is None:
+        return [int(j) + (int(j) >= item) for j in rng.np.randint(size - 1, size=count)]
+    own, picked = phrases(item), []
+    for _ in range(count):
+        for j in rng.np.randint(size - 1, size=DISJOINT_TRIES):
+            other = int(j) + (int(j) >= item)
+            if not own & phrases(other):
+                picked.append(other)
+                break
+    return picked

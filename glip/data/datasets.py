@@ -33,7 +33,7 @@ from glip.data.annotations import (
     teacher_concepts,
     token_positive_map,
 )
-from glip.data.caption_packing import CaptionPacking, pack_captions
+from glip.data.caption_packing import CaptionPacking, draw_negatives, grounded_phrases, pack_captions
 from glip.data.caption_screen import CaptionScreen
 from glip.data.masks import annotation_mask, has_segmentation, resize_masks
 from glip.data.od_to_grounding import CaptionRecipe, SampleRNG, labels_to_caption
@@ -346,6 +346,7 @@ class MdetrGroundingDataset(_GroundingDataset):
         if packing is not None and packing.number > 0 and kind != "caption":
             raise ValueError("caption packing applies to pseudo-labelled caption data (kind 'caption') only")
         self.packing = packing
+        self._phrase_cache: dict[int, frozenset[str]] = {}
         super().__init__(ann_file, image_dir, tokenizer, transform, max_query_len, seed, masks)
         self.kind: DataKind = kind
         self.concept_scores = concept_scores
@@ -394,8 +395,16 @@ class MdetrGroundingDataset(_GroundingDataset):
         the packed text, the moved spans and where the own caption starts in it."""
         assert self.packing is not None
         count = self.packing.draw_count(rng) if len(self) > 1 else 0
-        others = [int(j) + (int(j) >= item) for j in rng.np.randint(len(self) - 1, size=count)] if count else []
+        others = draw_negatives(item, count, len(self), rng, self._phrases if self.packing.disjoint else None)
         negatives = [str(self.index.images[self.ids[j]]["caption"]) for j in others]
         lengths = [len(self.tokenizer(text)["input_ids"]) for text in [*negatives, caption]]
         packed = pack_captions(caption, spans, negatives, lengths, self.max_query_len, rng)
         return packed.caption, packed.spans, packed.positive[0]
+
+    def _phrases(self, item: int) -> frozenset[str]:
+        """The phrases item ``item``'s boxes ground (:func:`grounded_phrases`), cached."""
+        if item not in self._phrase_cache:
+            record, anns = self.index.images[self.ids[item]], self.index.annotations[self.ids[item]]
+            spans = [a.get("tokens", a.get("tokens_positive")) or [] for a in anns]
+            self._phrase_cache[item] = grounded_phrases(str(record["caption"]), spans)
+        return self._phrase_cache[item]

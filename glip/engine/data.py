@@ -138,7 +138,7 @@ def build_dataset(cfg: GLIPConfig, tokenizer: Any, train: bool = True) -> Datase
     if d.format == "mdetr":  # the caption options screen (and pack) training data only, as official
         screen = CaptionScreen(d.caption_conf, d.caption_nms, d.caption_min_box) if train else None
         pseudo = d.pseudo_labelled and train
-        packing = CaptionPacking(d.pack_captions, d.pack_prob, d.no_pack_prob) if pseudo else None
+        packing = CaptionPacking(d.pack_captions, d.pack_prob, d.no_pack_prob, d.pack_disjoint) if pseudo else None
         distill = train and cfg.model.heads.grounding.distill_weight > 0  # the teacher's concept scores
         return MdetrGroundingDataset(
             ann, images, tokenizer, transform, max_query_len=max_len, seed=cfg.solver.seed, masks=masks,

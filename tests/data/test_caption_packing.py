@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from glip.config import load_config
-from glip.data.caption_packing import CaptionPacking, pack_captions
+from glip.data.caption_packing import CaptionPacking, draw_negatives, grounded_phrases, pack_captions
 from glip.data.od_to_grounding import SampleRNG
 from glip.engine.data import build_dataset
 
@@ -63,6 +63,25 @@ def test_pack_count_follows_the_official_probabilities():
     assert counts == {0, 1, 2, 3, 4}  # else a uniform count below the number
     with pytest.raises(ValueError, match=">= 0"):
         CaptionPacking(-1)
+
+
+def test_grounded_phrases_are_lower_cased_without_a_leading_article():
+    caption = "A Red Circle left of the blue square and an owl"
+    spans = [[(0, 12)], [(21, 36)], [(41, 47)], [(2, 5), (6, 12)]]
+    assert grounded_phrases(caption, spans) == {"red circle", "blue square", "owl"}
+
+
+def test_disjoint_negatives_share_no_phrase_with_the_own_caption():
+    phrases = [frozenset({"red ball"}), frozenset({"red ball", "cat"}), frozenset({"dog"}), frozenset({"cat"})]
+    for seed in range(30):
+        plain = draw_negatives(0, 3, 4, SampleRNG.from_seed(seed))
+        assert len(plain) == 3 and 0 not in plain  # the official draw: any other item, repeats allowed
+        picked = draw_negatives(0, 3, 4, SampleRNG.from_seed(seed), phrases.__getitem__)
+        assert picked and set(picked) <= {2, 3}  # item 1 also grounds "red ball"
+        assert picked == draw_negatives(0, 3, 4, SampleRNG.from_seed(seed), phrases.__getitem__)  # seeded
+    # Nothing fits: the slots stay empty.
+    assert draw_negatives(1, 2, 4, SampleRNG.from_seed(0), lambda i: frozenset({"x"})) == []
+    assert draw_negatives(0, 2, 1, SampleRNG.from_seed(0)) == []  # a set of one has no other caption
 
 
 CAPTIONS = {1: "a cat on a mat", 2: "two dogs play", 3: "a red ball"}
@@ -130,3 +149,24 @@ def test_official_yaml_packing_keys_map_onto_data(tmp_path):
     path.write_text("DATASETS:\n  PACK_RANDOM_CAPTION_NUMBER: 0\n")
     d = load_config(path).data
     assert (d.pack_captions, d.pack_prob, d.no_pack_prob) == (0, -1.0, 0.0)
+
+
+def test_disjoint_packing_never_packs_a_caption_grounding_the_same_phrase(tmp_path, tokenizer):
+    path = _write(tmp_path)
+    data = json.loads(path.read_text())
+    data["images"].append({"id": 4, "file_name": "im.png", "height": 64, "width": 64, "caption": "the Ball is red"})
+    data["annotations"].append({"id": 4, "image_id": 4, "bbox": [5, 5, 30, 30], "category_id": 1, "iscrowd": 0,
+                                "tokens_positive": [[4, 8]], "score": 0.9})  # fmt: skip
+    path.write_text(json.dumps(data))
+    base = [f"data.train_json={path}", f"data.train_images={tmp_path}", "model.text.max_query_len=64",
+            "data.format=mdetr", "data.flip_prob=0", "input.min_size_train=[64]", "input.max_size_train=64",
+            "data.pseudo_labelled=true", "data.pack_captions=3"]  # fmt: skip
+    # "a red ball" grounds "ball", as "the Ball is red" does: never packed together.
+    for disjoint, expect_both in ((False, True), (True, False)):
+        ds = build_dataset(load_config(None, [*base, f"data.pack_disjoint={str(disjoint).lower()}"]), tokenizer)
+        both = any(
+            "a red ball" in ds.load(i, SampleRNG.from_seed(seed)).caption
+            and "the Ball is red" in ds.load(i, SampleRNG.from_seed(seed)).caption
+            for i in (2, 3) for seed in range(10)
+        )  # fmt: skip
+        assert both == expect_both
