@@ -55,6 +55,7 @@ setup(
             "onnx",
             "onnxruntime",
             "timm",
+            "open-clip-torch>=3.0",  # the CLIP teacher's open_clip models
             "pycocoevalcap",  # caption metrics (captioning)
             # `glip demo` and its test: a real client, and Playwright driving the system's
             # Chromium (scripts/install_chromium.sh; Playwright's own browsers are not used).
@@ -66,6 +67,8 @@ setup(
         "export": ["onnx", "onnxruntime"],
         # model.backbone.type: timm (any timm model with features_only as the visual body).
         "timm": ["timm>=0.9"],
+        # `glip pseudo-label --teacher clip --clip-model open_clip:...` (open_clip models).
+        "clip": ["open-clip-torch>=3.0"],
         # Caption metrics (`glip evaluate --task caption`): BLEU, METEOR, ROUGE-L, CIDEr; Java for METEOR.
         "caption": ["pycocoevalcap"],
         # `glip demo`: the local web page (Gradio).

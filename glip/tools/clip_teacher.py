@@ -1,6 +1,7 @@
 """The CLIP teacher (RegionCLIP-style pseudo-labels): class-agnostic regions scored by CLIP
 against a caption's noun phrases.
 
+CLIP is a transformers ``CLIPModel`` or an open_clip model (:meth:`ClipScorer.load`).
 Regions come from the GLIP detector (:class:`GlipProposals`: every box of the caption's
 phrases above a low threshold, then class-agnostic NMS) or from a box file
 (:class:`BoxFileProposals`). Each region is cropped from the image, resized to CLIP's
@@ -39,6 +40,7 @@ from glip.tools.teachers import Chunker, GlipTeacher, PseudoBox
 __all__ = [
     "CLIP_MEAN",
     "CLIP_STD",
+    "OPEN_CLIP_PREFIX",
     "BoxFileProposals",
     "ClipScorer",
     "ClipTeacher",
@@ -52,6 +54,8 @@ CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 # The prompt template of CLIP's zero-shot evaluation ("a photo of a {}.").
 DEFAULT_TEMPLATE = "a photo of {}."
+# --clip-model prefix naming an open_clip model (open_clip:ViT-B-32, open_clip:hf-hub:ORG/REPO).
+OPEN_CLIP_PREFIX = "open_clip:"
 
 # image [H, W, 3] uint8, its prompts, its json id -> Tensor[R, 4] xyxy inclusive pixels
 Proposer = Callable[[np.ndarray, Sequence[Prompt], Any], Tensor]
@@ -63,31 +67,51 @@ def _features(out: Any) -> Tensor:
 
 
 class ClipScorer:
-    """A CLIP model and its tokenizer: L2-normalised embeddings of image crops and texts.
+    """A CLIP model's two towers: L2-normalised embeddings of image crops and of texts.
+
+    Build one with :meth:`load` (a transformers or an open_clip model) or from any pair of
+    towers.
 
     Args:
-        model: a transformers ``CLIPModel`` (eval mode is set).
-        tokenizer: its tokenizer.
-        image_size: CLIP's square input side.
+        encode_image: normalised pixels ``Tensor[R, 3, S, S]`` (on ``device``) -> ``Tensor[R, D]``.
+        encode_text: ``C`` texts -> ``Tensor[C, D]`` (tokenising them itself).
+        logit_scale: CLIP's temperature, exponentiated (100 for OpenAI's CLIP).
+        image_size: the square input side ``S``.
         mean, std: input normalisation of RGB in [0, 1].
-        device: where the model runs.
+        device: where the towers run.
     """
 
     def __init__(
         self,
-        model: Any,
-        tokenizer: Any,
+        encode_image: Callable[[Tensor], Tensor],
+        encode_text: Callable[[list[str]], Tensor],
+        logit_scale: float,
         image_size: int,
         mean: Sequence[float] = CLIP_MEAN,
         std: Sequence[float] = CLIP_STD,
         device: str | torch.device = "cpu",
     ) -> None:
-        self.model = model.to(device).eval()
-        self.tokenizer = tokenizer
+        self.encode_image = encode_image
+        self.encode_text = encode_text
+        self.logit_scale = float(logit_scale)
         self.image_size = int(image_size)
         self.device = torch.device(device)
         self.mean = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
+
+    @staticmethod
+    def load(spec: str | Path, pretrained: str | None = None, device: str | torch.device = "cpu") -> ClipScorer:
+        """``spec``: ``open_clip:NAME`` (:meth:`from_open_clip`, with ``pretrained``), a folder
+        holding ``open_clip_config.json`` (open_clip's local format), or else a transformers
+        CLIP folder or cached hub name (:meth:`from_pretrained`)."""
+        text = str(spec)
+        if text.startswith(OPEN_CLIP_PREFIX):
+            return ClipScorer.from_open_clip(text[len(OPEN_CLIP_PREFIX) :], pretrained, device)
+        if (Path(text) / "open_clip_config.json").is_file():
+            return ClipScorer.from_open_clip(f"local-dir:{text}", pretrained, device)
+        if pretrained:
+            raise ValueError("--clip-pretrained applies to open_clip models (--clip-model open_clip:NAME)")
+        return ClipScorer.from_pretrained(text, device)
 
     @staticmethod
     def from_pretrained(folder: str | Path, device: str | torch.device = "cpu") -> ClipScorer:
@@ -98,7 +122,7 @@ class ClipScorer:
         except ImportError:
             raise ValueError("the CLIP teacher needs transformers: pip install transformers") from None
         try:
-            model = CLIPModel.from_pretrained(str(folder))
+            model = CLIPModel.from_pretrained(str(folder)).to(device).eval()
             tokenizer = AutoTokenizer.from_pretrained(str(folder))
         except (OSError, ValueError) as e:
             raise ValueError(f"cannot load a CLIP model from {folder}: {str(e).splitlines()[0]}") from None
@@ -107,11 +131,51 @@ class ClipScorer:
         if pre.is_file():
             spec = json.loads(pre.read_text(encoding="utf-8"))
             mean, std = spec.get("image_mean", mean), spec.get("image_std", std)
-        return ClipScorer(model, tokenizer, model.config.vision_config.image_size, mean, std, device)
 
-    @property
-    def logit_scale(self) -> float:
-        return float(self.model.logit_scale.detach().exp())
+        def encode_text(texts: list[str]) -> Tensor:
+            enc = tokenizer(texts, padding=True, truncation=True, return_tensors="pt")
+            enc = {k: v.to(device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
+            return _features(model.get_text_features(**enc))
+
+        def encode_image(pixels: Tensor) -> Tensor:
+            return _features(model.get_image_features(pixel_values=pixels))
+
+        scale = float(model.logit_scale.detach().exp())
+        return ClipScorer(encode_image, encode_text, scale, model.config.vision_config.image_size, mean, std, device)
+
+    @staticmethod
+    def from_open_clip(name: str, pretrained: str | None = None, device: str | torch.device = "cpu") -> ClipScorer:
+        """An open_clip model: ``name`` is a built-in architecture (``ViT-B-32``; its weights
+        from ``pretrained``, a tag such as ``laion2b_s34b_b79k`` already in the cache or a
+        checkpoint file), ``hf-hub:ORG/REPO`` (cached) or ``local-dir:FOLDER``
+        (``open_clip_config.json`` and a weights file). Weights are required: a CLIP at
+        random initialisation labels nothing. Input size and normalisation are the model's
+        own (its preprocess configuration)."""
+        try:
+            import open_clip
+        except ImportError:
+            raise ValueError("open_clip models need open-clip-torch: pip install open-clip-torch") from None
+        schema = name.split(":", 1)[0] if name.startswith(("hf-hub:", "local-dir:")) else None
+        if schema is None and not pretrained:
+            raise ValueError(f"open_clip:{name} needs --clip-pretrained (a tag such as laion2b_s34b_b79k, or a "
+                             "checkpoint file): a CLIP at random initialisation labels nothing")  # fmt: skip
+        try:
+            model = open_clip.create_model(name, pretrained=pretrained if schema is None else None,
+                                           device=device, require_pretrained=True)  # fmt: skip
+            tokenizer = open_clip.get_tokenizer(name)
+        except Exception as e:  # open_clip raises RuntimeError, ValueError, OSError, hub errors alike
+            raise ValueError(f"cannot load the open_clip model {name}: {str(e).splitlines()[0]}") from None
+        model.eval()
+        pre = getattr(model.visual, "preprocess_cfg", {})
+        size = pre.get("size", model.visual.image_size)
+        side = int(size[0] if isinstance(size, (tuple, list)) else size)
+
+        def encode_text(texts: list[str]) -> Tensor:
+            return model.encode_text(tokenizer(texts).to(device))
+
+        scale = float(model.logit_scale.detach().exp())
+        mean, std = pre.get("mean", CLIP_MEAN), pre.get("std", CLIP_STD)
+        return ClipScorer(model.encode_image, encode_text, scale, side, mean, std, device)
 
     @torch.no_grad()
     def embed_crops(self, crops: Sequence[np.ndarray]) -> Tensor:
@@ -121,15 +185,13 @@ class ClipScorer:
         arrays = [np.asarray(Image.fromarray(c).resize((side, side), Image.BICUBIC)) for c in crops]
         pixels = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float() / 255.0  # [R, 3, S, S]
         pixels = (pixels - self.mean) / self.std
-        feats = _features(self.model.get_image_features(pixel_values=pixels.to(self.device)))  # [R, D]
+        feats = self.encode_image(pixels.to(self.device))  # [R, D]
         return torch.nn.functional.normalize(feats.float(), dim=-1).cpu()
 
     @torch.no_grad()
     def embed_texts(self, texts: Sequence[str]) -> Tensor:
         """``C`` texts -> ``Tensor[C, D]`` unit vectors."""
-        enc = self.tokenizer(list(texts), padding=True, truncation=True, return_tensors="pt")
-        enc = {k: v.to(self.device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
-        feats = _features(self.model.get_text_features(**enc))  # [C, D]
+        feats = self.encode_text(list(texts))  # [C, D]
         return torch.nn.functional.normalize(feats.float(), dim=-1).cpu()
 
 

@@ -21,6 +21,8 @@ EPILOG = """examples:
   glip pseudo-label --captions c.json --images imgs --out p.json --num-shards 4 --shard-index 2   (one of 4 jobs)
   glip pseudo-label --captions c.json --out p.json --merge                 (merge the finished shards)
   glip pseudo-label --captions c.json --images imgs --out p.json --teacher clip --clip-model clip-vit-b32/
+  glip pseudo-label --captions c.json --images imgs --out p.json --teacher clip \
+      --clip-model open_clip:ViT-B-32 --clip-pretrained laion2b_s34b_b79k       (an open_clip model)
 
 An interrupted run resumes where it stopped when started again with the same options; the
 shards live in OUT.shards/ (--shards). Train on the result with data.format=mdetr."""
@@ -55,7 +57,13 @@ def add_pseudo_label_parser(subparsers: argparse._SubParsersAction) -> argparse.
         "and en_core_web_sm)",
     )  # fmt: skip
     g = p.add_argument_group("clip teacher")
-    g.add_argument("--clip-model", help="transformers CLIP folder (or cached hub name) that scores the regions")
+    g.add_argument(
+        "--clip-model",
+        help="the CLIP that scores the regions: a transformers CLIP folder (or cached hub name); open_clip:NAME "
+        "(a built-in open_clip architecture with --clip-pretrained, open_clip:hf-hub:ORG/REPO cached, "
+        "open_clip:local-dir:FOLDER); or a folder holding open_clip_config.json",
+    )  # fmt: skip
+    g.add_argument("--clip-pretrained", help="open_clip weights: a pretrained tag (cached) or a checkpoint file")
     g.add_argument("--boxes", help="regions from this json (COCO results: image_id, bbox xywh) instead of GLIP")
     g.add_argument(
         "--proposal-threshold", type=float, default=0.1, help="GLIP regions: boxes scoring above this (default 0.1)"
@@ -98,7 +106,7 @@ def _check(args: argparse.Namespace) -> None:
     if args.num_shards is not None and not 0 <= args.shard_index < args.num_shards:
         raise ValueError(f"--shard-index must be in [0, {args.num_shards}), got {args.shard_index}")
     if args.teacher == "clip" and not args.clip_model:
-        raise ValueError("--teacher clip needs --clip-model, a transformers CLIP folder")
+        raise ValueError("--teacher clip needs --clip-model (a transformers CLIP folder or open_clip:NAME)")
 
 
 def _process_group(args: argparse.Namespace) -> tuple[int, int, Callable[[], None] | None, Any]:
@@ -126,6 +134,8 @@ def _settings(args: argparse.Namespace, items: list[Any]) -> Any:
         )  # fmt: skip
         if args.boxes:
             model.update(model=None, config=None, proposal_threshold=None, proposal_nms=None)
+        if args.clip_pretrained:  # recorded only when given: shard folders of earlier versions still resume
+            model.update(clip_pretrained=args.clip_pretrained)
     return PseudoLabelSettings(
         file_digest(args.captions), len(items), args.threshold, args.nms, args.min_boxes, args.teacher,
         args.chunker, model,
@@ -149,7 +159,7 @@ def _teacher(args: argparse.Namespace, device: Any, chunker: Any, items: list[An
 
     proposals = BoxFileProposals(args.boxes) if args.boxes else GlipProposals(glip(args.proposal_threshold),
                                                                               args.proposal_nms)  # fmt: skip
-    scorer = ClipScorer.from_pretrained(args.clip_model, device or "cpu")
+    scorer = ClipScorer.load(args.clip_model, args.clip_pretrained, device or "cpu")
     background = frequent_phrases((c for it in items for c in it.captions), chunker, args.clip_background)
     return ClipTeacher(scorer, proposals, args.threshold, background, args.clip_template)
 

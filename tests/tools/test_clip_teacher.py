@@ -4,6 +4,7 @@ with a tiny randomly initialised transformers CLIP saved offline (its own byte-l
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -128,3 +129,96 @@ def test_pseudo_label_with_the_clip_teacher(clip_dir, tmp_path, capsys):
     boxes = torch.cat([xywh[:, :2], xywh[:, :2] + xywh[:, 2:] - 1], dim=1)
     iou = box_iou(boxes, boxes) - torch.eye(len(boxes))
     assert float(iou.max()) <= 0.51  # class-agnostic NMS over the phrases' detections
+
+
+TINY_OPEN_CLIP = {
+    "embed_dim": 16,
+    "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "head_width": 16, "patch_size": 16},
+    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+}
+
+
+@pytest.fixture(scope="module")
+def open_clip_dir(tmp_path_factory):
+    """A 1-layer open_clip CLIP (32-px images, seeded weights) in open_clip's local format:
+    ``open_clip_config.json`` with its own normalisation, and ``open_clip_model.safetensors``."""
+    open_clip = pytest.importorskip("open_clip")
+    from safetensors.torch import save_file
+
+    out = tmp_path_factory.mktemp("tiny_open_clip")
+    preprocess = {"mean": [0.5, 0.4, 0.3], "std": [0.2, 0.25, 0.3]}
+    (out / "open_clip_config.json").write_text(json.dumps({"model_cfg": TINY_OPEN_CLIP, "preprocess_cfg": preprocess}))
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = open_clip.create_model(f"local-dir:{out}", load_weights=False)
+    with torch.no_grad():
+        model.logit_scale.fill_(math.log(20.0))
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, out / "open_clip_model.safetensors")
+    return out
+
+
+def test_an_open_clip_model_scores_offline(open_clip_dir):
+    import open_clip
+
+    reference = open_clip.create_model(f"local-dir:{open_clip_dir}").eval()
+    pixels = torch.rand(2, 3, 32, 32)
+    tokens = open_clip.get_tokenizer(f"local-dir:{open_clip_dir}")(["a photo of a cat.", "a dog"])
+    with torch.no_grad():
+        want_images = torch.nn.functional.normalize(reference.encode_image(pixels), dim=-1)
+        want_texts = torch.nn.functional.normalize(reference.encode_text(tokens), dim=-1)
+    # Its folder is recognised without a prefix, and named with one.
+    for spec in (open_clip_dir, f"open_clip:local-dir:{open_clip_dir}"):
+        scorer = ClipScorer.load(spec)
+        assert scorer.image_size == 32 and scorer.logit_scale == pytest.approx(20.0)
+        assert scorer.mean.flatten().tolist() == pytest.approx([0.5, 0.4, 0.3])  # the model's own normalisation
+        assert torch.allclose(scorer.embed_texts(["a photo of a cat.", "a dog"]), want_texts, atol=1e-6)
+        with torch.no_grad():
+            got = torch.nn.functional.normalize(scorer.encode_image(pixels), dim=-1)
+        assert torch.allclose(got, want_images, atol=1e-6)
+        crops = scorer.embed_crops([np.zeros((5, 9, 3), np.uint8), np.full((30, 20, 3), 200, np.uint8)])
+        assert crops.shape == (2, 16) and not torch.allclose(crops[0], crops[1])
+
+
+def test_an_open_clip_architecture_takes_its_weights_from_a_file(open_clip_dir, tmp_path):
+    import open_clip
+
+    (tmp_path / "TinyTestCLIP.json").write_text(json.dumps(TINY_OPEN_CLIP))
+    open_clip.add_model_config(tmp_path / "TinyTestCLIP.json")  # a built-in architecture name
+    weights = str(open_clip_dir / "open_clip_model.safetensors")
+    scorer = ClipScorer.load("open_clip:TinyTestCLIP", pretrained=weights)
+    reference = ClipScorer.load(open_clip_dir)
+    assert torch.allclose(scorer.embed_texts(["a red square"]), reference.embed_texts(["a red square"]), atol=1e-6)
+    with pytest.raises(ValueError, match="needs --clip-pretrained"):
+        ClipScorer.load("open_clip:TinyTestCLIP")
+    with pytest.raises(ValueError, match="cannot load the open_clip model"):
+        ClipScorer.load("open_clip:TinyTestCLIP", pretrained=str(tmp_path / "missing.safetensors"))
+    empty = tmp_path / "no_weights"
+    empty.mkdir()
+    (empty / "open_clip_config.json").write_text(json.dumps({"model_cfg": TINY_OPEN_CLIP}))
+    with pytest.raises(ValueError, match="cannot load the open_clip model"):
+        ClipScorer.load(empty)  # a CLIP at random initialisation is refused
+    with pytest.raises(ValueError, match="--clip-pretrained applies to open_clip models"):
+        ClipScorer.load(tmp_path, pretrained=weights)
+
+
+def test_pseudo_label_with_an_open_clip_teacher(open_clip_dir, tmp_path):
+    Image.fromarray(_image()).save(tmp_path / "shapes.png")
+    captions = {"images": [{"id": 7, "file_name": "shapes.png", "height": 40, "width": 90}],
+                "annotations": [{"image_id": 7, "caption": "a red square next to a blue square"}]}  # fmt: skip
+    (tmp_path / "captions.json").write_text(json.dumps(captions))
+    (tmp_path / "boxes.json").write_text(json.dumps({"annotations": REGIONS}))
+    out = tmp_path / "pseudo.json"
+    args = ["pseudo-label", "--captions", str(tmp_path / "captions.json"), "--images", str(tmp_path), "--teacher",
+            "clip", "--clip-model", f"open_clip:local-dir:{open_clip_dir}", "--threshold", "0", "--clip-background",
+            "0", "--boxes", str(tmp_path / "boxes.json"), "--out", str(out), "--quiet"]  # fmt: skip
+    assert main(args) == 0
+    data = json.loads(out.read_text())
+    assert len(data["annotations"]) == 3 and all(len(a["concept_scores"]) == 2 for a in data["annotations"])
+    # The scores are the open_clip model's: logit scale x cosine, the phrase its best concept.
+    scorer = ClipScorer.load(open_clip_dir)
+    texts = scorer.embed_texts(["a photo of a red square.", "a photo of a blue square."])
+    for ann in data["annotations"]:
+        x, y, w, h = (int(v) for v in ann["bbox"])
+        region = scorer.embed_crops([_image()[y : y + h, x : x + w]])
+        assert ann["concept_scores"] == pytest.approx((20.0 * region @ texts.T)[0].tolist(), abs=1e-3)
+    assert data["pseudo_label"]["model"]["clip_model"] == f"open_clip:local-dir:{open_clip_dir}"
