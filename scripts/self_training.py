@@ -10,6 +10,11 @@ from those pseudo-labels alone, and both are evaluated on the same validation im
 2. The teacher (a zoo name or a model folder) pseudo-labels the training captions through
    ``glip pseudo-label``'s Python API (:mod:`glip.tools.pseudo_label`: the offline noun
    phrase chunker, every box scoring above ``--threshold``) into ``WORK/pseudo.json``.
+   With ``--clip-model`` the CLIP teacher labels instead (RegionCLIP-style, ``glip
+   pseudo-label --teacher clip``): the GLIP teacher's boxes above ``--proposal-threshold``
+   are the regions, CLIP names each with a caption phrase (scores: CLIP's probabilities)
+   and writes the concept scores that the distillation loss reads
+   (``model.heads.grounding.distill_weight=1``).
 3. :func:`refine` screens them into the student's data, ``WORK/student.json``: boxes
    above ``--conf``, class-agnostic NMS at ``--nms``, the best ``--per-phrase`` boxes of
    each phrase, and (unless ``--keep-incomplete``) only captions whose every phrase kept a
@@ -79,6 +84,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--keep-incomplete", dest="complete", action="store_false",
                    help="the student's data keeps captions with a phrase left without a box (default: dropped)")  # fmt: skip
     p.add_argument("--min-boxes", type=int, default=1, help="captions with fewer boxes are left out (1)")
+    p.add_argument("--clip-model", default=None,
+                   help="label with the CLIP teacher instead (glip pseudo-label --teacher clip): the GLIP teacher "
+                        "proposes regions, this CLIP (e.g. scripts/train_shapes_clip.py's WORK/clip) names them")  # fmt: skip
+    p.add_argument("--clip-pretrained", default=None, help="open_clip weights, as glip pseudo-label's")
+    p.add_argument("--proposal-threshold", type=float, default=0.1, help="CLIP teacher: GLIP regions above this")
+    p.add_argument("--clip-background", type=int, default=50,
+                   help="CLIP teacher: background concepts, the most frequent phrases of the captions (50)")  # fmt: skip
     p.add_argument("--steps", type=int, default=1200, help="student training steps (1200, as the demo)")
     p.add_argument("--batch", type=int, default=8, help="student images per step (8)")
     p.add_argument("--device", default="cpu", help="where the teacher labels and the models are evaluated (cpu)")
@@ -125,12 +137,23 @@ def pseudo_label(args: argparse.Namespace, captions: Path, image_dir: Path, out:
 
     items = read_caption_items(captions)
     store = ShardStore(out.with_name(out.name + ".shards"))
-    model = {"model": str(args.teacher), "config": None}
+    model: dict[str, Any] = {"model": str(args.teacher), "config": None}
+    teacher: Any = GlipTeacher(teacher_model, args.threshold)
+    chunker = build_chunker("offline")
+    if args.clip_model:  # the GLIP teacher proposes regions, CLIP names them
+        from glip.tools.clip_teacher import ClipScorer, ClipTeacher, GlipProposals, frequent_phrases
+
+        scorer = ClipScorer.load(args.clip_model, args.clip_pretrained, args.device)
+        proposals = GlipProposals(GlipTeacher(teacher_model, args.proposal_threshold), 0.5)
+        background = frequent_phrases((c for it in items for c in it.captions), chunker, args.clip_background)
+        teacher = ClipTeacher(scorer, proposals, args.threshold, background)
+        model.update(clip_model=str(args.clip_model), proposal_threshold=args.proposal_threshold,
+                     clip_background=args.clip_background)  # fmt: skip
+    kind = "clip" if args.clip_model else "glip"
     settings = PseudoLabelSettings(
-        file_digest(captions), len(items), args.threshold, -1.0, args.min_boxes, "glip", "offline", model
+        file_digest(captions), len(items), args.threshold, -1.0, args.min_boxes, kind, "offline", model
     )
-    teacher = GlipTeacher(teacher_model, args.threshold)
-    label_images(items, image_dir, teacher, build_chunker("offline"), store, settings, progress=not args.quiet)
+    label_images(items, image_dir, teacher, chunker, store, settings, progress=not args.quiet)
     return merge_shards(items, store, out)
 
 
@@ -300,7 +323,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if (work / "student" / which).is_dir():
             models[f"student {which}"] = load_model(work / "student" / which, device=args.device)
     report: dict[str, Any] = {
-        "teacher_model": str(args.teacher), "threshold": args.threshold, "conf": conf, "steps": result.progress.step,
+        "teacher_model": str(args.teacher), "clip_model": args.clip_model, "threshold": args.threshold, "conf": conf, "steps": result.progress.step,
         "nms": args.nms, "per_phrase": args.per_phrase, "complete": args.complete, "num_train": args.num_train,
         "pseudo_captions": summary.captions, "pseudo_boxes": summary.boxes, "student_captions": kept["captions"],
         "student_boxes": kept["boxes"], "pseudo_quality": quality, "val_images": args.num_val,

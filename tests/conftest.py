@@ -11,6 +11,7 @@ so CI cannot pass by skipping the parity tests.
 
 from __future__ import annotations
 
+import json
 import os
 
 # Tests never touch the network: Hugging Face names resolve from the local cache only.
@@ -185,6 +186,34 @@ def save_tiny_clip(out: Path) -> Path:
         model = CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=16))
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
+    return out
+
+
+# A 1-layer open_clip CLIP: 32-px images, 16-d embeddings, 16 text positions.
+TINY_OPEN_CLIP = {
+    "embed_dim": 16,
+    "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "head_width": 16, "patch_size": 16},
+    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+}
+
+
+def save_tiny_open_clip(out: Path) -> Path:
+    """Saves into ``out`` a :data:`TINY_OPEN_CLIP` model with seeded weights (logit scale 20)
+    in open_clip's local format: ``open_clip_config.json`` (with its own normalisation) and
+    ``open_clip_model.safetensors``. Returns ``out``."""
+    import math
+
+    import open_clip
+    from safetensors.torch import save_file
+
+    preprocess = {"mean": [0.5, 0.4, 0.3], "std": [0.2, 0.25, 0.3]}
+    (out / "open_clip_config.json").write_text(json.dumps({"model_cfg": TINY_OPEN_CLIP, "preprocess_cfg": preprocess}))
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = open_clip.create_model(f"local-dir:{out}", load_weights=False)
+    with torch.no_grad():
+        model.logit_scale.fill_(math.log(20.0))
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, out / "open_clip_model.safetensors")
     return out
 
 

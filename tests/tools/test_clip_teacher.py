@@ -4,7 +4,6 @@ with a tiny randomly initialised transformers CLIP saved offline (its own byte-l
 from __future__ import annotations
 
 import json
-import math
 
 import numpy as np
 import pytest
@@ -16,7 +15,7 @@ from glip.ops.boxes import box_iou
 from glip.text import Prompt
 from glip.tools.clip_teacher import BoxFileProposals, ClipScorer, ClipTeacher, crop, frequent_phrases
 from glip.tools.teachers import build_chunker
-from tests.conftest import save_tiny_clip, single_torch_thread
+from tests.conftest import TINY_OPEN_CLIP, save_tiny_clip, save_tiny_open_clip, single_torch_thread
 
 COLOURS = {"red": (255, 0, 0), "green": (0, 255, 0), "blue": (0, 0, 255)}
 
@@ -131,30 +130,10 @@ def test_pseudo_label_with_the_clip_teacher(clip_dir, tmp_path, capsys):
     assert float(iou.max()) <= 0.51  # class-agnostic NMS over the phrases' detections
 
 
-TINY_OPEN_CLIP = {
-    "embed_dim": 16,
-    "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "head_width": 16, "patch_size": 16},
-    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
-}
-
-
 @pytest.fixture(scope="module")
 def open_clip_dir(tmp_path_factory):
-    """A 1-layer open_clip CLIP (32-px images, seeded weights) in open_clip's local format:
-    ``open_clip_config.json`` with its own normalisation, and ``open_clip_model.safetensors``."""
-    open_clip = pytest.importorskip("open_clip")
-    from safetensors.torch import save_file
-
-    out = tmp_path_factory.mktemp("tiny_open_clip")
-    preprocess = {"mean": [0.5, 0.4, 0.3], "std": [0.2, 0.25, 0.3]}
-    (out / "open_clip_config.json").write_text(json.dumps({"model_cfg": TINY_OPEN_CLIP, "preprocess_cfg": preprocess}))
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        model = open_clip.create_model(f"local-dir:{out}", load_weights=False)
-    with torch.no_grad():
-        model.logit_scale.fill_(math.log(20.0))
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, out / "open_clip_model.safetensors")
-    return out
+    pytest.importorskip("open_clip")
+    return save_tiny_open_clip(tmp_path_factory.mktemp("tiny_open_clip"))
 
 
 def test_an_open_clip_model_scores_offline(open_clip_dir):

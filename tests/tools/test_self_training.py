@@ -133,3 +133,30 @@ def test_synthetic_set_is_drawn_once_per_settings(tmp_path, monkeypatch):
     args.seed = 2  # other settings: drawn anew
     with pytest.raises(pytest.fail.Exception, match="drawn again"):
         script.synthetic_set(args, tmp_path)
+
+
+def test_self_training_with_the_clip_teacher_and_distillation(tmp_path, capsys):
+    """The CLIP teacher names the GLIP teacher's regions; the student trains on them with the
+    distillation loss on the teacher's concept scores."""
+    pytest.importorskip("open_clip")
+    from tests.conftest import save_tiny_open_clip
+
+    (tmp_path / "clip").mkdir()
+    clip = save_tiny_open_clip(tmp_path / "clip")
+    size = ["input.min_size_train=[96]", "input.max_size_train=96", "input.min_size_test=96",
+            "input.max_size_test=96", "model.heads.grounding.distill_weight=1.0", "train.log_period=1"]  # fmt: skip
+    args = _script().parse_args([
+        "--work", str(tmp_path / "run"), "--num-train", "4", "--num-val", "2", "--image-size", "96", "96",
+        "--max-objects", "2", "--steps", "2", "--batch", "2", "--threshold", "0", "--conf", "0", "--quiet",
+        "--clip-model", str(clip), "--clip-background", "0", *size,
+    ])  # fmt: skip
+    report = _script().run(args)
+    capsys.readouterr()
+    assert report["clip_model"] == str(clip) and report["steps"] == 2
+    student = json.loads((tmp_path / "run" / "student.json").read_text())
+    assert student["annotations"] and all("concept_scores" in a for a in student["annotations"])
+    assert all("concepts" in im for im in student["images"])
+    settings = json.loads((tmp_path / "run" / "pseudo.json.shards" / "settings.json").read_text())
+    assert settings["teacher"] == "clip" and settings["model"]["clip_model"] == str(clip)
+    metrics = [json.loads(line) for line in (tmp_path / "run" / "student" / "metrics.jsonl").read_text().splitlines()]
+    assert any("loss_distill" in m for m in metrics)  # the distillation loss trained
