@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from glip.data.annotations import read_image
-from glip.data.datasets import GroundingSample
+from glip.data.grounding_sample import GroundingSample
 from glip.data.od_to_grounding import SampleRNG
 from glip.data.seeded import SeededDataset
 from glip.data.transforms import TrainTransform

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from glip.data.datasets import GroundingSample
+from glip.data.grounding_sample import GroundingSample
 from glip.structures.image_list import ImageBatch
 from glip.structures.targets import GroundingTargets
 

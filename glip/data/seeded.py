@@ -16,7 +16,7 @@ from torch.utils.data import Dataset
 from glip.data.od_to_grounding import SampleRNG
 
 if TYPE_CHECKING:
-    from glip.data.datasets import GroundingSample
+    from glip.data.grounding_sample import GroundingSample
 
 __all__ = ["SeededDataset", "sample_seed"]
 

@@ -35,7 +35,7 @@ from typing import Any
 import torch
 
 from glip.data.annotations import clean_boxes, read_image, token_positive_map
-from glip.data.datasets import GroundingSample
+from glip.data.grounding_sample import GroundingSample
 from glip.data.od_to_grounding import SampleRNG
 from glip.data.seeded import SeededDataset
 from glip.data.transforms import TrainTransform
