@@ -46,6 +46,7 @@ def test_self_training_pipeline_at_toy_size(tmp_path, capsys):
     # The student read the pseudo-labels only (not the synthetic set's boxes).
     cfg = yaml.safe_load((tmp_path / "student" / "config.yaml").read_text())
     assert cfg["data"]["train_json"] == str(tmp_path / "student.json") and cfg["data"]["format"] == "mdetr"
+    assert (cfg["data"]["pack_captions"], cfg["data"]["pack_disjoint"]) == (3, True)  # other captions as negatives
     quality = report["pseudo_quality"]
     assert quality["teacher (> 0.1)"]["boxes"] == report["pseudo_boxes"] and "pseudo-label quality" in out
     assert quality["student data (> 0.1)"]["boxes"] == report["student_boxes"] <= report["pseudo_boxes"]
