@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
 import os
 import sys
@@ -34,7 +35,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 REPO = Path(__file__).resolve().parents[1]
 BACKGROUND = "background"
 TEMPLATE = "a photo of {}."
-# 32-px crops, 8-px patches: a 2-layer ViT and a 2-layer text transformer (~4M parameters,
+# 32-px crops, 8-px patches: a 2-layer ViT and a 2-layer text transformer (3.7M parameters,
 # most in open_clip's 49408-token embedding).
 MODEL_CFG = {
     "embed_dim": 64,
@@ -126,7 +127,9 @@ def main(argv: list[str] | None = None) -> int:
     out = work / "clip"
     out.mkdir(parents=True, exist_ok=True)
     (out / "open_clip_config.json").write_text(json.dumps({"model_cfg": MODEL_CFG, "preprocess_cfg": PREPROCESS}))
+    logging.getLogger().setLevel(logging.ERROR)  # open_clip warns that a fresh model has no weights
     model = open_clip.create_model(f"local-dir:{out}", load_weights=False)
+    logging.getLogger().setLevel(logging.WARNING)
     tokens = open_clip.get_tokenizer(f"local-dir:{out}")([TEMPLATE.format(t) for t in texts])  # [T, 16]
     steps = args.epochs * math.ceil(len(crops) / args.batch)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.1)

@@ -201,3 +201,19 @@ def test_pseudo_label_with_an_open_clip_teacher(open_clip_dir, tmp_path):
         region = scorer.embed_crops([_image()[y : y + h, x : x + w]])
         assert ann["concept_scores"] == pytest.approx((20.0 * region @ texts.T)[0].tolist(), abs=1e-3)
     assert data["pseudo_label"]["model"]["clip_model"] == f"open_clip:local-dir:{open_clip_dir}"
+
+
+def test_train_shapes_clip_writes_an_open_clip_folder_the_teacher_reads(tmp_path, capsys):
+    pytest.importorskip("open_clip")
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "scripts" / "train_shapes_clip.py"
+    spec = importlib.util.spec_from_file_location("train_shapes_clip", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    assert script.main(["--work", str(tmp_path), "--num-train", "6", "--num-val", "2", "--epochs", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "zero-shot on" in out and "% right" in out
+    scorer = ClipScorer.load(tmp_path / "clip")  # its folder, as --clip-model takes it
+    assert scorer.image_size == 32 and scorer.embed_texts(["a photo of red circle."]).shape == (1, 64)
