@@ -11,7 +11,7 @@ import torch
 
 from glip.hub.checkpoint import load_model
 from glip.modeling.glip import GLIP
-from glip.modeling.low_precision import parse_weights_dtype, store_weights, stored_weights_dtype
+from glip.modeling.low_precision import parse_autocast_dtype, parse_weights_dtype, store_weights, stored_weights_dtype
 from glip.ops.multiclass_nms import multiclass_nms
 from glip.structures import Detections, ImageBatch
 from glip.text import Prompt, PromptError, TokenizedPrompt, parse_prompt, tokenize_prompt
@@ -109,6 +109,10 @@ class Predictor:
         weights_dtype: ``"bfloat16"`` keeps the weights in bfloat16 (half their memory) and
             computes in float32 (see :func:`glip.load_model`; results move by the weights'
             rounding only); default float32.
+        autocast: ``"bfloat16"`` / ``"float16"`` runs the network under ``torch.autocast`` in
+            that dtype (float32 weights; boxes and scores decoded in float32): the fast mode
+            on a GPU. Its effect on the results is stated in the README (Speed and memory);
+            default off.
     """
 
     def __init__(
@@ -122,9 +126,11 @@ class Predictor:
         trust_pickle: bool = False,
         masks: bool = False,
         weights_dtype: str | torch.dtype | None = None,
+        autocast: str | torch.dtype | None = None,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        self.autocast = parse_autocast_dtype(autocast)
         self.model = resolve_model(
             model,
             config=config,
@@ -217,7 +223,9 @@ class Predictor:
         def run_batch(group: list[tuple[int, torch.Tensor, tuple[int, int]]]) -> list[tuple[int, Detections]]:
             batch = ImageBatch.from_tensors([t for _, t, _ in group], stride)
             sizes = [s for _, _, s in group]
-            per_chunk = self.model.detect_prompts(batch, chunks, original_sizes=sizes, masks=with_masks)
+            per_chunk = self.model.detect_prompts(
+                batch, chunks, original_sizes=sizes, masks=with_masks, autocast=self.autocast
+            )
             return [
                 (index, self._merge_chunks([dets[j] for dets in per_chunk], chunks, top_k).above(threshold))
                 for j, (index, _, _) in enumerate(group)
@@ -321,13 +329,16 @@ def predict(
     config: str | Path | None = None,
     text_encoder: str | Path | None = None,
     masks: bool = False,
+    autocast: str | torch.dtype | None = None,
 ) -> Detections | list[Detections]:
     """One-call zero-shot detection (see :meth:`Predictor.predict`).
 
     ``model`` is a zoo name, a weights path or a loaded :class:`GLIP`; the last model
     loaded by name or path is kept for the next call. ``masks``: also each detection's
     mask (``Detections.masks``, original-image pixels; the model needs a mask head).
+    ``autocast``: ``"bfloat16"`` / ``"float16"`` mixed-precision compute (see :class:`Predictor`).
     """
+    compute = parse_autocast_dtype(autocast)  # a bad value fails before any model is loaded
     if isinstance(model, GLIP):
         predictor = Predictor(model, device=device, batch_size=batch_size)
     else:
@@ -337,6 +348,7 @@ def predict(
             _CACHE.clear()
             predictor = Predictor(model, config=config, text_encoder=text_encoder, device=device, batch_size=batch_size)
             _CACHE[key] = predictor
+    predictor.autocast = compute
     return predictor.predict(
         images, prompt, threshold=threshold, batch_size=batch_size, chunk_size=chunk_size, masks=masks
     )

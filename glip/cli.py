@@ -67,7 +67,7 @@ def _cmd_detect(args: argparse.Namespace) -> int:
     predictor = Predictor(
         model_arg(args), config=args.config, text_encoder=args.text_encoder, device=parse_device(args.device),
         batch_size=args.batch_size, trust_pickle=args.trust_pickle, masks=args.masks,
-        weights_dtype=args.weights_dtype,
+        weights_dtype=args.weights_dtype, autocast=args.autocast,
     )  # fmt: skip
     if prompt is None:  # a tuned model's own prompt (glip finetune)
         prompt = predictor.model.tuned_prompt

@@ -148,10 +148,12 @@ class BiMultiHeadAttention(nn.Module):
 
     def _image_to_text_logits_bias(self, text_mask: Tensor | None, dtype: torch.dtype) -> Tensor | None:
         """The official additive mask: the int mask itself with its zeros replaced by -9e15, so
-        real tokens get +1 (softmax-neutral, but it changes rounding; reproduced on purpose)."""
+        real tokens get +1 (softmax-neutral, but it changes rounding; reproduced on purpose).
+        In float16 (autocast), whose range ends at -65504, the fill is the dtype's lowest value."""
         if text_mask is None:
             return None
-        return text_mask.to(dtype).masked_fill(text_mask == 0, _TEXT_MASK_FILL)  # [B, T]
+        fill = max(_TEXT_MASK_FILL, torch.finfo(dtype).min)
+        return text_mask.to(dtype).masked_fill(text_mask == 0, fill)  # [B, T]
 
     def _forward_projected(
         self, v: Tensor, t: Tensor, text_mask: Tensor | None, update_visual: bool = True

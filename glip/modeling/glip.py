@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from glip.modeling import low_precision
 from glip.modeling.anchors import AnchorGenerator
 from glip.modeling.backbone import VisionBackbone
 from glip.modeling.heads import GroundingHead, Head
@@ -280,14 +281,15 @@ class GLIP(nn.Module):
         tokens: TokenizedPrompt,
         original_sizes: Sequence[tuple[int, int]] | None = None,
         masks: bool = False,
+        autocast: torch.dtype | None = None,
     ) -> list[Detections]:
         """Detections of one prompt in every image of a batch, sorted by score.
 
         Boxes are in resized-image pixels, or in ``original_sizes`` pixels when given.
         Phrases are filled from ``tokens``. ``masks``: also each detection's mask (needs
-        the mask head), in the same pixels.
+        the mask head), in the same pixels. ``autocast``: see :meth:`detect_prompts`.
         """
-        return self.detect_prompts(images, [tokens], original_sizes, masks=masks)[0]
+        return self.detect_prompts(images, [tokens], original_sizes, masks=masks, autocast=autocast)[0]
 
     @torch.no_grad()
     def detect_prompts(
@@ -296,34 +298,41 @@ class GLIP(nn.Module):
         prompts: Sequence[TokenizedPrompt],
         original_sizes: Sequence[tuple[int, int]] | None = None,
         masks: bool = False,
+        autocast: torch.dtype | None = None,
     ) -> list[list[Detections]]:
         """Like :meth:`detect` for several prompts, running the backbone once.
 
         Returns ``[prompt][image]`` detections (labels index each prompt's own phrases).
         A prompt offset (prompt tuning) applies only to the prompt it was tuned for (the
         same token ids); any other prompt runs the base model. ``masks``: see :meth:`detect`.
+        ``autocast`` (``torch.bfloat16`` / ``torch.float16``): the network runs under
+        ``torch.autocast`` in that dtype; its outputs are decoded in float32.
         """
         if masks:
             self.require_masks()
         device = self.device
         images = images.to(device)
-        features = self.backbone(images.tensor)
+        amp = low_precision.autocast(device, autocast)
+        with amp:
+            features = self.backbone(images.tensor)
         heads = (GROUNDING, MASK) if masks else (GROUNDING,)
         results = []
         for tokens in prompts:
             tokens = trim_padding(tokens) if self.trim_text else tokens
             ids, mask = tokens.input_ids.to(device), tokens.attention_mask.to(device)
             tuned = self.prompt_offset is not None and self.prompt_offset.matches(ids, mask)
-            out = self.forward_features(features, ids, mask, use_prompt_offset=tuned, heads=heads)
+            with amp:
+                out = self.forward_features(features, ids, mask, use_prompt_offset=tuned, heads=heads)
+            head = out.head.float() if autocast is not None else out.head
             positive_map = tokens.positive_map.to(device)
             if masks:
                 # Decode in the network-input frame (the mask head pools there), then map to the originals.
-                dets = self.grounding.postprocess(out.head, out.anchors, positive_map, images.image_sizes)
-                dets = self._add_masks(out.heads[MASK], dets, positive_map, images.image_sizes, original_sizes)
-            else:
-                dets = self.grounding.postprocess(
-                    out.head, out.anchors, positive_map, images.image_sizes, original_sizes
+                dets = self.grounding.postprocess(head, out.anchors, positive_map, images.image_sizes)
+                dets = self._add_masks(
+                    out.heads[MASK], dets, positive_map, images.image_sizes, original_sizes, autocast
                 )
+            else:
+                dets = self.grounding.postprocess(head, out.anchors, positive_map, images.image_sizes, original_sizes)
             for det in dets:
                 det.phrases = [tokens.phrases[int(label) - 1] for label in det.labels.tolist()]
             results.append([det.to("cpu") for det in dets])
@@ -336,11 +345,15 @@ class GLIP(nn.Module):
         positive_map: Tensor,
         image_sizes: Sequence[tuple[int, int]],
         original_sizes: Sequence[tuple[int, int]] | None,
+        autocast: torch.dtype | None = None,
     ) -> list[Detections]:
         """Each detection's mask, pasted into its image (``original_sizes`` when given, with
-        the boxes rescaled as the grounding post-processor does), threshold 0.5."""
+        the boxes rescaled as the grounding post-processor does), threshold 0.5. ``autocast``:
+        the mask head runs under ``torch.autocast`` in that dtype, the pasting in float32."""
         token_maps = [positive_map[det.labels - 1] > 0 for det in dets]  # B x [N_b, T]
-        probs = self.heads[MASK].predict(output, [det.boxes for det in dets], token_maps)  # B x [N_b, M, M]
+        with low_precision.autocast(positive_map.device, autocast):
+            probs = self.heads[MASK].predict(output, [det.boxes for det in dets], token_maps)  # B x [N_b, M, M]
+        probs = [p.float() for p in probs]
         out = []
         for b, (det, prob) in enumerate(zip(dets, probs)):
             size, boxes = tuple(image_sizes[b]), det.boxes

@@ -1,4 +1,7 @@
-"""Reduced-precision weight storage with float32 compute (an opt-in inference mode).
+"""Reduced-precision inference, two opt-in modes: weight storage in bfloat16 with float32
+compute (:func:`store_weights`), and mixed-precision compute with float32 weights
+(:func:`autocast`, ``torch.autocast`` around the network; the heads' outputs are decoded in
+float32).
 
 :func:`store_weights` keeps every floating-point parameter of a model in a narrower dtype
 (``torch.bfloat16``: half the memory of float32) and gives each *unit* float32 copies of its
@@ -19,13 +22,23 @@ at once in this mode.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["WEIGHTS_DTYPES", "build_in_dtype", "parse_weights_dtype", "store_weights", "stored_weights_dtype"]
+__all__ = [
+    "AUTOCAST_DTYPES",
+    "WEIGHTS_DTYPES",
+    "autocast",
+    "build_in_dtype",
+    "parse_autocast_dtype",
+    "parse_weights_dtype",
+    "store_weights",
+    "stored_weights_dtype",
+]
 
 M = TypeVar("M", bound=nn.Module)
 
@@ -51,6 +64,40 @@ def parse_weights_dtype(value: str | torch.dtype | None) -> torch.dtype | None:
     if dtype not in (torch.float32, torch.bfloat16):
         raise ValueError(f"weights dtype must be one of {', '.join(WEIGHTS_DTYPES)}, got {value!r}")
     return None if dtype == torch.float32 else dtype
+
+
+# Accepted spellings of the autocast compute dtype (the other opt-in mode: mixed-precision
+# compute, float32 weights). "float32" / "no" is the default path (no autocast).
+AUTOCAST_DTYPES: dict[str, torch.dtype | None] = {
+    "no": None,
+    "float32": None,
+    "fp32": None,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+}
+
+
+def parse_autocast_dtype(value: str | torch.dtype | None) -> torch.dtype | None:
+    """``"bf16"`` / ``"bfloat16"`` / ``torch.bfloat16`` -> ``torch.bfloat16``, ``"fp16"`` /
+    ``"float16"`` -> ``torch.float16``; ``None``, ``"no"``, ``"float32"`` -> ``None`` (no
+    autocast). Anything else raises ``ValueError`` naming the accepted values."""
+    if value is None or value == torch.float32:
+        return None
+    if isinstance(value, torch.dtype):
+        if value in (torch.bfloat16, torch.float16):
+            return value
+    elif str(value).lower() in AUTOCAST_DTYPES:
+        return AUTOCAST_DTYPES[str(value).lower()]
+    raise ValueError(f"autocast dtype must be one of {', '.join(AUTOCAST_DTYPES)}, got {value!r}")
+
+
+def autocast(device: torch.device | str, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+    """``torch.autocast`` on ``device``'s type in ``dtype``; a no-op context when ``dtype`` is None."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(torch.device(device).type, dtype=dtype)
 
 
 def stored_weights_dtype(model: nn.Module) -> torch.dtype | None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from torch import Tensor
 
@@ -30,3 +30,13 @@ class HeadOutputs:
     dot_product_logits: list[Tensor]
     num_classes: int
     temperature: Tensor | None = None
+
+    def float(self) -> HeadOutputs:
+        """The same outputs in float32 (after a mixed-precision forward; decoding is float32)."""
+        return replace(
+            self,
+            box_regression=[t.float() for t in self.box_regression],
+            centerness=[t.float() for t in self.centerness],
+            dot_product_logits=[t.float() for t in self.dot_product_logits],
+            temperature=None if self.temperature is None else self.temperature.float(),
+        )

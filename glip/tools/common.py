@@ -54,7 +54,8 @@ def add_model_args(
     """``--model``, ``--weights`` (unless ``model`` is False: a positional names the
     weights), ``--config``, ``--text-encoder``, ``--trust-pickle``; all interpreted by
     :func:`glip.hub.zoo.resolve_model_source`. ``weights_dtype``: also ``--weights-dtype``
-    (``float32`` or ``bfloat16``/``bf16``, for inference commands; default float32)."""
+    (``float32`` or ``bfloat16``/``bf16``, for inference commands; default float32) and
+    ``--autocast`` (``no``, ``bf16``, ``fp16``; default no)."""
     g = p.add_argument_group("model")
     if model:
         default = f" (default {default_model})" if default_model else ""
@@ -89,6 +90,14 @@ def add_model_args(
             default="float32",
             help="bfloat16 (bf16) keeps the weights in bfloat16, half their memory, and computes in float32; "
             "results move by the weights' rounding (README, Speed and memory). Default float32",
+        )
+        g.add_argument(
+            "--autocast",
+            choices=("no", "bfloat16", "bf16", "float16", "fp16"),
+            default="no",
+            help="run the network under torch.autocast in this dtype (float32 weights, boxes and scores "
+            "decoded in float32): the fast mode on a GPU; its effect on the results is in the README "
+            "(Speed and memory). Default no",
         )
 
 
