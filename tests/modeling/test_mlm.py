@@ -70,7 +70,9 @@ def test_official_fixture() -> None:
     assert torch.equal(torch.nonzero(labels != -100), case["mlm_scored_positions"])
 
     torch.testing.assert_close(head.dense(hidden), case["mlm_head_dense_out"], rtol=0, atol=1e-6)
-    torch.testing.assert_close(head.transform(hidden), case["mlm_head_transform_out"], rtol=0, atol=1e-6)
+    # After GELU and LayerNorm the vectorised kernels of different CPUs round differently: a
+    # few float32 ulps (1.4e-6 seen on an AVX-512 EPYC), hence the relative term.
+    torch.testing.assert_close(head.transform(hidden), case["mlm_head_transform_out"], rtol=1e-5, atol=1e-6)
     logits = head(hidden)
     assert list(logits.shape) == case["mlm_logits_shape"]
     scored = logits[labels != -100]  # [6, V]
@@ -89,4 +91,7 @@ def test_official_fixture() -> None:
     assert len(grads) == 6
     ours = dict(head.named_parameters())
     for name, expected in remap_official_mlm_head(grads).items():
-        torch.testing.assert_close(ours[name].grad, expected, rtol=1e-5, atol=1e-8)
+        # Small entries of a weight gradient are sums of cancelling terms: held to 1e-5 of the
+        # tensor's scale (CPUs with other vector kernels land a few 1e-8 apart on them).
+        scale = expected.abs().max().item()
+        torch.testing.assert_close(ours[name].grad, expected, rtol=1e-5, atol=max(1e-8, 1e-5 * scale))
