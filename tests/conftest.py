@@ -48,6 +48,16 @@ def single_torch_thread():
     torch.set_num_threads(threads)
 
 
+def load_script(name: str):
+    """``scripts/NAME.py`` imported as a module (the scripts are not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def require_fixtures() -> None:
     """Skips the calling test (or fixture) when the official fixtures are absent."""
     if not FIXTURES_PRESENT:

@@ -5,7 +5,6 @@ bad inputs are one-line errors. The overfit check (exact caption of one image) i
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 from pathlib import Path
@@ -14,6 +13,7 @@ import pytest
 
 from glip.cli import main
 from glip.engine import train
+from tests.conftest import load_script
 from tests.engine.conftest import IMAGE_SIZE, REPO
 
 CAPTION_YAML = REPO / "configs" / "caption" / "synthetic.yaml"
@@ -108,9 +108,7 @@ def test_model_without_caption_head_is_one_line(shapes, detector_only, tmp_path,
 
 @pytest.mark.slow
 def test_overfit_one_image_gives_its_exact_caption() -> None:
-    spec = importlib.util.spec_from_file_location("overfit_caption", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script("overfit_caption")
     expected, generated = module.run(steps=100, eval_every=20, verbose=False)
     assert generated == expected, (expected, generated)
     assert Path(SCRIPT).is_file()

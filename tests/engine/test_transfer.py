@@ -15,6 +15,7 @@ from glip.engine.optim import param_groups
 from glip.engine.tuning import trainable_names
 from glip.hub.tuned import delta_names
 from glip.modeling.heads import Head
+from tests.conftest import load_script
 from tests.engine.conftest import IMAGE_SIZE, tiny_config
 
 # The target domain: the same shapes, named with words the text encoder cannot ground.
@@ -169,17 +170,11 @@ def test_few_shot_subsets_are_seeded_and_cover_k(tmp_path):
 
 @pytest.mark.slow  # 8 tuning runs: ~13 s on 2 cores (pytest -m slow)
 def test_protocol_grid_two_datasets_two_shots_two_seeds(base_model, text_dir, tmp_path, capsys):
-    import importlib.util
-
-    from tests.engine.conftest import REPO
-
     cfg, base = base_model
     for name, seed in (("dsa", 1), ("dsb", 2)):
         generate_synthetic(tmp_path / name, num_train=6, num_val=1, image_size=IMAGE_SIZE, seed=seed,
                            colors=("red", "blue"), shapes=("circle", "square"), max_objects=2)  # fmt: skip
-    spec = importlib.util.spec_from_file_location("odinw_transfer", REPO / "scripts" / "odinw_transfer.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = load_script("odinw_transfer")
     args = ["--data", str(tmp_path / "dsa"), str(tmp_path / "dsb"), "--shots", "1", "3", "--seeds", "3", "30",
             "--weights", str(base), "--out", str(tmp_path / "grid"), "--cpu", "--mode", "prompt",
             "solver.max_epoch=0", "solver.max_iter=1", "solver.ims_per_batch=1", "data.general_copy=1",

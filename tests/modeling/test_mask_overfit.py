@@ -3,18 +3,13 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import torch
 
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "overfit_mask.py"
+from tests.conftest import load_script
 
 
 def test_mask_head_overfits_one_synthetic_image() -> None:
-    spec = importlib.util.spec_from_file_location("overfit_mask", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script("overfit_mask")
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny convolutions: one thread is the fastest, and the run is reproducible
     try:

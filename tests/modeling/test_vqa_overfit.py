@@ -3,19 +3,14 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 import torch
 
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "overfit_vqa.py"
+from tests.conftest import load_script
 
 
 def _run(**kwargs) -> list[bool]:
-    spec = importlib.util.spec_from_file_location("overfit_vqa", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script("overfit_vqa")
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

@@ -4,15 +4,11 @@ the fusion's FLOPs and rate)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
-from tests.conftest import single_torch_thread
-
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "bench_gpu.py"
+from tests.conftest import load_script, single_torch_thread
 
 
 @pytest.fixture(autouse=True)
@@ -22,9 +18,7 @@ def one_thread():
 
 @pytest.mark.slow  # ~8 s (pytest -m slow)
 def test_smoke_run_on_the_cpu(tmp_path, capsys):
-    spec = importlib.util.spec_from_file_location("bench_gpu", SCRIPT)
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = load_script("bench_gpu")
     out = tmp_path / "gpu.json"
     script.main([
         "--device", "cpu", "--model", "demo-shapes", "--prompt", "red circle. blue square. yellow triangle.",
@@ -61,9 +55,7 @@ def test_refuses_cuda_without_a_gpu(capsys):
 
     if torch.cuda.is_available():
         pytest.skip("a CUDA device is visible")
-    spec = importlib.util.spec_from_file_location("bench_gpu", SCRIPT)
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = load_script("bench_gpu")
     with pytest.raises(SystemExit) as e:
         script.main([])
     assert e.value.code == 2 and "no CUDA device is visible" in capsys.readouterr().err

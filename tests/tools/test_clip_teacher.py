@@ -15,7 +15,7 @@ from glip.ops.boxes import box_iou
 from glip.text import Prompt
 from glip.tools.clip_teacher import BoxFileProposals, ClipScorer, ClipTeacher, crop, frequent_phrases
 from glip.tools.teachers import build_chunker
-from tests.conftest import TINY_OPEN_CLIP, save_tiny_clip, save_tiny_open_clip, single_torch_thread
+from tests.conftest import TINY_OPEN_CLIP, load_script, save_tiny_clip, save_tiny_open_clip, single_torch_thread
 
 COLOURS = {"red": (255, 0, 0), "green": (0, 255, 0), "blue": (0, 0, 255)}
 
@@ -205,13 +205,7 @@ def test_pseudo_label_with_an_open_clip_teacher(open_clip_dir, tmp_path):
 
 def test_train_shapes_clip_writes_an_open_clip_folder_the_teacher_reads(tmp_path, capsys):
     pytest.importorskip("open_clip")
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[2] / "scripts" / "train_shapes_clip.py"
-    spec = importlib.util.spec_from_file_location("train_shapes_clip", path)
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = load_script("train_shapes_clip")
     assert script.main(["--work", str(tmp_path), "--num-train", "6", "--num-val", "2", "--epochs", "1"]) == 0
     out = capsys.readouterr().out
     assert "zero-shot on" in out and "% right" in out

@@ -3,23 +3,17 @@ pseudo-labels, a student trained on them alone for two steps, both evaluated."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.conftest import single_torch_thread
-
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "self_training.py"
+from tests.conftest import load_script, single_torch_thread
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location("self_training", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("self_training")
 
 
 @pytest.fixture(autouse=True)
