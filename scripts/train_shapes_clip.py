@@ -127,9 +127,12 @@ def main(argv: list[str] | None = None) -> int:
     out = work / "clip"
     out.mkdir(parents=True, exist_ok=True)
     (out / "open_clip_config.json").write_text(json.dumps({"model_cfg": MODEL_CFG, "preprocess_cfg": PREPROCESS}))
-    logging.getLogger().setLevel(logging.ERROR)  # open_clip warns that a fresh model has no weights
-    model = open_clip.create_model(f"local-dir:{out}", load_weights=False)
-    logging.getLogger().setLevel(logging.WARNING)
+    root, level = logging.getLogger(), logging.getLogger().level
+    root.setLevel(logging.ERROR)  # open_clip warns that a fresh model has no weights
+    try:
+        model = open_clip.create_model(f"local-dir:{out}", load_weights=False)
+    finally:
+        root.setLevel(level)  # the caller's level, not a fixed WARNING
     tokens = open_clip.get_tokenizer(f"local-dir:{out}")([TEMPLATE.format(t) for t in texts])  # [T, 16]
     steps = args.epochs * math.ceil(len(crops) / args.batch)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.1)
