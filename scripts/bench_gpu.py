@@ -6,7 +6,9 @@ and the fusion attention's FLOP rate as a fraction of the GPU's bf16 matrix rate
   (``--peak-tflops`` overrides it). Every fraction below is given against both.
 * ``throughput``: images/s of ``glip.Predictor`` at each ``--batch`` size, float32 (TF32
   off) and under each ``--autocast`` dtype; the median of ``--runs`` timed calls after 2
-  warm-ups, the calls listed; the peak GPU memory of each setting.
+  warm-ups, the calls listed; the peak GPU memory of each setting. Batches above 1 run once
+  per ``--fusion-chunk``: the images per fusion-attention call at inference (``auto``: the
+  whole batch on CUDA, one image on the CPU; ``1``: one at a time).
 * ``parity``: float32 against autocast on ``--images`` images (the bench image and its
   variants), every detection kept: the largest and median score difference of each float32
   detection's twin (same phrase, best IoU) among the first 90, its box difference in pixels,
@@ -35,7 +37,7 @@ import json
 import statistics
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -120,38 +122,60 @@ def _images(size: tuple[int, int] | None, count: int) -> list[np.ndarray]:
 
 
 def throughput(
-    model, device: torch.device, images: list[np.ndarray], batches: list[int], modes: list[str], runs: int, prompt: str
+    model,
+    device: torch.device,
+    images: list[np.ndarray],
+    batches: list[int],
+    modes: list[str],
+    runs: int,
+    prompt: str,
+    fusion_chunks: Sequence[str] = ("auto",),
 ) -> list[dict]:
     from glip.api import Predictor
+    from glip.modeling.fusion import BiMultiHeadAttention
 
+    attentions = [m for m in model.modules() if isinstance(m, BiMultiHeadAttention)]
     rows = []
     for mode in ["fp32", *modes]:
         for batch in batches:
             predictor = Predictor(model, device=device, batch_size=batch, autocast=AUTOCAST.get(mode))
             inputs = [images[i % len(images)] for i in range(batch)]
-            if device.type == "cuda":
-                torch.cuda.reset_peak_memory_stats(device)
-            with _exact_float32() if mode == "fp32" else contextlib.nullcontext():
-                times = _median_time(lambda p=predictor, x=inputs: p.predict(x, prompt, threshold=0.5), device, runs)
-            row = {
-                "mode": mode,
-                "batch": batch,
-                "calls_s": [round(t, 4) for t in times],
-                "images_per_s": batch / statistics.median(times),
-                "peak_gpu_mib": torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None,
-            }
-            rows.append(row)
-            print(
-                f"throughput {mode:<4} batch {batch:2d}: {row['images_per_s']:8.2f} images/s (calls {row['calls_s']})"
-                + (f", peak GPU memory {row['peak_gpu_mib']:.0f} MiB" if row["peak_gpu_mib"] else ""),
-                flush=True,
-            )
+            for chunk in fusion_chunks if batch > 1 else ["auto"]:
+                for m in attentions:
+                    m.images_per_chunk = None if chunk == "auto" else int(chunk)
+                if device.type == "cuda":
+                    torch.cuda.reset_peak_memory_stats(device)
+                with _exact_float32() if mode == "fp32" else contextlib.nullcontext():
+                    times = _median_time(
+                        lambda p=predictor, x=inputs: p.predict(x, prompt, threshold=0.5), device, runs
+                    )
+                row = {
+                    "mode": mode,
+                    "batch": batch,
+                    "fusion_chunk": chunk,
+                    "calls_s": [round(t, 4) for t in times],
+                    "images_per_s": batch / statistics.median(times),
+                    "peak_gpu_mib": torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None,
+                }
+                rows.append(row)
+                print(
+                    f"throughput {mode:<4} batch {batch:2d} fusion chunk {chunk:>4}: {row['images_per_s']:8.2f} "
+                    f"images/s (calls {row['calls_s']})"
+                    + (f", peak GPU memory {row['peak_gpu_mib']:.0f} MiB" if row["peak_gpu_mib"] else ""),
+                    flush=True,
+                )
+    for m in attentions:
+        m.images_per_chunk = None
     for mode in ["fp32", *modes]:
         one = next((r for r in rows if r["mode"] == mode and r["batch"] == 1), None)
         for r in rows:
             if one and r["mode"] == mode and r["batch"] > 1:
                 r["speedup_vs_batch1"] = r["images_per_s"] / one["images_per_s"]
-                print(f"  {mode} batch {r['batch']} vs 1: {r['speedup_vs_batch1']:.2f}x images/s", flush=True)
+                print(
+                    f"  {mode} batch {r['batch']} (fusion chunk {r['fusion_chunk']}) vs 1: "
+                    f"{r['speedup_vs_batch1']:.2f}x images/s",
+                    flush=True,
+                )
     return rows
 
 
@@ -309,6 +333,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--autocast", nargs="+", default=["bf16"], choices=sorted(AUTOCAST))
     parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument(
+        "--fusion-chunk",
+        nargs="+",
+        default=["auto", "1"],
+        help="images per fusion-attention call for batches above 1: auto (the whole batch on CUDA) or a number",
+    )
     parser.add_argument("--images", type=int, default=3, help="images of the parity check (default 3)")
     parser.add_argument("--attention-size", type=int, nargs=2, default=[800, 1216], metavar=("H", "W"))
     parser.add_argument("--peak-n", type=int, default=8192)
@@ -323,6 +353,8 @@ def main(argv: list[str] | None = None) -> dict:
         parser.error("no CUDA device is visible; --device cpu runs the smoke version")
     if any(b < 1 for b in args.batch):
         parser.error("--batch sizes must be at least 1")
+    if any(c != "auto" and not (c.isdigit() and int(c) >= 1) for c in args.fusion_chunk):
+        parser.error("--fusion-chunk takes auto or a whole number of images, at least 1")
     from glip.ops import active_backends
 
     peak = measure_peak(device, args.peak_n)
@@ -346,7 +378,9 @@ def main(argv: list[str] | None = None) -> dict:
             model = _build_glip().to(device)
         images = _images(tuple(args.size) if args.size else None, max(args.images, 1))
         if "throughput" not in args.skip:
-            result["throughput"] = throughput(model, device, images, args.batch, args.autocast, args.runs, args.prompt)
+            result["throughput"] = throughput(
+                model, device, images, args.batch, args.autocast, args.runs, args.prompt, args.fusion_chunk
+            )
         if "parity" not in args.skip:
             result["parity"] = parity(model, device, images[: args.images], args.autocast, args.prompt)
         del model

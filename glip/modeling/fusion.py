@@ -82,6 +82,9 @@ class BiMultiHeadAttention(nn.Module):
         self.dropout = dropout
         self.clamp_min = -_CLAMP if clamp_min_for_underflow else None
         self.clamp_max = _CLAMP if clamp_max_for_overflow else None
+        # Images per inference chunk: None = the whole batch on CUDA, one image on the CPU
+        # (there the per-image buffers stay in cache and the peak memory stays one image's).
+        self.images_per_chunk: int | None = None
 
         self.v_proj = nn.Linear(v_dim, embed_dim)  # image queries
         self.l_proj = nn.Linear(l_dim, embed_dim)  # text keys
@@ -129,18 +132,23 @@ class BiMultiHeadAttention(nn.Module):
 
         In training the projections run as written (:meth:`_forward_projected`); at inference
         the same products are re-associated around the small text side
-        (:meth:`_forward_reassociated`), which never forms the ``[N, E]`` visual projections.
+        (:meth:`_forward_reassociated`), which never forms the ``[N, E]`` visual projections,
+        ``images_per_chunk`` images at a time.
         """
         if self.training:
             return self._forward_projected(v, t, text_mask, update_visual)
-        if v.shape[0] > 1:
-            # Images never attend to each other: at inference run them one at a time, which
-            # bounds the attention buffers to one image instead of B.
+        chunk = self.images_per_chunk or (v.shape[0] if v.is_cuda else 1)
+        if v.shape[0] > chunk:
+            # Images never attend to each other: run them `chunk` at a time, which bounds the
+            # attention buffers ([n, N, hT]) to `chunk` images instead of B.
             parts = [
                 self._forward_reassociated(
-                    v[i : i + 1], t[i : i + 1], None if text_mask is None else text_mask[i : i + 1], update_visual
+                    v[i : i + chunk],
+                    t[i : i + chunk],
+                    None if text_mask is None else text_mask[i : i + chunk],
+                    update_visual,
                 )
-                for i in range(v.shape[0])
+                for i in range(0, v.shape[0], chunk)
             ]
             delta_v = torch.cat([p[0] for p in parts]) if update_visual else None  # type: ignore[misc]
             return delta_v, torch.cat([p[1] for p in parts])
@@ -190,8 +198,8 @@ class BiMultiHeadAttention(nn.Module):
     def _forward_reassociated(
         self, v: Tensor, t: Tensor, text_mask: Tensor | None, update_visual: bool = True
     ) -> tuple[Tensor | None, Tensor]:
-        """The same attention for one image without dropout, with every product around the
-        visual side re-associated through the text side (h heads of width d = E / h):
+        """The same attention without dropout, with every product around the visual side
+        re-associated through the text side (h heads of width d = E / h; per image):
 
         * logits: ``(v Wq_h^T + bq_h) k_h^T s = v (Wq_h^T k_h^T s) + (bq_h . k_h) s``, one
           ``[N, C] @ [C, hT]`` product instead of the ``[N, C] @ [C, E]`` query projection;
@@ -202,49 +210,46 @@ class BiMultiHeadAttention(nn.Module):
 
         For GLIP (C = d = 256, E = 2048) this is 3 N C hT multiply-adds instead of
         3 N E (C + T): 2x fewer at the padded T = 256 and ~30x fewer for a 16-token prompt,
-        and the largest buffer is ``[N, hT]`` instead of ``[N, E]``. Results equal the
+        and the largest buffer is ``[B, N, hT]`` instead of ``[B, N, E]``. Results equal the
         projected path up to float rounding (checked against the official fixtures).
         """
-        _, n, c = v.shape
+        b, n, c = v.shape
         h, d = self.num_heads, self.head_dim
-        v2 = v[0]  # [N, C]
-        key = self.l_proj(t[0]).view(-1, h, d)  # [T, h, d]
-        value_l = self.values_l_proj(t[0]).view(-1, h, d)  # [T, h, d]
-        num_t = key.shape[0]
+        key = self.l_proj(t).view(b, -1, h, d)  # [B, T, h, d]
+        value_l = self.values_l_proj(t).view(b, -1, h, d)  # [B, T, h, d]
+        num_t = key.shape[1]
 
         # Logits of all heads at once, pixel-major: column h * T + j is head h, token j.
         w_q = self.v_proj.weight.view(h, d, c)  # [h, d, C]
         b_q = self.v_proj.bias.view(h, d)  # [h, d]
-        key_s = key.transpose(0, 1) * self.scale  # [h, T, d]
-        a = torch.einsum("hdc,htd->cht", w_q, key_s).reshape(c, h * num_t)  # [C, hT]
-        a_bias = torch.einsum("hd,htd->ht", b_q, key_s).reshape(h * num_t)  # [hT]
-        logits = torch.addmm(a_bias, v2, a)  # [N, hT]
-        logits = self._clamp(logits)
+        key_s = key * self.scale  # [B, T, h, d]
+        a = torch.einsum("hdc,bthd->bcht", w_q, key_s).reshape(b, c, h * num_t)  # [B, C, hT]
+        a_bias = torch.einsum("hd,bthd->bht", b_q, key_s).reshape(b, 1, h * num_t)  # [B, 1, hT]
+        logits = self._clamp(torch.baddbmm(a_bias, v, a))  # [B, N, hT]
 
-        # text -> image: softmax over the N pixels (dim 0 here), after the max subtraction.
-        logits_l = self._clamp(logits - logits.amax(dim=0, keepdim=True))  # [N, hT]
-        probs_l = logits_l.softmax(dim=0)  # [N, hT]
-        pooled = probs_l.t() @ v2  # [hT, C]
-        pooled = pooled.view(h, num_t, c)  # [h, T, C]
+        # text -> image: softmax over the N pixels (dim 1 here), after the max subtraction.
+        logits_l = self._clamp(logits - logits.amax(dim=1, keepdim=True))  # [B, N, hT]
+        probs_l = logits_l.softmax(dim=1)  # [B, N, hT]
+        pooled = (probs_l.transpose(1, 2) @ v).view(b, h, num_t, c)  # [B, h, T, C]
         w_v = self.values_v_proj.weight.view(h, d, c)  # [h, d, C]
         b_v = self.values_v_proj.bias.view(h, 1, d)  # [h, 1, d]
-        mass = probs_l.sum(dim=0).view(h, num_t, 1)  # [h, T, 1], ~1 per row
-        context_l = torch.baddbmm(mass * b_v, pooled, w_v.transpose(1, 2))  # [h, T, d]
-        context_l = context_l.transpose(0, 1).reshape(num_t, h * d)  # [T, E]
-        delta_l = self.out_l_proj(context_l)  # [T, D]
+        mass = probs_l.sum(dim=1).view(b, h, num_t, 1)  # [B, h, T, 1], ~1 per row
+        context_l = pooled @ w_v.transpose(1, 2) + mass * b_v  # [B, h, T, d]
+        context_l = context_l.transpose(1, 2).reshape(b, num_t, h * d)  # [B, T, E]
+        delta_l = self.out_l_proj(context_l)  # [B, T, D]
         if not update_visual:
-            return None, delta_l[None]
+            return None, delta_l
 
         # image -> text: softmax over the T tokens of each head, padding masked.
-        logits_v = logits.view(n, h, num_t)  # [N, h, T]
+        logits_v = logits.view(b, n, h, num_t)  # [B, N, h, T]
         additive = self._image_to_text_logits_bias(text_mask, logits.dtype)
         if additive is not None:
-            logits_v = logits_v + additive[0]  # [N, h, T]
-        probs_v = logits_v.softmax(dim=-1).view(n, h * num_t)  # [N, hT]
+            logits_v = logits_v + additive[:, None, None, :]  # [B, N, h, T]
+        probs_v = logits_v.softmax(dim=-1).view(b, n, h * num_t)  # [B, N, hT]
         w_o = self.out_v_proj.weight.view(c, h, d)  # [C, h, d]
-        u = torch.einsum("thd,chd->htc", value_l, w_o).reshape(h * num_t, c)  # [hT, C]
-        delta_v = torch.addmm(self.out_v_proj.bias, probs_v, u)  # [N, C]
-        return delta_v[None], delta_l[None]
+        u = torch.einsum("bthd,chd->bhtc", value_l, w_o).reshape(b, h * num_t, c)  # [B, hT, C]
+        delta_v = torch.baddbmm(self.out_v_proj.bias, probs_v, u)  # [B, N, C]
+        return delta_v, delta_l
 
 
 @dataclass

@@ -27,11 +27,14 @@ def test_smoke_run_on_the_cpu(tmp_path, capsys):
     ])  # fmt: skip
     result = json.loads(out.read_text())
     assert result["peak"]["measured_tflops"] > 0 and result["peak"]["datasheet_tflops"] is None  # a CPU
-    rows = {(r["mode"], r["batch"]): r for r in result["throughput"]}
-    assert set(rows) == {("fp32", 1), ("fp32", 2), ("bf16", 1), ("bf16", 2)}
+    rows = {(r["mode"], r["batch"], r["fusion_chunk"]): r for r in result["throughput"]}
+    assert len(rows) == len(result["throughput"]) == 6  # batch 2 once per fusion chunk (auto, 1)
+    assert set(rows) == {(m, 1, "auto") for m in ("fp32", "bf16")} | {
+        (m, 2, c) for m in ("fp32", "bf16") for c in ("auto", "1")
+    }
     assert all(r["images_per_s"] > 0 and len(r["calls_s"]) == 1 for r in rows.values())
-    assert rows["bf16", 2]["speedup_vs_batch1"] == pytest.approx(
-        rows["bf16", 2]["images_per_s"] / rows["bf16", 1]["images_per_s"]
+    assert rows["bf16", 2, "1"]["speedup_vs_batch1"] == pytest.approx(
+        rows["bf16", 2, "1"]["images_per_s"] / rows["bf16", 1, "auto"]["images_per_s"]
     )
     (bf16,) = result["parity"]
     assert len(bf16["images"]) == 2

@@ -1,0 +1,77 @@
+"""The fusion attention's inference path (re-associated around the text side, images in
+chunks) against its training path (the official order of projections), on a batch whose
+images have different prompts and padding: every chunking gives the same result, and each
+image's result does not depend on the other images of its batch."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from glip.modeling.fusion import BiMultiHeadAttention
+
+B, N, T, C, D = 3, 37, 6, 16, 12
+
+
+@pytest.fixture(scope="module")
+def inputs() -> tuple[BiMultiHeadAttention, torch.Tensor, torch.Tensor, torch.Tensor]:
+    torch.manual_seed(0)
+    attention = BiMultiHeadAttention(C, D, embed_dim=32, num_heads=4, dropout=0.0)
+    for p in attention.parameters():  # non-zero biases, so the bias terms are exercised
+        torch.nn.init.normal_(p, std=0.3)
+    v = torch.randn(B, N, C)
+    t = torch.randn(B, T, D)
+    mask = torch.ones(B, T, dtype=torch.long)
+    mask[1, 4:] = 0  # image 1's prompt is 4 tokens, image 2's is 2
+    mask[2, 2:] = 0
+    return attention, v, t, mask
+
+
+def _run(attention, v, t, mask, *, train: bool, chunk: int | None = None, update_visual: bool = True):
+    attention.train(train)
+    attention.images_per_chunk = chunk
+    try:
+        with torch.no_grad():
+            return attention(v, t, mask, update_visual)
+    finally:
+        attention.images_per_chunk = None
+        attention.eval()
+
+
+@pytest.mark.parametrize("update_visual", [True, False])
+@pytest.mark.parametrize("chunk", [None, 1, 2, 3])
+def test_inference_chunks_equal_the_projected_path(inputs, chunk: int | None, update_visual: bool) -> None:
+    attention, v, t, mask = inputs
+    ref_v, ref_l = _run(attention, v, t, mask, train=True, update_visual=update_visual)
+    out_v, out_l = _run(attention, v, t, mask, train=False, chunk=chunk, update_visual=update_visual)
+    torch.testing.assert_close(out_l, ref_l, atol=1e-5, rtol=1e-5)
+    if update_visual:
+        torch.testing.assert_close(out_v, ref_v, atol=1e-5, rtol=1e-5)
+    else:
+        assert out_v is None and ref_v is None
+
+
+def test_an_image_does_not_depend_on_its_batch(inputs) -> None:
+    attention, v, t, mask = inputs
+    whole_v, whole_l = _run(attention, v, t, mask, train=False, chunk=B)
+    for i in range(B):
+        alone_v, alone_l = _run(attention, v[i : i + 1], t[i : i + 1], mask[i : i + 1], train=False)
+        torch.testing.assert_close(whole_v[i : i + 1], alone_v, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(whole_l[i : i + 1], alone_l, atol=1e-5, rtol=1e-5)
+
+
+def test_the_cpu_runs_one_image_at_a_time_by_default(inputs, monkeypatch) -> None:
+    attention, v, t, mask = inputs
+    seen: list[int] = []
+    inner = attention._forward_reassociated
+
+    def spy(v, t, text_mask, update_visual=True):
+        seen.append(v.shape[0])
+        return inner(v, t, text_mask, update_visual)
+
+    monkeypatch.setattr(attention, "_forward_reassociated", spy)
+    _run(attention, v, t, mask, train=False)
+    assert seen == [1, 1, 1]
+    seen.clear()
+    _run(attention, v, t, mask, train=False, chunk=2)
+    assert seen == [2, 1]
