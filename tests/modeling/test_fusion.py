@@ -5,10 +5,12 @@ image's result does not depend on the other images of its batch."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 
-from glip.modeling.fusion import BiMultiHeadAttention
+from glip.modeling.fusion import CUDA_CHUNK_ELEMENTS, BiMultiHeadAttention
 
 B, N, T, C, D = 3, 37, 6, 16, 12
 
@@ -75,3 +77,22 @@ def test_the_cpu_runs_one_image_at_a_time_by_default(inputs, monkeypatch) -> Non
     seen.clear()
     _run(attention, v, t, mask, train=False, chunk=2)
     assert seen == [2, 1]
+
+
+def test_cuda_chunks_keep_one_attention_buffer_within_the_budget() -> None:
+    attention = BiMultiHeadAttention(256, 768)  # GLIP-T widths: 8 heads
+    pixels = 20267  # an 800x1216 input, five levels
+
+    def chunk(tokens: int, device_is_cuda: bool = True) -> int:
+        v = SimpleNamespace(is_cuda=device_is_cuda, shape=(8, pixels, 256))
+        return attention._auto_chunk(v, SimpleNamespace(shape=(8, tokens, 768)))
+
+    assert chunk(256) == 6 and 6 * pixels * 8 * 256 <= CUDA_CHUNK_ELEMENTS < 7 * pixels * 8 * 256
+    assert chunk(16) == 103  # a trimmed prompt: a batch of 8 in one call
+    assert chunk(256, device_is_cuda=False) == chunk(16, device_is_cuda=False) == 1
+    assert (
+        BiMultiHeadAttention(16, 16)._auto_chunk(
+            SimpleNamespace(is_cuda=True, shape=(1, 10**8, 16)), SimpleNamespace(shape=(1, 256, 16))
+        )
+        == 1
+    )  # never 0
