@@ -69,7 +69,7 @@ def test_backbone_variant_trains_on_the_body_stride_16_map(v2, shapes, text_dir)
     loss_model = LossModel(model, build_loss(cfg), seed=0).train()
     model.zero_grad(set_to_none=True)
     losses = loss_model(batch, 0)
-    assert torch.isfinite(losses["loss_inter"]) and float(losses["loss_inter"]) > 0
+    assert torch.isfinite(losses["loss_inter"]) and losses["loss_inter"].item() > 0
     losses["loss_inter"].backward()
     assert head.contrastive.image_proj.weight.grad.abs().sum() > 0
     stage3 = [p for n, p in model.backbone.body.named_parameters() if n.startswith("layers.2.")]
