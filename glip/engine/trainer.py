@@ -13,10 +13,7 @@ SIGTERM/SIGINT a resumable checkpoint is written.
 from __future__ import annotations
 
 import functools
-import json
 import logging
-import math
-import os
 import signal
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -43,6 +40,8 @@ from glip.engine.checkpoint import (
 )
 from glip.engine.data import ShardedBatchSampler, make_loader
 from glip.engine.ema import ModelEMA
+from glip.engine.metrics_log import MetricsLog, short_loss_name
+from glip.engine.monitor import BestMonitor
 from glip.engine.multitask import MultiSourceData, TrainingSource
 from glip.engine.optim import build_optimizer, build_schedule, clip_grad_norm
 from glip.engine.pretraining import pretraining_inputs
@@ -158,9 +157,8 @@ class Trainer:
         self.model: GLIP = accelerator.unwrap_model(ddp_model).model
         self.progress = Progress()
         self._stop_signal: int | None = None
-        self._writer: Any = None
-        self._purge_step: int | None = None  # set on resume (TensorBoard's purge_step)
-        self.monitor = _Monitor()
+        self.log = MetricsLog(self.output_dir)
+        self.monitor = BestMonitor()
 
     # ----------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:
@@ -188,7 +186,7 @@ class Trainer:
             scaler.load_state_dict(state["scaler"])
         self.progress = Progress(**state["progress"])
         if self.accelerator.is_main_process:
-            self._truncate_log(self.progress.step)
+            self.log.truncate(self.progress.step)
         rng = load_rng_state(path, self.accelerator.process_index)
         if rng is not None:
             restore_rng_state(rng)
@@ -254,8 +252,7 @@ class Trainer:
                 signal.signal(sig, handler)
             if bar is not None:
                 bar.close()
-            if self._writer is not None:
-                self._writer.close()
+            self.log.close()
         return TrainResult(
             self.progress, checkpoint, self._stop_signal, metrics, self.monitor.stopped, self.monitor.best
         )
@@ -387,7 +384,7 @@ class Trainer:
             self.loss_model.train()
             self._apply_freezing()
         if metrics and acc.is_main_process:
-            self._write_metrics({"step": self.progress.step, **metrics})
+            self.log.write({"step": self.progress.step, **metrics})
         return metrics
 
     # --------------------------------------------------------------- logging
@@ -405,7 +402,7 @@ class Trainer:
         lrs = [float(g["lr"]) for g in self.optimizer.param_groups]
         record = {"step": self.progress.step, "epoch": self.progress.epoch, **losses, "lr": lr,
                   "lr_min": min(lrs), "lr_max": max(lrs), "images_per_s": speed}  # fmt: skip
-        self._write_metrics(record)
+        self.log.write(record)
         if bar is not None:
             shown = {"loss": f"{losses['loss']:.4f}"}  # then each term, in the criterion's order
             terms = {k: v for k, v in losses.items() if k not in ("loss", "grad_norm") and "/" not in k}
@@ -413,47 +410,6 @@ class Trainer:
             # the largest group's lr: the first group may be frozen at 0
             shown.update(lr=f"{max(lrs):.2e}", img_s=f"{speed:.1f}")
             bar.set_postfix(ordered_dict=shown, refresh=False)
-
-    def _write_metrics(self, record: dict[str, Any]) -> None:
-        self.output_dir.mkdir(parents=True, exist_ok=True)
-        with open(self.output_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
-        writer = self._tensorboard()
-        if writer is not None:
-            for k, v in record.items():
-                if k != "step" and isinstance(v, (int, float)) and math.isfinite(v):
-                    writer.add_scalar(k if "/" in k else f"train/{k}", v, record["step"])
-
-    def _truncate_log(self, step: int) -> None:
-        """On resume from ``step``: drops the ``metrics.jsonl`` records of later steps (an
-        interrupted run logged them after its last checkpoint; they are logged again) and
-        makes TensorBoard purge its events past ``step``."""
-        self._purge_step = step + 1
-        log = self.output_dir / "metrics.jsonl"
-        if not log.is_file():
-            return
-        kept = []
-        for line in log.read_text(encoding="utf-8").splitlines():
-            try:
-                record = json.loads(line)
-            except ValueError:  # a line cut by a kill -9
-                continue
-            if int(record.get("step", 0)) <= step:
-                kept.append(line)
-        tmp = log.with_name(log.name + ".tmp")
-        tmp.write_text("".join(f"{line}\n" for line in kept), encoding="utf-8")
-        os.replace(tmp, log)
-
-    def _tensorboard(self) -> Any:
-        if self._writer is None:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError:  # tensorboard is optional
-                self._writer = False
-                return None
-            # purge_step: events at or after it, left by the interrupted run, are dropped.
-            self._writer = SummaryWriter(str(self.output_dir / "tensorboard"), purge_step=self._purge_step)
-        return self._writer or None
 
     # --------------------------------------------------------------- signals
     def _on_signal(self, signum: int, frame: Any) -> None:
@@ -466,67 +422,6 @@ class Trainer:
         if stop and self._stop_signal is None:
             self._stop_signal = int(signal.SIGTERM)
         return stop
-
-
-# Progress-bar names of the known loss terms; others lose their "loss_" prefix / "_loss" suffix.
-_SHORT_NAMES = {
-    "loss_reg": "reg",
-    "loss_centerness": "ctr",
-    "loss_dot_product_token": "tok",
-    "loss_token": "mdetr_tok",
-    "loss_contrastive_align": "align",
-    "loss_inter": "inter",
-    "loss_mlm": "mlm",
-}
-
-
-def short_loss_name(key: str) -> str:
-    """The progress bar's short name of a loss term (``loss_inter`` -> ``inter``)."""
-    if key in _SHORT_NAMES:
-        return _SHORT_NAMES[key]
-    return key.removeprefix("loss_").removesuffix("_loss") or key
-
-
-class _Monitor:
-    """Best-so-far tracking of one metric (official ``AUTO_TERMINATE_PATIENCE`` and
-    ``model_best``): ``worse`` counts evaluations below the best (an equal value resets
-    it, as the official ``eval_result < previous_best`` test); the trainable tensors of the
-    best evaluation are kept on the CPU and restored at the end."""
-
-    def __init__(self) -> None:
-        self.best: float | None = None
-        self.worse = 0
-        self.stopped = False
-        self.best_state: dict[str, Tensor] | None = None
-        self._plateau_best: float | None = None
-        self._bad = 0
-
-    def update(self, value: float, model: nn.Module) -> None:
-        if self.best is not None and value < self.best:
-            self.worse += 1
-            return
-        self.best, self.worse = value, 0
-        self.best_state = {n: p.detach().to("cpu", copy=True) for n, p in model.named_parameters() if p.requires_grad}
-
-    def plateau(self, value: float, patience: int) -> bool:
-        """torch ``ReduceLROnPlateau`` (mode max, relative threshold 1e-4): True when the
-        rate should drop now."""
-        if self._plateau_best is None or value > self._plateau_best * (1 + 1e-4):
-            self._plateau_best, self._bad = value, 0
-            return False
-        self._bad += 1
-        if self._bad > patience:
-            self._bad = 0
-            return True
-        return False
-
-    def restore_best(self, model: nn.Module) -> None:
-        if self.best_state is None:
-            return
-        params = dict(model.named_parameters())
-        with torch.no_grad():
-            for n, v in self.best_state.items():
-                params[n].copy_(v)
 
 
 def _any_process(flag: bool, accelerator: Any) -> bool:
