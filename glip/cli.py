@@ -60,7 +60,7 @@ def _cmd_detect(args: argparse.Namespace) -> int:
     overrides = [i for i in args.inputs if "=" in i and not Path(i).exists() and not any(c in i for c in "*?[")]
     if overrides:
         raise ValueError(f"glip detect takes no KEY=VALUE overrides (got {' '.join(overrides)}); see --help")
-    prompt = parse_prompt(args.prompt) if args.prompt else None  # fail fast on an empty prompt
+    prompt = parse_prompt(args.prompt) if args.prompt is not None else None  # fail fast on an empty prompt
     files = expand_inputs(args.inputs)
     if not files:
         raise FileNotFoundError(f"no image found in {' '.join(args.inputs)}")

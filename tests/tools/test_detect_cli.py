@@ -86,6 +86,7 @@ def test_detect_glob(inputs, tmp_path):
     "extra,message",
     [
         (["--prompt", "  "], "prompt is empty"),
+        (["--prompt", ""], "prompt is empty"),  # not "no --prompt" (a tuned model's own prompt)
         (["--prompt", "..."], "names no phrase"),
         (["--prompt", "a cat.", "--threshold", "2"], "--threshold"),
         (["--prompt", "a cat.", "--masks"], "has no mask head"),
