@@ -26,6 +26,7 @@ from torch import Tensor, nn
 from glip.layers.drop_path import DropPath
 
 __all__ = [
+    "CUDA_CHUNK_ELEMENTS",
     "FUSION_EMBED_DIM",
     "FUSION_NUM_HEADS",
     "BiAttentionBlock",
