@@ -7,8 +7,8 @@ and the fusion attention's FLOP rate as a fraction of the GPU's bf16 matrix rate
 * ``throughput``: images/s of ``glip.Predictor`` at each ``--batch`` size, float32 (TF32
   off) and under each ``--autocast`` dtype; the median of ``--runs`` timed calls after 2
   warm-ups, the calls listed; the peak GPU memory of each setting. Batches above 1 run once
-  per ``--fusion-chunk``: the images per fusion-attention call at inference (``auto``: the
-  whole batch on CUDA, one image on the CPU; ``1``: one at a time).
+  per ``--fusion-chunk``: the images per fusion-attention call at inference (``auto``: on
+  CUDA as many as ``fusion.CUDA_CHUNK_ELEMENTS`` allows, on the CPU one; ``1``: one at a time).
 * ``parity``: float32 against autocast on ``--images`` images (the bench image and its
   variants), every detection kept: the largest and median score difference of each float32
   detection's twin (same phrase, best IoU) among the first 90, its box difference in pixels,
@@ -337,7 +337,7 @@ def main(argv: list[str] | None = None) -> dict:
         "--fusion-chunk",
         nargs="+",
         default=["auto", "1"],
-        help="images per fusion-attention call for batches above 1: auto (the whole batch on CUDA) or a number",
+        help="images per fusion-attention call for batches above 1: auto (BiMultiHeadAttention's default) or a number",
     )
     parser.add_argument("--images", type=int, default=3, help="images of the parity check (default 3)")
     parser.add_argument("--attention-size", type=int, nargs=2, default=[800, 1216], metavar=("H", "W"))
