@@ -6,7 +6,9 @@
 * one fusion block (BiMultiHeadAttention at GLIP-T widths: C 256, D 768, E 2048, 8 heads) over
   the five levels of an 800x1216 input (N = 20267 pixels), in the official order of products
   (``_forward_projected``) and re-associated (``_forward_reassociated``, the inference path),
-  at the padded T = 256 and a trimmed T = 16 (12 real tokens).
+  at the padded T = 256 and a trimmed T = 16 (12 real tokens); and at inference over a batch
+  of 4 images, one image per call (the CPU default) against all 4 in one call
+  (``BiMultiHeadAttention.images_per_chunk``).
 
     python scripts/bench_ops.py --threads 1
 """
@@ -75,6 +77,16 @@ def main() -> None:
                 print(f"fusion attention T={width:3d} {name[9:]:<13} {s * 1e3:9.1f} ms", flush=True)
             s = _median(lambda t=t, m=text_mask: block(levels, t, m))
             print(f"fusion block (inference) T={width:3d} {s * 1e3:9.1f} ms", flush=True)
+        v4 = v.expand(4, -1, -1).contiguous()  # [4, N, C]
+        for width in (256, 16):
+            t = torch.randn(4, width, 768)
+            text_mask = torch.zeros(4, width, dtype=torch.int64)
+            text_mask[:, :12] = 1
+            for chunk in (1, 4):
+                block.attn.images_per_chunk = chunk
+                s = _median(lambda t=t, m=text_mask: block.attn(v4, t, m))
+                print(f"fusion attention batch 4 T={width:3d} {chunk} image(s) per call {s * 1e3:9.1f} ms", flush=True)
+        block.attn.images_per_chunk = None
 
 
 if __name__ == "__main__":

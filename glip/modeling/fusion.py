@@ -88,7 +88,7 @@ class BiMultiHeadAttention(nn.Module):
         self.clamp_min = -_CLAMP if clamp_min_for_underflow else None
         self.clamp_max = _CLAMP if clamp_max_for_overflow else None
         # Images per inference call: None = on CUDA as many as CUDA_CHUNK_ELEMENTS allows, on
-        # the CPU one (the peak memory stays one image's; no slower than batched, measured at B = 4).
+        # the CPU one (the peak memory stays one image's, and it is faster: scripts/bench_ops.py).
         self.images_per_chunk: int | None = None
 
         self.v_proj = nn.Linear(v_dim, embed_dim)  # image queries
