@@ -50,6 +50,7 @@ class PhraseCutTask:
         polygons: per instance, its polygons (``[[x, y], ...]`` in pixel coordinates).
         file_name: the image file, relative to the image folder (default ``<image_id>.jpg``).
         size: ``(height, width)`` when the file or the image list gives it, else None.
+        boxes: the instances' ``instance_boxes`` (``[x, y, w, h]``), empty when the file has none.
     """
 
     task_id: str
@@ -58,6 +59,7 @@ class PhraseCutTask:
     polygons: tuple[tuple[Polygon, ...], ...]
     file_name: str
     size: tuple[int, int] | None = None
+    boxes: tuple[tuple[float, ...], ...] = ()
 
     def mask(self, height: int, width: int) -> np.ndarray:
         """``bool [H, W]``: the union of the instances (:func:`phrasecut_mask`)."""
@@ -120,6 +122,7 @@ def read_phrasecut(refer_json: str | Path | Sequence[Mapping[str, Any]]) -> list
                 polygons=tuple(tuple(tuple(tuple(p) for p in poly) for poly in inst) for inst in polygons),
                 file_name=str(t.get("file_name", f"{t['image_id']}.jpg")),
                 size=size,
+                boxes=tuple(tuple(float(v) for v in b) for b in t.get("instance_boxes", [])),
             )
         )
     return tasks

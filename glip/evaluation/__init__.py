@@ -9,13 +9,21 @@ from glip.evaluation.coco import COCO_METRICS, evaluate_coco
 from glip.evaluation.grounding import GroundingRecall, box_iou
 from glip.evaluation.lvis import FIXED_AP_TOPK, LVIS_METRICS, TopKPerCategory, evaluate_lvis
 from glip.evaluation.odinw import SUITES, OdinwDataset, odinw_suite
-from glip.evaluation.phrasecut import PHRASECUT_METRICS, PhraseCutMeter, phrase_mask, phrasecut_metrics
+from glip.evaluation.phrasecut import (
+    PHRASECUT_BOX_METRICS,
+    PHRASECUT_METRICS,
+    PhraseCutMeter,
+    box_union_iou,
+    phrase_mask,
+    phrasecut_metrics,
+)
 from glip.evaluation.report import format_metrics, format_suite, suite_summary, write_json
 
 __all__ = [
     "COCO_METRICS",
     "FIXED_AP_TOPK",
     "LVIS_METRICS",
+    "PHRASECUT_BOX_METRICS",
     "PHRASECUT_METRICS",
     "SUITES",
     "GroundingRecall",
@@ -23,6 +31,7 @@ __all__ = [
     "PhraseCutMeter",
     "TopKPerCategory",
     "box_iou",
+    "box_union_iou",
     "evaluate_coco",
     "evaluate_lvis",
     "format_metrics",

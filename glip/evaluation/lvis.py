@@ -8,9 +8,15 @@ interpolated precision, and the rare / common / frequent groups; boxes or masks
 (``iou_type``) as ``LVISEval(..., iou_type)``. The tests compare it with the LVIS API itself.
 
 Fixed AP (Dave et al. 2021, "Evaluating Large-Vocabulary Object Detectors: The Devil is in
-the Details"): instead of a 300-per-image cap, every category keeps its top
-``10,000`` detections over the whole dataset (:class:`TopKPerCategory`, official
-``LvisEvaluatorFixedAP(topk=10000)``) and ``max_dets=-1`` lifts the per-image limit.
+the Details"; achalddave/large-vocab-devil ``scripts/evaluate_ap_fixed.py``, adapted by
+the official GLIP as ``maskrcnn_benchmark/data/datasets/evaluation/lvis/lvis_eval.py``
+``LvisEvaluatorFixedAP(topk=10000)``, ``update`` / ``_merge_lists`` / ``_summarize_fixed``):
+instead of a 300-per-image cap, every category keeps its top ``10,000`` detections over the
+whole dataset (:class:`TopKPerCategory`) and ``max_dets=-1`` lifts the per-image limit. At
+the cap a new detection displaces a kept one only with a strictly higher score, so equal
+scores keep the earlier image's (and within an image the earlier detection). The official
+multi-GPU run instead concatenates the processes' lists, so its exact ties at the cap go to
+the lower rank; here they go by dataset order however the images were split.
 """
 
 from __future__ import annotations

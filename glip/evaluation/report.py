@@ -31,8 +31,15 @@ def format_metrics(metrics: Mapping[str, float], title: str = "") -> str:
 
 
 def suite_summary(values: Mapping[str, float]) -> dict[str, float]:
-    """Average (and median) of one metric over a suite's datasets, as the GLIP papers report
-    ODinW (AP in [0, 1]; datasets without a value are left out)."""
+    """Average (and median) of one metric over a suite's datasets, as ODinW is reported.
+
+    Reference: the official GLIP repository has no averaging script; its README (model-zoo
+    note [4], "zero-shot performance on the 13 ODinW datasets") and the GLIP paper report
+    the arithmetic mean over the datasets of each dataset's COCO AP (pycocotools
+    ``stats[0]``, AP@[.5:.95], from ``tools/test_grounding_net.py``), every dataset
+    weighing the same whatever its size; ELEVATER's ODinW-35 adds the median. A dataset's
+    AP of 0 counts; a negative value (pycocotools' -1: no ground truth) or ``None`` (not
+    run) is left out. Values are AP in [0, 1]."""
     finite = [v for v in values.values() if v is not None and v >= 0]
     if not finite:
         return {"average": -1.0, "median": -1.0}

@@ -74,6 +74,15 @@ def add_evaluate_parser(subparsers: argparse._SubParsersAction) -> argparse.Argu
         default=0.7,
         help="phrasecut: detections scoring above it form the phrase's mask (default 0.7, MDETR's)",
     )
+    from glip.evaluation.vqa import DEFAULT_VQA_RULE, VQA_RULES
+
+    p.add_argument(
+        "--vqa-rule",
+        choices=VQA_RULES,
+        default=DEFAULT_VQA_RULE,
+        help="vqa: the official file whose answer comparison is used: evalai (Cloud-CV/VQA-Evaluation, the server "
+        "that scores published numbers; default) or vqa-api (GT-Vision-Lab/VQA master since 2021); see docs/evaluation.md",
+    )
     p.add_argument("--suite", default="odinw13", choices=("odinw13", "odinw35"), help="odinw suite (default odinw13)")
     p.add_argument("--datasets", help="odinw: comma-separated dataset names of the suite to run (default: all)")
     p.add_argument(
@@ -146,6 +155,10 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         return evaluate_captioning(args)
     if "segm" in args.iou_type and args.task not in ("coco", "lvis"):
         raise ValueError(f"--iou-type segm (mask AP) is implemented for --task coco and lvis, not {args.task}")
+    if args.task == "vqa":  # VQA accuracy, from a model or a results file (glip.tools.vqa_cli)
+        from glip.tools.vqa_cli import run_evaluate_vqa
+
+        return run_evaluate_vqa(args)
     if args.results:
         from glip.tools.evaluate import metrics_table, score_results_file
 
@@ -157,10 +170,6 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         print(metrics_table(args.task, metrics, f"{args.task} ({Path(args.results).name})"))
         print(f"wrote {Path(args.out) / 'metrics.json'}")
         return 0
-    if args.task == "vqa":  # VQA accuracy (glip.tools.vqa_cli)
-        from glip.tools.vqa_cli import run_evaluate_vqa
-
-        return run_evaluate_vqa(args)
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
     if args.chunk_size is not None and args.chunk_size < 1:

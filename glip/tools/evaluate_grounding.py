@@ -27,7 +27,8 @@ from glip.utils.distributed import all_gather_objects, is_main_process, rank, wo
 
 __all__ = ["GROUNDING_TASKS", "evaluate_grounding", "sentence_phrases"]
 
-GROUNDING_TASKS = {"flickr": ((1, 5, 10, -1), "R"), "refcoco": ((1, 5, 10), "P")}
+# task -> (ranks, metric prefix, overlap): flickr_eval.py (IoU), refexp.py (generalized IoU).
+GROUNDING_TASKS = {"flickr": ((1, 5, 10, -1), "R", "iou"), "refcoco": ((1, 5, 10), "P", "giou")}
 
 
 def _overlaps(a: Sequence[Sequence[int]], b: Sequence[Sequence[int]]) -> bool:
@@ -67,9 +68,15 @@ def sentence_phrases(
     return Prompt.from_spans(caption, kept_spans), targets
 
 
-def _ranked_boxes(dets: Detections, label: int) -> torch.Tensor:
+def _ranked_boxes(dets: Detections, label: int, ties_by_box: bool = False) -> torch.Tensor:
+    """``[K, 4]`` the boxes of ``label`` best first; equal scores keep the detection order,
+    or with ``ties_by_box`` go by larger box coordinates (``refexp.py`` sorts
+    ``(score, box)`` pairs in reverse)."""
     keep = dets.labels == label
     boxes, scores = dets.boxes[keep], dets.scores[keep]
+    if ties_by_box:
+        pairs = sorted(zip(scores.tolist(), boxes.tolist()), reverse=True)
+        return torch.tensor([b for _, b in pairs], dtype=boxes.dtype).reshape(-1, 4)
     order = torch.sort(scores, descending=True, stable=True).indices
     return boxes[order]  # [K, 4] best first
 
@@ -96,8 +103,8 @@ def evaluate_grounding(
     by_image: dict[Any, list[dict[str, Any]]] = {r["id"]: [] for r in records}
     for ann in data.get("annotations", []):
         by_image[ann["image_id"]].append(ann)
-    ks, prefix = GROUNDING_TASKS[task]
-    tracker = GroundingRecall(ks, 0.5, prefix)
+    ks, prefix, overlap = GROUNDING_TASKS[task]
+    tracker = GroundingRecall(ks, 0.5, prefix, overlap)
     shard = list(range(rank(), len(records), world_size()))
     bar = progress_bar(len(shard), task, progress)
     for index in shard:
@@ -109,7 +116,7 @@ def evaluate_grounding(
                 raise FileNotFoundError(f"image {record['id']} of {ann_file} is missing: {path}")
             dets = predictor.predict(str(path), prompt, threshold=0.0)
             for j, target in enumerate(targets):
-                tracker.add(_ranked_boxes(dets, j + 1), target)
+                tracker.add(_ranked_boxes(dets, j + 1, ties_by_box=task == "refcoco"), target)
         if bar is not None:
             bar.update(1)
     if bar is not None:
@@ -117,7 +124,7 @@ def evaluate_grounding(
     parts = all_gather_objects(tracker)
     if not is_main_process():
         return None
-    total = GroundingRecall(ks, 0.5, prefix)
+    total = GroundingRecall(ks, 0.5, prefix, overlap)
     for part in parts:
         total.merge(part)
     metrics = total.summary()

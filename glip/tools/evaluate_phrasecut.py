@@ -1,5 +1,7 @@
 """Referring segmentation on PhraseCut: a segmenting predictor over a refer json, or a
-results file, scored with MDETR's protocol (:mod:`glip.evaluation.phrasecut`).
+results file, scored with the PhraseCut authors' evaluator as MDETR runs it
+(:mod:`glip.evaluation.phrasecut`): mask mIoU, cIoU and Pr@0.5..0.9, and, when the refer
+json has ``instance_boxes`` and the results have ``bbox``, the box mIoU and box Pr@t.
 
 Each task's phrase is the whole prompt (one phrase, one forward, as MDETR runs it); the
 detections scoring above ``score_threshold`` (MDETR's ``PostProcessPhrasecut``: 0.7) are
@@ -26,6 +28,7 @@ import numpy as np
 from glip.data.phrasecut import PhraseCutTask, read_phrasecut
 from glip.evaluation import PHRASECUT_METRICS, PhraseCutMeter, format_metrics, write_json
 from glip.evaluation.coco import load_json
+from glip.evaluation.phrasecut import PHRASECUT_BOX_METRICS
 from glip.tools.evaluate import PredictorLike, progress_bar
 from glip.utils.distributed import all_gather_objects, is_main_process, rank, world_size
 
@@ -89,7 +92,8 @@ def _score(
     image_dir: Path,
     score_threshold: float,
 ) -> dict[str, float]:
-    """:data:`PHRASECUT_METRICS` of ``results`` (entries as the module docstring says)."""
+    """:data:`PHRASECUT_METRICS` of ``results`` (entries as the module docstring says), and
+    :data:`PHRASECUT_BOX_METRICS` when every task has boxes and every result a ``bbox``."""
     from pycocotools import mask as mask_utils
 
     by_task: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
@@ -102,6 +106,7 @@ def _score(
             raise ValueError(f"a result of task {task_id!r} has no 'segmentation' (predict with masks)")
         if float(r["score"]) > score_threshold:
             by_task[task_id].append(r)
+    with_boxes = all(t.boxes for t in tasks) and all("bbox" in r for r in results)
     meter = PhraseCutMeter()
     for task in tasks:
         height, width = _task_size(task, image_dir)
@@ -114,6 +119,8 @@ def _score(
                 rle["counts"] = rle["counts"].encode("ascii")
             pred |= mask_utils.decode(rle).astype(bool)
         meter.add(pred, task.mask(height, width))
+        if with_boxes:
+            meter.add_boxes([r["bbox"] for r in by_task.get(task.task_id, [])], task.boxes)
     return meter.summary()
 
 
@@ -203,4 +210,5 @@ def score_phrasecut(
 
 def phrasecut_table(metrics: Mapping[str, float], title: str = "phrasecut") -> str:
     """The printed table of a PhraseCut evaluation."""
-    return format_metrics({k: metrics[k] for k in PHRASECUT_METRICS if k in metrics}, title)
+    names = (*PHRASECUT_METRICS, *PHRASECUT_BOX_METRICS)
+    return format_metrics({k: metrics[k] for k in names if k in metrics}, title)

@@ -103,3 +103,27 @@ def test_top_k_split_between_collectors_equals_one():
         merged.merge(part)
     assert merged.results() == single.results()
     assert all(sum(r["category_id"] == c for r in single.results()) <= 5 for c in (1, 2, 3))
+
+
+def test_top_k_at_the_cap_keeps_earlier_arrivals_on_ties():
+    """GLIP lvis_eval.py LvisEvaluatorFixedAP.update / _merge_lists (from Dave et al.'s
+    evaluate_ap_fixed.py): per category the top k over the whole set; an entry displaces a
+    kept one only with a strictly higher score, so among equal scores the earlier image
+    (and within an image the earlier detection) stays."""
+
+    def entry(image: int, score: float, cat: int = 1) -> dict:
+        return {"image_id": image, "category_id": cat, "bbox": [0, 0, 1, 1], "score": score}
+
+    exactly = TopKPerCategory(k=3)
+    exactly.add(0, [entry(0, 0.2), entry(0, 0.9)])
+    exactly.add(1, [entry(1, 0.5), entry(1, 0.7, cat=2)])
+    assert [r["score"] for r in exactly.results() if r["category_id"] == 1] == [0.9, 0.5, 0.2]  # k entries: all kept
+    assert exactly.categories_below_k() == [2]  # category 2 has one detection, under the cap
+    over = TopKPerCategory(k=3)
+    over.add(0, [entry(0, 0.5), entry(0, 0.9)])
+    over.add(1, [entry(1, 0.5), entry(1, 0.2)])  # a 4th entry: the lowest (0.2) goes
+    over.add(2, [entry(2, 0.5)])  # ties the lowest kept (0.5): the earlier ones stay
+    kept = [(r["image_id"], r["score"]) for r in over.results()]
+    assert kept == [(0, 0.9), (0, 0.5), (1, 0.5)]
+    over.add(3, [entry(3, 0.6)])  # strictly higher: displaces the latest 0.5
+    assert [(r["image_id"], r["score"]) for r in over.results()] == [(0, 0.9), (3, 0.6), (0, 0.5)]

@@ -226,6 +226,30 @@ def test_refcoco_precision_at_one(tmp_path):
     assert metrics["P@5"] == 1.0
 
 
+def test_refcoco_follows_refexp_py_giou_and_score_ties(tmp_path):
+    """RefExpEvaluator.summarize: generalized IoU >= 0.5, boxes sorted by (score, box) reversed."""
+    images = [{"id": i, "file_name": f"{i}.png", "height": 64, "width": 64, "caption": "the cat"} for i in (1, 2)]
+    anns = [{"id": i, "image_id": i, "bbox": [0, 0, 10, 10], "category_id": 1} for i in (1, 2)]
+    for i in (1, 2):
+        (tmp_path / f"{i}.png").write_bytes(b"")
+    (tmp_path / "refcoco.json").write_text(json.dumps({"images": images, "annotations": anns}))
+    top = {
+        # IoU 0.516 but GIoU 0.472 with [0, 0, 10, 10]: a miss for the reference.
+        "1.png": ([[1.75, 1.75, 11.75, 11.75]], [0.9]),
+        # Equal scores: the larger box coordinates rank first, so the exact box is rank 2.
+        "2.png": ([[0.0, 0.0, 10.0, 10.0], [20.0, 20.0, 30.0, 30.0]], [0.5, 0.5]),
+    }
+
+    class Grounder:
+        def predict(self, path, prompt, **kwargs):
+            boxes, scores = top[Path(path).name]
+            n = len(scores)
+            return Detections(torch.tensor(boxes), torch.tensor(scores), torch.ones(n, dtype=torch.long), [], (64, 64))
+
+    metrics = evaluate_grounding(Grounder(), tmp_path / "refcoco.json", tmp_path, task="refcoco", progress=False)
+    assert metrics["P@1"] == 0.0 and metrics["P@5"] == 0.5
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -11,6 +11,7 @@ import torch
 
 from glip.cli import main
 from glip.data import generate_synthetic
+from glip.evaluation.phrasecut import PHRASECUT_BOX_METRICS, PHRASECUT_METRICS
 from glip.tools.evaluate_phrasecut import evaluate_phrasecut, score_phrasecut
 from tests.golden import case
 
@@ -59,7 +60,8 @@ def test_hand_cases_from_a_results_file(hand_case) -> None:
     m = score_phrasecut(refer, results)  # MDETR's threshold 0.7
     assert m["mIoU"] == pytest.approx((0.4 + 1.0) / 2)
     assert m["cIoU"] == pytest.approx((4 + 8) / (10 + 8))
-    assert (m["Pr@0.5"], m["Pr@0.7"], m["Pr@0.9"]) == (0.5, 0.5, 0.5)
+    assert (m["Pr@0.5"], m["Pr@0.6"], m["Pr@0.7"], m["Pr@0.8"], m["Pr@0.9"]) == (0.5,) * 5
+    assert "box_mIoU" not in m  # the refer json has no instance_boxes
     # At 0.5 the 0.6 detection (the whole image) joins task a: IoU 8 / 24.
     assert score_phrasecut(refer, results, score_threshold=0.5)["mIoU"] == pytest.approx((8 / 24 + 1.0) / 2)
     # At 0.8 task b's only detection (0.75) is dropped: an empty prediction, IoU 0.
@@ -79,6 +81,28 @@ def test_cli_scores_a_results_file_and_reports_bad_input(hand_case, tmp_path, ca
     assert rc == 1 and "zzz" in err and len(err.strip().splitlines()) == 1
     rc = main(["evaluate", "--task", "phrasecut", "--results", str(results)])
     assert rc == 1 and "--ann" in capsys.readouterr().err
+
+
+def test_box_metrics_from_instance_boxes_and_bboxes(hand_case, tmp_path, capsys) -> None:
+    """With instance_boxes in the refer json and bbox in the results, the box IoU of the kept
+    detections' boxes (iou_boxes on pixels) is reported too, on the command line as well."""
+    refer, results = hand_case
+    tasks = json.loads(refer.read_text())
+    tasks[0]["instance_boxes"] = [[0, 0, 10, 19]]
+    tasks[1]["instance_boxes"] = [[4, 0, 2, 4]]
+    refer.write_text(json.dumps(tasks))
+    entries = json.loads(results.read_text())
+    for e, box in zip(entries, ([0, 0, 10, 10], [0, 0, 3, 3], [0, 0, 6, 4], [4, 0, 2, 4])):
+        e["bbox"] = box
+    results.write_text(json.dumps(entries))
+    m = score_phrasecut(refer, results)
+    # Task a: kept boxes 0-8 x 0-8 and 0-1 x 0-1 (9 x 9 pixels) against 9 x 18 pixels: 0.5,
+    # not above 0.5. Task b: its own box, 1.
+    assert m["box_mIoU"] == pytest.approx(0.75) and m["box_Pr@0.5"] == 0.5 and m["box_Pr@0.9"] == 0.5
+    rc = main(["evaluate", "--task", "phrasecut", "--ann", str(refer), "--results", str(results),
+               "--out", str(tmp_path / "out")])  # fmt: skip
+    assert rc == 0 and "box_Pr@0.5" in capsys.readouterr().out
+    assert json.loads((tmp_path / "out" / "metrics.json").read_text())["box_mIoU"] == pytest.approx(0.75)
 
 
 class _Oracle:
@@ -111,10 +135,11 @@ def test_ground_truth_as_predictions_is_perfect(tmp_path) -> None:
     ds = generate_synthetic(tmp_path, num_train=1, num_val=4, image_size=(64, 96), seed=5)
     coco = json.loads(ds.val_json.read_text())
     metrics = evaluate_phrasecut(_Oracle(coco, ds.image_dir), ds.phrasecut_json, ds.image_dir, progress=False)
-    assert metrics == {"mIoU": 1.0, "cIoU": 1.0, "Pr@0.5": 1.0, "Pr@0.7": 1.0, "Pr@0.9": 1.0}
+    assert set(metrics) == set(PHRASECUT_METRICS) | set(PHRASECUT_BOX_METRICS)
+    assert all(v == 1.0 for v in metrics.values())  # masks and boxes (instance_boxes) both perfect
     nothing = evaluate_phrasecut(_Oracle(coco, ds.image_dir, empty=True), ds.phrasecut_json, ds.image_dir,
                                  progress=False)  # fmt: skip
-    assert nothing["mIoU"] == 0.0 and nothing["Pr@0.5"] == 0.0
+    assert nothing["mIoU"] == 0.0 and nothing["Pr@0.5"] == 0.0 and nothing["box_mIoU"] == 0.0
 
 
 @pytest.fixture(scope="module")
@@ -146,7 +171,7 @@ def test_tiny_model_end_to_end(mask_model, tmp_path, capsys) -> None:
                "--score-threshold", "0.0", "--out", str(tmp_path / "cli"), "--quiet", "--device", "cpu"])  # fmt: skip
     assert rc == 0 and "mIoU" in capsys.readouterr().out
     metrics = json.loads((tmp_path / "cli" / "metrics.json").read_text())
-    assert set(metrics) == {"mIoU", "cIoU", "Pr@0.5", "Pr@0.7", "Pr@0.9"}
+    assert set(metrics) == set(PHRASECUT_METRICS) | set(PHRASECUT_BOX_METRICS)
     assert all(0.0 <= v <= 1.0 for v in metrics.values())
     results = json.loads((tmp_path / "cli" / "results.json").read_text())
     tasks = json.loads(ds.phrasecut_json.read_text())

@@ -97,3 +97,30 @@ def test_evaluate_vqa_writes_accuracy_per_type(shapes, vqa_model, tmp_path, caps
     assert metrics["accuracy"] == pytest.approx(expected.accuracy)
     assert main(["evaluate", "--task", "vqa", "--ann", str(ann), "--images", str(shapes.image_dir)]) == 1
     assert "name a model with a VQA head" in _error_line(capsys)
+
+
+def test_evaluate_vqa_scores_a_results_file_under_either_rule(tmp_path, capsys) -> None:
+    """The issue's example through the command line: "two" against annotators who disagree
+    ("0" x 8, "don't know", "two") scores 0.3 under vqa-api and 0 under evalai."""
+    answers = ["0"] * 8 + ["don't know", "two"]
+    ann = tmp_path / "vqa.json"
+    ann.write_text(json.dumps({
+        "questions": [{"question_id": 7, "image_id": 1, "question": "How many cats?"}],
+        "annotations": [{"question_id": 7, "image_id": 1, "question_type": "how many", "answer_type": "number",
+                         "answers": [{"answer": a, "answer_id": i + 1} for i, a in enumerate(answers)]}],
+    }))  # fmt: skip
+    results = tmp_path / "results.json"
+    results.write_text(json.dumps([{"question_id": 7, "answer": "two"}]))
+    base = ["evaluate", "--task", "vqa", "--ann", str(ann), "--results", str(results)]
+    assert main([*base, "--vqa-rule", "vqa-api", "--out", str(tmp_path / "api")]) == 0
+    out = capsys.readouterr().out
+    assert "VQA accuracy 0.3000" in out and "rule vqa-api" in out and "GT-Vision-Lab/VQA" in out
+    assert json.loads((tmp_path / "api" / "metrics.json").read_text())["rule"] == "vqa-api"
+    assert main([*base, "--out", str(tmp_path / "evalai")]) == 0  # the default rule: evalai
+    assert "VQA accuracy 0.0000" in capsys.readouterr().out
+    metrics = json.loads((tmp_path / "evalai" / "metrics.json").read_text())
+    assert metrics["rule"] == "evalai" and metrics["accuracy"] == 0.0
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"7": "two"}))
+    assert main([*base[:-1], str(bad)]) == 1
+    assert "not a VQA results file" in _error_line(capsys)
