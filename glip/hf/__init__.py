@@ -61,7 +61,9 @@ def _register_quietly() -> None:
     try:
         register()
     except Exception as e:  # never let the hook break `import transformers`
-        logger.warning("glip could not register with transformers (%s: %s); call glip.hf.register()", type(e).__name__, e)
+        logger.warning(
+            "glip could not register with transformers (%s: %s); call glip.hf.register()", type(e).__name__, e
+        )
 
 
 class _TransformersImportHook(importlib.abc.MetaPathFinder):

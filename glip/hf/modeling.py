@@ -213,7 +213,9 @@ class GLIPForZeroShotObjectDetection(PreTrainedModel):
         from glip.hf.processing import GLIPProcessor
 
         if kwargs:
-            raise TypeError(f"{type(self).__name__}.save_pretrained got unexpected arguments: {', '.join(sorted(kwargs))}")
+            raise TypeError(
+                f"{type(self).__name__}.save_pretrained got unexpected arguments: {', '.join(sorted(kwargs))}"
+            )
         if not safe_serialization:
             raise ValueError("glip models are saved as safetensors only (safe_serialization=True)")
         if not is_main_process:

@@ -46,8 +46,10 @@ class GLIPZeroShotObjectDetectionPipeline(ZeroShotObjectDetectionPipeline):
         if self._is_glip() and isinstance(image, (list, tuple)) and not any(isinstance(i, dict) for i in image):
             # A list of images (paths, URLs or PIL images): one input each, as the stock
             # pipeline does for a list of PIL images, and for paths too.
-            if isinstance(candidate_labels, (list, tuple)) and candidate_labels and all(
-                isinstance(labels, (list, tuple)) for labels in candidate_labels
+            if (
+                isinstance(candidate_labels, (list, tuple))
+                and candidate_labels
+                and all(isinstance(labels, (list, tuple)) for labels in candidate_labels)
             ):
                 if len(candidate_labels) != len(image):
                     raise ValueError(f"got {len(image)} images but {len(candidate_labels)} candidate label lists")
@@ -74,7 +76,9 @@ class GLIPZeroShotObjectDetectionPipeline(ZeroShotObjectDetectionPipeline):
         if not self._is_glip():
             return super()._forward(model_inputs)
         # Threshold 0 here, the user's in postprocess: Detections.above is a plain filter.
-        detections = self.model.predictor().predict(model_inputs["image"], model_inputs["candidate_labels"], threshold=0.0)
+        detections = self.model.predictor().predict(
+            model_inputs["image"], model_inputs["candidate_labels"], threshold=0.0
+        )
         return {"is_last": model_inputs["is_last"], "detections": detections}
 
     def postprocess(self, model_outputs: Any, threshold: float = 0.1, top_k: int | None = None) -> list[dict[str, Any]]:

@@ -66,7 +66,9 @@ class GLIPImageProcessor(BaseImageProcessor):
     @classmethod
     def from_preprocessing(cls, prep: Preprocessing) -> GLIPImageProcessor:
         """The image processor of a model's :class:`Preprocessing`."""
-        return cls(prep.min_size, prep.max_size, prep.pixel_mean, prep.pixel_std, prep.to_bgr255, prep.size_divisibility)
+        return cls(
+            prep.min_size, prep.max_size, prep.pixel_mean, prep.pixel_std, prep.to_bgr255, prep.size_divisibility
+        )
 
     @property
     def preprocessing(self) -> Preprocessing:
@@ -104,7 +106,9 @@ class GLIPImageProcessor(BaseImageProcessor):
         resized = _sizes(outputs.image_sizes, n, "image_sizes")
         targets = resized if target_sizes is None else _sizes(target_sizes, n, "target_sizes")
         results = []
-        for boxes, scores, labels, src, dst in zip(outputs.pred_boxes, outputs.scores, outputs.labels, resized, targets):
+        for boxes, scores, labels, src, dst in zip(
+            outputs.pred_boxes, outputs.scores, outputs.labels, resized, targets
+        ):
             boxes = rescale_boxes(boxes, src, dst) if target_sizes is not None else boxes
             keep = scores > threshold
             results.append({"scores": scores[keep], "labels": labels[keep], "boxes": boxes[keep]})
@@ -151,7 +155,9 @@ class GLIPProcessor(ProcessorMixin):
             out.update(self.image_processor(images, return_tensors=return_tensors))
         if text is not None:
             tokens = self.tokenize(text)
-            out.update(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask, positive_map=tokens.positive_map)
+            out.update(
+                input_ids=tokens.input_ids, attention_mask=tokens.attention_mask, positive_map=tokens.positive_map
+            )
         if not out:
             raise ValueError("give images, text or both")
         return BatchFeature(out)
