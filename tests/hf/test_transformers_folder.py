@@ -204,3 +204,22 @@ def test_empty_candidate_labels_are_a_one_line_error(demo_dir, images):
         assert "\n" not in str(info.value)
     with pytest.raises(glip.PromptError, match="empty"):
         AutoProcessor.from_pretrained(demo_dir)(images=images[0], text=[])
+
+
+def test_import_glip_registers_with_transformers_once_transformers_is_imported():
+    """`import glip` imports no transformers; importing transformers afterwards registers the
+    glip model type, Auto classes and the pipeline class (the import hook of glip.hf)."""
+    import subprocess
+    import sys
+
+    code = """
+import sys, glip
+assert "transformers" not in sys.modules
+from transformers import CONFIG_MAPPING
+from transformers.pipelines import PIPELINE_REGISTRY
+print(CONFIG_MAPPING["glip"].__name__, PIPELINE_REGISTRY.supported_tasks["zero-shot-object-detection"]["impl"].__name__)
+"""
+    root = Path(__file__).resolve().parents[2]
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["GLIPTransformersConfig", "GLIPZeroShotObjectDetectionPipeline"]
