@@ -19,6 +19,12 @@ from glip.config import GLIPConfig, load_config, save_config
 from glip.hub.legacy_keys import remap_legacy_state_dict
 from glip.hub.official_keys import remap_official_state_dict
 from glip.hub.streaming import SafetensorsIndex, index_safetensors, stream_state_into
+from glip.hub.transformers_folder import (
+    TransformersFolderError,
+    is_transformers_folder,
+    read_transformers_config,
+    text_config_from_fields,
+)
 from glip.hub.zoo import resolve_model_source
 from glip.modeling.build import build_model
 from glip.modeling.glip import GLIP
@@ -29,7 +35,7 @@ from glip.utils.fs import atomic_directory
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["CheckpointError", "load_model", "read_checkpoint", "register_folder_loader", "save_model"]
+__all__ = ["CheckpointError", "load_model", "read_checkpoint", "register_folder_loader", "save_model", "save_weights"]
 
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.yaml"
@@ -240,7 +246,9 @@ def load_model(
         weights: a model-zoo name (``glip-t``, ``demo-shapes``; downloaded and converted on
             first use), an official checkpoint (``.pth`` with ``{"model": {"module." + key: ...}}``),
             or a folder written by :func:`save_model` / ``glip convert``
-            (``model.safetensors`` + ``config.yaml``), or a ``.safetensors`` file, or a
+            (``model.safetensors`` + ``config.yaml``), a transformers-style folder written by
+            ``glip.hf``'s ``save_pretrained`` (``config.json`` of ``model_type`` ``"glip"``,
+            :mod:`glip.hub.transformers_folder`), or a ``.safetensors`` file, or a
             tuned-model folder (``tuned.json``, :func:`glip.hub.tuned.save_tuned`): its base
             is loaded, checked against the recorded hash, and the delta applied.
         config: an official yaml, one of ours, a zoo config name (``glip-t``), or a
@@ -277,10 +285,25 @@ def load_model(
     if weights.is_dir():
         base = weights
         weights = weights / WEIGHTS_NAME
+        if not weights.is_file() and is_transformers_folder(base):
+            try:  # another model type's folder is named as such, not as a missing file
+                read_transformers_config(base)
+            except TransformersFolderError as e:
+                raise CheckpointError(str(e)) from None
         if not weights.is_file():
             raise CheckpointError(f"{base} holds no {WEIGHTS_NAME}")
     elif weights.suffix == ".safetensors":
         base = weights.parent
+    text_parts = None
+    if config is None and base is not None and is_transformers_folder(base):
+        # A folder written by glip.hf's save_pretrained: config.json carries both configs.
+        try:
+            config, text_tree = read_transformers_config(base)
+            if text_encoder is None:
+                kind = config.model.text.type
+                text_parts = (text_config_from_fields(kind, text_tree), load_tokenizer(str(base)))
+        except (TransformersFolderError, OSError) as e:
+            raise CheckpointError(str(e)) from None
     if config is None:
         if base is None or not (base / CONFIG_NAME).is_file():
             raise CheckpointError(
@@ -289,8 +312,8 @@ def load_model(
             )
         config = base / CONFIG_NAME
     cfg = config if isinstance(config, GLIPConfig) else load_config(config)
-    text_dir = _resolve_text_encoder(text_encoder, cfg, base)
-    bert_config, tokenizer = _text_components(cfg.model.text.type, text_dir)
+    text_dir = _resolve_text_encoder(text_encoder, cfg, base) if text_parts is None else str(base)
+    bert_config, tokenizer = text_parts or _text_components(cfg.model.text.type, text_dir)
     # A .safetensors file is indexed (meta tensors) and streamed into the built model, so the
     # weights are never held twice; a .pth is read whole (torch.load).
     index = _index_safetensors(weights) if weights.suffix == ".safetensors" else None
@@ -337,19 +360,11 @@ def save_model(
             config's ``model.text.encoder`` reference (with ``model.text.pretrained``), for
             a frozen, pretrained encoder that :func:`load_model` reloads from its source.
     """
-    from safetensors.torch import save_file
-
     if model.config is None:
         raise ValueError("the model has no config attached; build it with glip.modeling.build_model")
     out_dir = Path(out_dir)
     with atomic_directory(out_dir) as tmp:
-        state = {}
-        for k, v in model.state_dict().items():
-            if not include_text_encoder and k.startswith("text_encoder."):
-                continue
-            v = v.detach().cpu()
-            state[k] = (v.to(dtype) if dtype is not None and v.is_floating_point() else v).contiguous()
-        save_file(state, str(tmp / WEIGHTS_NAME), metadata={"format": "pt", "glip": "1"})
+        save_weights(model, tmp / WEIGHTS_NAME, dtype=dtype, include_text_encoder=include_text_encoder)
         cfg = copy.deepcopy(model.config)
         if include_text_encoder:
             cfg.model.text.encoder = TEXT_ENCODER_DIR
@@ -361,3 +376,20 @@ def save_model(
             cfg.model.text.pretrained = True
         save_config(cfg, tmp / CONFIG_NAME)
     return out_dir
+
+
+def save_weights(
+    model: GLIP, path: str | Path, *, dtype: torch.dtype | None = None, include_text_encoder: bool = True
+) -> Path:
+    """Writes the model's state dict (our key names) to the safetensors file ``path``;
+    ``dtype`` and ``include_text_encoder`` as in :func:`save_model`."""
+    from safetensors.torch import save_file
+
+    state = {}
+    for k, v in model.state_dict().items():
+        if not include_text_encoder and k.startswith("text_encoder."):
+            continue
+        v = v.detach().cpu()
+        state[k] = (v.to(dtype) if dtype is not None and v.is_floating_point() else v).contiguous()
+    save_file(state, str(path), metadata={"format": "pt", "glip": "1"})
+    return Path(path)

@@ -1,0 +1,53 @@
+"""Registers glip with transformers: the ``glip`` model type, its Auto classes and the
+``zero-shot-object-detection`` pipeline (imports transformers; see :mod:`glip.hf`)."""
+
+from __future__ import annotations
+
+__all__ = ["register_with_transformers"]
+
+_TASK = "zero-shot-object-detection"
+
+
+def register_with_transformers() -> None:
+    """``AutoConfig`` (``model_type`` ``"glip"``), ``AutoModel`` and
+    ``AutoModelForZeroShotObjectDetection``, ``AutoImageProcessor``, ``AutoProcessor``, and
+    the task's pipeline class (:class:`GLIPZeroShotObjectDetectionPipeline`, which is the
+    stock pipeline for every other model). Idempotent."""
+    from transformers import (
+        AutoConfig,
+        AutoImageProcessor,
+        AutoModel,
+        AutoModelForZeroShotObjectDetection,
+        AutoProcessor,
+    )
+    from transformers.pipelines import PIPELINE_REGISTRY
+    from transformers.utils import logging as hf_logging
+
+    from glip.hf.configuration import GLIPTransformersConfig
+    from glip.hf.modeling import GLIPForZeroShotObjectDetection
+    from glip.hf.pipeline import GLIPZeroShotObjectDetectionPipeline
+    from glip.hf.processing import GLIPImageProcessor, GLIPProcessor
+    from glip.hub.transformers_folder import MODEL_TYPE
+
+    AutoConfig.register(MODEL_TYPE, GLIPTransformersConfig, exist_ok=True)
+    AutoModel.register(GLIPTransformersConfig, GLIPForZeroShotObjectDetection, exist_ok=True)
+    AutoModelForZeroShotObjectDetection.register(GLIPTransformersConfig, GLIPForZeroShotObjectDetection, exist_ok=True)
+    # One class for every backend: glip's preprocessing is its own (torch), whichever transformers prefers.
+    backends = {"pil": GLIPImageProcessor, "torchvision": GLIPImageProcessor}
+    AutoImageProcessor.register(GLIPTransformersConfig, image_processor_classes=backends, exist_ok=True)
+    AutoProcessor.register(GLIPTransformersConfig, GLIPProcessor, exist_ok=True)
+    task = PIPELINE_REGISTRY.supported_tasks[_TASK]
+    if task["impl"] is GLIPZeroShotObjectDetectionPipeline:
+        return
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # "already registered. Overwriting": on purpose, the subclass keeps the stock path
+    try:
+        PIPELINE_REGISTRY.register_pipeline(
+            _TASK,
+            pipeline_class=GLIPZeroShotObjectDetectionPipeline,
+            pt_model=task["pt"],
+            default=task.get("default"),
+            type=task.get("type"),
+        )
+    finally:
+        hf_logging.set_verbosity(verbosity)
