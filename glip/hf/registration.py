@@ -28,7 +28,12 @@ def register_with_transformers() -> None:
     from glip.hf.pipeline import GLIPZeroShotObjectDetectionPipeline
     from glip.hf.processing import GLIPImageProcessor, GLIPProcessor
     from glip.hub.transformers_folder import MODEL_TYPE
+    from glip.modeling.glip import register_pretrained_writers
 
+    register_pretrained_writers(
+        lambda model, directory, **kw: GLIPForZeroShotObjectDetection.from_glip(model).save_pretrained(directory, **kw),
+        lambda model, repo_id, **kw: GLIPForZeroShotObjectDetection.from_glip(model).push_to_hub(repo_id, **kw),
+    )
     AutoConfig.register(MODEL_TYPE, GLIPTransformersConfig, exist_ok=True)
     AutoModel.register(GLIPTransformersConfig, GLIPForZeroShotObjectDetection, exist_ok=True)
     AutoModelForZeroShotObjectDetection.register(GLIPTransformersConfig, GLIPForZeroShotObjectDetection, exist_ok=True)

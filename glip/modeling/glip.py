@@ -7,8 +7,9 @@ branches, inter-image contrastive, MLM...) share the same trunk (see
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -29,7 +30,15 @@ from glip.text import Prompt, TokenizedPrompt, parse_prompt, tokenize_prompt
 from glip.text.tokenize import trim_padding
 from glip.utils.image import ImageInput, load_image, to_model_input
 
-__all__ = ["GLIP", "GROUNDING", "MASK", "GLIPOutput", "MasksUnavailableError", "Preprocessing"]
+__all__ = [
+    "GLIP",
+    "GROUNDING",
+    "MASK",
+    "GLIPOutput",
+    "MasksUnavailableError",
+    "Preprocessing",
+    "register_pretrained_writers",
+]
 
 
 class MasksUnavailableError(ValueError):
@@ -101,6 +110,22 @@ class GLIPOutput:
         return self.trunk.features
 
 
+# Writers of the Hugging Face folder format, registered by the layer that owns it
+# (glip.hf.registration, when transformers is imported): the network never imports upward.
+_PRETRAINED_WRITERS: dict[str, Callable[..., Any]] = {}
+
+
+def register_pretrained_writers(save_pretrained: Callable[..., Any], push_to_hub: Callable[..., Any]) -> None:
+    """Installs the functions behind :meth:`GLIP.save_pretrained` and :meth:`GLIP.push_to_hub`."""
+    _PRETRAINED_WRITERS.update(save_pretrained=save_pretrained, push_to_hub=push_to_hub)
+
+
+def _pretrained_writer(name: str) -> Callable[..., Any]:
+    if name not in _PRETRAINED_WRITERS:
+        raise RuntimeError(f"{name} needs glip's transformers integration: call glip.hf.register() first")
+    return _PRETRAINED_WRITERS[name]
+
+
 class GLIP(nn.Module):
     """Grounded language-image detector.
 
@@ -152,6 +177,16 @@ class GLIP(nn.Module):
     @property
     def device(self) -> torch.device:
         return next(self.parameters()).device
+
+    def save_pretrained(self, save_directory: str | Path, **kwargs: Any) -> None:
+        """Writes a transformers-style folder (``config.json``, ``model.safetensors``, the
+        tokenizer files, a ``README.md`` model card) that transformers' Auto classes and
+        pipeline and :func:`glip.load_model` read (:mod:`glip.hf`)."""
+        _pretrained_writer("save_pretrained")(self, save_directory, **kwargs)
+
+    def push_to_hub(self, repo_id: str, **kwargs: Any) -> Any:
+        """:meth:`save_pretrained` into a Hugging Face Hub repository (huggingface_hub)."""
+        return _pretrained_writer("push_to_hub")(self, repo_id, **kwargs)
 
     @property
     def grounding(self) -> GroundingHead:

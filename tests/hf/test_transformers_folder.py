@@ -43,7 +43,7 @@ def demo() -> glip.GLIP:
 @pytest.fixture(scope="module")
 def demo_dir(demo, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("hf") / "demo-shapes"
-    GLIPForZeroShotObjectDetection.from_glip(demo).save_pretrained(out)
+    demo.save_pretrained(out)  # on the glip model itself, as on a transformers model
     return out
 
 
@@ -148,7 +148,7 @@ def test_push_to_hub_writes_the_repo_through_huggingface_hub(demo, demo_dir, tmp
 
     monkeypatch.setattr(HfApi, "create_repo", create_repo)
     monkeypatch.setattr(HfApi, "create_commit", create_commit)
-    GLIPForZeroShotObjectDetection.from_glip(demo).push_to_hub("someone/glip-demo")
+    demo.push_to_hub("someone/glip-demo")
     assert calls == [("create_repo", "someone/glip-demo"), ("create_commit", "someone/glip-demo", "Upload GLIP model")]
     repo = hub / "someone" / "glip-demo"
     assert sorted(p.name for p in repo.iterdir()) == sorted(p.name for p in demo_dir.iterdir())
