@@ -176,7 +176,9 @@ class Trainer:
 
     def _stream_state(self) -> dict[str, Any] | None:
         acc = self.accelerator
-        return stream_state(self.train_set, self.progress, self.local_batch, acc.num_processes, self.cfg.data.num_workers)
+        return stream_state(
+            self.train_set, self.progress, self.local_batch, acc.num_processes, self.cfg.data.num_workers
+        )
 
     def load_checkpoint(self, path: str | Path) -> None:
         """Restores everything :meth:`save_checkpoint` wrote, this process's RNG included."""

@@ -150,5 +150,7 @@ def open_shard_set(spec: str | Path) -> Manifest:
 def _manifest_in(folder: Path, spec: str) -> Path:
     path = folder / MANIFEST_NAME
     if not path.is_file():
-        raise ValueError(f"data.train_shards {spec}: no {MANIFEST_NAME} in {folder} (write shards with `glip data shards`)")
+        raise ValueError(
+            f"data.train_shards {spec}: no {MANIFEST_NAME} in {folder} (write shards with `glip data shards`)"
+        )
     return path

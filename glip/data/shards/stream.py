@@ -27,9 +27,9 @@ from typing import Any
 import numpy as np
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from glip.data.seeded import sample_seed
-from glip.data.od_to_grounding import SampleRNG
 from glip.data.annotations import has_valid_annotation
+from glip.data.od_to_grounding import SampleRNG
+from glip.data.seeded import sample_seed
 from glip.data.shards.layout import epoch_shard_order, plan_slots, slot_pieces, unread_spans, worker_cursor
 from glip.data.shards.manifest import Manifest
 from glip.data.shards.schema import RecordError, record_from_members
