@@ -370,6 +370,7 @@ class DataSource:
     format: str = "coco"  # as data.format: coco | mdetr | vqa | gqa | captions
     train_json: str = ""
     train_images: str = ""
+    train_shards: str = ""  # as data.train_shards (instead of train_json / train_images)
     weight: float = 1.0  # sampling weight; official dataset "copies" c of n images: weight c * n
     loss_weight: float = 1.0  # factor on this source's losses
     name: str = ""  # the loss-log label ("loss/<name>"); "": the format, numbered if repeated
@@ -386,6 +387,9 @@ class DataConfig:
     format: str = "coco"
     train_json: str = ""
     train_images: str = ""
+    # A shard set (glip.data.shards: a folder with manifest.json, the manifest, or a glob of
+    # its tar shards), streamed at constant memory instead of train_json / train_images.
+    train_shards: str = ""
     val_json: str = ""
     val_images: str = ""
     # Caption recipe of detection data (glip.data.CaptionRecipe).

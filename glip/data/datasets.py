@@ -53,7 +53,7 @@ class _GroundingDataset(SeededDataset):
 
     def __init__(
         self,
-        ann_file: str | Path,
+        ann_file: str | Path | CocoIndex,
         image_dir: str | Path,
         tokenizer: Any,
         transform: TrainTransform,
@@ -61,7 +61,8 @@ class _GroundingDataset(SeededDataset):
         seed: int,
         masks: bool = False,
     ) -> None:
-        self.index = CocoIndex.load(ann_file)
+        # A ready index: the records come with each sample (glip.data.shards streams them).
+        self.index = ann_file if isinstance(ann_file, CocoIndex) else CocoIndex.load(ann_file)
         super().__init__(_valid_ids(self.index), seed)
         self.masks = masks
         self.image_dir = Path(image_dir)
@@ -219,8 +220,15 @@ class CocoGroundingDataset(_GroundingDataset):
         image_id = self.ids[item]
         record = self.index.images[image_id]
         image = read_image(self.image_dir / record["file_name"])
+        return self.build(image, record, self.index.annotations[image_id], rng)
+
+    def build(
+        self, image: np.ndarray, record: Mapping[str, Any], anns: Sequence[Mapping[str, Any]], rng: SampleRNG
+    ) -> GroundingSample:
+        """The sample of one image (``uint8 [H, W, 3]``), its json image record and its
+        annotation records (in file order; a stream of records uses this too)."""
+        image_id = record["id"]
         height, width = int(image.shape[0]), int(image.shape[1])
-        anns = self.index.annotations[image_id]
         cleaned = clean_boxes(anns, height, width)
         _log_drops(image_id, cleaned.num_crowd, cleaned.num_degenerate, cleaned.num_clipped)
         labels = torch.tensor(
@@ -313,10 +321,23 @@ class MdetrGroundingDataset(_GroundingDataset):
         """Sample ``item`` drawn with ``rng`` (only the transform draws)."""
         image_id = self.ids[item]
         record = self.index.images[image_id]
-        caption = str(record["caption"])
         image = read_image(self.image_dir / record["file_name"])
+        return self.build(image, record, self.index.annotations[image_id], rng, item)
+
+    def build(
+        self,
+        image: np.ndarray,
+        record: Mapping[str, Any],
+        anns: Sequence[Mapping[str, Any]],
+        rng: SampleRNG,
+        item: int | None = None,
+    ) -> GroundingSample:
+        """The sample of one image (``uint8 [H, W, 3]``), its json image record (with its
+        ``caption``) and annotation records; ``item`` (the dataset position) is needed only
+        to pack other captions of the set."""
+        image_id = record["id"]
+        caption = str(record["caption"])
         height, width = int(image.shape[0]), int(image.shape[1])
-        anns = self.index.annotations[image_id]
         cleaned = clean_boxes(anns, height, width, mdetr_rounding=True)
         _log_drops(image_id, cleaned.num_crowd, cleaned.num_degenerate, cleaned.num_clipped)
         spans: list[list[tuple[int, int]]] = []
@@ -329,6 +350,8 @@ class MdetrGroundingDataset(_GroundingDataset):
         kept = [anns[i] for i in cleaned.keep]
         concepts = teacher_concepts(image_id, record, kept) if self.concept_scores else None
         if self.packing is not None and self.packing.number > 0:
+            if item is None:
+                raise ValueError("caption packing draws other captions of the set: it needs map-style data")
             caption, spans, shift = self._pack(item, caption, spans, rng)
             if concepts is not None:
                 concepts = ([[(a + shift, b + shift) for a, b in c] for c in concepts[0]], concepts[1])

@@ -20,7 +20,14 @@ from glip.data.seeded import SeededDataset
 from glip.data.transforms import build_train_transform
 from glip.engine.vqa import VQA_FORMATS, build_vqa_dataset
 
-__all__ = ["RepeatDataset", "ShardedBatchSampler", "build_dataset", "check_teacher_scores", "make_loader"]
+__all__ = [
+    "RepeatDataset",
+    "ShardedBatchSampler",
+    "build_dataset",
+    "caption_recipe",
+    "check_teacher_scores",
+    "make_loader",
+]
 
 
 class RepeatDataset(Dataset):
@@ -124,6 +131,10 @@ def build_dataset(cfg: GLIPConfig, tokenizer: Any, train: bool = True) -> Datase
     of ``cfg.data``; validation captions list every category in json order.
     """
     d = cfg.data
+    if train and d.train_shards:  # a streamed shard set (glip.data.shards)
+        from glip.engine.shard_data import build_shard_stream
+
+        return build_shard_stream(cfg, tokenizer)
     if d.format in VQA_FORMATS:  # VQA questions (glip.engine.vqa)
         return build_vqa_dataset(cfg, tokenizer, train)
     ann, images = (d.train_json, d.train_images) if train else (d.val_json, d.val_images)
@@ -149,7 +160,17 @@ def build_dataset(cfg: GLIPConfig, tokenizer: Any, train: bool = True) -> Datase
         return CaptionDataset(ann, images, tokenizer, transform, max_query_len=max_len, seed=cfg.solver.seed)
     if d.format != "coco":
         raise ValueError(f"unknown data.format {d.format!r} (expected 'coco', 'mdetr', 'vqa', 'gqa' or 'captions')")
-    recipe = CaptionRecipe(
+    recipe = caption_recipe(cfg, train)
+    dataset = CocoGroundingDataset(
+        ann, images, tokenizer, transform, recipe, max_query_len=max_len, seed=cfg.solver.seed, masks=masks
+    )
+    return RepeatDataset(dataset, d.general_copy) if train and d.general_copy > 1 else dataset
+
+
+def caption_recipe(cfg: GLIPConfig, train: bool) -> CaptionRecipe:
+    """How ``cfg.data`` turns detection labels into a caption (training or validation)."""
+    d = cfg.data
+    return CaptionRecipe(
         sample_negatives=d.sample_negatives and train,
         shuffle=d.shuffle_categories and train,
         disjoint_negatives=d.disjoint_negatives and train,
@@ -158,10 +179,6 @@ def build_dataset(cfg: GLIPConfig, tokenizer: Any, train: bool = True) -> Datase
         random_sample_negative=d.random_sample_negative,
         caption_prompt=parse_caption_prompt(d.caption_prompt) if d.caption_prompt else None,
     )
-    dataset = CocoGroundingDataset(
-        ann, images, tokenizer, transform, recipe, max_query_len=max_len, seed=cfg.solver.seed, masks=masks
-    )
-    return RepeatDataset(dataset, d.general_copy) if train and d.general_copy > 1 else dataset
 
 
 def check_teacher_scores(cfg: GLIPConfig, datasets: list[Dataset]) -> None:
@@ -179,9 +196,11 @@ def check_teacher_scores(cfg: GLIPConfig, datasets: list[Dataset]) -> None:
 def make_loader(dataset: Dataset, sampler: ShardedBatchSampler, cfg: GLIPConfig, pad_token_id: int = 0) -> DataLoader:
     """A loader over ``sampler``'s batches. Its own generator keeps the global torch RNG
     (dropout, drop-path) untouched, so resuming replays it exactly."""
+    collate = GroundingCollator(cfg.input.size_divisibility, cfg.model.text.max_query_len, pad_token_id)
+    if hasattr(dataset, "loader"):  # a shard stream (glip.data.shards.ShardStream) reads its own batches
+        return dataset.loader(sampler, collate, cfg.data.num_workers)
     if hasattr(dataset, "set_epoch"):
         dataset.set_epoch(sampler.epoch)
-    collate = GroundingCollator(cfg.input.size_divisibility, cfg.model.text.max_query_len, pad_token_id)
     return DataLoader(
         dataset,
         batch_sampler=sampler,

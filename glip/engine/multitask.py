@@ -206,9 +206,10 @@ def build_training_data(cfg: GLIPConfig, tokenizer: Any) -> Dataset | MultiSourc
         dataset = build_dataset(cfg, tokenizer, train=True)
         check_teacher_scores(cfg, [dataset])
         return dataset
-    if cfg.data.train_json or cfg.data.train_images:
+    if cfg.data.train_json or cfg.data.train_images or cfg.data.train_shards:
         raise ValueError(
-            "data.train_json / data.train_images are not read when data.sources is set: name the files in each source"
+            "data.train_json / data.train_images / data.train_shards are not read when data.sources is set: "
+            "name the files in each source"
         )
     sources = []
     for i, (name, s) in enumerate(zip(source_names(cfg), cfg.data.sources)):
@@ -217,6 +218,7 @@ def build_training_data(cfg: GLIPConfig, tokenizer: Any) -> Dataset | MultiSourc
         one = copy.deepcopy(cfg)
         one.data.sources = []
         one.data.format, one.data.train_json, one.data.train_images = s.format, s.train_json, s.train_images
+        one.data.train_shards = s.train_shards
         one.data.pseudo_labelled = s.pseudo_labelled
         # Source 0 keeps the run seed; the others get unrelated ones (their augmentations and
         # batch orders must not move in lockstep with source 0's).

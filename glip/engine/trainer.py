@@ -45,6 +45,7 @@ from glip.engine.monitor import BestMonitor
 from glip.engine.multitask import MultiSourceData, TrainingSource
 from glip.engine.optim import build_optimizer, build_schedule, clip_grad_norm
 from glip.engine.pretraining import pretraining_inputs
+from glip.engine.shard_data import resume_stream, stream_state
 from glip.engine.tuning import set_frozen_eval
 from glip.modeling.criterion import Criterion
 from glip.modeling.glip import GLIP
@@ -170,7 +171,14 @@ class Trainer:
             "ema": self.ema.state_dict() if self.ema is not None else None,
             "scaler": scaler.state_dict() if scaler is not None else None,
             "progress": self.progress.to_dict(),
+            "data": self._stream_state(),
         }
+
+    def _stream_state(self) -> dict[str, Any] | None:
+        acc = self.accelerator
+        return stream_state(
+            self.train_set, self.progress, self.local_batch, acc.num_processes, self.cfg.data.num_workers
+        )
 
     def load_checkpoint(self, path: str | Path) -> None:
         """Restores everything :meth:`save_checkpoint` wrote, this process's RNG included."""
@@ -185,6 +193,10 @@ class Trainer:
         if scaler is not None and state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
         self.progress = Progress(**state["progress"])
+        if state.get("data") is not None:  # a shard stream's split and cursors
+            acc = self.accelerator
+            resume_stream(self.train_set, state["data"], self.progress, self.local_batch, acc.num_processes,
+                          self.cfg.data.num_workers, path)  # fmt: skip
         if self.accelerator.is_main_process:
             self.log.truncate(self.progress.step)
         rng = load_rng_state(path, self.accelerator.process_index)

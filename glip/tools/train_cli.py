@@ -177,7 +177,47 @@ def add_data_parser(subparsers: argparse._SubParsersAction) -> argparse.Argument
     s.add_argument("--held-out", type=int, default=0, help="colour-shape combinations kept out of training")
     s.add_argument("--seed", type=int, default=0)
     s.set_defaults(func=_run_synthetic)
+    s = sub.add_parser(
+        "shards",
+        help="convert a dataset to streamed tar shards (data.train_shards)",
+        description="Write ANN and its images as tar shards of image + json record (glip.data.shards) with "
+        "OUT/manifest.json. Train on them with data.train_shards=OUT.",
+        epilog="example: glip data shards --from mdetr final_mixed_train.json --images gqa/images --out goldg-shards",
+    )
+    s.add_argument("annotations", metavar="ANN", help="the dataset file (json, or jsonl for odvg)")
+    s.add_argument("--from", dest="source", required=True, choices=["coco", "mdetr", "odvg", "vqa", "captions"])
+    s.add_argument("--images", required=True, help="the folder the file's image names are relative to")
+    s.add_argument("--label-map", help="odvg detection: the label map json ({label: name})")
+    s.add_argument("--shard-size", type=int, default=1000, help="samples per shard (default 1000)")
+    s.add_argument("--seed", type=int, default=0, help="seed of the written sample order")
+    add_output_arg(s, required=True)
+    s.set_defaults(func=_run_shards)
+    s = sub.add_parser(
+        "odvg",
+        help="write a shard set as ODVG jsonl",
+        description="Write a detection or grounding shard set as ODVG jsonl (Open-GroundingDino / "
+        "MM-Grounding-DINO), with OUT_label_map.json for detection.",
+    )
+    s.add_argument("shards", help="shard folder, manifest or glob")
+    add_output_arg(s, required=True, help="the jsonl to write")
+    s.set_defaults(func=_run_odvg)
     return p
+
+
+def _run_shards(args: argparse.Namespace) -> int:
+    from glip.data.shards.convert import convert
+
+    m = convert(args.source, args.annotations, args.images, args.out, args.shard_size, args.seed, args.label_map)
+    print(f"wrote {m.num_samples} samples in {len(m.shards)} shards and {m.root}/manifest.json ({m.kind})")
+    return 0
+
+
+def _run_odvg(args: argparse.Namespace) -> int:
+    from glip.data.shards.odvg import write_odvg
+
+    out, label_map = write_odvg(args.shards, args.out)
+    print(f"wrote {out}" + (f" and {label_map}" if label_map else ""))
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
