@@ -57,6 +57,7 @@ setup(
             "timm",
             "open-clip-torch>=3.0",  # the CLIP teacher's open_clip models
             "pycocoevalcap",  # caption metrics (captioning)
+            "webdataset>=1.0",  # streamed tar shards (glip data shards, data.train_shards)
             # `glip demo` and its test: a real client, and Playwright driving the system's
             # Chromium (scripts/install_chromium.sh; Playwright's own browsers are not used).
             "gradio>=6",
@@ -71,6 +72,8 @@ setup(
         "clip": ["open-clip-torch>=3.0"],
         # Caption metrics (`glip evaluate --task caption`): BLEU, METEOR, ROUGE-L, CIDEr; Java for METEOR.
         "caption": ["pycocoevalcap"],
+        # Streamed tar shards for pre-training at scale (`glip data shards`, `data.train_shards`).
+        "shards": ["webdataset>=1.0"],
         # `glip demo`: the local web page (Gradio).
         "demo": ["gradio>=6"],
     },
