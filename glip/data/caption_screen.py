@@ -69,11 +69,12 @@ class CaptionScreen:
             kept = [kept[i] for i in sorted(survivors.tolist())]
         return [annotations[i] for i in kept]
 
-    def apply(self, index: CocoIndex | MappedCocoIndex) -> CocoIndex | ScreenedIndex:
+    def apply(self, index: Any) -> CocoIndex | ScreenedIndex:
         """A copy of ``index`` with every image's annotations screened and the images left
         with fewer than ``min_boxes`` boxes removed (for a :class:`MappedCocoIndex`, a
-        :class:`ScreenedIndex` view that screens each image when it is read)."""
-        if isinstance(index, MappedCocoIndex):
+        :class:`ScreenedIndex` view that screens each image when it is read; likewise for
+        a :class:`~glip.data.tsv.TsvIndex`)."""
+        if not isinstance(index, CocoIndex):  # mapped json or TSV: screened when read
             return ScreenedIndex(index, self)
         annotations = {image_id: self.screen(anns) for image_id, anns in index.annotations.items()}
         ids = [i for i in index.image_ids if len(annotations[i]) >= self.min_boxes]
@@ -87,27 +88,29 @@ class CaptionScreen:
 
 
 class ScreenedIndex:
-    """A :class:`MappedCocoIndex` seen through a :class:`CaptionScreen`, at constant memory:
-    the same attributes, each image's annotations screened when read.
+    """A lazy index (:class:`MappedCocoIndex`, :class:`~glip.data.tsv.TsvIndex`) seen
+    through a :class:`CaptionScreen`, at constant memory: the same attributes, each
+    image's annotations screened when read.
 
-    The kept images are found once: from the index's score column without NMS (no json
-    decoded), else by screening every image in turn (one image's records in memory).
+    The kept images are found once: from a mapped index's score column without NMS (no
+    json decoded), else by screening every image in turn (one image's records in memory).
     """
 
-    def __init__(self, index: MappedCocoIndex, screen: CaptionScreen) -> None:
+    def __init__(self, index: Any, screen: CaptionScreen) -> None:
         self.base, self.screen = index, screen
         self.categories = index.categories
+        if hasattr(index, "read_image"):  # a TSV index holds the pixels too
+            self.read_image = index.read_image
         ids = index.image_ids.values
-        bounds = index.annotation_bounds()
-        if screen.nms <= 0:
-            scores = index.scores()
+        if isinstance(index, MappedCocoIndex) and screen.nms <= 0:
+            bounds, scores = index.annotation_bounds(), index.scores()
             kept = scores > screen.conf if screen.conf > 0 else np.ones(len(scores), dtype=bool)  # [A]
             counts = _per_image_sum(kept, bounds)
             valid = _per_image_sum(kept & index.good_boxes(), bounds) > 0
         else:
             counts, valid = np.zeros(len(ids), dtype=np.int64), np.zeros(len(ids), dtype=bool)
-            for pos in range(len(ids)):
-                anns = screen.screen(index.annotations_at(pos))
+            for pos, image_id in enumerate(index.image_ids):
+                anns = screen.screen(index.annotations[image_id])
                 counts[pos], valid[pos] = len(anns), has_valid_annotation(anns)
         chosen = counts >= screen.min_boxes  # [N]
         self.image_ids = IdArray(ids[chosen])
