@@ -18,9 +18,10 @@ image's records from disk when they are asked for:
   ``cache_dir`` (default ``$GLIP_CACHE/json-index`` when the json's folder is read-only);
   ``key`` hashes the json's size and modification time, so an edited json gets a new
   index; the folder appears in one rename, so concurrent processes never see half of it;
-- reading maps the files (``numpy`` memmaps: pages shared by every process and worker,
-  nothing copied on read) and decodes an image's records with :func:`json.loads`: the
-  same values :func:`json.load` gives, so samples are bit-identical to the json path.
+- reading maps the columns (``numpy`` memmaps: pages shared by every process and worker,
+  nothing copied on read), reads an image's records with ``pread`` and decodes them with
+  :func:`json.loads`: the same values :func:`json.load` gives, so samples are
+  bit-identical to the json path.
 
 Image ids must be integers (COCO's); a json with other ids is read by ``CocoIndex.load``.
 """
@@ -131,16 +132,21 @@ class _Builder:
 
 def _copy_grouped(raw: Path, out: Path, offsets: np.ndarray, order: np.ndarray, sep: bytes) -> np.ndarray:
     """Writes the records of ``raw`` (record ``i``: bytes ``offsets[i]:offsets[i+1]``) in
-    ``order``, each followed by ``sep``; returns the new start of each (and the end)."""
+    ``order``, each followed by ``sep``; returns the new start of each (and the end).
+    Read with ``pread`` (not a memory map), so the file's pages never count as this
+    process's memory."""
     starts = np.zeros(len(order) + 1, dtype=np.int64)
-    src = np.memmap(raw, dtype=np.uint8, mode="r") if offsets[-1] else np.zeros(0, np.uint8)
-    with open(out, "wb") as f:
-        pos = 0
-        for j, i in enumerate(order.tolist()):
-            f.write(src[offsets[i] : offsets[i + 1]].tobytes() + sep)
-            pos += int(offsets[i + 1] - offsets[i]) + len(sep)
-            starts[j + 1] = pos
-    del src
+    fd = os.open(raw, os.O_RDONLY)
+    try:
+        with open(out, "wb") as f:
+            pos = 0
+            for j, i in enumerate(order.tolist()):
+                length = int(offsets[i + 1] - offsets[i])
+                f.write(os.pread(fd, length, int(offsets[i])) + sep)
+                pos += length + len(sep)
+                starts[j + 1] = pos
+    finally:
+        os.close(fd)
     raw.unlink()
     return starts
 
@@ -232,14 +238,26 @@ def _mmap(path: Path) -> np.ndarray:
 
 
 class _Blob:
-    """A read-only memory map of a text file, sliced into strings."""
+    """A read-only text file sliced into strings with ``pread``: nothing is mapped, so
+    reading does not grow the process's memory; the descriptor is opened per process
+    (DataLoader workers, forked or spawned, open their own)."""
 
     def __init__(self, path: Path) -> None:
-        size = path.stat().st_size
-        self.data = np.memmap(path, dtype=np.uint8, mode="r") if size else np.zeros(0, np.uint8)
+        self.path = path
+        self._fd = -1
+        self._pid = -1
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"path": self.path, "_fd": -1, "_pid": -1}
+
+    def __del__(self) -> None:
+        if self._pid == os.getpid():
+            os.close(self._fd)
 
     def text(self, start: int, end: int) -> str:
-        return self.data[start:end].tobytes().decode("utf-8")
+        if self._pid != os.getpid():
+            self._fd, self._pid = os.open(self.path, os.O_RDONLY), os.getpid()
+        return os.pread(self._fd, end - start, start).decode("utf-8")
 
 
 class MappedCocoIndex:

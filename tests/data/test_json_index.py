@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import pickle
 import random
 from pathlib import Path
 from typing import Any
@@ -78,6 +79,9 @@ def test_index_records_equal_the_parsed_json(tmp_path, monkeypatch, indent):
         assert mapped.annotations[image_id] == ref.annotations[image_id]
     assert list(mapped.valid_ids()) == [i for i in ref.image_ids if has_valid_annotation(ref.annotations[i])]
     assert 12345 not in mapped.images and dict(mapped.images) == ref.images
+    mapped.annotations[ref.image_ids[0]]  # opens the file; a copy (spawned loader worker) opens its own
+    copy = pickle.loads(pickle.dumps(mapped))
+    assert all(copy.annotations[i] == ref.annotations[i] for i in ref.image_ids)
 
 
 def _assert_same(a: Any, b: Any, where: str = "sample") -> None:
