@@ -418,6 +418,13 @@ class DataConfig:
     # trains on one batch of one source drawn by weight (the settings above apply to every
     # source; format, val_json and val_images stay those of validation).
     sources: list[DataSource] = field(default_factory=list)
+    # How a COCO/MDETR/LVIS json is read (glip.data.json_index): "auto" (an on-disk, memory-mapped
+    # index from 64 MiB on: constant memory per process), "memory" (parsed whole) or "mapped" (always).
+    json_index: str = "auto"
+    index_cache: str = ""  # where json indexes are built; "": beside the json (read-only: $GLIP_CACHE)
+    # The official TSV layout (glip.data.tsv): train_json / val_json a label .tsv, train_images /
+    # val_images its image .tsv; detection TSVs ("coco") name their classes through this labelmap json.
+    tsv_labelmap: str = ""
 
 
 @dataclass

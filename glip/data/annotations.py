@@ -124,7 +124,9 @@ def clean_boxes(
     ``x2 = x + w - 1``, ``y2 = y + h - 1`` (official TO_REMOVE = 1); corners clamped to
     ``[0, W - 1] x [0, H - 1]``; boxes with ``x2 <= x1`` or ``y2 <= y1`` dropped (official
     ``clip_to_image(remove_empty=True)``); crowd boxes dropped (official ``iscrowd == 0``
-    filter). Non-finite boxes are dropped too (the official code would crash).
+    filter). Non-finite boxes are dropped too (the official code would crash). An
+    annotation with a ``rect`` (``[x1, y1, x2, y2]`` of an official TSV label, see
+    :mod:`glip.data.tsv`) takes those corners as they are, as the official TSV readers do.
 
     The float32 sums follow the official order so fractional coordinates round alike:
     ``x + max(w - 1, 0)`` (``BoxList.convert``, the detection datasets) or, with
@@ -133,19 +135,24 @@ def clean_boxes(
     """
     rows: list[list[float]] = []
     crowd: list[bool] = []
+    rects: list[list[float] | None] = []
     for ann in annotations:
         crowd.append(bool(ann.get("iscrowd", 0)))
         rows.append([float(v) for v in ann["bbox"]])
+        rects.append([float(v) for v in ann["rect"]] if "rect" in ann else None)
     xywh = torch.tensor(rows, dtype=torch.float32).reshape(-1, 4)  # [A, 4]
     if mdetr_rounding:
         corner = xywh[:, 2:] + (xywh[:, :2] - 1)  # [A, 2]
     else:
         corner = xywh[:, :2] + (xywh[:, 2:] - 1).clamp(min=0)  # [A, 2]
     raw = torch.cat([xywh[:, :2], corner], dim=1)  # [A, 4] xyxy
+    for i, rect in enumerate(rects):
+        if rect is not None:  # TSV labels: the official reader takes the xyxy "rect" as is
+            raw[i] = torch.tensor(rect, dtype=torch.float32)
     boxes = raw.clone()
     boxes[:, 0::2] = boxes[:, 0::2].clamp(min=0, max=width - 1)
     boxes[:, 1::2] = boxes[:, 1::2].clamp(min=0, max=height - 1)
-    finite = torch.isfinite(xywh).all(dim=1)  # [A]
+    finite = torch.isfinite(xywh).all(dim=1) & torch.isfinite(raw).all(dim=1)  # [A]
     non_empty = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])  # [A]
     is_crowd = torch.tensor(crowd, dtype=torch.bool)
     kept = ~is_crowd & finite & non_empty  # [A]

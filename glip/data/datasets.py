@@ -25,7 +25,6 @@ import torch
 from torch import Tensor
 
 from glip.data.annotations import (
-    CocoIndex,
     clean_boxes,
     has_valid_annotation,
     read_image,
@@ -35,6 +34,7 @@ from glip.data.annotations import (
 from glip.data.caption_packing import CaptionPacking, draw_negatives, grounded_phrases, pack_captions
 from glip.data.caption_screen import CaptionScreen
 from glip.data.grounding_sample import GroundingSample
+from glip.data.json_index import open_index
 from glip.data.masks import annotation_mask, has_segmentation, resize_masks
 from glip.data.od_to_grounding import CaptionRecipe, SampleRNG, labels_to_caption
 from glip.data.seeded import SeededDataset, sample_seed
@@ -53,16 +53,18 @@ class _GroundingDataset(SeededDataset):
 
     def __init__(
         self,
-        ann_file: str | Path | CocoIndex,
+        ann_file: str | Path | Any,  # a json path, or an index (CocoIndex, MappedCocoIndex, TsvIndex)
         image_dir: str | Path,
         tokenizer: Any,
         transform: TrainTransform,
         max_query_len: int,
         seed: int,
         masks: bool = False,
+        index_mode: str = "auto",
+        index_cache: str | Path | None = None,
     ) -> None:
-        # A ready index: the records come with each sample (glip.data.shards streams them).
-        self.index = ann_file if isinstance(ann_file, CocoIndex) else CocoIndex.load(ann_file)
+        # A ready index (glip.data.shards streams records with each sample; TSV pairs) or a json path.
+        self.index = ann_file if _is_index(ann_file) else open_index(ann_file, index_mode, index_cache)
         super().__init__(_valid_ids(self.index), seed)
         self.masks = masks
         self.image_dir = Path(image_dir)
@@ -140,8 +142,27 @@ class _GroundingDataset(SeededDataset):
         )
 
 
-def _valid_ids(index: CocoIndex) -> list[Any]:
-    ids = [i for i in index.image_ids if has_valid_annotation(index.annotations[i])]
+def _is_index(value: Any) -> bool:
+    """Whether ``value`` is an annotation index already (else a json path)."""
+    return hasattr(value, "annotations") and hasattr(value, "image_ids")
+
+
+def _read_image(index: Any, image_dir: Path, record: Mapping[str, Any]) -> np.ndarray:
+    """The pixels of ``record``: from the index when it holds them (TSV), else the file
+    ``image_dir / record["file_name"]``."""
+    reader = getattr(index, "read_image", None)
+    return reader(record) if reader is not None else read_image(image_dir / record["file_name"])
+
+
+def _valid_ids(index: Any) -> Sequence[Any]:
+    """The image ids usable for training (official ``has_valid_annotation``), in id order;
+    an index that knows them (:class:`~glip.data.json_index.MappedCocoIndex`) answers
+    without decoding its records."""
+    known = getattr(index, "valid_ids", None)
+    if known is not None:
+        ids = known()
+    else:
+        ids = [i for i in index.image_ids if has_valid_annotation(index.annotations[i])]
     if len(ids) < len(index.image_ids):
         logger.info(
             "%d of %d images have no usable box and are skipped", len(index.image_ids) - len(ids), len(index.image_ids)
@@ -166,8 +187,10 @@ class CocoGroundingDataset(_GroundingDataset):
     contiguous ids in json category order; the caption comes from ``recipe``.
 
     Args:
-        ann_file: COCO json (``images``, ``annotations`` with ``bbox`` xywh, ``categories``).
-        image_dir: folder the images' ``file_name`` are relative to.
+        ann_file: COCO json (``images``, ``annotations`` with ``bbox`` xywh, ``categories``),
+            or an index of one (:func:`glip.data.json_index.open_index`, a TSV index).
+        image_dir: folder the images' ``file_name`` are relative to (unused when the index
+            holds the pixels, as a TSV index does).
         tokenizer: a fast BERT tokenizer (:func:`glip.text.load_tokenizer`).
         transform: resize/flip/normalise (:func:`glip.data.transforms.build_train_transform`).
         recipe: how labels become a caption (default: COCO fine-tuning).
@@ -180,6 +203,9 @@ class CocoGroundingDataset(_GroundingDataset):
         category_vocabulary: normalised class name -> global class id, shared by every
             dataset of a training mix (:func:`glip.text.spans.build_category_vocabulary`
             over all their names); default: built from this dataset's names alone.
+        index_mode, index_cache: how a json path is read (:func:`glip.data.json_index.open_index`):
+            ``"memory"`` (parsed), ``"mapped"`` (an on-disk index, constant memory) or
+            ``"auto"`` (mapped from 64 MiB); where the index is cached.
     """
 
     def __init__(
@@ -194,8 +220,10 @@ class CocoGroundingDataset(_GroundingDataset):
         seed: int = 0,
         masks: bool = False,
         category_vocabulary: Mapping[str, int] | None = None,
+        index_mode: str = "auto",
+        index_cache: str | Path | None = None,
     ) -> None:
-        super().__init__(ann_file, image_dir, tokenizer, transform, max_query_len, seed, masks)
+        super().__init__(ann_file, image_dir, tokenizer, transform, max_query_len, seed, masks, index_mode, index_cache)
         index = self.index
         self.recipe = recipe if recipe is not None else CaptionRecipe.coco_finetune()
         # Contiguous ids follow the json's category order (official getCatIds()).
@@ -219,7 +247,7 @@ class CocoGroundingDataset(_GroundingDataset):
         """Sample ``item`` drawn with ``rng``."""
         image_id = self.ids[item]
         record = self.index.images[image_id]
-        image = read_image(self.image_dir / record["file_name"])
+        image = _read_image(self.index, self.image_dir, record)
         return self.build(image, record, self.index.annotations[image_id], rng)
 
     def build(
@@ -298,6 +326,8 @@ class MdetrGroundingDataset(_GroundingDataset):
         screen: CaptionScreen | None = None,
         packing: CaptionPacking | None = None,
         concept_scores: bool = False,
+        index_mode: str = "auto",
+        index_cache: str | Path | None = None,
     ) -> None:
         if kind not in ("grounding", "caption"):
             raise ValueError(f"MdetrGroundingDataset kind must be 'grounding' or 'caption', got {kind!r}")
@@ -305,7 +335,7 @@ class MdetrGroundingDataset(_GroundingDataset):
             raise ValueError("caption packing applies to pseudo-labelled caption data (kind 'caption') only")
         self.packing = packing
         self._phrase_cache: dict[int, frozenset[str]] = {}
-        super().__init__(ann_file, image_dir, tokenizer, transform, max_query_len, seed, masks)
+        super().__init__(ann_file, image_dir, tokenizer, transform, max_query_len, seed, masks, index_mode, index_cache)
         self.kind: DataKind = kind
         self.concept_scores = concept_scores
         if screen is not None:
@@ -315,13 +345,16 @@ class MdetrGroundingDataset(_GroundingDataset):
     @property
     def has_concept_scores(self) -> bool:
         """Whether some box of the (screened) data carries a teacher's ``concept_scores``."""
+        known = getattr(self.index, "has_concept_scores", None)
+        if known is not None:
+            return bool(known(self.ids))
         return any("concept_scores" in a for i in self.ids for a in self.index.annotations[i])
 
     def load(self, item: int, rng: SampleRNG) -> GroundingSample:
         """Sample ``item`` drawn with ``rng`` (only the transform draws)."""
         image_id = self.ids[item]
         record = self.index.images[image_id]
-        image = read_image(self.image_dir / record["file_name"])
+        image = _read_image(self.index, self.image_dir, record)
         return self.build(image, record, self.index.annotations[image_id], rng, item)
 
     def build(

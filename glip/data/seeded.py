@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from torch.utils.data import Dataset
 
+from glip.data.json_index import IdArray
 from glip.data.od_to_grounding import SampleRNG
 
 if TYPE_CHECKING:
@@ -41,7 +42,8 @@ class SeededDataset(Dataset):
     """
 
     def __init__(self, ids: Sequence[Any], seed: int) -> None:
-        self.ids = list(ids)
+        # An index's id array stays an array (no Python int per sample, nothing copied on read).
+        self.ids: Sequence[Any] = ids if isinstance(ids, IdArray) else list(ids)
         self.seed = seed
         self.epoch = 0
 

@@ -18,6 +18,7 @@ from glip.data.captions import CaptionDataset
 from glip.data.od_to_grounding import parse_caption_prompt
 from glip.data.seeded import SeededDataset
 from glip.data.transforms import build_train_transform
+from glip.data.tsv import TsvIndex
 from glip.engine.vqa import VQA_FORMATS, build_vqa_dataset
 
 __all__ = [
@@ -146,6 +147,7 @@ def build_dataset(cfg: GLIPConfig, tokenizer: Any, train: bool = True) -> Datase
     masks = cfg.model.heads.mask.enabled  # the mask head's targets
     if d.pseudo_labelled and d.format != "mdetr":
         raise ValueError(f"data.pseudo_labelled applies to data.format 'mdetr' (grounding json), not {d.format!r}")
+    ann, index = _annotations(cfg, ann, images), {"index_mode": d.json_index, "index_cache": d.index_cache or None}
     if d.format == "mdetr":  # the caption options screen (and pack) training data only, as official
         screen = CaptionScreen(d.caption_conf, d.caption_nms, d.caption_min_box) if train else None
         pseudo = d.pseudo_labelled and train
@@ -153,7 +155,7 @@ def build_dataset(cfg: GLIPConfig, tokenizer: Any, train: bool = True) -> Datase
         distill = train and cfg.model.heads.grounding.distill_weight > 0  # the teacher's concept scores
         return MdetrGroundingDataset(
             ann, images, tokenizer, transform, max_query_len=max_len, seed=cfg.solver.seed, masks=masks,
-            kind="caption" if pseudo else "grounding", screen=screen, packing=packing, concept_scores=distill,
+            kind="caption" if pseudo else "grounding", screen=screen, packing=packing, concept_scores=distill, **index,
         )  # fmt: skip
     if d.format == "captions":  # captioning (GLIPv2): COCO-captions json, never flipped
         transform = build_train_transform(cfg.input, flip_prob=0.0, train=train)
@@ -162,7 +164,7 @@ def build_dataset(cfg: GLIPConfig, tokenizer: Any, train: bool = True) -> Datase
         raise ValueError(f"unknown data.format {d.format!r} (expected 'coco', 'mdetr', 'vqa', 'gqa' or 'captions')")
     recipe = caption_recipe(cfg, train)
     dataset = CocoGroundingDataset(
-        ann, images, tokenizer, transform, recipe, max_query_len=max_len, seed=cfg.solver.seed, masks=masks
+        ann, images, tokenizer, transform, recipe, max_query_len=max_len, seed=cfg.solver.seed, masks=masks, **index
     )
     return RepeatDataset(dataset, d.general_copy) if train and d.general_copy > 1 else dataset
 
@@ -179,6 +181,19 @@ def caption_recipe(cfg: GLIPConfig, train: bool) -> CaptionRecipe:
         random_sample_negative=d.random_sample_negative,
         caption_prompt=parse_caption_prompt(d.caption_prompt) if d.caption_prompt else None,
     )
+
+
+def _annotations(cfg: GLIPConfig, ann: str, images: str) -> Any:
+    """``ann`` (a json path), or a :class:`~glip.data.tsv.TsvIndex` when it names a label TSV
+    (``images``: its image TSV)."""
+    d = cfg.data
+    if not ann.endswith(".tsv"):
+        return ann
+    if d.format not in ("coco", "mdetr"):
+        raise ValueError(f"TSV data is read as data.format 'coco' (detection) or 'mdetr' (grounding), not {d.format!r}")
+    if d.format == "coco" and not d.tsv_labelmap:
+        raise ValueError("detection TSV data needs data.tsv_labelmap: the labelmap json of its class names")
+    return TsvIndex(ann, images, d.tsv_labelmap if d.format == "coco" else None)
 
 
 def check_teacher_scores(cfg: GLIPConfig, datasets: list[Dataset]) -> None:
