@@ -7,7 +7,6 @@ order).
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ from PIL import Image
 from torch import Tensor
 
 from glip.text import span_token_range
+from glip.utils.coco_json import check_coco_dataset, read_json
 from glip.utils.image import ImageLoadError, load_image
 
 __all__ = [
@@ -55,13 +55,15 @@ class CocoIndex:
 
     @staticmethod
     def load(path: str | Path) -> CocoIndex:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-        images = {img["id"]: img for img in data.get("images", [])}
+        """Reads and checks ``path`` (:func:`glip.utils.coco_json.check_coco_dataset`:
+        ``images`` and ``annotations`` required, ``categories`` checked when present; boxes
+        need only be four numbers, :func:`clean_boxes` drops the degenerate ones); a
+        ``ValueError`` names the file and its first bad entry."""
+        data = read_json(path)
+        check_coco_dataset(data, path, required=("images", "annotations"), strict_boxes=False)
+        images = {img["id"]: img for img in data["images"]}
         annotations: dict[Any, list[dict[str, Any]]] = {img_id: [] for img_id in images}
-        for ann in data.get("annotations", []):
-            if ann["image_id"] not in annotations:
-                raise ValueError(f"{path}: annotation {ann.get('id')} names unknown image {ann['image_id']}")
+        for ann in data["annotations"]:
             annotations[ann["image_id"]].append(ann)
         return CocoIndex(images, annotations, list(data.get("categories", [])), sorted(images))
 

@@ -5,12 +5,13 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
-import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Union
 
-__all__ = ["COCO_METRICS", "IOU_TYPES", "CocoLike", "ResultsLike", "evaluate_coco", "load_json"]
+from glip.utils.coco_json import COCO_SECTIONS, check_coco_dataset, read_json
+
+__all__ = ["COCO_METRICS", "IOU_TYPES", "CocoLike", "ResultsLike", "evaluate_coco", "load_coco_json", "load_json"]
 
 # What COCOeval compares: boxes, or instance masks (results carry RLE ``segmentation``).
 IOU_TYPES = ("bbox", "segm")
@@ -23,11 +24,23 @@ ResultsLike = Union[str, Path, Sequence[Mapping[str, Any]]]
 
 
 def load_json(value: Any) -> Any:
-    """A path is read as JSON; anything else is returned unchanged."""
+    """A path is read as JSON (a file that is not JSON raises a ``ValueError`` naming it);
+    anything else is returned unchanged."""
     if isinstance(value, (str, Path)):
-        with open(value, encoding="utf-8") as f:
-            return json.load(f)
+        return read_json(value)
     return value
+
+
+def load_coco_json(value: CocoLike, required: Sequence[str] = COCO_SECTIONS, strict_boxes: bool = True) -> Any:
+    """A COCO-format annotation file (path or parsed dict), checked: the ``required``
+    sections are there and every image, category and annotation record has what the
+    evaluation reads (:func:`glip.utils.coco_json.check_coco_dataset`; ``strict_boxes``
+    false lets non-finite and negative-size boxes through, for training files); a
+    ``ValueError`` names the file and the first bad entry."""
+    data = load_json(value)
+    source = value if isinstance(value, (str, Path)) else "the ground truth"
+    check_coco_dataset(data, source, required, strict_boxes=strict_boxes)
+    return data
 
 
 def _coco_api(ground_truth: Mapping[str, Any]) -> Any:
@@ -75,7 +88,7 @@ def evaluate_coco(
 
     if iou_type not in IOU_TYPES:
         raise ValueError(f"iou_type must be one of {IOU_TYPES}, got {iou_type!r}")
-    gt = _coco_api(load_json(ground_truth))
+    gt = _coco_api(load_coco_json(ground_truth))
     dets = [dict(r) for r in load_json(results)]
     if iou_type == "segm":
         if any("segmentation" not in d for d in dets):

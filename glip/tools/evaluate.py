@@ -27,7 +27,8 @@ from glip.evaluation import (
     format_metrics,
     write_json,
 )
-from glip.evaluation.coco import IOU_TYPES, load_json
+from glip.evaluation.coco import IOU_TYPES, load_coco_json, load_json
+from glip.evaluation.inputs import check_ground_truth_masks, check_results
 from glip.structures import Detections
 from glip.text import Prompt
 from glip.utils.distributed import all_gather_objects, is_main_process, rank, world_size
@@ -155,7 +156,9 @@ def evaluate_detection(
         raise ValueError(f"task must be one of {DETECTION_TASKS}, got {task!r}")
     _check_iou_types(task, iou_types)
     masks = "segm" in iou_types
-    gt = load_json(ann_file)
+    gt = load_coco_json(ann_file)
+    if masks:
+        check_ground_truth_masks(gt, ann_file)
     images = sorted(gt.get("images", []), key=lambda img: img["id"])
     prompt, category_ids = category_prompt(gt.get("categories", []), override, caption_prompt)
     if task == "lvis" and chunk_size is None:
@@ -260,18 +263,25 @@ def score_results_file(
 ) -> dict[str, float]:
     """Scores an existing COCO-results file (no model): pycocotools AP for ``"coco"`` (box
     and/or mask, see :func:`coco_metrics`), LVIS AP with Fixed AP's unlimited detections
-    per image for ``"lvis"`` (box and/or mask, see :func:`lvis_metrics`)."""
+    per image for ``"lvis"`` (box and/or mask, see :func:`lvis_metrics`). Both files are
+    checked first (:func:`glip.evaluation.coco.load_coco_json`,
+    :func:`glip.evaluation.inputs.check_results`): a bad entry is a ``ValueError`` naming
+    its file."""
     if task not in DETECTION_TASKS:
         raise ValueError(f"scoring a results file needs --task coco or lvis, got {task!r}")
     _check_iou_types(task, iou_types)
     for path in (ann_file, results_file):
         if not Path(path).is_file():
             raise FileNotFoundError(f"no such file: {path}")
+    gt = load_coco_json(ann_file)
     results = load_json(results_file)
+    check_results(results, gt, results_file, iou_types)
+    if "segm" in iou_types:
+        check_ground_truth_masks(gt, ann_file)
     if task == "lvis":
-        metrics = lvis_metrics(load_json(ann_file), results, iou_types)
+        metrics = lvis_metrics(gt, results, iou_types)
     else:
-        metrics = coco_metrics(load_json(ann_file), results, iou_types)
+        metrics = coco_metrics(gt, results, iou_types)
     if out_dir is not None:
         write_json(Path(out_dir) / "metrics.json", metrics)
     return metrics

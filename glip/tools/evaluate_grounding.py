@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from glip.evaluation import GroundingRecall, format_metrics, write_json
-from glip.evaluation.coco import load_json
+from glip.evaluation.coco import load_coco_json
 from glip.structures import Detections
 from glip.text import Prompt
 from glip.tools.evaluate import PredictorLike, image_path, progress_bar
@@ -98,7 +98,7 @@ def evaluate_grounding(
     """
     if task not in GROUNDING_TASKS:
         raise ValueError(f"task must be one of {tuple(GROUNDING_TASKS)}, got {task!r}")
-    data = load_json(ann_file)
+    data = load_coco_json(ann_file, required=("images", "annotations"))
     records = sorted(data.get("images", []), key=lambda r: r["id"])
     by_image: dict[Any, list[dict[str, Any]]] = {r["id"]: [] for r in records}
     for ann in data.get("annotations", []):

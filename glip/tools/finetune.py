@@ -27,7 +27,7 @@ from glip.data.few_shot import few_shot_subset, instances_per_category, official
 from glip.data.layout import read_dataset_dir
 from glip.engine.tuning import PROMPT_TUNING_SOLVER, resolve_tuning_mode
 from glip.evaluation import write_json
-from glip.evaluation.coco import load_json
+from glip.evaluation.coco import load_coco_json
 from glip.tools.evaluate import evaluate_detection
 
 __all__ = [
@@ -128,7 +128,7 @@ def _write_train_subset(data: TransferData, shots: int, seed: int, out_dir: Path
     """The k-shot training json (released file when present, else drawn), with override
     category names applied; written to ``out_dir``."""
     official = official_few_shot_file(data.train_json, shots, seed) if shots else None
-    coco = load_json(official or data.train_json)
+    coco = load_coco_json(official or data.train_json, strict_boxes=False)  # the dataset drops bad boxes
     subset = coco if official else few_shot_subset(coco, shots, seed)
     if data.categories:
         names = dict(data.categories)
