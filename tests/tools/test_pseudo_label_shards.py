@@ -212,3 +212,26 @@ def test_pseudo_labelled_img2dataset_shards_train(shapes, text_dir, tmp_path):  
     assert result.progress.step == 2
     losses = [json.loads(x)["loss"] for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert len(losses) == 2 and all(0 < v < 100 for v in losses)
+
+
+@pytest.mark.slow  # two torchrun processes, each loading the teacher: ~30 s on 2 busy cores (pytest -m slow)
+def test_two_distributed_processes_split_by_shard(small, tmp_path):
+    """The torchrun / accelerate path (WORLD_SIZE, gloo on CPU): rank k labels shard k, rank 0
+    writes the manifest after the barrier."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.engine.conftest import REPO
+
+    src, _ = small
+    out = tmp_path / "out"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29562",
+           "-m", "glip.cli", "pseudo-label", "--shards", str(src), "--model", "demo-shapes", "--out", str(out),
+           "--threshold", str(THRESHOLD), "--device", "cpu", "--quiet"]  # fmt: skip
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "process 1/2: labelled 1 shards" in proc.stdout and "process 2/2: labelled 1 shards" in proc.stdout
+    assert proc.stdout.count("wrote") == 1
+    assert [s.name for s in open_shard_set(out).shards] == ["00000.tar", "00001.tar"]
