@@ -42,8 +42,9 @@ def add_pseudo_label_parser(subparsers: argparse._SubParsersAction) -> argparse.
         description="Pseudo-label a COCO-captions json: find each caption's noun phrases, ground them with a GLIP "
         "teacher (or score detector regions with CLIP, --teacher clip) and write MDETR-style grounding json "
         "(each caption an image record, each box with tokens_positive and score) that glip train reads with "
-        "data.format=mdetr. Under `accelerate launch` the images are sharded over the processes; a bad image "
-        "is logged and skipped.",
+        "data.format=mdetr. With --shards, caption tar shards (img2dataset's output) are labelled into "
+        "training shards instead (data.train_shards). Under `accelerate launch` the work is split over the "
+        "processes; a bad image is logged and skipped.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
