@@ -41,18 +41,23 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from glip.data.annotations import read_image
 from glip.data.caption_screen import CaptionScreen
 from glip.data.captions import load_coco_captions
 from glip.tools.teachers import Chunker, PseudoBox, Teacher, caption_prompt
 
 __all__ = [
+    "CATEGORIES",
     "ImageItem",
     "LabelSummary",
     "MergeSummary",
     "PseudoLabelSettings",
     "ShardStore",
+    "annotation_record",
     "default_shard_dir",
+    "label_captions",
     "label_images",
     "merge_shards",
     "read_caption_items",
@@ -61,7 +66,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 _PART_FORMAT = "glip-pseudo-label-part/1"
-_CATEGORIES = [{"id": 1, "name": "object"}]  # one category, as MDETR's files (category_id 1)
+CATEGORIES = [{"id": 1, "name": "object"}]  # one category, as MDETR's files (category_id 1)
 
 
 @dataclass(frozen=True)
@@ -214,6 +219,36 @@ def _concepts(prompt: Any) -> list[dict[str, Any]]:
     ]
 
 
+def label_captions(
+    image: np.ndarray, captions: Sequence[str], image_id: Any, teacher: Teacher, chunker: Chunker, screen: CaptionScreen
+) -> list[dict[str, Any]]:
+    """One image's captions labelled: per caption ``{"caption", "annotations": [...]}`` (each
+    box as :func:`_annotation` writes it, screened by ``screen``) and ``"concepts"`` when the
+    teacher scores concepts. ``image``: ``uint8 [H, W, 3]`` stored pixels. The teacher's
+    errors propagate."""
+    prompts = [caption_prompt(c, chunker) for c in captions]
+    found = teacher.label(image, [p for p in prompts if p is not None], image_id)
+    records = []
+    boxes = iter(found)
+    for caption, prompt in zip(captions, prompts):
+        record: dict[str, Any] = {"caption": caption, "annotations": []}
+        if prompt is not None:
+            labelled = next(boxes)
+            annotations = [_annotation(b, prompt.spans[b.phrase], prompt.phrases[b.phrase]) for b in labelled]
+            record["annotations"] = screen.screen(annotations)
+            if any(b.concept_scores is not None for b in labelled):
+                record["concepts"] = _concepts(prompt)
+        records.append(record)
+    return records
+
+
+def annotation_record(ann: dict[str, Any]) -> dict[str, Any]:
+    """A labelled box as a grounding annotation record: ``category_id`` 1, ``iscrowd`` 0 and
+    its ``area`` added to :func:`_annotation`'s fields."""
+    w, h = ann["bbox"][2], ann["bbox"][3]
+    return {"category_id": 1, "iscrowd": 0, "area": round(w * h, 2), **ann}
+
+
 def label_image(
     item: ImageItem, image_dir: Path, teacher: Teacher, chunker: Chunker, screen: CaptionScreen
 ) -> dict[str, Any]:
@@ -222,22 +257,10 @@ def label_image(
     try:
         # The stored pixels, as the training reader sees them (no EXIF rotation).
         image = read_image(image_dir / item.file_name)
-        prompts = [caption_prompt(c, chunker) for c in item.captions]
-        found = teacher.label(image, [p for p in prompts if p is not None], item.image_id)
+        captions = label_captions(image, item.captions, item.image_id, teacher, chunker, screen)
     except Exception as e:  # a bad image (or one the teacher cannot run) must not stop the job
         logger.warning("image %s (%s) skipped: %s: %s", item.image_id, item.file_name, type(e).__name__, e)
         return {**head, "error": f"{type(e).__name__}: {e}"}
-    captions = []
-    boxes = iter(found)
-    for caption, prompt in zip(item.captions, prompts):
-        record: dict[str, Any] = {"caption": caption, "annotations": []}
-        if prompt is not None:
-            labelled = next(boxes)
-            annotations = [_annotation(b, prompt.spans[b.phrase], prompt.phrases[b.phrase]) for b in labelled]
-            record["annotations"] = screen.screen(annotations)
-            if any(b.concept_scores is not None for b in labelled):
-                record["concepts"] = _concepts(prompt)
-        captions.append(record)
     return {**head, "height": int(image.shape[0]), "width": int(image.shape[1]), "captions": captions}
 
 
@@ -357,15 +380,11 @@ def merge_shards(items: Sequence[ImageItem], store: ShardStore, out: str | Path)
                 **({"concepts": cap["concepts"]} if "concepts" in cap else {}),
             })  # fmt: skip
             for ann in cap["annotations"]:
-                w, h = ann["bbox"][2], ann["bbox"][3]
-                annotations.append({
-                    "id": len(annotations) + 1, "image_id": image_id, "category_id": 1, "iscrowd": 0,
-                    "area": round(w * h, 2), **ann,
-                })  # fmt: skip
+                annotations.append({"id": len(annotations) + 1, "image_id": image_id, **annotation_record(ann)})
     merged = {
         "images": images,
         "annotations": annotations,
-        "categories": _CATEGORIES,
+        "categories": CATEGORIES,
         "pseudo_label": {**{k: v for k, v in settings.items()}, "failed_images": failed},
     }
     out = Path(out)
