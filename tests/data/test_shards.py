@@ -101,6 +101,34 @@ def test_resume_mid_epoch_on_the_same_and_another_split(tmp_path):
     assert sorted(seen + rest) == sorted(f"k{i}" for i in range(48))  # nothing lost or read twice
 
 
+_RANK_READER = """
+import json, sys
+sys.path.insert(0, {tests!r})
+from test_shards import keys_stream, sampler, collate
+root, rank, out = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+batches = list(keys_stream(root).loader(sampler(epoch=1, rank=rank, world=2), collate, 2))
+open(out, "w").write(json.dumps(batches))
+"""
+
+
+def test_two_os_processes_with_two_workers_each_read_every_sample_once(tmp_path):
+    """Two real processes (ranks 0 and 1 of 2, started together, two loader workers each):
+    the union of their keys is the set and no key is read twice."""
+    write_keys_set(tmp_path / "set", 30, shard_size=4)
+    script = tmp_path / "rank_reader.py"
+    script.write_text(_RANK_READER.format(tests=str(Path(__file__).parent)))
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(script), str(tmp_path / "set"), str(r), str(tmp_path / f"r{r}.json")], env=env
+        )
+        for r in (0, 1)
+    ]
+    assert [p.wait(timeout=120) for p in procs] == [0, 0]
+    keys = [k for r in (0, 1) for b in json.loads((tmp_path / f"r{r}.json").read_text()) for k in b]
+    assert len(keys) == 30 and sorted(keys) == sorted(f"k{i}" for i in range(30))  # 30 // (3 x 2) = 5 steps each
+
+
 _READER = """
 import json, os, sys, time
 sys.path.insert(0, {tests!r})
