@@ -254,7 +254,6 @@ def test_gradio_client_gets_the_results_of_glip_predict(server, shapes, referenc
     from gradio_client.exceptions import AppError
 
     from glip.structures import Detections
-    from glip.tools.detect import annotate
     from glip.utils.image import load_image
 
     url, _ = server.ready()
@@ -278,7 +277,7 @@ def test_gradio_client_gets_the_results_of_glip_predict(server, shapes, referenc
         torch.tensor([d["label"] for d in dets]), [d["phrase"] for d in dets], (height, width),
     )  # fmt: skip
     drawn = np.asarray(Image.open(image).convert("RGB"))
-    np.testing.assert_array_equal(drawn, np.asarray(annotate(load_image(shapes), served)))
+    np.testing.assert_array_equal(drawn, np.asarray(served.plot(load_image(shapes))))
     # User errors come back as one-line messages, not tracebacks.
     with pytest.raises(AppError, match="the prompt is empty"):
         client.predict(handle_file(str(shapes)), "  ", THRESHOLD, api_name="/detect")
