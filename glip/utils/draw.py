@@ -8,10 +8,10 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-__all__ = ["DrawStyle", "draw_detections", "draw_style"]
+__all__ = ["PALETTE", "DrawStyle", "draw_detections", "draw_style", "load_font"]
 
 # Distinct, saturated colours (tab10-like), cycled by label.
-_PALETTE = [
+PALETTE = [
     (31, 119, 180),
     (255, 127, 14),
     (44, 160, 44),
@@ -61,7 +61,8 @@ def draw_style(height: int, width: int) -> DrawStyle:
     return DrawStyle(font_size=font, line_width=line, halo=max(1, round(line / 2)), pad=max(1, round(font / 8)))
 
 
-def _font(size: int) -> ImageFont.ImageFont:
+def load_font(size: int) -> ImageFont.ImageFont:
+    """Pillow's bundled font at ``size`` pixels (its one bitmap size before Pillow 10.1)."""
     try:
         return ImageFont.load_default(size=size)
     except TypeError:  # Pillow < 10.1 has one bitmap size
@@ -97,7 +98,7 @@ def draw_detections(
         blended = image.astype(np.float32)
         # Lowest-scored first (detections come sorted by score), so the best mask ends on top.
         for mask, label in reversed(list(zip(masks, labels))):
-            color = np.array(_PALETTE[int(label) % len(_PALETTE)], dtype=np.float32)
+            color = np.array(PALETTE[int(label) % len(PALETTE)], dtype=np.float32)
             m = np.asarray(mask, dtype=bool)
             blended[m] = (1 - mask_alpha) * blended[m] + mask_alpha * color
         image = np.clip(blended.round(), 0, 255).astype(np.uint8)
@@ -106,12 +107,12 @@ def draw_detections(
     h, w = image.shape[:2]
     style = draw_style(h, w)
     line, pad = style.line_width, style.pad
-    font = _font(style.font_size)
+    font = load_font(style.font_size)
     # One tag height for every caption (from a tall-and-deep sample), so tags line up.
     _, text_top, _, text_bottom = draw.textbbox((0, 0), "Ag|", font=font)
     th = text_bottom - text_top
     for box, label, caption in zip(boxes, labels, captions):
-        color = _PALETTE[int(label) % len(_PALETTE)]
+        color = PALETTE[int(label) % len(PALETTE)]
         x1, y1, x2, y2 = (float(v) for v in box)
         # A dark halo under the coloured outline keeps it visible on bright and dark regions.
         draw.rectangle((x1, y1, x2, y2), outline=(0, 0, 0), width=line + style.halo)
