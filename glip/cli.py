@@ -34,6 +34,11 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def _number(value: float) -> str:
+    """``11.6`` under 100, ``930`` above: the digits that mean something."""
+    return f"{value:.1f}" if value < 100 else f"{value:.0f}"
+
+
 def _cmd_models(args: argparse.Namespace) -> int:
     from glip.hub.zoo import HF_REPO, cache_dir, list_models
 
@@ -41,7 +46,8 @@ def _cmd_models(args: argparse.Namespace) -> int:
     print(f"{'name':<14} {'params':>7} {'size':>8}  {'cached':<6}  description")
     for r in rows:
         print(
-            f"{r['name']:<14} {r['params_m']:>6.0f}M {r['size_mb']:>6} MB  {'yes' if r['cached'] else 'no':<6}  "
+            f"{r['name']:<14} {_number(r['params_m']):>6}M {_number(r['size_mb']):>6} MB  "
+            f"{'yes' if r['cached'] else 'no':<6}  "
             f"{r['description']}"
         )
     print(f"\nweights: {HF_REPO} on the Hugging Face hub; converted copies cached in {cache_dir()}")

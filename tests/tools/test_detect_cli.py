@@ -142,3 +142,13 @@ def test_detect_keeps_formats_and_agnostic_nms_keeps_one_label_per_box(tmp_path)
     assert len(reference[0]) < len(plain)  # the flag changed something
     for entry, ref in zip(entries, reference):
         assert [d["phrase"] for d in entry["detections"]] == ref.phrases
+
+
+def test_models_lists_the_bundled_model_at_its_measured_size(capsys):
+    from glip.hub.zoo import ZOO, _bundled_dir
+
+    folder = _bundled_dir(ZOO["demo-shapes"])
+    size_mb = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) / 1e6
+    assert main(["models"]) == 0
+    (row,) = [line for line in capsys.readouterr().out.splitlines() if line.startswith("demo-shapes")]
+    assert row.split()[2:4] == [f"{size_mb:.1f}", "MB"]  # 11.6 MB, not the 19 once written by hand
