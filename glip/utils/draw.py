@@ -111,7 +111,9 @@ def draw_detections(
     # One tag height for every caption (from a tall-and-deep sample), so tags line up.
     _, text_top, _, text_bottom = draw.textbbox((0, 0), "Ag|", font=font)
     th = text_bottom - text_top
-    for box, label, caption in zip(boxes, labels, captions):
+    # Lowest-scored first (detections come sorted by score): where boxes share a place, the
+    # best one's outline and tag end on top.
+    for box, label, caption in reversed(list(zip(boxes, labels, captions))):
         color = PALETTE[int(label) % len(PALETTE)]
         x1, y1, x2, y2 = (float(v) for v in box)
         # A dark halo under the coloured outline keeps it visible on bright and dark regions.

@@ -84,3 +84,12 @@ def test_save_writes_the_plot_in_the_suffix_format(tmp_path, suffix):
 def test_empty_detections_plot_the_image_unchanged():
     image = np.full((50, 60, 3), 7, dtype=np.uint8)
     assert np.array_equal(np.asarray(Detections.empty((50, 60)).plot(image)), image)
+
+
+def test_the_best_detection_is_drawn_on_top():
+    image = np.full((128, 128, 3), GREY, dtype=np.uint8)
+    box = [32.0, 64.0, 96.0, 120.0]
+    det = Detections(torch.tensor([box, box]), torch.tensor([0.9, 0.3]), torch.tensor([1, 2]), ["best", "worse"])
+    drawn = np.asarray(det.plot(image))
+    assert tuple(drawn[90, 32]) == (255, 127, 14)  # the outline in label 1's colour, not label 2's
+    assert tuple(drawn[60, 32]) == (255, 127, 14)  # and its tag (its left padding)
