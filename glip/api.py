@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Union
+from typing import Union
 
 import torch
 
 from glip.hub.checkpoint import load_model
 from glip.modeling.glip import GLIP
 from glip.modeling.low_precision import parse_autocast_dtype, parse_weights_dtype, store_weights, stored_weights_dtype
-from glip.ops.multiclass_nms import multiclass_nms
 from glip.structures import Detections, ImageBatch
-from glip.text import Prompt, PromptError, TokenizedPrompt, parse_prompt, tokenize_prompt
-from glip.text.prompt import from_class_names
+from glip.text import Prompt, TokenizedPrompt
+from glip.text.chunks import chunk_prompt  # re-exported: glip.api.chunk_prompt
 from glip.utils.image import ImageInput, ImageLoadError
 
 __all__ = ["ModelLike", "PromptLike", "Predictor", "chunk_prompt", "predict"]
@@ -58,41 +56,6 @@ def resolve_model(
     )
 
 
-def chunk_prompt(
-    prompt: Prompt, tokenizer: Any, max_len: int, max_phrases: int, chunk_size: int | None = None
-) -> list[Prompt]:
-    """Splits a prompt whose phrases do not fit one pass into several prompts.
-
-    A prompt that fits (its caption within ``max_len`` tokens, at most ``max_phrases``
-    phrases, no ``chunk_size``) is returned unchanged. Otherwise phrases are packed, in
-    order, into captions ``"p1. p2. ..."`` of at most ``max_len`` tokens and at most
-    ``min(chunk_size, max_phrases)`` phrases, as the official chunked LVIS evaluation builds
-    its queries.
-    """
-    limit = max_phrases if chunk_size is None else min(chunk_size, max_phrases)
-    n_tokens = len(tokenizer(prompt.caption, add_special_tokens=True, verbose=False)["input_ids"])
-    if chunk_size is None and n_tokens <= max_len and len(prompt.phrases) <= max_phrases:
-        return [prompt]
-    budget = max_len - 2  # [CLS] and [SEP]
-    chunks: list[list[str]] = [[]]
-    used = 0
-    for phrase in prompt.phrases:
-        cost = len(tokenizer(phrase, add_special_tokens=False, verbose=False)["input_ids"]) + 1  # + the "." separator
-        if cost > budget:
-            raise PromptError(f"the phrase {phrase[:60]!r} alone is longer than {max_len} tokens")
-        if chunks[-1] and (used + cost > budget or len(chunks[-1]) >= limit):
-            chunks.append([])
-            used = 0
-        chunks[-1].append(phrase)
-        used += cost
-    return [from_class_names(names) for names in chunks]
-
-
-def _phrases_in_several(chunks: Sequence[TokenizedPrompt]) -> set[str]:
-    counts = Counter(p for tokens in chunks for p in set(tokens.phrases))
-    return {p for p, n in counts.items() if n > 1}
-
-
 class Predictor:
     """A loaded model plus everything to run it on user inputs.
 
@@ -113,6 +76,9 @@ class Predictor:
             that dtype (float32 weights; boxes and scores decoded in float32): the fast mode
             on a GPU. Its effect on the results is stated in the README (Speed and memory);
             default off.
+        agnostic_nms: one label per box: after GLIP's per-phrase NMS, NMS over all phrases at
+            once (the config's ``nms_thresh``, 0.6), so a box found for two phrases keeps only
+            its best-scored one, as class-agnostic NMS in other detectors; default off.
     """
 
     def __init__(
@@ -127,6 +93,7 @@ class Predictor:
         masks: bool = False,
         weights_dtype: str | torch.dtype | None = None,
         autocast: str | torch.dtype | None = None,
+        agnostic_nms: bool = False,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
@@ -143,50 +110,12 @@ class Predictor:
             self.model.require_masks()
         self.batch_size = batch_size
         self.masks = masks
+        self.agnostic_nms = agnostic_nms
 
     def prepare_prompt(self, prompt: PromptLike, chunk_size: int | None = None) -> list[TokenizedPrompt]:
-        """Parses, chunks (when too long) and tokenizes a prompt once for many images."""
-        model = self.model
-        parsed = parse_prompt(prompt)
-        max_phrases = model.grounding.num_classes
-        chunks = chunk_prompt(parsed, model.tokenizer, model.max_query_len, max_phrases, chunk_size)
-        return [tokenize_prompt(model.tokenizer, p, model.max_query_len) for p in chunks]
-
-    def _merge_chunks(self, per_chunk: list[Detections], chunks: list[TokenizedPrompt], top_k: int) -> Detections:
-        """Chunk results -> one Detections with global 1-based labels."""
-        if len(per_chunk) == 1:
-            return per_chunk[0]
-        offsets = [0]
-        for tokens in chunks[:-1]:
-            offsets.append(offsets[-1] + len(tokens.phrases))
-        boxes = torch.cat([d.boxes for d in per_chunk])
-        scores = torch.cat([d.scores for d in per_chunk])
-        labels = torch.cat([d.labels + off for d, off in zip(per_chunk, offsets)])
-        phrases = [p for d in per_chunk for p in d.phrases]
-        masks = None if per_chunk[0].masks is None else torch.cat([d.masks for d in per_chunk])
-        keep = torch.arange(len(phrases))
-        repeated = {p for p, n in Counter(phrases).items() if n > 1} & _phrases_in_several(chunks)
-        if repeated:
-            # Per-class NMS across chunks, for a phrase that several chunks contain (each chunk
-            # already ran NMS on its own classes, in the resized frame).
-            names = {name: i for i, name in enumerate(dict.fromkeys(phrases))}
-            keep = multiclass_nms(
-                boxes,
-                scores,
-                torch.tensor([names[p] for p in phrases], dtype=torch.int64),
-                self.model.postprocessor.nms_thresh,
-            )
-        order = keep[torch.sort(scores[keep], descending=True, stable=True).indices]
-        if top_k > 0:
-            order = order[:top_k]
-        return Detections(
-            boxes[order],
-            scores[order],
-            labels[order],
-            [phrases[i] for i in order.tolist()],
-            per_chunk[0].image_size,
-            None if masks is None else masks[order],
-        )
+        """Parses, chunks (when too long) and tokenizes a prompt once for many images
+        (:meth:`GLIP.prepare_prompt <glip.modeling.glip.GLIP.prepare_prompt>`)."""
+        return self.model.prepare_prompt(prompt, chunk_size)
 
     def iter_predict(
         self,
@@ -198,9 +127,10 @@ class Predictor:
         chunk_size: int | None = None,
         max_detections: int | None = None,
         masks: bool | None = None,
+        agnostic_nms: bool | None = None,
     ) -> Iterator[tuple[int, Detections | Exception]]:
         """Yields ``(index, Detections or the error)`` for each image, in input order.
-        ``masks``: override the predictor's ``masks`` setting.
+        ``masks``, ``agnostic_nms``: override the predictor's settings.
 
         An image that cannot be read, preprocessed or run through the model yields an
         :class:`ImageLoadError`; the others are still processed. Images are batched only with images of the same padded size, so
@@ -215,7 +145,7 @@ class Predictor:
         if with_masks:
             self.model.require_masks()
         chunks = self.prepare_prompt(prompt, chunk_size)
-        top_k = self.model.postprocessor.detections_per_img if max_detections is None else max_detections
+        agnostic = self.agnostic_nms if agnostic_nms is None else agnostic_nms
         prep = self.model.preprocessing
         stride = prep.size_divisibility
         pending: dict[tuple[int, int], list[tuple[int, torch.Tensor, tuple[int, int]]]] = {}
@@ -223,13 +153,11 @@ class Predictor:
         def run_batch(group: list[tuple[int, torch.Tensor, tuple[int, int]]]) -> list[tuple[int, Detections]]:
             batch = ImageBatch.from_tensors([t for _, t, _ in group], stride)
             sizes = [s for _, _, s in group]
-            per_chunk = self.model.detect_prompts(
-                batch, chunks, original_sizes=sizes, masks=with_masks, autocast=self.autocast
-            )
-            return [
-                (index, self._merge_chunks([dets[j] for dets in per_chunk], chunks, top_k).above(threshold))
-                for j, (index, _, _) in enumerate(group)
-            ]
+            dets = self.model.detect_chunks(
+                batch, chunks, sizes, masks=with_masks, autocast=self.autocast, max_detections=max_detections,
+                agnostic_nms=agnostic,
+            )  # fmt: skip
+            return [(index, det.above(threshold)) for (index, _, _), det in zip(group, dets)]
 
         def run(group: list[tuple[int, torch.Tensor, tuple[int, int]]]) -> list[tuple[int, Detections | Exception]]:
             # One image that breaks the model (an extreme size...) must not take the others
@@ -277,6 +205,7 @@ class Predictor:
         chunk_size: int | None = None,
         max_detections: int | None = None,
         masks: bool | None = None,
+        agnostic_nms: bool | None = None,
     ) -> Detections | list[Detections]:
         """Detects the prompt's phrases (and segments them with ``masks``).
 
@@ -291,6 +220,8 @@ class Predictor:
             max_detections: per image, after merging chunks (default: the config's
                 ``detections_per_img``, 100); ``0`` keeps all.
             masks: also each detection's mask (default: the predictor's setting).
+            agnostic_nms: one label per box (default: the predictor's setting): a box found
+                for several phrases keeps its best-scored phrase.
 
         Returns:
             one :class:`Detections` (original-image pixels, sorted by score), or a list
@@ -307,6 +238,7 @@ class Predictor:
             chunk_size=chunk_size,
             max_detections=max_detections,
             masks=masks,
+            agnostic_nms=agnostic_nms,
         ):
             if isinstance(result, Exception):
                 raise result
@@ -330,6 +262,7 @@ def predict(
     text_encoder: str | Path | None = None,
     masks: bool = False,
     autocast: str | torch.dtype | None = None,
+    agnostic_nms: bool = False,
 ) -> Detections | list[Detections]:
     """One-call zero-shot detection (see :meth:`Predictor.predict`).
 
@@ -337,6 +270,7 @@ def predict(
     loaded by name or path is kept for the next call. ``masks``: also each detection's
     mask (``Detections.masks``, original-image pixels; the model needs a mask head).
     ``autocast``: ``"bfloat16"`` / ``"float16"`` mixed-precision compute (see :class:`Predictor`).
+    ``agnostic_nms``: one label per box (see :class:`Predictor`).
     """
     compute = parse_autocast_dtype(autocast)  # a bad value fails before any model is loaded
     if isinstance(model, GLIP):
@@ -350,5 +284,6 @@ def predict(
             _CACHE[key] = predictor
     predictor.autocast = compute
     return predictor.predict(
-        images, prompt, threshold=threshold, batch_size=batch_size, chunk_size=chunk_size, masks=masks
-    )
+        images, prompt, threshold=threshold, batch_size=batch_size, chunk_size=chunk_size, masks=masks,
+        agnostic_nms=agnostic_nms,
+    )  # fmt: skip

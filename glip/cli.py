@@ -34,6 +34,11 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def _number(value: float) -> str:
+    """``11.6`` under 100, ``930`` above: the digits that mean something."""
+    return f"{value:.1f}" if value < 100 else f"{value:.0f}"
+
+
 def _cmd_models(args: argparse.Namespace) -> int:
     from glip.hub.zoo import HF_REPO, cache_dir, list_models
 
@@ -41,7 +46,8 @@ def _cmd_models(args: argparse.Namespace) -> int:
     print(f"{'name':<14} {'params':>7} {'size':>8}  {'cached':<6}  description")
     for r in rows:
         print(
-            f"{r['name']:<14} {r['params_m']:>6.0f}M {r['size_mb']:>6} MB  {'yes' if r['cached'] else 'no':<6}  "
+            f"{r['name']:<14} {_number(r['params_m']):>6}M {_number(r['size_mb']):>6} MB  "
+            f"{'yes' if r['cached'] else 'no':<6}  "
             f"{r['description']}"
         )
     print(f"\nweights: {HF_REPO} on the Hugging Face hub; converted copies cached in {cache_dir()}")
@@ -67,7 +73,7 @@ def _cmd_detect(args: argparse.Namespace) -> int:
     predictor = Predictor(
         model_arg(args), config=args.config, text_encoder=args.text_encoder, device=parse_device(args.device),
         batch_size=args.batch_size, trust_pickle=args.trust_pickle, masks=args.masks,
-        weights_dtype=args.weights_dtype, autocast=args.autocast,
+        weights_dtype=args.weights_dtype, autocast=args.autocast, agnostic_nms=args.agnostic_nms,
     )  # fmt: skip
     if prompt is None:  # a tuned model's own prompt (glip finetune)
         prompt = predictor.model.tuned_prompt
@@ -118,7 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
         "detect",
         help="detect the phrases of a prompt in images",
         description="Detect the phrases of a prompt in images, folders or globs. Writes one annotated image per "
-        "input and OUT/detections.json, prints a table. Exit status 1 when any input failed (the others are "
+        "input (in its format) and OUT/detections.json, prints a table. Exit status 1 when any input failed (the others are "
         "still processed).",
         epilog='example: glip detect photo.jpg photos/ "shots/*.png" --prompt "a cat. a dog." --out results',
     )
@@ -135,6 +141,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also segment each detection (models with a mask head): translucent fills in the images, "
         "COCO RLE under 'mask' in detections.json",
+    )
+    p.add_argument(
+        "--agnostic-nms",
+        action="store_true",
+        help="one label per box: a box found for several phrases keeps only its best-scored one "
+        "(class-agnostic NMS at the model's NMS IoU, 0.6)",
     )
     add_device_arg(p)
     add_output_arg(p, default="glip_detections")

@@ -195,3 +195,54 @@ def test_to_supervision_with_a_stand_in_module(predictor, images, monkeypatch):
     np.testing.assert_allclose(captured["confidence"], det.scores.numpy())
     assert captured["class_id"].tolist() == (det.labels - 1).tolist()
     assert captured["data"]["class_name"].tolist() == det.phrases
+
+
+# ------------------------------------------------ the bundled demo model (64-token prompts)
+OVERLAPPING = "blue triangle. triangle. blue shape. red circle. circle. blue diamond"
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory):
+    """The demo model and a synthetic image with a blue triangle, a blue diamond and a red circle."""
+    from glip.data import generate_synthetic
+
+    root = tmp_path_factory.mktemp("shapes")
+    data = generate_synthetic(root, num_train=0, num_val=2, image_size=(128, 160), seed=7)
+    return glip.load_model("demo-shapes", device="cpu"), str(data.image_dir / "val_00001.png")
+
+
+def test_model_predict_splits_a_long_prompt_as_glip_predict_does(shapes):
+    model, image = shapes
+    names = [f"object number {i}" for i in range(20)] + ["blue triangle", "red circle"]
+    chunks = model.prepare_prompt(names)
+    assert len(chunks) > 1  # beyond the demo model's 64 tokens: it used to raise PromptError
+    assert [p for c in chunks for p in c.phrases] == names
+    found = model.predict(image, names, threshold=0.0)
+    _same(found, glip.predict(image, names, model=model, threshold=0.0), 0)
+    # The later chunks' classes get their global labels.
+    assert set(found.labels.tolist()) <= set(range(1, len(names) + 1))
+    assert {names[i - 1] for i in found.labels.tolist()} == set(found.phrases)
+
+
+def _cross_label_overlaps(det: Detections, iou: float) -> int:
+    from glip.ops.boxes import box_iou
+
+    ious = box_iou(det.boxes, det.boxes, offset=1.0)  # the +1 areas of GLIP's NMS
+    other = det.labels[:, None] != det.labels[None, :]
+    return int(((ious > iou) & other).triu(1).sum())
+
+
+def test_agnostic_nms_keeps_one_label_per_box(shapes):
+    model, image = shapes
+    plain = glip.predict(image, OVERLAPPING, model=model, threshold=0.3)
+    assert _cross_label_overlaps(plain, 0.6) > 0  # the same shape found as "triangle" and "blue triangle"
+    for one in (
+        glip.predict(image, OVERLAPPING, model=model, threshold=0.3, agnostic_nms=True),
+        Predictor(model, agnostic_nms=True).predict(image, OVERLAPPING, threshold=0.3),
+        Predictor(model).predict(image, OVERLAPPING, threshold=0.3, agnostic_nms=True),
+        model.predict(image, OVERLAPPING, threshold=0.3, agnostic_nms=True),
+    ):
+        assert 0 < len(one) < len(plain) and _cross_label_overlaps(one, 0.6) == 0
+        assert torch.equal(one.scores, torch.sort(one.scores, descending=True).values)
+        # Each kept detection is one of the plain ones; the best one is kept.
+        assert one.scores[0] == plain.scores[0] and set(one.scores.tolist()) <= set(plain.scores.tolist())

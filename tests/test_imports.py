@@ -37,6 +37,7 @@ RANK = {
     "captioning": 5,  # glip.caption (grounded captioning), beside the api
     "tools": 5,
     "cli": 6,
+    "__main__": 6,  # python -m glip: the cli
     "train": 6,
 }
 SIBLINGS = {"modeling", "data", "evaluation"}

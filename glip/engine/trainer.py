@@ -40,7 +40,7 @@ from glip.engine.checkpoint import (
 )
 from glip.engine.data import ShardedBatchSampler, make_loader
 from glip.engine.ema import ModelEMA
-from glip.engine.metrics_log import MetricsLog, short_loss_name
+from glip.engine.metrics_log import MetricsLog, format_metric, short_loss_name
 from glip.engine.monitor import BestMonitor
 from glip.engine.multitask import MultiSourceData, TrainingSource
 from glip.engine.optim import build_optimizer, build_schedule, clip_grad_norm
@@ -259,6 +259,8 @@ class Trainer:
                 metrics = self.validate()
                 self._watch(metrics)
             self.monitor.restore_best(self.model)
+            if acc.is_main_process:
+                self._write_curves()
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
@@ -362,7 +364,8 @@ class Trainer:
             self.schedule.apply(self.optimizer)
             logger.info("no %s gain for %d evaluations: learning rates x %g", key, s.step_patience + 1, s.gamma)
         if 0 <= s.auto_terminate_patience <= self.monitor.worse:
-            logger.info("early stop at step %d: best %s %.4f", self.progress.step, key, self.monitor.best)
+            best = format_metric(key, self.monitor.best)
+            logger.info("early stop at step %d: best %s %s", self.progress.step, key, best)
             self.monitor.stopped = True
         return self.monitor.stopped
 
@@ -422,6 +425,16 @@ class Trainer:
             # the largest group's lr: the first group may be frozen at 0
             shown.update(lr=f"{max(lrs):.2e}", img_s=f"{speed:.1f}")
             bar.set_postfix(ordered_dict=shown, refresh=False)
+
+    def _write_curves(self) -> None:
+        """``curves.png`` beside ``metrics.jsonl``; a failure to draw is a warning, not a failed run."""
+        try:
+            path = self.log.write_curves()
+        except Exception as e:  # noqa: BLE001 - the trained model matters more than its picture
+            logger.warning("could not draw the training curves: %s: %s", type(e).__name__, e)
+            return
+        if path is not None:
+            logger.info("training curves: %s", path)
 
     # --------------------------------------------------------------- signals
     def _on_signal(self, signum: int, frame: Any) -> None:

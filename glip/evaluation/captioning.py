@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from glip.utils.streams import quiet_stderr
+
 __all__ = [
     "CaptionEvaluation",
     "evaluate_caption_files",
@@ -110,6 +112,7 @@ def evaluate_captions(
     *,
     meteor: bool | None = None,
     spice: bool = False,
+    quiet: bool = False,
 ) -> CaptionEvaluation:
     """Scores one predicted caption per image against the image's reference captions.
 
@@ -119,6 +122,8 @@ def evaluate_captions(
             only those are scored).
         meteor: compute METEOR (default: when Java is available; True without Java is an error).
         spice: also SPICE (needs Java; downloads Stanford models on first use).
+        quiet: silence what the Java tools print on stderr (the PTB tokenizer's
+            "PTBTokenizer tokenized ... tokens" lines).
     """
     missing = [i for i in references if i not in predictions]
     if missing:
@@ -151,7 +156,8 @@ def evaluate_captions(
         from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
 
         tokenizer = PTBTokenizer()
-        gts_t, res_t = tokenizer.tokenize(gts), tokenizer.tokenize(res)
+        with quiet_stderr(quiet):
+            gts_t, res_t = tokenizer.tokenize(gts), tokenizer.tokenize(res)
     else:
         gts_t = {i: [simple_ptb_tokenize(c["caption"]) for c in v] for i, v in gts.items()}
         res_t = {i: [simple_ptb_tokenize(c["caption"]) for c in v] for i, v in res.items()}
@@ -169,7 +175,8 @@ def evaluate_captions(
     per_image: dict[Any, dict[str, float]] = {i: {} for i in ids}
     order = list(gts_t)  # the scorers' own iteration order
     for scorer, names in scorers:
-        score, scores = scorer.compute_score(gts_t, res_t)
+        with quiet_stderr(quiet):  # METEOR and SPICE run Java too
+            score, scores = scorer.compute_score(gts_t, res_t)
         if len(names) == 1:
             score, scores = [score], [scores]
         for name, total, each in zip(names, score, scores):
@@ -189,7 +196,12 @@ def load_caption_results(path: str | Path) -> dict[Any, str]:
 
 
 def evaluate_caption_files(
-    ann_file: str | Path, results_file: str | Path, *, meteor: bool | None = None, spice: bool = False
+    ann_file: str | Path,
+    results_file: str | Path,
+    *,
+    meteor: bool | None = None,
+    spice: bool = False,
+    quiet: bool = False,
 ) -> CaptionEvaluation:
     """:func:`evaluate_captions` of a COCO-captions ground-truth json and a results file
     (the images of the results file are scored, as the COCO server's ``params['image_id']``)."""
@@ -201,4 +213,6 @@ def evaluate_caption_files(
     unknown = [i for i in predictions if i not in references]
     if unknown:
         raise ValueError(f"{results_file}: image id {unknown[0]!r} has no reference caption in {ann_file}")
-    return evaluate_captions({i: references[i] for i in predictions}, predictions, meteor=meteor, spice=spice)
+    return evaluate_captions(
+        {i: references[i] for i in predictions}, predictions, meteor=meteor, spice=spice, quiet=quiet
+    )

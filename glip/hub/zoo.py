@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import math
 import os
+import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
@@ -38,8 +40,9 @@ class ZooEntry:
         name: our short name (``glip-t``).
         filename: the file in the Hugging Face repo ``repo``.
         config: our config name under ``configs/`` (the official yaml it was trained with).
-        params_m: parameters in millions (from the official state dict).
-        size_mb: approximate download size.
+        params_m: parameters in millions (from the official state dict; a bundled model's
+            are counted from its files by :func:`list_models`).
+        size_mb: approximate download size (a bundled model's is measured from its files).
         description: what it was trained on, and its reported zero-shot numbers.
         bundled: a folder shipped inside the package (no download), relative to ``glip/``.
     """
@@ -48,7 +51,7 @@ class ZooEntry:
     filename: str
     config: str
     params_m: float
-    size_mb: int
+    size_mb: float
     description: str
     repo: str = HF_REPO
     bundled: str | None = None
@@ -126,8 +129,8 @@ ZOO: dict[str, ZooEntry] = {
             "demo-shapes",
             "",
             "",
-            1.9,
-            19,
+            5.8,  # list_models() counts them from the bundled files
+            11.6,
             "offline demo: a tiny GLIP trained on synthetic coloured shapes (scripts/train_demo.py)",
             repo="",
             bundled="assets/demo-shapes",
@@ -225,19 +228,42 @@ def resolve_weights(name: str, text_encoder: str | Path | None = None) -> Path:
     return out
 
 
+def _safetensors_parameters(path: Path) -> int:
+    """The number of values in a ``.safetensors`` file, read from its JSON header (the
+    format: an 8-byte little-endian header length, then the header)."""
+    with open(path, "rb") as f:
+        (length,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(length))
+    return sum(math.prod(t["shape"]) for name, t in header.items() if name != "__metadata__")
+
+
+def _measured(entry: ZooEntry) -> tuple[float, float]:
+    """``(params_m, size_mb)``: a bundled model's counted and measured from its files (the
+    whole folder, as installed), a downloadable one's as the table states."""
+    folder = _bundled_dir(entry)
+    weights = folder / _WEIGHTS_FILE if folder is not None else None
+    if weights is None or not weights.is_file():
+        return entry.params_m, entry.size_mb
+    size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+    return _safetensors_parameters(weights) / 1e6, size / 1e6
+
+
 def list_models() -> list[dict[str, object]]:
-    """One row per zoo model: name, file, parameters, size, cached, description."""
-    return [
-        {
-            "name": e.name,
-            "file": e.filename,
-            "params_m": e.params_m,
-            "size_mb": e.size_mb,
-            "cached": is_cached(e.name),
-            "description": e.description,
-        }
-        for e in ZOO.values()
-    ]
+    """One row per zoo model: name, file, parameters (millions), size (MB), cached, description."""
+    rows: list[dict[str, object]] = []
+    for e in ZOO.values():
+        params_m, size_mb = _measured(e)
+        rows.append(
+            {
+                "name": e.name,
+                "file": e.filename,
+                "params_m": params_m,
+                "size_mb": size_mb,
+                "cached": is_cached(e.name),
+                "description": e.description,
+            }
+        )
+    return rows
 
 
 # ---------------------------------------------------------------- resolution

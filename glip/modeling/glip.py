@@ -19,7 +19,8 @@ from glip.modeling import low_precision
 from glip.modeling.anchors import AnchorGenerator
 from glip.modeling.backbone import VisionBackbone
 from glip.modeling.heads import GroundingHead, Head
-from glip.modeling.postprocess import GroundingPostProcessor
+from glip.modeling.postprocess import GroundingPostProcessor, class_agnostic_nms, merge_chunks
+from glip.modeling.preprocessing import Preprocessing
 from glip.modeling.prompt_offset import PromptOffset
 from glip.modeling.text_encoder import BertTextEncoder
 from glip.modeling.trunk import FusionTrunk, TrunkOutput
@@ -27,8 +28,9 @@ from glip.ops.boxes import rescale_boxes
 from glip.ops.masks import box_extent, paste_masks
 from glip.structures import Detections, HeadOutputs, ImageBatch, TextFeatures
 from glip.text import Prompt, TokenizedPrompt, parse_prompt, tokenize_prompt
+from glip.text.chunks import prepare_prompt
 from glip.text.tokenize import trim_padding
-from glip.utils.image import ImageInput, load_image, to_model_input
+from glip.utils.image import ImageInput
 
 __all__ = [
     "GLIP",
@@ -60,24 +62,6 @@ _PARTS = {
     "heads": "head",
     "anchor_generator": "head",
 }
-
-
-@dataclass(frozen=True)
-class Preprocessing:
-    """Test-time image preprocessing (official ``INPUT.*`` and ``SIZE_DIVISIBILITY``)."""
-
-    min_size: int = 800
-    max_size: int = 1333
-    pixel_mean: tuple[float, ...] = (103.53, 116.28, 123.675)
-    pixel_std: tuple[float, ...] = (57.375, 57.12, 58.395)
-    to_bgr255: bool = True
-    size_divisibility: int = 32
-
-    def __call__(self, image: ImageInput) -> tuple[Tensor, tuple[int, int]]:
-        """One image -> (``Tensor[3, h, w]`` network input, original ``(H, W)``)."""
-        rgb = load_image(image)
-        x = to_model_input(rgb, self.min_size, self.max_size, self.pixel_mean, self.pixel_std, self.to_bgr255)
-        return x, (int(rgb.shape[0]), int(rgb.shape[1]))
 
 
 @dataclass
@@ -309,6 +293,41 @@ class GLIP(nn.Module):
             raise RuntimeError("this model has no tokenizer; build it with glip.load_model")
         return tokenize_prompt(self.tokenizer, parse_prompt(prompt), self.max_query_len)
 
+    def prepare_prompt(
+        self, prompt: str | Sequence[str] | Prompt, chunk_size: int | None = None
+    ) -> list[TokenizedPrompt]:
+        """The tokenized passes of a prompt: one, or several when it exceeds the text encoder's
+        ``max_query_len`` tokens or the head's phrases (or with ``chunk_size`` phrases per pass);
+        see :func:`glip.text.chunks.chunk_prompt`."""
+        if self.tokenizer is None:
+            raise RuntimeError("this model has no tokenizer; build it with glip.load_model")
+        return prepare_prompt(prompt, self.tokenizer, self.max_query_len, self.grounding.num_classes, chunk_size)
+
+    @torch.no_grad()
+    def detect_chunks(
+        self,
+        images: ImageBatch,
+        chunks: Sequence[TokenizedPrompt],
+        original_sizes: Sequence[tuple[int, int]] | None = None,
+        *,
+        masks: bool = False,
+        autocast: torch.dtype | None = None,
+        max_detections: int | None = None,
+        agnostic_nms: bool = False,
+    ) -> list[Detections]:
+        """One prompt's detections per image, its chunks (:meth:`prepare_prompt`) merged:
+        global labels, sorted by score, at most ``max_detections`` (default the config's
+        ``detections_per_img``; ``0``: all). ``agnostic_nms``: one label per box (NMS over
+        all labels at the config's ``nms_thresh``). Other arguments: see :meth:`detect_prompts`."""
+        per_chunk = self.detect_prompts(images, chunks, original_sizes, masks=masks, autocast=autocast)
+        post = self.postprocessor
+        top_k = post.detections_per_img if max_detections is None else max_detections
+        out = []
+        for j in range(len(per_chunk[0])):
+            det = merge_chunks([dets[j] for dets in per_chunk], chunks, post.nms_thresh, top_k)
+            out.append(class_agnostic_nms(det, post.nms_thresh) if agnostic_nms else det)
+        return out
+
     @torch.no_grad()
     def detect(
         self,
@@ -403,23 +422,31 @@ class GLIP(nn.Module):
 
     @torch.no_grad()
     def predict(
-        self, image: ImageInput, prompt: str | Sequence[str] | Prompt, threshold: float = 0.5, masks: bool = False
+        self,
+        image: ImageInput,
+        prompt: str | Sequence[str] | Prompt,
+        threshold: float = 0.5,
+        masks: bool = False,
+        *,
+        agnostic_nms: bool = False,
     ) -> Detections:
-        """Detects the prompt's phrases in one image, as the official demo does.
+        """Detects the prompt's phrases in one image, as the official demo does; a prompt too
+        long for one pass is split as :meth:`glip.Predictor.predict` splits it (the same code).
 
         Args:
             image: a path, a PIL image or an ``[H, W, 3]`` uint8 RGB array.
             prompt: ``"a cat. a dog."``, a list of class names, or a :class:`Prompt`.
             threshold: keep detections whose final score is above this.
             masks: also return each detection's mask (``Detections.masks``; needs a mask head).
+            agnostic_nms: one label per box (see :meth:`detect_chunks`).
 
         Returns:
             :class:`Detections` in original-image pixels, sorted by descending score.
         """
         if not 0.0 <= threshold <= 1.0:
             raise ValueError(f"threshold must be in [0, 1], got {threshold}")
-        tokens = self.tokenize(prompt)
+        chunks = self.prepare_prompt(prompt)
         tensor, original_size = self.preprocessing(image)
         batch = ImageBatch.from_tensors([tensor], self.preprocessing.size_divisibility)
-        (det,) = self.detect(batch, tokens, original_sizes=[original_size], masks=masks)
+        (det,) = self.detect_chunks(batch, chunks, [original_size], masks=masks, agnostic_nms=agnostic_nms)
         return det.above(threshold)

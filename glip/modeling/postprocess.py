@@ -22,6 +22,7 @@ every score ``>=`` the k-th (ties can keep more).
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -32,8 +33,9 @@ from glip.modeling.box_coder import BoxCoder
 from glip.ops.boxes import clip_boxes, remove_small_boxes, rescale_boxes
 from glip.ops.multiclass_nms import multiclass_nms
 from glip.structures import Detections
+from glip.text import TokenizedPrompt
 
-__all__ = ["GroundingPostProcessor", "label_token_index"]
+__all__ = ["GroundingPostProcessor", "class_agnostic_nms", "label_token_index", "merge_chunks"]
 
 
 @dataclass
@@ -299,3 +301,46 @@ class GroundingPostProcessor:
             threshold = torch.kthvalue(cand.scores.float(), n - self.detections_per_img + 1).values
             cand = cand.select(torch.nonzero(cand.scores >= threshold).squeeze(1))
         return cand
+
+
+def merge_chunks(
+    per_chunk: Sequence[Detections], chunks: Sequence[TokenizedPrompt], nms_thresh: float, top_k: int
+) -> Detections:
+    """One image's detections of each chunk of a long prompt -> one :class:`Detections`
+    with global 1-based labels (chunk ``c``'s labels shifted by the phrases before it),
+    sorted by score, at most ``top_k`` (``0``: all). A phrase that several chunks contain
+    gets per-class NMS (``nms_thresh``) across them; each chunk ran NMS on its own classes."""
+    if len(per_chunk) == 1:
+        det = per_chunk[0]
+        return det[:top_k] if 0 < top_k < len(det) else det
+    offsets = [0]
+    for tokens in chunks[:-1]:
+        offsets.append(offsets[-1] + len(tokens.phrases))
+    boxes = torch.cat([d.boxes for d in per_chunk])
+    scores = torch.cat([d.scores for d in per_chunk])
+    labels = torch.cat([d.labels + off for d, off in zip(per_chunk, offsets)])
+    phrases = [p for d in per_chunk for p in d.phrases]
+    masks = None if per_chunk[0].masks is None else torch.cat([d.masks for d in per_chunk])
+    keep = torch.arange(len(phrases))
+    in_several = {p for p, n in Counter(p for t in chunks for p in set(t.phrases)).items() if n > 1}
+    if {p for p, n in Counter(phrases).items() if n > 1} & in_several:
+        names = {name: i for i, name in enumerate(dict.fromkeys(phrases))}
+        phrase_ids = torch.tensor([names[p] for p in phrases], dtype=torch.int64)
+        keep = multiclass_nms(boxes, scores, phrase_ids, nms_thresh)
+    order = keep[torch.sort(scores[keep], descending=True, stable=True).indices]
+    if top_k > 0:
+        order = order[:top_k]
+    return Detections(
+        boxes[order], scores[order], labels[order], [phrases[i] for i in order.tolist()],
+        per_chunk[0].image_size, None if masks is None else masks[order],
+    )  # fmt: skip
+
+
+def class_agnostic_nms(det: Detections, nms_thresh: float) -> Detections:
+    """One label per box: NMS over all labels at once (the official per-label NMS with
+    every label the same), so a box found for two phrases keeps its best-scored one.
+    Returned sorted by score."""
+    if len(det) < 2:
+        return det
+    keep = multiclass_nms(det.boxes, det.scores, torch.zeros_like(det.labels), nms_thresh)
+    return det[keep[torch.sort(det.scores[keep], descending=True, stable=True).indices]]

@@ -3,10 +3,19 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
+
+if TYPE_CHECKING:
+    from PIL.Image import Image
+
+    from glip.utils.image import ImageInput
+
+# Quality of the JPEG / WebP pictures that save() writes (Pillow's default, 75, blurs the tags).
+_SAVE_QUALITY = 92
 
 
 @dataclass
@@ -182,6 +191,50 @@ class Detections:
             data={"class_name": np.array(self.phrases if self.phrases else [""] * len(self))},
             **extra,
         )
+
+    def plot(self, image: ImageInput, *, scores: bool = True, masks: bool = True) -> Image:
+        """The picture of these detections: ``image`` with each box outlined in its label's
+        colour and tagged ``"phrase score"``, and each mask filled translucently (when there
+        are masks). Labels and lines scale with the image size (see
+        :func:`glip.utils.draw.draw_style`). ``glip detect`` and ``glip demo`` draw with this.
+
+        Args:
+            image: the image the detections were found in: a path, a PIL image or an
+                ``[H, W, 3]`` uint8 RGB array (as :func:`glip.predict` takes).
+            scores: show the score after the phrase.
+            masks: fill the masks (when the detections have them).
+
+        Returns:
+            a ``PIL.Image.Image`` (RGB) of the image's size; ``.show()`` opens it, and in a
+            notebook it displays itself.
+
+        Raises:
+            ValueError: the image's size is not :attr:`image_size` (another image).
+        """
+        from glip.utils.draw import draw_detections
+        from glip.utils.image import load_image
+
+        pixels = load_image(image)
+        size = tuple(pixels.shape[:2])
+        if self.image_size != (0, 0) and size != tuple(self.image_size):
+            raise ValueError(
+                f"the image is {size[1]}x{size[0]} but these detections were found in a "
+                f"{self.image_size[1]}x{self.image_size[0]} image: pass the image given to predict()"
+            )
+        phrases = self.phrases or [""] * len(self)
+        captions = [f"{p} {s:.2f}".strip() if scores else p for p, s in zip(phrases, self.scores.tolist())]
+        fill = self.masks.cpu().numpy() if masks and self.masks is not None else None
+        return draw_detections(pixels, self.boxes.tolist(), self.labels.tolist(), captions, fill)
+
+    def save(self, path: str | Path, image: ImageInput, **plot_options: Any) -> Path:
+        """Writes :meth:`plot` of ``image`` to ``path``; the format follows the suffix
+        (``.jpg``, ``.png``, ``.webp``...; JPEG and WebP at quality 92). ``plot_options``:
+        ``scores``, ``masks`` as in :meth:`plot`. Returns ``path``."""
+        path = Path(path)
+        picture = self.plot(image, **plot_options)
+        lossy = path.suffix.lower() in (".jpg", ".jpeg", ".webp")
+        picture.save(path, **({"quality": _SAVE_QUALITY} if lossy else {}))
+        return path
 
     def __repr__(self) -> str:
         return f"Detections(n={len(self)}, image_size={self.image_size})"

@@ -140,7 +140,8 @@ def evaluate_caption_model(
 ) -> Any:
     """Captions every image of ``ann_file`` (a COCO-captions json) found in ``image_dir`` and
     scores them (:func:`glip.evaluation.captioning.evaluate_caption_files`). Writes
-    ``OUT/results.json`` and ``OUT/metrics.json``; returns the scores (``.metrics``, ``.notes``)."""
+    ``OUT/results.json`` and ``OUT/metrics.json``; returns the scores (``.metrics``, ``.notes``).
+    Without ``progress`` (``--quiet``), nothing else is printed: no bar, no Java tokenizer lines."""
     from glip.data.captions import load_coco_captions
     from glip.evaluation.captioning import evaluate_caption_files
 
@@ -157,7 +158,7 @@ def evaluate_caption_model(
         )
     results_file = Path(out_dir) / "results.json"
     _write_json(results_file, [{"image_id": i, "caption": e["caption"]} for i, e in zip(data.image_ids, entries)])
-    scores = evaluate_caption_files(ann_file, results_file)
+    scores = evaluate_caption_files(ann_file, results_file, quiet=not progress)
     _write_json(Path(out_dir) / "metrics.json", scores.to_json())
     return scores
 
@@ -175,7 +176,7 @@ def evaluate_captioning(args: argparse.Namespace) -> int:
     load_coco_captions(args.ann)  # checks the layout before a model is loaded
     out = Path(args.out)
     if args.results:
-        scores = evaluate_caption_files(args.ann, Path(args.results))
+        scores = evaluate_caption_files(args.ann, Path(args.results), quiet=args.quiet)
         _write_json(out / "metrics.json", scores.to_json())
     else:
         if not args.images:

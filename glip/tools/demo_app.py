@@ -227,16 +227,18 @@ def build_demo(model: GLIP, model_name: str = "model") -> Any:
     return demo
 
 
-def launch_demo(demo: Any, host: str = "127.0.0.1", port: int = 7860, quiet: bool = False) -> str:
+def launch_demo(demo: Any, host: str = "127.0.0.1", port: int = 7860) -> str:
     """Starts serving ``demo`` on ``host:port`` in a background thread and returns its URL
     (``demo.block_thread()`` then waits; ``demo.close()`` stops it). Errors are shown on
-    the page (``show_error``); the page needs no network (system fonts)."""
+    the page (``show_error``); the page needs no network (system fonts). Gradio's own
+    banner is silenced: its "set `share=True` in `launch()`" hint means nothing to a
+    command-line user, and ``glip demo`` prints the URL itself."""
     gr = import_gradio()
     theme = gr.themes.Default(font=_FONTS, font_mono=_MONO_FONTS)
     demo.queue(default_concurrency_limit=1)  # one model: one request at a time
     try:
         demo.launch(
-            server_name=host, server_port=port, share=False, inbrowser=False, show_error=True, quiet=quiet,
+            server_name=host, server_port=port, share=False, inbrowser=False, show_error=True, quiet=True,
             prevent_thread_lock=True, ssr_mode=False, theme=theme,
         )  # fmt: skip
     except OSError:  # Gradio's message names its own launch() arguments

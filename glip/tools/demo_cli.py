@@ -54,7 +54,7 @@ def run_demo(args: argparse.Namespace) -> int:
         trust_pickle=args.trust_pickle,
     )  # fmt: skip
     demo = build_demo(model, str(name))
-    url = launch_demo(demo, args.host, args.port, quiet=args.quiet)
+    url = launch_demo(demo, args.host, args.port)
     tabs = ", ".join(TAB_LABELS[t].lower() for t in available_tasks(model))
     where = "this machine only" if _is_loopback(args.host) else "reachable from other machines, without authentication"
     print(f"glip demo: serving {name} ({tabs}) at {url} ({where}); Ctrl+C stops it", flush=True)

@@ -2,7 +2,7 @@
 
 One function per task takes a loaded model (or :class:`~glip.api.Predictor`), an image and
 the tab's inputs, and returns a :class:`TaskResult`: the image with the result drawn by
-:func:`glip.tools.detect.annotate` (the renderer of ``glip detect``), the rows of the
+:meth:`Detections.plot <glip.structures.Detections.plot>` (as ``glip detect`` draws), the rows of the
 page's table and a JSON-ready ``data`` dict for API clients. A user error (no image, an
 unreadable image, an empty prompt or question, a value out of range) raises ``ValueError``
 with a one-line message; :mod:`glip.tools.demo_app` shows it on the page.
@@ -23,7 +23,6 @@ import torch
 from glip.api import Predictor
 from glip.modeling.glip import GLIP
 from glip.structures import Detections
-from glip.tools.detect import annotate
 from glip.utils.image import ImageInput, ImageLoadError, load_image
 
 __all__ = [
@@ -132,7 +131,7 @@ def run_detection(
     h, w = det.image_size
     data = {"prompt": prompt, "threshold": threshold, "width": int(w), "height": int(h), "detections": det.to_list()}
     note = "" if len(det) else f"nothing scored above {threshold:g}: lower the threshold or change the prompt"
-    return TaskResult(np.asarray(annotate(rgb, det)), _rows(det), data, note=note)
+    return TaskResult(np.asarray(det.plot(rgb)), _rows(det), data, note=note)
 
 
 def run_vqa(
@@ -158,9 +157,7 @@ def run_vqa(
     n = len(ans.box_scores)
     det = Detections(ans.boxes, ans.box_scores, torch.ones(n, dtype=torch.int64), list(ans.phrases), rgb.shape[:2])
     note = "" if n else f"no box of the answer scored above {box_threshold:g}"
-    return TaskResult(
-        np.asarray(annotate(rgb, det)), _rows(det), ans.to_dict(), f"{ans.answer} ({ans.score:.2f})", note
-    )
+    return TaskResult(np.asarray(det.plot(rgb)), _rows(det), ans.to_dict(), f"{ans.answer} ({ans.score:.2f})", note)
 
 
 def run_caption(
@@ -199,6 +196,4 @@ def run_caption(
         for p, b, s in zip(det.phrases, det.boxes.tolist(), det.scores.tolist())
     ]
     note = "" if n else "no phrase of the caption was grounded"
-    return TaskResult(
-        np.asarray(annotate(rgb, det)), _rows(det), {"caption": cap.text, "phrases": phrases}, cap.text, note
-    )
+    return TaskResult(np.asarray(det.plot(rgb)), _rows(det), {"caption": cap.text, "phrases": phrases}, cap.text, note)

@@ -10,17 +10,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-from PIL import Image
-
 from glip.api import Predictor, PromptLike
 from glip.structures import Detections
-from glip.utils.draw import draw_detections
-from glip.utils.image import load_image
 
-__all__ = ["IMAGE_SUFFIXES", "annotate", "detect_files", "expand_inputs", "format_table"]
+__all__ = ["IMAGE_SUFFIXES", "annotated_suffix", "detect_files", "expand_inputs", "format_table"]
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm", ".pgm"})
+# Formats an annotated picture is written in as its input was; the others (GIF: 256 colours,
+# PGM: grey) are written as PNG.
+_KEPT_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm"})
 
 
 def expand_inputs(inputs: Sequence[str]) -> list[str]:
@@ -42,11 +40,19 @@ def expand_inputs(inputs: Sequence[str]) -> list[str]:
     return out
 
 
-def _unique_name(stem: str, used: set[str]) -> str:
-    name, k = f"{stem}.jpg", 1
-    while name in used:
-        name, k = f"{stem}_{k}.jpg", k + 1
-    used.add(name)
+def annotated_suffix(file: str | Path) -> str:
+    """The suffix of the annotated picture of ``file``: its own (``.png`` stays ``.png``),
+    or ``.png`` for a format that cannot hold the drawing (GIF, grey PGM) or is unknown."""
+    suffix = Path(file).suffix
+    return suffix if suffix.lower() in _KEPT_SUFFIXES else ".png"
+
+
+def _unique_name(file: str, used: set[str]) -> str:
+    stem, suffix = Path(file).stem, annotated_suffix(file)
+    name, k = f"{stem}{suffix}", 1
+    while name.lower() in used:
+        name, k = f"{stem}_{k}{suffix}", k + 1
+    used.add(name.lower())
     return name
 
 
@@ -61,8 +67,9 @@ def detect_files(
     progress: bool = True,
     masks: bool = False,
 ) -> list[dict[str, Any]]:
-    """Runs ``predictor`` on every file; writes ``out_dir/<stem>.jpg`` (annotated) and
-    ``out_dir/detections.json``. Returns the JSON entries, one per file, in order:
+    """Runs ``predictor`` on every file; writes ``out_dir/<name>`` (the annotated picture
+    drawn by :meth:`Detections.save`, in the input's format: see :func:`annotated_suffix`)
+    and ``out_dir/detections.json``. Returns the JSON entries, one per file, in order:
     ``{"file", "width", "height", "detections": [{"box", "score", "label", "phrase"}]}``
     or ``{"file", "error"}`` for a file that could not be processed. With ``masks`` each
     detection also has ``"mask"`` (COCO compressed RLE) and the images show the masks
@@ -86,7 +93,7 @@ def detect_files(
             entries.append(_entry(file, result))
             if out is not None:
                 try:
-                    _write_annotated(file, result, out / _unique_name(Path(file).stem, used))
+                    result.save(out / _unique_name(file, used), file)
                 except Exception as e:  # the detections stand; only the picture is missing
                     entries[-1]["error"] = f"cannot write the annotated image: {type(e).__name__}: {e}"
         if bar is not None:
@@ -103,19 +110,6 @@ def detect_files(
 def _entry(file: str, det: Detections) -> dict[str, Any]:
     h, w = det.image_size
     return {"file": file, "width": int(w), "height": int(h), "detections": det.to_list()}
-
-
-def annotate(image: np.ndarray, det: Detections) -> Image.Image:
-    """``image`` (``[H, W, 3]`` uint8 RGB, the pixels ``det`` refers to) with each detection
-    drawn as ``glip detect`` draws it: its box and ``"phrase score"`` tag, coloured by label,
-    and its mask filled when ``det`` has masks. ``glip demo`` draws with this too."""
-    captions = [f"{p} {s:.2f}" for p, s in zip(det.phrases, det.scores.tolist())]
-    masks = None if det.masks is None else det.masks.cpu().numpy()
-    return draw_detections(image, det.boxes.tolist(), det.labels.tolist(), captions, masks)
-
-
-def _write_annotated(file: str, det: Detections, path: Path) -> None:
-    annotate(load_image(file), det).save(path, quality=92)
 
 
 def format_table(entries: Sequence[dict[str, Any]], width: int = 100) -> str:

@@ -36,6 +36,7 @@ __all__ = [
     "finetune",
     "format_grid",
     "run_transfer_grid",
+    "shots_label",
     "summarize_grid",
     "transfer_overrides",
 ]
@@ -268,18 +269,23 @@ def run_transfer_grid(
                 done = cell / "metrics.json"
                 if done.is_file():
                     ap = float(json.loads(done.read_text(encoding="utf-8"))["AP"])
-                    print(f"{data.name} {k}-shot seed {s}: done before, AP {ap:.3f}")
+                    print(f"{data.name} {shots_label(k)} seed {s}: done before, AP {100 * ap:.1f}")
                 else:
                     metrics = finetune(
                         cfg, data, cell, weights=weights, mode=mode, shots=k, seed=s, overrides=overrides, **kwargs
                     )
                     ap = float(metrics["AP"])
-                    print(f"{data.name} {k}-shot seed {s}: AP {ap:.3f} ({metrics['steps']} steps)")
+                    print(f"{data.name} {shots_label(k)} seed {s}: AP {100 * ap:.1f} ({metrics['steps']} steps)")
                 results.setdefault(data.name, {}).setdefault(k, []).append(ap)
     summary = summarize_grid(results)
     write_json(out / "summary.json", {name: {str(k): v for k, v in rows.items()} for name, rows in summary.items()})
     print(format_grid(summary))
     return summary
+
+
+def shots_label(shots: int) -> str:
+    """How a run's training set is named to users: ``"5-shot"``, or ``"all data"`` for 0 shots."""
+    return f"{shots}-shot" if shots else "all data"
 
 
 def summarize_grid(results: dict[str, dict[int, list[float]]]) -> dict[str, dict[int, dict[str, Any]]]:
@@ -301,7 +307,7 @@ def summarize_grid(results: dict[str, dict[int, list[float]]]) -> dict[str, dict
 def format_grid(summary: dict[str, dict[int, dict[str, Any]]]) -> str:
     """A table: one row per dataset, one ``mean ± std`` AP column per shot count (x100)."""
     shots = sorted({k for rows in summary.values() for k in rows})
-    header = f"{'dataset':<32}" + "".join(f"{(f'{k}-shot' if k else 'all'):>16}" for k in shots)
+    header = f"{'dataset':<32}" + "".join(f"{shots_label(k):>16}" for k in shots)
     lines = [header, "-" * len(header)]
     for name, rows in summary.items():
         cells = []

@@ -88,7 +88,7 @@ def run_finetune(args: argparse.Namespace) -> int:
     import logging
 
     from glip.hub.zoo import resolve_model_source
-    from glip.tools.finetune import finetune, transfer_overrides
+    from glip.tools.finetune import finetune, shots_label, transfer_overrides
     from glip.tools.train_cli import device_is_cpu
 
     if args.task != "detection":
@@ -110,10 +110,10 @@ def run_finetune(args: argparse.Namespace) -> int:
         overrides=args.overrides, official_schedule=not args.no_official_schedule,
         cpu=cpu, progress_bar=not args.quiet, trust_pickle=args.trust_pickle,
     )  # fmt: skip
-    ap = f"test AP {metrics.get('AP', float('nan')):.4f}"
+    ap = f"test AP {100 * metrics.get('AP', float('nan')):.1f}"  # the 0-100 scale of glip evaluate
     if "segm_AP" in metrics:
-        ap += f", mask AP {metrics['segm_AP']:.4f}"
-    print(f"{data.name} {args.mode} {args.shots}-shot seed {args.seed}: {ap}")
+        ap += f", mask AP {100 * metrics['segm_AP']:.1f}"
+    print(f"{data.name} {args.mode} {shots_label(args.shots)} seed {args.seed}: {ap}")
     print(f"tuned model: {out}/model (glip detect --weights {out}/model ...)")
     return 0
 

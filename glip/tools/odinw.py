@@ -64,7 +64,7 @@ def run_odinw(
         if done.is_file():
             per_dataset[ds.name] = json.loads(done.read_text(encoding="utf-8"))
             if is_main_process():
-                print(f"[{i + 1}/{len(datasets)}] {ds.name}: done before, AP {per_dataset[ds.name]['AP']:.3f}")
+                print(f"[{i + 1}/{len(datasets)}] {ds.name}: done before, AP {100 * per_dataset[ds.name]['AP']:.1f}")
             continue
         ann, images = ds.files(data_root, split)
         metrics = evaluate_detection(
@@ -82,7 +82,7 @@ def run_odinw(
         barrier()  # the main process has written metrics.json before anyone moves on
         if metrics is not None:
             per_dataset[ds.name] = metrics
-            print(f"[{i + 1}/{len(datasets)}] {ds.name}: AP {metrics['AP']:.3f}")
+            print(f"[{i + 1}/{len(datasets)}] {ds.name}: AP {100 * metrics['AP']:.1f}")
     if not is_main_process():
         return None
     summary = suite_summary({name: m["AP"] for name, m in per_dataset.items()})

@@ -17,6 +17,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from glip.api import Predictor
+from glip.modeling.postprocess import merge_chunks
 from glip.structures import Detections, ImageBatch
 from glip.text import Prompt
 from glip.text.noun_phrases import find_noun_phrases
@@ -132,7 +133,7 @@ class GlipTeacher:
         for group in chunks:
             dets = [per_chunk[start + j][0] for j in range(len(group))]
             start += len(group)
-            out.append(self.predictor._merge_chunks(dets, group, top_k))  # as Predictor.predict merges them
+            out.append(merge_chunks(dets, group, model.postprocessor.nms_thresh, top_k))  # as Predictor.predict
         return out
 
     def label(self, image: np.ndarray, prompts: Sequence[Prompt], image_id: Any = None) -> list[list[PseudoBox]]:

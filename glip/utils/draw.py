@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-__all__ = ["draw_detections"]
+__all__ = ["PALETTE", "DrawStyle", "draw_detections", "draw_style", "load_font"]
 
 # Distinct, saturated colours (tab10-like), cycled by label.
-_PALETTE = [
+PALETTE = [
     (31, 119, 180),
     (255, 127, 14),
     (44, 160, 44),
@@ -24,7 +25,44 @@ _PALETTE = [
 ]
 
 
-def _font(size: int) -> ImageFont.ImageFont:
+# Label font height in pixels per pixel of the image's shorter side: 20 px on an 800 px image,
+# as before this scaled; bounded so that tags stay legible on thumbnails (8 px: the smallest
+# size at which Pillow's default font stays readable) and stay small beside huge images.
+_FONT_PER_PIXEL = 1 / 40
+_FONT_MIN, _FONT_MAX = 8, 64
+# Box outline width per pixel of the shorter side (3 px at 800 px), at least 1.
+_LINE_PER_PIXEL = 1 / 250
+
+
+@dataclass(frozen=True)
+class DrawStyle:
+    """Sizes of the drawing, in pixels, for one image size.
+
+    Attributes:
+        font_size: label font size.
+        line_width: width of the coloured box outline (a dark halo adds ``halo`` inside).
+        halo: width of the dark line drawn under the outline.
+        pad: padding around the label text inside its tag.
+    """
+
+    font_size: int
+    line_width: int
+    halo: int
+    pad: int
+
+
+def draw_style(height: int, width: int) -> DrawStyle:
+    """The sizes used on a ``height x width`` image: they grow with the shorter side, so a
+    128 px thumbnail gets 8 px labels and 1 px outlines and an 800 px photo 20 px labels
+    and 3 px outlines (the labels stay within [8, 64] px)."""
+    side = max(1, min(height, width))
+    line = max(1, round(side * _LINE_PER_PIXEL))
+    font = min(_FONT_MAX, max(_FONT_MIN, round(side * _FONT_PER_PIXEL)))
+    return DrawStyle(font_size=font, line_width=line, halo=max(1, round(line / 2)), pad=max(1, round(font / 8)))
+
+
+def load_font(size: int) -> ImageFont.ImageFont:
+    """Pillow's bundled font at ``size`` pixels (its one bitmap size before Pillow 10.1)."""
     try:
         return ImageFont.load_default(size=size)
     except TypeError:  # Pillow < 10.1 has one bitmap size
@@ -60,26 +98,34 @@ def draw_detections(
         blended = image.astype(np.float32)
         # Lowest-scored first (detections come sorted by score), so the best mask ends on top.
         for mask, label in reversed(list(zip(masks, labels))):
-            color = np.array(_PALETTE[int(label) % len(_PALETTE)], dtype=np.float32)
+            color = np.array(PALETTE[int(label) % len(PALETTE)], dtype=np.float32)
             m = np.asarray(mask, dtype=bool)
             blended[m] = (1 - mask_alpha) * blended[m] + mask_alpha * color
         image = np.clip(blended.round(), 0, 255).astype(np.uint8)
     canvas = Image.fromarray(image).convert("RGB")
     draw = ImageDraw.Draw(canvas)
     h, w = image.shape[:2]
-    line = max(2, round(min(h, w) / 250))
-    font = _font(max(12, round(min(h, w) / 40)))
-    for box, label, caption in zip(boxes, labels, captions):
-        color = _PALETTE[int(label) % len(_PALETTE)]
+    style = draw_style(h, w)
+    line, pad = style.line_width, style.pad
+    font = load_font(style.font_size)
+    # One tag height for every caption (from a tall-and-deep sample), so tags line up.
+    _, text_top, _, text_bottom = draw.textbbox((0, 0), "Ag|", font=font)
+    th = text_bottom - text_top
+    # Lowest-scored first (detections come sorted by score): where boxes share a place, the
+    # best one's outline and tag end on top.
+    for box, label, caption in reversed(list(zip(boxes, labels, captions))):
+        color = PALETTE[int(label) % len(PALETTE)]
         x1, y1, x2, y2 = (float(v) for v in box)
         # A dark halo under the coloured outline keeps it visible on bright and dark regions.
-        draw.rectangle((x1, y1, x2, y2), outline=(0, 0, 0), width=line + 2)
+        draw.rectangle((x1, y1, x2, y2), outline=(0, 0, 0), width=line + style.halo)
         draw.rectangle((x1, y1, x2, y2), outline=color, width=line)
-        left, top, right, bottom = draw.textbbox((0, 0), caption, font=font)
-        tw, th = right - left, bottom - top
-        pad = max(2, line)
-        ty = y1 - th - 2 * pad if y1 - th - 2 * pad >= 0 else y1
+        if not caption:
+            continue
+        left, _, right, _ = draw.textbbox((0, 0), caption, font=font)
+        tw, tag_h = right - left, th + 2 * pad
+        # Above the box when it fits, else inside its top edge.
+        ty = y1 - tag_h if y1 - tag_h >= 0 else y1
         tx = min(max(0.0, x1), max(0.0, w - tw - 2 * pad))
-        draw.rectangle((tx, ty, tx + tw + 2 * pad, ty + th + 2 * pad), fill=color, outline=(0, 0, 0))
-        draw.text((tx + pad - left, ty + pad - top), caption, fill=_text_color(color), font=font)
+        draw.rectangle((tx, ty, tx + tw + 2 * pad - 1, ty + tag_h - 1), fill=color)
+        draw.text((tx + pad - left, ty + pad - text_top), caption, fill=_text_color(color), font=font)
     return canvas

@@ -118,3 +118,16 @@ def test_bad_inputs_are_one_line_errors(files) -> None:
     res.write_text(json.dumps({"image_id": 1}))
     with pytest.raises(ValueError, match="not a caption results file"):
         evaluate_caption_files(ann, res)
+
+
+@pytest.mark.skipif(not captioning.java_available(), reason="the PTB tokenizer runs on Java")
+def test_quiet_silences_the_java_tokenizer(files, tmp_path, capfd) -> None:
+    from glip.cli import main
+
+    ann, res = files
+    evaluate_caption_files(ann, res, meteor=False)
+    assert "PTBTokenizer tokenized" in capfd.readouterr().err  # what --quiet must hide
+    args = ["evaluate", "--task", "caption", "--ann", str(ann), "--results", str(res), "--out", str(tmp_path / "o")]
+    assert main([*args, "--quiet"]) == 0
+    printed = capfd.readouterr()
+    assert "CIDEr" in printed.out and printed.err == ""

@@ -132,7 +132,7 @@ def test_detect_files_writes_rle_masks_and_fills(models, tmp_path) -> None:
     assert len(entry["detections"]) == len(det) > 0
     for d, mask in zip(entry["detections"], det.masks):
         assert np.array_equal(annotation_mask({"segmentation": d["mask"]}, *case.IMAGE_HW), mask.numpy())
-    assert (tmp_path / "out" / "shapes.jpg").is_file()
+    assert (tmp_path / "out" / "shapes.png").is_file()
     saved = json.loads((tmp_path / "out" / "detections.json").read_text())
     assert saved[0]["detections"][0]["mask"] == entry["detections"][0]["mask"]
     # Round trip through to_dict / from_dict keeps the masks; COCO results carry them as RLE.

@@ -144,3 +144,16 @@ def test_python_m_glip_train_uses_the_cli_error_handling(tmp_path):
     )  # fmt: skip
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().startswith("glip train: error:") and "solver.nope" in proc.stderr
+
+
+def test_python_m_glip_is_the_glip_command():
+    from glip.version import __version__
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "glip", "--version"], capture_output=True, text=True, cwd=REPO, timeout=60
+    )
+    assert proc.returncode == 0 and proc.stdout.strip() == f"glip {__version__}"
+    proc = subprocess.run(
+        [sys.executable, "-m", "glip", "detect"], capture_output=True, text=True, cwd=REPO, timeout=60
+    )
+    assert proc.returncode == 2 and proc.stderr.startswith("glip detect: error:") and "Traceback" not in proc.stderr

@@ -9,6 +9,7 @@ import os
 
 import pytest
 import yaml
+from PIL import Image
 
 from glip.cli import main
 from glip.data import generate_synthetic, read_dataset_dir
@@ -71,7 +72,10 @@ def test_finetune_from_a_zoo_name_on_a_roboflow_export(roboflow, tmp_path, capsy
     assert rc == 0, capsys.readouterr().err
     tuned = json.loads((out / "model" / "tuned.json").read_text())
     assert tuned["base"]["zoo"] == "demo-shapes" and tuned["mode"] == "prompt"
-    assert "test AP" in capsys.readouterr().out
+    # All the data (no --shots) is called so; AP on the 0-100 scale, as glip evaluate prints it.
+    ap = json.loads((out / "metrics.json").read_text())["AP"]
+    assert f"{roboflow.name} prompt all data seed 3: test AP {100 * ap:.1f}\n" in capsys.readouterr().out
+    assert Image.open(out / "curves.png").format == "PNG"  # the training curves, beside TensorBoard
 
 
 def test_train_from_a_zoo_name_on_a_roboflow_export(roboflow, tmp_path, capsys):
@@ -95,3 +99,4 @@ def test_train_from_a_zoo_name_on_a_roboflow_export(roboflow, tmp_path, capsys):
     assert cfg["data"]["train_json"] == str(roboflow / "train" / "_annotations.coco.json")
     assert cfg["data"]["val_images"] == str(roboflow / "valid")
     assert (out / "model" / "model.safetensors").is_file()
+    assert (out / "curves.png").is_file()

@@ -187,9 +187,9 @@ def test_every_head_gets_its_tab_and_endpoint(all_heads_model, shapes, tmp_path,
     demo = build_demo(model, "all-heads")
     try:
         port = _free_port()
-        url = launch_demo(demo, "127.0.0.1", port, quiet=True)
+        url = launch_demo(demo, "127.0.0.1", port)
         with pytest.raises(OSError, match=f"cannot serve on 127.0.0.1:{port}: the port is in use"):
-            launch_demo(build_demo(model, "again"), "127.0.0.1", port, quiet=True)  # one line for the CLI
+            launch_demo(build_demo(model, "again"), "127.0.0.1", port)  # one line for the CLI
         client = Client(url, verbose=False, download_files=str(tmp_path))
         endpoints = set(client.view_api(return_format="dict", print_info=False)["named_endpoints"])
         assert endpoints == {"/detect", "/segment", "/vqa", "/caption"}
@@ -229,6 +229,23 @@ def test_user_errors_are_one_line(capsys, monkeypatch):
     assert "no-such-model" in _error_line(capsys)
 
 
+def test_launch_prints_no_gradio_share_hint(capfd):
+    _require_gradio()
+    import gradio as gr
+
+    from glip.tools.demo_app import launch_demo
+
+    with gr.Blocks() as demo:
+        gr.Markdown("x")
+    try:
+        url = launch_demo(demo, "127.0.0.1", _free_port())
+    finally:
+        demo.close()
+    assert url.startswith("http://127.0.0.1:")
+    printed = capfd.readouterr()
+    assert "share=True" not in printed.out + printed.err
+
+
 def test_gradio_is_imported_lazily():
     """No module of the package imports Gradio at import time (``import glip`` and the
     ``glip`` parser must work without it); only functions do, through ``import_gradio``."""
@@ -254,7 +271,6 @@ def test_gradio_client_gets_the_results_of_glip_predict(server, shapes, referenc
     from gradio_client.exceptions import AppError
 
     from glip.structures import Detections
-    from glip.tools.detect import annotate
     from glip.utils.image import load_image
 
     url, _ = server.ready()
@@ -278,7 +294,7 @@ def test_gradio_client_gets_the_results_of_glip_predict(server, shapes, referenc
         torch.tensor([d["label"] for d in dets]), [d["phrase"] for d in dets], (height, width),
     )  # fmt: skip
     drawn = np.asarray(Image.open(image).convert("RGB"))
-    np.testing.assert_array_equal(drawn, np.asarray(annotate(load_image(shapes), served)))
+    np.testing.assert_array_equal(drawn, np.asarray(served.plot(load_image(shapes))))
     # User errors come back as one-line messages, not tracebacks.
     with pytest.raises(AppError, match="the prompt is empty"):
         client.predict(handle_file(str(shapes)), "  ", THRESHOLD, api_name="/detect")
@@ -326,6 +342,7 @@ def test_an_official_checkpoint_is_served(fixtures_dir, tmp_path_factory, shapes
 def test_server_binds_localhost_and_says_so(server):
     url, line = server.ready()
     assert url in line and "127.0.0.1" in line and "this machine only" in line, line
+    assert "share=True" not in "".join(server.lines)  # Gradio's hint, useless to a CLI user
     assert "(detection, segmentation, visual question answering, captioning)" in line, line  # all four heads
 
 

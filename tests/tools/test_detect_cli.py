@@ -48,8 +48,8 @@ def test_detect_folder_writes_json_and_images(inputs, tmp_path, capsys, tiny_mod
         assert [d["phrase"] for d in entry["detections"]] == ref.phrases
         got = torch.tensor([d["box"] for d in entry["detections"]])
         torch.testing.assert_close(got, ref.boxes, atol=1e-4, rtol=0)
-        annotated = Image.open(out / (entry["file"].rsplit("/", 1)[-1].rsplit(".", 1)[0] + ".jpg"))
-        assert annotated.size == (entry["width"], entry["height"])
+        annotated = Image.open(out / entry["file"].rsplit("/", 1)[-1])  # the input's name and format
+        assert annotated.format == "PNG" and annotated.size == (entry["width"], entry["height"])
     table = capsys.readouterr().out
     assert "chelsea.png" in table and "astronaut.png" in table
 
@@ -118,3 +118,37 @@ def test_help_and_models(capsys):
     assert main(["models"]) == 0
     listing = capsys.readouterr().out
     assert "glip-t" in listing and "glip-l" in listing and "glip_large_model.pth" not in listing
+
+
+def test_detect_keeps_formats_and_agnostic_nms_keeps_one_label_per_box(tmp_path):
+    """The bundled demo model: a .png input gives a PNG picture, a .jpg a JPEG; with
+    --agnostic-nms the JSON holds what Predictor(agnostic_nms=True) finds."""
+    from glip.api import Predictor
+    from glip.data import generate_synthetic
+
+    data = generate_synthetic(tmp_path / "data", num_train=0, num_val=2, image_size=(128, 160), seed=7)
+    png = data.image_dir / "val_00001.png"
+    jpg = tmp_path / "photo.jpg"
+    Image.open(data.image_dir / "val_00000.png").save(jpg)
+    prompt = "blue triangle. triangle. blue shape. red circle. circle. blue diamond"
+    out = tmp_path / "out"
+    common = ["--model", "demo-shapes", "--device", "cpu", "--prompt", prompt, "--threshold", "0.3", "--quiet"]
+    assert main(["detect", str(png), str(jpg), "--agnostic-nms", "--out", str(out), *common]) == 0
+    assert Image.open(out / "val_00001.png").format == "PNG" and Image.open(out / "photo.jpg").format == "JPEG"
+    entries = json.loads((out / "detections.json").read_text())
+    model = Predictor("demo-shapes", device="cpu").model
+    reference = Predictor(model, agnostic_nms=True).predict([str(png), str(jpg)], prompt, threshold=0.3)
+    plain = Predictor(model).predict(str(png), prompt, threshold=0.3)
+    assert len(reference[0]) < len(plain)  # the flag changed something
+    for entry, ref in zip(entries, reference):
+        assert [d["phrase"] for d in entry["detections"]] == ref.phrases
+
+
+def test_models_lists_the_bundled_model_at_its_measured_size(capsys):
+    from glip.hub.zoo import ZOO, _bundled_dir
+
+    folder = _bundled_dir(ZOO["demo-shapes"])
+    size_mb = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) / 1e6
+    assert main(["models"]) == 0
+    (row,) = [line for line in capsys.readouterr().out.splitlines() if line.startswith("demo-shapes")]
+    assert row.split()[2:4] == [f"{size_mb:.1f}", "MB"]  # 11.6 MB, not the 19 once written by hand
