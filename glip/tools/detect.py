@@ -53,7 +53,7 @@ def _unique_name(stem: str, used: set[str]) -> str:
 def detect_files(
     predictor: Predictor,
     files: Sequence[str],
-    prompt: PromptLike,
+    prompt: PromptLike | None,
     out_dir: str | Path | None,
     *,
     threshold: float = 0.5,
@@ -61,7 +61,8 @@ def detect_files(
     progress: bool = True,
     masks: bool = False,
 ) -> list[dict[str, Any]]:
-    """Runs ``predictor`` on every file; writes ``out_dir/<stem>.jpg`` (annotated) and
+    """Runs ``predictor`` on every file with ``prompt`` (None: the classes a fine-tuned
+    model records, see :meth:`Predictor.resolve_prompt`); writes ``out_dir/<stem>.jpg`` (annotated) and
     ``out_dir/detections.json``. Returns the JSON entries, one per file, in order:
     ``{"file", "width", "height", "detections": [{"box", "score", "label", "phrase"}]}``
     or ``{"file", "error"}`` for a file that could not be processed. With ``masks`` each
