@@ -170,8 +170,8 @@ class Predictor:
             return parsed  # no offset, or one that applies to every prompt
         if tuned is not None and parsed.same_phrases(tuned):
             return tuned
-        tokens = tokenize_prompt(model.tokenizer, parsed, model.max_query_len)
-        if not offset.matches(tokens.input_ids, tokens.attention_mask):
+        ids = model.tokenizer(parsed.caption, add_special_tokens=True, verbose=False)["input_ids"]
+        if tuple(ids) != offset.token_ids:  # what the model checks (PromptOffset.matches)
             logger.warning(
                 "the prompt %r is not the one this model was prompt-tuned for (%r): its prompt offset "
                 "applies only to that prompt (same classes, same order), so this prompt runs without it",
