@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Union
@@ -12,7 +13,7 @@ from glip.hub.checkpoint import load_model
 from glip.modeling.glip import GLIP
 from glip.modeling.low_precision import parse_autocast_dtype, parse_weights_dtype, store_weights, stored_weights_dtype
 from glip.structures import Detections, ImageBatch
-from glip.text import Prompt, TokenizedPrompt
+from glip.text import Prompt, PromptError, TokenizedPrompt, parse_prompt
 from glip.text.chunks import chunk_prompt  # re-exported: glip.api.chunk_prompt
 from glip.utils.image import ImageInput, ImageLoadError
 
@@ -20,6 +21,8 @@ __all__ = ["ModelLike", "PromptLike", "Predictor", "chunk_prompt", "predict"]
 
 PromptLike = Union[str, Sequence[str], Prompt]
 ModelLike = Union[str, Path, GLIP]
+
+logger = logging.getLogger(__name__)
 
 
 def _default_device() -> str:
@@ -112,15 +115,48 @@ class Predictor:
         self.masks = masks
         self.agnostic_nms = agnostic_nms
 
-    def prepare_prompt(self, prompt: PromptLike, chunk_size: int | None = None) -> list[TokenizedPrompt]:
-        """Parses, chunks (when too long) and tokenizes a prompt once for many images
-        (:meth:`GLIP.prepare_prompt <glip.modeling.glip.GLIP.prepare_prompt>`)."""
-        return self.model.prepare_prompt(prompt, chunk_size)
+    def resolve_prompt(self, prompt: PromptLike | None) -> Prompt:
+        """The prompt to run for ``prompt``.
+
+        - None: the model's own classes (``model.tuned_prompt``, recorded by fine-tuning);
+          a :class:`PromptError` for a model that records none.
+        - A prompt naming the tuned prompt's phrases in its order, however spelled
+          (separators, a trailing period, spaces, case: :meth:`Prompt.same_phrases`):
+          the tuned prompt itself, so that a prompt-tuned model applies its offset.
+        - Any other prompt on a model whose prompt offset applies to one prompt only: runs
+          without the offset (the base model's text features), with a one-line warning.
+        """
+        model = self.model
+        tuned = model.tuned_prompt
+        if prompt is None:
+            if tuned is None:
+                raise PromptError("a prompt is needed: the model records no classes (fine-tuned models do)")
+            return tuned
+        parsed = parse_prompt(prompt)
+        offset = model.prompt_offset
+        if offset is None or offset.token_ids is None:
+            return parsed  # no offset, or one that applies to every prompt
+        if tuned is not None and parsed.same_phrases(tuned):
+            return tuned
+        ids = model.tokenizer(parsed.caption, add_special_tokens=True, verbose=False)["input_ids"]
+        if tuple(ids) != offset.token_ids:  # what the model checks (PromptOffset.matches)
+            logger.warning(
+                "the prompt %r is not the one this model was prompt-tuned for (%r): its prompt offset "
+                "applies only to that prompt (same classes, same order), so this prompt runs without it",
+                parsed.caption,
+                tuned.caption if tuned is not None else "unrecorded",
+            )
+        return parsed
+
+    def prepare_prompt(self, prompt: PromptLike | None, chunk_size: int | None = None) -> list[TokenizedPrompt]:
+        """Resolves (:meth:`resolve_prompt`), chunks (when too long) and tokenizes a prompt
+        once for many images (:meth:`GLIP.prepare_prompt <glip.modeling.glip.GLIP.prepare_prompt>`)."""
+        return self.model.prepare_prompt(self.resolve_prompt(prompt), chunk_size)
 
     def iter_predict(
         self,
         images: Sequence[ImageInput],
-        prompt: PromptLike,
+        prompt: PromptLike | None = None,
         *,
         threshold: float = 0.5,
         batch_size: int | None = None,
@@ -130,7 +166,7 @@ class Predictor:
         agnostic_nms: bool | None = None,
     ) -> Iterator[tuple[int, Detections | Exception]]:
         """Yields ``(index, Detections or the error)`` for each image, in input order.
-        ``masks``, ``agnostic_nms``: override the predictor's settings.
+        ``prompt``: see :meth:`predict`. ``masks``, ``agnostic_nms``: override the predictor's settings.
 
         An image that cannot be read, preprocessed or run through the model yields an
         :class:`ImageLoadError`; the others are still processed. Images are batched only with images of the same padded size, so
@@ -198,7 +234,7 @@ class Predictor:
     def predict(
         self,
         images: ImageInput | Sequence[ImageInput],
-        prompt: PromptLike,
+        prompt: PromptLike | None = None,
         *,
         threshold: float = 0.5,
         batch_size: int | None = None,
@@ -212,7 +248,9 @@ class Predictor:
         Args:
             images: a path, PIL image or ``[H, W, 3]`` uint8 RGB array, or a list of them.
             prompt: ``"a cat. a dog."``, a free-form caption, a list of class names, or a
-                :class:`Prompt` with explicit character spans.
+                :class:`Prompt` with explicit character spans; None: the classes a
+                fine-tuned model records. A prompt-tuned model's offset applies to its own
+                prompt, however spelled (:meth:`resolve_prompt`).
             threshold: keep detections scoring above this.
             batch_size: images per forward pass (default: the predictor's).
             chunk_size: phrases per pass; by default a prompt is split only when it
@@ -251,7 +289,7 @@ _CACHE: dict[tuple[str, str], Predictor] = {}
 
 def predict(
     images: ImageInput | Sequence[ImageInput],
-    prompt: PromptLike,
+    prompt: PromptLike | None = None,
     *,
     model: ModelLike = "glip-t",
     threshold: float = 0.5,
@@ -264,7 +302,8 @@ def predict(
     autocast: str | torch.dtype | None = None,
     agnostic_nms: bool = False,
 ) -> Detections | list[Detections]:
-    """One-call zero-shot detection (see :meth:`Predictor.predict`).
+    """One-call zero-shot detection (see :meth:`Predictor.predict`; ``prompt`` None: the
+    classes of a fine-tuned model).
 
     ``model`` is a zoo name, a weights path or a loaded :class:`GLIP`; the last model
     loaded by name or path is kept for the next call. ``masks``: also each detection's

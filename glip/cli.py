@@ -75,10 +75,8 @@ def _cmd_detect(args: argparse.Namespace) -> int:
         batch_size=args.batch_size, trust_pickle=args.trust_pickle, masks=args.masks,
         weights_dtype=args.weights_dtype, autocast=args.autocast, agnostic_nms=args.agnostic_nms,
     )  # fmt: skip
-    if prompt is None:  # a tuned model's own prompt (glip finetune)
-        prompt = predictor.model.tuned_prompt
-        if prompt is None:
-            raise ValueError("--prompt is required (the model records no tuned prompt)")
+    if prompt is None and predictor.model.tuned_prompt is None:
+        raise ValueError("--prompt is required (the model records no classes: only fine-tuned models do)")
     entries = detect_files(
         predictor,
         files,
@@ -132,7 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--prompt",
         help='phrases separated by "." ("a cat. a dog."), or a caption whose noun phrases are detected; '
-        "optional for a model tuned by `glip finetune` (its dataset's classes)",
+        "optional for a model tuned by `glip finetune` (default: its dataset's classes)",
     )
     p.add_argument("--threshold", type=float, default=0.5, help="keep detections scoring above this (default 0.5)")
     p.add_argument("--batch-size", type=int, default=4, help="images per forward pass (default 4)")

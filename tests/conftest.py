@@ -239,3 +239,21 @@ def detector_only(tmp_path_factory) -> Path:
             del model.heads[name]
         getattr(model.config.model.heads, name).enabled = False
     return save_model(model, tmp_path_factory.mktemp("detector_only") / "model", include_text_encoder=False)
+
+
+def write_roboflow_export(ds, root: Path, names: dict[str, str] | None = None, dataset: str = "fruit-sky") -> Path:
+    """``ds`` (:func:`glip.data.generate_synthetic`) as a real Roboflow COCO export under
+    ``root``: ``train/``, ``valid/`` and ``test/`` (the validation json again), each with
+    ``_annotations.coco.json`` and its images (linked). Category id 0 is the dataset's name
+    (``"supercategory": "none"``, no box uses it); the classes keep their ids 1.., named by
+    ``names`` (default: their own), with the dataset's name as their supercategory."""
+    names = names or {}
+    for split, src in (("train", ds.train_json), ("valid", ds.val_json), ("test", ds.val_json)):
+        (root / split).mkdir(parents=True)
+        data = json.loads(src.read_text())
+        classes = [dict(c, name=names.get(c["name"], c["name"]), supercategory=dataset) for c in data["categories"]]
+        data["categories"] = [{"id": 0, "name": dataset, "supercategory": "none"}, *classes]
+        for image in data["images"]:
+            os.symlink(ds.image_dir / image["file_name"], root / split / image["file_name"])
+        (root / split / "_annotations.coco.json").write_text(json.dumps(data))
+    return root

@@ -33,6 +33,7 @@ from glip.data.annotations import (
 )
 from glip.data.caption_packing import CaptionPacking, draw_negatives, grounded_phrases, pack_captions
 from glip.data.caption_screen import CaptionScreen
+from glip.data.categories import class_categories, used_category_ids
 from glip.data.grounding_sample import GroundingSample
 from glip.data.json_index import open_index
 from glip.data.masks import annotation_mask, has_segmentation, resize_masks
@@ -184,7 +185,9 @@ class CocoGroundingDataset(_GroundingDataset):
     ``CocoGrounding``, plus the pre-training caption recipe of ``CocoDetectionTSV``).
 
     Images without a usable box (official ``has_valid_annotation``) are skipped. Labels are
-    contiguous ids in json category order; the caption comes from ``recipe``.
+    contiguous ids in json category order over the json's classes
+    (:func:`glip.data.categories.class_categories`: a Roboflow export's dataset-name entry,
+    id 0, is left out); the caption comes from ``recipe``.
 
     Args:
         ann_file: COCO json (``images``, ``annotations`` with ``bbox`` xywh, ``categories``),
@@ -226,13 +229,19 @@ class CocoGroundingDataset(_GroundingDataset):
         super().__init__(ann_file, image_dir, tokenizer, transform, max_query_len, seed, masks, index_mode, index_cache)
         index = self.index
         self.recipe = recipe if recipe is not None else CaptionRecipe.coco_finetune()
-        # Contiguous ids follow the json's category order (official getCatIds()).
-        self.json_to_contiguous = {int(c["id"]): i + 1 for i, c in enumerate(index.categories)}
-        categories = index.categories if override_category is None else list(override_category)
+        # Contiguous ids follow the json's order of its classes (official getCatIds(), less the
+        # dataset-name entry id 0 that the official categories() leaves out: glip.data.categories).
+        boxes = [a for anns in index.annotations.values() for a in anns]
+        classes = class_categories(index.categories, boxes)
+        self.json_to_contiguous = {int(c["id"]): i + 1 for i, c in enumerate(classes)}
+        stray = sorted(used_category_ids(boxes) - set(self.json_to_contiguous))
+        if stray:
+            raise ValueError(f"{ann_file}: boxes use category ids {stray}, which are not among its classes")
+        categories = classes if override_category is None else list(override_category)
         self.ind_to_class: dict[int, str] = {}
         for cat in categories:
             if int(cat["id"]) not in self.json_to_contiguous:
-                raise ValueError(f"override category id {cat['id']} is not a category of {ann_file}")
+                raise ValueError(f"override category id {cat['id']} is not a class of {ann_file}")
             self.ind_to_class[self.json_to_contiguous[int(cat["id"])]] = str(cat["name"])
         vocabulary = category_vocabulary or build_category_vocabulary(self.ind_to_class.values())
         # Contiguous label -> global class id (names missing from the vocabulary are refused).

@@ -5,7 +5,8 @@ Official counterpart: the ``few_shot`` branch of ``COCODataset``
 ``DATASETS.SHUFFLE_SEED``): image ids sorted, images without a valid annotation dropped,
 the list shuffled with ``random.Random(seed)`` (seed 0: not shuffled), then images taken
 in order while any of their categories still needs images; every category of a taken
-image counts once (image level). Each category thus gets at least ``k`` images, hence at
+image counts once (image level). Only classes need images
+(:func:`glip.data.categories.class_categories`; the official run never lists id 0). Each category thus gets at least ``k`` images, hence at
 least ``k`` instances, when the dataset has them. The released ODinW few-shot files
 (``fewshot_train_shot{k}_seed{s}.json`` beside the full annotation file) are used instead
 when present (:func:`official_few_shot_file`).
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from glip.data.annotations import has_valid_annotation
+from glip.data.categories import class_categories
 
 __all__ = ["FEW_SHOT_SEEDS", "FEW_SHOTS", "few_shot_subset", "instances_per_category", "official_few_shot_file"]
 
@@ -44,7 +46,7 @@ def few_shot_subset(coco: Mapping[str, Any], shots: int, seed: int) -> dict[str,
     if shots > 0:
         if seed != 0:
             random.Random(seed).shuffle(ids)
-        needed = {int(c["id"]): shots for c in coco.get("categories", [])}
+        needed = {int(c["id"]): shots for c in _classes(coco)}
         chosen = []
         for image_id in ids:
             cats = {int(a["category_id"]) for a in anns_by_image[image_id]}
@@ -61,9 +63,14 @@ def few_shot_subset(coco: Mapping[str, Any], shots: int, seed: int) -> dict[str,
     return out
 
 
+def _classes(coco: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    return class_categories(coco.get("categories", []), coco.get("annotations", []))
+
+
 def instances_per_category(coco: Mapping[str, Any]) -> dict[int, int]:
-    """``{category id: annotation count}`` (0 for categories without any)."""
-    counts = {int(c["id"]): 0 for c in coco.get("categories", [])}
+    """``{class id: annotation count}`` (0 for classes without any), over the json's classes
+    (:func:`glip.data.categories.class_categories`: not a Roboflow export's dataset-name entry)."""
+    counts = {int(c["id"]): 0 for c in _classes(coco)}
     for ann in coco.get("annotations", []):
         counts[int(ann["category_id"])] = counts.get(int(ann["category_id"]), 0) + 1
     return counts

@@ -204,7 +204,8 @@ def _save_final(trainer: Trainer, output_dir: Path, weights: str | Path | None =
     A frozen pretrained text encoder is referenced by name, not copied. A run of a partial
     transfer mode (linear, prompt...) from ``weights`` stores only the tensors it trained,
     over a reference to ``weights`` (:func:`glip.hub.tuned.save_tuned`); the ``mask`` mode
-    saves the whole model (its base may lack the head it trains)."""
+    saves the whole model (its base may lack the head it trains). Either records the
+    classes of a transfer run (``model.tuned_prompt``)."""
     from glip.hub.checkpoint import save_model
     from glip.hub.tuned import save_tuned
     from glip.hub.zoo import resolve_model_source
@@ -222,4 +223,5 @@ def _save_final(trainer: Trainer, output_dir: Path, weights: str | Path | None =
     if trainer.ema is not None:
         ema = trainer.ema.module
         ema.config, ema.tokenizer = trainer.model.config, trainer.model.tokenizer
+        ema.tuned_prompt = trainer.model.tuned_prompt  # its classes (prompt.json)
         save_model(ema, output_dir / "model_ema", include_text_encoder=include_text)

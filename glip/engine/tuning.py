@@ -30,6 +30,7 @@ __all__ = [
     "TUNING_MODES",
     "TuningMode",
     "apply_tuning",
+    "class_prompt",
     "dataset_prompt",
     "record_tuned_prompt",
     "resolve_tuning_mode",
@@ -98,14 +99,14 @@ def trainable_names(model: GLIP) -> list[str]:
     return [n for n, p in model.named_parameters() if p.requires_grad]
 
 
-def dataset_prompt(dataset: Any) -> Prompt | None:
-    """The caption a fixed-order detection dataset gives every image (all categories in
-    contiguous-id order, the official fine-tuning and evaluation prompt), or None when the
-    captions vary (shuffled or sampled categories, grounding data)."""
+def class_prompt(dataset: Any) -> Prompt | None:
+    """The prompt of a detection dataset's classes: all of them in contiguous-id order,
+    written as its captions write them (separator, caption prompt, detection prefix); the
+    official fine-tuning and evaluation prompt. None for data without categories (grounding)."""
     dataset = getattr(dataset, "dataset", dataset)  # a RepeatDataset's base
     recipe = getattr(dataset, "recipe", None)
     classes = getattr(dataset, "ind_to_class", None)
-    if recipe is None or classes is None or recipe.shuffle or recipe.sample_negatives:
+    if recipe is None or not classes:
         return None
     labels = sorted(classes)
     prefix = DETECTION_PROMPT if recipe.add_detection_prompt else ""
@@ -113,14 +114,25 @@ def dataset_prompt(dataset: Any) -> Prompt | None:
     return Prompt.from_spans(caption.caption, [caption.label_to_span[label] for label in labels])
 
 
+def dataset_prompt(dataset: Any) -> Prompt | None:
+    """The caption a fixed-order detection dataset gives every image (:func:`class_prompt`),
+    or None when the captions vary (shuffled or sampled categories, grounding data)."""
+    recipe = getattr(getattr(dataset, "dataset", dataset), "recipe", None)
+    if recipe is None or recipe.shuffle or recipe.sample_negatives:
+        return None
+    return class_prompt(dataset)
+
+
 def record_tuned_prompt(model: GLIP, dataset: Any, max_query_len: int) -> None:
-    """Records on ``model`` the prompt of a fixed-caption training set: ``model.tuned_prompt``
-    and, with a prompt offset, the token ids it will be applied to at inference."""
-    prompt = dataset_prompt(dataset)
+    """Records on ``model`` its training set's classes, ``model.tuned_prompt``
+    (:func:`class_prompt`; saved with the model, ``glip detect``'s default prompt), and with
+    a prompt offset trained on one fixed caption, the token ids of that caption: the only
+    prompt the offset is applied to at inference (with varying captions it applies to any)."""
+    prompt = class_prompt(dataset)
     if prompt is None or model.tokenizer is None:
         return
     model.tuned_prompt = prompt
-    if model.prompt_offset is not None:
+    if model.prompt_offset is not None and dataset_prompt(dataset) is not None:
         tokens = tokenize_prompt(model.tokenizer, prompt, max_query_len)
         n = int(tokens.attention_mask[0].sum())
         model.prompt_offset.token_ids = tuple(int(t) for t in tokens.input_ids[0, :n].tolist())

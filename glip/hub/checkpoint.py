@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import pickle
 import pickletools
@@ -30,7 +31,7 @@ from glip.modeling.build import build_model
 from glip.modeling.glip import GLIP
 from glip.modeling.low_precision import build_in_dtype, parse_weights_dtype, store_weights
 from glip.modeling.text_encoder import load_text_config
-from glip.text import load_tokenizer, resolve_text_encoder
+from glip.text import Prompt, load_tokenizer, resolve_text_encoder
 from glip.utils.fs import atomic_directory
 
 logger = logging.getLogger(__name__)
@@ -43,6 +44,8 @@ TEXT_ENCODER_DIR = "text_encoder"
 # Our top-level modules, and "head." of folders saved before the trunk/heads split.
 _OUR_PREFIXES = (*GLIP.state_prefixes(), "head.")
 TUNED_NAME = "tuned.json"  # a tuned model stored as a delta over base weights (glip.hub.tuned)
+# A fine-tuned model's classes: its tuned prompt (and the token ids its prompt offset applies to).
+PROMPT_NAME = "prompt.json"
 _OFFICIAL_PREFIXES = ("backbone.", "language_backbone.", "rpn.")
 
 
@@ -334,6 +337,8 @@ def load_model(
     if "prompt_offset.weight" in state:  # a prompt-tuned checkpoint (ours or official tunable_linear)
         model.enable_prompt_offset(int(state["prompt_offset.weight"].shape[0]))
     load_state_into(model, state, str(weights), index=index)
+    if base is not None and (base / PROMPT_NAME).is_file():
+        _read_prompt(model, base / PROMPT_NAME)
     del raw, state  # a .pth's tensors: not held beside the model any longer than needed
     if storage is not None:
         store_weights(model, storage)
@@ -351,7 +356,9 @@ def save_model(
     model: GLIP, out_dir: str | Path, *, dtype: torch.dtype | None = None, include_text_encoder: bool = True
 ) -> Path:
     """Writes ``model.safetensors``, ``config.yaml`` and ``text_encoder/`` (the BERT or CLIP
-    text config and the tokenizer) into ``out_dir``, atomically (a crash leaves no half-written folder).
+    text config and the tokenizer) into ``out_dir``, atomically (a crash leaves no half-written folder);
+    with ``model.tuned_prompt`` (a fine-tuned model's classes) also ``prompt.json``, which
+    :func:`load_model` reads back.
 
     Args:
         dtype: cast floating-point tensors (e.g. ``torch.float16`` halves the file);
@@ -375,6 +382,8 @@ def save_model(
         else:
             cfg.model.text.pretrained = True
         save_config(cfg, tmp / CONFIG_NAME)
+        if model.tuned_prompt is not None:
+            _write_prompt(model, tmp / PROMPT_NAME)
     return out_dir
 
 
@@ -393,3 +402,22 @@ def save_weights(
         state[k] = (v.to(dtype) if dtype is not None and v.is_floating_point() else v).contiguous()
     save_file(state, str(path), metadata={"format": "pt", "glip": "1"})
     return Path(path)
+
+
+def _write_prompt(model: GLIP, path: Path) -> None:
+    """``model.tuned_prompt`` (a fine-tuned model's classes) and its prompt offset's token ids."""
+    offset = model.prompt_offset
+    token_ids = list(offset.token_ids) if offset is not None and offset.token_ids is not None else None
+    record = {"prompt": model.tuned_prompt.to_dict(), "token_ids": token_ids}  # type: ignore[union-attr]
+    path.write_text(json.dumps(record, indent=2), encoding="utf-8")
+
+
+def _read_prompt(model: GLIP, path: Path) -> None:
+    """Sets what :func:`_write_prompt` wrote on a loaded ``model``."""
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+        model.tuned_prompt = Prompt.from_dict(record["prompt"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{path} is not a glip prompt record ({type(e).__name__}: {e})") from None
+    if model.prompt_offset is not None and record.get("token_ids") is not None:
+        model.prompt_offset.token_ids = tuple(int(t) for t in record["token_ids"])

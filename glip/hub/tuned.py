@@ -112,13 +112,7 @@ def save_tuned(
             "config": str(Path(base_config).resolve()) if base_config is not None else None,
             "sha256": file_sha256(weights_file),
         },
-        "prompt": None
-        if prompt is None
-        else {
-            "caption": prompt.caption,
-            "phrases": list(prompt.phrases),
-            "spans": [[list(span) for span in group] for group in prompt.spans],
-        },
+        "prompt": None if prompt is None else prompt.to_dict(),
         "token_ids": list(model.prompt_offset.token_ids or []) if model.prompt_offset is not None else None,
         "prompt_offset_rows": model.prompt_offset.num_rows if model.prompt_offset is not None else None,
         "tensors": sorted(tensors),
@@ -185,10 +179,8 @@ def load_tuned(
     if bad:
         raise CheckpointError(f"{folder}: delta tensors that do not fit the base model: {', '.join(bad[:10])}")
     model.load_state_dict({**state, **delta}, strict=True)
-    if meta.get("prompt"):
-        p = meta["prompt"]
-        spans = tuple(tuple((int(a), int(b)) for a, b in group) for group in p["spans"])
-        model.tuned_prompt = Prompt(p["caption"], tuple(p["phrases"]), spans)
+    # The delta's classes, not those a fine-tuned base may record.
+    model.tuned_prompt = Prompt.from_dict(meta["prompt"]) if meta.get("prompt") else None
     return model.to(device).eval()
 
 

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from glip.text.noun_phrases import find_noun_phrases
 
@@ -63,6 +64,32 @@ class Prompt:
                     raise PromptError(f"span ({start}, {end}) is outside the caption of {len(caption)} characters")
         phrases = tuple(" ".join(caption[a:b] for a, b in group) for group in norm)
         return Prompt(caption, phrases, tuple(norm))
+
+    def to_dict(self) -> dict[str, Any]:
+        """``{"caption", "phrases", "spans"}``, JSON-ready (:meth:`from_dict` reads it back)."""
+        return {
+            "caption": self.caption,
+            "phrases": list(self.phrases),
+            "spans": [[list(span) for span in group] for group in self.spans],
+        }
+
+    @staticmethod
+    def from_dict(data: Mapping[str, Any]) -> Prompt:
+        """The prompt :meth:`to_dict` wrote."""
+        spans = tuple(tuple((int(a), int(b)) for a, b in group) for group in data["spans"])
+        return Prompt(str(data["caption"]), tuple(str(p) for p in data["phrases"]), spans)
+
+    def same_phrases(self, other: Prompt) -> bool:
+        """Whether both prompts name the same phrases in the same order, compared without
+        case and extra spaces: ``"tomato. sky. lemon."``, ``"Tomato.sky. lemon"`` and
+        ``["tomato", "sky", "lemon"]`` all name those of ``"tomato. sky. lemon"``."""
+        return len(self.phrases) == len(other.phrases) and all(
+            _phrase_key(a) == _phrase_key(b) for a, b in zip(self.phrases, other.phrases)
+        )
+
+
+def _phrase_key(phrase: str) -> str:
+    return " ".join(phrase.split()).casefold()
 
 
 def from_class_names(names: Sequence[str]) -> Prompt:

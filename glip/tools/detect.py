@@ -59,7 +59,7 @@ def _unique_name(file: str, used: set[str]) -> str:
 def detect_files(
     predictor: Predictor,
     files: Sequence[str],
-    prompt: PromptLike,
+    prompt: PromptLike | None,
     out_dir: str | Path | None,
     *,
     threshold: float = 0.5,
@@ -67,9 +67,10 @@ def detect_files(
     progress: bool = True,
     masks: bool = False,
 ) -> list[dict[str, Any]]:
-    """Runs ``predictor`` on every file; writes ``out_dir/<name>`` (the annotated picture
-    drawn by :meth:`Detections.save`, in the input's format: see :func:`annotated_suffix`)
-    and ``out_dir/detections.json``. Returns the JSON entries, one per file, in order:
+    """Runs ``predictor`` on every file with ``prompt`` (None: the classes a fine-tuned
+    model records, see :meth:`Predictor.resolve_prompt`); writes ``out_dir/<name>`` (the
+    annotated picture drawn by :meth:`Detections.save`, in the input's format: see
+    :func:`annotated_suffix`) and ``out_dir/detections.json``. Returns the JSON entries, one per file, in order:
     ``{"file", "width", "height", "detections": [{"box", "score", "label", "phrase"}]}``
     or ``{"file", "error"}`` for a file that could not be processed. With ``masks`` each
     detection also has ``"mask"`` (COCO compressed RLE) and the images show the masks

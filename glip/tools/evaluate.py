@@ -1,10 +1,11 @@
 """Zero-shot detection evaluation: a predictor over a COCO-format or LVIS dataset.
 
 The prompt is built from the category names as the official evaluation builds it
-(``create_queries_and_maps``): categories in contiguous-id order (id 0 and
-``"__background__"`` left out), names replaced by an ``OVERRIDE_CATEGORY`` entry of the same
-id, cleaned (:func:`glip.data.clean_name`), optionally wrapped in ``CAPTION_PROMPT``
-prefixes/suffixes, joined with ``". "``. Prompts over the text encoder's 256 tokens are
+(``create_queries_and_maps``): categories in contiguous-id order (a Roboflow export's
+dataset-name entry, id 0, and ``"__background__"`` left out, by the rule training follows
+too: :func:`glip.data.categories.class_categories`), names replaced by an
+``OVERRIDE_CATEGORY`` entry of the same id, cleaned (:func:`glip.data.clean_name`),
+optionally wrapped in ``CAPTION_PROMPT`` prefixes/suffixes, joined with ``". "``. Prompts over the text encoder's 256 tokens are
 chunked by the predictor; LVIS uses chunks of 40 classes (official
 ``TEST.CHUNKED_EVALUATION 40``). Under ``accelerate launch`` / ``torchrun`` each process
 predicts a shard of the images and the main process scores the gathered predictions.
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from glip.data import CaptionPromptEntry, build_caption, clean_name
+from glip.data.categories import class_categories
 from glip.evaluation import (
     COCO_METRICS,
     FIXED_AP_TOPK,
@@ -64,12 +66,16 @@ def category_prompt(
     categories: Sequence[Mapping[str, Any]],
     override: Sequence[tuple[int, str]] | None = None,
     caption_prompt: Sequence[tuple[str, str, str]] | None = None,
+    annotations: Sequence[Mapping[str, Any]] | None = None,
 ) -> tuple[Prompt, list[int]]:
     """The official evaluation prompt of a COCO-format category list.
 
     Args:
         categories: the annotation file's ``categories`` (their order is the contiguous-id
-            order, as pycocotools' ``getCatIds``).
+            order, as pycocotools' ``getCatIds``); its classes are kept
+            (:func:`glip.data.categories.class_categories`, the rule training follows too).
+        annotations: the file's boxes (id 0 is a class when some box uses it); None: id 0
+            is left out.
         override: ``(id, name)`` pairs replacing names by id (``OVERRIDE_CATEGORY``).
         caption_prompt: ``(prefix, name, suffix)`` per kept category, in order
             (``CAPTION_PROMPT``); the span covers the name.
@@ -81,7 +87,7 @@ def category_prompt(
     names = {int(c["id"]): str(c["name"]) for c in categories}
     if override is not None:
         names.update({int(i): str(n) for i, n in override})
-    ids = [int(c["id"]) for c in categories if int(c["id"]) != 0 and names[int(c["id"])] != "__background__"]
+    ids = [int(c["id"]) for c in class_categories(categories, annotations)]
     if not ids:
         raise ValueError("the annotation file names no category")
     entries = None
@@ -160,7 +166,7 @@ def evaluate_detection(
     if masks:
         check_ground_truth_masks(gt, ann_file)
     images = sorted(gt.get("images", []), key=lambda img: img["id"])
-    prompt, category_ids = category_prompt(gt.get("categories", []), override, caption_prompt)
+    prompt, category_ids = category_prompt(gt.get("categories", []), override, caption_prompt, gt.get("annotations"))
     if task == "lvis" and chunk_size is None:
         chunk_size = LVIS_CHUNK_SIZE
     paths = [image_path(img, image_dir) for img in images]

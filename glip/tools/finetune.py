@@ -95,9 +95,11 @@ class TransferData:
         return self.val_json, self.val_images
 
 
-def transfer_overrides(mode: str, shots: int) -> list[str]:
+def transfer_overrides(mode: str, shots: int, solver: bool = True) -> list[str]:
     """The official ODinW fine-tuning settings of ``mode`` with ``shots`` (0: all data), as
-    config overrides."""
+    config overrides. ``solver`` False leaves out the ``solver.*`` ones (``glip finetune
+    --no-official-schedule``) and keeps the data recipe: one fixed caption of every class
+    (no shuffling, no sampled negatives), the prompt a tuned model records."""
     m = resolve_tuning_mode(mode)
     if m is None:
         raise ValueError("a transfer mode is needed (full, linear, prompt...)")
@@ -122,7 +124,7 @@ def transfer_overrides(mode: str, shots: int) -> list[str]:
     }
     if m.prompt_offset:
         values.update({f"solver.{k}": v for k, v in PROMPT_TUNING_SOLVER.items()})
-    return [f"{k}={v}" for k, v in values.items()]
+    return [f"{k}={v}" for k, v in values.items() if solver or not k.startswith("solver.")]
 
 
 def _write_train_subset(data: TransferData, shots: int, seed: int, out_dir: Path) -> tuple[Path, dict[str, Any]]:
@@ -189,7 +191,8 @@ def finetune(
         weights: the base model (folder, official ``.pth`` or zoo name); None: train from
             the config's initialisation (the result is then saved whole).
         trust_pickle: allow an official ``.pth`` base that needs unsafe unpickling.
-        official_schedule: apply :func:`transfer_overrides` before ``overrides``.
+        official_schedule: False keeps the config's solver settings (the official data
+            recipe and freezing of :func:`transfer_overrides` still apply, before ``overrides``).
         overrides: ``key=value`` config overrides applied last (e.g. a short ``solver.max_epoch``).
 
     Returns:
@@ -203,7 +206,7 @@ def finetune(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     train_json, subset = _write_train_subset(data, shots, seed, out)
-    preset = transfer_overrides(mode, shots) if official_schedule else [f"train.tuning={mode}"]
+    preset = transfer_overrides(mode, shots, solver=official_schedule)
     heads = resolve_tuning_mode(mode).heads  # type: ignore[union-attr]
     preset += [f"model.heads.{h}.enabled=true" for h in heads]  # a mode training a head adds it
     cfg = config_from_dict(config_to_dict(cfg), [*preset, *overrides])

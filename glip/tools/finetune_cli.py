@@ -95,7 +95,7 @@ def run_finetune(args: argparse.Namespace) -> int:
         return _run_task(args)
     args.mode = args.mode or "prompt"
     check_overrides(args.overrides)
-    preset = transfer_overrides(args.mode, args.shots) if not args.no_official_schedule else []
+    preset = transfer_overrides(args.mode, args.shots, solver=not args.no_official_schedule)
     data = _transfer_data(args)
     cpu = device_is_cpu(args.device)
     weights = model_arg(args)
@@ -161,7 +161,11 @@ def add_finetune_parser(subparsers: argparse._SubParsersAction) -> argparse.Argu
     )
     p.add_argument("--shots", type=int, default=0, help="1, 3, 5 or 10 shots per class; 0: all data")
     p.add_argument("--seed", type=int, default=3, help="k-shot sampling seed (official 3, 30, 300)")
-    p.add_argument("--no-official-schedule", action="store_true", help="use the config's solver settings as they are")
+    p.add_argument(
+        "--no-official-schedule",
+        action="store_true",
+        help="use the config's solver settings as they are (the official data recipe still applies)",
+    )
     add_output_arg(p, help="output folder (default glip_finetune/NAME_MODE_shotK_seedS)")
     add_device_arg(p, help="cpu or cuda (default: cuda when available)")
     add_quiet_arg(p)

@@ -107,3 +107,20 @@ def test_loading_a_tuned_delta_does_not_import_the_engine(tmp_path) -> None:
     value, engine = out.stdout.strip().splitlines()[-2:]
     assert float(value) == pytest.approx(model.grounding.bias0.item())
     assert engine == "[]"
+
+
+def test_a_whole_folder_records_its_classes_and_its_offset_prompt(tmp_path) -> None:
+    """A fine-tuned model saved whole (full mode; prompt mode without a base) keeps its
+    classes and the token ids its prompt offset applies to; a broken record is one error."""
+    import glip
+    from glip.hub.checkpoint import CheckpointError, save_model
+    from glip.text.prompt import from_class_names
+
+    model = glip.load_model("demo-shapes")
+    model.tuned_prompt = from_class_names(["tomato", "sky", "lemon"])
+    model.enable_prompt_offset(token_ids=[101, 7, 102])
+    loaded = glip.load_model(save_model(model, tmp_path / "whole", include_text_encoder=False))
+    assert loaded.tuned_prompt == model.tuned_prompt and loaded.prompt_offset.token_ids == (101, 7, 102)
+    (tmp_path / "whole" / "prompt.json").write_text('{"prompt": {"caption": "x"}}')
+    with pytest.raises(CheckpointError, match="prompt.json"):
+        glip.load_model(tmp_path / "whole")
