@@ -140,10 +140,10 @@ def test_max_iter_wins_over_the_official_schedule_and_the_plan_is_logged(domain,
     data = TransferData.from_dir(domain[2], "zorp")
     caplog.set_level("INFO")
     summary = finetune(cfg, data, tmp_path / "pt", weights=base, mode="prompt", cpu=True,
-                       overrides=["solver.max_iter=3", "data.flip_prob=0.0"])  # fmt: skip
+                       overrides=["solver.max_iter=3", "solver.ims_per_batch=2", "data.flip_prob=0.0"])  # fmt: skip
     assert summary["steps"] == 3  # not the official 200 epochs
     assert "official ODinW schedule (prompt, all data): replaced by yours: solver.max_epoch=0, " in caplog.text
-    assert "plan: 3 steps (solver.max_iter=3; an epoch is 1 step (4 images, batch 4))" in caplog.text
+    assert "plan: 3 steps (solver.max_iter=3; an epoch is 1 step (2 images, batch 2))" in caplog.text
 
 
 def test_interrupted_finetune_says_how_to_resume_and_resumes_once(domain, base_model, tmp_path, capsys, caplog,
@@ -157,7 +157,8 @@ def test_interrupted_finetune_says_how_to_resume_and_resumes_once(domain, base_m
     _, base = base_model
     out = tmp_path / "pt"
     args = ["finetune", "--data", str(domain[2]), "--weights", str(base), "--mode", "prompt", "--out", str(out),
-            "--device", "cpu", "--quiet", "solver.max_iter=4", "data.flip_prob=0.0"]  # fmt: skip
+            "--device", "cpu", "--quiet", "solver.max_iter=4", "solver.ims_per_batch=2", "data.flip_prob=0.0",
+            "train.log_period=1"]  # fmt: skip
     step = Trainer._step
 
     def step_then_sigint(self, *a, **k):

@@ -74,36 +74,38 @@ def test_max_iter_wins_over_the_configs_epochs_and_the_plan_is_logged(shapes, te
 
 @pytest.fixture(scope="module")
 def finished_run(shapes, text_dir, tmp_path_factory):  # noqa: F811
-    """A 4-step run validated every 2 steps, checkpoints at steps 2 and 4, and its arguments."""
+    """A 4-step run validated every 2 steps, checkpoints at steps 2 and 4; its options and overrides."""
     out = tmp_path_factory.mktemp("finished") / "run"
     overrides = tiny_overrides(shapes, text_dir, **{
         "solver.max_iter": 4, "solver.checkpoint_period": 2, "solver.model_ema": 0.0, "train.eval_period": 2,
         "data.val_json": shapes.val_json, "data.val_images": shapes.image_dir,
     })  # fmt: skip
-    args = ["train", "--config", str(TINY_YAML), "--quiet", "--device", "cpu", *overrides]
-    assert main([*args, "--out", str(out)]) == 0
-    return out, args
+    options = ["train", "--config", str(TINY_YAML), "--quiet", "--device", "cpu"]
+    assert main([*options, "--out", str(out), *overrides]) == 0
+    return out, options, overrides
 
 
 def test_resume_of_a_finished_run_does_nothing(finished_run, tmp_path, capsys):
-    source, args = finished_run
+    source, options, overrides = finished_run
     out = tmp_path / "run"
     shutil.copytree(source, out)
     before = (out / "metrics.jsonl").read_text()
     assert [r["step"] for r in _records(out) if "val/loss" in r] == [2, 4]
     capsys.readouterr()
-    assert main([*args, "--out", str(out), "--resume"]) == 0
+    assert main([*options, "--out", str(out), "--resume", *overrides]) == 0
     assert capsys.readouterr().out == f"already finished at step 4: nothing to do ({out}/model)\n"
     assert (out / "metrics.jsonl").read_text() == before  # no second validation row
 
 
 def test_resume_keeps_the_checkpoints_optimiser_settings_and_records_them(finished_run, tmp_path, capsys, caplog):
-    source, args = finished_run
+    source, options, overrides = finished_run
     out = tmp_path / "run"
     shutil.copytree(source, out)
     caplog.set_level("INFO")
-    resume = ["--out", str(out), "--resume-from", str(checkpoint_dir(out, 2)), "solver.base_lr=0.1"]
-    assert main([*args, *resume, "solver.max_iter=6"]) == 0, capsys.readouterr().err
+    resume = ["--out", str(out), "--resume-from", str(checkpoint_dir(out, 2))]
+    assert main([*options, *resume, *overrides, "solver.base_lr=0.1", "solver.max_iter=6"]) == 0, (
+        capsys.readouterr().err
+    )
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and "resume" in r.getMessage()]
     assert warnings == [
         "resume: solver.base_lr=0.1 ignored: the checkpoint's optimiser state keeps solver.base_lr=0.001 "
@@ -121,13 +123,13 @@ def test_resume_keeps_the_checkpoints_optimiser_settings_and_records_them(finish
 
 
 def test_a_corrupt_checkpoint_is_a_one_line_error(finished_run, tmp_path, capsys):
-    source, args = finished_run
+    source, options, overrides = finished_run
     out = tmp_path / "run"
     shutil.copytree(source, out)
     state = checkpoint_dir(out, 4) / "state.pt"
     state.write_bytes(state.read_bytes()[:100])  # a copy cut short
     capsys.readouterr()
-    assert main([*args, "--out", str(out), "--resume"]) == 1
+    assert main([*options, "--out", str(out), "--resume", *overrides]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "Traceback" not in err
     assert err.startswith(f"glip train: error: {state} is corrupt or not a checkpoint (")
