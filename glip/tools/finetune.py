@@ -125,16 +125,17 @@ def transfer_overrides(mode: str, shots: int) -> list[str]:
 
 
 def _official_schedule_line(cfg: GLIPConfig, mode: str, shots: int) -> str:
-    """Which official ODinW settings the run keeps and which the overrides replaced."""
+    """The official ODinW schedule the run follows, and what the overrides replaced in it."""
     epochs, copies = SHOT_SCHEDULES[shots]
     s, d = cfg.solver, cfg.data
-    kept = s.max_epoch == epochs and d.general_copy == copies
     what = f"{shots}-shot" if shots else "all data"
-    if kept:
-        length = f"{epochs} epochs" + (f" of {copies} copies of the data" if copies > 1 else "")
+    official = f"{epochs} epochs" + (f" of {copies} copies of the data" if copies > 1 else "")
+    if s.max_epoch == epochs and d.general_copy == copies:
+        length = official
+    elif s.max_epoch > 0:
+        length = f"your solver.max_epoch={s.max_epoch}, data.general_copy={d.general_copy} (official: {official})"
     else:
-        length = f"replaced by yours: solver.max_epoch={s.max_epoch}, solver.max_iter={s.max_iter}, "
-        length += f"data.general_copy={d.general_copy}"
+        length = f"your solver.max_iter={s.max_iter} steps (official: {official})"
     stop = f"early stop after {s.auto_terminate_patience} validations without AP gain"
     return (
         f"official ODinW schedule ({mode}, {what}): {length}, batch {s.ims_per_batch}, validation every epoch, "

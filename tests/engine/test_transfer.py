@@ -142,7 +142,9 @@ def test_max_iter_wins_over_the_official_schedule_and_the_plan_is_logged(domain,
     summary = finetune(cfg, data, tmp_path / "pt", weights=base, mode="prompt", cpu=True,
                        overrides=["solver.max_iter=3", "solver.ims_per_batch=2", "data.flip_prob=0.0"])  # fmt: skip
     assert summary["steps"] == 3  # not the official 200 epochs
-    assert "official ODinW schedule (prompt, all data): replaced by yours: solver.max_epoch=0, " in caplog.text
+    assert (
+        "official ODinW schedule (prompt, all data): your solver.max_iter=3 steps (official: 200 epochs)" in caplog.text
+    )
     assert "plan: 3 steps (solver.max_iter=3; an epoch is 1 step (2 images, batch 2))" in caplog.text
 
 
