@@ -14,7 +14,14 @@ from glip.config.legacy import upgrade_override, upgrade_tree
 from glip.config.official import from_official, is_official_yaml
 from glip.config.schema import GLIPConfig
 
-__all__ = ["ConfigError", "config_from_dict", "config_to_dict", "load_config", "save_config"]
+__all__ = [
+    "ConfigError",
+    "config_from_dict",
+    "config_to_dict",
+    "explicit_length",
+    "load_config",
+    "save_config",
+]
 
 
 class ConfigError(ValueError):
@@ -45,6 +52,28 @@ def config_from_dict(tree: Mapping[str, Any], overrides: Sequence[str] = (), nam
     if name is not None:
         cfg.name = name
     return cfg
+
+
+def explicit_length(overrides: Sequence[str]) -> list[str]:
+    """A user's ``overrides`` with ``solver.max_epoch=0`` added when they set
+    ``solver.max_iter`` and not ``solver.max_epoch``: an explicit step count wins over the
+    epoch count of the config or of a preset (``max_epoch > 0`` decides the length
+    otherwise). Both set, with ``max_epoch > 0``: a ``ConfigError`` naming the conflict."""
+    values = {o.split("=", 1)[0].strip(): o.split("=", 1)[1].strip() for o in overrides if "=" in o}
+    if "solver.max_iter" not in values:
+        return list(overrides)
+    if "solver.max_epoch" not in values:
+        return [*overrides, "solver.max_epoch=0"]
+    try:
+        epochs = int(values["solver.max_epoch"])
+    except ValueError:  # not a number: config_from_dict names it
+        return list(overrides)
+    if epochs > 0:
+        raise ConfigError(
+            f"solver.max_iter={values['solver.max_iter']} and solver.max_epoch={epochs} conflict (epochs decide "
+            "the length when max_epoch > 0): give one of them"
+        )
+    return list(overrides)
 
 
 def _first_line(error: Exception) -> str:

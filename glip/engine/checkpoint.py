@@ -2,9 +2,11 @@
 
 A checkpoint is a folder ``OUTPUT/checkpoints/step_<NNNNNNN>/`` holding
 
-- ``state.pt``: model, optimiser, schedule, EMA and grad-scaler state, and the
-  :class:`Progress` (step, epoch, batch index within the epoch);
-- ``rng_<rank>.pt``: each process's Python, numpy and torch generator states.
+- ``state.pt``: model, optimiser, schedule, EMA and grad-scaler state, the best-metric
+  monitor (best value, patience counters, best weights) and the :class:`Progress` (step,
+  epoch, batch index within the epoch);
+- ``rng_<rank>.pt``: each process's Python, numpy and torch generator states;
+- ``config.yaml``: the run's settings (:mod:`glip.engine.resume` compares them on resume).
 
 It is assembled in a hidden temporary folder and renamed into place (``os.replace``),
 then ``checkpoints/last`` (written the same way) names it: a crash at any moment leaves
@@ -26,9 +28,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from glip.config import GLIPConfig, save_config
 from glip.utils.fs import atomic_directory
 
 __all__ = [
+    "CheckpointReadError",
     "Progress",
     "capture_rng_state",
     "checkpoint_dir",
@@ -41,6 +45,7 @@ __all__ = [
 ]
 
 STATE_NAME = "state.pt"
+CONFIG_NAME = "config.yaml"
 LAST_NAME = "last"
 
 
@@ -119,8 +124,10 @@ def write_checkpoint(
     step: int,
     state: dict[str, Any] | None,
     rng_states: list[dict[str, Any]],
+    config: GLIPConfig | None = None,
 ) -> Path:
-    """Writes ``state`` and every rank's RNG state as checkpoint ``step`` and points
+    """Writes ``state``, every rank's RNG state and the run's ``config`` (``config.yaml``,
+    what a resumed run compares its settings with) as checkpoint ``step`` and points
     ``checkpoints/last`` at it. Called by the main process only, with all ranks' RNG
     states gathered."""
     final = checkpoint_dir(output_dir, step)
@@ -128,6 +135,8 @@ def write_checkpoint(
         torch.save(state, tmp / STATE_NAME)
         for rank, rng in enumerate(rng_states):
             torch.save(rng, tmp / f"rng_{rank}.pt")
+        if config is not None:
+            save_config(config, tmp / CONFIG_NAME)
     _atomic_write_text(final.parent / LAST_NAME, final.name + "\n")
     return final
 
@@ -142,18 +151,38 @@ def latest_checkpoint(output_dir: str | Path) -> Path | None:
     return path if (path / STATE_NAME).is_file() else None
 
 
+class CheckpointReadError(ValueError):
+    """A checkpoint file that cannot be read (truncated, corrupt, not a checkpoint)."""
+
+
+def _load(file: Path) -> Any:
+    """``torch.load`` of a checkpoint file; any failure is one :class:`CheckpointReadError`
+    line naming the file and, when there is one, an older checkpoint to resume from."""
+    try:
+        return torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises RuntimeError, EOFError, UnpicklingError... for a bad file
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0].split(". ")[0]
+        folder = file.parent
+        older = sorted(p for p in folder.parent.glob("step_*") if p.is_dir() and p.name < folder.name)
+        hint = f"; resume from an older one with --resume-from {older[-1]}" if older else ""
+        raise CheckpointReadError(f"{file} is corrupt or not a checkpoint ({reason}){hint}") from None
+
+
 def load_state(path: str | Path) -> dict[str, Any]:
     """``state.pt`` of a checkpoint folder (or the file itself), on the CPU."""
     path = Path(path)
     file = path / STATE_NAME if path.is_dir() else path
     if not file.is_file():
         raise FileNotFoundError(f"no training checkpoint at {path}")
-    return torch.load(file, map_location="cpu", weights_only=True)
+    state = _load(file)
+    if not isinstance(state, dict) or "progress" not in state:
+        raise CheckpointReadError(f"{file} is not a training checkpoint (no progress record)")
+    return state
 
 
 def load_rng_state(path: str | Path, rank: int) -> dict[str, Any] | None:
     file = Path(path) / f"rng_{rank}.pt"
-    return torch.load(file, map_location="cpu", weights_only=True) if file.is_file() else None
+    return _load(file) if file.is_file() else None
 
 
 def prune_checkpoints(output_dir: str | Path, keep: int, protect: Callable[[Path], bool] = lambda p: False) -> None:

@@ -4,6 +4,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 
@@ -41,6 +43,15 @@ class BestMonitor:
             self._bad = 0
             return True
         return False
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything a resumed run needs (tensors and plain values: ``weights_only`` loads it)."""
+        return {"best": self.best, "worse": self.worse, "stopped": self.stopped, "best_state": self.best_state,
+                "plateau_best": self._plateau_best, "bad": self._bad}  # fmt: skip
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.best, self.worse, self.stopped = state["best"], int(state["worse"]), bool(state["stopped"])
+        self.best_state, self._plateau_best, self._bad = state["best_state"], state["plateau_best"], int(state["bad"])
 
     def restore_best(self, model: nn.Module) -> None:
         if self.best_state is None:

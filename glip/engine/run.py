@@ -5,15 +5,17 @@ from __future__ import annotations
 import importlib
 import logging
 import random
+import signal
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from glip.config import GLIPConfig, save_config
-from glip.engine.checkpoint import STATE_NAME, latest_checkpoint
+from glip.engine.checkpoint import STATE_NAME, latest_checkpoint, load_state
 from glip.engine.data import build_dataset
 from glip.engine.multitask import build_training_data
+from glip.engine.resume import resumed_config
 from glip.engine.trainer import Evaluator, Trainer, TrainResult
 from glip.engine.tuning import apply_tuning, record_tuned_prompt, resolve_tuning_mode, set_frozen_eval
 from glip.engine.vqa import with_answer_vocabulary
@@ -22,9 +24,27 @@ from glip.modeling.glip import GLIP
 from glip.modeling.text_encoder import load_text_config
 from glip.text import load_tokenizer, resolve_text_encoder
 
-__all__ = ["build_training_model", "load_evaluator", "prepare_for_training", "resolve_precision", "train"]
+__all__ = [
+    "TrainingInterrupted",
+    "build_training_model",
+    "load_evaluator",
+    "prepare_for_training",
+    "resolve_precision",
+    "train",
+]
 
 logger = logging.getLogger(__name__)
+
+
+class TrainingInterrupted(Exception):
+    """Raised by the commands that go on after training (``glip finetune``) when a signal
+    stopped it: the checkpoint is written, the final model is not. ``result`` is the
+    :class:`TrainResult`; ``train(..., resume=True)`` continues the run."""
+
+    def __init__(self, result: TrainResult) -> None:
+        self.result = result
+        name = signal.Signals(result.interrupted_by).name if result.interrupted_by is not None else "a signal"
+        super().__init__(f"interrupted by {name} at step {result.progress.step} (checkpoint {result.checkpoint})")
 
 
 def build_training_model(cfg: GLIPConfig, weights: str | Path | None = None, trust_pickle: bool = False) -> GLIP:
@@ -132,7 +152,10 @@ def train(
         resume: True (or ``"auto"``): continue from ``output_dir``'s last checkpoint if
             there is one; a path: from that checkpoint folder (refused unless it is one).
             ``metrics.jsonl`` and TensorBoard drop what was logged after the checkpoint's
-            step, so that each step is logged once.
+            step, so that each step is logged once. The optimiser settings stay the
+            checkpoint's (:func:`glip.engine.resume.resumed_config`: a warning names the
+            ignored ones, ``config.yaml`` records them); a finished run (``max_iter`` reached
+            or stopped early) trains and validates nothing more (``already_finished``).
         max_steps: stop (with a checkpoint) after this many steps in all, without
             changing the schedule, which still spans ``max_iter``.
         evaluator: ``fn(model, step) -> metrics`` at each validation; default the
@@ -154,13 +177,16 @@ def train(
     )
     # The same initial weights on every process (DDP also broadcasts rank 0's).
     _seed_everything(cfg.solver.seed)
-    checkpoint = None
+    checkpoint, state = None, None
     if resume:
         checkpoint = latest_checkpoint(output_dir) if resume is True or resume == "auto" else Path(resume)
         if checkpoint is None:
             logger.info("no checkpoint in %s: starting from scratch", output_dir)
         elif not (checkpoint / STATE_NAME).is_file():
             raise FileNotFoundError(f"{checkpoint} is not a training checkpoint (a folder holding {STATE_NAME})")
+        else:
+            state = load_state(checkpoint)  # a corrupt file fails here, before anything is built
+            cfg = resumed_config(cfg, checkpoint)  # the optimiser settings stay the checkpoint's
     cfg = with_answer_vocabulary(cfg)  # VQA: the answers of data.train_json, saved with the model
     model = build_training_model(cfg, None if checkpoint is not None else weights, trust_pickle=trust_pickle)
     prepare_for_training(model, cfg)
@@ -189,11 +215,20 @@ def train(
         progress_bar=progress_bar,
     )
     if checkpoint is not None:
-        trainer.load_checkpoint(checkpoint)
-    result = trainer.fit(max_steps=max_steps)
+        trainer.load_checkpoint(checkpoint, state)
+        del state
+    if checkpoint is not None and trainer.finished:
+        # Nothing to train or validate again; the final model is written if it is missing.
+        logger.info("the run in %s is already finished (step %d): nothing to do", output_dir, trainer.progress.step)
+        trainer.monitor.restore_best(trainer.model)
+        result = TrainResult(trainer.progress, checkpoint, None, {}, trainer.monitor.stopped, trainer.monitor.best,
+                             already_finished=True)  # fmt: skip
+        save = not (output_dir / "model").is_dir()
+    else:
+        result = trainer.fit(max_steps=max_steps)
+        save = result.interrupted_by is None and trainer.finished
     accelerator.wait_for_everyone()
-    finished = result.progress.step >= trainer.max_iter or result.early_stopped
-    if accelerator.is_main_process and result.interrupted_by is None and finished:
+    if accelerator.is_main_process and save:
         _save_final(trainer, output_dir, weights)
     accelerator.end_training()
     return result

@@ -44,11 +44,13 @@ from glip.engine.metrics_log import MetricsLog, format_metric, short_loss_name
 from glip.engine.monitor import BestMonitor
 from glip.engine.multitask import MultiSourceData, TrainingSource
 from glip.engine.optim import build_optimizer, build_schedule, clip_grad_norm
+from glip.engine.plan import StepClock, describe_plan
 from glip.engine.pretraining import pretraining_inputs
 from glip.engine.shard_data import resume_stream, stream_state
 from glip.engine.tuning import set_frozen_eval
 from glip.modeling.criterion import Criterion
 from glip.modeling.glip import GLIP
+from glip.utils.distributed import all_gather_objects
 
 __all__ = ["Evaluator", "LossModel", "TrainResult", "Trainer", "short_loss_name"]
 
@@ -91,7 +93,8 @@ class TrainResult:
     """How :meth:`Trainer.fit` ended: ``progress`` at the end, the last checkpoint, and the
     signal that interrupted it (None when it ran to ``max_iter`` or ``max_steps``);
     ``early_stopped`` when ``solver.auto_terminate_patience`` ended it, ``best`` the best
-    ``train.monitor`` value seen (the model then holds the weights of that evaluation)."""
+    ``train.monitor`` value seen (the model then holds the weights of that evaluation);
+    ``already_finished`` when a resumed run had nothing left to do."""
 
     progress: Progress
     checkpoint: Path | None
@@ -99,6 +102,7 @@ class TrainResult:
     metrics: dict[str, float] | None = None
     early_stopped: bool = False
     best: float | None = None
+    already_finished: bool = False
 
 
 class Trainer:
@@ -170,6 +174,7 @@ class Trainer:
             "schedule": self.schedule.state_dict(),
             "ema": self.ema.state_dict() if self.ema is not None else None,
             "scaler": scaler.state_dict() if scaler is not None else None,
+            "monitor": self.monitor.state_dict(),
             "progress": self.progress.to_dict(),
             "data": self._stream_state(),
         }
@@ -180,9 +185,10 @@ class Trainer:
             self.train_set, self.progress, self.local_batch, acc.num_processes, self.cfg.data.num_workers
         )
 
-    def load_checkpoint(self, path: str | Path) -> None:
-        """Restores everything :meth:`save_checkpoint` wrote, this process's RNG included."""
-        state = load_state(path)
+    def load_checkpoint(self, path: str | Path, state: dict[str, Any] | None = None) -> None:
+        """Restores everything :meth:`save_checkpoint` wrote, this process's RNG included
+        (``state``: its ``state.pt``, when already loaded)."""
+        state = load_state(path) if state is None else state
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.schedule.load_state_dict(state["schedule"])
@@ -192,6 +198,8 @@ class Trainer:
         scaler = getattr(self.accelerator, "scaler", None)
         if scaler is not None and state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
+        if state.get("monitor") is not None:
+            self.monitor.load_state_dict(state["monitor"])
         self.progress = Progress(**state["progress"])
         if state.get("data") is not None:  # a shard stream's split and cursors
             acc = self.accelerator
@@ -207,10 +215,10 @@ class Trainer:
     def save_checkpoint(self) -> Path:
         """A checkpoint of the current step (every process must call it)."""
         acc = self.accelerator
-        rngs = _gather_objects(capture_rng_state(), acc)
+        rngs = all_gather_objects(capture_rng_state())
         path = None
         if acc.is_main_process:
-            path = write_checkpoint(self.output_dir, self.progress.step, self.state_dict(), rngs)
+            path = write_checkpoint(self.output_dir, self.progress.step, self.state_dict(), rngs, self.cfg)
             prune_checkpoints(self.output_dir, self.cfg.train.keep_checkpoints)
         acc.wait_for_everyone()
         return path or checkpoint_dir(self.output_dir, self.progress.step)
@@ -220,6 +228,7 @@ class Trainer:
         """Trains until ``max_iter`` (or ``max_steps``, for a partial run) and returns."""
         acc, s, t = self.accelerator, self.cfg.solver, self.cfg.train
         stop_at = self.max_iter if max_steps is None else min(max_steps, self.max_iter)
+        clock = self._announce(stop_at)
         previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
         bar = self._progress_bar(stop_at)
         checkpoint: Path | None = None
@@ -239,25 +248,28 @@ class Trainer:
                     if bar is not None:
                         bar.n = self.progress.step
                         bar.refresh()
+                    if losses is not None and clock is not None and (line := clock.after_step(self.progress.step)):
+                        logger.info(line)
                     done = self.progress.step >= stop_at
-                    if losses is not None and not done and s.checkpoint_period > 0:
-                        if self.progress.step % s.checkpoint_period == 0:
-                            checkpoint = self.save_checkpoint()
+                    # Validation first: the checkpoint of the same step then holds its monitor state.
                     if (
                         losses is not None
                         and t.eval_period > 0
                         and self.progress.step % t.eval_period == 0
                         and not done
                     ):
-                        metrics = self.validate()
+                        metrics = self._timed_validate(clock)
                         if self._watch(metrics):
                             break
+                    if losses is not None and not done and s.checkpoint_period > 0:
+                        if self.progress.step % s.checkpoint_period == 0:
+                            checkpoint = self.save_checkpoint()
                     if done or self._stop_requested():
                         break
-            checkpoint = self.save_checkpoint()
             if self._stop_signal is None and self.progress.step >= self.max_iter and not self.monitor.stopped:
-                metrics = self.validate()
+                metrics = self._timed_validate(clock)
                 self._watch(metrics)
+            checkpoint = self.save_checkpoint()
             self.monitor.restore_best(self.model)
             if acc.is_main_process:
                 self._write_curves()
@@ -270,6 +282,28 @@ class Trainer:
         return TrainResult(
             self.progress, checkpoint, self._stop_signal, metrics, self.monitor.stopped, self.monitor.best
         )
+
+    @property
+    def finished(self) -> bool:
+        """Whether the run is over: ``max_iter`` steps done, or stopped early."""
+        return self.progress.step >= self.max_iter or self.monitor.stopped
+
+    def _announce(self, stop_at: int) -> StepClock | None:
+        """Logs the plan (main process) and returns the clock of the time estimate."""
+        if not self.accelerator.is_main_process:
+            return None
+        images, start = len(self.train_set), self.progress.step
+        logger.info(describe_plan(self.cfg, self.max_iter, self.batches_per_epoch, images, start, stop_at))
+        s, t = self.cfg.solver, self.cfg.train
+        validates = self.val_set is not None or self.evaluator is not None
+        return StepClock(start, stop_at, t.eval_period, validates, self.max_iter, s.auto_terminate_patience >= 0)
+
+    def _timed_validate(self, clock: StepClock | None) -> dict[str, float]:
+        start = time.perf_counter()
+        metrics = self.validate()
+        if clock is not None:
+            clock.validated(time.perf_counter() - start)
+        return metrics
 
     def _batches(self) -> Iterator[tuple[TrainingSource | None, GroundingBatch]]:
         """``(source, batch)`` from where ``progress`` stands, advancing ``progress.batch`` (and
@@ -454,13 +488,3 @@ def _any_process(flag: bool, accelerator: Any) -> bool:
         return flag
     value = torch.tensor([float(flag)], device=accelerator.device)
     return bool(accelerator.reduce(value, reduction="sum").item() > 0)
-
-
-def _gather_objects(obj: Any, accelerator: Any) -> list[Any]:
-    if accelerator.num_processes == 1:
-        return [obj]
-    import torch.distributed as dist
-
-    out: list[Any] = [None] * accelerator.num_processes
-    dist.all_gather_object(out, obj)
-    return out

@@ -22,12 +22,12 @@ from pathlib import Path
 from typing import Any
 
 from glip.config import GLIPConfig
-from glip.config.io import config_from_dict, config_to_dict
+from glip.config.io import config_from_dict, config_to_dict, explicit_length
 from glip.data.few_shot import few_shot_subset, instances_per_category, official_few_shot_file
 from glip.data.layout import read_dataset_dir
 from glip.engine.tuning import PROMPT_TUNING_SOLVER, resolve_tuning_mode
 from glip.evaluation import write_json
-from glip.evaluation.coco import load_coco_json
+from glip.evaluation.coco import load_coco_json, load_json
 from glip.tools.evaluate import evaluate_detection
 
 __all__ = [
@@ -127,6 +127,25 @@ def transfer_overrides(mode: str, shots: int, solver: bool = True) -> list[str]:
     return [f"{k}={v}" for k, v in values.items() if solver or not k.startswith("solver.")]
 
 
+def _official_schedule_line(cfg: GLIPConfig, mode: str, shots: int) -> str:
+    """The official ODinW schedule the run follows, and what the overrides replaced in it."""
+    epochs, copies = SHOT_SCHEDULES[shots]
+    s, d = cfg.solver, cfg.data
+    what = f"{shots}-shot" if shots else "all data"
+    official = f"{epochs} epochs" + (f" of {copies} copies of the data" if copies > 1 else "")
+    if s.max_epoch == epochs and d.general_copy == copies:
+        length = official
+    elif s.max_epoch > 0:
+        length = f"your solver.max_epoch={s.max_epoch}, data.general_copy={d.general_copy} (official: {official})"
+    else:
+        length = f"your solver.max_iter={s.max_iter} steps (official: {official})"
+    stop = f"early stop after {s.auto_terminate_patience} validations without AP gain"
+    return (
+        f"official ODinW schedule ({mode}, {what}): {length}, batch {s.ims_per_batch}, validation every epoch, "
+        f"{stop}; set solver.max_iter=N for N steps, or --no-official-schedule for the config's solver"
+    )
+
+
 def _write_train_subset(data: TransferData, shots: int, seed: int, out_dir: Path) -> tuple[Path, dict[str, Any]]:
     """The k-shot training json (released file when present, else drawn), with override
     category names applied; written to ``out_dir``."""
@@ -176,6 +195,7 @@ def finetune(
     progress_bar: bool = False,
     cpu: bool | None = None,
     trust_pickle: bool = False,
+    resume: bool = False,
 ) -> dict[str, Any]:
     """Tunes ``weights`` on the ``shots``-shot subset (seed ``seed``) of ``data`` and tests it.
 
@@ -193,17 +213,28 @@ def finetune(
         trust_pickle: allow an official ``.pth`` base that needs unsafe unpickling.
         official_schedule: False keeps the config's solver settings (the official data
             recipe and freezing of :func:`transfer_overrides` still apply, before ``overrides``).
-        overrides: ``key=value`` config overrides applied last (e.g. a short ``solver.max_epoch``).
+        overrides: ``key=value`` config overrides applied last; a ``solver.max_iter``
+            without ``solver.max_epoch`` replaces the official epoch count
+            (:func:`glip.config.io.explicit_length`).
+        resume: continue the run in ``out_dir`` from its last checkpoint (a run already
+            tested returns its ``metrics.json``).
 
     Returns:
         the test metrics plus ``shots``, ``seed``, ``mode``, ``train_images`` (the subset size),
         ``best_val_AP`` and ``steps``.
+
+    Raises:
+        TrainingInterrupted: a signal stopped training (its checkpoint is written).
     """
     from glip.api import Predictor
-    from glip.engine import train
+    from glip.engine import TrainingInterrupted, train
     from glip.hub.checkpoint import load_model
 
     out = Path(out_dir)
+    if resume and (out / "metrics.json").is_file():
+        logger.info("%s is already finished and tested (%s): nothing to do", out, out / "metrics.json")
+        return load_json(out / "metrics.json")
+    overrides = explicit_length(overrides)  # solver.max_iter=N wins over the official max_epoch
     out.mkdir(parents=True, exist_ok=True)
     train_json, subset = _write_train_subset(data, shots, seed, out)
     preset = transfer_overrides(mode, shots, solver=official_schedule)
@@ -219,10 +250,14 @@ def finetune(
     if cfg.train.eval_period <= 0:
         cfg.train.eval_period = per_epoch  # official CHECKPOINT_PER_EPOCH 1.0: evaluate every epoch
     cfg.solver.checkpoint_period = 0
+    if official_schedule:
+        logger.info(_official_schedule_line(cfg, mode, shots))
     result = train(
         cfg, out, weights=weights, evaluator=_ap_evaluator(data, eval_batch_size, masks), cpu=cpu,
-        progress_bar=progress_bar, trust_pickle=trust_pickle,
+        progress_bar=progress_bar, trust_pickle=trust_pickle, resume=resume,
     )  # fmt: skip
+    if result.interrupted_by is not None:
+        raise TrainingInterrupted(result)
     model = load_model(out / "model", trust_pickle=trust_pickle)
     test_json, test_images = data.test_files()
     metrics = evaluate_detection(

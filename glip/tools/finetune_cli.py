@@ -77,7 +77,7 @@ def _run_task(args: argparse.Namespace) -> int:
     out = args.out or f"glip_finetune/{data.name}_{args.task}_{mode or 'config'}"
     summary = finetune_task(
         cfg, data, out, weights=weights, mode=mode, overrides=args.overrides, cpu=device_is_cpu(args.device),
-        progress_bar=not args.quiet, trust_pickle=args.trust_pickle,
+        progress_bar=not args.quiet, trust_pickle=args.trust_pickle, resume=args.resume,
     )  # fmt: skip
     print(f"{data.name} {args.task} ({summary['steps']} steps): {summary['metric']} {summary['score']:.4f}")
     print(f"tuned model: {out}/model (metrics in {out}/metrics.json)")
@@ -85,14 +85,24 @@ def _run_task(args: argparse.Namespace) -> int:
 
 
 def run_finetune(args: argparse.Namespace) -> int:
+    """``glip finetune``; exit status 0, or 128 + signal when interrupted (one line says how
+    to continue: the same command with ``--resume``)."""
+    from glip.engine import TrainingInterrupted
+
+    try:
+        return _run_detection(args) if args.task == "detection" else _run_task(args)
+    except TrainingInterrupted as e:
+        print(f"glip finetune: {e}; to continue, run the same command with --resume")
+        return 128 + int(e.result.interrupted_by or 0)
+
+
+def _run_detection(args: argparse.Namespace) -> int:
     import logging
 
     from glip.hub.zoo import resolve_model_source
     from glip.tools.finetune import finetune, shots_label, transfer_overrides
     from glip.tools.train_cli import device_is_cpu
 
-    if args.task != "detection":
-        return _run_task(args)
     args.mode = args.mode or "prompt"
     check_overrides(args.overrides)
     preset = transfer_overrides(args.mode, args.shots, solver=not args.no_official_schedule)
@@ -108,7 +118,7 @@ def run_finetune(args: argparse.Namespace) -> int:
     metrics = finetune(
         cfg, data, out, weights=weights, mode=args.mode, shots=args.shots, seed=args.seed,
         overrides=args.overrides, official_schedule=not args.no_official_schedule,
-        cpu=cpu, progress_bar=not args.quiet, trust_pickle=args.trust_pickle,
+        cpu=cpu, progress_bar=not args.quiet, trust_pickle=args.trust_pickle, resume=args.resume,
     )  # fmt: skip
     ap = f"test AP {100 * metrics.get('AP', float('nan')):.1f}"  # the 0-100 scale of glip evaluate
     if "segm_AP" in metrics:
@@ -165,6 +175,12 @@ def add_finetune_parser(subparsers: argparse._SubParsersAction) -> argparse.Argu
         "--no-official-schedule",
         action="store_true",
         help="use the config's solver settings as they are (the official data recipe still applies)",
+    )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in --out from its last checkpoint (give the same arguments; a finished run is left "
+        "as it is)",
     )
     add_output_arg(p, help="output folder (default glip_finetune/NAME_MODE_shotK_seedS)")
     add_device_arg(p, help="cpu or cuda (default: cuda when available)")

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from glip.config import GLIPConfig
-from glip.config.io import config_from_dict, config_to_dict
+from glip.config.io import config_from_dict, config_to_dict, explicit_length
 from glip.evaluation import write_json
 
 __all__ = ["TASKS", "TaskData", "finetune_task", "task_overrides"]
@@ -117,6 +117,7 @@ def finetune_task(
     progress_bar: bool = False,
     cpu: bool | None = None,
     trust_pickle: bool = False,
+    resume: bool = False,
 ) -> dict[str, Any]:
     """Fine-tunes ``weights`` on ``data``'s training json and tests it on its validation json.
 
@@ -129,25 +130,28 @@ def finetune_task(
         weights: the base model; None: train from the config's initialisation.
         mode: ``""`` (what the config trains), ``full`` or ``head`` (:func:`task_overrides`).
         overrides: ``key=value`` config overrides applied last (``solver.max_iter=...``).
+        resume: continue the run in ``out_dir`` from its last checkpoint.
 
     Returns:
         the evaluator's metrics plus ``task``, ``dataset``, ``mode``, ``metric`` (the
         headline metric: VQA ``accuracy`` or ``CIDEr``), ``score`` (its value) and ``steps``.
     """
-    from glip.engine import train
+    from glip.engine import TrainingInterrupted, train
     from glip.hub.checkpoint import load_model
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    cfg = config_from_dict(config_to_dict(cfg), [*task_overrides(data, mode), *overrides])
+    cfg = config_from_dict(config_to_dict(cfg), [*task_overrides(data, mode), *explicit_length(overrides)])
     if not mode:
         cfg.train.tuning = ""  # what the config trains, whatever the base's own run used
     cfg.data.sources = []  # a multi-task base trains here on this task alone
     cfg.data.train_json, cfg.data.train_images = str(data.train_json), str(data.images)
     cfg.data.val_json = cfg.data.val_images = ""  # tested with the task's metric at the end
-    result = train(cfg, out, weights=weights, cpu=cpu, progress_bar=progress_bar, trust_pickle=trust_pickle)
+    result = train(
+        cfg, out, weights=weights, cpu=cpu, progress_bar=progress_bar, trust_pickle=trust_pickle, resume=resume
+    )
     if result.interrupted_by is not None:
-        raise RuntimeError(f"training was interrupted (signal {result.interrupted_by}); resume with glip train")
+        raise TrainingInterrupted(result)
     import torch
 
     device = "cuda" if not cpu and torch.cuda.is_available() else "cpu"

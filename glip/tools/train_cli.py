@@ -49,7 +49,9 @@ def _train_arguments(p: argparse.ArgumentParser) -> None:
 def training_config(args: argparse.Namespace) -> Any:
     """The run's :class:`GLIPConfig`: ``--config`` (a yaml or a zoo config name), else the
     one ``--model`` / ``--weights`` carry; then ``--data``, ``--text-encoder`` and the
-    overrides (checked against the schema)."""
+    overrides (checked against the schema; ``solver.max_iter`` alone replaces an epoch count,
+    :func:`glip.config.io.explicit_length`)."""
+    from glip.config.io import explicit_length
     from glip.data.layout import read_dataset_dir
     from glip.hub.zoo import resolve_config, resolve_model_source
 
@@ -70,7 +72,7 @@ def training_config(args: argparse.Namespace) -> Any:
             extra += [f"data.val_json={layout.val.json}", f"data.val_images={layout.val.images}"]
     if args.text_encoder:
         extra.append(f"model.text.encoder={args.text_encoder}")
-    return source.load_config([*extra, *args.overrides])
+    return source.load_config([*extra, *explicit_length(args.overrides)])
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -96,8 +98,15 @@ def run_train(args: argparse.Namespace) -> int:
         trust_pickle=args.trust_pickle,
     )
     if result.interrupted_by is not None:
-        print(f"interrupted by {signal.Signals(result.interrupted_by).name}: checkpoint {result.checkpoint}")
+        name = signal.Signals(result.interrupted_by).name
+        print(
+            f"interrupted by {name} at step {result.progress.step}: checkpoint {result.checkpoint}; to continue, run "
+            "the same command with --resume"
+        )
         return 128 + int(result.interrupted_by)
+    if result.already_finished:
+        print(f"already finished at step {result.progress.step}: nothing to do ({args.out}/model)")
+        return 0
     print(f"step {result.progress.step}: checkpoint {result.checkpoint}")
     return 0
 

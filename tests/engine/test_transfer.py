@@ -133,6 +133,64 @@ def test_prompt_tuned_delta_is_tiny_and_reloads(domain, base_model, tmp_path):
     # The AP gain is shown on a stronger base: test_prompt_tuning_beats_zero_shot_on_demo_shapes.
 
 
+def test_max_iter_wins_over_the_official_schedule_and_the_plan_is_logged(domain, base_model, tmp_path, caplog):
+    from glip.tools.finetune import TransferData, finetune
+
+    cfg, base = base_model
+    data = TransferData.from_dir(domain[2], "zorp")
+    caplog.set_level("INFO")
+    summary = finetune(cfg, data, tmp_path / "pt", weights=base, mode="prompt", cpu=True,
+                       overrides=["solver.max_iter=3", "solver.ims_per_batch=2", "data.flip_prob=0.0"])  # fmt: skip
+    assert summary["steps"] == 3  # not the official 200 epochs
+    assert (
+        "official ODinW schedule (prompt, all data): your solver.max_iter=3 steps (official: 200 epochs)" in caplog.text
+    )
+    assert "plan: 3 steps (solver.max_iter=3; an epoch is 1 step (2 images, batch 2))" in caplog.text
+
+
+def test_interrupted_finetune_says_how_to_resume_and_resumes_once(domain, base_model, tmp_path, capsys, caplog,
+                                                                  monkeypatch):  # fmt: skip
+    import os
+    import signal
+
+    from glip.cli import main
+    from glip.engine.trainer import Trainer
+
+    _, base = base_model
+    out = tmp_path / "pt"
+    args = ["finetune", "--data", str(domain[2]), "--weights", str(base), "--mode", "prompt", "--out", str(out),
+            "--device", "cpu", "--quiet", "solver.max_iter=4", "solver.ims_per_batch=2", "data.flip_prob=0.0",
+            "train.log_period=1"]  # fmt: skip
+    step = Trainer._step
+
+    def step_then_sigint(self, *a, **k):
+        losses = step(self, *a, **k)
+        if self.progress.step == 2:
+            os.kill(os.getpid(), signal.SIGINT)  # as a Ctrl-C: caught, checkpoint after this step
+        return losses
+
+    monkeypatch.setattr(Trainer, "_step", step_then_sigint)
+    assert main(args) == 128 + signal.SIGINT
+    captured = capsys.readouterr()
+    assert captured.out.splitlines()[-1] == (
+        f"glip finetune: interrupted by SIGINT at step 2 (checkpoint {out}/checkpoints/step_0000002); "
+        "to continue, run the same command with --resume"
+    )
+    assert "error" not in captured.err and not (out / "model").exists()
+    monkeypatch.undo()
+    assert main([*args, "--resume"]) == 0, capsys.readouterr().err
+    assert "test AP" in capsys.readouterr().out
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "loss" in r] == [1, 2, 3, 4]
+    assert [r["step"] for r in records if "AP" in r] == [1, 2, 3, 4]  # validated every epoch, once
+    assert json.loads((out / "metrics.json").read_text())["steps"] == 4
+    log = (out / "metrics.jsonl").read_text()
+    caplog.set_level("INFO")
+    assert main([*args, "--resume"]) == 0  # finished: nothing is trained or validated again
+    assert (out / "metrics.jsonl").read_text() == log
+    assert f"{out} is already finished and tested ({out}/metrics.json): nothing to do" in caplog.text
+
+
 def test_mismatched_base_is_refused(domain, base_model, tmp_path):
     from glip.hub.checkpoint import CheckpointError, load_model, save_model
     from glip.hub.tuned import save_tuned

@@ -111,7 +111,7 @@ def test_every_command_speaks_the_same_options():
     expected = {
         "detect": {"--out", "--output-dir", "--device", "--quiet", "--no-progress"} | model_options,
         "evaluate": {"--out", "--output-dir", "--device", "--quiet", "--no-progress"} | model_options,
-        "finetune": {"--out", "--output-dir", "--device", "--quiet", "--no-progress"} | model_options,
+        "finetune": {"--out", "--output-dir", "--device", "--quiet", "--no-progress", "--resume"} | model_options,
         "pseudo-label": {"--out", "--output-dir", "--device", "--quiet", "--no-progress"} | model_options,
         "train": {
             "--out",
