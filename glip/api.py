@@ -2,26 +2,52 @@
 
 from __future__ import annotations
 
+import sys
 from collections import Counter
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Union
 
 import torch
 
+from glip.export.runtime import parse_backend
 from glip.hub.checkpoint import load_model
 from glip.modeling.glip import GLIP
 from glip.modeling.low_precision import parse_autocast_dtype, parse_weights_dtype, store_weights, stored_weights_dtype
 from glip.ops.multiclass_nms import multiclass_nms
-from glip.structures import Detections, ImageBatch
+from glip.structures import Detections, ImageBatch, TextFeatures
 from glip.text import Prompt, PromptError, TokenizedPrompt, parse_prompt, tokenize_prompt
 from glip.text.prompt import from_class_names
 from glip.utils.image import ImageInput, ImageLoadError
 
-__all__ = ["ModelLike", "PromptLike", "Predictor", "chunk_prompt", "predict"]
+__all__ = ["EncodedPrompt", "ModelLike", "PromptLike", "Predictor", "chunk_prompt", "predict"]
 
-PromptLike = Union[str, Sequence[str], Prompt]
+
+@dataclass(frozen=True)
+class EncodedPrompt:
+    """A prompt chunked, tokenized and text-encoded once (:meth:`Predictor.encode_prompt`):
+    give it as the prompt of every :meth:`Predictor.predict` call of a fixed class list.
+
+    Attributes:
+        chunks: the prompt's chunks (:func:`chunk_prompt`), tokenized.
+        text: each chunk's text features (``B = 1``; :meth:`glip.modeling.glip.GLIP.encode_prompts`).
+        model: the model that encoded them (another model's predictor refuses them).
+        autocast: the autocast dtype they were encoded under.
+    """
+
+    chunks: list[TokenizedPrompt]
+    text: list[TextFeatures]
+    model: GLIP
+    autocast: torch.dtype | None
+
+
+PromptLike = Union[str, Sequence[str], Prompt, EncodedPrompt]
 ModelLike = Union[str, Path, GLIP]
+
+
+# Prompt chunks per trunk pass by default (Predictor's prompts_per_pass).
+PROMPTS_PER_PASS = 4
 
 
 def _default_device() -> str:
@@ -113,6 +139,14 @@ class Predictor:
             that dtype (float32 weights; boxes and scores decoded in float32): the fast mode
             on a GPU. Its effect on the results is stated in the README (Speed and memory);
             default off.
+        backend: ``"torch"`` (default), ``"onnxruntime"`` (the exported network run by ONNX
+            Runtime on the CPU; exported on first use into ``$GLIP_CACHE/onnx``, see
+            :mod:`glip.export.runtime`) or ``"onnxruntime-int8"`` (the same, dynamically
+            quantised to int8: faster, results move; docs/performance.md). Text encoding,
+            chunking and decoding stay in PyTorch in every backend.
+        prompts_per_pass: prompt chunks of a long class list run through the trunk and head
+            as one batch (equal to one at a time up to float rounding; more chunks per pass
+            need more memory).
     """
 
     def __init__(
@@ -127,10 +161,17 @@ class Predictor:
         masks: bool = False,
         weights_dtype: str | torch.dtype | None = None,
         autocast: str | torch.dtype | None = None,
+        backend: str = "torch",
+        prompts_per_pass: int = PROMPTS_PER_PASS,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        if prompts_per_pass < 1:
+            raise ValueError(f"prompts_per_pass must be at least 1, got {prompts_per_pass}")
+        self.backend = parse_backend(backend)
         self.autocast = parse_autocast_dtype(autocast)
+        if self.backend != "torch" and (masks or self.autocast is not None):
+            raise ValueError(f"backend {self.backend!r} gives boxes only, in float32 (no masks, no autocast)")
         self.model = resolve_model(
             model,
             config=config,
@@ -143,6 +184,30 @@ class Predictor:
             self.model.require_masks()
         self.batch_size = batch_size
         self.masks = masks
+        self.prompts_per_pass = prompts_per_pass
+        self._network: Any = None  # the ONNX Runtime sessions, made on first use
+
+    def _runtime(self) -> Any:
+        """The backend's :class:`~glip.modeling.prompt_batch.GroundingNetwork`, or None (PyTorch)."""
+        if self.backend == "torch":
+            return None
+        if self._network is None:
+            from glip.export.runtime import network_for
+            from glip.hub.zoo import cache_dir
+
+            log = lambda message: print(message, file=sys.stderr, flush=True)  # noqa: E731
+            int8 = self.backend == "onnxruntime-int8"
+            self._network = network_for(self.model, int8=int8, cache=cache_dir() / "onnx", log=log)
+        return self._network
+
+    def encode_prompt(self, prompt: PromptLike, chunk_size: int | None = None) -> EncodedPrompt:
+        """Chunks, tokenizes and text-encodes a prompt once: pass the result as the prompt
+        of :meth:`predict` for every image of a fixed class list (the text encoder then
+        runs once, not once per call)."""
+        if isinstance(prompt, EncodedPrompt):
+            return prompt
+        chunks = self.prepare_prompt(prompt, chunk_size)
+        return EncodedPrompt(chunks, self.model.encode_prompts(chunks, self.autocast), self.model, self.autocast)
 
     def prepare_prompt(self, prompt: PromptLike, chunk_size: int | None = None) -> list[TokenizedPrompt]:
         """Parses, chunks (when too long) and tokenizes a prompt once for many images."""
@@ -214,7 +279,13 @@ class Predictor:
         with_masks = self.masks if masks is None else masks
         if with_masks:
             self.model.require_masks()
-        chunks = self.prepare_prompt(prompt, chunk_size)
+            if self.backend != "torch":
+                raise ValueError(f"backend {self.backend!r} gives boxes only (no masks)")
+        if isinstance(prompt, EncodedPrompt) and (prompt.model is not self.model or prompt.autocast != self.autocast):
+            raise ValueError("this EncodedPrompt was encoded by another model or autocast setting: encode it again")
+        encoded = self.encode_prompt(prompt, chunk_size)  # the text encoder runs once for all images
+        chunks = encoded.chunks
+        network = self._runtime()
         top_k = self.model.postprocessor.detections_per_img if max_detections is None else max_detections
         prep = self.model.preprocessing
         stride = prep.size_divisibility
@@ -224,7 +295,14 @@ class Predictor:
             batch = ImageBatch.from_tensors([t for _, t, _ in group], stride)
             sizes = [s for _, _, s in group]
             per_chunk = self.model.detect_prompts(
-                batch, chunks, original_sizes=sizes, masks=with_masks, autocast=self.autocast
+                batch,
+                chunks,
+                original_sizes=sizes,
+                masks=with_masks,
+                autocast=self.autocast,
+                text=encoded.text,
+                prompts_per_pass=self.prompts_per_pass,
+                network=network,
             )
             return [
                 (index, self._merge_chunks([dets[j] for dets in per_chunk], chunks, top_k).above(threshold))

@@ -67,7 +67,7 @@ def _cmd_detect(args: argparse.Namespace) -> int:
     predictor = Predictor(
         model_arg(args), config=args.config, text_encoder=args.text_encoder, device=parse_device(args.device),
         batch_size=args.batch_size, trust_pickle=args.trust_pickle, masks=args.masks,
-        weights_dtype=args.weights_dtype, autocast=args.autocast,
+        weights_dtype=args.weights_dtype, autocast=args.autocast, backend=args.backend,
     )  # fmt: skip
     if prompt is None:  # a tuned model's own prompt (glip finetune)
         prompt = predictor.model.tuned_prompt
@@ -135,6 +135,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also segment each detection (models with a mask head): translucent fills in the images, "
         "COCO RLE under 'mask' in detections.json",
+    )
+    p.add_argument(
+        "--backend",
+        default="torch",
+        help="torch (default), onnxruntime (the exported network on ONNX Runtime, CPU; exported on first use "
+        "into the glip cache) or onnxruntime-int8 (dynamically quantised: faster, results move; "
+        "see docs/performance.md)",
     )
     add_device_arg(p)
     add_output_arg(p, default="glip_detections")
