@@ -98,6 +98,7 @@ def test_cli_backend_flag(demo, glip_cache, tmp_path, capsys):
     assert err.count("\n") == 0 and "unknown backend 'tensorrt'" in err
 
 
+@pytest.mark.slow  # export + onnxruntime of the GLIP-T-layout fixture, as tests/export/test_onnx.py (pytest -m slow)
 def test_official_fixture_onnxruntime_equals_pytorch(tiny_model_factory, glip_cache):
     model = copy.copy(tiny_model_factory("tiny_glip_t"))  # at a smaller input size (shared weights)
     model.preprocessing = replace(model.preprocessing, min_size=320, max_size=512)

@@ -52,7 +52,7 @@ def test_stack_text_pads_prompt_major_and_split_head_undoes_it():
 def model(tiny_model_factory):
     # The fixture model at a smaller input size (a shallow copy: the weights are shared).
     model = copy.copy(tiny_model_factory("tiny_glip_t"))
-    model.preprocessing = replace(model.preprocessing, min_size=320, max_size=512)
+    model.preprocessing = replace(model.preprocessing, min_size=192, max_size=320)
     return model
 
 
@@ -69,7 +69,7 @@ def test_chunks_batched_equal_chunks_one_at_a_time(model, images):
     chunks = Predictor(model).prepare_prompt(NAMES, chunk_size=2)
     assert len({trim_padding(c).input_ids.shape[1] for c in chunks}) > 1  # stacking really pads
     one = model.detect_prompts(batch, chunks, original_sizes=sizes, prompts_per_pass=1)
-    for per_pass in (3, len(chunks)):  # a last pass with fewer prompts; all at once
+    for per_pass in (3,):  # a pass of 3 prompts (padded to the widest), then a pass of 1
         many = model.detect_prompts(batch, chunks, original_sizes=sizes, prompts_per_pass=per_pass)
         for x_chunk, y_chunk in zip(one, many):
             for x, y in zip(x_chunk, y_chunk):
@@ -83,7 +83,7 @@ def test_encoded_text_equals_text_recomputed(model, images):
     again = model.encode_prompts(encoded.chunks)
     for x, y in zip(encoded.text, again):
         assert torch.equal(x.hidden, y.hidden) and torch.equal(x.mask, y.mask)
-    for image in images:
+    for image in images[:1]:
         reused = predictor.predict(image, encoded, threshold=0.0, max_detections=0)
         fresh = predictor.predict(image, NAMES, threshold=0.0, max_detections=0, chunk_size=2)
         assert len(reused) > 0 and torch.equal(reused.boxes, fresh.boxes) and torch.equal(reused.scores, fresh.scores)
@@ -93,7 +93,6 @@ def test_encoded_text_equals_text_recomputed(model, images):
 
 def test_merged_class_list_equals_one_chunk_per_pass(model, images):
     names = [f"object number {i}" for i in range(100)] + ["a cat", "a dog"]
-    batched = Predictor(model, prompts_per_pass=4).predict(images, names, threshold=0.0, max_detections=0)
-    single = Predictor(model, prompts_per_pass=1).predict(images, names, threshold=0.0, max_detections=0)
-    for x, y in zip(batched, single):
-        _same(x, y)
+    batched = Predictor(model, prompts_per_pass=4).predict(images[0], names, threshold=0.0, max_detections=0)
+    single = Predictor(model, prompts_per_pass=1).predict(images[0], names, threshold=0.0, max_detections=0)
+    _same(batched, single)
