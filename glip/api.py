@@ -3,23 +3,46 @@
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Union
+from typing import Any, Union
 
 import torch
 
+from glip.export.runtime import parse_backend
 from glip.hub.checkpoint import load_model
 from glip.modeling.glip import GLIP
 from glip.modeling.low_precision import parse_autocast_dtype, parse_weights_dtype, store_weights, stored_weights_dtype
-from glip.structures import Detections, ImageBatch
+from glip.modeling.prompt_batch import PROMPTS_PER_PASS
+from glip.structures import Detections, ImageBatch, TextFeatures
 from glip.text import Prompt, PromptError, TokenizedPrompt, parse_prompt
 from glip.text.chunks import chunk_prompt  # re-exported: glip.api.chunk_prompt
 from glip.utils.image import ImageInput, ImageLoadError
 
-__all__ = ["ModelLike", "PromptLike", "Predictor", "chunk_prompt", "predict"]
+__all__ = ["EncodedPrompt", "ModelLike", "PromptLike", "Predictor", "chunk_prompt", "predict"]
 
-PromptLike = Union[str, Sequence[str], Prompt]
+
+@dataclass(frozen=True)
+class EncodedPrompt:
+    """A prompt chunked, tokenized and text-encoded once (:meth:`Predictor.encode_prompt`):
+    give it as the prompt of every :meth:`Predictor.predict` call of a fixed class list.
+
+    Attributes:
+        chunks: the prompt's chunks (:func:`chunk_prompt`), tokenized.
+        text: each chunk's text features (``B = 1``; :meth:`glip.modeling.glip.GLIP.encode_prompts`).
+        model: the model that encoded them (another model's predictor refuses them).
+        autocast: the autocast dtype they were encoded under.
+    """
+
+    chunks: list[TokenizedPrompt]
+    text: list[TextFeatures]
+    model: GLIP
+    autocast: torch.dtype | None
+
+
+PromptLike = Union[str, Sequence[str], Prompt, EncodedPrompt]
 ModelLike = Union[str, Path, GLIP]
 
 logger = logging.getLogger(__name__)
@@ -82,6 +105,14 @@ class Predictor:
         agnostic_nms: one label per box: after GLIP's per-phrase NMS, NMS over all phrases at
             once (the config's ``nms_thresh``, 0.6), so a box found for two phrases keeps only
             its best-scored one, as class-agnostic NMS in other detectors; default off.
+        backend: ``"torch"`` (default), ``"onnxruntime"`` (the exported network run by ONNX
+            Runtime on the CPU; exported on first use into ``$GLIP_CACHE/onnx``, see
+            :mod:`glip.export.runtime`) or ``"onnxruntime-int8"`` (the same, dynamically
+            quantised to int8: faster, results move; docs/performance.md). Text encoding,
+            chunking and decoding stay in PyTorch in every backend.
+        prompts_per_pass: prompt chunks of a long class list run through the trunk and head
+            as one batch (equal to one at a time up to float rounding; more chunks per pass
+            need more memory).
     """
 
     def __init__(
@@ -97,10 +128,17 @@ class Predictor:
         weights_dtype: str | torch.dtype | None = None,
         autocast: str | torch.dtype | None = None,
         agnostic_nms: bool = False,
+        backend: str = "torch",
+        prompts_per_pass: int = PROMPTS_PER_PASS,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        if prompts_per_pass < 1:
+            raise ValueError(f"prompts_per_pass must be at least 1, got {prompts_per_pass}")
+        self.backend = parse_backend(backend)
         self.autocast = parse_autocast_dtype(autocast)
+        if self.backend != "torch" and (masks or self.autocast is not None):
+            raise ValueError(f"backend {self.backend!r} gives boxes only, in float32 (no masks, no autocast)")
         self.model = resolve_model(
             model,
             config=config,
@@ -114,6 +152,30 @@ class Predictor:
         self.batch_size = batch_size
         self.masks = masks
         self.agnostic_nms = agnostic_nms
+        self.prompts_per_pass = prompts_per_pass
+        self._network: Any = None  # the ONNX Runtime sessions, made on first use
+
+    def _runtime(self) -> Any:
+        """The backend's :class:`~glip.modeling.prompt_batch.GroundingNetwork`, or None (PyTorch)."""
+        if self.backend == "torch":
+            return None
+        if self._network is None:
+            from glip.export.runtime import network_for
+            from glip.hub.zoo import cache_dir
+
+            log = lambda message: print(message, file=sys.stderr, flush=True)  # noqa: E731
+            int8 = self.backend == "onnxruntime-int8"
+            self._network = network_for(self.model, int8=int8, cache=cache_dir() / "onnx", log=log)
+        return self._network
+
+    def encode_prompt(self, prompt: PromptLike, chunk_size: int | None = None) -> EncodedPrompt:
+        """Chunks, tokenizes and text-encodes a prompt once: pass the result as the prompt
+        of :meth:`predict` for every image of a fixed class list (the text encoder then
+        runs once, not once per call)."""
+        if isinstance(prompt, EncodedPrompt):
+            return prompt
+        chunks = self.prepare_prompt(prompt, chunk_size)
+        return EncodedPrompt(chunks, self.model.encode_prompts(chunks, self.autocast), self.model, self.autocast)
 
     def resolve_prompt(self, prompt: PromptLike | None) -> Prompt:
         """The prompt to run for ``prompt``.
@@ -180,7 +242,13 @@ class Predictor:
         with_masks = self.masks if masks is None else masks
         if with_masks:
             self.model.require_masks()
-        chunks = self.prepare_prompt(prompt, chunk_size)
+            if self.backend != "torch":
+                raise ValueError(f"backend {self.backend!r} gives boxes only (no masks)")
+        if isinstance(prompt, EncodedPrompt) and (prompt.model is not self.model or prompt.autocast != self.autocast):
+            raise ValueError("this EncodedPrompt was encoded by another model or autocast setting: encode it again")
+        encoded = self.encode_prompt(prompt, chunk_size)  # the text encoder runs once for all images
+        chunks = encoded.chunks
+        network = self._runtime()
         agnostic = self.agnostic_nms if agnostic_nms is None else agnostic_nms
         prep = self.model.preprocessing
         stride = prep.size_divisibility
@@ -191,7 +259,7 @@ class Predictor:
             sizes = [s for _, _, s in group]
             dets = self.model.detect_chunks(
                 batch, chunks, sizes, masks=with_masks, autocast=self.autocast, max_detections=max_detections,
-                agnostic_nms=agnostic,
+                agnostic_nms=agnostic, text=encoded.text, prompts_per_pass=self.prompts_per_pass, network=network,
             )  # fmt: skip
             return [(index, det.above(threshold)) for (index, _, _), det in zip(group, dets)]
 

@@ -74,6 +74,7 @@ def _cmd_detect(args: argparse.Namespace) -> int:
         model_arg(args), config=args.config, text_encoder=args.text_encoder, device=parse_device(args.device),
         batch_size=args.batch_size, trust_pickle=args.trust_pickle, masks=args.masks,
         weights_dtype=args.weights_dtype, autocast=args.autocast, agnostic_nms=args.agnostic_nms,
+        backend=args.backend,
     )  # fmt: skip
     if prompt is None and predictor.model.tuned_prompt is None:
         raise ValueError("--prompt is required (the model records no classes: only fine-tuned models do)")
@@ -145,6 +146,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="one label per box: a box found for several phrases keeps only its best-scored one "
         "(class-agnostic NMS at the model's NMS IoU, 0.6)",
+    )
+    p.add_argument(
+        "--backend",
+        default="torch",
+        help="torch (default), onnxruntime (the exported network on ONNX Runtime, CPU; exported on first use "
+        "into the glip cache) or onnxruntime-int8 (dynamically quantised: faster, results move; "
+        "see docs/performance.md)",
     )
     add_device_arg(p)
     add_output_arg(p, default="glip_detections")

@@ -60,6 +60,8 @@ REPO = Path(__file__).resolve().parents[1]
 CAPTION = "a cat. a remote control. a dog."
 SETTINGS = ("glip", "glip-pure", "glip-bf16", "glip-bf16-mmap", "gdino")
 OPT_IN_SETTINGS = ("glip-compile",)  # measured only when named in --settings
+# glip through Predictor(backend=...): ONNX Runtime (float32; dynamic int8), measured when named
+BACKEND_SETTINGS = {"glip-onnxruntime": "onnxruntime", "glip-onnxruntime-int8": "onnxruntime-int8"}
 _ENV = {"glip-pure": {"GLIP_DISABLE_TORCHVISION": "1"}, "glip-bf16-mmap": {"MALLOC_MMAP_THRESHOLD_": "8388608"}}
 _WEIGHTS_DTYPE = {
     "glip-bf16": "bfloat16",
@@ -108,10 +110,17 @@ def _save_glip(folder: str) -> None:
     save_model(_build_glip(), folder)
 
 
-def _glip_call(batch: int, device: str, folder: str, weights_dtype: str | None = None, compile: bool = False):
+def _glip_call(
+    batch: int,
+    device: str,
+    folder: str,
+    weights_dtype: str | None = None,
+    compile: bool = False,
+    backend: str = "torch",
+):
     from glip.api import Predictor
 
-    predictor = Predictor(folder, device=device, batch_size=batch, weights_dtype=weights_dtype)
+    predictor = Predictor(folder, device=device, batch_size=batch, weights_dtype=weights_dtype, backend=backend)
     if compile:  # in place: the modules keep their names and state-dict keys
         predictor.model.backbone.compile()
         predictor.model.trunk.compile()
@@ -156,7 +165,14 @@ def run_one(setting: str, batch: int, runs: int, threads: int, device: str, fold
     if setting == "gdino":
         call = _gdino_call(batch, device)
     else:
-        call = _glip_call(batch, device, folder, _WEIGHTS_DTYPE.get(setting), compile=setting == "glip-compile")
+        call = _glip_call(
+            batch,
+            device,
+            folder,
+            _WEIGHTS_DTYPE.get(setting),
+            compile=setting == "glip-compile",
+            backend=BACKEND_SETTINGS.get(setting, "torch"),
+        )
     rss_after_build = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     image, source = _image()
     images = [image] * batch
@@ -199,7 +215,9 @@ def _cpu_model() -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=SETTINGS + OPT_IN_SETTINGS)
+    parser.add_argument(
+        "--settings", nargs="+", default=None, choices=SETTINGS + OPT_IN_SETTINGS + tuple(BACKEND_SETTINGS)
+    )
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 4], help="batch sizes (4: glip only)")
     parser.add_argument("--peer-batch", action="store_true", help="also time the peer at every batch size")
     parser.add_argument("--runs", type=int, default=3)
@@ -225,10 +243,20 @@ def main() -> None:
         help="load this saved random-init GLIP-T folder (e.g. one kept from an earlier run) instead of saving one",
     )
     parser.add_argument("--ops", action="store_true", help="per-op timings instead (see scripts/bench_ops.py)")
+    from bench_classes import CLASS_SETTINGS, add_class_args, main_classes, run_classes  # the --classes mode
+
+    add_class_args(parser)
     parser.add_argument("--_one", help=argparse.SUPPRESS)
     parser.add_argument("--_folder", help=argparse.SUPPRESS)
     parser.add_argument("--_save", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args._classes_one:
+        print(json.dumps(run_classes(args)))
+        return
+    if args.classes:
+        args.settings = args.settings or list(CLASS_SETTINGS)
+        return main_classes(args)
+    args.settings = args.settings or list(SETTINGS)
     if args._save:
         _save_glip(args._save)
         return
@@ -275,6 +303,8 @@ def _run_plan(plan: list[tuple[str, int]], args: argparse.Namespace, folder: Pat
             env["MALLOC_MMAP_THRESHOLD_"] = str(args.mmap_threshold)
         if setting == "glip-compile":  # a cold compile cache, as a new user has
             env["TORCHINDUCTOR_CACHE_DIR"] = str(scratch / f"inductor-cache-{batch}")
+        if setting in BACKEND_SETTINGS:  # an empty ONNX cache: the first call exports
+            env["GLIP_CACHE"] = str(scratch / "glip-cache")
         if len(procs) >= args.jobs:  # at most --jobs measured processes at once
             done.append(_print_row(*procs.pop(0)))
         popen = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
@@ -293,7 +323,11 @@ def _print_row(setting: str, batch: int, popen: subprocess.Popen) -> dict | None
         f"{setting:<10} batch {batch}  {r['median_s_per_image']:7.2f} s/image (calls {r['runs_s']})  "
         f"peak RSS {r['peak_rss_mib']:6.0f} MiB (after build {r['rss_after_build_mib']:.0f})"
         + (f"  backends {r['backends']}" if r["backends"] else "")
-        + (f"  first call {r['first_call_s']:.1f} s" if setting == "glip-compile" else ""),
+        + (
+            f"  first call {r['first_call_s']:.1f} s"
+            if setting == "glip-compile" or setting in BACKEND_SETTINGS
+            else ""
+        ),
         flush=True,
     )
     return r

@@ -34,11 +34,11 @@ from torch import Tensor, nn
 
 from glip.modeling.glip import GLIP
 from glip.ops import use_backend
-from glip.structures import TextFeatures
+from glip.structures import HeadOutputs, TextFeatures
 from glip.text import TokenizedPrompt
 from glip.text.tokenize import trim_padding
 
-__all__ = ["OnnxGLIP", "export_onnx"]
+__all__ = ["OnnxBackbone", "OnnxGLIP", "OnnxGroundingHead", "export_onnx", "export_split"]
 
 # ONNX opset: 17 has LayerNormalization and every op the graph uses.
 OPSET = 17
@@ -80,11 +80,103 @@ class OnnxGLIP(nn.Module):
             text = TextFeatures(hidden=self.hidden, embedded=self.embedded, mask=self.mask, aggregate=self.aggregate)
         else:
             text = self._text(input_ids, attention_mask)
-        head = self.model.grounding(self.model.trunk(features, text), {})  # the grounding head's outputs
+        head = _grounding(self.model, features, text)
         box_regression = torch.cat([r.flatten(2).transpose(1, 2) for r in head.box_regression], 1)  # [B, A, 4]
         centerness = torch.cat([c.flatten(1) for c in head.centerness], 1)  # [B, A]
         logits = torch.cat(head.dot_product_logits, 1)  # [B, A, T]
         return box_regression, centerness, logits
+
+
+def _grounding(model: GLIP, features: list[Tensor], text: TextFeatures) -> HeadOutputs:
+    """The trunk and grounding head: the graphs' common end."""
+    return model.grounding(model.trunk(features, text), {})
+
+
+class OnnxBackbone(nn.Module):
+    """The first of the split graphs (:func:`export_split`): ``image`` -> L FPN maps."""
+
+    def __init__(self, model: GLIP) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, image: Tensor) -> tuple[Tensor, ...]:
+        return tuple(self.model.backbone(image))
+
+
+class OnnxGroundingHead(nn.Module):
+    """The second split graph: L FPN maps and text features -> the grounding head's outputs.
+
+    ``forward(*features, hidden, embedded, mask)``: L ``Tensor[B, C, H_l, W_l]``, ``[B, T, D]``,
+    ``[B, T, D]``, int64 ``[B, T]`` -> per level ``box_regression_l`` ``[B, 4, H_l, W_l]``, then
+    ``centerness_l`` ``[B, 1, H_l, W_l]``, then ``dot_product_logits_l`` ``[B, H_l * W_l, T]``
+    (the fields of :class:`glip.structures.HeadOutputs`).
+    """
+
+    def __init__(self, model: GLIP) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, *inputs: Tensor) -> tuple[Tensor, ...]:
+        *features, hidden, embedded, mask = inputs
+        aggregate = hidden[:, 0]  # read by no part of the trunk or grounding head
+        text = TextFeatures(hidden=hidden, embedded=embedded, mask=mask, aggregate=aggregate)
+        head = _grounding(self.model, list(features), text)
+        return (*head.box_regression, *head.centerness, *head.dot_product_logits)
+
+
+def export_split(model: GLIP, folder: str | Path, image_size: tuple[int, int] = (256, 384)) -> None:
+    """Writes ``backbone.onnx`` and ``head.onnx`` (:class:`OnnxBackbone`,
+    :class:`OnnxGroundingHead`) to ``folder``: the graphs ONNX Runtime runs as a
+    :class:`glip.modeling.prompt_batch.GroundingNetwork` (:mod:`glip.export.runtime`).
+
+    Batch, image size and prompt width are dynamic. The text encoder stays outside (its
+    features are inputs, so a class list is encoded once); so do anchors, decoding and NMS.
+    The example traced is one ``image_size`` image (a batch of 1, so that no per-image loop
+    is unrolled) and an 8-token prompt.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    model = model.to("cpu").eval()
+    image = torch.zeros(1, 3, *image_size)
+    levels = [f"feature_{i}" for i in range(len(model.anchor_generator.strides))]
+    outputs = [f"{name}_{i}" for name in _HEAD_FIELDS for i in range(len(levels))]
+    tokens = trim_padding(model.tokenize("object"))
+    with torch.no_grad(), use_backend("torch"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # see export_onnx
+        features = tuple(model.backbone(image))
+        text = model.text_encoder(tokens.input_ids, tokens.attention_mask)
+        axes = {"image": {0: "batch", 2: "height", 3: "width"}}
+        axes.update({name: {0: "batch", 2: f"height_{i}", 3: f"width_{i}"} for i, name in enumerate(levels)})
+        _export(OnnxBackbone(model), (image,), folder / "backbone.onnx", ["image"], levels, axes)
+        axes = {name: {0: "batch", 2: f"height_{i}", 3: f"width_{i}"} for i, name in enumerate(levels)}
+        axes.update(hidden={0: "batch", 1: "tokens"}, embedded={0: "batch", 1: "tokens"})
+        axes.update(mask={0: "batch", 1: "tokens"})
+        for i in range(len(levels)):
+            axes[f"box_regression_{i}"] = {0: "batch", 2: f"height_{i}", 3: f"width_{i}"}
+            axes[f"centerness_{i}"] = {0: "batch", 2: f"height_{i}", 3: f"width_{i}"}
+            axes[f"dot_product_logits_{i}"] = {0: "batch", 1: f"anchors_{i}", 2: "tokens"}
+        args = (*features, text.hidden, text.embedded, text.mask)
+        names = [*levels, "hidden", "embedded", "mask"]
+        _export(OnnxGroundingHead(model), args, folder / "head.onnx", names, outputs, axes)
+
+
+# The grounding head's per-level outputs, in the order OnnxGroundingHead returns them.
+_HEAD_FIELDS = ("box_regression", "centerness", "dot_product_logits")
+
+
+def _export(
+    module: nn.Module, args: tuple[Tensor, ...], out: Path, inputs: list[str], outputs: list[str], axes: dict
+) -> None:
+    torch.onnx.export(
+        module.eval(),
+        args,
+        str(out),
+        input_names=inputs,
+        output_names=outputs,
+        dynamic_axes=axes,
+        opset_version=OPSET,
+        dynamo=False,
+    )
 
 
 def export_onnx(

@@ -21,6 +21,7 @@ from glip.modeling.backbone import VisionBackbone
 from glip.modeling.heads import GroundingHead, Head
 from glip.modeling.postprocess import GroundingPostProcessor, class_agnostic_nms, merge_chunks
 from glip.modeling.preprocessing import Preprocessing
+from glip.modeling.prompt_batch import PROMPTS_PER_PASS, GroundingNetwork, repeat_features, split_head, stack_text
 from glip.modeling.prompt_offset import PromptOffset
 from glip.modeling.text_encoder import BertTextEncoder
 from glip.modeling.trunk import FusionTrunk, TrunkOutput
@@ -277,6 +278,17 @@ class GLIP(nn.Module):
         if input_ids.shape[0] == 1 and batch > 1:
             # One prompt for the whole batch: encode it once, share the features.
             text = text.expand(batch)
+        return self.forward_text_features(features, text, heads=heads, backbone=backbone)
+
+    def forward_text_features(
+        self,
+        features: list[Tensor],
+        text: TextFeatures,
+        heads: Sequence[str] | None = None,
+        backbone: list[Tensor] | None = None,
+    ) -> GLIPOutput:
+        """The trunk and heads on FPN maps (L tensors ``[B, C, H_l, W_l]``) and encoded text
+        (``[B, T, D]`` fields): :meth:`forward_features` after its text encoder."""
         trunk = self.trunk(features, text)
         if backbone is not None:
             trunk = replace(trunk, backbone=list(backbone))
@@ -314,12 +326,18 @@ class GLIP(nn.Module):
         autocast: torch.dtype | None = None,
         max_detections: int | None = None,
         agnostic_nms: bool = False,
+        text: Sequence[TextFeatures] | None = None,
+        prompts_per_pass: int = 1,
+        network: GroundingNetwork | None = None,
     ) -> list[Detections]:
         """One prompt's detections per image, its chunks (:meth:`prepare_prompt`) merged:
         global labels, sorted by score, at most ``max_detections`` (default the config's
         ``detections_per_img``; ``0``: all). ``agnostic_nms``: one label per box (NMS over
         all labels at the config's ``nms_thresh``). Other arguments: see :meth:`detect_prompts`."""
-        per_chunk = self.detect_prompts(images, chunks, original_sizes, masks=masks, autocast=autocast)
+        per_chunk = self.detect_prompts(
+            images, chunks, original_sizes, masks=masks, autocast=autocast, text=text,
+            prompts_per_pass=prompts_per_pass, network=network,
+        )  # fmt: skip
         post = self.postprocessor
         top_k = post.detections_per_img if max_detections is None else max_detections
         out = []
@@ -346,6 +364,26 @@ class GLIP(nn.Module):
         return self.detect_prompts(images, [tokens], original_sizes, masks=masks, autocast=autocast)[0]
 
     @torch.no_grad()
+    def encode_prompts(
+        self, prompts: Sequence[TokenizedPrompt], autocast: torch.dtype | None = None
+    ) -> list[TextFeatures]:
+        """Each prompt's text features (``B = 1``), as :meth:`detect_prompts` computes them:
+        padding trimmed (when ``trim_text``), the prompt offset added to the prompt it was
+        tuned for only. Encode a fixed class list once and pass the result to
+        :meth:`detect_prompts` for every image batch."""
+        device = self.device
+        out = []
+        for tokens in prompts:
+            tokens = trim_padding(tokens) if self.trim_text else tokens
+            ids, mask = tokens.input_ids.to(device), tokens.attention_mask.to(device)
+            with low_precision.autocast(device, autocast):
+                text = self.text_encoder(ids, mask)
+                if self.prompt_offset is not None and self.prompt_offset.matches(ids, mask):
+                    text = self.prompt_offset(text)
+            out.append(text)
+        return out
+
+    @torch.no_grad()
     def detect_prompts(
         self,
         images: ImageBatch,
@@ -353,6 +391,10 @@ class GLIP(nn.Module):
         original_sizes: Sequence[tuple[int, int]] | None = None,
         masks: bool = False,
         autocast: torch.dtype | None = None,
+        *,
+        text: Sequence[TextFeatures] | None = None,
+        prompts_per_pass: int = 1,
+        network: GroundingNetwork | None = None,
     ) -> list[list[Detections]]:
         """Like :meth:`detect` for several prompts, running the backbone once.
 
@@ -361,35 +403,55 @@ class GLIP(nn.Module):
         same token ids); any other prompt runs the base model. ``masks``: see :meth:`detect`.
         ``autocast`` (``torch.bfloat16`` / ``torch.float16``): the network runs under
         ``torch.autocast`` in that dtype; its outputs are decoded in float32.
+        ``text``: the prompts' :meth:`encode_prompts` (same autocast), else encoded here.
+        ``prompts_per_pass``: prompts run through the trunk and head as one batch
+        (:mod:`glip.modeling.prompt_batch`; equal to one at a time up to float rounding;
+        with ``masks`` always 1). ``network``: another runtime for the backbone, trunk and
+        grounding head (ONNX Runtime, :mod:`glip.export.runtime`); no masks, no autocast.
         """
+        if prompts_per_pass < 1:
+            raise ValueError(f"prompts_per_pass must be at least 1, got {prompts_per_pass}")
         if masks:
             self.require_masks()
+        if network is not None and (masks or autocast is not None):
+            raise ValueError("masks and autocast need the PyTorch backend")
         device = self.device
         images = images.to(device)
         amp = low_precision.autocast(device, autocast)
         with amp:
-            features = self.backbone(images.tensor)
+            features = self.backbone(images.tensor) if network is None else network.features(images.tensor)
+        prompts = [trim_padding(t) if self.trim_text else t for t in prompts]
+        text = self.encode_prompts(prompts, autocast) if text is None else text
         heads = (GROUNDING, MASK) if masks else (GROUNDING,)
+        batch, per_pass = images.tensor.shape[0], 1 if masks else prompts_per_pass
         results = []
-        for tokens in prompts:
-            tokens = trim_padding(tokens) if self.trim_text else tokens
-            ids, mask = tokens.input_ids.to(device), tokens.attention_mask.to(device)
-            tuned = self.prompt_offset is not None and self.prompt_offset.matches(ids, mask)
+        for start in range(0, len(prompts), per_pass):
+            group = range(start, min(start + per_pass, len(prompts)))
+            stacked = stack_text([text[i] for i in group], batch)  # [K * B, T, D]
+            repeated = repeat_features(features, len(group))  # L x [K * B, C, H_l, W_l]
             with amp:
-                out = self.forward_features(features, ids, mask, use_prompt_offset=tuned, heads=heads)
-            head = out.head.float() if autocast is not None else out.head
-            positive_map = tokens.positive_map.to(device)
-            if masks:
-                # Decode in the network-input frame (the mask head pools there), then map to the originals.
-                dets = self.grounding.postprocess(head, out.anchors, positive_map, images.image_sizes)
-                dets = self._add_masks(
-                    out.heads[MASK], dets, positive_map, images.image_sizes, original_sizes, autocast
-                )
-            else:
-                dets = self.grounding.postprocess(head, out.anchors, positive_map, images.image_sizes, original_sizes)
-            for det in dets:
-                det.phrases = [tokens.phrases[int(label) - 1] for label in det.labels.tolist()]
-            results.append([det.to("cpu") for det in dets])
+                if network is None:
+                    out = self.forward_text_features(repeated, stacked, heads=heads)
+                    head_all, anchors = out.head, out.anchors
+                else:
+                    head_all = network.grounding(repeated, stacked)
+                    anchors = self.anchor_generator([tuple(f.shape[-2:]) for f in features], device=device)
+            for k, i in enumerate(group):
+                tokens = prompts[i]
+                head = split_head(head_all, k, batch, tokens.input_ids.shape[1]) if len(group) > 1 else head_all
+                head = head.float() if autocast is not None else head
+                positive_map = tokens.positive_map.to(device)
+                if masks:
+                    # Decode in the network-input frame (the mask head pools there), then map to the originals.
+                    dets = self.grounding.postprocess(head, anchors, positive_map, images.image_sizes)
+                    dets = self._add_masks(
+                        out.heads[MASK], dets, positive_map, images.image_sizes, original_sizes, autocast
+                    )
+                else:
+                    dets = self.grounding.postprocess(head, anchors, positive_map, images.image_sizes, original_sizes)
+                for det in dets:
+                    det.phrases = [tokens.phrases[int(label) - 1] for label in det.labels.tolist()]
+                results.append([det.to("cpu") for det in dets])
         return results
 
     def _add_masks(
@@ -448,5 +510,7 @@ class GLIP(nn.Module):
         chunks = self.prepare_prompt(prompt)
         tensor, original_size = self.preprocessing(image)
         batch = ImageBatch.from_tensors([tensor], self.preprocessing.size_divisibility)
-        (det,) = self.detect_chunks(batch, chunks, [original_size], masks=masks, agnostic_nms=agnostic_nms)
+        (det,) = self.detect_chunks(
+            batch, chunks, [original_size], masks=masks, agnostic_nms=agnostic_nms, prompts_per_pass=PROMPTS_PER_PASS
+        )
         return det.above(threshold)
