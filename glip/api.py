@@ -16,6 +16,7 @@ from glip.ops.multiclass_nms import multiclass_nms
 from glip.structures import Detections, ImageBatch
 from glip.text import Prompt, PromptError, TokenizedPrompt, parse_prompt, tokenize_prompt
 from glip.text.prompt import from_class_names
+from glip.utils.allocator import map_large_blocks
 from glip.utils.image import ImageInput, ImageLoadError
 
 __all__ = ["ModelLike", "PromptLike", "Predictor", "chunk_prompt", "predict"]
@@ -141,6 +142,8 @@ class Predictor:
         )
         if masks:
             self.model.require_masks()
+        if next(self.model.parameters()).device.type == "cpu":
+            map_large_blocks()  # freed activations go back to the system (glip.utils.allocator)
         self.batch_size = batch_size
         self.masks = masks
 
