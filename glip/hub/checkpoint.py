@@ -170,10 +170,8 @@ def load_state_into(
     mapped: MappedFile | None = None,
 ) -> None:
     """Loads ``state`` (our key names) strictly; errors name missing, unexpected and
-    mis-shaped keys. With ``index``, the meta tensors of ``state`` that come from it are
-    read from its file straight into the model; with ``mapped`` (a ``.pth`` read by
-    ``read_checkpoint(mmap=True)``), each tensor's file pages are released once it is
-    copied (:func:`glip.hub.streaming.stream_state_into`)."""
+    mis-shaped keys. ``index`` (meta tensors read from their file) and ``mapped`` (a
+    ``read_checkpoint(mmap=True)``) stream it (:func:`glip.hub.streaming.stream_state_into`)."""
     ours = model.state_dict()
     missing = sorted(set(ours) - set(state))
     unexpected = sorted(set(state) - set(ours))
@@ -328,9 +326,8 @@ def load_model(
     cfg = config if isinstance(config, GLIPConfig) else load_config(config)
     text_dir = _resolve_text_encoder(text_encoder, cfg, base) if text_parts is None else str(base)
     bert_config, tokenizer = text_parts or _text_components(cfg.model.text.type, text_dir)
-    # A .safetensors file is indexed (meta tensors) and streamed into the built model, so the
-    # weights are never held twice; a zip .pth is mapped and streamed the same way (its pages
-    # released tensor by tensor), a legacy pickle read whole (torch.load).
+    # Streamed into the built model, so the weights are never held twice: a .safetensors file
+    # from its header (meta tensors), a zip .pth from its mapping; a legacy pickle is read whole.
     index = _index_safetensors(weights) if weights.suffix == ".safetensors" else None
     raw = index.tensors if index is not None else read_checkpoint(weights, trust_pickle=trust_pickle, mmap=True)
     mapped = mapped_file(weights) if index is None else None
