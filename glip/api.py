@@ -19,6 +19,7 @@ from glip.modeling.prompt_batch import PROMPTS_PER_PASS
 from glip.structures import Detections, ImageBatch, TextFeatures
 from glip.text import Prompt, PromptError, TokenizedPrompt, parse_prompt
 from glip.text.chunks import chunk_prompt  # re-exported: glip.api.chunk_prompt
+from glip.utils.allocator import map_large_blocks
 from glip.utils.image import ImageInput, ImageLoadError
 
 __all__ = ["EncodedPrompt", "ModelLike", "PromptLike", "Predictor", "chunk_prompt", "predict"]
@@ -149,6 +150,8 @@ class Predictor:
         )
         if masks:
             self.model.require_masks()
+        if next(self.model.parameters()).device.type == "cpu":
+            map_large_blocks()  # freed activations go back to the system (glip.utils.allocator)
         self.batch_size = batch_size
         self.masks = masks
         self.agnostic_nms = agnostic_nms

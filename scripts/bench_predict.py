@@ -9,6 +9,10 @@ prompt, with random weights (nothing is downloaded):
                  preparatory process (not measured), and the measured process loads that
                  folder with ``glip.Predictor(folder)``. Its peak RSS therefore includes
                  building the model and reading the checkpoint, then the calls;
+* ``glip-pth``   the same random-init GLIP-T saved instead as an official-layout checkpoint
+                 (``{"model": {"module." + official key: tensor}}``, ``torch.save``; keys as
+                 ``glip.hub.official_keys`` reads them) and loaded as
+                 ``glip.Predictor(FILE, config="glip-t")`` (CLI: ``--weights FILE --config glip-t``);
 * ``glip-pure``  the same with ``GLIP_DISABLE_TORCHVISION=1`` (pure-PyTorch ops only);
 * ``glip-bf16``  the same folder loaded with ``glip.Predictor(folder, weights_dtype="bfloat16")``:
                  weights stored in bfloat16, compute in float32 (the opt-in low-memory mode);
@@ -58,7 +62,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 CAPTION = "a cat. a remote control. a dog."
-SETTINGS = ("glip", "glip-pure", "glip-bf16", "glip-bf16-mmap", "gdino")
+SETTINGS = ("glip", "glip-pth", "glip-pure", "glip-bf16", "glip-bf16-mmap", "gdino")
 OPT_IN_SETTINGS = ("glip-compile",)  # measured only when named in --settings
 # glip through Predictor(backend=...): ONNX Runtime (float32; dynamic int8), measured when named
 BACKEND_SETTINGS = {"glip-onnxruntime": "onnxruntime", "glip-onnxruntime-int8": "onnxruntime-int8"}
@@ -110,6 +114,57 @@ def _save_glip(folder: str) -> None:
     save_model(_build_glip(), folder)
 
 
+def _official_key(key: str) -> str:
+    """Our key -> the official GLIP-T key (the inverse of ``glip.hub.official_keys`` for
+    GLIP-T's modules; :func:`_save_official` checks it by remapping back)."""
+    import re
+
+    rules = [
+        (r"^text_encoder\.bert\.", lambda m: "language_backbone.body.model."),
+        (r"^backbone\.fpn\.lateral_convs\.(\d)\.", lambda m: f"backbone.fpn.fpn_inner{int(m[1]) + 2}."),
+        (r"^backbone\.fpn\.output_convs\.(\d)\.", lambda m: f"backbone.fpn.fpn_layer{int(m[1]) + 2}."),
+        (r"^backbone\.fpn\.(p6|p7)\.", lambda m: f"backbone.fpn.top_blocks.{m[1]}."),
+        (r"^anchor_generator\.", lambda m: "rpn.anchor_generator."),
+        (r"^heads\.grounding\.text_proj\.", lambda m: "rpn.head.dot_product_projection_text."),
+        (r"^heads\.grounding\.", lambda m: "rpn.head."),
+        (
+            r"^trunk\.blocks\.(\d+)\.fusion\.norm_(v|l)\.",
+            lambda m: f"rpn.head.dyhead_tower.{3 * int(m[1])}.b_attn.layer_norm_{m[2]}.",
+        ),
+        (r"^trunk\.blocks\.(\d+)\.fusion\.", lambda m: f"rpn.head.dyhead_tower.{3 * int(m[1])}.b_attn."),
+        (r"^trunk\.blocks\.(\d+)\.text_layer\.", lambda m: f"rpn.head.dyhead_tower.{3 * int(m[1]) + 1}."),
+    ]
+    dyconv = {"from_coarser.norm.": "DyConv.0.bn.", "same.norm.": "DyConv.1.bn.", "from_finer.norm.": "DyConv.2.bn.",
+              "from_coarser.": "DyConv.0.", "same.": "DyConv.1.", "from_finer.": "DyConv.2.",
+              "scale_attn.": "AttnConv.1.", "dyrelu.fc1.": "relu.fc.0.", "dyrelu.fc2.": "relu.fc.2.", "offset.": "offset."}  # fmt: skip
+    m = re.match(r"^trunk\.blocks\.(\d+)\.dyconv\.", key)
+    if m:
+        rest = key[m.end() :]
+        ours = next(k for k in dyconv if rest.startswith(k))
+        return f"rpn.head.dyhead_tower.{3 * int(m[1]) + 2}.{dyconv[ours]}{rest[len(ours) :]}"
+    for pattern, official in rules:
+        m = re.match(pattern, key)
+        if m:
+            return official(m) + key[m.end() :]
+    return key  # backbone.body.*
+
+
+def _save_official(path: str) -> None:
+    """The preparatory step of ``glip-pth`` (own process, not measured): the random-init GLIP-T
+    of :func:`_save_glip` saved in the official checkpoint layout."""
+    import torch
+
+    from glip.hub.official_keys import remap_official_state_dict
+
+    torch.manual_seed(0)
+    state = _build_glip().state_dict()
+    official = {"module." + _official_key(k): v for k, v in state.items()}
+    back = remap_official_state_dict(official)
+    if back.keys() != state.keys():
+        raise RuntimeError(f"official layout does not map back: {sorted(set(back) ^ set(state))[:5]}")
+    torch.save({"model": official, "iteration": 0}, path)
+
+
 def _glip_call(
     batch: int,
     device: str,
@@ -120,7 +175,10 @@ def _glip_call(
 ):
     from glip.api import Predictor
 
-    predictor = Predictor(folder, device=device, batch_size=batch, weights_dtype=weights_dtype, backend=backend)
+    if folder.endswith(".pth"):  # glip-pth: an official-layout checkpoint given with its config
+        predictor = Predictor(folder, config="glip-t", device=device, batch_size=batch, backend=backend)
+    else:
+        predictor = Predictor(folder, device=device, batch_size=batch, weights_dtype=weights_dtype, backend=backend)
     if compile:  # in place: the modules keep their names and state-dict keys
         predictor.model.backbone.compile()
         predictor.model.trunk.compile()
@@ -258,7 +316,10 @@ def main() -> None:
         return main_classes(args)
     args.settings = args.settings or list(SETTINGS)
     if args._save:
-        _save_glip(args._save)
+        if args._save.endswith(".pth"):
+            _save_official(args._save)
+        else:
+            _save_glip(args._save)
         return
     if args._one:
         setting, batch = args._one.split(",")
@@ -286,18 +347,27 @@ def main() -> None:
 def _run_plan(plan: list[tuple[str, int]], args: argparse.Namespace, folder: Path, scratch: Path) -> list[dict]:
     base_env = dict(os.environ, PYTHONUNBUFFERED="1")
     base_env["PYTHONPATH"] = os.pathsep.join([str(REPO), base_env.get("PYTHONPATH", "")])
-    if any(s != "gdino" for s, _ in plan) and not args.glip_folder:
+    if any(s not in ("gdino", "glip-pth") for s, _ in plan) and not args.glip_folder:
         res = subprocess.run(
             [sys.executable, __file__, "--_save", str(folder)], capture_output=True, text=True, env=base_env
         )
         if res.returncode != 0:
             print(f"saving the random-init GLIP-T failed\n{res.stderr[-2000:]}", file=sys.stderr, flush=True)
-            plan = [(s, b) for s, b in plan if s == "gdino"]
+            plan = [(s, b) for s, b in plan if s in ("gdino", "glip-pth")]
+    pth = scratch / "glip-t-official.pth"
+    if any(s == "glip-pth" for s, _ in plan):
+        res = subprocess.run(
+            [sys.executable, __file__, "--_save", str(pth)], capture_output=True, text=True, env=base_env
+        )
+        if res.returncode != 0:
+            print(f"saving the official-layout GLIP-T failed\n{res.stderr[-2000:]}", file=sys.stderr, flush=True)
+            plan = [(s, b) for s, b in plan if s != "glip-pth"]
     procs: list[tuple[str, int, subprocess.Popen]] = []
     done: list[dict | None] = []
     for setting, batch in plan:
         cmd = [sys.executable, __file__, "--_one", f"{setting},{batch}", "--runs", str(args.runs)]
-        cmd += ["--threads", str(args.threads), "--device", args.device, "--_folder", str(folder)]
+        cmd += ["--threads", str(args.threads), "--device", args.device]
+        cmd += ["--_folder", str(pth if setting == "glip-pth" else folder)]
         env = dict(base_env, **_ENV.get(setting, {}))
         if setting == "glip-bf16-mmap":
             env["MALLOC_MMAP_THRESHOLD_"] = str(args.mmap_threshold)

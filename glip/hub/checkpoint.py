@@ -19,7 +19,7 @@ from torch import Tensor
 from glip.config import GLIPConfig, load_config, save_config
 from glip.hub.legacy_keys import remap_legacy_state_dict
 from glip.hub.official_keys import remap_official_state_dict
-from glip.hub.streaming import SafetensorsIndex, index_safetensors, stream_state_into
+from glip.hub.streaming import MappedFile, SafetensorsIndex, index_safetensors, mapped_file, stream_state_into
 from glip.hub.transformers_folder import (
     TransformersFolderError,
     is_transformers_folder,
@@ -71,12 +71,15 @@ def _listing(keys: list[str], limit: int = 12) -> str:
     return shown + (f", ... (+{len(keys) - limit} more)" if len(keys) > limit else "")
 
 
-def read_checkpoint(path: str | Path, trust_pickle: bool = False) -> dict[str, Tensor]:
+def read_checkpoint(path: str | Path, trust_pickle: bool = False, *, mmap: bool = False) -> dict[str, Tensor]:
     """The raw state dict in a ``.pth`` (official layout or ours) or a ``.safetensors`` file.
 
     Official files hold ``{"model": {...}, "optimizer": ..., "iteration": ...}``; only
     ``"model"`` is returned (with its ``module.`` prefix, if any). Pickles are read with
-    ``weights_only=True`` unless ``trust_pickle`` is set.
+    ``weights_only=True`` unless ``trust_pickle`` is set. With ``mmap``, a ``.pth`` in
+    torch's zip format is mapped (``torch.load(mmap=True)``) rather than read: its tensors
+    are views of the file, read when touched (:func:`glip.hub.streaming.stream_state_into`
+    copies and releases them one at a time); a legacy (non-zip) pickle is read whole.
     """
     path = Path(path)
     if not path.is_file():
@@ -91,7 +94,8 @@ def read_checkpoint(path: str | Path, trust_pickle: bool = False) -> dict[str, T
     try:
         with warnings.catch_warnings():  # torch warns about pickle protocols before refusing a file
             warnings.filterwarnings("ignore", message="Detected pickle protocol")
-            obj = torch.load(path, map_location="cpu", weights_only=not trust_pickle)
+            mapped = mmap and zipfile.is_zipfile(path)
+            obj = torch.load(path, map_location="cpu", weights_only=not trust_pickle, mmap=mapped)
     except pickle.UnpicklingError as e:
         imports = None if trust_pickle else _pickle_imports(path)
         if imports is None:
@@ -161,11 +165,16 @@ def _to_our_keys(state: dict[str, Tensor], source: str) -> dict[str, Tensor]:
 
 
 def load_state_into(
-    model: GLIP, state: dict[str, Tensor], source: str = "checkpoint", *, index: SafetensorsIndex | None = None
+    model: GLIP,
+    state: dict[str, Tensor],
+    source: str = "checkpoint",
+    *,
+    index: SafetensorsIndex | None = None,
+    mapped: MappedFile | None = None,
 ) -> None:
     """Loads ``state`` (our key names) strictly; errors name missing, unexpected and
-    mis-shaped keys. With ``index``, the meta tensors of ``state`` that come from it are
-    read from its file straight into the model (:func:`glip.hub.streaming.stream_state_into`)."""
+    mis-shaped keys. ``index`` (meta tensors read from their file) and ``mapped`` (a
+    ``read_checkpoint(mmap=True)``) stream it (:func:`glip.hub.streaming.stream_state_into`)."""
     ours = model.state_dict()
     missing = sorted(set(ours) - set(state))
     unexpected = sorted(set(state) - set(ours))
@@ -186,8 +195,11 @@ def load_state_into(
         if shapes or (missing and unexpected):
             hint = " (is the config the one this checkpoint was trained with?)"
         raise CheckpointError(f"{source} does not fit the model{hint}: " + "; ".join(problems))
-    if index is None:
+    if index is None and mapped is None:
         model.load_state_dict(state, strict=True)
+        return
+    if index is None:
+        stream_state_into(model, state, mapped=mapped)
         return
     try:
         stream_state_into(model, state, index)
@@ -317,10 +329,11 @@ def load_model(
     cfg = config if isinstance(config, GLIPConfig) else load_config(config)
     text_dir = _resolve_text_encoder(text_encoder, cfg, base) if text_parts is None else str(base)
     bert_config, tokenizer = text_parts or _text_components(cfg.model.text.type, text_dir)
-    # A .safetensors file is indexed (meta tensors) and streamed into the built model, so the
-    # weights are never held twice; a .pth is read whole (torch.load).
+    # Streamed into the built model, so the weights are never held twice: a .safetensors file
+    # from its header (meta tensors), a zip .pth from its mapping; a legacy pickle is read whole.
     index = _index_safetensors(weights) if weights.suffix == ".safetensors" else None
-    raw = index.tensors if index is not None else read_checkpoint(weights, trust_pickle=trust_pickle)
+    raw = index.tensors if index is not None else read_checkpoint(weights, trust_pickle=trust_pickle, mmap=True)
+    mapped = mapped_file(weights) if index is None else None
     state = _to_our_keys(raw, str(weights))
     # Folders saved with include_text_encoder=False reference the pretrained encoder instead.
     referenced = cfg.model.text.pretrained and not any(k.startswith("text_encoder.") for k in state)
@@ -336,7 +349,7 @@ def load_model(
     state = with_fresh_heads(model, state, str(weights), fresh_heads)
     if "prompt_offset.weight" in state:  # a prompt-tuned checkpoint (ours or official tunable_linear)
         model.enable_prompt_offset(int(state["prompt_offset.weight"].shape[0]))
-    load_state_into(model, state, str(weights), index=index)
+    load_state_into(model, state, str(weights), index=index, mapped=mapped)
     if base is not None and (base / PROMPT_NAME).is_file():
         _read_prompt(model, base / PROMPT_NAME)
     del raw, state  # a .pth's tensors: not held beside the model any longer than needed

@@ -9,12 +9,23 @@ tensor's size when the dtype differs, e.g. a float16 folder), so the extra memor
 tensor, never a second copy of the model. Reads go through plain ``readinto`` (the page
 cache, not this process's memory), and the values are bit-identical to
 ``model.load_state_dict(safetensors.torch.load_file(path))``.
+
+An official ``.pth`` (torch's zip format) is read with ``torch.load(mmap=True)``: its
+tensors are views of one private, read-only mapping of the file, and nothing is read until
+touched. Copying them into the model faults the file's pages into this process (they count
+in its resident set like any other memory), so after each tensor is copied its pages are
+handed back with ``madvise(MADV_DONTNEED)`` (:func:`release_mapped`): the extra memory is
+again about one tensor, and the values are those ``torch.load`` without ``mmap`` gives.
 """
 
 from __future__ import annotations
 
+import ctypes
 import json
+import mmap
+import os
 import struct
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +33,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-__all__ = ["SafetensorsIndex", "index_safetensors", "stream_state_into"]
+__all__ = ["MappedFile", "SafetensorsIndex", "index_safetensors", "mapped_file", "release_mapped", "stream_state_into"]
 
 _DTYPES = {
     "F64": torch.float64,
@@ -88,13 +99,97 @@ def index_safetensors(path: str | Path) -> SafetensorsIndex:
     return SafetensorsIndex(path, tensors, spans)
 
 
+@dataclass(frozen=True)
+class MappedFile:
+    """The address ranges at which this process maps a file (``/proc/self/maps``).
+
+    Attributes:
+        path: the file.
+        ranges: ``(start, end)`` virtual addresses of each mapping of it, page-aligned.
+    """
+
+    path: Path
+    ranges: tuple[tuple[int, int], ...]
+
+
+def mapped_file(path: str | Path) -> MappedFile:
+    """Where ``path`` is mapped into this process now (matched by device and inode); no
+    ranges where ``/proc/self/maps`` cannot be read (not Linux)."""
+    path = Path(path)
+    st = os.stat(path)
+    ranges = []
+    try:
+        with open("/proc/self/maps") as maps:
+            for line in maps:
+                # "start-end perms offset major:minor inode path"
+                fields = line.split(maxsplit=5)
+                if len(fields) < 5 or int(fields[4]) != st.st_ino:
+                    continue
+                major, minor = (int(x, 16) for x in fields[3].split(":"))
+                if os.makedev(major, minor) != st.st_dev:
+                    continue
+                start, end = (int(x, 16) for x in fields[0].split("-"))
+                ranges.append((start, end))
+    except OSError:
+        pass
+    return MappedFile(path, tuple(ranges))
+
+
+def _madvise() -> ctypes._CFuncPtr | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).madvise
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+_MADVISE = _madvise()
+_MADV_DONTNEED = 4  # <sys/mman.h> on Linux
+
+
+def release_mapped(tensor: Tensor, mapped: MappedFile) -> bool:
+    """Drops the resident pages under ``tensor``'s storage when that storage lies inside one
+    of ``mapped``'s ranges (a private mapping that nothing wrote: a later read faults the
+    same bytes back in from the file); True when pages were released. Any other tensor,
+    or any platform without ``madvise``, is left alone."""
+    if _MADVISE is None or tensor.device.type != "cpu" or tensor.layout != torch.strided:
+        return False
+    storage = tensor.untyped_storage()
+    begin, size = storage.data_ptr(), storage.nbytes()
+    for start, end in mapped.ranges:
+        if start <= begin and begin + size <= end:
+            page = mmap.PAGESIZE
+            # Whole pages, rounded outward: the neighbours' bytes on a shared page are
+            # re-read from the file when they are copied in turn.
+            lo, hi = begin // page * page, min(end, -(-(begin + size) // page) * page)
+            return size > 0 and _MADVISE(lo, hi - lo, _MADV_DONTNEED) == 0
+    return False
+
+
 @torch.no_grad()
-def stream_state_into(model: torch.nn.Module, state: Mapping[str, Tensor], index: SafetensorsIndex) -> None:
+def stream_state_into(
+    model: torch.nn.Module,
+    state: Mapping[str, Tensor],
+    index: SafetensorsIndex | None = None,
+    *,
+    mapped: MappedFile | None = None,
+) -> None:
     """Copies ``state`` into ``model``'s parameters and buffers, as
     ``model.load_state_dict(state)`` would (dtype casts included), after the caller has
     checked that keys and shapes match. Values that are meta tensors of ``index`` are read
-    from its file; any other value (a real tensor) is copied as is."""
+    from its file; any other value (a real tensor) is copied as is, and when it lies in
+    ``mapped`` (a ``torch.load(mmap=True)`` of a ``.pth``) its pages are released right after."""
     targets = model.state_dict(keep_vars=False)
+    if index is None:
+        for key, value in state.items():
+            targets[key].copy_(value)
+            if mapped is not None:
+                release_mapped(value, mapped)
+        return
     with open(index.path, "rb") as f:
         for key, value in state.items():
             target = targets[key]

@@ -1,0 +1,83 @@
+"""glip.utils.allocator: with the fixed glibc mmap threshold a freed activation-sized block
+goes back to the system at once, the user's own glibc setting wins, and predictions are
+bit-identical with and without it (each case in its own process: the setting is process-wide)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
+
+_HEAP = r"""
+import json
+import torch
+from glip.utils.allocator import map_large_blocks
+
+def rss_mib():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096 / 2**20
+
+threshold = map_large_blocks()
+big = torch.ones(6 << 20)  # 24 MiB, mapped; freeing it raises glibc's own threshold to 24 MiB
+del big
+block = torch.ones(4 << 20)  # 16 MiB: in the heap unless the threshold is fixed
+pin = torch.ones(1 << 18)  # 1 MiB after it in the heap, so the heap's top cannot shrink past it
+before = rss_mib()
+del block
+print(json.dumps({"threshold": threshold, "returned_mib": before - rss_mib()}))
+"""
+
+_PREDICT = r"""
+import json, os
+import numpy as np
+import glip
+from glip.utils import allocator
+
+rng = np.random.default_rng(0)
+image = (rng.random((96, 128, 3)) * 255).astype(np.uint8)
+predictor = glip.Predictor("demo-shapes", device="cpu", batch_size=1)  # GLIP_MMAP_THRESHOLD=0: glibc's own
+out = {"before": allocator.map_large_blocks()}
+runs = [predictor.predict(image, "red circle. blue square.", threshold=0.0)]
+os.environ[allocator.ENV] = str(allocator.DEFAULT_THRESHOLD)
+out["after"] = allocator.map_large_blocks.__wrapped__()  # now fixed, in the same process
+runs.append(predictor.predict(image, "red circle. blue square.", threshold=0.0))
+out["runs"] = [{"boxes": d.boxes.tolist(), "scores": d.scores.tolist()} for d in runs]
+print(json.dumps(out))
+"""
+
+
+def _run(code: str, **env: str) -> dict:
+    base = {k: v for k, v in os.environ.items() if k not in ("MALLOC_MMAP_THRESHOLD_", "GLIP_MMAP_THRESHOLD")}
+    res = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**base, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", **env},
+    )
+    assert res.returncode == 0, res.stderr[-2000:]
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def test_a_freed_large_block_goes_back_to_the_system() -> None:
+    fixed = _run(_HEAP)
+    assert fixed["threshold"] == 4 << 20
+    assert fixed["returned_mib"] > 12, fixed
+    glibc = _run(_HEAP, GLIP_MMAP_THRESHOLD="0")  # glibc's dynamic threshold: the heap keeps it
+    assert glibc["threshold"] == 0
+    assert glibc["returned_mib"] < 4, glibc
+    assert _run(_HEAP, MALLOC_MMAP_THRESHOLD_="131072")["threshold"] == 0  # the user's setting wins
+
+
+def test_predictions_are_bit_identical_with_and_without() -> None:
+    out = _run(_PREDICT, GLIP_MMAP_THRESHOLD="0")
+    assert out["before"] == 0 and out["after"] == 4 << 20
+    glibc, fixed = out["runs"]
+    assert glibc["boxes"] and fixed == glibc
