@@ -167,9 +167,10 @@ def build_index(path: str | Path, folder: str | Path) -> None:
         b.anns_raw.close()
     ids = np.frombuffer(b.image_ids, dtype=np.int64) if b.image_ids else np.zeros(0, np.int64)
     order = np.argsort(ids, kind="stable")
-    if len(order) > 1:  # a repeated id: the last record wins, as in a dict built in file order
-        last = np.append(ids[order][1:] != ids[order][:-1], True)
-        order = order[last]
+    repeated = np.flatnonzero(ids[order][1:] == ids[order][:-1])
+    if len(repeated):  # one rule with CocoIndex.load (glip.utils.coco_json): an image id is unique
+        position = int(order[repeated[0] + 1])
+        raise ValueError(f"{path}: images[{position}]: id {int(ids[position])} is repeated")
     sorted_ids = ids[order]
     n = len(sorted_ids)
     ann_image = np.frombuffer(b.ann_image, dtype=np.int64) if b.ann_image else np.zeros(0, np.int64)

@@ -27,7 +27,7 @@ CAPTIONS = ["a red café ☕ near two dogs", "the man in a hat", "cats. dogs. a 
 def _write_set(root: Path, seed: int = 0, indent: int | None = None) -> Path:
     """Eight images and an MDETR-style json with awkward records: annotations out of image
     order, fractional boxes, boxes of at most one pixel, crowd boxes, an image without
-    boxes, a repeated image id, missing scores, teacher concept scores on one image."""
+    boxes, missing scores, teacher concept scores on one image."""
     rng = random.Random(seed)
     (root / "img").mkdir(parents=True, exist_ok=True)
     images = []
@@ -35,7 +35,6 @@ def _write_set(root: Path, seed: int = 0, indent: int | None = None) -> Path:
         h, w = rng.randint(20, 40), rng.randint(20, 40)
         Image.fromarray(np.full((h, w, 3), 30 * i, dtype=np.uint8)).save(root / "img" / f"{i}.png")
         images.append({"id": 100 - 7 * i, "file_name": f"{i}.png", "height": h, "width": w, "caption": CAPTIONS[i % 3]})
-    images.append(dict(images[2], caption=CAPTIONS[1]))  # a repeated id: the later record wins
     anns = []
     for k in range(40):
         img = rng.choice(images[:7])
@@ -153,3 +152,15 @@ def test_bad_jsons_are_one_line_errors(tmp_path):
     named = tmp_path / "named.json"  # string image ids: parsed instead
     named.write_text(json.dumps({"images": [{"id": "a"}], "annotations": [], "categories": []}))
     assert open_index(named, "mapped").image_ids == ["a"]
+
+
+def test_a_repeated_image_id_is_a_one_line_error_as_in_cocoindex(tmp_path):
+    """One rule with CocoIndex.load: an image id appears once."""
+    path = tmp_path / "dup.json"
+    images = [{"id": 5, "file_name": "a.png"}, {"id": 3, "file_name": "b.png"}, {"id": 5, "file_name": "c.png"}]
+    path.write_text(json.dumps({"images": images, "annotations": [], "categories": [{"id": 1, "name": "dog"}]}))
+    (tmp_path / "idx").mkdir()
+    with pytest.raises(ValueError, match=r"dup\.json: images\[2\]: id 5 is repeated"):
+        build_index(path, tmp_path / "idx")
+    with pytest.raises(ValueError, match="id 5 is repeated"):
+        CocoIndex.load(path)
