@@ -60,7 +60,9 @@ class CocoIndex:
         need only be four numbers, :func:`clean_boxes` drops the degenerate ones); a
         ``ValueError`` names the file and its first bad entry."""
         data = read_json(path)
-        check_coco_dataset(data, path, required=("images", "annotations"), strict_boxes=False)
+        check_coco_dataset(
+            data, path, required=("images", "annotations"), strict_boxes=False, annotation_categories=False
+        )
         images = {img["id"]: img for img in data["images"]}
         annotations: dict[Any, list[dict[str, Any]]] = {img_id: [] for img_id in images}
         for ann in data["annotations"]:

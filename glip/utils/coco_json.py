@@ -161,7 +161,11 @@ class RecordChecker:
 
 
 def check_coco_dataset(
-    data: Any, source: str | Path, required: Sequence[str] = COCO_SECTIONS, strict_boxes: bool = True
+    data: Any,
+    source: str | Path,
+    required: Sequence[str] = COCO_SECTIONS,
+    strict_boxes: bool = True,
+    annotation_categories: bool = True,
 ) -> None:
     """Checks a parsed COCO-format annotation file; a ``ValueError`` names ``source`` and the
     first bad entry.
@@ -172,7 +176,9 @@ def check_coco_dataset(
     ``image_id`` of an image, a ``category_id`` of a category (when the file has
     categories) and a ``bbox`` ``[x, y, w, h]`` of four numbers, finite and with ``w, h >= 0``
     unless ``strict_boxes`` is false (the training datasets drop such boxes themselves,
-    counted and logged).
+    counted and logged). ``annotation_categories`` false: annotations need no
+    ``category_id`` (grounding files, whose boxes are named by their caption spans; the
+    detection dataset checks its boxes' categories itself).
     """
     if not isinstance(data, Mapping):
         raise ValueError(
@@ -197,7 +203,7 @@ def check_coco_dataset(
         categories.fail(next(i for i, n in enumerate(names) if type(n) is not str), "name must be a string")
     annotations = RecordChecker(data.get("annotations", []), source, "annotations")
     annotations.known("image_id", image_ids, "the id of an image")
-    if "categories" in data:
+    if "categories" in data and annotation_categories:
         annotations.known("category_id", category_ids, "the id of a category")
     annotations.boxes("bbox", strict=strict_boxes)
 

@@ -77,7 +77,9 @@ def test_losses_and_head_gradients_from_stored_head_outputs(config: str) -> None
     total.backward()
     for theirs, ours in _HEAD_FIELDS.items():
         for got, ref in zip(getattr(head, ours), case["head_output_grads"][theirs]):
-            torch.testing.assert_close(got.grad, ref, rtol=0, atol=1e-9)
+            # 1e-9 absolute; plus 3 float32 ulps relative, as the centerness targets these
+            # gradients flow through differ by one ulp across CPUs (tests/modeling/test_assigner.py).
+            torch.testing.assert_close(got.grad, ref, rtol=3.6e-7, atol=1e-9)
 
 
 def test_giou_terms_match_official() -> None:
