@@ -22,8 +22,10 @@ from tests.conftest import load_case, single_torch_thread
 
 # The README's stated effect of autocast on the official tiny GLIP-T fixture model (both
 # cases, CPU autocast; measured: scores bfloat16 4.5e-4, float16 3.5e-5; the typical box
-# 0.0033 px in bfloat16, 0.0006 px in float16, where no near-tie swaps through NMS).
-SCORE_TOL = {torch.bfloat16: 1e-3, torch.float16: 1e-4}
+# 0.0033 px in bfloat16, 0.0006 px in float16, where no near-tie swaps through NMS). On a
+# Xeon with native bf16 matrix units (avx512_bf16, 2026-12-06) the astronaut case's bfloat16
+# score moved 1.14e-3: the bf16 kernels differ by CPU, hence 2e-3.
+SCORE_TOL = {torch.bfloat16: 2e-3, torch.float16: 1e-4}
 BOX_TOL_PX = {torch.bfloat16: 0.02, torch.float16: 0.005}
 
 
