@@ -93,24 +93,12 @@ def _glip_runner(setting: str, args: argparse.Namespace):
 
 def _gdino_runner(args: argparse.Namespace):
     import torch
-    from transformers import (
-        BertConfig,
-        BertTokenizerFast,
-        GroundingDinoConfig,
-        GroundingDinoForObjectDetection,
-        GroundingDinoImageProcessor,
-        GroundingDinoProcessor,
-    )
 
     from glip.api import chunk_prompt
-    from glip.text import BUNDLED_TEXT_ENCODERS, parse_prompt
+    from glip.text import parse_prompt
 
-    bert = BUNDLED_TEXT_ENCODERS["bert-base-uncased"]
-    text_config = BertConfig.from_pretrained(str(bert)).to_dict()
-    model = GroundingDinoForObjectDetection(GroundingDinoConfig(text_config=text_config)).eval().to(args.device)
     size = {"shortest_edge": args.min_size, "longest_edge": round(1333 * args.min_size / 800)}
-    tokenizer = BertTokenizerFast.from_pretrained(str(bert))
-    processor = GroundingDinoProcessor(GroundingDinoImageProcessor(size=size), tokenizer)
+    model, tokenizer, processor = bp.build_gdino(args.device, size)
 
     def prepare(names):  # prompts of <= 256 tokens (the model's max_text_len), names in order
         prompts = chunk_prompt(parse_prompt(names), tokenizer, 256, max_phrases=len(names) + 1, chunk_size=None)

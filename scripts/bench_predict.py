@@ -185,8 +185,9 @@ def _glip_call(
     return lambda images: predictor.predict(images, CAPTION, threshold=0.5)
 
 
-def _gdino_call(batch: int, device: str):
-    import torch
+def build_gdino(device: str, size: dict | None = None):
+    """The peer at random init: ``(model, tokenizer, processor)``; ``size``: the image
+    processor's resize (default: its own, 800 x 1333)."""
     from transformers import (
         BertConfig,
         BertTokenizerFast,
@@ -201,7 +202,15 @@ def _gdino_call(batch: int, device: str):
     bert = BUNDLED_TEXT_ENCODERS["bert-base-uncased"]
     text_config = BertConfig.from_pretrained(str(bert)).to_dict()
     model = GroundingDinoForObjectDetection(GroundingDinoConfig(text_config=text_config)).eval().to(device)
-    processor = GroundingDinoProcessor(GroundingDinoImageProcessor(), BertTokenizerFast.from_pretrained(str(bert)))
+    tokenizer = BertTokenizerFast.from_pretrained(str(bert))
+    image_processor = GroundingDinoImageProcessor() if size is None else GroundingDinoImageProcessor(size=size)
+    return model, tokenizer, GroundingDinoProcessor(image_processor, tokenizer)
+
+
+def _gdino_call(batch: int, device: str):
+    import torch
+
+    model, _, processor = build_gdino(device)
 
     @torch.no_grad()
     def call(images):
