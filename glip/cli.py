@@ -9,13 +9,18 @@ from pathlib import Path
 
 from glip.tools.common import (
     ArgumentParser,
+    accept_device_and_quiet,
     add_device_arg,
+    add_hidden_positional,
     add_model_args,
     add_output_arg,
     add_quiet_arg,
+    add_threshold_arg,
+    check_threshold,
     model_arg,
     parse_device,
     run_command,
+    take_positional,
 )
 
 __all__ = ["main"]
@@ -24,11 +29,14 @@ __all__ = ["main"]
 def _cmd_convert(args: argparse.Namespace) -> int:
     from glip.hub.checkpoint import load_model, save_model
 
-    out_dir = args.out or args.out_dir
-    if not out_dir:
-        raise ValueError("name the folder to write: glip convert CHECKPOINT OUT_DIR (or --out OUT_DIR)")
-    model = load_model(args.checkpoint, args.config, text_encoder=args.text_encoder, trust_pickle=args.trust_pickle)
-    out = save_model(model, out_dir)
+    take_positional(args, "old_checkpoint", "--model", "--weights")  # CHECKPOINT OUT_DIR: deprecated (docs/cli.md)
+    take_positional(args, "old_out_dir", "--out")
+    if model_arg(args) is None:
+        raise ValueError("name the checkpoint to convert: --weights FILE.pth or --model NAME")
+    if not args.out:
+        raise ValueError("name the folder to write: --out DIR")
+    model = load_model(model_arg(args), args.config, text_encoder=args.text_encoder, trust_pickle=args.trust_pickle)
+    out = save_model(model, args.out)
     n = sum(p.numel() for p in model.parameters())
     print(f"wrote {out} ({n / 1e6:.1f}M parameters): model.safetensors, config.yaml, text_encoder/")
     return 0
@@ -59,8 +67,7 @@ def _cmd_detect(args: argparse.Namespace) -> int:
     from glip.text import parse_prompt
     from glip.tools.detect import detect_files, expand_inputs, format_table
 
-    if not 0.0 <= args.threshold <= 1.0:
-        raise ValueError(f"--threshold must be in [0, 1], got {args.threshold}")
+    check_threshold(args.threshold)
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
     overrides = [i for i in args.inputs if "=" in i and not Path(i).exists() and not any(c in i for c in "*?[")]
@@ -111,12 +118,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="convert an official GLIP checkpoint to a glip folder (safetensors + config)",
         description="Convert an official GLIP .pth checkpoint (or a zoo name) into OUT_DIR/model.safetensors + "
         "config.yaml (+ text_encoder/), which glip.load_model(OUT_DIR) and --weights OUT_DIR load without a config.",
-        epilog="example: glip convert glip_tiny_model_o365_goldg_cc_sbu.pth glip-t-folder --config glip-t",
+        epilog="example: glip convert --weights glip_tiny_model_o365_goldg_cc_sbu.pth --config glip-t --out glip-t-folder",
     )
-    p.add_argument("checkpoint", help="official checkpoint (e.g. glip_tiny_model_o365_goldg_cc_sbu.pth) or zoo name")
-    p.add_argument("out_dir", nargs="?", help="folder to write (or --out)")
+    add_hidden_positional(p, "old_checkpoint")  # the positional CHECKPOINT OUT_DIR of earlier releases
+    add_hidden_positional(p, "old_out_dir")
     add_output_arg(p, help="folder to write")
-    add_model_args(p, model=False)
+    accept_device_and_quiet(p)  # converting runs on the CPU, shows no progress bar
+    add_model_args(p, default_model=None, model_help="a model-zoo name to convert (see `glip models`)")
     p.set_defaults(func=_cmd_convert)
 
     p = sub.add_parser(
@@ -133,7 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
         help='phrases separated by "." ("a cat. a dog."), or a caption whose noun phrases are detected; '
         "optional for a model tuned by `glip finetune` (default: its dataset's classes)",
     )
-    p.add_argument("--threshold", type=float, default=0.5, help="keep detections scoring above this (default 0.5)")
+    add_threshold_arg(p, default=0.5, help="keep detections scoring above this (default 0.5)")
     p.add_argument("--batch-size", type=int, default=4, help="images per forward pass (default 4)")
     p.add_argument(
         "--masks",
@@ -165,6 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="list the model zoo",
         description="List the model-zoo names, sizes and whether each is in the local cache.",
     )
+    accept_device_and_quiet(p)
     p.set_defaults(func=_cmd_models)
 
     from glip.tools.train_cli import add_data_parser, add_train_parser

@@ -9,7 +9,16 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from glip.tools.common import add_device_arg, add_model_args, add_output_arg, add_quiet_arg, model_arg, parse_device
+from glip.tools.common import (
+    add_device_arg,
+    add_model_args,
+    add_output_arg,
+    add_quiet_arg,
+    add_threshold_arg,
+    check_threshold,
+    model_arg,
+    parse_device,
+)
 
 __all__ = ["add_caption_parser", "caption_files", "evaluate_captioning", "evaluate_caption_model"]
 
@@ -33,7 +42,9 @@ def add_caption_parser(subparsers: argparse._SubParsersAction) -> argparse.Argum
     p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR_OR_GLOB")
     p.add_argument("--beam", type=int, help="beam size (1 = greedy; default: the model's, 1)")
     p.add_argument("--max-length", type=int, help="most generated tokens, the end token counted (default: the model's)")
-    p.add_argument("--box-threshold", type=float, help="least score of a phrase's box (default: the model's)")
+    add_threshold_arg(
+        p, default=None, help="least score of a phrase's box (default: the model's)", aliases=("--box-threshold",)
+    )
     add_device_arg(p)
     add_output_arg(p, default=None, help="folder for captions.json (default: print only)")
     add_quiet_arg(p)
@@ -59,8 +70,7 @@ def _check_decoding(args: argparse.Namespace) -> None:
         raise ValueError(f"--beam must be at least 1, got {args.beam}")
     if args.max_length is not None and args.max_length < 1:
         raise ValueError(f"--max-length must be at least 1, got {args.max_length}")
-    if args.box_threshold is not None and not 0.0 <= args.box_threshold <= 1.0:
-        raise ValueError(f"--box-threshold must be in [0, 1], got {args.box_threshold}")
+    check_threshold(args.threshold)
 
 
 def caption_files(
@@ -117,7 +127,7 @@ def _cmd_caption(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"no image found in {' '.join(args.inputs)}")
     model = _load(args)
     entries = caption_files(
-        model, files, beam_size=args.beam, max_length=args.max_length, box_threshold=args.box_threshold,
+        model, files, beam_size=args.beam, max_length=args.max_length, box_threshold=args.threshold,
         progress=not args.quiet,
     )  # fmt: skip
     for e in entries:

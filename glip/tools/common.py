@@ -1,11 +1,15 @@
 """What every ``glip`` command shares: one option grammar and one error handler.
 
-Every command spells the same thing the same way: ``--out`` (alias ``--output-dir``),
-``--device`` (``--cpu`` is kept as a hidden alias of ``--device cpu``), ``--quiet`` (alias
-``--no-progress``), the model options ``--model``, ``--weights``, ``--config``,
-``--text-encoder``, ``--trust-pickle`` (:func:`add_model_args`) and ``KEY=VALUE`` config
-overrides (:func:`check_overrides`). :func:`run_command` turns a user error into one
-``glip COMMAND: error: ...`` line on stderr and exit status 1, never a traceback.
+Every command spells the same thing the same way (the table is in docs/cli.md): the model
+options ``--model``, ``--weights``, ``--config``, ``--text-encoder``, ``--trust-pickle``
+(:func:`add_model_args`), ``--out`` (alias ``--output-dir``), ``--device`` (``--cpu`` is a
+hidden alias of ``--device cpu``), ``--quiet`` (alias ``--no-progress``), ``--threshold``
+(:func:`add_threshold_arg`) and ``KEY=VALUE`` config overrides (:func:`check_overrides`).
+``--device`` and ``--quiet`` are accepted by every command; where they change nothing they
+are left out of the help (:func:`accept_device_and_quiet`). Older spellings stay as hidden aliases for one
+release (:func:`add_hidden_positional`, the ``aliases`` of :func:`add_threshold_arg`).
+:func:`run_command` turns a user error into one ``glip COMMAND: error: ...`` line on stderr
+and exit status 1, never a traceback.
 """
 
 from __future__ import annotations
@@ -18,15 +22,20 @@ from typing import Any, NoReturn
 __all__ = [
     "USER_ERRORS",
     "ArgumentParser",
+    "accept_device_and_quiet",
     "add_device_arg",
+    "add_hidden_positional",
     "add_model_args",
     "add_output_arg",
     "add_overrides_arg",
     "add_quiet_arg",
+    "add_threshold_arg",
     "check_overrides",
+    "check_threshold",
     "model_arg",
     "parse_device",
     "run_command",
+    "take_positional",
 ]
 
 # What a user can cause: missing or unreadable files, bad values, bad names. Anything
@@ -46,27 +55,24 @@ def add_model_args(
     p: argparse.ArgumentParser,
     *,
     default_model: str | None = "glip-t",
-    model: bool = True,
     model_help: str | None = None,
     config_help: str | None = None,
     weights_dtype: bool = False,
 ) -> None:
-    """``--model``, ``--weights`` (unless ``model`` is False: a positional names the
-    weights), ``--config``, ``--text-encoder``, ``--trust-pickle``; all interpreted by
+    """``--model``, ``--weights``, ``--config``, ``--text-encoder``, ``--trust-pickle``; all interpreted by
     :func:`glip.hub.zoo.resolve_model_source`. ``weights_dtype``: also ``--weights-dtype``
     (``float32`` or ``bfloat16``/``bf16``, for inference commands; default float32) and
     ``--autocast`` (``no``, ``bf16``, ``fp16``; default no)."""
     g = p.add_argument_group("model")
-    if model:
-        default = f" (default {default_model})" if default_model else ""
-        g.add_argument(
-            "--model", default=default_model, help=model_help or f"a model-zoo name (see `glip models`){default}"
-        )
-        g.add_argument(
-            "--weights",
-            help="instead of --model: a converted or tuned folder, a .safetensors file or an official .pth "
-            "(zoo names work too)",
-        )
+    default = f" (default {default_model})" if default_model else ""
+    g.add_argument(
+        "--model", default=default_model, help=model_help or f"a model-zoo name (see `glip models`){default}"
+    )
+    g.add_argument(
+        "--weights",
+        help="instead of --model: a converted or tuned folder, a .safetensors file or an official .pth "
+        "(zoo names work too)",
+    )
     g.add_argument(
         "--config",
         help=config_help
@@ -115,16 +121,69 @@ def add_output_arg(
 
 
 def add_device_arg(
-    p: argparse.ArgumentParser, help: str = "cpu, cuda, cuda:1... (default: cuda when available)"
+    p: argparse.ArgumentParser,
+    help: str = "cpu, cuda, cuda:1... (default: cuda when available)",
+    *,
+    hidden: bool = False,
 ) -> None:
-    """``--device`` (and the hidden alias ``--cpu`` = ``--device cpu``)."""
-    p.add_argument("--device", help=help)
+    """``--device`` (and the hidden alias ``--cpu`` = ``--device cpu``). ``hidden``: a
+    command that runs nothing on a device still accepts it (one grammar for scripts), out
+    of its help."""
+    p.add_argument("--device", help=argparse.SUPPRESS if hidden else help)
     p.add_argument("--cpu", dest="device", action="store_const", const="cpu", help=argparse.SUPPRESS)
 
 
-def add_quiet_arg(p: argparse.ArgumentParser) -> None:
-    """``--quiet`` (alias ``--no-progress``)."""
-    p.add_argument("--quiet", "--no-progress", dest="quiet", action="store_true", help="no progress bars")
+def add_quiet_arg(p: argparse.ArgumentParser, *, hidden: bool = False) -> None:
+    """``--quiet`` (alias ``--no-progress``). ``hidden``: a command with no progress bar
+    still accepts it, out of its help."""
+    help = argparse.SUPPRESS if hidden else "no progress bars"
+    p.add_argument("--quiet", "--no-progress", dest="quiet", action="store_true", help=help)
+
+
+def accept_device_and_quiet(p: argparse.ArgumentParser) -> None:
+    """``--device`` and ``--quiet`` out of the help, for a command they change nothing in
+    (it runs on the CPU and shows no progress bar): every command accepts them, so a script
+    may pass them to all."""
+    add_device_arg(p, hidden=True)
+    add_quiet_arg(p, hidden=True)
+
+
+def add_threshold_arg(
+    p: argparse.ArgumentParser, *, default: float | None, help: str, aliases: Sequence[str] = ()
+) -> None:
+    """``--threshold`` (the least score kept), with ``aliases`` (older spellings such as
+    ``--box-threshold``) landing on the same ``threshold`` destination, out of the help."""
+    p.add_argument("--threshold", type=float, default=default, help=help)
+    for alias in aliases:
+        p.add_argument(alias, dest="threshold", type=float, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+
+
+def check_threshold(value: float | None) -> None:
+    """Raises ``ValueError`` for a ``--threshold`` outside [0, 1] (None: not given)."""
+    if value is not None and not 0.0 <= value <= 1.0:
+        raise ValueError(f"--threshold must be in [0, 1], got {value}")
+
+
+def add_hidden_positional(p: argparse.ArgumentParser, dest: str) -> None:
+    """An optional positional ``dest`` out of the help: an older spelling of an option (the
+    ``MODEL OUT`` of ``glip export``), read by :func:`take_positional`."""
+    p.add_argument(dest, nargs="?", help=argparse.SUPPRESS)
+
+
+def take_positional(args: argparse.Namespace, positional: str, option: str, *options: str) -> None:
+    """Moves the hidden positional ``positional`` (see :func:`add_hidden_positional`) to the
+    destination of ``option`` (``--model``, ``--out``); raises ``ValueError`` when the
+    value is also given by ``option`` or one of ``options`` (``--weights``)."""
+    value = getattr(args, positional, None)
+    if value is None:
+        return
+    dest = option.lstrip("-").replace("-", "_")
+    given = [o for o in (option, *options) if getattr(args, o.lstrip("-").replace("-", "_"), None) is not None]
+    if given:
+        raise ValueError(
+            f"{given[0]} is given and so is the positional {value}: give {' or '.join((option, *options))}"
+        )
+    setattr(args, dest, value)
 
 
 def add_overrides_arg(p: argparse.ArgumentParser) -> None:

@@ -1,15 +1,26 @@
-"""``glip evaluate``: argument parsing and dispatch to the evaluation runners."""
+"""``glip evaluate``: argument parsing, and the task table (:data:`EVAL_TASKS`) that dispatches\nto the evaluation runners."""
 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from glip.tools.common import add_device_arg, add_model_args, add_output_arg, add_quiet_arg, model_arg, parse_device
+from glip.tools.common import (
+    add_device_arg,
+    add_model_args,
+    add_output_arg,
+    add_quiet_arg,
+    add_threshold_arg,
+    check_threshold,
+    model_arg,
+    parse_device,
+)
 
-__all__ = ["add_evaluate_parser", "resolve_detection_files"]
+__all__ = ["EVAL_TASKS", "EvalTask", "add_evaluate_parser", "resolve_detection_files"]
 
-TASKS = ("coco", "lvis", "odinw", "flickr", "refcoco", "phrasecut", "vqa", "caption")
 # Standard file names tried when --data is a folder.
 _COCO_ANNOTATIONS = ("annotations/instances_val2017.json", "val.json")
 _LVIS_ANNOTATIONS = (
@@ -43,7 +54,7 @@ def add_evaluate_parser(subparsers: argparse._SubParsersAction) -> argparse.Argu
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--task", required=True, choices=TASKS)
+    p.add_argument("--task", required=True, choices=tuple(EVAL_TASKS))
     p.add_argument(
         "--data",
         help="annotation json (coco, lvis, flickr, refcoco), a dataset folder (coco: annotations/instances_val2017.json "
@@ -68,11 +79,11 @@ def add_evaluate_parser(subparsers: argparse._SubParsersAction) -> argparse.Argu
         "--chunk-size", type=int, help="classes per prompt (default: 40 for lvis, else only past 256 tokens)"
     )
     p.add_argument("--topk", type=int, default=10000, help="lvis Fixed AP: detections kept per class (default 10000)")
-    p.add_argument(
-        "--score-threshold",
-        type=float,
+    add_threshold_arg(
+        p,
         default=0.7,
         help="phrasecut: detections scoring above it form the phrase's mask (default 0.7, MDETR's)",
+        aliases=("--score-threshold",),
     )
     from glip.evaluation.vqa import DEFAULT_VQA_RULE, VQA_RULES
 
@@ -146,143 +157,173 @@ def resolve_detection_files(
     return ann_path, image_dir
 
 
+@dataclass(frozen=True)
+class EvalTask:
+    """One ``glip evaluate --task`` entry. ``run(args) -> exit status`` does the whole task: a
+    model's predictions scored, or a ``--results`` file scored without a model, where the task
+    takes one. ``iou_types``: the ``--iou-type`` values it accepts (None: it reads no
+    ``--iou-type``)."""
+
+    run: Callable[[argparse.Namespace], int]
+    iou_types: tuple[str, ...] | None = ("bbox",)
+
+
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    if args.task == "phrasecut":
-        return _cmd_phrasecut(args)
-    if args.task == "caption":  # captioning (GLIPv2): glip/tools/caption_cli.py
-        from glip.tools.caption_cli import evaluate_captioning
+    task = EVAL_TASKS[args.task]  # argparse's choices refuse another name, listing these
+    if task.iou_types is not None and not set(args.iou_type) <= set(task.iou_types):
+        masked = " and ".join(n for n, t in EVAL_TASKS.items() if t.iou_types and "segm" in t.iou_types)
+        raise ValueError(f"--iou-type segm (mask AP) is implemented for --task {masked}, not {args.task}")
+    return task.run(args)
 
-        return evaluate_captioning(args)
-    if "segm" in args.iou_type and args.task not in ("coco", "lvis"):
-        raise ValueError(f"--iou-type segm (mask AP) is implemented for --task coco and lvis, not {args.task}")
-    if args.task == "vqa":  # VQA accuracy, from a model or a results file (glip.tools.vqa_cli)
-        from glip.tools.vqa_cli import run_evaluate_vqa
 
-        return run_evaluate_vqa(args)
+def _check_batching(args: argparse.Namespace) -> None:
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if args.chunk_size is not None and args.chunk_size < 1:
+        raise ValueError(f"--chunk-size must be at least 1, got {args.chunk_size}")
+
+
+def _no_results(args: argparse.Namespace) -> None:
     if args.results:
-        from glip.tools.evaluate import metrics_table, score_results_file
+        raise ValueError("--results scores detection results: use --task coco or lvis")
 
-        if args.task not in ("coco", "lvis"):
-            raise ValueError("--results scores detection results: use --task coco or lvis")
+
+def _predictor(args: argparse.Namespace, **options: Any) -> Any:
+    """The model's :class:`glip.api.Predictor` on ``--device`` (``cuda:LOCAL_RANK`` under a
+    distributed launch); ``options``: more of its keyword arguments."""
+    from glip.api import Predictor
+    from glip.utils.distributed import init_distributed, local_device
+
+    distributed = init_distributed()
+    device = parse_device(args.device) or (local_device() if distributed else None)
+    return Predictor(
+        model_arg(args), config=args.config, text_encoder=args.text_encoder, device=device,
+        trust_pickle=args.trust_pickle, **options,
+    )  # fmt: skip
+
+
+def _wrote_metrics(args: argparse.Namespace) -> int:
+    from glip.utils.distributed import is_main_process
+
+    if is_main_process():
+        print(f"wrote {Path(args.out) / 'metrics.json'}")
+    return 0
+
+
+def _run_detection(args: argparse.Namespace) -> int:
+    """``--task coco|lvis``: box (and mask) AP of the model, or of a ``--results`` file."""
+    from glip.tools.evaluate import evaluate_detection, metrics_table, score_results_file
+
+    if args.results:
         if not args.ann:
             raise ValueError("--results needs the ground truth: --ann GT.json")
         metrics = score_results_file(args.task, args.ann, args.results, args.out, iou_types=args.iou_type)
         print(metrics_table(args.task, metrics, f"{args.task} ({Path(args.results).name})"))
         print(f"wrote {Path(args.out) / 'metrics.json'}")
         return 0
-    if args.batch_size < 1:
-        raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
-    if args.chunk_size is not None and args.chunk_size < 1:
-        raise ValueError(f"--chunk-size must be at least 1, got {args.chunk_size}")
-
-    # Check the data before loading a model.
-    datasets = None
-    if args.task == "odinw":
-        from glip.evaluation import odinw_suite
-        from glip.tools.odinw import check_odinw_data
-
-        if not args.data:
-            raise ValueError("--task odinw needs --data, the folder holding odinw/")
-        datasets = list(odinw_suite(args.suite))
-        if args.datasets:
-            wanted = [n.strip() for n in args.datasets.split(",") if n.strip()]
-            unknown = sorted(set(wanted) - {d.name for d in datasets})
-            if unknown:
-                raise ValueError(f"not in {args.suite}: {', '.join(unknown)}")
-            datasets = [d for d in datasets if d.name in wanted]
-        check_odinw_data(datasets, args.data, args.split)
-    else:
-        ann_file, image_dir = resolve_detection_files(args.task, args.data, args.ann, args.images, args.split)
-
-    from glip.api import Predictor
-    from glip.utils.distributed import init_distributed, is_main_process, local_device
-
-    distributed = init_distributed()
-    device = parse_device(args.device) or (local_device() if distributed else None)
-    predictor = Predictor(
-        model_arg(args),
-        config=args.config,
-        text_encoder=args.text_encoder,
-        device=device,
-        batch_size=args.batch_size,
-        trust_pickle=args.trust_pickle,
-        masks="segm" in args.iou_type,
-    )
-    progress = not args.quiet
-    if args.task == "odinw":
-        from glip.tools.odinw import run_odinw
-
-        run_odinw(
-            predictor,
-            args.data,
-            args.out,
-            datasets=datasets,
-            split=args.split,
-            batch_size=args.batch_size,
-            progress=progress,
-        )
-    elif args.task in ("coco", "lvis"):
-        from glip.tools.evaluate import evaluate_detection, metrics_table
-
-        metrics = evaluate_detection(
-            predictor,
-            ann_file,
-            image_dir,
-            task=args.task,
-            out_dir=args.out,
-            batch_size=args.batch_size,
-            chunk_size=args.chunk_size,
-            topk=args.topk,
-            progress=progress,
-            iou_types=args.iou_type,
-        )
-        if metrics is not None:
-            print(metrics_table(args.task, metrics, f"{args.task} ({ann_file.name})"))
-    else:
-        from glip.tools.evaluate_grounding import evaluate_grounding, grounding_table
-
-        metrics = evaluate_grounding(
-            predictor, ann_file, image_dir, task=args.task, out_dir=args.out, progress=progress
-        )
-        if metrics is not None:
-            print(grounding_table(metrics))
-    if is_main_process():
-        print(f"wrote {Path(args.out) / 'metrics.json'}")
-    return 0
+    _check_batching(args)
+    ann_file, image_dir = resolve_detection_files(
+        args.task, args.data, args.ann, args.images, args.split
+    )  # no model yet
+    predictor = _predictor(args, batch_size=args.batch_size, masks="segm" in args.iou_type)
+    metrics = evaluate_detection(
+        predictor, ann_file, image_dir, task=args.task, out_dir=args.out, batch_size=args.batch_size,
+        chunk_size=args.chunk_size, topk=args.topk, progress=not args.quiet, iou_types=args.iou_type,
+    )  # fmt: skip
+    if metrics is not None:
+        print(metrics_table(args.task, metrics, f"{args.task} ({ann_file.name})"))
+    return _wrote_metrics(args)
 
 
-def _cmd_phrasecut(args: argparse.Namespace) -> int:
+def _run_odinw(args: argparse.Namespace) -> int:
+    """``--task odinw``: the suite's datasets (``--datasets``), resumable (glip.tools.odinw)."""
+    from glip.evaluation import odinw_suite
+    from glip.tools.odinw import check_odinw_data, run_odinw
+
+    _no_results(args)
+    _check_batching(args)
+    if not args.data:
+        raise ValueError("--task odinw needs --data, the folder holding odinw/")
+    datasets = list(odinw_suite(args.suite))
+    if args.datasets:
+        wanted = [n.strip() for n in args.datasets.split(",") if n.strip()]
+        unknown = sorted(set(wanted) - {d.name for d in datasets})
+        if unknown:
+            raise ValueError(f"not in {args.suite}: {', '.join(unknown)}")
+        datasets = [d for d in datasets if d.name in wanted]
+    check_odinw_data(datasets, args.data, args.split)  # before the model is loaded
+    predictor = _predictor(args, batch_size=args.batch_size, masks=False)
+    run_odinw(
+        predictor, args.data, args.out, datasets=datasets, split=args.split, batch_size=args.batch_size,
+        progress=not args.quiet,
+    )  # fmt: skip
+    return _wrote_metrics(args)
+
+
+def _run_grounding(args: argparse.Namespace) -> int:
+    """``--task flickr|refcoco``: phrase grounding recall (glip.tools.evaluate_grounding)."""
+    from glip.tools.evaluate_grounding import evaluate_grounding, grounding_table
+
+    _no_results(args)
+    _check_batching(args)
+    ann_file, image_dir = resolve_detection_files(args.task, args.data, args.ann, args.images, args.split)
+    predictor = _predictor(args, batch_size=args.batch_size, masks=False)
+    metrics = evaluate_grounding(predictor, ann_file, image_dir, task=args.task, out_dir=args.out,
+                                 progress=not args.quiet)  # fmt: skip
+    if metrics is not None:
+        print(grounding_table(metrics))
+    return _wrote_metrics(args)
+
+
+def _run_phrasecut(args: argparse.Namespace) -> int:
     """``--task phrasecut``: referring segmentation (glip.tools.evaluate_phrasecut)."""
-    from glip.tools.evaluate_phrasecut import evaluate_phrasecut, phrasecut_table, score_phrasecut
+    from glip.tools.evaluate_phrasecut import (
+        evaluate_phrasecut,
+        phrasecut_table,
+        resolve_phrasecut_files,
+        score_phrasecut,
+    )
 
-    if not 0.0 <= args.score_threshold <= 1.0:
-        raise ValueError(f"--score-threshold must be in [0, 1], got {args.score_threshold}")
+    check_threshold(args.threshold)
     if args.results:
         if not args.ann:
             raise ValueError("--results needs the ground truth: --ann REFER.json")
-        metrics = score_phrasecut(
-            args.ann, args.results, args.images, out_dir=args.out, score_threshold=args.score_threshold
-        )
+        metrics = score_phrasecut(args.ann, args.results, args.images, out_dir=args.out, score_threshold=args.threshold)
         print(phrasecut_table(metrics, f"phrasecut ({Path(args.results).name})"))
         print(f"wrote {Path(args.out) / 'metrics.json'}")
         return 0
-    from glip.tools.evaluate_phrasecut import resolve_phrasecut_files
-
     refer, image_dir = resolve_phrasecut_files(args.data, args.ann, args.images, args.split)
-    from glip.api import Predictor
-    from glip.utils.distributed import init_distributed, is_main_process, local_device
-
-    distributed = init_distributed()
-    device = parse_device(args.device) or (local_device() if distributed else None)
-    predictor = Predictor(
-        model_arg(args), config=args.config, text_encoder=args.text_encoder, device=device,
-        trust_pickle=args.trust_pickle, masks=True,
-    )  # fmt: skip
+    predictor = _predictor(args, masks=True)
     metrics = evaluate_phrasecut(
-        predictor, refer, image_dir, out_dir=args.out, score_threshold=args.score_threshold, progress=not args.quiet
+        predictor, refer, image_dir, out_dir=args.out, score_threshold=args.threshold, progress=not args.quiet
     )
     if metrics is not None:
         print(phrasecut_table(metrics, f"phrasecut ({refer.name})"))
-    if is_main_process():
-        print(f"wrote {Path(args.out) / 'metrics.json'}")
-    return 0
+    return _wrote_metrics(args)
+
+
+def _run_vqa(args: argparse.Namespace) -> int:
+    """``--task vqa``: VQA accuracy, of a model or a results file (glip.tools.vqa_cli)."""
+    from glip.tools.vqa_cli import run_evaluate_vqa
+
+    return run_evaluate_vqa(args)
+
+
+def _run_caption(args: argparse.Namespace) -> int:
+    """``--task caption``: CIDEr, BLEU-4... of a model or a results file (glip.tools.caption_cli)."""
+    from glip.tools.caption_cli import evaluate_captioning
+
+    return evaluate_captioning(args)
+
+
+# ``glip evaluate --task NAME``: what each name runs. A new task is one entry here.
+EVAL_TASKS: dict[str, EvalTask] = {
+    "coco": EvalTask(_run_detection, iou_types=("bbox", "segm")),
+    "lvis": EvalTask(_run_detection, iou_types=("bbox", "segm")),
+    "odinw": EvalTask(_run_odinw),
+    "flickr": EvalTask(_run_grounding),
+    "refcoco": EvalTask(_run_grounding),
+    "phrasecut": EvalTask(_run_phrasecut, iou_types=None),  # masks always; --iou-type is not read
+    "vqa": EvalTask(_run_vqa),
+    "caption": EvalTask(_run_caption, iou_types=None),
+}

@@ -7,7 +7,14 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
-from glip.tools.common import add_model_args
+from glip.tools.common import (
+    accept_device_and_quiet,
+    add_hidden_positional,
+    add_model_args,
+    add_output_arg,
+    model_arg,
+    take_positional,
+)
 
 __all__ = ["add_export_parser"]
 
@@ -20,12 +27,18 @@ def _cmd_export(args: argparse.Namespace) -> int:
         import onnx  # noqa: F401  (torch's exporter needs it)
     except ImportError:
         raise ValueError("ONNX export needs the onnx package: pip install 'glip[export]'") from None
+    take_positional(args, "old_model", "--model", "--weights")  # glip export MODEL OUT: deprecated, see docs/cli.md
+    take_positional(args, "old_out", "--out")
+    if model_arg(args) is None:
+        raise ValueError("name the model to export: --model NAME or --weights FILE")
+    if args.out is None:
+        raise ValueError("name the file to write: --out FILE.onnx")
     if args.prompt is None and not args.prompt_input:
         raise ValueError("give --prompt (fixed in the graph) or --prompt-input (token ids as inputs)")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     model = load_model(
-        args.model, args.config, text_encoder=args.text_encoder, device="cpu", trust_pickle=args.trust_pickle
+        model_arg(args), args.config, text_encoder=args.text_encoder, device="cpu", trust_pickle=args.trust_pickle
     )
     tokens = export_onnx(
         model, out, args.prompt, prompt_input=args.prompt_input, dynamic=args.dynamic, image_size=tuple(args.size)
@@ -56,15 +69,18 @@ def add_export_parser(sub: argparse._SubParsersAction) -> None:
         "attention_mask with --prompt-input) in; box_regression [1, A, 4], centerness [1, A] and "
         "dot_product_logits [1, A, T] over all anchors out. The deformable convolutions run their pure-PyTorch "
         "form, so no custom operator is needed. Writes OUT.json beside it (phrases, token columns, preprocessing).",
-        epilog='example: glip export demo-shapes shapes.onnx --prompt "red circle. blue square." --dynamic',
+        epilog='example: glip export --model demo-shapes --out shapes.onnx --prompt "red circle. blue square." '
+        "--dynamic",
     )
-    p.add_argument("model", help="model-zoo name (see `glip models`) or a checkpoint (folder or official .pth)")
-    p.add_argument("out", help="the .onnx file to write")
+    add_hidden_positional(p, "old_model")  # the positional MODEL OUT of earlier releases
+    add_hidden_positional(p, "old_out")
     p.add_argument("--prompt", help="the prompt fixed in the graph (its text features become constants)")
     p.add_argument("--prompt-input", action="store_true", help="token ids and mask are graph inputs instead")
     p.add_argument("--dynamic", action="store_true", help="any image height and width (default: fixed --size)")
     p.add_argument(
         "--size", type=int, nargs=2, default=[800, 1216], metavar=("H", "W"), help="traced size (default 800 1216)"
     )
-    add_model_args(p, model=False)
+    add_output_arg(p, help="the .onnx file to write")
+    accept_device_and_quiet(p)  # the graph is traced on the CPU; no progress bar
+    add_model_args(p, default_model=None, model_help="a model-zoo name (see `glip models`)")
     p.set_defaults(func=_cmd_export)

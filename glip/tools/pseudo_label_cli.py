@@ -12,7 +12,15 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from glip.tools.common import add_device_arg, add_model_args, add_output_arg, add_quiet_arg, model_arg, parse_device
+from glip.tools.common import (
+    add_device_arg,
+    add_model_args,
+    add_output_arg,
+    add_quiet_arg,
+    add_threshold_arg,
+    model_arg,
+    parse_device,
+)
 
 __all__ = ["add_pseudo_label_parser"]
 
@@ -56,7 +64,7 @@ def add_pseudo_label_parser(subparsers: argparse._SubParsersAction) -> argparse.
         "{key}.json; or a glip shard set), as a folder, a glob or one .tar; OUT is then a folder of labelled "
         "shards, one per input shard",
     )  # fmt: skip
-    p.add_argument("--threshold", type=float, default=0.5, help="keep boxes scoring above this (default 0.5)")
+    add_threshold_arg(p, default=0.5, help="keep boxes scoring above this (default 0.5)")
     p.add_argument(
         "--nms", type=float, default=-1.0,
         help="class-agnostic NMS IoU over a caption's boxes, as the official CAPTION_NMS (default -1: none, "

@@ -10,6 +10,7 @@ from typing import Any
 from glip.hub.zoo import ModelSource
 from glip.tools.common import (
     ArgumentParser,
+    accept_device_and_quiet,
     add_device_arg,
     add_model_args,
     add_output_arg,
@@ -185,6 +186,7 @@ def add_data_parser(subparsers: argparse._SubParsersAction) -> argparse.Argument
     s.add_argument("--max-image-size", type=int, help="draw each side in [image-size, max-image-size]")
     s.add_argument("--held-out", type=int, default=0, help="colour-shape combinations kept out of training")
     s.add_argument("--seed", type=int, default=0)
+    accept_device_and_quiet(s)  # CPU work, no progress bar
     s.set_defaults(func=_run_synthetic)
     s = sub.add_parser(
         "shards",
@@ -200,6 +202,7 @@ def add_data_parser(subparsers: argparse._SubParsersAction) -> argparse.Argument
     s.add_argument("--shard-size", type=int, default=1000, help="samples per shard (default 1000)")
     s.add_argument("--seed", type=int, default=0, help="seed of the written sample order")
     add_output_arg(s, required=True)
+    accept_device_and_quiet(s)  # CPU work, no progress bar
     s.set_defaults(func=_run_shards)
     s = sub.add_parser(
         "odvg",
@@ -209,6 +212,7 @@ def add_data_parser(subparsers: argparse._SubParsersAction) -> argparse.Argument
     )
     s.add_argument("shards", help="shard folder, manifest or glob")
     add_output_arg(s, required=True, help="the jsonl to write")
+    accept_device_and_quiet(s)  # CPU work, no progress bar
     s.set_defaults(func=_run_odvg)
     return p
 

@@ -7,7 +7,16 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from glip.tools.common import add_device_arg, add_model_args, add_output_arg, add_quiet_arg, model_arg, parse_device
+from glip.tools.common import (
+    add_device_arg,
+    add_model_args,
+    add_output_arg,
+    add_quiet_arg,
+    add_threshold_arg,
+    check_threshold,
+    model_arg,
+    parse_device,
+)
 
 __all__ = ["add_vqa_parser", "evaluate_vqa", "run_evaluate_vqa", "run_vqa", "score_vqa_results"]
 
@@ -47,13 +56,12 @@ def run_vqa(args: argparse.Namespace) -> int:
     questions = [q.strip() for q in args.question or []]
     if not questions or any(not q for q in questions):
         raise ValueError('the question is empty: give --question "..."')
-    if not 0.0 <= args.box_threshold <= 1.0:
-        raise ValueError(f"--box-threshold must be in [0, 1], got {args.box_threshold}")
+    check_threshold(args.threshold)
     if args.topk < 1:
         raise ValueError(f"--topk must be at least 1, got {args.topk}")
     image = load_image(args.image)  # fail on an unreadable image before loading a model
     model = _load(args)
-    answers = answer_questions(model, image, questions, box_threshold=args.box_threshold, topk=args.topk)
+    answers = answer_questions(model, image, questions, box_threshold=args.threshold, topk=args.topk)
     for a in answers:
         boxes = "; ".join(
             f"[{', '.join(f'{v:.0f}' for v in b)}] {s:.2f}" for b, s in zip(a.boxes.tolist(), a.box_scores.tolist())
@@ -79,7 +87,9 @@ def add_vqa_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentP
     )
     p.add_argument("image", metavar="IMAGE")
     p.add_argument("--question", "-q", action="append", help="a question (repeat for several)")
-    p.add_argument("--box-threshold", type=float, default=0.3, help="keep answer boxes scoring above this (0.3)")
+    add_threshold_arg(
+        p, default=0.3, help="keep answer boxes scoring above this (default 0.3)", aliases=("--box-threshold",)
+    )
     p.add_argument("--topk", type=int, default=5, help="answers listed in answers.json (default 5)")
     add_device_arg(p)
     add_output_arg(p, help="folder for answers.json (default: print only)")
