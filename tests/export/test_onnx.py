@@ -37,7 +37,8 @@ def demo_model():
 def test_cli_export_fixed_prompt_dynamic_size_on_demo_model(demo_model, tmp_path, capsys):
     out = tmp_path / "demo.onnx"
     prompt = "red circle. blue square."
-    assert main(["export", "demo-shapes", str(out), "--prompt", prompt, "--dynamic", "--size", "96", "128"]) == 0
+    argv = ["export", "--model", "demo-shapes", "--out", str(out), "--prompt", prompt, "--dynamic", "--quiet"]
+    assert main([*argv, "--size", "96", "128"]) == 0
     meta = json.loads(out.with_suffix(".json").read_text())
     assert meta["phrases"] == ["red circle", "blue square"] and meta["inputs"] == ["image"]
     session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])

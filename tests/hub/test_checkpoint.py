@@ -121,7 +121,9 @@ def test_convert_cli_round_trip(tmp_path, tiny_model_factory):
     rc = main(
         [
             "convert",
+            "--weights",
             str(OFFICIAL / "tiny_glip_t" / "model_official.pth"),
+            "--out",
             str(out),
             "--config",
             str(OFFICIAL / "tiny_glip_t" / "config.yaml"),
