@@ -116,8 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "convert",
         help="convert an official GLIP checkpoint to a glip folder (safetensors + config)",
-        description="Convert an official GLIP .pth checkpoint (or a zoo name) into OUT_DIR/model.safetensors + "
-        "config.yaml (+ text_encoder/), which glip.load_model(OUT_DIR) and --weights OUT_DIR load without a config.",
+        description="Convert an official GLIP .pth checkpoint (--weights, or a zoo name with --model) into "
+        "OUT/model.safetensors + config.yaml (+ text_encoder/), which glip.load_model(OUT) and --weights OUT load "
+        "without a config.",
         epilog="example: glip convert --weights glip_tiny_model_o365_goldg_cc_sbu.pth --config glip-t --out glip-t-folder",
     )
     add_hidden_positional(p, "old_checkpoint")  # the positional CHECKPOINT OUT_DIR of earlier releases
