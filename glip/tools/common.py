@@ -141,11 +141,14 @@ def add_quiet_arg(p: argparse.ArgumentParser, *, hidden: bool = False) -> None:
 
 
 def accept_device_and_quiet(p: argparse.ArgumentParser) -> None:
-    """``--device`` and ``--quiet`` out of the help, for a command they change nothing in
-    (it runs on the CPU and shows no progress bar): every command accepts them, so a script
-    may pass them to all."""
-    add_device_arg(p, hidden=True)
-    add_quiet_arg(p, hidden=True)
+    """``--device`` and ``--quiet`` on a command that runs on the CPU and shows no progress
+    bar: shown in its help like everywhere else (one grammar, so a script may pass them to
+    every command), saying they change nothing there."""
+    add_device_arg(p, "accepted by every command; this one runs on the CPU")
+    p.add_argument(
+        "--quiet", "--no-progress", dest="quiet", action="store_true",
+        help="accepted by every command; this one shows no progress bar",
+    )  # fmt: skip
 
 
 def add_threshold_arg(

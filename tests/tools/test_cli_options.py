@@ -1,5 +1,5 @@
 """The common options of every `glip` command (docs/cli.md): each command's help shows the ones
-that mean something to it, every command accepts --device and --quiet, the older spellings
+that mean something to it, every command shows and accepts --device and --quiet, the older spellings
 still parse to the same values, and `glip evaluate` dispatches through its task table."""
 
 from __future__ import annotations
@@ -17,16 +17,16 @@ MODEL = ("--model", "--weights", "--config", "--text-encoder", "--trust-pickle")
 ALL = {"model", "out", "device", "quiet", "threshold"}
 # docs/cli.md's table: the common options each command shows in its help.
 GRAMMAR: dict[str, set[str]] = {
-    "convert": {"model", "out"},
+    "convert": {"model", "out", "device", "quiet"},
     "detect": ALL,
-    "models": set(),
+    "models": {"device", "quiet"},
     "train": {"model", "out", "device", "quiet"},
-    "data synthetic": {"out"},
-    "data shards": {"out"},
-    "data odvg": {"out"},
+    "data synthetic": {"out", "device", "quiet"},
+    "data shards": {"out", "device", "quiet"},
+    "data odvg": {"out", "device", "quiet"},
     "evaluate": ALL,
     "finetune": {"model", "out", "device", "quiet"},
-    "export": {"model", "out"},
+    "export": {"model", "out", "device", "quiet"},
     "vqa": ALL,
     "caption": ALL,
     "demo": {"model", "device", "quiet"},
@@ -76,7 +76,8 @@ def test_every_command_shows_its_common_options_and_accepts_device_and_quiet():
         for group in GRAMMAR[name]:
             for option in OPTIONS[group]:
                 assert _shows(parser, option), (name, option)
-        for group in ALL - GRAMMAR[name] - {"device", "quiet"}:  # meaningless here: not offered at all
+        assert {"device", "quiet"} <= GRAMMAR[name], name  # every command shows them
+        for group in ALL - GRAMMAR[name]:  # meaningless here: not offered at all
             assert not any(o in parser._option_string_actions for o in OPTIONS[group]), (name, group)
         args = parser.parse_args([*MINIMAL.get(name, []), "--quiet", "--device", "cpu"])
         assert (args.quiet, args.device) == (True, "cpu"), name
