@@ -228,7 +228,9 @@ def main() -> int:
             if "caption" in model.heads:
                 found["captions naming only present shapes"] = caption_faithfulness(model, ds.val_json, ds.image_dir)
             if not args.skip_pseudo_label:
-                found["pseudo-label keep rate"] = pseudo_label_keep_rate(args.model, root, root / "pl")
+                # A folder of this run's own: pseudo-label resumes from a folder's shards.
+                pl_dir = Path(tempfile.mkdtemp(prefix="pl-", dir=root))
+                found["pseudo-label keep rate"] = pseudo_label_keep_rate(args.model, root, pl_dir)
             print(f"seed {seed}: " + ", ".join(f"{k.strip()} {v:.3f}" for k, v in found.items()), flush=True)
             for k, v in found.items():
                 rows.setdefault(k, []).append(v)
