@@ -3,6 +3,7 @@ answers questions and writes captions about the synthetic shapes, on the CPU.
 
     python scripts/train_demo_vl.py --work runs/demo-vl                 # from the bundled demo-shapes
     python scripts/train_demo_vl.py --work runs/demo-vl --from runs/demo/model --out runs/demo-vl/zoo
+    python scripts/train_demo_vl.py --work runs/demo-vl --continue-heads --steps 400 --out runs/demo-cont  # continue the shipped heads
 
 1. The demo's synthetic set again (``scripts/train_demo.py``'s data: same seed, sizes and
    held-out categories): images, boxes and masks, and the questions (``vqa_train.json``)
