@@ -88,6 +88,56 @@ def confident_mistakes(model: Any, val_json: Path, image_dir: Path, conf: float)
     return dict(kinds)
 
 
+def token_probabilities(model: Any, val_json: Path, image_dir: Path, limit: int = 40) -> dict[str, float]:
+    """The diagnosis of the confident mistakes: with all 16 names prompted, at each shape's
+    best anchor for its own name (the highest mean token probability x centerness), the mean
+    probability of the colour token and of the shape token of the right phrase, of the
+    phrases sharing its colour word only, its shape word only, or neither (first ``limit``
+    images). A grounding head that binds the words scores the shared word of a wrong
+    phrase low; one that scores words on their own scores it like the right phrase's."""
+    import torch
+
+    from glip.structures import ImageBatch
+
+    data = json.loads(val_json.read_text())
+    names = [c["name"] for c in sorted(data["categories"], key=lambda c: c["id"])]
+    by_id = {c["id"]: c["name"] for c in data["categories"]}
+    (chunk,) = model.prepare_prompt(names)
+    truths: dict[int, list[str]] = {}
+    for a in data["annotations"]:
+        truths.setdefault(a["image_id"], []).append(by_id[a["category_id"]])
+    sums: Counter[str] = Counter()
+    counts: Counter[str] = Counter()
+    for record in data["images"][:limit]:
+        tensor, _ = model.preprocessing(image_dir / record["file_name"])
+        batch = ImageBatch.from_tensors([tensor], model.preprocessing.size_divisibility)
+        with torch.no_grad():
+            out = model.forward_features(model.backbone(batch.tensor), chunk.input_ids, chunk.attention_mask,
+                                         use_prompt_offset=False, heads=("grounding",))  # fmt: skip
+        probs = torch.cat([level[0] for level in out.head.dot_product_logits]).float().sigmoid()  # [N, T]
+        centerness = torch.cat([c[0, 0].flatten() for c in out.head.centerness]).float().sigmoid()  # [N]
+        for truth in truths.get(record["id"], []):
+            own = chunk.label_to_token[names.index(truth) + 1]
+            anchor = int((probs[:, own].mean(1) * centerness).argmax())
+            colour, shape = truth.split()
+            for j, name in enumerate(names):
+                c, s = name.split()
+                kind = (
+                    "right"
+                    if name == truth
+                    else "same colour"
+                    if c == colour
+                    else "same shape"
+                    if s == shape
+                    else "neither"
+                )
+                tokens = chunk.label_to_token[j + 1]
+                for word, token in (("colour", tokens[0]), ("shape", tokens[-1])):
+                    sums[f"{kind}: {word} token"] += float(probs[anchor, token])
+                    counts[f"{kind}: {word} token"] += 1
+    return {k: sums[k] / counts[k] for k in sorted(counts)}
+
+
 def caption_faithfulness(model: Any, val_json: Path, image_dir: Path) -> float:
     """Share of images whose greedy caption names only colour-shape pairs present."""
     from glip.captioning import caption_image
@@ -132,6 +182,12 @@ def main() -> int:
     p.add_argument("--conf", type=float, default=0.5, help="the confidence of a 'confident' detection")
     p.add_argument("--skip-pseudo-label", action="store_true")
     p.add_argument("--work", help="folder for the generated sets (default: a temporary one)")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: up to 2)")
+    p.add_argument(
+        "--tokens",
+        action="store_true",
+        help="also print the token probabilities of right and half-right phrases (token_probabilities)",
+    )
     args = p.parse_args()
 
     import torch
@@ -141,7 +197,7 @@ def main() -> int:
     from glip.data import generate_synthetic
     from glip.tools.vqa_cli import evaluate_vqa
 
-    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+    torch.set_num_threads(args.threads or max(1, min(2, os.cpu_count() or 1)))
     seeds = args.seeds or [random.SystemRandom().randrange(10**6, 10**7) for _ in range(3)]
     print("seeds:", " ".join(map(str, seeds)), flush=True)
     model = glip.load_model(args.model)
@@ -162,6 +218,9 @@ def main() -> int:
                 found["VQA accuracy"] = vqa["accuracy"]
                 for qtype, acc in vqa["per_question_type"].items():
                     found[f"  VQA {qtype}"] = acc
+            if args.tokens:
+                tokens = token_probabilities(model, ds.val_json, ds.image_dir)
+                print(f"seed {seed} token probabilities: " + ", ".join(f"{k} {v:.3f}" for k, v in tokens.items()))
             kinds = confident_mistakes(model, ds.val_json, ds.image_dir, args.conf)
             mistakes_total.update(kinds)
             wrong = kinds.get("detections", 0) - kinds.get("right", 0)
@@ -169,7 +228,9 @@ def main() -> int:
             if "caption" in model.heads:
                 found["captions naming only present shapes"] = caption_faithfulness(model, ds.val_json, ds.image_dir)
             if not args.skip_pseudo_label:
-                found["pseudo-label keep rate"] = pseudo_label_keep_rate(args.model, root, root / "pl")
+                # A folder of this run's own: pseudo-label resumes from a folder's shards.
+                pl_dir = Path(tempfile.mkdtemp(prefix="pl-", dir=root))
+                found["pseudo-label keep rate"] = pseudo_label_keep_rate(args.model, root, pl_dir)
             print(f"seed {seed}: " + ", ".join(f"{k.strip()} {v:.3f}" for k, v in found.items()), flush=True)
             for k, v in found.items():
                 rows.setdefault(k, []).append(v)
