@@ -346,14 +346,14 @@ def save_model(
     """Writes ``model.safetensors``, ``config.yaml`` and ``text_encoder/`` (the BERT or CLIP
     text config and the tokenizer) into ``out_dir``, atomically (a crash leaves no half-written folder);
     with ``model.tuned_prompt`` (a fine-tuned model's classes) also ``prompt.json``, which
-    :func:`load_model` reads back.
+    :func:`~glip.hub.loading.load_model` reads back.
 
     Args:
         dtype: cast floating-point tensors (e.g. ``torch.float16`` halves the file);
-            :func:`load_model` casts them back to the model's float32.
+            :func:`~glip.hub.loading.load_model` casts them back to the model's float32.
         include_text_encoder: False leaves the text encoder's weights out and keeps the
             config's ``model.text.encoder`` reference (with ``model.text.pretrained``), for
-            a frozen, pretrained encoder that :func:`load_model` reloads from its source.
+            a frozen, pretrained encoder that :func:`~glip.hub.loading.load_model` reloads from its source.
     """
     if model.config is None:
         raise ValueError("the model has no config attached; build it with glip.modeling.build_model")
