@@ -27,7 +27,8 @@ __all__ = ["main"]
 
 
 def _cmd_convert(args: argparse.Namespace) -> int:
-    from glip.hub.checkpoint import load_model, save_model
+    from glip.hub.checkpoint import save_model
+    from glip.hub.loading import load_model
 
     take_positional(args, "old_checkpoint", "--model", "--weights")  # CHECKPOINT OUT_DIR: deprecated (docs/cli.md)
     take_positional(args, "old_out_dir", "--out")

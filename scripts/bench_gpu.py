@@ -132,7 +132,7 @@ def throughput(
     fusion_chunks: Sequence[str] = ("auto",),
 ) -> list[dict]:
     from glip.api import Predictor
-    from glip.modeling.fusion import BiMultiHeadAttention
+    from glip.modeling.fusion.bi_attention import BiMultiHeadAttention
 
     attentions = [m for m in model.modules() if isinstance(m, BiMultiHeadAttention)]
     rows = []
@@ -233,7 +233,7 @@ def _fmt(r: dict) -> str:
 
 def parity_official(fixtures: Path, device: torch.device, modes: list[str]) -> list[dict]:
     """Each tiny official model and case, float32 and autocast, against the official output."""
-    from glip.hub.checkpoint import load_model
+    from glip.hub.loading import load_model
     from glip.structures import Detections, ImageBatch
     from glip.text import BUNDLED_TEXT_ENCODERS, Prompt
 
@@ -279,7 +279,7 @@ def attention(device: torch.device, size: tuple[int, int], peak: dict, runs: int
     """The fusion attention and block at GLIP-T widths under bf16 autocast: FLOPs, time, rate."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from glip.modeling.fusion import BiAttentionBlock
+    from glip.modeling.fusion.bi_attention import BiAttentionBlock
 
     torch.manual_seed(0)
     block = BiAttentionBlock(256, 768).to(device).eval()
@@ -371,7 +371,7 @@ def main(argv: list[str] | None = None) -> dict:
     if "throughput" not in args.skip or "parity" not in args.skip:
         torch.manual_seed(0)
         if args.model:
-            from glip.hub.checkpoint import load_model
+            from glip.hub.loading import load_model
 
             model = load_model(args.model, device=device)
         else:

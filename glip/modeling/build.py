@@ -7,11 +7,10 @@ from pathlib import Path
 from typing import Any
 
 from glip.config import GLIPConfig
-from glip.modeling.anchors import AnchorGenerator
-from glip.modeling.assigner import ATSSAssigner
 from glip.modeling.backbone import VisionBackbone, build_resnet, build_swin, build_timm
-from glip.modeling.box_coder import BoxCoder
+from glip.modeling.build_language import LANGUAGE_HEAD_BUILDERS
 from glip.modeling.criterion import Criterion
+from glip.modeling.fusion.trunk import FusionTrunk
 from glip.modeling.glip import GLIP, Preprocessing
 from glip.modeling.heads import (
     CaptionHead,
@@ -22,11 +21,13 @@ from glip.modeling.heads import (
     MDETRAlignHead,
     MDETRTokenHead,
 )
+from glip.modeling.heads.grounding.anchors import AnchorGenerator
+from glip.modeling.heads.grounding.assigner import ATSSAssigner
+from glip.modeling.heads.grounding.box_coder import BoxCoder
+from glip.modeling.heads.grounding.postprocess import GroundingPostProcessor
+from glip.modeling.heads.grounding.region_distill import RegionConceptDistillation
 from glip.modeling.heads.mask import HourglassExtractor, MaskConvExtractor, MaskHead, VLMaskPredictor
-from glip.modeling.losses.region_distill import RegionConceptDistillation
-from glip.modeling.postprocess import GroundingPostProcessor
-from glip.modeling.text_encoder import build_text_encoder, in_head_layer_sizes
-from glip.modeling.trunk import FusionTrunk
+from glip.modeling.language.text_encoder import build_text_encoder, in_head_layer_sizes
 
 __all__ = [
     "HEAD_BUILDERS",
@@ -324,4 +325,5 @@ def build_model(
 
 # The GLIPv2 language heads register after the detection heads above (heads run in
 # registration order); their builders live in their own module.
-from glip.modeling import build_language as _build_language  # noqa: E402, F401
+for _name, _builder in LANGUAGE_HEAD_BUILDERS.items():
+    register_head(_name)(_builder)

@@ -60,7 +60,7 @@ def add_model_args(
     weights_dtype: bool = False,
 ) -> None:
     """``--model``, ``--weights``, ``--config``, ``--text-encoder``, ``--trust-pickle``; all interpreted by
-    :func:`glip.hub.zoo.resolve_model_source`. ``weights_dtype``: also ``--weights-dtype``
+    :func:`glip.hub.sources.resolve_model_source`. ``weights_dtype``: also ``--weights-dtype``
     (``float32`` or ``bfloat16``/``bf16``, for inference commands; default float32) and
     ``--autocast`` (``no``, ``bf16``, ``fp16``; default no)."""
     g = p.add_argument_group("model")
