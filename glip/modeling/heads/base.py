@@ -57,7 +57,7 @@ from glip.modeling.loss import AssignedTargets
 from glip.modeling.trunk import TrunkOutput
 from glip.structures.targets import GroundingTargets, PretrainingTargets
 
-__all__ = ["Head", "LossInputs", "MaskedTokens", "TokenIds"]
+__all__ = ["NO_TOKEN_IDS", "Head", "LossInputs", "MaskedTokens", "TokenIds"]
 
 
 @dataclass(frozen=True)
@@ -83,6 +83,10 @@ class TokenIds:
             return None if value is None else int(value)
 
         return cls(get("mask_token_id"), get("cls_token_id"), get("sep_token_id"), get("pad_token_id"))
+
+
+# No tokenizer: the builders' default (a head then keeps its own default ids).
+NO_TOKEN_IDS = TokenIds()
 
 
 @dataclass
