@@ -9,12 +9,10 @@ from types import MappingProxyType
 from typing import Any
 
 from glip.config import GLIPConfig
-from glip.modeling.anchors import AnchorGenerator
-from glip.modeling.assigner import ATSSAssigner
 from glip.modeling.backbone import VisionBackbone, build_resnet, build_swin, build_timm
-from glip.modeling.box_coder import BoxCoder
 from glip.modeling.build_language import build_caption, build_inter_image, build_mlm, build_vqa
 from glip.modeling.criterion import Criterion
+from glip.modeling.fusion.trunk import FusionTrunk
 from glip.modeling.glip import GLIP, Preprocessing
 from glip.modeling.heads import (
     NO_TOKEN_IDS,
@@ -29,11 +27,13 @@ from glip.modeling.heads import (
     TokenIds,
     VQAHead,
 )
+from glip.modeling.heads.grounding.anchors import AnchorGenerator
+from glip.modeling.heads.grounding.assigner import ATSSAssigner
+from glip.modeling.heads.grounding.box_coder import BoxCoder
+from glip.modeling.heads.grounding.postprocess import GroundingPostProcessor
+from glip.modeling.heads.grounding.region_distill import RegionConceptDistillation
 from glip.modeling.heads.mask import HourglassExtractor, MaskConvExtractor, MaskHead, VLMaskPredictor
-from glip.modeling.losses.region_distill import RegionConceptDistillation
-from glip.modeling.postprocess import GroundingPostProcessor
-from glip.modeling.text_encoder import build_text_encoder, in_head_layer_sizes
-from glip.modeling.trunk import FusionTrunk
+from glip.modeling.language.text_encoder import build_text_encoder, in_head_layer_sizes
 
 __all__ = [
     "HEADS",

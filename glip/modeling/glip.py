@@ -16,16 +16,16 @@ import torch
 from torch import Tensor, nn
 
 from glip.modeling import low_precision
-from glip.modeling.anchors import AnchorGenerator
 from glip.modeling.backbone import VisionBackbone
+from glip.modeling.fusion.trunk import FusionTrunk, TrunkOutput
 from glip.modeling.heads import GroundingHead, Head
+from glip.modeling.heads.grounding.anchors import AnchorGenerator
+from glip.modeling.heads.grounding.postprocess import GroundingPostProcessor, class_agnostic_nms, merge_chunks
 from glip.modeling.heads.require import MasksUnavailableError, require_head
-from glip.modeling.postprocess import GroundingPostProcessor, class_agnostic_nms, merge_chunks
+from glip.modeling.language.prompt_offset import PromptOffset
+from glip.modeling.language.text_encoder import BertTextEncoder
 from glip.modeling.preprocessing import Preprocessing
 from glip.modeling.prompt_batch import PROMPTS_PER_PASS, GroundingNetwork, repeat_features, split_head, stack_text
-from glip.modeling.prompt_offset import PromptOffset
-from glip.modeling.text_encoder import BertTextEncoder
-from glip.modeling.trunk import FusionTrunk, TrunkOutput
 from glip.ops.boxes import rescale_boxes
 from glip.ops.masks import box_extent, paste_masks
 from glip.structures import Detections, HeadOutputs, ImageBatch, TextFeatures
@@ -270,7 +270,7 @@ class GLIP(nn.Module):
         features). ``heads``: the names of the heads to run (default all, in order,
         except the ``training_only`` ones when the model is in eval mode). ``backbone``: the
         visual body's maps, passed on in ``TrunkOutput.backbone`` for the heads that read them.
-        ``causal``: uni-directional text encoder and trunk (captioning, :mod:`glip.modeling.causal`):
+        ``causal``: uni-directional text encoder and trunk (captioning, :mod:`glip.modeling.language.causal`):
         the fused text at token ``i`` depends on the image and tokens ``<= i`` only."""
         batch = features[0].shape[0]
         if causal:
