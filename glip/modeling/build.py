@@ -12,7 +12,7 @@ from glip.config import GLIPConfig
 from glip.modeling.backbone import VisionBackbone, build_resnet, build_swin, build_timm
 from glip.modeling.build_language import build_caption, build_inter_image, build_mlm, build_vqa
 from glip.modeling.criterion import Criterion
-from glip.modeling.fusion.trunk import FusionTrunk
+from glip.modeling.fusion.trunk import FusionSpec, FusionTrunk, TextLayerSpec, TrunkSpec
 from glip.modeling.glip import GLIP, Preprocessing
 from glip.modeling.heads import (
     NO_TOKEN_IDS,
@@ -45,6 +45,7 @@ __all__ = [
     "build_model",
     "build_trunk",
     "loss_weights",
+    "trunk_spec",
 ]
 
 
@@ -92,14 +93,15 @@ def build_backbone(cfg: GLIPConfig, pretrained: bool = False) -> VisionBackbone:
     raise ValueError(f"unknown backbone type {b.type!r} (expected 'swin', 'resnet' or 'timm')")
 
 
-def build_trunk(cfg: GLIPConfig, bert_config: Any) -> FusionTrunk:
-    """The fused DyHead tower of ``cfg.model.trunk``; the in-head text layers follow
+def trunk_spec(cfg: GLIPConfig, bert_config: Any) -> TrunkSpec:
+    """The :class:`TrunkSpec` of ``cfg.model.trunk``; the in-head text layers follow
     ``bert_config`` (the text encoder's BERT or CLIP config)."""
-    h, t = cfg.model.trunk, cfg.model.text
-    return FusionTrunk(
+    h = cfg.model.trunk
+    sizes = {k.removeprefix("text_"): v for k, v in in_head_layer_sizes(bert_config).items()}
+    return TrunkSpec(
         in_channels=cfg.model.backbone.out_channels,
         channels=h.channels,
-        text_dim=t.dim,
+        text_dim=cfg.model.text.dim,
         num_blocks=h.num_blocks,
         early_fusion=h.early_fusion,
         fused_dot_product=h.fused_dot_product,
@@ -108,16 +110,25 @@ def build_trunk(cfg: GLIPConfig, bert_config: Any) -> FusionTrunk:
         use_dyrelu=h.use_dyrelu,
         use_dyfuse=h.use_dyfuse,
         use_dfconv=h.use_dfconv,
-        **in_head_layer_sizes(bert_config),
-        clamp_min_for_underflow=h.clamp_min_for_underflow,
-        clamp_max_for_overflow=h.clamp_max_for_overflow,
-        clamp_bertattn_min_for_underflow=h.clamp_bertattn_min_for_underflow,
-        clamp_bertattn_max_for_overflow=h.clamp_bertattn_max_for_overflow,
+        fusion=FusionSpec(
+            embed_dim=h.fusion_embed_dim,
+            num_heads=h.fusion_num_heads,
+            dropout=h.fusion_dropout,
+            clamp_min_for_underflow=h.clamp_min_for_underflow,
+            clamp_max_for_overflow=h.clamp_max_for_overflow,
+        ),
+        text_layer=TextLayerSpec(
+            **sizes,
+            clamp_min_for_underflow=h.clamp_bertattn_min_for_underflow,
+            clamp_max_for_overflow=h.clamp_bertattn_max_for_overflow,
+        ),
         use_checkpoint=h.use_checkpoint,
-        fusion_dropout=h.fusion_dropout,
-        fusion_embed_dim=h.fusion_embed_dim,
-        fusion_num_heads=h.fusion_num_heads,
     )
+
+
+def build_trunk(cfg: GLIPConfig, bert_config: Any) -> FusionTrunk:
+    """The fused DyHead tower of ``cfg.model.trunk`` (:func:`trunk_spec`)."""
+    return FusionTrunk(trunk_spec(cfg, bert_config))
 
 
 # builder(cfg, text_config, ids) -> the head module, or None when the config leaves it out.
