@@ -132,6 +132,10 @@ def build_dataset(cfg: GLIPConfig, tokenizer: Any, train: bool = True) -> Datase
     of ``cfg.data``; validation captions list every category in json order.
     """
     d = cfg.data
+    if d.format == "captions" and not cfg.model.heads.caption.enabled:  # no head would train on them
+        raise ValueError(
+            "captioning data (data.format: captions) needs a caption head: set model.heads.caption.enabled"
+        )
     if train and d.train_shards:  # a streamed shard set (glip.data.shards)
         from glip.engine.shard_data import build_shard_stream
 
@@ -158,10 +162,6 @@ def build_dataset(cfg: GLIPConfig, tokenizer: Any, train: bool = True) -> Datase
             kind="caption" if pseudo else "grounding", screen=screen, packing=packing, concept_scores=distill, **index,
         )  # fmt: skip
     if d.format == "captions":  # captioning (GLIPv2): COCO-captions json, never flipped
-        if not cfg.model.heads.caption.enabled:  # no head would train on these batches
-            raise ValueError(
-                "captioning data (data.format: captions) needs a caption head: set model.heads.caption.enabled"
-            )
         transform = build_train_transform(cfg.input, flip_prob=0.0, train=train)
         return CaptionDataset(ann, images, tokenizer, transform, max_query_len=max_len, seed=cfg.solver.seed)
     if d.format != "coco":
