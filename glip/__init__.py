@@ -9,7 +9,8 @@ from glip.api import Predictor, predict
 from glip.captioning import Caption, caption  # captioning (GLIPv2)
 from glip.config import GLIPConfig, load_config
 from glip.hf import install_import_hook as _install_hf_hook
-from glip.hub.checkpoint import CheckpointError, load_model, save_model
+from glip.hub.checkpoint import CheckpointError, save_model
+from glip.hub.loading import load_model
 from glip.modeling.glip import GLIP
 from glip.structures import Detections
 from glip.text import Prompt, PromptError, parse_prompt
