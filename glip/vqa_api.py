@@ -17,6 +17,7 @@ from torch import Tensor
 
 from glip.api import ModelLike, resolve_model
 from glip.modeling.glip import GLIP, GROUNDING
+from glip.modeling.heads.require import VQAUnavailableError, require_head
 from glip.modeling.heads.vqa import VQAHead
 from glip.structures import ImageBatch
 from glip.text.vqa import tokenize_question
@@ -26,10 +27,6 @@ __all__ = ["VQA", "Answer", "VQAUnavailableError", "answer", "answer_questions",
 
 # The name of the answer head in ``GLIP.heads``.
 VQA = "vqa"
-
-
-class VQAUnavailableError(ValueError):
-    """A question was asked of a model without an answer head."""
 
 
 @dataclass
@@ -72,14 +69,7 @@ class Answer:
 def require_vqa(model: GLIP) -> VQAHead:
     """The model's answer head; :class:`VQAUnavailableError` (one line naming the model)
     when it has none."""
-    head = model.heads[VQA] if VQA in model.heads else None
-    if not isinstance(head, VQAHead):
-        name = getattr(model.config, "name", None) or type(model).__name__
-        raise VQAUnavailableError(
-            f"model {name!r} has no VQA head (model.heads.vqa), so it cannot answer questions: load a model "
-            "trained with model.heads.vqa.enabled (e.g. configs/vqa/synthetic.yaml)"
-        )
-    return head
+    return require_head(model, VQA, VQAHead)
 
 
 @torch.no_grad()

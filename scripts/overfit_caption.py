@@ -5,7 +5,7 @@
 One image of ``generate_synthetic`` (and its ``captions_train.json`` sentence) is loaded
 through ``CaptionDataset``; a tiny GLIP (the golden test's architecture without deformable
 convs, random weights, ``model.heads.caption.enabled``) trains on it through the training
-loop's captioning branch (:func:`glip.engine.captioning.caption_losses`): causal trunk,
+loop's own path (:class:`glip.engine.trainer.LossModel`, the caption head's causal batches): causal trunk,
 one masked token per copy of the caption (``mask_prob`` 0, ``max_masked`` 1: the prefix is
 clean, as at decoding), a batch of copies with different masks. The backbone is frozen
 and its maps computed once (the trunk and text encoder train). Every ``--eval-every``
@@ -44,8 +44,8 @@ def run(steps: int = 150, lr: float = 3e-3, seed: int = 0, batch: int = 6, eval_
     from glip.data import GroundingCollator, generate_synthetic
     from glip.data.captions import CaptionDataset
     from glip.data.transforms import build_train_transform
-    from glip.engine.captioning import caption_losses
-    from glip.modeling.build import build_model
+    from glip.engine.trainer import LossModel
+    from glip.modeling.build import build_loss, build_model
     from glip.modeling.caption_decoding import greedy_decode
     from glip.text import BUNDLED_TEXT_ENCODERS, load_tokenizer
     from tests.golden import case
@@ -75,10 +75,11 @@ def run(steps: int = 150, lr: float = 3e-3, seed: int = 0, batch: int = 6, eval_
         features = model.backbone(batch_data.images.tensor)
     model.backbone.forward = lambda _: features  # type: ignore[method-assign]  # maps computed once
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=0.0)
+    losses = LossModel(model, build_loss(cfg), seed)
     generated, start = "", time.time()
     for step in range(steps):
         model.train()
-        loss = caption_losses(model, {}, batch_data, seed, step)["loss_caption"]
+        loss = losses(batch_data, step)["loss_caption"]
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

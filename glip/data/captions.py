@@ -3,7 +3,7 @@
 COCO-captions layout (``captions_train2017.json``): ``images`` (``id``, ``file_name``,
 ``width``, ``height``) and ``annotations`` (``id``, ``image_id``, ``caption``), several
 captions per image. :class:`CaptionDataset` serves them as training samples of the data
-kind ``"captioning"`` (causal captioning, :func:`glip.engine.captioning.caption_losses`),
+kind ``"captioning"`` (causal captioning, :func:`glip.engine.head_needs.causal_losses`),
 with no boxes. :func:`write_synthetic_captions` writes such jsons for the shapes of
 :func:`glip.data.synthetic.generate_synthetic`: one sentence per image naming its largest
 shapes with their colours and a spatial relation.

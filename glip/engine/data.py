@@ -131,6 +131,10 @@ def build_dataset(cfg: GLIPConfig, tokenizer: Any, train: bool = True) -> Datase
     of ``cfg.data``; validation captions list every category in json order.
     """
     d = cfg.data
+    if d.format == "captions" and not cfg.model.heads.caption.enabled:  # no head would train on them
+        raise ValueError(
+            "captioning data (data.format: captions) needs a caption head: set model.heads.caption.enabled"
+        )
     if train and d.train_shards:  # a streamed shard set (glip.data.shards)
         from glip.engine.shard_data import build_shard_stream
 

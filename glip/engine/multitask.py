@@ -1,7 +1,7 @@
 """Multi-task training: several training sources, one per step, drawn by weight.
 
 GLIPv2 trains detection, grounding, masks, VQA and captioning on one trunk. A batch holds
-one source only: captioning runs the trunk causally (:mod:`glip.engine.captioning`), so it
+one source only: captioning runs the trunk causally (:mod:`glip.engine.head_needs`), so it
 cannot share a forward with the other kinds. At each draw ``d`` (a batch read, whether it
 trains or is skipped; without skipped batches the optimiser step) one source is picked
 with probability ``weight / sum(weights)`` and the next batch of that source's own

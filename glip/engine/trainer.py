@@ -27,7 +27,6 @@ from torch.utils.data import Dataset
 
 from glip.config import GLIPConfig
 from glip.data import GroundingBatch
-from glip.engine.captioning import caption_losses, is_captioning_batch
 from glip.engine.checkpoint import (
     Progress,
     capture_rng_state,
@@ -40,6 +39,7 @@ from glip.engine.checkpoint import (
 )
 from glip.engine.data import ShardedBatchSampler, make_loader
 from glip.engine.ema import ModelEMA
+from glip.engine.head_needs import causal_head, causal_losses, is_empty_image
 from glip.engine.metrics_log import MetricsLog, format_metric, short_loss_name
 from glip.engine.monitor import BestMonitor
 from glip.engine.multitask import MultiSourceData, TrainingSource
@@ -65,7 +65,10 @@ class LossModel(nn.Module):
     forward that returns tensors: ``forward(batch, step) -> {loss name: 0-d tensor}``
     (every head's named, weighted losses; the loop sums them).
 
-    In training mode, with GLIPv2's pre-training heads, the batch's prompts are first
+    It reads the heads' declarations, never the task: a batch of a causal head's
+    ``batch_kind`` (captioning) trains that head alone on causal text
+    (:func:`glip.engine.head_needs.causal_losses`). Otherwise, in training mode, with
+    GLIPv2's pre-training (``training_only``) heads, the batch's prompts are first
     corrupted for MLM and the per-sample seeds of ``(seed, step, dataset index)`` made
     (:mod:`glip.engine.pretraining`); the whole model runs on the corrupted ids. In eval
     mode those heads do not run and the prompts stay clean. ``step``: the optimiser steps
@@ -79,8 +82,9 @@ class LossModel(nn.Module):
         self.seed = seed
 
     def forward(self, batch: GroundingBatch, step: int = 0) -> dict[str, Tensor]:
-        if is_captioning_batch(batch):  # captioning (GLIPv2): causal forward, caption loss only
-            return caption_losses(self.model, self.loss.weights, batch, self.seed, step)
+        causal = causal_head(self.model.heads, batch.kinds)
+        if causal is not None:
+            return causal_losses(self.model, self.loss, causal, batch, self.seed, step)
         ids, pretraining = batch.input_ids, None
         if self.training:
             ids, pretraining = pretraining_inputs(self.model.heads, batch, self.seed, step)
@@ -337,10 +341,12 @@ class Trainer:
         """One optimiser step; None when the batch was skipped. A multi-task ``source``
         scales the batch's losses by its ``loss_weight`` and adds ``loss/<source name>``."""
         acc, s = self.accelerator, self.cfg.solver
-        # An image with a VQA question is never "empty": its answer trains without boxes.
-        empty = sum(int(t.boxes.shape[0] == 0 and t.answer_scores is None) for t in batch.targets)
+        # An image is empty when no head learns from it (its boxes, or a head's extra inputs
+        # such as a VQA answer); a causal head's own batch (captions) has no boxes by design.
+        heads = self.model.heads
+        empty = sum(int(is_empty_image(t, heads)) for t in batch.targets)
         skip_here = empty == len(batch) or empty > len(batch) * s.max_neg_per_batch
-        if is_captioning_batch(batch):  # captioning (GLIPv2): captions have no boxes
+        if causal_head(heads, batch.kinds) is not None:
             skip_here = False
         if _any_process(skip_here, acc):
             logger.warning("skipping a batch: %d of %d images without boxes on this process", empty, len(batch))

@@ -2,24 +2,30 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 from glip.config import GLIPConfig
 from glip.modeling.backbone import VisionBackbone, build_resnet, build_swin, build_timm
-from glip.modeling.build_language import LANGUAGE_HEAD_BUILDERS
+from glip.modeling.build_language import build_caption, build_inter_image, build_mlm, build_vqa
 from glip.modeling.criterion import Criterion
-from glip.modeling.fusion.trunk import FusionTrunk
+from glip.modeling.fusion.trunk import FusionSpec, FusionTrunk, TextLayerSpec, TrunkSpec
 from glip.modeling.glip import GLIP, Preprocessing
 from glip.modeling.heads import (
+    NO_TOKEN_IDS,
     CaptionHead,
     GroundingHead,
     GroundingLoss,
     Head,
+    InterImageHead,
     MaskedLMHead,
     MDETRAlignHead,
     MDETRTokenHead,
+    TokenIds,
+    VQAHead,
 )
 from glip.modeling.heads.grounding.anchors import AnchorGenerator
 from glip.modeling.heads.grounding.assigner import ATSSAssigner
@@ -30,14 +36,16 @@ from glip.modeling.heads.mask import HourglassExtractor, MaskConvExtractor, Mask
 from glip.modeling.language.text_encoder import build_text_encoder, in_head_layer_sizes
 
 __all__ = [
+    "HEADS",
     "HEAD_BUILDERS",
+    "HeadEntry",
     "build_backbone",
     "build_heads",
     "build_loss",
     "build_model",
     "build_trunk",
     "loss_weights",
-    "register_head",
+    "trunk_spec",
 ]
 
 
@@ -85,14 +93,15 @@ def build_backbone(cfg: GLIPConfig, pretrained: bool = False) -> VisionBackbone:
     raise ValueError(f"unknown backbone type {b.type!r} (expected 'swin', 'resnet' or 'timm')")
 
 
-def build_trunk(cfg: GLIPConfig, bert_config: Any) -> FusionTrunk:
-    """The fused DyHead tower of ``cfg.model.trunk``; the in-head text layers follow
+def trunk_spec(cfg: GLIPConfig, bert_config: Any) -> TrunkSpec:
+    """The :class:`TrunkSpec` of ``cfg.model.trunk``; the in-head text layers follow
     ``bert_config`` (the text encoder's BERT or CLIP config)."""
-    h, t = cfg.model.trunk, cfg.model.text
-    return FusionTrunk(
+    h = cfg.model.trunk
+    sizes = {k.removeprefix("text_"): v for k, v in in_head_layer_sizes(bert_config).items()}
+    return TrunkSpec(
         in_channels=cfg.model.backbone.out_channels,
         channels=h.channels,
-        text_dim=t.dim,
+        text_dim=cfg.model.text.dim,
         num_blocks=h.num_blocks,
         early_fusion=h.early_fusion,
         fused_dot_product=h.fused_dot_product,
@@ -101,40 +110,32 @@ def build_trunk(cfg: GLIPConfig, bert_config: Any) -> FusionTrunk:
         use_dyrelu=h.use_dyrelu,
         use_dyfuse=h.use_dyfuse,
         use_dfconv=h.use_dfconv,
-        **in_head_layer_sizes(bert_config),
-        clamp_min_for_underflow=h.clamp_min_for_underflow,
-        clamp_max_for_overflow=h.clamp_max_for_overflow,
-        clamp_bertattn_min_for_underflow=h.clamp_bertattn_min_for_underflow,
-        clamp_bertattn_max_for_overflow=h.clamp_bertattn_max_for_overflow,
+        fusion=FusionSpec(
+            embed_dim=h.fusion_embed_dim,
+            num_heads=h.fusion_num_heads,
+            dropout=h.fusion_dropout,
+            clamp_min_for_underflow=h.clamp_min_for_underflow,
+            clamp_max_for_overflow=h.clamp_max_for_overflow,
+        ),
+        text_layer=TextLayerSpec(
+            **sizes,
+            clamp_min_for_underflow=h.clamp_bertattn_min_for_underflow,
+            clamp_max_for_overflow=h.clamp_bertattn_max_for_overflow,
+        ),
         use_checkpoint=h.use_checkpoint,
-        fusion_dropout=h.fusion_dropout,
-        fusion_embed_dim=h.fusion_embed_dim,
-        fusion_num_heads=h.fusion_num_heads,
     )
 
 
-# name -> builder(cfg, bert_config) -> the head module, or None when the config leaves it out.
-HeadBuilder = Callable[[GLIPConfig, Any], Head | None]
-HEAD_BUILDERS: dict[str, HeadBuilder] = {}
+def build_trunk(cfg: GLIPConfig, bert_config: Any) -> FusionTrunk:
+    """The fused DyHead tower of ``cfg.model.trunk`` (:func:`trunk_spec`)."""
+    return FusionTrunk(trunk_spec(cfg, bert_config))
 
 
-def register_head(name: str) -> Callable[[HeadBuilder], HeadBuilder]:
-    """Registers the builder of the head ``name`` (the model's ``heads[name]``, checkpoint
-    keys ``heads.<name>.*``). Heads are built, and run, in registration order; a head
-    that reads another's output registers after it. The builder is the only code that
-    reads the head's config section."""
-
-    def decorator(fn: HeadBuilder) -> HeadBuilder:
-        if name in HEAD_BUILDERS:
-            raise ValueError(f"a head named {name!r} is already registered")
-        HEAD_BUILDERS[name] = fn
-        return fn
-
-    return decorator
+# builder(cfg, text_config, ids) -> the head module, or None when the config leaves it out.
+HeadBuilder = Callable[[GLIPConfig, Any, TokenIds], Head | None]
 
 
-@register_head("grounding")
-def _build_grounding(cfg: GLIPConfig, bert_config: Any) -> GroundingHead:
+def _build_grounding(cfg: GLIPConfig, bert_config: Any, ids: TokenIds = NO_TOKEN_IDS) -> GroundingHead:
     h, inf = cfg.model.heads.grounding, cfg.inference
     if not (h.distill_weight >= 0 and h.distill_temperature > 0):
         raise ValueError(
@@ -168,8 +169,7 @@ def _build_grounding(cfg: GLIPConfig, bert_config: Any) -> GroundingHead:
     )
 
 
-@register_head("mdetr_token")
-def _build_mdetr_token(cfg: GLIPConfig, bert_config: Any) -> MDETRTokenHead | None:
+def _build_mdetr_token(cfg: GLIPConfig, bert_config: Any, ids: TokenIds = NO_TOKEN_IDS) -> MDETRTokenHead | None:
     if not cfg.model.heads.mdetr_token.enabled:
         return None
     g = cfg.model.heads.grounding  # official: the same prior and focal parameters
@@ -182,8 +182,7 @@ def _build_mdetr_token(cfg: GLIPConfig, bert_config: Any) -> MDETRTokenHead | No
     )
 
 
-@register_head("mdetr_align")
-def _build_mdetr_align(cfg: GLIPConfig, bert_config: Any) -> MDETRAlignHead | None:
+def _build_mdetr_align(cfg: GLIPConfig, bert_config: Any, ids: TokenIds = NO_TOKEN_IDS) -> MDETRAlignHead | None:
     h = cfg.model.heads.mdetr_align
     if not h.enabled:
         return None
@@ -196,8 +195,7 @@ def _build_mdetr_align(cfg: GLIPConfig, bert_config: Any) -> MDETRAlignHead | No
     )
 
 
-@register_head("mask")
-def _build_mask(cfg: GLIPConfig, bert_config: Any) -> MaskHead | None:
+def _build_mask(cfg: GLIPConfig, bert_config: Any, ids: TokenIds = NO_TOKEN_IDS) -> MaskHead | None:
     h = cfg.model.heads.mask
     if not h.enabled:
         return None
@@ -229,13 +227,48 @@ def _build_mask(cfg: GLIPConfig, bert_config: Any) -> MaskHead | None:
     )
 
 
-def build_heads(cfg: GLIPConfig, bert_config: Any) -> dict[str, Head]:
-    """Every registered head the config switches on, by name, in registration order."""
+@dataclass(frozen=True)
+class HeadEntry:
+    """One row of the head table.
+
+    Attributes:
+        name: the model's ``heads[name]`` (checkpoint keys ``heads.<name>.*``), and its
+            config section ``model.heads.<name>``.
+        kind: the head class its builder returns.
+        build: ``(cfg, text_config, ids) -> the head, or None when its section is off``;
+            the only code that reads the head's config section.
+    """
+
+    name: str
+    kind: type[Head]
+    build: HeadBuilder
+
+
+# Every head, in the order heads are built and run (a head that reads another's output
+# comes after it): the detection heads, then GLIPv2's language heads. A new head is one
+# new row here (and its config section).
+HEADS: tuple[HeadEntry, ...] = (
+    HeadEntry("grounding", GroundingHead, _build_grounding),
+    HeadEntry("mdetr_token", MDETRTokenHead, _build_mdetr_token),
+    HeadEntry("mdetr_align", MDETRAlignHead, _build_mdetr_align),
+    HeadEntry("mask", MaskHead, _build_mask),
+    HeadEntry("mlm", MaskedLMHead, build_mlm),
+    HeadEntry("inter_image", InterImageHead, build_inter_image),
+    HeadEntry("vqa", VQAHead, build_vqa),
+    HeadEntry("caption", CaptionHead, build_caption),
+)
+# name -> builder, read-only, in table order.
+HEAD_BUILDERS: Mapping[str, HeadBuilder] = MappingProxyType({e.name: e.build for e in HEADS})
+
+
+def build_heads(cfg: GLIPConfig, bert_config: Any, ids: TokenIds = NO_TOKEN_IDS) -> dict[str, Head]:
+    """Every head of :data:`HEADS` the config switches on, by name, in table order
+    (``ids``: the tokenizer's special ids, e.g. the ``[MASK]`` of the MLM and caption heads)."""
     heads = {}
-    for name, builder in HEAD_BUILDERS.items():
-        head = builder(cfg, bert_config)
+    for entry in HEADS:
+        head = entry.build(cfg, bert_config, ids)
         if head is not None:
-            heads[name] = head
+            heads[entry.name] = head
     return heads
 
 
@@ -293,7 +326,7 @@ def build_model(
         backbone=build_backbone(cfg, pretrained=pretrained_backbone),
         text_encoder=build_text_encoder(t.type, bert_config, t.num_layers, pretrained_text, t.max_query_len),
         trunk=build_trunk(cfg, bert_config),
-        heads=build_heads(cfg, bert_config),
+        heads=build_heads(cfg, bert_config, TokenIds.from_tokenizer(tokenizer)),
         anchor_generator=AnchorGenerator(
             sizes=a.sizes,
             strides=a.strides,
@@ -313,17 +346,5 @@ def build_model(
         tokenizer=tokenizer,
         max_query_len=cfg.model.text.max_query_len,
     )
-    mlm = model.heads["mlm"] if "mlm" in model.heads else None
-    if isinstance(mlm, MaskedLMHead) and tokenizer is not None and tokenizer.mask_token_id is not None:
-        mlm.mask_token_id = int(tokenizer.mask_token_id)
-    caption = model.heads["caption"] if "caption" in model.heads else None  # captioning (GLIPv2)
-    if isinstance(caption, CaptionHead) and tokenizer is not None and tokenizer.mask_token_id is not None:
-        caption.mask_token_id = int(tokenizer.mask_token_id)
     model.config = cfg
     return model
-
-
-# The GLIPv2 language heads register after the detection heads above (heads run in
-# registration order); their builders live in their own module.
-for _name, _builder in LANGUAGE_HEAD_BUILDERS.items():
-    register_head(_name)(_builder)

@@ -1,23 +1,23 @@
 """Builders of the GLIPv2 language heads (MLM, inter-image contrastive, VQA, captioning),
-which :mod:`glip.modeling.build` registers after its detection heads
-(:data:`LANGUAGE_HEAD_BUILDERS`, in order); like every builder, the only code that reads
-these heads' config sections."""
+rows of the head table :data:`glip.modeling.build.HEADS` after the detection heads; like
+every builder, the only code that reads these heads' config sections."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from glip.config import GLIPConfig
-from glip.modeling.heads import CaptionHead, InterImageHead, MaskedLMHead
+from glip.modeling.heads import NO_TOKEN_IDS, CaptionHead, InterImageHead, MaskedLMHead, TokenIds
+from glip.modeling.heads.mlm import BERT_MASK_TOKEN_ID
 from glip.modeling.heads.readout import VisualReadout
 from glip.modeling.heads.vqa import VQAHead
 from glip.modeling.losses.inter_image import InterImageContrastiveLoss
 from glip.text.vqa import normalize_answer
 
-__all__ = ["LANGUAGE_HEAD_BUILDERS"]
+__all__ = ["build_caption", "build_inter_image", "build_mlm", "build_vqa"]
 
 
-def _build_mlm(cfg: GLIPConfig, bert_config: Any) -> MaskedLMHead | None:
+def build_mlm(cfg: GLIPConfig, bert_config: Any, ids: TokenIds = NO_TOKEN_IDS) -> MaskedLMHead | None:
     h = cfg.model.heads.mlm
     if not h.enabled:
         return None
@@ -25,13 +25,14 @@ def _build_mlm(cfg: GLIPConfig, bert_config: Any) -> MaskedLMHead | None:
         hidden_dim=cfg.model.text.dim,
         vocab_size=int(bert_config.vocab_size),
         layer_norm_eps=float(bert_config.layer_norm_eps),
+        mask_token_id=_mask_id(ids),
         only_positives=h.only_positives,
         no_mask_for_od=h.no_mask_for_od,
         no_mask_for_gold=h.no_mask_for_gold,
     )
 
 
-def _build_inter_image(cfg: GLIPConfig, bert_config: Any) -> InterImageHead | None:
+def build_inter_image(cfg: GLIPConfig, bert_config: Any, ids: TokenIds = NO_TOKEN_IDS) -> InterImageHead | None:
     h = cfg.model.heads.inter_image
     if not h.enabled:
         return None
@@ -56,7 +57,7 @@ def _build_inter_image(cfg: GLIPConfig, bert_config: Any) -> InterImageHead | No
     )
 
 
-def _build_vqa(cfg: GLIPConfig, bert_config: Any) -> VQAHead | None:
+def build_vqa(cfg: GLIPConfig, bert_config: Any, ids: TokenIds = NO_TOKEN_IDS) -> VQAHead | None:
     h = cfg.model.heads.vqa
     if not h.enabled:
         return None
@@ -80,6 +81,12 @@ def _build_vqa(cfg: GLIPConfig, bert_config: Any) -> VQAHead | None:
     )
 
 
+def _mask_id(ids: TokenIds) -> int:
+    """The tokenizer's ``[MASK]`` id, BERT's when there is no tokenizer (a model built
+    without one, whose checkpoint brings its own)."""
+    return BERT_MASK_TOKEN_ID if ids.mask is None else ids.mask
+
+
 def _readout(cfg: GLIPConfig, dim: int, heads: int, bert_config: Any) -> VisualReadout | None:
     """A language head's visual read-out (``readout_dim`` 0: none)."""
     if dim <= 0:
@@ -94,8 +101,7 @@ def _readout(cfg: GLIPConfig, dim: int, heads: int, bert_config: Any) -> VisualR
     )
 
 
-# --- captioning (GLIPv2) ---
-def _build_caption(cfg: GLIPConfig, bert_config: Any) -> CaptionHead | None:
+def build_caption(cfg: GLIPConfig, bert_config: Any, ids: TokenIds = NO_TOKEN_IDS) -> CaptionHead | None:
     h = cfg.model.heads.caption
     if not h.enabled:
         return None
@@ -103,6 +109,7 @@ def _build_caption(cfg: GLIPConfig, bert_config: Any) -> CaptionHead | None:
         hidden_dim=cfg.model.text.dim,
         vocab_size=int(bert_config.vocab_size),
         layer_norm_eps=float(bert_config.layer_norm_eps),
+        mask_token_id=_mask_id(ids),
         mask_prob=h.mask_prob,
         max_masked=h.max_masked,
         label_smoothing=h.label_smoothing,
@@ -112,9 +119,6 @@ def _build_caption(cfg: GLIPConfig, bert_config: Any) -> CaptionHead | None:
         readout=_readout(cfg, h.readout_dim, h.readout_heads, bert_config),
         vocab=list(h.vocab) or None,
     )
-
-
-# --- end captioning ---
 
 
 def _inter_image_dim(cfg: GLIPConfig, variant: str) -> int:
@@ -127,12 +131,3 @@ def _inter_image_dim(cfg: GLIPConfig, variant: str) -> int:
     if b.type == "timm":
         raise ValueError("model.heads.inter_image.variant 'backbone' needs a swin or resnet body, not timm")
     return 4 * b.swin.embed_dim if b.type == "swin" else 1024
-
-
-# name -> builder, in registration (and run) order; registered by glip.modeling.build.
-LANGUAGE_HEAD_BUILDERS = {
-    "mlm": _build_mlm,
-    "inter_image": _build_inter_image,
-    "vqa": _build_vqa,
-    "caption": _build_caption,
-}

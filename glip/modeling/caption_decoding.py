@@ -22,25 +22,17 @@ import torch
 from torch import Tensor
 
 from glip.modeling.glip import GLIP
+from glip.modeling.heads.base import TokenIds
 from glip.modeling.heads.caption import CAPTION, CaptionHead
+from glip.modeling.heads.require import CaptionUnavailableError, require_head
 
 __all__ = ["CaptionUnavailableError", "GeneratedCaption", "beam_search", "greedy_decode", "require_caption_head"]
 
 
-class CaptionUnavailableError(ValueError):
-    """Captions were asked of a model without a captioning head."""
-
-
 def require_caption_head(model: GLIP) -> CaptionHead:
-    """The model's captioning head, or :class:`CaptionUnavailableError` (one line naming the model)."""
-    head = model.heads[CAPTION] if CAPTION in model.heads else None
-    if not isinstance(head, CaptionHead):
-        name = getattr(model.config, "name", None) or type(model).__name__
-        raise CaptionUnavailableError(
-            f"model {name!r} has no caption head, so it cannot caption images "
-            "(load a model trained with model.heads.caption.enabled, e.g. configs/caption/synthetic.yaml)"
-        )
-    return head
+    """The model's captioning head, or :class:`CaptionUnavailableError` (one line naming
+    the model): :func:`glip.modeling.heads.require.require_head` for ``"caption"``."""
+    return require_head(model, CAPTION, CaptionHead)
 
 
 @dataclass
@@ -64,7 +56,7 @@ class _Stepper:
 
     def __init__(self, model: GLIP, features: Sequence[Tensor], special: dict[str, int]) -> None:
         self.model = model
-        self.head = require_caption_head(model)
+        self.head = require_head(model, CAPTION, CaptionHead)
         self.features = list(features)
         self.mask_id = special["mask"]
         self.banned = sorted({special["cls"], special["pad"], special["mask"]})
@@ -78,22 +70,16 @@ class _Stepper:
         features = [f.expand(k, -1, -1, -1) for f in self.features]  # K x [K, C, H_l, W_l]
         out = self.model.forward_features(features, ids, mask, heads=(CAPTION,), causal=True)
         positions = torch.full((k,), t, dtype=torch.int64, device=ids.device)
-        logits = self.head.logits(out.heads[CAPTION], positions).float()  # [K, V]
-        logits[:, self.banned] = float("-inf")
-        return logits.log_softmax(dim=-1)
+        return self.head.postprocess(out.heads[CAPTION], positions, self.banned).log_probs  # [K, V]
 
 
 def _special_ids(tokenizer: object) -> dict[str, int]:
-    ids = {
-        "cls": getattr(tokenizer, "cls_token_id", None),
-        "end": getattr(tokenizer, "sep_token_id", None),
-        "mask": getattr(tokenizer, "mask_token_id", None),
-        "pad": getattr(tokenizer, "pad_token_id", None),
-    }
-    missing = [k for k, v in ids.items() if v is None]
+    ids = TokenIds.from_tokenizer(tokenizer)
+    found = {"cls": ids.cls, "end": ids.sep, "mask": ids.mask, "pad": ids.pad}
+    missing = [k for k, v in found.items() if v is None]
     if missing:
         raise ValueError(f"the tokenizer has no {missing} token ids; captioning needs a BERT-style tokenizer")
-    return {k: int(v) for k, v in ids.items()}  # type: ignore[arg-type]
+    return {k: int(v) for k, v in found.items()}  # type: ignore[arg-type]
 
 
 @torch.no_grad()

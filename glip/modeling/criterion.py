@@ -108,6 +108,30 @@ class Criterion(nn.Module):
         )
         return self.combine(heads, output.heads, inputs)
 
+    def causal(
+        self,
+        heads: Mapping[str, nn.Module],
+        output: Any,
+        text_mask: Tensor,
+        targets: Sequence[GroundingTargets],
+        token_labels: Tensor,
+    ) -> dict[str, Tensor]:
+        """The losses of a causal head's own batch (:attr:`Head.needs_causal_text`, e.g.
+        captioning): its samples carry no boxes, so there is no ATSS assignment (and no
+        positive count across processes); ``token_labels`` (``Tensor[B, T]``, -100 where
+        not masked) reach the heads as ``LossInputs.token_labels``."""
+        inputs = LossInputs(
+            targets=targets,
+            anchors=output.anchors,
+            text_mask=text_mask,
+            assigned=None,
+            num_pos_avg=1.0,
+            trunk=output.trunk,
+            outputs=output.heads,
+            token_labels=token_labels,
+        )
+        return self.combine(heads, output.heads, inputs)
+
     def combine(
         self, heads: Mapping[str, nn.Module], outputs: Mapping[str, Any], inputs: LossInputs
     ) -> dict[str, Tensor]:

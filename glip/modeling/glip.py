@@ -21,6 +21,7 @@ from glip.modeling.fusion.trunk import FusionTrunk, TrunkOutput
 from glip.modeling.heads import GroundingHead, Head
 from glip.modeling.heads.grounding.anchors import AnchorGenerator
 from glip.modeling.heads.grounding.postprocess import GroundingPostProcessor, class_agnostic_nms, merge_chunks
+from glip.modeling.heads.require import MasksUnavailableError, require_head
 from glip.modeling.language.prompt_offset import PromptOffset
 from glip.modeling.language.text_encoder import BertTextEncoder
 from glip.modeling.preprocessing import Preprocessing
@@ -42,10 +43,6 @@ __all__ = [
     "Preprocessing",
     "register_pretrained_writers",
 ]
-
-
-class MasksUnavailableError(ValueError):
-    """Masks were asked of a model without a mask head."""
 
 
 # The name of the detection head in ``GLIP.heads``.
@@ -190,12 +187,7 @@ class GLIP(nn.Module):
 
     def require_masks(self) -> None:
         """Raises :class:`MasksUnavailableError` (one line naming the model) without a mask head."""
-        if not self.has_masks:
-            name = getattr(self.config, "name", None) or type(self).__name__
-            raise MasksUnavailableError(
-                f"model {name!r} has no mask head, so it cannot predict masks "
-                "(load a model trained with model.heads.mask.enabled, or ask for boxes only)"
-            )
+        require_head(self, MASK)
 
     @staticmethod
     def part_of(name: str) -> str:
@@ -236,7 +228,14 @@ class GLIP(nn.Module):
             self.prompt_offset.token_ids = tuple(token_ids)
         return self.prompt_offset
 
-    def forward(self, images: ImageBatch, input_ids: Tensor, attention_mask: Tensor) -> GLIPOutput:
+    def forward(
+        self,
+        images: ImageBatch,
+        input_ids: Tensor,
+        attention_mask: Tensor,
+        heads: Sequence[str] | None = None,
+        causal: bool = False,
+    ) -> GLIPOutput:
         """Runs the network (with the prompt offset, when there is one, whatever the prompt,
         as the official training does).
 
@@ -244,11 +243,16 @@ class GLIP(nn.Module):
             images: ``B`` padded images.
             input_ids, attention_mask: ``Tensor[B, T]``, or ``[1, T]``: one prompt for all
                 images, encoded once.
+            heads, causal: see :meth:`forward_features`. In training, the visual body's maps
+                are kept when a head that runs declares ``needs_backbone``.
         """
-        if self.training and any(getattr(h, "needs_backbone", False) for h in self.heads.values()):
+        running = self.heads.values() if heads is None else [self.heads[n] for n in heads]
+        if self.training and any(h.needs_backbone for h in running):
             features, body = self.backbone.forward_with_body(images.tensor)
-            return self.forward_features(features, input_ids, attention_mask, backbone=body)
-        return self.forward_features(self.backbone(images.tensor), input_ids, attention_mask)
+            return self.forward_features(features, input_ids, attention_mask, heads=heads, backbone=body, causal=causal)
+        return self.forward_features(
+            self.backbone(images.tensor), input_ids, attention_mask, heads=heads, causal=causal
+        )
 
     def forward_features(
         self,

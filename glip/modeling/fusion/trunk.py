@@ -10,7 +10,8 @@ Dimension letters: B images, L levels, C channels, T tokens, D text width.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from torch import Tensor, nn
 
@@ -19,7 +20,7 @@ from glip.modeling.fusion.dyhead import DyConv, HeadBlock
 from glip.modeling.fusion.text_layer import TextLayer
 from glip.structures.text import TextFeatures
 
-__all__ = ["FusionTrunk", "TrunkOutput"]
+__all__ = ["FusionSpec", "FusionTrunk", "TextLayerSpec", "TrunkOutput", "TrunkSpec"]
 
 
 @dataclass
@@ -67,10 +68,53 @@ class TrunkOutput:
         return self.text if self.early_fusion else None
 
 
-class FusionTrunk(nn.Module):
-    """The DyHead tower with early fusion: FPN maps + text -> :class:`TrunkOutput`.
+@dataclass(frozen=True)
+class FusionSpec:
+    """The image-text fusion of every block (:class:`BiAttentionBlock`).
 
-    Args:
+    Attributes:
+        embed_dim, num_heads: the attention's width and heads (GLIP: 2048 and 8 at every
+            tower width).
+        dropout: attention dropout (official 0.1, training only).
+        drop_path: stochastic depth (official 0.0).
+        clamp_min_for_underflow, clamp_max_for_overflow: the fusion logit clamps.
+    """
+
+    embed_dim: int = FUSION_EMBED_DIM
+    num_heads: int = FUSION_NUM_HEADS
+    dropout: float = 0.1
+    drop_path: float = 0.0
+    clamp_min_for_underflow: bool = True
+    clamp_max_for_overflow: bool = True
+
+
+@dataclass(frozen=True)
+class TextLayerSpec:
+    """The in-head BERT layer of every block (:class:`TextLayer`), sized from the language
+    model's config (BERT-base: the defaults).
+
+    Attributes:
+        num_heads, intermediate_size, activation, layer_norm_eps, hidden_dropout,
+        attention_dropout: the layer's sizes and dropouts.
+        clamp_min_for_underflow, clamp_max_for_overflow: the attention clamps (official
+            ``CLAMP_BERTATTN_*``).
+    """
+
+    num_heads: int = 12
+    intermediate_size: int = 3072
+    activation: str = "gelu"
+    layer_norm_eps: float = 1e-12
+    hidden_dropout: float = 0.1
+    attention_dropout: float = 0.1
+    clamp_min_for_underflow: bool = True
+    clamp_max_for_overflow: bool = True
+
+
+@dataclass(frozen=True)
+class TrunkSpec:
+    """What :class:`FusionTrunk` is built from (the builder maps ``model.trunk`` to it).
+
+    Attributes:
         in_channels: width of the FPN features (official BACKBONE.OUT_CHANNELS).
         channels: C, the tower width (official DYHEAD.CHANNELS). When it differs from
             ``in_channels`` the first DyConv drops DyReLU, DyFuse and deformable convs,
@@ -86,17 +130,54 @@ class FusionTrunk(nn.Module):
         use_gn, gn_groups: GroupNorm after each DyHead conv (official USE_GN and
             MODEL.GROUP_NORM.NUM_GROUPS, default 16).
         use_dyrelu, use_dyfuse, use_dfconv: DyConv switches (all True in GLIP).
-        text_num_heads, text_intermediate_size, text_activation, text_layer_norm_eps,
-        text_hidden_dropout, text_attention_dropout: the in-head BERT layers, from the
-            language model's config (BERT-base: 12, 3072, "gelu", 1e-12, 0.1, 0.1).
-        fusion_dropout: attention dropout in the fusion (official 0.1, training only).
-        fusion_drop_path: stochastic depth in the fusion (official 0.0).
-        clamp_min_for_underflow, clamp_max_for_overflow: fusion logit clamps.
-        clamp_bertattn_min_for_underflow, clamp_bertattn_max_for_overflow: in-head
-            BERT attention clamps.
+        fusion: the fusion blocks' settings.
+        text_layer: the in-head text layers' settings.
         use_checkpoint: activation checkpointing of the fusion blocks while training.
-        fusion_embed_dim, fusion_num_heads: the fusion attention's width and heads (GLIP:
-            2048 and 8 at every head width).
+    """
+
+    in_channels: int
+    channels: int
+    text_dim: int
+    num_blocks: int
+    early_fusion: bool = True
+    fused_dot_product: bool = True
+    use_gn: bool = True
+    gn_groups: int = 16
+    use_dyrelu: bool = True
+    use_dyfuse: bool = True
+    use_dfconv: bool = True
+    fusion: FusionSpec = field(default_factory=FusionSpec)
+    text_layer: TextLayerSpec = field(default_factory=TextLayerSpec)
+    use_checkpoint: bool = False
+
+    @classmethod
+    def from_flat(cls, *args: Any, **kwargs: Any) -> TrunkSpec:
+        """A spec from the official head's flat argument names (as the parity tests spell
+        them): ``text_<x>`` is ``text_layer.<x>``, ``clamp_bertattn_<x>`` is
+        ``text_layer.clamp_<x>``, ``fusion_<x>`` and ``clamp_<x>`` are ``fusion.<x>`` and
+        ``fusion.clamp_<x>``; the rest are this class's own fields."""
+        text, fusion, own = {}, {}, {}
+        for key, value in kwargs.items():
+            if key.startswith("text_") and key != "text_dim":
+                text[key.removeprefix("text_")] = value
+            elif key.startswith("clamp_bertattn_"):
+                text["clamp_" + key.removeprefix("clamp_bertattn_")] = value
+            elif key.startswith("fusion_"):
+                fusion[key.removeprefix("fusion_")] = value
+            elif key.startswith("clamp_"):
+                fusion[key] = value
+            else:
+                own[key] = value
+        return cls(*args, fusion=FusionSpec(**fusion), text_layer=TextLayerSpec(**text), **own)
+
+
+class FusionTrunk(nn.Module):
+    """The DyHead tower with early fusion: FPN maps + text -> :class:`TrunkOutput`.
+
+    Args:
+        spec: its :class:`TrunkSpec`. The flat form ``FusionTrunk(in_channels, channels,
+            text_dim, num_blocks, **keywords)`` (the official head's argument names) is
+            :meth:`TrunkSpec.from_flat`.
 
     ``forward(features, text)``: L tensors ``Tensor[B, C_in, H_l, W_l]`` and
     :class:`TextFeatures` -> :class:`TrunkOutput`. When ``text.causal`` (captioning) every
@@ -105,84 +186,24 @@ class FusionTrunk(nn.Module):
     (``blocks.<i>.fusion``, ``.text_layer``, ``.dyconv``; official ``dyhead_tower``).
     """
 
-    def __init__(
-        self,
-        in_channels: int,
-        channels: int,
-        text_dim: int,
-        num_blocks: int,
-        early_fusion: bool = True,
-        fused_dot_product: bool = True,
-        use_gn: bool = True,
-        gn_groups: int = 16,
-        use_dyrelu: bool = True,
-        use_dyfuse: bool = True,
-        use_dfconv: bool = True,
-        text_num_heads: int = 12,
-        text_intermediate_size: int = 3072,
-        text_activation: str = "gelu",
-        text_layer_norm_eps: float = 1e-12,
-        text_hidden_dropout: float = 0.1,
-        text_attention_dropout: float = 0.1,
-        fusion_dropout: float = 0.1,
-        fusion_drop_path: float = 0.0,
-        fusion_embed_dim: int = FUSION_EMBED_DIM,
-        fusion_num_heads: int = FUSION_NUM_HEADS,
-        clamp_min_for_underflow: bool = True,
-        clamp_max_for_overflow: bool = True,
-        clamp_bertattn_min_for_underflow: bool = True,
-        clamp_bertattn_max_for_overflow: bool = True,
-        use_checkpoint: bool = False,
-    ) -> None:
+    def __init__(self, spec: TrunkSpec | int, *args: Any, **kwargs: Any) -> None:
         super().__init__()
-        if in_channels != channels and (early_fusion or use_dfconv):
+        if not isinstance(spec, TrunkSpec):
+            spec = TrunkSpec.from_flat(spec, *args, **kwargs)
+        elif args or kwargs:
+            raise TypeError("FusionTrunk takes a TrunkSpec alone, or the flat arguments")
+        if spec.in_channels != spec.channels and (spec.early_fusion or spec.use_dfconv):
             raise ValueError(
-                f"in_channels ({in_channels}) != channels ({channels}) is only possible without early "
+                f"in_channels ({spec.in_channels}) != channels ({spec.channels}) is only possible without early "
                 "fusion and deformable convs: the official head would feed the first fusion and all "
                 "later ones different widths, and call its first deformable convs without offsets"
             )
-        self.channels = channels
-        self.text_dim = text_dim
-        self.early_fusion = early_fusion
-        self.fused_dot_product = fused_dot_product
-        blocks = []
-        for i in range(num_blocks):
-            fusion, text_layer = None, None
-            if early_fusion:
-                fusion = BiAttentionBlock(
-                    channels,
-                    text_dim,
-                    embed_dim=fusion_embed_dim,
-                    num_heads=fusion_num_heads,
-                    dropout=fusion_dropout,
-                    drop_path=fusion_drop_path,
-                    init_values=1.0 / num_blocks,  # official VLFuse: 1 / DYHEAD.NUM_CONVS
-                    clamp_min_for_underflow=clamp_min_for_underflow,
-                    clamp_max_for_overflow=clamp_max_for_overflow,
-                )
-                if i < num_blocks - 1 or fused_dot_product:
-                    text_layer = TextLayer(
-                        text_dim,
-                        text_num_heads,
-                        text_intermediate_size,
-                        activation=text_activation,
-                        layer_norm_eps=text_layer_norm_eps,
-                        hidden_dropout=text_hidden_dropout,
-                        attention_dropout=text_attention_dropout,
-                        clamp_min_for_underflow=clamp_bertattn_min_for_underflow,
-                        clamp_max_for_overflow=clamp_bertattn_max_for_overflow,
-                    )
-            reduced = i == 0 and in_channels != channels
-            dyconv = DyConv(
-                in_channels if i == 0 else channels,
-                channels,
-                gn_groups=gn_groups if use_gn else None,
-                use_dyrelu=use_dyrelu and not reduced,
-                use_dyfuse=use_dyfuse and not reduced,
-                use_dfconv=use_dfconv and not reduced,
-            )
-            blocks.append(HeadBlock(dyconv, fusion, text_layer, use_checkpoint=use_checkpoint))
-        self.blocks = nn.ModuleList(blocks)
+        self.spec = spec
+        self.channels = spec.channels
+        self.text_dim = spec.text_dim
+        self.early_fusion = spec.early_fusion
+        self.fused_dot_product = spec.fused_dot_product
+        self.blocks = nn.ModuleList(_block(spec, i) for i in range(spec.num_blocks))
 
     def forward(self, features: list[Tensor], text: TextFeatures) -> TrunkOutput:
         visual, hidden = list(features), text.hidden
@@ -197,3 +218,44 @@ class FusionTrunk(nn.Module):
             early_fusion=self.early_fusion,
             fused_dot_product=self.fused_dot_product,
         )
+
+
+def _block(spec: TrunkSpec, i: int) -> HeadBlock:
+    """Block ``i`` of the tower, its modules created in the official order (fusion, text
+    layer, DyConv: the same random initialisation for a seed)."""
+    fusion, text_layer = None, None
+    f, t = spec.fusion, spec.text_layer
+    if spec.early_fusion:
+        fusion = BiAttentionBlock(
+            spec.channels,
+            spec.text_dim,
+            embed_dim=f.embed_dim,
+            num_heads=f.num_heads,
+            dropout=f.dropout,
+            drop_path=f.drop_path,
+            init_values=1.0 / spec.num_blocks,  # official VLFuse: 1 / DYHEAD.NUM_CONVS
+            clamp_min_for_underflow=f.clamp_min_for_underflow,
+            clamp_max_for_overflow=f.clamp_max_for_overflow,
+        )
+        if i < spec.num_blocks - 1 or spec.fused_dot_product:
+            text_layer = TextLayer(
+                spec.text_dim,
+                t.num_heads,
+                t.intermediate_size,
+                activation=t.activation,
+                layer_norm_eps=t.layer_norm_eps,
+                hidden_dropout=t.hidden_dropout,
+                attention_dropout=t.attention_dropout,
+                clamp_min_for_underflow=t.clamp_min_for_underflow,
+                clamp_max_for_overflow=t.clamp_max_for_overflow,
+            )
+    reduced = i == 0 and spec.in_channels != spec.channels
+    dyconv = DyConv(
+        spec.in_channels if i == 0 else spec.channels,
+        spec.channels,
+        gn_groups=spec.gn_groups if spec.use_gn else None,
+        use_dyrelu=spec.use_dyrelu and not reduced,
+        use_dyfuse=spec.use_dyfuse and not reduced,
+        use_dfconv=spec.use_dfconv and not reduced,
+    )
+    return HeadBlock(dyconv, fusion, text_layer, use_checkpoint=spec.use_checkpoint)

@@ -24,27 +24,24 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from glip.modeling.fusion.trunk import TrunkOutput
-from glip.modeling.heads.base import Head, LossInputs
+from glip.modeling.heads.base import Head, LossInputs, MaskedTokens
 from glip.modeling.heads.mlm import BERT_MASK_TOKEN_ID, MLMHead
 from glip.text.masking import IGNORE_INDEX
 
-__all__ = ["CAPTION", "CaptionHead", "CaptionOutput", "MaskedCaptions", "mask_caption_tokens", "restrict_vocabulary"]
+__all__ = [
+    "CAPTION",
+    "CAPTIONING",
+    "CaptionHead",
+    "CaptionOutput",
+    "NextTokenScores",
+    "mask_caption_tokens",
+    "restrict_vocabulary",
+]
 
 # The name of the captioning head in ``GLIP.heads``.
 CAPTION = "caption"
-
-
-@dataclass
-class MaskedCaptions:
-    """Captions with some tokens masked for the captioning loss.
-
-    Attributes:
-        input_ids: ``Tensor[B, T]`` int64, the ids the model runs on (``[MASK]`` at the slots).
-        labels: ``Tensor[B, T]`` int64, the original id at the masked slots, -100 elsewhere.
-    """
-
-    input_ids: Tensor
-    labels: Tensor
+# The sample kind of captioning data (glip.data.captions.CAPTIONING): the head's own batches.
+CAPTIONING = "captioning"
 
 
 def mask_caption_tokens(
@@ -54,7 +51,7 @@ def mask_caption_tokens(
     mask_token_id: int,
     mask_prob: float = 0.15,
     max_masked: int = 3,
-) -> MaskedCaptions:
+) -> MaskedTokens:
     """Masks ``min(max(round(mask_prob x n), 1), max_masked)`` of each caption's ``n``
     maskable tokens (real tokens after ``[CLS]``: the words and the end token), chosen
     uniformly without replacement from the caption's own generator.
@@ -78,7 +75,18 @@ def mask_caption_tokens(
         slots = slots.to(input_ids.device)
         labels[b, slots] = input_ids[b, slots]
         ids[b, slots] = mask_token_id
-    return MaskedCaptions(input_ids=ids, labels=labels)
+    return MaskedTokens(input_ids=ids, labels=labels)
+
+
+@dataclass
+class NextTokenScores:
+    """The caption head's decoding of one step (:meth:`CaptionHead.postprocess`).
+
+    Attributes:
+        log_probs: ``Tensor[B, V]`` float32, the log-probabilities of the next token.
+    """
+
+    log_probs: Tensor
 
 
 @dataclass
@@ -101,9 +109,12 @@ class CaptionHead(Head):
     fused text. Parameters: ``predictor.*``, ``readout.*``. It may start fresh from a
     checkpoint without it.
 
-    Its loss is ``loss_caption`` (:meth:`caption_loss`), computed on captioning batches,
-    which run the model causally (:func:`glip.engine.captioning.caption_losses`); on the
-    batches of the other tasks (bi-directional text) :meth:`loss` returns nothing.
+    It declares ``needs_causal_text`` with ``batch_kind`` ``"captioning"``: the training
+    loop masks tokens of the captioning batches (:meth:`corrupt`) and runs the model
+    causally with this head alone; :meth:`loss` is then ``loss_caption``
+    (:meth:`caption_loss` on ``LossInputs.token_labels``). On the batches of the other
+    tasks (bi-directional text) it returns nothing. :meth:`postprocess` gives the next
+    token's log-probabilities, the step of :mod:`glip.modeling.caption_decoding`'s search.
 
     Args:
         hidden_dim: D, the text width.
@@ -123,6 +134,8 @@ class CaptionHead(Head):
     """
 
     fresh_start = True
+    needs_causal_text = True
+    batch_kind = CAPTIONING
 
     def __init__(
         self,
@@ -167,9 +180,7 @@ class CaptionHead(Head):
         self.readout = readout
 
     @torch.no_grad()
-    def corrupt(
-        self, input_ids: Tensor, attention_mask: Tensor, generators: Sequence[torch.Generator]
-    ) -> MaskedCaptions:
+    def corrupt(self, input_ids: Tensor, attention_mask: Tensor, generators: Sequence[torch.Generator]) -> MaskedTokens:
         """:func:`mask_caption_tokens` with this head's settings."""
         return mask_caption_tokens(
             input_ids, attention_mask, generators, self.mask_token_id, self.mask_prob, self.max_masked
@@ -216,8 +227,25 @@ class CaptionHead(Head):
         return F.cross_entropy(logits, targets, label_smoothing=self.label_smoothing)
 
     def loss(self, output: CaptionOutput, inputs: LossInputs) -> dict[str, Tensor]:
-        """Nothing: the captioning loss comes from captioning batches (:meth:`caption_loss`)."""
-        return {}
+        """``{"loss_caption": Tensor[]}`` on a captioning batch (a causal forward, with
+        ``inputs.token_labels``); nothing on the batches of the other tasks."""
+        if not output.causal:
+            return {}
+        if inputs.token_labels is None:
+            raise ValueError("the captioning loss needs the masked tokens' labels (LossInputs.token_labels)")
+        return {"loss_caption": self.caption_loss(output, inputs.token_labels)}
+
+    @torch.no_grad()
+    def postprocess(self, output: CaptionOutput, positions: Tensor, banned: Sequence[int] = ()) -> NextTokenScores:
+        """The next token's log-probabilities at one position per caption (float32), the
+        ``banned`` ids (never generated) at -inf.
+
+        Args:
+            positions: ``Tensor[B]`` int64 token indices (the ``[MASK]`` slot).
+        """
+        logits = self.logits(output, positions).float()  # [B, V]
+        logits[:, list(banned)] = float("-inf")
+        return NextTokenScores(log_probs=logits.log_softmax(dim=-1))
 
 
 def restrict_vocabulary(head: CaptionHead, token_ids: Sequence[int]) -> CaptionHead:

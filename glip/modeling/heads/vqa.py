@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from glip.modeling.fusion.trunk import TrunkOutput
 from glip.modeling.heads.base import Head, LossInputs
 
-__all__ = ["AnswerClassifier", "VQAHead", "VQAOutput", "answer_slot", "vqa_loss"]
+__all__ = ["AnswerClassifier", "VQAHead", "VQAOutput", "VQAPrediction", "answer_slot", "vqa_loss"]
 
 
 def answer_slot(mask: Tensor) -> Tensor:
@@ -87,6 +87,26 @@ class VQAOutput:
     slot: Tensor
 
 
+@dataclass
+class VQAPrediction:
+    """The answer head's decoding (:meth:`VQAHead.postprocess`).
+
+    Attributes:
+        top: per prompt, its ``k`` best ``(answer, score)`` pairs, best first (score: the
+            sigmoid of the answer's logit).
+        slot: ``Tensor[B]`` int64, the answer slot's token index (the grounding head's
+            boxes scored on that token are the answer's).
+    """
+
+    top: list[list[tuple[str, float]]]
+    slot: Tensor
+
+    @property
+    def best(self) -> list[tuple[str, float]]:
+        """Each prompt's best answer and its score."""
+        return [t[0] for t in self.top]
+
+
 class VQAHead(Head):
     """The answer head on the trunk (``model.heads["vqa"]``, loss ``loss_vqa``).
 
@@ -109,6 +129,7 @@ class VQAHead(Head):
     """
 
     fresh_start = True
+    extra_inputs = ("answer_scores",)  # a question trains the head without boxes
 
     def __init__(
         self,
@@ -153,8 +174,17 @@ class VQAHead(Head):
         return {"loss_vqa": vqa_loss(output.logits[index], scores.to(output.logits.device))}
 
     @torch.no_grad()
-    def decode(self, output: VQAOutput) -> list[tuple[str, float]]:
-        """Each prompt's best answer and its score (the sigmoid of its logit)."""
+    def postprocess(self, output: VQAOutput, topk: int = 1) -> VQAPrediction:
+        """Each prompt's ``min(topk, A)`` best answers (at least one) with their scores."""
         probs = output.logits.float().sigmoid()  # [B, A]
-        score, index = probs.max(dim=1)
-        return [(self.answers[int(i)], float(s)) for i, s in zip(index.tolist(), score.tolist())]
+        k = max(min(topk, probs.shape[1]), 1)
+        scores, index = probs.topk(k, dim=1)  # [B, k]
+        top = [
+            [(self.answers[int(i)], float(sc)) for i, sc in zip(row_i, row_s)]
+            for row_i, row_s in zip(index.tolist(), scores.tolist())
+        ]
+        return VQAPrediction(top=top, slot=output.slot)
+
+    def decode(self, output: VQAOutput) -> list[tuple[str, float]]:
+        """Deprecated: ``postprocess(output).best``."""
+        return self.postprocess(output).best

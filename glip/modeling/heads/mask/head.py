@@ -14,7 +14,7 @@ cropped to the proposal and resized to M x M. Unlike the official code, the batc
 any number of images, and boxes without a mask are left out (the official data turns them
 into box-shaped masks).
 
-Inference (:meth:`MaskHead.predict`): given detections (boxes in network-input pixels and
+Inference (:meth:`MaskHead.postprocess`): given detections (boxes in network-input pixels and
 the tokens of their labels), mask probabilities ``Tensor[N, M, M]``; pasting into the
 image is :func:`glip.ops.masks.paste_masks`.
 
@@ -42,7 +42,7 @@ from glip.ops.roi_align import multilevel_roi_align
 from glip.structures.outputs import HeadOutputs
 from glip.structures.targets import GroundingTargets
 
-__all__ = ["MaskHead", "MaskOutput", "MaskTargets", "detector_proposals"]
+__all__ = ["MaskHead", "MaskOutput", "MaskPrediction", "MaskTargets", "detector_proposals"]
 
 GROUNDING = "grounding"
 
@@ -127,6 +127,18 @@ def detector_proposals(
         keep = nms(boxes, top, nms_thresh)[:post_nms_top_n]
         out.append(boxes[keep])
     return out
+
+
+@dataclass
+class MaskPrediction:
+    """The mask head's decoding (:meth:`MaskHead.postprocess`).
+
+    Attributes:
+        probs: B tensors ``Tensor[N_b, M, M]`` float32 in [0, 1], each detection's mask
+            probabilities over its box extent (paste with :func:`glip.ops.masks.paste_masks`).
+    """
+
+    probs: list[Tensor]
 
 
 class MaskHead(Head):
@@ -270,8 +282,12 @@ class MaskHead(Head):
         masks = targets.masks.to(device=logits.device, dtype=logits.dtype)
         return {"loss_mask": F.binary_cross_entropy_with_logits(logits, masks)}
 
-    @torch.no_grad()
     def predict(self, output: MaskOutput, boxes: Sequence[Tensor], token_maps: Sequence[Tensor]) -> list[Tensor]:
+        """Deprecated: ``postprocess(output, boxes, token_maps).probs``."""
+        return self.postprocess(output, boxes, token_maps).probs
+
+    @torch.no_grad()
+    def postprocess(self, output: MaskOutput, boxes: Sequence[Tensor], token_maps: Sequence[Tensor]) -> MaskPrediction:
         """Mask probabilities of detections (official ``MaskPostProcessor``: the label's
         tokens' logits averaged, then the sigmoid).
 
@@ -281,13 +297,13 @@ class MaskHead(Head):
             token_maps: B tensors ``Tensor[N_b, T]`` bool, each detection's label tokens.
 
         Returns:
-            B tensors ``Tensor[N_b, M, M]`` in [0, 1].
+            :class:`MaskPrediction` (B tensors ``Tensor[N_b, M, M]`` in [0, 1]).
         """
         counts = [len(b) for b in boxes]
         if sum(counts) == 0:
-            return [b.new_zeros((0, self.resolution, self.resolution)) for b in boxes]
+            return MaskPrediction([b.new_zeros((0, self.resolution, self.resolution)) for b in boxes])
         device = output.visual[0].device
         boxes = [b.to(device).to(output.visual[0].dtype) for b in boxes]
         token_map = torch.cat([t.to(device).bool() for t in token_maps])  # [N, T]
         probs = self.region_logits(output, boxes, token_map).float().sigmoid()  # [N, M, M]
-        return list(probs.split(counts))
+        return MaskPrediction(list(probs.split(counts)))
