@@ -7,6 +7,7 @@ from typing import Any
 
 from glip.config import GLIPConfig
 from glip.data import CocoGroundingDataset, CocoIndex, MdetrGroundingDataset
+from glip.data.caption_packing import CaptionPacking
 from glip.data.caption_screen import CaptionScreen
 from glip.data.shards import ShardStream, open_shard_set
 from glip.data.transforms import build_train_transform
@@ -21,7 +22,8 @@ def build_shard_stream(cfg: GLIPConfig, tokenizer: Any) -> ShardStream:
     sample builder: ``detection`` -> :class:`CocoGroundingDataset` (``cfg.data``'s caption
     recipe over the manifest's categories), ``grounding`` / ``caption`` ->
     :class:`MdetrGroundingDataset` (``caption``, or ``data.pseudo_labelled``: pseudo-labelled
-    captions, screened by the caption options). One-line errors for what a stream cannot do."""
+    captions, screened by the caption options and packed with ``data.pack_captions`` other
+    captions of their shard). One-line errors for what a stream cannot do."""
     d = cfg.data
     if d.train_json or d.train_images:
         raise ValueError("data.train_shards replaces data.train_json / data.train_images: set one or the other")
@@ -36,14 +38,15 @@ def build_shard_stream(cfg: GLIPConfig, tokenizer: Any) -> ShardStream:
             raise ValueError(f"{manifest.root}: detection shards need the manifest's categories")
         builder: Any = CocoGroundingDataset(index, "", tokenizer, transform, caption_recipe(cfg, True), **common)
     elif manifest.kind in ("grounding", "caption"):
-        if d.pack_captions > 0:
-            raise ValueError("data.pack_captions draws other captions of the set: it needs data.train_json, not shards")
         pseudo = manifest.kind == "caption" or d.pseudo_labelled
         screen = CaptionScreen(d.caption_conf, d.caption_nms, d.caption_min_box)
         distill = cfg.model.heads.grounding.distill_weight > 0
+        # Packed negatives come from the shard being read (glip.data.shards.stream).
+        packing = CaptionPacking(d.pack_captions, d.pack_prob, d.no_pack_prob, d.pack_disjoint) if pseudo else None
         builder = MdetrGroundingDataset(
-            index, "", tokenizer, transform, kind="caption" if pseudo else "grounding", concept_scores=distill, **common
-        )
+            index, "", tokenizer, transform, kind="caption" if pseudo else "grounding", packing=packing,
+            concept_scores=distill, **common,
+        )  # fmt: skip
     else:
         raise ValueError(
             f"{manifest.root}: training streams detection, grounding and caption shards; "
