@@ -173,3 +173,19 @@ def test_refine_shards_resumes_by_shard_and_refuses_other_options(tmp_path, monk
     other = pr.Refiner(pr.RefineOptions(0.4, 0.5, 1, True), build_chunker("offline"))
     with pytest.raises(ValueError, match="other settings"):
         pr.refine_shards(inputs, out, other)
+
+
+def test_the_script_writes_img2dataset_shards_as_the_test_does(both, tmp_path):
+    """``--shards N``'s writer (ShardWriter) gives the members the tarfile-written input has."""
+    from glip.tools.pseudo_label_shards import input_shards
+
+    script, root, json_args, *_ = both
+    data = root / "json" / "data"
+    ds = script.synthetic_set(json_args, data)
+    written = script.write_caption_shards(data / "captions_train.json", ds.image_dir, tmp_path / "out", PER_SHARD)
+    assert [p.name for p in written] == [p.name for p in input_shards(root / "i2d")]
+    for mine, theirs in zip(written, input_shards(root / "i2d")):
+        got, want = list(iter_shard(mine)), list(iter_shard(theirs))
+        assert [m["__key__"] for m in got] == [m["__key__"] for m in want]
+        for a, b in zip(got, want):
+            assert a["png"] == b["png"] and a["txt"] == b["txt"] and json.loads(a["json"]) == json.loads(b["json"])
