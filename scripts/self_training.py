@@ -30,6 +30,16 @@ from those pseudo-labels alone, and both are evaluated on the same validation im
    validation images, every category prompted. The script prints the table and the gap
    (teacher minus student) and writes ``WORK/report.json``.
 
+With ``--shards N`` stages 2-5 run on shards, at constant memory whatever the set's size:
+the training captions are written as img2dataset writes them (``WORK/data/caption_shards``:
+tars of N ``{key}.png`` + ``{key}.txt`` + ``{key}.json``), labelled by ``glip pseudo-label
+--shards``'s Python API into ``WORK/pseudo_shards``, screened shard by shard with the same
+per-caption rule into ``WORK/student_shards``
+(:func:`glip.tools.pseudo_label_refine.refine_shards`: one output shard per input shard,
+atomic, resumable), the quality table streams the shards, and the student trains on
+``data.train_shards`` (packing draws each caption's negatives from its own shard). With one
+shard (N >= the captions) every output equals the json path's.
+
 Every stage resumes: the labelling skips the images its shards hold, the training continues
 from its last checkpoint (``WORK/student/checkpoints``); run the same command again after
 an interruption. The bundled demo teacher scores its best boxes around 0.3-0.6 and repeats
@@ -45,10 +55,9 @@ import json
 import os
 import sys
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -98,6 +107,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--student-init", default=None, metavar="FOLDER",
                    help="weights the student starts from (e.g. scripts/train_demo.py's visual pre-training, "
                         "WORK/init; with its DEMO_RECIPE as overrides); default: fresh")  # fmt: skip
+    p.add_argument("--shards", type=int, default=0, metavar="N",
+                   help="run stages 2-5 on img2dataset-layout caption shards of N images (written from the "
+                        "synthetic set) instead of the captions json: glip pseudo-label --shards, the screen "
+                        "shard by shard, the student on data.train_shards (0: the json path)")  # fmt: skip
+    p.add_argument("--caption-shards", default=None, metavar="DIR",
+                   help="as --shards, reading these img2dataset shards of the synthetic training images instead "
+                        "(keys: the image files' stems, which the quality table matches to the gold boxes)")  # fmt: skip
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="student config overrides (tiny.yaml)")
     return p.parse_args(argv)
@@ -124,142 +140,121 @@ def synthetic_set(args: argparse.Namespace, root: Path) -> Any:
     return ds
 
 
+def _teacher(args: argparse.Namespace, teacher_model: Any, captions: Iterable[str]) -> tuple[Any, dict[str, Any]]:
+    """The labelling teacher and how it is named (the settings' ``model``); ``captions``: the
+    captions whose frequent phrases are the CLIP teacher's background concepts."""
+    from glip.tools.teachers import GlipTeacher, build_chunker
+
+    model: dict[str, Any] = {"model": str(args.teacher), "config": None}
+    if not args.clip_model:
+        return GlipTeacher(teacher_model, args.threshold), model
+    # The GLIP teacher proposes regions, CLIP names them.
+    from glip.tools.clip_teacher import ClipScorer, ClipTeacher, GlipProposals, frequent_phrases
+
+    scorer = ClipScorer.load(args.clip_model, args.clip_pretrained, args.device)
+    proposals = GlipProposals(GlipTeacher(teacher_model, args.proposal_threshold), 0.5)
+    background = frequent_phrases(captions, build_chunker("offline"), args.clip_background)
+    model.update(clip_model=str(args.clip_model), proposal_threshold=args.proposal_threshold,
+                 clip_background=args.clip_background)  # fmt: skip
+    return ClipTeacher(scorer, proposals, args.threshold, background), model
+
+
+def _settings(args: argparse.Namespace, digest: str, count: int, model: dict[str, Any]) -> Any:
+    from glip.tools.pseudo_label import PseudoLabelSettings
+
+    kind = "clip" if args.clip_model else "glip"
+    return PseudoLabelSettings(digest, count, args.threshold, -1.0, args.min_boxes, kind, "offline", model)
+
+
 def pseudo_label(args: argparse.Namespace, captions: Path, image_dir: Path, out: Path, teacher_model: Any) -> Any:
     """Labels the captions with the teacher (resumable) and merges ``out``; returns the summary."""
-    from glip.tools.pseudo_label import (
-        PseudoLabelSettings,
-        ShardStore,
-        file_digest,
-        label_images,
-        merge_shards,
-        read_caption_items,
-    )
-    from glip.tools.teachers import GlipTeacher, build_chunker
+    from glip.tools.pseudo_label import ShardStore, file_digest, label_images, merge_shards, read_caption_items
+    from glip.tools.teachers import build_chunker
 
     items = read_caption_items(captions)
     store = ShardStore(out.with_name(out.name + ".shards"))
-    model: dict[str, Any] = {"model": str(args.teacher), "config": None}
-    teacher: Any = GlipTeacher(teacher_model, args.threshold)
-    chunker = build_chunker("offline")
-    if args.clip_model:  # the GLIP teacher proposes regions, CLIP names them
-        from glip.tools.clip_teacher import ClipScorer, ClipTeacher, GlipProposals, frequent_phrases
-
-        scorer = ClipScorer.load(args.clip_model, args.clip_pretrained, args.device)
-        proposals = GlipProposals(GlipTeacher(teacher_model, args.proposal_threshold), 0.5)
-        background = frequent_phrases((c for it in items for c in it.captions), chunker, args.clip_background)
-        teacher = ClipTeacher(scorer, proposals, args.threshold, background)
-        model.update(clip_model=str(args.clip_model), proposal_threshold=args.proposal_threshold,
-                     clip_background=args.clip_background)  # fmt: skip
-    kind = "clip" if args.clip_model else "glip"
-    settings = PseudoLabelSettings(
-        file_digest(captions), len(items), args.threshold, -1.0, args.min_boxes, kind, "offline", model
-    )
-    label_images(items, image_dir, teacher, chunker, store, settings, progress=not args.quiet)
+    teacher, model = _teacher(args, teacher_model, (c for it in items for c in it.captions))
+    settings = _settings(args, file_digest(captions), len(items), model)
+    label_images(items, image_dir, teacher, build_chunker("offline"), store, settings, progress=not args.quiet)
     return merge_shards(items, store, out)
+
+
+def write_caption_shards(captions: Path, image_dir: Path, out: Path, per_shard: int) -> list[Path]:
+    """The captioned images as img2dataset writes them (``--output_format webdataset
+    --encode_format png``): ``out/00000.tar``, ... of ``per_shard`` samples ``{key}.png`` (the
+    file's bytes), ``{key}.txt`` (its first caption; the synthetic sets have one) and
+    ``{key}.json`` (download metadata), the key being the file's stem. Deterministic bytes,
+    so a rerun finds the same shards (the labelling resumes)."""
+    from glip.data.shards import ShardWriter
+    from glip.tools.pseudo_label import read_caption_items
+
+    items, paths = read_caption_items(captions), []
+    for start in range(0, len(items), per_shard):
+        paths.append(out / f"{start // per_shard:05d}.tar")
+        with ShardWriter(paths[-1]) as writer:
+            for it in items[start : start + per_shard]:
+                key = Path(it.file_name).stem
+                meta = {"url": it.file_name, "key": key, "status": "success", "caption": it.captions[0]}
+                writer.write(key, {"png": (image_dir / it.file_name).read_bytes(), "txt": it.captions[0], "json": meta})
+    return paths
+
+
+def pseudo_label_shards(args: argparse.Namespace, inputs: list[Path], out: Path, teacher_model: Any) -> dict[str, int]:
+    """Labels caption shards ``inputs`` into ``out`` (``glip pseudo-label --shards``'s Python
+    API: one output shard per input shard, resumable); returns the captions, boxes and
+    dropped captions over all shards."""
+    from glip.tools.pseudo_label import ShardStore
+    from glip.tools.pseudo_label_shards import (
+        input_digest,
+        label_shards,
+        output_totals,
+        shard_captions,
+        write_output_manifest,
+    )
+    from glip.tools.teachers import build_chunker
+
+    teacher, model = _teacher(args, teacher_model, (c for p in inputs for c in shard_captions(p)))
+    settings = _settings(args, input_digest(inputs), len(inputs), model)
+    run = label_shards(inputs, out, teacher, build_chunker("offline"), ShardStore(out), settings,
+                       progress=not args.quiet)  # fmt: skip
+    if run.unreadable or write_output_manifest(inputs, out) is None:
+        raise SystemExit(f"{out}: some caption shard could not be labelled: {'; '.join(run.unreadable)}")
+    totals = output_totals(inputs, out)
+    return {"captions": totals["samples"], "boxes": totals["boxes"], "dropped": totals["dropped"]}
 
 
 def refine(pseudo: Path, out: Path, conf: float, nms: float, per_phrase: int, complete: bool) -> dict[str, int]:
     """Writes the student's data: ``pseudo`` (the teacher's MDETR json, :func:`pseudo_label`)
-    screened per caption as the official ``CAPTION_CONF`` / ``CAPTION_NMS`` screen
-    (:class:`glip.data.caption_screen.CaptionScreen`: boxes scoring above ``conf``, class-agnostic NMS at
-    IoU ``nms``), then at most ``per_phrase`` boxes per phrase (the best scoring; 0: all)
-    and, with ``complete``, only the captions whose every noun phrase (the offline
-    chunker's, as the teacher saw them) kept a box: a phrase left without a box still sits
-    in the student's prompt, where its tokens are negatives for every anchor, its own
-    shape's too. Captions left without a box are dropped. Reads the teacher's output only.
-    Returns ``{"captions": ..., "boxes": ...}`` kept."""
-    from glip.data.caption_screen import CaptionScreen
+    screened per caption by :class:`glip.tools.pseudo_label_refine.Refiner` (boxes scoring
+    above ``conf``, class-agnostic NMS at IoU ``nms``, at most ``per_phrase`` boxes per
+    phrase, 0: all; with ``complete``, only the captions whose every noun phrase of the
+    offline chunker kept a box). Reads the teacher's output only. Returns ``{"captions":
+    ..., "boxes": ...}`` kept."""
+    from glip.tools.pseudo_label_refine import refine_json
+
+    return refine_json(pseudo, out, _refiner(conf, nms, per_phrase, complete))
+
+
+def _refiner(conf: float, nms: float, per_phrase: int, complete: bool) -> Any:
+    from glip.tools.pseudo_label_refine import RefineOptions, Refiner
     from glip.tools.teachers import build_chunker
 
-    data = json.loads(pseudo.read_text())
-    screen, chunker = CaptionScreen(conf, nms, 0), build_chunker("offline")
-    by_image: dict[Any, list[dict[str, Any]]] = {}
-    for a in data["annotations"]:
-        by_image.setdefault(a["image_id"], []).append(a)
-    images, annotations = [], []
-    for im in data["images"]:
-        kept: dict[str, list[dict[str, Any]]] = {}
-        for a in sorted(screen.screen(by_image.get(im["id"], [])), key=lambda a: -a["score"]):
-            phrase = kept.setdefault(json.dumps(a["tokens_positive"]), [])
-            if per_phrase <= 0 or len(phrase) < per_phrase:
-                phrase.append(a)
-        phrases = {json.dumps([list(span)]) for _, span in chunker(im["caption"])}
-        if not kept or (complete and not phrases <= set(kept)):
-            continue
-        images.append(im)
-        annotations += [a for boxes in kept.values() for a in boxes]
-    data["images"], data["annotations"] = images, annotations
-    out.write_text(json.dumps(data))
-    return {"captions": len(images), "boxes": len(annotations)}
+    return Refiner(RefineOptions(conf, nms, per_phrase, complete), build_chunker("offline"))
 
 
-def _iou(a: list[list[float]], b: list[list[float]]) -> np.ndarray:
-    """IoU of COCO ``[x, y, w, h]`` boxes ``a`` (N) and ``b`` (M): ``[N, M]``
-    (:func:`glip.ops.boxes.box_iou`, continuous coordinates)."""
-    import torch
+def pseudo_label_quality(pseudo: Path | Iterable[Any], gold: Path, iou: float = 0.5) -> dict[str, Any]:
+    """:func:`glip.tools.pseudo_label_refine.pseudo_label_quality`: ``pseudo``'s boxes against
+    the gold training boxes (``train.json``, read for this table only, never by the student)."""
+    from glip.tools.pseudo_label_refine import pseudo_label_quality as quality
 
-    from glip.ops.boxes import box_iou
-
-    def corners(boxes: list[list[float]]) -> torch.Tensor:  # [K, 4] xywh -> xyxy
-        t = torch.tensor(boxes, dtype=torch.float64)
-        return torch.cat([t[:, :2], t[:, :2] + t[:, 2:]], dim=1)
-
-    return box_iou(corners(a), corners(b)).numpy()
-
-
-def pseudo_label_quality(pseudo: Path, gold: Path, iou: float = 0.5) -> dict[str, Any]:
-    """How good the boxes of ``pseudo`` (an MDETR json) are, for the report only: the gold
-    training boxes (``gold``, the synthetic set's ``train.json``) are read here and never
-    by the student.
-
-    Per image, the boxes are matched one-to-one to gold boxes of the category their phrase
-    names (``"a red circle"`` -> ``red circle``), best score first, at IoU >= ``iou``.
-    Returns ``boxes``, ``captions`` (with a box), ``precision`` (matched / boxes),
-    ``recall`` (matched / the gold boxes of these images), ``recall_named`` (matched / the
-    gold boxes whose category the caption names: the captions name at most the three largest
-    shapes) and ``duplicates`` (unmatched boxes on an already matched gold box of their
-    category); precision and recalls in percent.
-    """
-    p, g = json.loads(pseudo.read_text()), json.loads(gold.read_text())
-    names = {c["id"]: c["name"] for c in g["categories"]}
-    gold_ids = {im["file_name"]: im["id"] for im in g["images"]}
-    gold_boxes: dict[Any, list[tuple[str, list[float]]]] = {}
-    for a in g["annotations"]:
-        gold_boxes.setdefault(a["image_id"], []).append((names[a["category_id"]], a["bbox"]))
-    pseudo_boxes: dict[Any, list[dict[str, Any]]] = {}
-    for a in p["annotations"]:
-        pseudo_boxes.setdefault(a["image_id"], []).append(a)
-    boxes = matched = named = duplicates = captions = total = 0
-    for im in p["images"]:
-        truth = gold_boxes.get(gold_ids[im["file_name"]], [])
-        named, total = named + sum(name in im["caption"] for name, _ in truth), total + len(truth)
-        kept = sorted(pseudo_boxes.get(im["id"], []), key=lambda a: -a["score"])
-        boxes, captions = boxes + len(kept), captions + bool(kept)
-        if not kept or not truth:
-            continue
-        overlap = _iou([a["bbox"] for a in kept], [b for _, b in truth])  # [K, G]
-        taken = np.zeros(len(truth), dtype=bool)
-        for k, a in enumerate(kept):
-            same = np.array([name in a["phrase"] for name, _ in truth]) & (overlap[k] >= iou)  # [G]
-            free = np.flatnonzero(same & ~taken)
-            if len(free):
-                taken[free[np.argmax(overlap[k, free])]] = True
-                matched += 1
-            elif same.any():
-                duplicates += 1
-    return {
-        "boxes": boxes, "captions": captions, "duplicates": duplicates, "precision": 100.0 * matched / max(boxes, 1),
-        "recall": 100.0 * matched / max(total, 1), "recall_named": 100.0 * matched / max(named, 1),
-    }  # fmt: skip
+    return quality(pseudo, gold, iou)
 
 
 def print_quality(rows: dict[str, dict[str, Any]]) -> None:
-    """The table of :func:`pseudo_label_quality` rows, by name."""
-    print("pseudo-label quality vs the gold training boxes (IoU >= 0.5, the phrase's category; report only):")
-    print(f"  {'':<26} {'boxes':>6} {'captions':>8} {'precision':>9} {'recall':>6} {'named':>6} {'dup':>4}")
-    for name, r in rows.items():
-        print(f"  {name:<26} {r['boxes']:6d} {r['captions']:8d} {r['precision']:9.1f} {r['recall']:6.1f} "
-              f"{r['recall_named']:6.1f} {r['duplicates']:4d}")  # fmt: skip
+    """:func:`glip.tools.pseudo_label_refine.print_quality`."""
+    from glip.tools.pseudo_label_refine import print_quality as show
+
+    show(rows)
 
 
 # The student's prompts: each caption packed with 3 other captions that ground none of its
@@ -269,19 +264,75 @@ def print_quality(rows: dict[str, dict[str, Any]]) -> None:
 STUDENT_DATA = ["data.pack_captions=3", "data.pack_disjoint=true"]
 
 
-def student_config(args: argparse.Namespace, pseudo: Path, image_dir: Path) -> Any:
-    """tiny.yaml trained on the pseudo-labels alone."""
+def student_config(args: argparse.Namespace, pseudo: Path, image_dir: Path | None) -> Any:
+    """tiny.yaml trained on the pseudo-labels alone: the json ``pseudo`` with ``image_dir``,
+    or the shard set ``pseudo`` (``image_dir`` None)."""
     from glip.config import load_config
 
+    data = [f"data.train_json={pseudo}", f"data.train_images={image_dir}"] if image_dir else [
+        f"data.train_shards={pseudo}"
+    ]  # fmt: skip
     return load_config(
         REPO / "configs" / "synthetic" / "tiny.yaml",
         [
-            "data.format=mdetr", "data.pseudo_labelled=true", f"data.train_json={pseudo}",
-            f"data.train_images={image_dir}", f"solver.max_iter={args.steps}",
+            "data.format=mdetr", "data.pseudo_labelled=true", *data, f"solver.max_iter={args.steps}",
             f"solver.warmup_iters={max(args.steps // 10, 1)}", f"solver.checkpoint_period={max(args.steps // 4, 1)}",
             f"solver.ims_per_batch={args.batch}", f"solver.seed={args.seed}", *STUDENT_DATA, *args.overrides,
         ],
     )  # fmt: skip
+
+
+def student_data(args: argparse.Namespace, ds: Any, teacher: Any) -> dict[str, Any]:
+    """Stages 2-4: the teacher's pseudo-labels, the student's data and the quality table, on
+    the captions json (``WORK/pseudo.json``, ``WORK/student.json``) or, with ``--shards N``,
+    on img2dataset-layout shards of N captions (``WORK/data/caption_shards`` ->
+    ``WORK/pseudo_shards`` -> ``WORK/student_shards``, shard by shard). Returns the counts,
+    the quality rows and ``data`` / ``images``, what :func:`student_config` takes."""
+    from glip.tools.pseudo_label_refine import json_records, refine_records, refine_shards, shard_records
+    from glip.tools.pseudo_label_shards import input_shards
+
+    work, captions = Path(args.work), Path(args.work) / "data" / "captions_train.json"
+    conf, screen = max(args.conf, args.threshold), (args.nms, args.per_phrase, args.complete)
+    if args.shards or args.caption_shards:
+        if args.caption_shards:
+            inputs = input_shards(args.caption_shards)
+        else:
+            inputs = write_caption_shards(captions, ds.image_dir, work / "data" / "caption_shards", args.shards)
+        labelled = pseudo_label_shards(args, inputs, work / "pseudo_shards", teacher)
+        pseudo_shards = input_shards(work / "pseudo_shards")
+        kept = refine_shards(pseudo_shards, work / "student_shards", _refiner(conf, *screen))
+        data, images = work / "student_shards", None
+
+        def pseudo() -> Any:
+            return shard_records(pseudo_shards)
+
+        student = shard_records(input_shards(data))
+    else:
+        merged = pseudo_label(args, captions, ds.image_dir, work / "pseudo.json", teacher)
+        labelled = {"captions": merged.captions, "boxes": merged.boxes, "dropped": merged.dropped_captions}
+        kept = refine(work / "pseudo.json", work / "student.json", conf, *screen)
+        data, images = work / "student.json", ds.image_dir
+
+        def pseudo() -> Any:
+            return json_records(work / "pseudo.json")
+
+        student = json_records(data)
+    print(f"pseudo-labels: {labelled['captions']} captions with {labelled['boxes']} boxes "
+          f"({labelled['dropped']} captions without a box above {args.threshold})")  # fmt: skip
+    print(f"student data: {kept['captions']} captions with {kept['boxes']} boxes (scores > {conf}, NMS {args.nms}, "
+          f"--per-phrase {args.per_phrase}{', complete captions only' if args.complete else ''})")  # fmt: skip
+    if kept["captions"] < args.batch:
+        raise SystemExit(f"only {kept['captions']} captions kept with --conf {conf}: lower it")
+    # Reporting only: the gold training boxes never reach the student. The other rows: the
+    # student's data had --conf been another value (screened as the records stream by).
+    quality = {f"teacher (> {args.threshold:g})": pseudo_label_quality(pseudo(), ds.train_json)}
+    for c in sorted({round(args.threshold + 0.05 * k, 2) for k in range(9)} - {conf}):
+        if c < 1.0:
+            sweep = refine_records(pseudo(), _refiner(c, *screen))
+            quality[f"screened > {c:g}"] = pseudo_label_quality(sweep, ds.train_json)
+    quality[f"student data (> {conf:g})"] = pseudo_label_quality(student, ds.train_json)
+    print_quality(quality)
+    return {"pseudo": labelled, "student": kept, "quality": quality, "conf": conf, "data": data, "images": images}
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -293,30 +344,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     work = Path(args.work)
     start = time.time()
     ds = synthetic_set(args, work / "data")
-    captions = work / "data" / "captions_train.json"
     teacher = Predictor(args.teacher, device=args.device)
-    summary = pseudo_label(args, captions, ds.image_dir, work / "pseudo.json", teacher)
-    print(f"pseudo-labels: {summary.captions} captions with {summary.boxes} boxes "
-          f"({summary.dropped_captions} captions without a box above {args.threshold})")  # fmt: skip
-    conf = max(args.conf, args.threshold)
-    screen = (args.nms, args.per_phrase, args.complete)
-    kept = refine(work / "pseudo.json", work / "student.json", conf, *screen)
-    print(f"student data: {kept['captions']} captions with {kept['boxes']} boxes (scores > {conf}, NMS {args.nms}, "
-          f"--per-phrase {args.per_phrase}{', complete captions only' if args.complete else ''})")  # fmt: skip
-    if kept["captions"] < args.batch:
-        raise SystemExit(f"only {kept['captions']} captions kept with --conf {conf}: lower it")
-    # Reporting only: the gold training boxes never reach the student. The other rows: the
-    # student's data had --conf been another value.
-    quality = {f"teacher (> {args.threshold:g})": pseudo_label_quality(work / "pseudo.json", ds.train_json)}
-    for c in sorted({round(args.threshold + 0.05 * k, 2) for k in range(9)} - {conf}):
-        if c < 1.0:
-            refine(work / "pseudo.json", work / "sweep.json", c, *screen)
-            quality[f"screened > {c:g}"] = pseudo_label_quality(work / "sweep.json", ds.train_json)
-    (work / "sweep.json").unlink(missing_ok=True)
-    quality[f"student data (> {conf:g})"] = pseudo_label_quality(work / "student.json", ds.train_json)
-    print_quality(quality)
+    made = student_data(args, ds, teacher)
+    summary, kept, quality, conf = made["pseudo"], made["student"], made["quality"], made["conf"]
 
-    cfg = student_config(args, work / "student.json", ds.image_dir)
+    cfg = student_config(args, made["data"], made["images"])
     result = train(
         cfg, work / "student", resume=True, cpu=args.device == "cpu", progress_bar=not args.quiet,
         weights=args.student_init,
@@ -333,8 +365,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     report: dict[str, Any] = {
         "teacher_model": str(args.teacher), "clip_model": args.clip_model, "threshold": args.threshold, "conf": conf, "steps": result.progress.step,
         "nms": args.nms, "per_phrase": args.per_phrase, "complete": args.complete, "num_train": args.num_train,
-        "pseudo_captions": summary.captions, "pseudo_boxes": summary.boxes, "student_captions": kept["captions"],
+        "pseudo_captions": summary["captions"], "pseudo_boxes": summary["boxes"], "student_captions": kept["captions"],
         "student_boxes": kept["boxes"], "pseudo_quality": quality, "val_images": args.num_val,
+        "shards": args.caption_shards or args.shards,
     }  # fmt: skip
     for name, model in models.items():
         report[name] = evaluate(model, ds.val_json, ds.image_dir, held)["all"]

@@ -35,7 +35,16 @@ from dataclasses import dataclass
 
 from glip.data.od_to_grounding import SampleRNG
 
-__all__ = ["DISJOINT_TRIES", "CaptionPacking", "PackedCaption", "draw_negatives", "grounded_phrases", "pack_captions"]
+__all__ = [
+    "DISJOINT_TRIES",
+    "CaptionPacking",
+    "CaptionPool",
+    "PackedCaption",
+    "draw_negatives",
+    "grounded_phrases",
+    "pack_captions",
+    "pack_from_pool",
+]
 
 # Draws per negative slot before phrase-disjoint packing leaves it empty.
 DISJOINT_TRIES = 20
@@ -172,3 +181,35 @@ def draw_negatives(
                 picked.append(other)
                 break
     return picked
+
+
+@dataclass(frozen=True)
+class CaptionPool:
+    """The captions negatives are drawn from: ``size`` items, ``caption(j)`` the text of
+    item ``j`` and ``phrases(j)`` the phrases its boxes ground (:func:`grounded_phrases`).
+    A json dataset's pool is the whole set; a shard stream's, the shard being read."""
+
+    size: int
+    caption: Callable[[int], str]
+    phrases: Callable[[int], frozenset[str]]
+
+
+def pack_from_pool(
+    packing: CaptionPacking,
+    item: int,
+    caption: str,
+    spans: Sequence[Sequence[tuple[int, int]]],
+    pool: CaptionPool,
+    count_tokens: Callable[[str], int],
+    max_query_len: int,
+    rng: SampleRNG,
+) -> PackedCaption:
+    """Item ``item`` of ``pool`` (its ``caption``, whose boxes ground ``spans``) packed with
+    the captions of random other items of ``pool``: the count drawn by ``packing``, the items
+    by :func:`draw_negatives` (phrase-disjoint with ``packing.disjoint``), then
+    :func:`pack_captions`. ``count_tokens``: a text's token count, special tokens included."""
+    count = packing.draw_count(rng) if pool.size > 1 else 0
+    others = draw_negatives(item, count, pool.size, rng, pool.phrases if packing.disjoint else None)
+    negatives = [pool.caption(j) for j in others]
+    lengths = [count_tokens(text) for text in [*negatives, caption]]
+    return pack_captions(caption, spans, negatives, lengths, max_query_len, rng)

@@ -31,7 +31,7 @@ from glip.data.annotations import (
     teacher_concepts,
     token_positive_map,
 )
-from glip.data.caption_packing import CaptionPacking, draw_negatives, grounded_phrases, pack_captions
+from glip.data.caption_packing import CaptionPacking, CaptionPool, grounded_phrases, pack_from_pool
 from glip.data.caption_screen import CaptionScreen
 from glip.data.categories import class_categories, used_category_ids
 from glip.data.grounding_sample import GroundingSample
@@ -373,10 +373,11 @@ class MdetrGroundingDataset(_GroundingDataset):
         anns: Sequence[Mapping[str, Any]],
         rng: SampleRNG,
         item: int | None = None,
+        pool: CaptionPool | None = None,
     ) -> GroundingSample:
         """The sample of one image (``uint8 [H, W, 3]``), its json image record (with its
-        ``caption``) and annotation records; ``item`` (the dataset position) is needed only
-        to pack other captions of the set."""
+        ``caption``) and annotation records; ``item`` (the position in ``pool``, default the
+        dataset) is needed only to pack other captions of the pool."""
         image_id = record["id"]
         caption = str(record["caption"])
         height, width = int(image.shape[0]), int(image.shape[1])
@@ -394,7 +395,7 @@ class MdetrGroundingDataset(_GroundingDataset):
         if self.packing is not None and self.packing.number > 0:
             if item is None:
                 raise ValueError("caption packing draws other captions of the set: it needs map-style data")
-            caption, spans, shift = self._pack(item, caption, spans, rng)
+            caption, spans, shift = self._pack(item, caption, spans, rng, pool)
             if concepts is not None:
                 concepts = ([[(a + shift, b + shift) for a, b in c] for c in concepts[0]], concepts[1])
         labels = torch.tensor([int(anns[i].get("category_id", 1)) for i in cleaned.keep], dtype=torch.int64)
@@ -404,17 +405,19 @@ class MdetrGroundingDataset(_GroundingDataset):
         )  # fmt: skip
 
     def _pack(
-        self, item: int, caption: str, spans: list[list[tuple[int, int]]], rng: SampleRNG
+        self, item: int, caption: str, spans: list[list[tuple[int, int]]], rng: SampleRNG, pool: CaptionPool | None
     ) -> tuple[str, list[list[tuple[int, int]]], int]:
-        """``caption`` packed with the captions of random other items (drawn with ``rng``):
-        the packed text, the moved spans and where the own caption starts in it."""
+        """``caption`` packed with the captions of random other items of ``pool`` (default:
+        the set) drawn with ``rng``: the packed text, the moved spans and where the own
+        caption starts in it."""
         assert self.packing is not None
-        count = self.packing.draw_count(rng) if len(self) > 1 else 0
-        others = draw_negatives(item, count, len(self), rng, self._phrases if self.packing.disjoint else None)
-        negatives = [str(self.index.images[self.ids[j]]["caption"]) for j in others]
-        lengths = [len(self.tokenizer(text)["input_ids"]) for text in [*negatives, caption]]
-        packed = pack_captions(caption, spans, negatives, lengths, self.max_query_len, rng)
+        if pool is None:  # the whole set
+            pool = CaptionPool(len(self), lambda j: str(self.index.images[self.ids[j]]["caption"]), self._phrases)
+        packed = pack_from_pool(self.packing, item, caption, spans, pool, self._count_tokens, self.max_query_len, rng)
         return packed.caption, packed.spans, packed.positive[0]
+
+    def _count_tokens(self, text: str) -> int:
+        return len(self.tokenizer(text)["input_ids"])
 
     def _phrases(self, item: int) -> frozenset[str]:
         """The phrases item ``item``'s boxes ground (:func:`grounded_phrases`), cached."""

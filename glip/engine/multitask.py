@@ -14,7 +14,9 @@ The pick of draw ``d`` depends only on ``(seed, d)`` (:class:`SourceSchedule`), 
   gradients are synchronised over the same heads);
 - a run resumed after ``d`` draws continues the same sequence: each source's loader
   restarts at the number of its batches the first ``d`` draws read (epoch and batch within
-  it), recomputed from the schedule, so nothing beyond the usual :class:`Progress` is saved.
+  it), recomputed from the schedule, so nothing beyond the usual :class:`Progress` is saved;
+  a shard source resumed on another split re-splits the unread rest of its epoch
+  (:class:`SourceAnchor`, :mod:`glip.engine.shard_data`).
 
 The official recipe mixes datasets by "copies" (a dataset of ``n`` images repeated ``c``
 times in one concatenated set); the same mixture in draws is ``weight = c * n``.
@@ -35,7 +37,14 @@ from glip.config import GLIPConfig
 from glip.engine.data import ShardedBatchSampler, build_dataset, check_teacher_scores
 from glip.utils.seeding import sample_seed
 
-__all__ = ["MultiSourceData", "SourceSchedule", "TrainingSource", "build_training_data", "source_names"]
+__all__ = [
+    "MultiSourceData",
+    "SourceAnchor",
+    "SourceSchedule",
+    "TrainingSource",
+    "build_training_data",
+    "source_names",
+]
 
 # Draws are made in blocks of this many (one generator per block): finding a draw's
 # source or counting a source's draws since the start costs one block per 1024 draws.
@@ -96,6 +105,27 @@ class SourceSchedule:
         return [int(c) for c in counts]
 
 
+@dataclass(frozen=True)
+class SourceAnchor:
+    """Where a source's batches stand when a run resumed on another split (processes,
+    workers or images per process): after ``count`` of its batches, epoch ``epoch`` reads
+    ``batches`` batches (the unread rest of that epoch, re-split: a shard stream's spans);
+    every later epoch has the usual ``len // (B R)``. Without an anchor a source's
+    ``consumed`` batches sit at ``divmod(consumed, per_epoch)``."""
+
+    count: int
+    epoch: int
+    batches: int
+
+    def position(self, consumed: int, per_epoch: int) -> tuple[int, int]:
+        """``(epoch, batch within it)`` after ``consumed >= count`` batches of the source."""
+        k = consumed - self.count
+        if k < self.batches:
+            return self.epoch, k
+        epochs, batch = divmod(k - self.batches, per_epoch)
+        return self.epoch + 1 + epochs, batch
+
+
 @dataclass
 class TrainingSource:
     """One source of a multi-task run: a name for the logs, its dataset, its sampling weight,
@@ -124,6 +154,7 @@ class MultiSourceData:
             raise ValueError("a multi-task run needs at least one source")
         self.sources = list(sources)
         self.schedule = SourceSchedule([s.weight for s in self.sources], seed)
+        self.anchors: dict[int, SourceAnchor] = {}  # by source index, set by a re-split resume
 
     def __len__(self) -> int:
         return sum(len(s.dataset) for s in self.sources)  # type: ignore[arg-type]
@@ -142,7 +173,10 @@ class MultiSourceData:
                     f"source {s.name!r} has {len(s.dataset)} images, fewer than one batch of {global_batch}"  # type: ignore[arg-type]
                 )
         done = self.schedule.counts(start_draw)
-        streams = [_SourceStream(s, n, local_batch, rank, world_size, make_loader) for s, n in zip(self.sources, done)]
+        streams = [
+            _SourceStream(s, n, local_batch, rank, world_size, make_loader, self.anchors.get(i))
+            for i, (s, n) in enumerate(zip(self.sources, done))
+        ]
         draw = start_draw
         while True:
             i = self.schedule.source_at(draw)
@@ -161,17 +195,19 @@ class _SourceStream:
         rank: int,
         world_size: int,
         make_loader: LoaderFactory,
+        anchor: SourceAnchor | None = None,
     ) -> None:
         self.source = source
         self.size = len(source.dataset)  # type: ignore[arg-type]
         self.per_epoch = self.size // (local_batch * world_size)
-        self.epoch, self.batch = divmod(consumed, self.per_epoch)
+        self.anchor = anchor if anchor is not None else SourceAnchor(0, 0, self.per_epoch)
+        self.epoch, self.batch = self.anchor.position(consumed, self.per_epoch)
         self.local_batch, self.rank, self.world_size = local_batch, rank, world_size
         self.make_loader = make_loader
         self._it: Iterator[Any] | None = None
 
     def next(self) -> Any:
-        if self.batch >= self.per_epoch:
+        if self.batch >= (self.anchor.batches if self.epoch == self.anchor.epoch else self.per_epoch):
             self.epoch, self.batch, self._it = self.epoch + 1, 0, None
         if self._it is None:
             sampler = ShardedBatchSampler(

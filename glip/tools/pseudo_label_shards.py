@@ -40,6 +40,7 @@ import logging
 import os
 import sys
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -64,7 +65,9 @@ __all__ = [
     "input_shards",
     "label_shard",
     "label_shards",
+    "output_shard",
     "output_totals",
+    "shard_done",
     "shard_captions",
     "write_output_manifest",
 ]
@@ -128,8 +131,8 @@ def _captions(record: dict[str, Any]) -> list[str]:
 @dataclass
 class ShardStats:
     """One output shard: samples read from the input, written, unreadable (``corrupt``),
-    failed by the teacher, captions left out for too few boxes (``dropped``), and the
-    output's size and whether some box carries concept scores."""
+    failed by the teacher, captions left out for too few boxes (``dropped``), the output's
+    size, whether some box carries concept scores, and its boxes."""
 
     name: str
     read: int = 0
@@ -139,6 +142,7 @@ class ShardStats:
     dropped: int = 0
     bytes: int = 0
     concept_scores: bool = False
+    boxes: int = 0
 
 
 def _stats_path(out: Path, name: str) -> Path:
@@ -162,10 +166,7 @@ def label_shard(
     """Labels input shard ``src`` into ``OUT/{src.name}`` (see the module docstring) and
     writes its stats. A :class:`~glip.data.shards.ShardError` when ``src`` cannot be read
     (nothing is written then)."""
-    for stale in out.glob(f".{src.name}.*.tmp"):  # the temporary file of an interrupted run
-        stale.unlink(missing_ok=True)
-    stats = ShardStats(src.name)
-    with ShardWriter(out / src.name) as writer:
+    with output_shard(out, src.name) as (writer, stats):
         for members in iter_shard(src):
             stats.read += 1
             key = str(members.get("__key__", "?"))
@@ -198,12 +199,29 @@ def label_shard(
                 anns = [annotation_record(a) for a in cap["annotations"]]
                 stats.concept_scores = stats.concept_scores or any("concept_scores" in a for a in anns)
                 writer.write(name, {ext: image_bytes, "json": make_record(name, info, anns)})
-                stats.samples += 1
-    stats.bytes = (out / src.name).stat().st_size
-    tmp = _stats_path(out, f".{src.name}.{os.getpid()}")
-    tmp.write_text(json.dumps(asdict(stats)), encoding="utf-8")
-    os.replace(tmp, _stats_path(out, src.name))
+                stats.samples, stats.boxes = stats.samples + 1, stats.boxes + len(anns)
     return stats
+
+
+@contextmanager
+def output_shard(out: Path, name: str) -> Iterator[tuple[ShardWriter, ShardStats]]:
+    """Writes output shard ``OUT/name``: yields its writer and stats to fill; when the block
+    ends, the shard is renamed into place and ``{name}.stats.json`` (with its size) marks it
+    done (an exception discards it). Temporary files of an interrupted run are removed first."""
+    for stale in out.glob(f".{name}.*.tmp"):
+        stale.unlink(missing_ok=True)
+    stats = ShardStats(name)
+    with ShardWriter(out / name) as writer:
+        yield writer, stats
+    stats.bytes = (out / name).stat().st_size
+    tmp = _stats_path(out, f".{name}.{os.getpid()}")
+    tmp.write_text(json.dumps(asdict(stats)), encoding="utf-8")
+    os.replace(tmp, _stats_path(out, name))
+
+
+def shard_done(out: Path, name: str) -> bool:
+    """Whether output shard ``OUT/name`` is finished (its stats file matches its size)."""
+    return _read_stats(out, name) is not None
 
 
 @dataclass
@@ -269,9 +287,9 @@ def label_shards(
     return summary
 
 
-def write_output_manifest(inputs: Sequence[Path], out: str | Path) -> Manifest | None:
-    """Writes ``OUT/manifest.json`` (``kind: caption``) when every input shard's output is
-    done, and returns it; None (nothing written) while some is not."""
+def write_output_manifest(inputs: Sequence[Path], out: str | Path, source: str = "pseudo-label") -> Manifest | None:
+    """Writes ``OUT/manifest.json`` (``kind: caption``, made by ``source``) when every input
+    shard's output is done, and returns it; None (nothing written) while some is not."""
     out = Path(out)
     stats = [_read_stats(out, p.name) for p in inputs]
     if any(s is None for s in stats):
@@ -279,14 +297,14 @@ def write_output_manifest(inputs: Sequence[Path], out: str | Path) -> Manifest |
     done = [s for s in stats if s is not None]
     entries = [ShardEntry(s.name, s.samples, s.bytes) for s in done]
     concepts = any(s.concept_scores for s in done)
-    manifest = Manifest(entries, "pseudo-label", "caption", concepts, categories=list(CATEGORIES), root=out)
+    manifest = Manifest(entries, source, "caption", concepts, categories=list(CATEGORIES), root=out)
     manifest.write()
     return manifest
 
 
 def output_totals(inputs: Sequence[Path], out: str | Path) -> dict[str, int]:
     """The counts summed over every finished output shard (for the final message)."""
-    totals = {"read": 0, "samples": 0, "corrupt": 0, "failed": 0, "dropped": 0}
+    totals = {"read": 0, "samples": 0, "corrupt": 0, "failed": 0, "dropped": 0, "boxes": 0}
     for p in inputs:
         stats = _read_stats(Path(out), p.name)
         if stats is not None:

@@ -52,3 +52,73 @@ def test_a_shard_set_as_a_source_mixed_with_a_json_source(shapes, text_dir, shar
     assert result.progress.step == 1
     names = {k for x in (tmp_path / "mixed" / "metrics.jsonl").read_text().splitlines() for k in json.loads(x)}
     assert "loss/shards" in names
+
+
+def _multi_source(root, workers):
+    """A shard source of 48 keyed samples (tests/data/test_shards.py) beside a map-style one."""
+    from glip.data.shards import ShardStream, open_shard_set
+    from glip.engine.multitask import MultiSourceData, TrainingSource
+    from tests.data.test_shards import KeyBuilder, collate
+
+    stream = ShardStream(open_shard_set(root), KeyBuilder(), seed=0)
+    data = MultiSourceData([TrainingSource("shards", stream, 1.0), TrainingSource("list", list(range(40)), 1.0)], 3)
+
+    def make_loader(dataset, sampler):
+        if isinstance(dataset, ShardStream):
+            return dataset.loader(sampler, collate, workers)
+        return torch.utils.data.DataLoader(dataset, batch_sampler=sampler, collate_fn=list)
+
+    return data, make_loader
+
+
+def _shard_keys(data, make_loader, start, draws, rank, world, batch=2):
+    """The shard source's keys read by draws ``start`` .. ``start + draws - 1`` of one process."""
+    keys, it = [], data.batches(start, batch, rank, world, make_loader)
+    for _ in range(draws):
+        source, got = next(it)
+        keys += got if source.name == "shards" else []
+    return keys
+
+
+def test_a_multi_source_run_resumes_its_shard_source_on_another_world_size(tmp_path, caplog):
+    """2 processes x 2 workers stop after 9 draws; resumed on 1 process x 1 worker, the shard
+    source reads the unread rest of its epoch (nothing lost or read twice), then whole epochs
+    under the new split; the checkpoint of the new split resumes exactly on it."""
+    from glip.engine.checkpoint import Progress
+    from glip.engine.shard_data import resume_stream, stream_state
+    from tests.data.test_shards import write_keys_set
+
+    write_keys_set(tmp_path, 48, shard_size=7)
+    old, loader = _multi_source(tmp_path, workers=2)
+    seen = [k for r in (0, 1) for k in _shard_keys(old, loader, 0, 9, r, 2)]
+    read_before = old.schedule.counts(9)[0]
+    assert len(seen) == 2 * 2 * read_before and len(set(seen)) == len(seen) > 0
+    state = stream_state(old, Progress(batch=9), 2, 2, 2)
+    assert state == {"split": [2, 2, 2], "anchors": []}
+
+    new, loader = _multi_source(tmp_path, workers=1)
+    resume_stream(new, state, Progress(batch=9), 2, 1, 1, "ckpt")
+    anchor = new.anchors[0]
+    assert (anchor.count, anchor.epoch) == (read_before, 0) and "re-split" in caplog.text
+    assert anchor.batches == (48 - len(seen)) // 2  # the rest, in batches of 2 on one process
+    draws = 0
+    while new.schedule.counts(9 + draws)[0] < read_before + anchor.batches:
+        draws += 1
+    rest = _shard_keys(new, loader, 9, draws, 0, 1)
+    assert sorted(seen + rest) == sorted(f"k{i}" for i in range(48))  # the epoch, once
+    # Epoch 1 under the new split: all 48 samples in 24 batches of 2.
+    more = 0
+    while new.schedule.counts(9 + draws + more)[0] < read_before + anchor.batches + 24:
+        more += 1
+    epoch1 = _shard_keys(new, loader, 9 + draws, more, 0, 1)
+    assert sorted(epoch1) == sorted(f"k{i}" for i in range(48))
+
+    # A checkpoint on the new split, mid-rest, resumes exactly on that split.
+    mid = 9 + draws // 2
+    saved = stream_state(new, Progress(batch=mid), 2, 1, 1)
+    assert saved["anchors"][0]["anchor"] == [anchor.count, anchor.epoch, anchor.batches]
+    again, loader = _multi_source(tmp_path, workers=1)
+    resume_stream(again, saved, Progress(batch=mid), 2, 1, 1, "ckpt")
+    assert _shard_keys(again, loader, mid, 9 + draws + more - mid, 0, 1) == (
+        _shard_keys(new, loader, mid, 9 + draws + more - mid, 0, 1)
+    )

@@ -39,6 +39,31 @@ def test_perturbed_equals_pycocotools(seed, tmp_path):
     assert 0.0 < ours["AP"] < 1.0
 
 
+@pytest.mark.parametrize("chunk", [1, 2, 3])
+def test_categories_evaluated_in_chunks_equal_pycocotools_and_leave_the_inputs_alone(chunk):
+    """evaluate_coco runs COCOeval a few categories at a time (memory) and joins the
+    per-category arrays: the twelve numbers are pycocotools' own, bit for bit, also with
+    an image and category subset; the caller's ground truth and results are not modified."""
+    gt = random_ground_truth(3, num_images=14, num_categories=7)
+    results = perturbed_results(gt, 103)
+    gt_before, results_before = copy.deepcopy(gt), copy.deepcopy(results)
+    images, cats = [im["id"] for im in gt["images"]][2:11], [6, 2, 3, 5]
+    for subset in ({}, {"image_ids": images, "category_ids": cats}):
+        with contextlib.redirect_stdout(io.StringIO()):
+            api = COCO()
+            api.dataset = copy.deepcopy(gt)
+            api.createIndex()
+            evaluator = COCOeval(api, api.loadRes(copy.deepcopy(results)), "bbox")
+            if subset:
+                evaluator.params.imgIds, evaluator.params.catIds = images, cats
+            evaluator.evaluate()
+            evaluator.accumulate()
+            evaluator.summarize()
+        ours = evaluate_coco(gt, results, category_chunk=chunk, **subset)
+        assert [ours[k] for k in COCO_METRICS] == [float(v) for v in evaluator.stats]
+    assert gt == gt_before and results == results_before
+
+
 def test_no_results_and_unknown_images():
     gt = random_ground_truth(0)
     assert evaluate_coco(gt, [])["AP"] == 0.0

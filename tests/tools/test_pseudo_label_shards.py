@@ -200,13 +200,15 @@ def test_cli_errors_are_one_line(small, tmp_path, capsys, extra, message):
 
 def test_pseudo_labelled_img2dataset_shards_train(shapes, text_dir, tmp_path):  # noqa: F811 (fixtures)
     """img2dataset shards of the training shapes -> glip pseudo-label --shards -> 2 steps of
-    data.train_shards (as test_shard_training.py)."""
+    data.train_shards (as test_shard_training.py), each caption packed with 2 others of its
+    shard."""
     from glip.engine import train
 
     write_img2dataset(shapes, tmp_path / "in", per_shard=8)
     assert _cli(tmp_path / "in", tmp_path / "pseudo") == 0
     assert open_shard_set(tmp_path / "pseudo").num_samples >= 8
-    cfg = tiny_config(shapes, text_dir, **{"data.train_shards": str(tmp_path / "pseudo"), "solver.max_iter": 2})
+    cfg = tiny_config(shapes, text_dir, **{"data.train_shards": str(tmp_path / "pseudo"), "solver.max_iter": 2,
+                                           "data.pack_captions": 2})  # fmt: skip
     cfg.data.train_json = cfg.data.train_images = ""
     result = train(cfg, tmp_path / "run", cpu=True, progress_bar=False)
     assert result.progress.step == 2

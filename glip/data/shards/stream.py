@@ -8,6 +8,12 @@ caption data), seeded by ``(seed, epoch, sample id)`` as the json datasets are. 
 process is one shard member at a time plus the loader's prefetched batches, whatever the
 size of the set.
 
+Caption packing (the builder's ``packing``, ``data.pack_captions``) draws each sample's
+negatives from the captions of its own shard, as the json dataset draws them from the whole
+set (:func:`glip.data.caption_packing.pack_from_pool`): a worker reads a shard's json members
+once more before its samples (no image decoded) and keeps that shard's captions only. A set
+of one shard therefore packs exactly as its json does.
+
 A worker yields whole batches of ``B`` consecutive positions of its slot, so the batch a
 step reads depends only on the step, never on which samples were unreadable: a corrupt
 image or json member is skipped (the batch is one image smaller), counted and logged
@@ -21,6 +27,7 @@ from __future__ import annotations
 import io
 import logging
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from itertools import islice
 from typing import Any
 
@@ -28,6 +35,7 @@ import numpy as np
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from glip.data.annotations import has_valid_annotation
+from glip.data.caption_packing import CaptionPool, grounded_phrases
 from glip.data.od_to_grounding import SampleRNG
 from glip.data.seeded import sample_seed
 from glip.data.shards.layout import epoch_shard_order, plan_slots, slot_pieces, unread_spans, worker_cursor
@@ -74,6 +82,7 @@ class ShardStream:
         self.counts = [s.samples for s in manifest.shards]
         self.first_id = np.concatenate([[0], np.cumsum(self.counts)])[:-1].tolist()  # each shard's first sample id
         self.spans: dict[int, list[tuple[int, int]]] = {}  # epoch -> its split spans, when not the whole epoch
+        self._pool: _ShardPool | None = None  # caption packing: the last shard's pool
 
     def __len__(self) -> int:
         return self.manifest.num_samples
@@ -129,39 +138,87 @@ class ShardStream:
     # --------------------------------------------------------------- samples
     def samples(self, pieces: Sequence[Any], epoch: int) -> Iterator[Any]:
         """One entry per position of ``pieces``: the built sample, or None when unreadable."""
+        packing = getattr(self.builder, "packing", None)
         for piece in pieces:
             entry = self.manifest.shards[piece.shard]
             name = str(self.manifest.path(entry))
+            pool = self._shard_pool(piece.shard, name) if packing is not None and packing.number > 0 else None
             it = iter_shard(name)
             for _ in islice(it, piece.start):  # skip to the piece (reads the tar sequentially)
                 pass
             n = piece.start
             for members in islice(it, piece.stop - piece.start):
-                yield self._build(members, name, self.first_id[piece.shard] + n, epoch)
+                yield self._build(members, name, self.first_id[piece.shard] + n, epoch, pool, n)
                 n += 1
             if n < piece.stop:
                 raise ShardError(f"shard {name} holds {n} samples; its manifest lists {entry.samples}")
             if piece.stop == entry.samples and next(it, None) is not None:
                 raise ShardError(f"shard {name} holds more samples than its manifest lists ({entry.samples})")
 
-    def _build(self, members: dict[str, Any], shard: str, sample_id: int, epoch: int) -> Any:
+    def _usable(self, record: dict[str, Any]) -> list[dict[str, Any]] | None:
+        """A record's screened annotations, or None when it has no usable box (as the json
+        datasets leave such images out)."""
+        anns = record.get("annotations", [])
+        if self.screen is not None:
+            anns = self.screen.screen(anns)
+        if not has_valid_annotation(anns) or (self.screen is not None and len(anns) < self.screen.min_boxes):
+            return None
+        return anns
+
+    def _shard_pool(self, shard: int, name: str) -> _ShardPool:
+        """The caption pool of shard ``shard`` (cached: a worker reads a shard's pieces in a
+        row): one pass over its json members, keeping the samples with a usable box, as the
+        json dataset's pool is its usable images. Memory: one shard's captions."""
+        if self._pool is not None and self._pool.shard == shard:
+            return self._pool
+        captions: list[str] = []
+        phrases: list[frozenset[str]] = []
+        positions: dict[int, int] = {}
+        for n, members in enumerate(iter_shard(name)):
+            try:
+                _, record = record_from_members(members)
+                anns = self._usable(record)
+            except (RecordError, KeyError, TypeError, ValueError):
+                continue  # unreadable: skipped again when read, never a negative
+            if anns is None:
+                continue
+            positions[n] = len(captions)
+            captions.append(str(record["image"].get("caption", "")))
+            spans = [a.get("tokens", a.get("tokens_positive")) or [] for a in anns]
+            phrases.append(grounded_phrases(captions[-1], spans))
+        self._pool = _ShardPool(shard, CaptionPool(len(captions), captions.__getitem__, phrases.__getitem__), positions)
+        return self._pool
+
+    def _build(
+        self, members: dict[str, Any], shard: str, sample_id: int, epoch: int, pool: _ShardPool | None, n: int
+    ) -> Any:
         key = members.get("__key__", "?")
         try:
             image_bytes, record = record_from_members(members)
-            anns = record.get("annotations", [])
-            if self.screen is not None:
-                anns = self.screen.screen(anns)
-            if not has_valid_annotation(anns) or (self.screen is not None and len(anns) < self.screen.min_boxes):
+            anns = self._usable(record)
+            if anns is None:
                 logger.debug("shard %s sample %s: no usable box, skipped", shard, key)
                 return None
             image = decode_image(image_bytes)
             rng = SampleRNG.from_seed(sample_seed(self.seed, epoch, sample_id))
-            sample = self.builder.build(image, record["image"], anns, rng)
+            if pool is not None:  # caption packing: negatives drawn from this shard's captions
+                sample = self.builder.build(image, record["image"], anns, rng, pool.positions[n], pool.pool)
+            else:
+                sample = self.builder.build(image, record["image"], anns, rng)
         except (RecordError, OSError, ValueError, KeyError, TypeError, SyntaxError) as e:
             logger.warning("shard %s sample %s skipped: %s", shard, key, str(e).splitlines()[0] if str(e) else e)
             return None
         sample.index = sample_id
         return sample
+
+
+@dataclass(frozen=True)
+class _ShardPool:
+    """Shard ``shard``'s caption pool and each usable sample's place in it (by stored position)."""
+
+    shard: int
+    pool: CaptionPool
+    positions: dict[int, int]
 
 
 class _EpochStream(IterableDataset):
