@@ -35,6 +35,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from glip.config import GLIPConfig
 from glip.engine.data import ShardedBatchSampler, build_dataset, check_teacher_scores
+from glip.engine.source_anchor import SourceAnchor
 from glip.utils.seeding import sample_seed
 
 __all__ = [
@@ -103,27 +104,6 @@ class SourceSchedule:
         for block in range(0, draws, BLOCK):
             counts += np.bincount(self.sources(block, min(draws, block + BLOCK)), minlength=len(self.weights))
         return [int(c) for c in counts]
-
-
-@dataclass(frozen=True)
-class SourceAnchor:
-    """Where a source's batches stand when a run resumed on another split (processes,
-    workers or images per process): after ``count`` of its batches, epoch ``epoch`` reads
-    ``batches`` batches (the unread rest of that epoch, re-split: a shard stream's spans);
-    every later epoch has the usual ``len // (B R)``. Without an anchor a source's
-    ``consumed`` batches sit at ``divmod(consumed, per_epoch)``."""
-
-    count: int
-    epoch: int
-    batches: int
-
-    def position(self, consumed: int, per_epoch: int) -> tuple[int, int]:
-        """``(epoch, batch within it)`` after ``consumed >= count`` batches of the source."""
-        k = consumed - self.count
-        if k < self.batches:
-            return self.epoch, k
-        epochs, batch = divmod(k - self.batches, per_epoch)
-        return self.epoch + 1 + epochs, batch
 
 
 @dataclass

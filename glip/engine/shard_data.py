@@ -15,7 +15,7 @@ from glip.data.shards.layout import unread_spans
 from glip.data.transforms import build_train_transform
 from glip.engine.caption_recipe import caption_recipe
 from glip.engine.checkpoint import Progress
-from glip.engine.multitask import SourceAnchor
+from glip.engine.source_anchor import SourceAnchor
 
 logger = logging.getLogger(__name__)
 
