@@ -1,6 +1,7 @@
 """Where a GLIP process's peak resident memory comes from: loading stages and modules.
 
-One process imports torch, transformers and glip, loads a saved GLIP folder with
+One process imports torch, transformers' ``BertModel``, torchvision and glip (the resident
+set printed after each, so the import footprint shows by package), loads a saved GLIP folder with
 ``glip.Predictor`` (optionally ``--weights-dtype bfloat16``) and runs one call on the
 chelsea image (resized by the model to 800 x ~1200) with the prompt of
 ``scripts/bench_predict.py``. A thread samples the resident set (``/proc/self/statm``) every
@@ -71,15 +72,23 @@ def main() -> None:
     parser.add_argument("--top", type=int, default=12, help="labels shown, highest first")
     args = parser.parse_args()
     sampler = Sampler()
-    sampler.stage("import torch")
+    sampler.stage("start (python)")
     import torch
 
-    sampler.stage("import transformers")
+    sampler.stage("imported torch")
     import transformers  # noqa: F401
 
-    sampler.stage("import glip")
+    sampler.stage("imported transformers (lazy)")
+    from transformers import BertModel  # noqa: F401  (what the text encoder needs; the peer too)
+
+    sampler.stage("imported BertModel (+torch._dynamo)")
+    import torchvision  # noqa: F401  (already in by now when installed: transformers imports it)
+
+    sampler.stage("imported torchvision")
     import glip.hub.checkpoint as checkpoint
     from glip.api import Predictor
+
+    sampler.stage("imported glip (predict path)")
 
     torch.set_num_threads(args.threads)
 

@@ -65,4 +65,14 @@ class DyReLU(nn.Module):
         a2 = (a2 - 0.5) * self.lambda_a + self.init_a[1]
         b1 = b1 - 0.5 + self.init_b[0]
         b2 = b2 - 0.5 + self.init_b[1]
-        return torch.maximum(x * a1 + b1, x * a2 + b2)
+        # Each piece in one [B, C, H, W] buffer: ``x * a + b`` with the add in place (the same
+        # float adds; autograd keeps what it needs, x and a). Without gradients the maximum
+        # overwrites the first piece, so three maps of x's size are alive at most, not five
+        # (not while tracing: ONNX's maximum has no ``out``).
+        first, second = x * a1, x * a2
+        first += b1
+        second += b2
+        tracing = torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
+        if tracing or (torch.is_grad_enabled() and first.requires_grad):
+            return torch.maximum(first, second)
+        return torch.maximum(first, second, out=first)

@@ -40,3 +40,52 @@ def test_scale() -> None:
     scale = Scale(2.5)
     assert tuple(scale.scale.shape) == (1,)
     torch.testing.assert_close(scale(torch.ones(2, 3)), torch.full((2, 3), 2.5))
+
+
+def _out_of_place(layer: DyReLU, x: torch.Tensor) -> torch.Tensor:
+    """The layer's formula with every op out of place (as the official DYReLU writes it)."""
+    b, c = x.shape[:2]
+    coeffs = h_sigmoid(layer.fc2(torch.relu(layer.fc1(x.mean(dim=(2, 3)))))).view(b, 4 * c, 1, 1)
+    a1, b1, a2, b2 = torch.split(coeffs, c, dim=1)
+    a1 = (a1 - 0.5) * layer.lambda_a + layer.init_a[0]
+    a2 = (a2 - 0.5) * layer.lambda_a + layer.init_a[1]
+    return torch.maximum(x * a1 + (b1 - 0.5 + layer.init_b[0]), x * a2 + (b2 - 0.5 + layer.init_b[1]))
+
+
+def test_dyrelu_in_place_pieces_are_bitwise_the_formula_and_keep_gradients() -> None:
+    torch.manual_seed(0)
+    layer = DyReLU(16)
+    x = torch.randn(2, 16, 7, 9)
+    with torch.no_grad():
+        assert torch.equal(layer(x), _out_of_place(layer, x))
+    x.requires_grad_(True)
+    y = layer(x)
+    assert torch.equal(y.detach(), _out_of_place(layer, x).detach())
+    y.square().sum().backward()
+    expected = torch.autograd.grad(_out_of_place(layer, x).square().sum(), x)[0]
+    assert torch.equal(x.grad, expected)
+
+
+def test_dyrelu_without_gradients_allocates_two_maps() -> None:
+    """Without gradients the maximum is written into the first piece: the layer allocates
+    two tensors of x's size (the two pieces), not five (two products, two sums, the maximum)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class CountMaps(TorchDispatchMode):
+        def __init__(self, numel: int) -> None:
+            super().__init__()
+            self.numel, self.new = numel, 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            inputs = [a for a in list(args) + list((kwargs or {}).values()) if isinstance(a, torch.Tensor)]
+            if isinstance(out, torch.Tensor) and out.numel() == self.numel:
+                if all(out.untyped_storage().data_ptr() != a.untyped_storage().data_ptr() for a in inputs):
+                    self.new += 1
+            return out
+
+    layer = DyReLU(16)
+    x = torch.randn(1, 16, 6, 6)
+    with torch.no_grad(), CountMaps(x.numel()) as mode:
+        layer(x)
+    assert mode.new == 2

@@ -423,3 +423,30 @@ def test_dyconv_fuse_equals_the_stacked_mean_bitwise(dyfuse: bool, k: int) -> No
         expected = stacked.mean(dim=0)
     with torch.no_grad():
         assert torch.equal(conv._fuse(branches), expected.detach())
+
+
+def test_dyconv_frees_the_branches_before_the_activation() -> None:
+    """Each level's branch maps are gone by the time its DyReLU runs (inference memory: at the
+    finest level of an 800 x 1216 input, 2-3 maps of 15.6 MiB fewer alive at once)."""
+    import gc
+    import weakref
+
+    from glip.modeling.dyhead import DyConv
+
+    torch.manual_seed(0)
+    conv = DyConv(16, 16, gn_groups=4).eval()
+    branches: list[weakref.ref] = []
+    alive_at_activation: list[int] = []
+    for branch in (conv.same, conv.from_finer, conv.from_coarser):
+        branch.register_forward_hook(lambda m, a, out: branches.append(weakref.ref(out)))
+
+    def count(module: nn.Module, args: tuple) -> None:
+        # The hooks above send the branch calls through torch's hooked call path, whose closures
+        # leave reference cycles for the collector; without the hooks nothing waits for it.
+        gc.collect()
+        alive_at_activation.append(sum(ref() is not None for ref in branches))
+
+    conv.dyrelu.register_forward_pre_hook(count)
+    with torch.no_grad():
+        conv([torch.randn(1, 16, 8, 8), torch.randn(1, 16, 4, 4), torch.randn(1, 16, 2, 2)])
+    assert len(branches) == 7 and alive_at_activation == [0, 0, 0]

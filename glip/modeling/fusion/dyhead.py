@@ -175,25 +175,32 @@ class DyConv(nn.Module):
             total += x * w if w is not None else x
         return total.div_(k)
 
+    def _branches(self, features: list[Tensor], level: int) -> list[Tensor]:
+        """The branch outputs at ``level``, each ``Tensor[B, C, H_l, W_l]``: the same level,
+        the finer level (stride 2) when there is one, the coarser one (upsampled) when there is one."""
+        x = features[level]
+        offset, mask = self._sampling(x)
+        branches = [self.same(x, offset, mask)]
+        if level > 0:
+            branches.append(self.from_finer(features[level - 1], offset, mask))
+        if level < len(features) - 1:
+            coarser = features[level + 1]
+            coarse_hw = (coarser.shape[-2], coarser.shape[-1])
+            coarse_offset, coarse_mask = offset, mask
+            if offset is not None and mask is not None:
+                # Official quirk: level l's sampling buffers, re-read at level l+1's size.
+                coarse_offset = _reinterpret_raw_buffer(offset, coarse_hw)
+                coarse_mask = _reinterpret_raw_buffer(mask, coarse_hw)
+            # [B, C, H_{l+1}, W_{l+1}], then upsampled to [B, C, H_l, W_l]
+            up = self.from_coarser(coarser, coarse_offset, coarse_mask)
+            branches.append(F.interpolate(up, size=x.shape[-2:], mode="bilinear", align_corners=True))
+        return branches
+
     def forward(self, features: list[Tensor]) -> list[Tensor]:
         outputs = []
-        for level, x in enumerate(features):
-            offset, mask = self._sampling(x)
-            branches = [self.same(x, offset, mask)]
-            if level > 0:
-                branches.append(self.from_finer(features[level - 1], offset, mask))
-            if level < len(features) - 1:
-                coarser = features[level + 1]
-                coarse_hw = (coarser.shape[-2], coarser.shape[-1])
-                coarse_offset, coarse_mask = offset, mask
-                if offset is not None and mask is not None:
-                    # Official quirk: level l's sampling buffers, re-read at level l+1's size.
-                    coarse_offset = _reinterpret_raw_buffer(offset, coarse_hw)
-                    coarse_mask = _reinterpret_raw_buffer(mask, coarse_hw)
-                # [B, C, H_{l+1}, W_{l+1}], then upsampled to [B, C, H_l, W_l]
-                up = self.from_coarser(coarser, coarse_offset, coarse_mask)
-                branches.append(F.interpolate(up, size=x.shape[-2:], mode="bilinear", align_corners=True))
-            fused = self._fuse(branches)
+        for level in range(len(features)):
+            # The branches (and their sampling maps) are freed once fused, before the activation.
+            fused = self._fuse(self._branches(features, level))
             outputs.append(self.dyrelu(fused) if self.dyrelu is not None else F.relu(fused))
         return outputs
 
