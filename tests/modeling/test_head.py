@@ -431,7 +431,7 @@ def test_dyconv_frees_the_branches_before_the_activation() -> None:
     import gc
     import weakref
 
-    from glip.modeling.dyhead import DyConv
+    from glip.modeling.fusion.dyhead import DyConv
 
     torch.manual_seed(0)
     conv = DyConv(16, 16, gn_groups=4).eval()
