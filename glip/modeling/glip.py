@@ -3,6 +3,12 @@
 The grounding head (``heads["grounding"]``) detects; GLIPv2's other heads (MDETR
 branches, inter-image contrastive, MLM...) share the same trunk (see
 :mod:`glip.modeling.heads` for how a head is added).
+
+:class:`GLIP` is the network: tensors in (:meth:`GLIP.forward`), :class:`GLIPOutput` out.
+Reading and resizing images, tokenizing prompts and decoding outputs into detections,
+answers or captions belong to :mod:`glip.inference` (the processor and the predictor);
+the methods users call on a model (:meth:`GLIP.predict`, :meth:`GLIP.detect`...) delegate
+there through :func:`register_inference`.
 """
 
 from __future__ import annotations
@@ -127,7 +133,12 @@ def _inference(name: str) -> Callable[..., Any]:
 
 
 class GLIP(nn.Module):
-    """Grounded language-image detector.
+    """Grounded language-image detector: the network (no file reads, no tokenizer calls).
+
+    Besides its modules it carries metadata that the processor and the checkpoint writers
+    read: ``tokenizer``, ``config`` (the :class:`GLIPConfig` it was built from; its
+    ``input`` section is :attr:`preprocessing`) and ``tuned_prompt`` (the classes a
+    fine-tuning recorded).
 
     Args:
         backbone: images -> L FPN maps.
