@@ -132,7 +132,7 @@ def throughput(
     fusion_chunks: Sequence[str] = ("auto",),
 ) -> list[dict]:
     from glip.api import Predictor
-    from glip.modeling.fusion import BiMultiHeadAttention
+    from glip.modeling.fusion.bi_attention import BiMultiHeadAttention
 
     attentions = [m for m in model.modules() if isinstance(m, BiMultiHeadAttention)]
     rows = []
@@ -279,7 +279,7 @@ def attention(device: torch.device, size: tuple[int, int], peak: dict, runs: int
     """The fusion attention and block at GLIP-T widths under bf16 autocast: FLOPs, time, rate."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from glip.modeling.fusion import BiAttentionBlock
+    from glip.modeling.fusion.bi_attention import BiAttentionBlock
 
     torch.manual_seed(0)
     block = BiAttentionBlock(256, 768).to(device).eval()

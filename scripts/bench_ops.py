@@ -39,7 +39,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
 
-    from glip.modeling.fusion import BiAttentionBlock
+    from glip.modeling.fusion.bi_attention import BiAttentionBlock
     from glip.ops.backend import torchvision_available
     from glip.ops.deform_conv import modulated_deform_conv2d
     from glip.ops.nms import nms

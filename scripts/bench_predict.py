@@ -96,7 +96,7 @@ def _image():
 def _build_glip():
     from glip.config import load_config
     from glip.modeling.build import build_model
-    from glip.modeling.text_encoder import load_bert_config
+    from glip.modeling.language.text_encoder import load_bert_config
     from glip.text import BUNDLED_TEXT_ENCODERS, load_tokenizer
 
     te = BUNDLED_TEXT_ENCODERS["bert-base-uncased"]

@@ -68,7 +68,7 @@ class TextConfig:
     """The language backbone: BERT (official default) or a CLIP text tower."""
 
     # official LANGUAGE_BACKBONE.MODEL_TYPE: "bert" (BertModel) or "clip" (transformers
-    # CLIPTextModel run bi-directionally, glip.modeling.text_encoder.ClipTextEncoder)
+    # CLIPTextModel run bi-directionally, glip.modeling.language.text_encoder.ClipTextEncoder)
     type: str = "bert"
     encoder: str = "bert-base-uncased"  # Hugging Face name or local directory (config + tokenizer)
     dim: int = 768  # official LANGUAGE_BACKBONE.LANG_DIM; must equal the encoder's hidden size
@@ -123,7 +123,7 @@ class GroundingHeadConfig:
     token_weight: float = 1.0  # official FUSE_CONFIG.DOT_PRODUCT_TOKEN_LOSS_WEIGHT
     token_alpha: float = 0.25  # official FUSE_CONFIG.TOKEN_ALPHA (also the soft-token loss's)
     token_gamma: float = 2.0  # official FUSE_CONFIG.TOKEN_GAMMA (also the soft-token loss's)
-    # RegionCLIP's region-concept distillation (not official; glip.modeling.losses.region_distill):
+    # RegionCLIP's region-concept distillation (not official; glip.modeling.heads.grounding.region_distill):
     # loss_distill = distill_weight x T^2 x KL(teacher || student) over each pseudo box's caption
     # concepts, at its ATSS positives. > 0 needs training data with the teacher's concept_scores
     # (glip pseudo-label --teacher clip); 0: off (the loss is not computed).

@@ -314,7 +314,7 @@ class MdetrGroundingDataset(_GroundingDataset):
     caption packed with random other captions of the set as negatives
     (:mod:`glip.data.caption_packing`; never the sample's own caption, which the official may
     draw). ``concept_scores``: also read a teacher's region-concept scores, for the
-    distillation loss (:mod:`glip.modeling.losses.region_distill`): the image record's
+    distillation loss (:mod:`glip.modeling.heads.grounding.region_distill`): the image record's
     ``concepts`` (``[{"phrase", "tokens_positive"}]``, the caption's concept pool, as
     ``glip pseudo-label --teacher clip`` writes it) and each annotation's ``concept_scores``
     (K numbers aligned with them) become the targets' ``concept_map`` and

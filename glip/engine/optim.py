@@ -17,9 +17,9 @@ import torch
 from torch import nn
 
 from glip.config import SolverConfig
-from glip.modeling.dyhead import DyConv
-from glip.modeling.fusion import BiAttentionBlock
-from glip.modeling.text_layer import TextLayer
+from glip.modeling.fusion.bi_attention import BiAttentionBlock
+from glip.modeling.fusion.dyhead import DyConv
+from glip.modeling.fusion.text_layer import TextLayer
 
 __all__ = [
     "WarmupSchedule",

@@ -21,7 +21,7 @@ from glip.engine.tuning import apply_tuning, record_tuned_prompt, resolve_tuning
 from glip.engine.vqa import with_answer_vocabulary
 from glip.modeling.build import build_loss, build_model
 from glip.modeling.glip import GLIP
-from glip.modeling.text_encoder import load_text_config
+from glip.modeling.language.text_encoder import load_text_config
 from glip.text import load_tokenizer, resolve_text_encoder
 
 __all__ = [

@@ -3,7 +3,7 @@
 The graph holds the backbone, the FPN, the fused head and (when the prompt is an input) the
 text encoder. The modulated deformable convolution runs its pure-PyTorch path, so the file
 needs no custom operator and runs on any ONNX runtime. Anchors, decoding, thresholds and NMS
-stay outside the graph: :meth:`glip.modeling.postprocess.GroundingPostProcessor` (or any
+stay outside the graph: :meth:`glip.modeling.heads.grounding.postprocess.GroundingPostProcessor` (or any
 re-implementation of it) turns the outputs into boxes.
 
 Dimension letters: B images (1), H x W the padded input, A anchors over all levels

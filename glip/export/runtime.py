@@ -4,7 +4,7 @@
 (backbone; trunk + grounding head) as a :class:`glip.modeling.prompt_batch.GroundingNetwork`.
 Everything else stays the model's own code, the same path as the PyTorch backend: the
 tokenizer and the text encoder (a class list is encoded once), prompt chunking, anchors,
-decoding and NMS (:class:`glip.modeling.postprocess.GroundingPostProcessor`).
+decoding and NMS (:class:`glip.modeling.heads.grounding.postprocess.GroundingPostProcessor`).
 
 The graphs are exported on first use into a cache folder named by a hash of the exported
 weights and the model's architecture (``$GLIP_CACHE/onnx/<key>/``, see

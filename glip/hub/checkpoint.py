@@ -29,8 +29,8 @@ from glip.hub.transformers_folder import (
 from glip.hub.zoo import resolve_model_source
 from glip.modeling.build import build_model
 from glip.modeling.glip import GLIP
+from glip.modeling.language.text_encoder import load_text_config
 from glip.modeling.low_precision import build_in_dtype, parse_weights_dtype, store_weights
-from glip.modeling.text_encoder import load_text_config
 from glip.text import Prompt, load_tokenizer, resolve_text_encoder
 from glip.utils.fs import atomic_directory
 

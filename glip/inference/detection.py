@@ -4,7 +4,7 @@ Every detection entry point (:class:`glip.inference.Predictor`, ``GLIP.predict``
 ``glip detect``, the transformers wrappers) ends here: the network runs its heads
 (:meth:`GLIP.forward_text_features <glip.modeling.glip.GLIP.forward_text_features>`), the
 grounding head's post-processor decodes boxes, masks are pasted (:mod:`glip.inference.masks`)
-and a long prompt's chunks are merged (:func:`glip.modeling.postprocess.merge_chunks`).
+and a long prompt's chunks are merged (:func:`glip.modeling.heads.grounding.postprocess.merge_chunks`).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import torch
 
 from glip.modeling import low_precision
 from glip.modeling.glip import GLIP, GROUNDING, MASK
-from glip.modeling.postprocess import class_agnostic_nms, merge_chunks
+from glip.modeling.heads.grounding.postprocess import class_agnostic_nms, merge_chunks
 from glip.modeling.prompt_batch import GroundingNetwork, repeat_features, split_head, stack_text
 from glip.structures import Detections, ImageBatch, TextFeatures
 from glip.text import TokenizedPrompt

@@ -1,7 +1,7 @@
 """Prompt resolution: a user's prompt -> the prompt to run (tuned prompts), encoded once.
 
 A fine-tuned model records its classes (``model.tuned_prompt``); a prompt-tuned one also
-has an offset that applies to that prompt only (:class:`glip.modeling.prompt_offset.PromptOffset`).
+has an offset that applies to that prompt only (:class:`glip.modeling.language.prompt_offset.PromptOffset`).
 """
 
 from __future__ import annotations

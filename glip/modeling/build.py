@@ -7,11 +7,9 @@ from pathlib import Path
 from typing import Any
 
 from glip.config import GLIPConfig
-from glip.modeling.anchors import AnchorGenerator
-from glip.modeling.assigner import ATSSAssigner
 from glip.modeling.backbone import VisionBackbone, build_resnet, build_swin, build_timm
-from glip.modeling.box_coder import BoxCoder
 from glip.modeling.criterion import Criterion
+from glip.modeling.fusion.trunk import FusionTrunk
 from glip.modeling.glip import GLIP
 from glip.modeling.heads import (
     CaptionHead,
@@ -22,11 +20,13 @@ from glip.modeling.heads import (
     MDETRAlignHead,
     MDETRTokenHead,
 )
+from glip.modeling.heads.grounding.anchors import AnchorGenerator
+from glip.modeling.heads.grounding.assigner import ATSSAssigner
+from glip.modeling.heads.grounding.box_coder import BoxCoder
+from glip.modeling.heads.grounding.postprocess import GroundingPostProcessor
+from glip.modeling.heads.grounding.region_distill import RegionConceptDistillation
 from glip.modeling.heads.mask import HourglassExtractor, MaskConvExtractor, MaskHead, VLMaskPredictor
-from glip.modeling.losses.region_distill import RegionConceptDistillation
-from glip.modeling.postprocess import GroundingPostProcessor
-from glip.modeling.text_encoder import build_text_encoder, in_head_layer_sizes
-from glip.modeling.trunk import FusionTrunk
+from glip.modeling.language.text_encoder import build_text_encoder, in_head_layer_sizes
 
 __all__ = [
     "HEAD_BUILDERS",

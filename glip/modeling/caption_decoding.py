@@ -1,6 +1,6 @@
 """Caption decoding with the captioning head: append a ``[MASK]``, predict it, repeat.
 
-The model runs causally (:mod:`glip.modeling.causal`), so the prediction at the ``[MASK]``
+The model runs causally (:mod:`glip.modeling.language.causal`), so the prediction at the ``[MASK]``
 slot depends on the image and the tokens before it only: exactly the training situation
 of a masked caption token whose prefix was left intact. Each step runs the text encoder,
 the trunk and the head on ``[CLS] w_1 .. w_t [MASK]`` (no key/value cache: captions are

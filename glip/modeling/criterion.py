@@ -15,10 +15,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from glip.modeling.assigner import ATSSAssigner
+from glip.modeling.fusion.trunk import TrunkOutput
 from glip.modeling.heads.base import LossInputs
-from glip.modeling.loss import AssignedTargets, all_reduce_sum, world_size
-from glip.modeling.trunk import TrunkOutput
+from glip.modeling.heads.grounding.assigner import AssignedTargets, ATSSAssigner
+from glip.modeling.losses.gather import all_reduce, world_size
 from glip.structures.targets import GroundingTargets, PretrainingTargets
 
 __all__ = ["Criterion"]
@@ -79,7 +79,7 @@ class Criterion(nn.Module):
                 assigned = self.assign(anchors, targets)
         positive = assigned.positive.reshape(-1)  # [B * N]
         num_pos_local = positive.new_tensor([int(positive.sum())], dtype=torch.int64)
-        total_pos = int(all_reduce_sum(num_pos_local).item())
+        total_pos = int(all_reduce(num_pos_local).item())
         # A Python float, as the official normaliser (a constant for autograd).
         num_pos_avg = max(total_pos / float(world_size()), 1.0)
         return LossInputs(

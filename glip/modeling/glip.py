@@ -21,13 +21,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from glip.modeling.anchors import AnchorGenerator
 from glip.modeling.backbone import VisionBackbone
+from glip.modeling.fusion.trunk import FusionTrunk, TrunkOutput
 from glip.modeling.heads import GroundingHead, Head
-from glip.modeling.postprocess import GroundingPostProcessor
-from glip.modeling.prompt_offset import PromptOffset
-from glip.modeling.text_encoder import BertTextEncoder
-from glip.modeling.trunk import FusionTrunk, TrunkOutput
+from glip.modeling.heads.grounding.anchors import AnchorGenerator
+from glip.modeling.heads.grounding.postprocess import GroundingPostProcessor
+from glip.modeling.language.prompt_offset import PromptOffset
+from glip.modeling.language.text_encoder import BertTextEncoder
 from glip.structures import Detections, HeadOutputs, ImageBatch, TextFeatures
 from glip.text import Prompt, TokenizedPrompt
 
@@ -292,7 +292,7 @@ class GLIP(nn.Module):
         features). ``heads``: the names of the heads to run (default all, in order,
         except the ``training_only`` ones when the model is in eval mode). ``backbone``: the
         visual body's maps, passed on in ``TrunkOutput.backbone`` for the heads that read them.
-        ``causal``: uni-directional text encoder and trunk (captioning, :mod:`glip.modeling.causal`):
+        ``causal``: uni-directional text encoder and trunk (captioning, :mod:`glip.modeling.language.causal`):
         the fused text at token ``i`` depends on the image and tokens ``<= i`` only."""
         batch = features[0].shape[0]
         if causal:

@@ -22,7 +22,7 @@ class HeadOutputs:
         temperature: ``Tensor[1]``, ``exp(log_scale)``, the learned logit temperature
             (the MDETR contrastive branch shares it), or None.
 
-    The tower's visual maps and fused text are in :class:`glip.modeling.trunk.TrunkOutput`.
+    The tower's visual maps and fused text are in :class:`glip.modeling.fusion.trunk.TrunkOutput`.
     """
 
     box_regression: list[Tensor]

@@ -42,7 +42,7 @@ class GroundingTargets:
             an all-False row is a concept cut off by truncation. None: no teacher scores.
         concept_scores: ``Tensor[G, K]`` float32, the teacher's logits of each box over
             the K concepts (RegionCLIP's region-concept scores; the distillation loss of
-            :mod:`glip.modeling.losses.region_distill` reads them). Set together with
+            :mod:`glip.modeling.heads.grounding.region_distill` reads them). Set together with
             ``concept_map``.
     """
 

@@ -18,7 +18,7 @@ class TextFeatures:
             attention mask).
         aggregate: ``Tensor[B, D]``, the masked mean of ``embedded`` over tokens.
         causal: the features were encoded uni-directionally (captioning): token ``i`` saw
-            tokens ``<= i`` only, and the trunk keeps it so (:mod:`glip.modeling.causal`).
+            tokens ``<= i`` only, and the trunk keeps it so (:mod:`glip.modeling.language.causal`).
             ``aggregate`` still averages every token; no causal head reads it.
     """
 

@@ -17,7 +17,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from glip.api import Predictor
-from glip.modeling.postprocess import merge_chunks
+from glip.modeling.heads.grounding.postprocess import merge_chunks
 from glip.structures import Detections, ImageBatch
 from glip.text import Prompt
 from glip.text.noun_phrases import find_noun_phrases

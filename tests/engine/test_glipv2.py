@@ -244,7 +244,7 @@ def test_pretraining_configs_load_and_build():
     assert s.steps == [0.67, 0.89] and s.use_amp and s.model_ema == 0.999 and s.clip_gradients.clip_value == 1.0
     assert v2t.input.min_size_train == [480, 560, 640, 720, 800]
     # The heads at Swin-T / BERT-base width (building the whole Swin-T is left to the zoo tests).
-    from glip.modeling.text_encoder import load_bert_config
+    from glip.modeling.language.text_encoder import load_bert_config
     from glip.text import resolve_text_encoder
 
     built = build_heads(v2t, load_bert_config(resolve_text_encoder("bert-base-uncased")))

@@ -58,7 +58,7 @@ def _clip_config(shapes, clip_dir, **extra):
 
 
 def test_clip_text_encoder_trains_and_reloads(shapes, clip_text_dir, tmp_path) -> None:
-    from glip.modeling.text_encoder import ClipTextEncoder
+    from glip.modeling.language.text_encoder import ClipTextEncoder
 
     cfg = _clip_config(shapes, clip_text_dir)
     model = _train_and_reload(cfg, shapes, tmp_path)
@@ -71,7 +71,7 @@ def test_clip_text_encoder_trains_and_reloads(shapes, clip_text_dir, tmp_path) -
 
 
 def test_clip_text_encoder_is_bidirectional_and_spans_use_offsets(clip_text_dir) -> None:
-    from glip.modeling.text_encoder import ClipTextEncoder
+    from glip.modeling.language.text_encoder import ClipTextEncoder
     from glip.text import load_tokenizer, parse_prompt, tokenize_prompt
 
     tokenizer = load_tokenizer(clip_text_dir)
@@ -103,7 +103,7 @@ def test_clip_text_encoder_is_bidirectional_and_spans_use_offsets(clip_text_dir)
 
 def test_clip_text_encoder_refuses_the_mlm_head(shapes, clip_text_dir) -> None:
     from glip.modeling.build import build_model
-    from glip.modeling.text_encoder import load_text_config
+    from glip.modeling.language.text_encoder import load_text_config
 
     cfg = _clip_config(shapes, clip_text_dir, **{"model.heads.mlm.enabled": True})
     with pytest.raises(ValueError, match="model.heads.mlm needs a BERT text encoder"):
@@ -112,7 +112,7 @@ def test_clip_text_encoder_refuses_the_mlm_head(shapes, clip_text_dir) -> None:
 
 def test_clip_text_encoder_checks_the_prompt_length(shapes, clip_text_dir) -> None:
     from glip.modeling.build import build_model
-    from glip.modeling.text_encoder import load_text_config
+    from glip.modeling.language.text_encoder import load_text_config
 
     cfg = _clip_config(shapes, clip_text_dir, **{"model.text.max_query_len": 65})  # the tiny tower has 64
     with pytest.raises(ValueError, match="exceeds the CLIP text tower's 64 positions"):

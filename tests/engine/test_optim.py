@@ -152,8 +152,8 @@ def test_language_and_body_rates_follow_the_modules_not_the_names():
 
 
 def test_fusion_lr_factor_scales_the_fusion_and_in_head_text_layers_only():
-    from glip.modeling.fusion import BiAttentionBlock
-    from glip.modeling.text_layer import TextLayer
+    from glip.modeling.fusion.bi_attention import BiAttentionBlock
+    from glip.modeling.fusion.text_layer import TextLayer
 
     model = nn.Module()
     model.head = nn.Module()
@@ -173,7 +173,7 @@ def test_fusion_lr_factor_scales_the_fusion_and_in_head_text_layers_only():
 
 
 def test_tower_lr_factor_scales_the_dyconv_branches_only():
-    from glip.modeling.dyhead import DyConv
+    from glip.modeling.fusion.dyhead import DyConv
 
     model = nn.Module()
     model.tower = DyConv(8, 8, use_dyrelu=False, use_dfconv=False, gn_groups=4)

@@ -11,7 +11,7 @@ from glip.config import load_config
 from glip.hub.checkpoint import CheckpointError, load_model, read_checkpoint
 from glip.hub.official_keys import remap_official_state_dict
 from glip.modeling.build import build_model
-from glip.modeling.text_encoder import load_bert_config
+from glip.modeling.language.text_encoder import load_bert_config
 from glip.text import BUNDLED_TEXT_ENCODERS
 from tests.conftest import OFFICIAL, official_state_dict, tiny_text_encoder_dir
 

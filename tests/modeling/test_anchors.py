@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from glip.modeling.anchors import AnchorGenerator, anchor_visibility, cell_anchors
+from glip.modeling.heads.grounding.anchors import AnchorGenerator, anchor_visibility, cell_anchors
 from tests.conftest import CASES, TINY_CONFIGS, load_case, official_state_dict
 
 

@@ -7,9 +7,9 @@ import functools
 import pytest
 import torch
 
-from glip.modeling.anchors import AnchorGenerator
-from glip.modeling.assigner import ATSSAssigner, centerness_targets
-from glip.modeling.box_coder import BoxCoder
+from glip.modeling.heads.grounding.anchors import AnchorGenerator
+from glip.modeling.heads.grounding.assigner import ATSSAssigner, centerness_targets
+from glip.modeling.heads.grounding.box_coder import BoxCoder
 from glip.ops.boxes import box_iou
 from glip.structures import GroundingTargets
 from tests.conftest import OFFICIAL_TRAIN, TINY_CONFIGS, require_fixtures

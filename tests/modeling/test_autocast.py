@@ -13,7 +13,7 @@ import torch
 import glip
 from glip.cli import main
 from glip.data import generate_synthetic
-from glip.modeling.fusion import BiMultiHeadAttention
+from glip.modeling.fusion.bi_attention import BiMultiHeadAttention
 from glip.modeling.low_precision import parse_autocast_dtype
 from glip.ops.boxes import box_iou
 from glip.structures import ImageBatch

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from glip.modeling.box_coder import BoxCoder
+from glip.modeling.heads.grounding.box_coder import BoxCoder
 
 
 def test_box_coder_round_trip():

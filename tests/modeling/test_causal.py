@@ -10,9 +10,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from glip.modeling.causal import additive_attention_mask, causal_keep_mask
-from glip.modeling.fusion import BiAttentionBlock
+from glip.modeling.fusion.bi_attention import BiAttentionBlock
 from glip.modeling.heads.caption import CAPTION
+from glip.modeling.language.causal import additive_attention_mask, causal_keep_mask
 
 
 def _ids(model, caption: str, width: int = 16) -> tuple[torch.Tensor, torch.Tensor]:

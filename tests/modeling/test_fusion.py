@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from glip.modeling.fusion import CUDA_CHUNK_ELEMENTS, BiMultiHeadAttention
+from glip.modeling.fusion.bi_attention import CUDA_CHUNK_ELEMENTS, BiMultiHeadAttention
 
 B, N, T, C, D = 3, 37, 6, 16, 12
 

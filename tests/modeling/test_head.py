@@ -14,10 +14,10 @@ import yaml
 from torch import nn
 
 from glip.hub.official_keys import remap_official_state_dict
-from glip.modeling.dyhead import _reinterpret_raw_buffer
+from glip.modeling.fusion.dyhead import _reinterpret_raw_buffer
+from glip.modeling.fusion.text_layer import TextLayer
+from glip.modeling.fusion.trunk import FusionTrunk, TrunkOutput
 from glip.modeling.heads import GroundingHead
-from glip.modeling.text_layer import TextLayer
-from glip.modeling.trunk import FusionTrunk, TrunkOutput
 from glip.structures import HeadOutputs, TextFeatures
 from tests.conftest import CASES, OFFICIAL, TINY_CONFIGS, load_case, official_state_dict
 
@@ -409,7 +409,7 @@ def test_dyconv_fuse_equals_the_stacked_mean_bitwise(dyfuse: bool, k: int) -> No
     """The branch average is accumulated in place (no [K, B, C, H, W] temporaries) and equals
     the stack -> weight -> mean formula of the official DyConv bit for bit."""
     from glip.layers.dyrelu import h_sigmoid
-    from glip.modeling.dyhead import DyConv
+    from glip.modeling.fusion.dyhead import DyConv
 
     torch.manual_seed(0)
     conv = DyConv(16, 16, gn_groups=4, use_dyfuse=dyfuse)

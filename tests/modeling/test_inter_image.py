@@ -423,9 +423,9 @@ def test_two_processes_equal_one_process(tmp_path: Path) -> None:
 
 def test_build_from_atss_assignment() -> None:
     """RegionWordTargets from the real ATSS assignment, then the loss on flattened FPN maps."""
-    from glip.modeling.assigner import ATSSAssigner
-    from glip.modeling.box_coder import BoxCoder
     from glip.modeling.criterion import Criterion
+    from glip.modeling.heads.grounding.assigner import ATSSAssigner
+    from glip.modeling.heads.grounding.box_coder import BoxCoder
     from glip.structures.targets import GroundingTargets
 
     centres = torch.arange(4, 64, 8, dtype=torch.float32)  # one 8 x 8 level, stride 8

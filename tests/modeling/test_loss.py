@@ -14,12 +14,12 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from glip.hub.official_keys import official_key_to_glip
-from glip.modeling.anchors import AnchorGenerator
-from glip.modeling.assigner import ATSSAssigner
-from glip.modeling.box_coder import BoxCoder
 from glip.modeling.criterion import Criterion
 from glip.modeling.heads import GroundingLoss
-from glip.modeling.loss import AssignedTargets, giou_loss, sigmoid_focal_loss
+from glip.modeling.heads.grounding.anchors import AnchorGenerator
+from glip.modeling.heads.grounding.assigner import AssignedTargets, ATSSAssigner
+from glip.modeling.heads.grounding.box_coder import BoxCoder
+from glip.modeling.losses.detection import giou_loss, sigmoid_focal_loss
 from glip.structures import GroundingTargets, HeadOutputs, ImageBatch
 from tests.conftest import TINY_CONFIGS, load_tiny_model
 from tests.modeling.test_assigner import fixture_targets, load_train_case

@@ -14,13 +14,13 @@ from torch import nn
 from glip.config import config_from_dict
 from glip.config.official import OfficialConfigError
 from glip.hub.official_keys import official_key_to_glip
-from glip.modeling.anchors import AnchorGenerator
-from glip.modeling.assigner import ATSSAssigner
-from glip.modeling.box_coder import BoxCoder
 from glip.modeling.build import build_heads, build_loss, build_trunk
 from glip.modeling.criterion import Criterion
+from glip.modeling.fusion.trunk import FusionTrunk
 from glip.modeling.heads import AlignOutput, GroundingHead, MDETRAlignHead, MDETRTokenHead, TokenOutput
-from glip.modeling.trunk import FusionTrunk
+from glip.modeling.heads.grounding.anchors import AnchorGenerator
+from glip.modeling.heads.grounding.assigner import ATSSAssigner
+from glip.modeling.heads.grounding.box_coder import BoxCoder
 from glip.structures import GroundingTargets, TextFeatures
 from tests.modeling.test_loss import _SIZES, _T, _synthetic_batch, _synthetic_targets
 

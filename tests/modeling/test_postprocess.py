@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from glip.modeling.postprocess import GroundingPostProcessor, label_token_index
+from glip.modeling.heads.grounding.postprocess import GroundingPostProcessor, label_token_index
 from glip.ops.boxes import rescale_boxes
 from tests.conftest import CASES, TINY_CONFIGS, load_case
 

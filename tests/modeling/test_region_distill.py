@@ -1,4 +1,4 @@
-"""RegionCLIP-style region-concept distillation (glip.modeling.losses.region_distill): the
+"""RegionCLIP-style region-concept distillation (glip.modeling.heads.grounding.region_distill): the
 student's phrase logits against the official phrase score, a float64 reference of the KL,
 zero when the student equals the teacher, gradients into the head, and off by default."""
 
@@ -7,11 +7,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from glip.modeling.assigner import ATSSAssigner
-from glip.modeling.box_coder import BoxCoder
 from glip.modeling.criterion import Criterion
-from glip.modeling.heads.grounding_loss import GroundingLoss
-from glip.modeling.losses.region_distill import RegionConceptDistillation, phrase_logits
+from glip.modeling.heads.grounding.assigner import ATSSAssigner
+from glip.modeling.heads.grounding.box_coder import BoxCoder
+from glip.modeling.heads.grounding.loss import GroundingLoss
+from glip.modeling.heads.grounding.region_distill import RegionConceptDistillation, phrase_logits
 from glip.structures import GroundingTargets
 from tests.golden import case
 

@@ -10,9 +10,9 @@ import torch
 
 from glip.config import GLIPConfig
 from glip.modeling.build import HEAD_BUILDERS
+from glip.modeling.fusion.trunk import TrunkOutput
 from glip.modeling.heads.base import LossInputs
 from glip.modeling.heads.vqa import VQAHead, answer_slot, vqa_loss
-from glip.modeling.trunk import TrunkOutput
 from glip.structures import TextFeatures
 from glip.structures.targets import GroundingTargets
 

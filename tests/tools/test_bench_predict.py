@@ -8,7 +8,7 @@ import torch
 from glip.config import load_config
 from glip.hub.official_keys import remap_official_state_dict
 from glip.modeling.build import build_model
-from glip.modeling.text_encoder import load_bert_config
+from glip.modeling.language.text_encoder import load_bert_config
 from glip.text import BUNDLED_TEXT_ENCODERS
 from tests.conftest import REPO, load_script
 

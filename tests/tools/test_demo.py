@@ -124,7 +124,7 @@ def reference(shapes):
 def all_heads_model():
     from glip.config import load_config
     from glip.modeling.build import build_model
-    from glip.modeling.text_encoder import load_bert_config
+    from glip.modeling.language.text_encoder import load_bert_config
     from glip.text import load_tokenizer, resolve_text_encoder
 
     overrides = [

@@ -30,7 +30,7 @@ def vqa_model(tmp_path_factory) -> Path:
     from glip.config import load_config
     from glip.hub.checkpoint import save_model
     from glip.modeling.build import build_model
-    from glip.modeling.text_encoder import load_bert_config
+    from glip.modeling.language.text_encoder import load_bert_config
     from glip.text import load_tokenizer, resolve_text_encoder
 
     cfg = load_config(REPO / "configs" / "vqa" / "synthetic.yaml", ["input.min_size_test=64", "input.max_size_test=64"])

@@ -16,8 +16,8 @@ The model then holds it in ``model.heads[name]``; its weights load (checkpoint k
 
 from glip.modeling.heads.base import Head, LossInputs
 from glip.modeling.heads.caption import CaptionHead, CaptionOutput
-from glip.modeling.heads.grounding import GroundingHead
-from glip.modeling.heads.grounding_loss import GroundingLoss
+from glip.modeling.heads.grounding.head import GroundingHead
+from glip.modeling.heads.grounding.loss import GroundingLoss
 from glip.modeling.heads.inter_image import InterImageHead, InterImageInputs
 from glip.modeling.heads.mdetr import AlignOutput, MDETRAlignHead, MDETRTokenHead, TokenOutput
 from glip.modeling.heads.mlm import MaskedLMHead, MLMOutput

@@ -4,7 +4,7 @@ A head is an ``nn.Module`` held by :class:`glip.modeling.glip.GLIP` in ``model.h
 (an ``nn.ModuleDict``) under its name. It implements:
 
 - ``forward(trunk, outputs) -> its output dataclass``: ``trunk`` is the
-  :class:`~glip.modeling.trunk.TrunkOutput` (post-fusion maps and text, and the
+  :class:`~glip.modeling.fusion.trunk.TrunkOutput` (post-fusion maps and text, and the
   pre-fusion FPN maps and text features); ``outputs`` maps the names of the heads run
   before it (the ModuleDict's order) to their outputs, for heads that build on another
   (the MDETR contrastive branch shares the grounding head's temperature).
@@ -33,8 +33,8 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from glip.modeling.loss import AssignedTargets
-from glip.modeling.trunk import TrunkOutput
+from glip.modeling.fusion.trunk import TrunkOutput
+from glip.modeling.heads.grounding.assigner import AssignedTargets
 from glip.structures.targets import GroundingTargets, PretrainingTargets
 
 __all__ = ["Head", "LossInputs"]

@@ -1,7 +1,7 @@
 """GLIPv2 captioning head: masked-token prediction on the causal fused text.
 
 GLIPv2 (arXiv 2206.05836) captions with the trunk it grounds with: the text encoder and
-every fusion layer run uni-directionally (:mod:`glip.modeling.causal`), random caption
+every fusion layer run uni-directionally (:mod:`glip.modeling.language.causal`), random caption
 tokens are replaced by ``[MASK]`` and predicted by an MLM head (:class:`MLMHead`) on the
 fused text, with label smoothing; decoding appends a ``[MASK]`` and predicts it, step by
 step (:mod:`glip.modeling.caption_decoding`). The official repository has no captioning
@@ -23,9 +23,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from glip.modeling.fusion.trunk import TrunkOutput
 from glip.modeling.heads.base import Head, LossInputs
 from glip.modeling.heads.mlm import BERT_MASK_TOKEN_ID, MLMHead
-from glip.modeling.trunk import TrunkOutput
 from glip.text.masking import IGNORE_INDEX
 
 __all__ = ["CAPTION", "CaptionHead", "CaptionOutput", "MaskedCaptions", "mask_caption_tokens", "restrict_vocabulary"]

@@ -20,10 +20,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from glip.modeling.fusion.trunk import TrunkOutput
 from glip.modeling.heads.base import Head, LossInputs
 from glip.modeling.losses.inter_image import InterImageContrastiveLoss, flatten_levels
 from glip.modeling.losses.region_targets import RegionWordTargets
-from glip.modeling.trunk import TrunkOutput
 from glip.utils.seeding import STREAM_INTER_IMAGE, stream_generators
 
 __all__ = ["InterImageHead", "InterImageInputs"]

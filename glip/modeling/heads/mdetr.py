@@ -18,11 +18,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from glip.modeling.fusion.trunk import TrunkOutput
 from glip.modeling.heads.base import Head, LossInputs
-from glip.modeling.heads.grounding import focal_prior_bias
-from glip.modeling.heads.grounding_loss import attended_token_focal_loss
-from glip.modeling.loss import contrastive_align_loss
-from glip.modeling.trunk import TrunkOutput
+from glip.modeling.heads.grounding.head import focal_prior_bias
+from glip.modeling.heads.grounding.loss import attended_token_focal_loss
+from glip.modeling.losses.detection import contrastive_align_loss
 
 __all__ = ["AlignOutput", "MDETRAlignHead", "MDETRTokenHead", "TokenOutput"]
 
@@ -142,7 +142,7 @@ class MDETRAlignHead(Head):
         return AlignOutput(logits)
 
     def loss(self, output: AlignOutput, inputs: LossInputs) -> dict[str, Tensor]:
-        """See :func:`glip.modeling.loss.contrastive_align_loss`; divided by ``num_pos_avg``."""
+        """See :func:`glip.modeling.losses.detection.contrastive_align_loss`; divided by ``num_pos_avg``."""
         with torch.autocast(device_type=inputs.text_mask.device.type, enabled=False):
             align = torch.cat([x.float() for x in output.logits], dim=1)  # [B, N, T]
             tokens = inputs.assigned.tokens

@@ -13,7 +13,7 @@ answered), and the result is added back to the text feature. It is off by defaul
 the fused text alone, as GLIPv2 describes).
 
 Causality: the queries do not see one another, and in the causal (captioning) mode the
-trunk's visual maps do not read the text (:class:`glip.modeling.fusion.BiAttentionBlock`),
+trunk's visual maps do not read the text (:class:`glip.modeling.fusion.bi_attention.BiAttentionBlock`),
 so token ``i``'s output still depends on the image and tokens ``<= i`` only.
 
 Dimension letters: B images, Q queries, D text width, C visual channels, N locations over

@@ -22,8 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from glip.modeling.fusion.trunk import TrunkOutput
 from glip.modeling.heads.base import Head, LossInputs
-from glip.modeling.trunk import TrunkOutput
 
 __all__ = ["AnswerClassifier", "VQAHead", "VQAOutput", "answer_slot", "vqa_loss"]
 

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 if TYPE_CHECKING:  # annotations only: the assignment's producers are not imported at run time
-    from glip.modeling.loss import AssignedTargets
+    from glip.modeling.heads.grounding.assigner import AssignedTargets
     from glip.structures.targets import GroundingTargets
 
 __all__ = ["RegionSelection", "RegionWordTargets", "region_candidates", "region_word_targets", "select_regions"]

@@ -32,9 +32,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from glip.modeling.box_coder import BoxCoder
+from glip.modeling.fusion.trunk import TrunkOutput
 from glip.modeling.heads.base import Head, LossInputs
-from glip.modeling.trunk import TrunkOutput
+from glip.modeling.heads.grounding.box_coder import BoxCoder
 from glip.ops.boxes import box_iou, clip_boxes
 from glip.ops.masks import box_extent, crop_masks
 from glip.ops.nms import nms

@@ -1,11 +1,12 @@
-"""Loss functions and per-anchor targets shared by the heads.
+"""Loss functions shared by the heads (focal, GIoU, MDETR contrastive alignment).
 
 The official GLIP objective (``ATSSLossComputation.__call__``, ``maskrcnn_benchmark/
 modeling/rpn/loss.py``) is computed by the heads that own its terms:
-:class:`glip.modeling.heads.grounding_loss.GroundingLoss` (box regression, centerness,
+:class:`glip.modeling.heads.grounding.loss.GroundingLoss` (box regression, centerness,
 dot-product token alignment) and the MDETR branches of :mod:`glip.modeling.heads.mdetr`.
 The ATSS assignment they share is made once per batch by
-:class:`glip.modeling.criterion.Criterion`.
+:class:`glip.modeling.criterion.Criterion`
+(:class:`glip.modeling.heads.grounding.assigner.AssignedTargets`).
 
 Dimension letters: B images, N anchors per image (levels concatenated), T tokens,
 P positive anchors of the batch.
@@ -13,49 +14,18 @@ P positive anchors of the batch.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor
 
-from glip.modeling.assigner import AnchorAssignment
-
 __all__ = [
-    "AssignedTargets",
-    "all_reduce_sum",
     "contrastive_align_loss",
     "giou_loss",
     "sigmoid_focal_loss",
-    "world_size",
 ]
 
 # Official GIoULoss: added to the enclosing and union areas against division by zero.
 _GIOU_EPS = 1e-7
-
-
-@dataclass
-class AssignedTargets:
-    """Per-anchor targets of a batch (the per-image assignments stacked).
-
-    Attributes:
-        positive: ``Tensor[B, N]`` bool.
-        regression: ``Tensor[B, N, 4]`` encoded boxes (0 for background).
-        centerness: ``Tensor[B, N]`` (0 for background).
-        tokens: ``Tensor[B, N, T]`` float 0/1 token targets (``[NoObj]`` row for background).
-        per_image: the B :class:`AnchorAssignment` with the ATSS internals.
-    """
-
-    positive: Tensor
-    regression: Tensor
-    centerness: Tensor
-    tokens: Tensor
-    per_image: list[AnchorAssignment]
-
-    @property
-    def num_positives(self) -> int:
-        return int(self.positive.sum())
 
 
 def sigmoid_focal_loss(logits: Tensor, targets: Tensor, alpha: float = 0.25, gamma: float = 2.0) -> Tensor:
@@ -143,16 +113,3 @@ def giou_loss(pred_boxes: Tensor, target_boxes: Tensor) -> Tensor:
     union = pred_area + target_area - inter + _GIOU_EPS
     giou = inter / union - (enclosing - union) / enclosing
     return 1 - giou
-
-
-def world_size() -> int:
-    """Number of processes (1 without an initialised process group)."""
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-
-
-def all_reduce_sum(value: Tensor) -> Tensor:
-    """Sum over processes (identity with one process); every process must call it."""
-    if world_size() > 1:
-        value = value.clone()
-        dist.all_reduce(value, op=dist.ReduceOp.SUM)
-    return value

@@ -28,11 +28,11 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from glip.modeling.box_coder import BoxCoder
+from glip.modeling.heads.grounding.box_coder import BoxCoder
 from glip.ops.boxes import box_iou
 from glip.structures.targets import GroundingTargets
 
-__all__ = ["ATSSAssigner", "AnchorAssignment", "centerness_targets"]
+__all__ = ["ATSSAssigner", "AnchorAssignment", "AssignedTargets", "centerness_targets"]
 
 # Official MODEL.ATSS.TOPK (config default; the yaml's MODEL.DYHEAD.TOPK is not read by the loss).
 _DEFAULT_TOPK = 9
@@ -80,6 +80,29 @@ class AnchorAssignment:
     def candidate_positive(self) -> Tensor:
         """``Tensor[K, G]`` bool: candidates that pass both tests (before the max-IoU rule)."""
         return self.candidate_iou_ok & self.candidate_inside
+
+
+@dataclass
+class AssignedTargets:
+    """Per-anchor targets of a batch (the per-image assignments stacked).
+
+    Attributes:
+        positive: ``Tensor[B, N]`` bool.
+        regression: ``Tensor[B, N, 4]`` encoded boxes (0 for background).
+        centerness: ``Tensor[B, N]`` (0 for background).
+        tokens: ``Tensor[B, N, T]`` float 0/1 token targets (``[NoObj]`` row for background).
+        per_image: the B :class:`AnchorAssignment` with the ATSS internals.
+    """
+
+    positive: Tensor
+    regression: Tensor
+    centerness: Tensor
+    tokens: Tensor
+    per_image: list[AnchorAssignment]
+
+    @property
+    def num_positives(self) -> int:
+        return int(self.positive.sum())
 
 
 def centerness_targets(regression_targets: Tensor, anchors: Tensor, box_coder: BoxCoder) -> Tensor:

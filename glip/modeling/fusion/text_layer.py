@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from glip.modeling.causal import additive_attention_mask
+from glip.modeling.language.causal import additive_attention_mask
 
 __all__ = ["TextLayer"]
 

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from glip.modeling.causal import additive_attention_mask, causal_keep_mask
+from glip.modeling.language.causal import additive_attention_mask, causal_keep_mask
 from glip.structures import TextFeatures
 from glip.utils.imports import import_transformers
 
@@ -111,7 +111,7 @@ class BertTextEncoder(nn.Module):
         """``input_ids``, ``attention_mask``: ``Tensor[B, T]`` int64 -> :class:`TextFeatures`.
 
         ``causal``: every BERT layer attends uni-directionally (token ``i`` reads the real
-        tokens ``<= i``, :func:`glip.modeling.causal.causal_keep_mask`); ``mask`` stays the
+        tokens ``<= i``, :func:`glip.modeling.language.causal.causal_keep_mask`); ``mask`` stays the
         ``[B, T]`` padding mask."""
         bert_mask = _bert_causal_mask(attention_mask, self.bert.dtype) if causal else attention_mask
         out = self.bert(input_ids=input_ids, attention_mask=bert_mask, output_hidden_states=True)
@@ -249,7 +249,7 @@ def build_text_encoder(
 
 
 def in_head_layer_sizes(text_config: Any) -> dict[str, Any]:
-    """The keyword arguments of the trunk's in-head text layers (:class:`glip.modeling.text_layer.TextLayer`)
+    """The keyword arguments of the trunk's in-head text layers (:class:`glip.modeling.fusion.text_layer.TextLayer`)
     taken from the encoder's config: BERT's own, or CLIP's heads, MLP width, ``quick_gelu`` and
     dropouts. (The official CLIP model puts CLIP-style pre-LayerNorm blocks in the head; ours
     keep the BERT-style layer with CLIP's sizes.)"""

@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from glip.modeling.loss import AssignedTargets
+from glip.modeling.heads.grounding.assigner import AssignedTargets
 from glip.structures.targets import GroundingTargets
 
 __all__ = ["RegionConceptDistillation", "phrase_logits"]

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 
 from torch import Tensor, nn
 
-from glip.modeling.dyhead import DyConv, HeadBlock
-from glip.modeling.fusion import FUSION_EMBED_DIM, FUSION_NUM_HEADS, BiAttentionBlock
-from glip.modeling.text_layer import TextLayer
+from glip.modeling.fusion.bi_attention import FUSION_EMBED_DIM, FUSION_NUM_HEADS, BiAttentionBlock
+from glip.modeling.fusion.dyhead import DyConv, HeadBlock
+from glip.modeling.fusion.text_layer import TextLayer
 from glip.structures.text import TextFeatures
 
 __all__ = ["FusionTrunk", "TrunkOutput"]

@@ -18,10 +18,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from glip.layers.scale import Scale
+from glip.modeling.fusion.trunk import TrunkOutput
 from glip.modeling.heads.base import Head, LossInputs
-from glip.modeling.heads.grounding_loss import GroundingLoss
-from glip.modeling.postprocess import GroundingPostProcessor
-from glip.modeling.trunk import TrunkOutput
+from glip.modeling.heads.grounding.loss import GroundingLoss
+from glip.modeling.heads.grounding.postprocess import GroundingPostProcessor
 from glip.structures import Detections
 from glip.structures.outputs import HeadOutputs
 

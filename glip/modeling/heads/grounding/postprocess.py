@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from glip.modeling.box_coder import BoxCoder
+from glip.modeling.heads.grounding.box_coder import BoxCoder
 from glip.ops.boxes import clip_boxes, remove_small_boxes, rescale_boxes
 from glip.ops.multiclass_nms import multiclass_nms
 from glip.structures import Detections

@@ -3,7 +3,7 @@
 In causal mode token ``i`` may attend to the non-padding tokens ``j <= i`` only. The text
 encoder, every in-head BERT layer and every fusion block honour it, so the fused text at
 position ``i`` depends on the image and on tokens ``0..i`` only (see
-:class:`glip.modeling.fusion.BiAttentionBlock` for the image side).
+:class:`glip.modeling.fusion.bi_attention.BiAttentionBlock` for the image side).
 
 Dimension letters: B prompts, T tokens.
 """

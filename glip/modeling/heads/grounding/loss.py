@@ -28,7 +28,7 @@ Under DistributedDataParallel (which averages gradients over processes) this is 
 global sum divided by the global positive count, as in the official training.
 
 Optional, not official: ``loss_distill``, RegionCLIP's region-concept distillation
-(:mod:`glip.modeling.losses.region_distill`), present only when a ``distill`` loss is
+(:mod:`glip.modeling.heads.grounding.region_distill`), present only when a ``distill`` loss is
 given (``model.heads.grounding.distill_weight > 0``); the three official terms do not
 change with it.
 
@@ -43,10 +43,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from glip.modeling.box_coder import BoxCoder
 from glip.modeling.heads.base import LossInputs
-from glip.modeling.loss import all_reduce_sum, giou_loss, sigmoid_focal_loss, world_size
-from glip.modeling.losses.region_distill import RegionConceptDistillation
+from glip.modeling.heads.grounding.box_coder import BoxCoder
+from glip.modeling.heads.grounding.region_distill import RegionConceptDistillation
+from glip.modeling.losses.detection import giou_loss, sigmoid_focal_loss
+from glip.modeling.losses.gather import all_reduce, world_size
 from glip.structures.outputs import HeadOutputs
 
 __all__ = ["GroundingLoss", "attended_token_focal_loss"]
@@ -143,7 +144,7 @@ class GroundingLoss:
         pos_anchors = flat_anchors.repeat(batch, 1)[positive]  # [P, 4]
 
         # Every process joins this reduction, with or without positives.
-        ctr_sum_avg = all_reduce_sum(ctr_target.sum()).item() / world
+        ctr_sum_avg = all_reduce(ctr_target.sum()).item() / world
         if reg_pred.shape[0] > 0:
             per_box = giou_loss(
                 self.box_coder.decode(reg_pred, pos_anchors), self.box_coder.decode(reg_target, pos_anchors)

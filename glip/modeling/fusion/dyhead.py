@@ -26,8 +26,8 @@ from torch.utils.checkpoint import checkpoint
 
 from glip.layers.deform_conv import ModulatedDeformConv2d
 from glip.layers.dyrelu import DyReLU, h_sigmoid
-from glip.modeling.fusion import BiAttentionBlock, FusedFeatures
-from glip.modeling.text_layer import TextLayer
+from glip.modeling.fusion.bi_attention import BiAttentionBlock, FusedFeatures
+from glip.modeling.fusion.text_layer import TextLayer
 
 __all__ = ["ConvNorm", "DyConv", "HeadBlock"]
 
@@ -229,7 +229,7 @@ class HeadBlock(nn.Module):
 
     def forward(self, visual: list[Tensor], hidden: Tensor, mask: Tensor, causal: bool = False) -> FusedFeatures:
         """``causal``: the captioning mode of the fusion and the text layer (see
-        :class:`glip.modeling.fusion.BiAttentionBlock`)."""
+        :class:`glip.modeling.fusion.bi_attention.BiAttentionBlock`)."""
         if self.fusion is not None:
             if self.use_checkpoint and self.training and torch.is_grad_enabled():
                 fused = checkpoint(self.fusion, visual, hidden, mask, causal, use_reentrant=False)
