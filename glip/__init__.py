@@ -7,7 +7,8 @@ classes are registered with it (:mod:`glip.hf`).
 
 from glip.config import GLIPConfig, load_config
 from glip.hf import install_import_hook as _install_hf_hook
-from glip.hub.checkpoint import CheckpointError, load_model, save_model
+from glip.hub.checkpoint import CheckpointError, save_model
+from glip.hub.loading import load_model
 from glip.inference import Answer, Caption, Predictor, answer, caption, predict
 from glip.modeling.glip import GLIP
 from glip.structures import Detections

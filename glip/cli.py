@@ -22,7 +22,8 @@ __all__ = ["main"]
 
 
 def _cmd_convert(args: argparse.Namespace) -> int:
-    from glip.hub.checkpoint import load_model, save_model
+    from glip.hub.checkpoint import save_model
+    from glip.hub.loading import load_model
 
     out_dir = args.out or args.out_dir
     if not out_dir:

@@ -233,7 +233,7 @@ def _fmt(r: dict) -> str:
 
 def parity_official(fixtures: Path, device: torch.device, modes: list[str]) -> list[dict]:
     """Each tiny official model and case, float32 and autocast, against the official output."""
-    from glip.hub.checkpoint import load_model
+    from glip.hub.loading import load_model
     from glip.structures import Detections, ImageBatch
     from glip.text import BUNDLED_TEXT_ENCODERS, Prompt
 
@@ -371,7 +371,7 @@ def main(argv: list[str] | None = None) -> dict:
     if "throughput" not in args.skip or "parity" not in args.skip:
         torch.manual_seed(0)
         if args.model:
-            from glip.hub.checkpoint import load_model
+            from glip.hub.loading import load_model
 
             model = load_model(args.model, device=device)
         else:

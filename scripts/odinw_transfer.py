@@ -51,7 +51,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
     args = p.parse_args(argv)
 
-    from glip.hub.zoo import resolve_model_source
+    from glip.hub.sources import resolve_model_source
     from glip.tools.finetune import TransferData, run_transfer_grid
 
     datasets = [TransferData.from_dir(d) for d in args.data]

@@ -288,7 +288,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     """The whole experiment; returns the report (also written to ``WORK/report.json``)."""
     from glip.api import Predictor
     from glip.engine import train
-    from glip.hub.checkpoint import load_model
+    from glip.hub.loading import load_model
 
     work = Path(args.work)
     start = time.time()

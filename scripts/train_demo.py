@@ -304,7 +304,7 @@ def train_masks(cfg, weights: Path, work: Path, ds, steps: int) -> tuple[Path, d
     and mask AP on the validation images."""
     from glip.config import config_from_dict, config_to_dict
     from glip.engine import train
-    from glip.hub.checkpoint import load_model
+    from glip.hub.loading import load_model
 
     mask_cfg = config_from_dict(config_to_dict(cfg), [
         "train.tuning=mask", "model.heads.mask.enabled=true", f"solver.max_iter={steps}",
@@ -371,7 +371,8 @@ def main() -> int:
     from glip.data import generate_synthetic
     from glip.engine import train
     from glip.engine.run import build_training_model
-    from glip.hub.checkpoint import load_model, save_model
+    from glip.hub.checkpoint import save_model
+    from glip.hub.loading import load_model
 
     torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
     work = Path(args.work)

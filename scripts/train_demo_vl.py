@@ -122,8 +122,8 @@ def main() -> int:
     from glip.data import generate_synthetic
     from glip.data.captions import load_coco_captions
     from glip.engine import train
-    from glip.hub.checkpoint import load_model
-    from glip.hub.zoo import resolve_weights
+    from glip.hub.fetch import resolve_weights
+    from glip.hub.loading import load_model
     from glip.modeling.heads.caption import restrict_vocabulary
 
     torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))

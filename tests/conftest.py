@@ -157,7 +157,7 @@ def load_tiny_model(config: str, tmp_root: Path):
     """The fixture checkpoint loaded through glip.load_model (cached per session)."""
     require_fixtures()
     if config not in _MODELS:
-        from glip.hub.checkpoint import load_model
+        from glip.hub.loading import load_model
 
         _MODELS[config] = load_model(
             OFFICIAL / config / "model_official.pth",
@@ -231,7 +231,8 @@ def save_tiny_open_clip(out: Path) -> Path:
 def detector_only(tmp_path_factory) -> Path:
     """The bundled demo model saved without its answer and caption heads (a detector with a
     mask head, as the official checkpoints are): for the "model has no such head" errors."""
-    from glip.hub.checkpoint import load_model, save_model
+    from glip.hub.checkpoint import save_model
+    from glip.hub.loading import load_model
 
     model = load_model("demo-shapes", device="cpu")
     for name in ("vqa", "caption"):

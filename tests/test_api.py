@@ -11,7 +11,7 @@ from PIL import Image
 
 import glip
 from glip.api import Predictor, chunk_prompt
-from glip.hub import zoo
+from glip.hub import fetch, zoo
 from glip.structures import Detections
 from glip.text import PromptError, parse_prompt
 from glip.utils.image import ImageLoadError
@@ -154,7 +154,7 @@ def test_zoo_offline_without_cache_names_file_and_weights(tmp_path, monkeypatch)
     monkeypatch.setenv("GLIP_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
     with pytest.raises(zoo.ModelNotAvailableError) as e:
-        zoo.resolve_weights("glip-t")
+        fetch.resolve_weights("glip-t")
     message = str(e.value)
     assert "glip_tiny_model_o365_goldg_cc_sbu.pth" in message and "--weights" in message and "MB" in message
 
@@ -167,12 +167,12 @@ def test_zoo_downloads_once_then_loads_converted(tmp_path, monkeypatch):
         calls.append(entry.filename)
         return OFFICIAL / "tiny_glip_a" / "model_official.pth"
 
-    monkeypatch.setattr(zoo, "_download", fake_download)
-    monkeypatch.setattr(zoo, "zoo_config", lambda name: OFFICIAL / "tiny_glip_a" / "config.yaml")
+    monkeypatch.setattr(fetch, "_download", fake_download)
+    monkeypatch.setattr(fetch, "zoo_config", lambda name: OFFICIAL / "tiny_glip_a" / "config.yaml")
     te = tiny_text_encoder_dir("tiny_glip_a", tmp_path)
-    out = zoo.resolve_weights("glip-t-a", text_encoder=te)
+    out = fetch.resolve_weights("glip-t-a", text_encoder=te)
     assert (out / "model.safetensors").is_file() and zoo.is_cached("glip-t-a")
-    assert zoo.resolve_weights("glip-t-a") == out and calls == ["glip_a_tiny_o365.pth"]
+    assert fetch.resolve_weights("glip-t-a") == out and calls == ["glip_a_tiny_o365.pth"]
     assert [r["cached"] for r in zoo.list_models() if r["name"] == "glip-t-a"] == [True]
     model = glip.load_model(out)
     assert model.config.name == "glip-t-a"

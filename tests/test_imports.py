@@ -75,10 +75,11 @@ def test_layers_import_one_way():
     assert problems == []
 
 
-# Inside glip.modeling: building blocks (backbone, fusion, dyhead, losses' math...) < the
-# trunk < heads and losses packages < the model and the criterion < transfer < the builder.
+# Inside glip.modeling: building blocks (backbone, language/, losses' math...) < the fused
+# trunk (fusion/) < the heads and losses packages < the model and the criterion < transfer
+# and decoding < the builder.
 MODELING_RANK = {
-    "trunk": 1,
+    "fusion": 1,
     "heads": 2,
     "losses": 2,
     "glip": 3,
@@ -105,6 +106,100 @@ def test_modeling_layers_import_one_way():
             if MODELING_RANK.get(parts[2], 0) > own:
                 problems.append(f"modeling/{rel} imports {name}")
     assert problems == []
+
+
+def _module_name(path: Path, package: Path) -> str:
+    parts = list(path.relative_to(package.parent).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _type_checking_nodes(tree: ast.AST) -> set[int]:
+    """ids of the nodes under ``if TYPE_CHECKING:`` (never executed, so no import edge)."""
+    skip: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            skip.update(id(n) for stmt in node.body for n in ast.walk(stmt))
+    return skip
+
+
+def import_graph(package: Path = PACKAGE) -> dict[str, set[str]]:
+    """glip module -> the glip modules it imports, at module level or inside a function
+    (both run sooner or later). ``from a import b`` is an edge to ``a.b`` when that is a
+    module, else to ``a``; relative imports are resolved."""
+    files = {_module_name(p, package): p for p in package.rglob("*.py")}
+    graph: dict[str, set[str]] = {}
+    for name, path in files.items():
+        tree = ast.parse(path.read_text())
+        skip = _type_checking_nodes(tree)
+        package_parts = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
+        targets: set[str] = set()
+        for node in ast.walk(tree):
+            if id(node) in skip:
+                continue
+            if isinstance(node, ast.Import):
+                targets.update(a.name for a in node.names)
+            elif isinstance(node, ast.ImportFrom):
+                base = package_parts[: len(package_parts) - node.level + 1] if node.level else []
+                module = ".".join([*base, node.module] if node.module else base)
+                targets.update(f"{module}.{a.name}" if f"{module}.{a.name}" in files else module for a in node.names)
+        graph[name] = {t for t in targets if t in files and t != name}
+    return graph
+
+
+def import_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan), each sorted."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    cycles: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in sorted(graph[v]):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                cycles.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return cycles
+
+
+def test_no_import_cycles():
+    """No two glip modules import each other, directly or through others, at module level
+    or lazily inside a function (a lazy import hides a cycle; it does not remove it)."""
+    assert import_cycles(import_graph()) == []
+
+
+def test_import_cycle_check_finds_lazy_and_relative_cycles(tmp_path):
+    pkg = tmp_path / "glip"
+    (pkg / "hub").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "hub" / "__init__.py").write_text("")
+    (pkg / "hub" / "zoo.py").write_text("def f():\n    from glip.hub.checkpoint import load\n")
+    (pkg / "hub" / "checkpoint.py").write_text("from .zoo import f\n")
+    (pkg / "hub" / "typed.py").write_text(
+        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from glip.hub import zoo\nimport glip.hub.zoo\n"
+    )
+    graph = import_graph(pkg)
+    assert graph["glip.hub.checkpoint"] == {"glip.hub.zoo"} and graph["glip.hub.typed"] == {"glip.hub.zoo"}
+    assert import_cycles(graph) == [["glip.hub.checkpoint", "glip.hub.zoo"]]
 
 
 def test_import_glip_loads_neither_torchvision_nor_transformers():

@@ -10,7 +10,7 @@ import torch
 
 from glip.api import Predictor
 from glip.data import generate_synthetic
-from glip.hub.checkpoint import load_model
+from glip.hub.loading import load_model
 from glip.text import PromptError, tokenize_prompt
 from glip.text.prompt import from_class_names
 

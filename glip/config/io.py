@@ -10,7 +10,7 @@ import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from glip.config.legacy import upgrade_override, upgrade_tree
+from glip.config.legacy import is_retired_override, upgrade_override, upgrade_tree
 from glip.config.official import from_official, is_official_yaml
 from glip.config.schema import GLIPConfig
 
@@ -33,7 +33,7 @@ def config_from_dict(tree: Mapping[str, Any], overrides: Sequence[str] = (), nam
     ``key=value`` overrides (our dotted names, e.g. ``inference.pre_nms_thresh=0.1``).
     Our files and overrides of earlier versions (``model.head``, ``loss``) are upgraded
     first (:mod:`glip.config.legacy`)."""
-    overrides = [upgrade_override(o) for o in overrides]
+    overrides = [upgrade_override(o) for o in overrides if not is_retired_override(o)]
     if is_official_yaml(tree):
         base = OmegaConf.structured(from_official(tree, name=name or "official"))
     else:

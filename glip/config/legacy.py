@@ -3,7 +3,8 @@ section) upgraded, at load time, to today's layout (``model.trunk`` and one sect
 head under ``model.heads``).
 
 Folders saved by earlier versions (``config.yaml`` next to the weights) and old
-``key=value`` overrides (``model.head.num_blocks=3``) keep working.
+``key=value`` overrides (``model.head.num_blocks=3``) keep working. Keys that nothing
+reads any more (:data:`RETIRED_PATHS`) are dropped from both.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import copy
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["LEGACY_PATHS", "is_legacy_tree", "upgrade_override", "upgrade_tree"]
+__all__ = ["LEGACY_PATHS", "RETIRED_PATHS", "is_legacy_tree", "is_retired_override", "upgrade_override", "upgrade_tree"]
 
 _TRUNK = (
     "channels num_blocks use_gn gn_groups use_dyrelu use_dfconv use_dyfuse early_fusion fused_dot_product "
@@ -38,6 +39,12 @@ LEGACY_PATHS: dict[str, str] = {
     "model.head.contrastive_dropout": "model.heads.mdetr_align.dropout",
 }
 
+# Keys that nothing reads any more, dropped from files and overrides that still set them.
+# model.text.mask_special: the official LANGUAGE_BACKBONE.MASK_SPECIAL, of which only False
+# (the text mask is the attention mask) was ever implemented; an official yaml must keep it
+# False (glip.config.official).
+RETIRED_PATHS = frozenset({"model.text.mask_special"})
+
 
 def is_legacy_tree(tree: Mapping[str, Any]) -> bool:
     """Whether a parsed yaml of ours has the old ``model.head`` or ``loss`` section."""
@@ -51,6 +58,22 @@ def upgrade_override(item: str) -> str:
     return f"{LEGACY_PATHS.get(key.strip(), key)}{sep}{value}" if sep else item
 
 
+def is_retired_override(item: str) -> bool:
+    """Whether a ``key=value`` override sets a retired key (:data:`RETIRED_PATHS`)."""
+    key, sep, _ = item.partition("=")
+    return bool(sep) and key.strip() in RETIRED_PATHS
+
+
+def _drop_retired(tree: dict[str, Any]) -> None:
+    for dotted in RETIRED_PATHS:
+        *parents, leaf = dotted.split(".")
+        node: Any = tree
+        for p in parents:
+            node = node.get(p) if isinstance(node, Mapping) else None
+        if isinstance(node, dict):
+            node.pop(leaf, None)
+
+
 def _put(tree: dict[str, Any], dotted: str, value: Any) -> None:
     *parents, leaf = dotted.split(".")
     node = tree
@@ -60,13 +83,15 @@ def _put(tree: dict[str, Any], dotted: str, value: Any) -> None:
 
 
 def upgrade_tree(tree: Mapping[str, Any]) -> dict[str, Any]:
-    """Today's layout of a parsed yaml of ours (a copy; unchanged when already current).
+    """Today's layout of a parsed yaml of ours (a copy; unchanged when already current),
+    without retired keys.
 
     Unknown keys of the old sections are kept under their new section so that the schema
     names them in its error. An old MDETR branch switched on in ``model.head`` with its
     loss off in ``loss`` becomes an enabled head of weight 0 (built, no loss), as before.
     """
     out = copy.deepcopy(dict(tree))
+    _drop_retired(out)
     if not is_legacy_tree(out):
         return out
     model = out.setdefault("model", {})

@@ -16,14 +16,11 @@ from __future__ import annotations
 
 import ast
 from collections.abc import Callable, Mapping
-from pathlib import Path
 from typing import Any
-
-import yaml
 
 from glip.config.schema import GLIPConfig
 
-__all__ = ["OfficialConfigError", "flatten_official", "from_official", "is_official_yaml", "load_official_yaml"]
+__all__ = ["OfficialConfigError", "flatten_official", "from_official", "is_official_yaml"]
 
 
 class OfficialConfigError(ValueError):
@@ -63,7 +60,6 @@ _MAPPED: dict[str, tuple[str, Any, Callable[[Any], Any]]] = {
     "MODEL.LANGUAGE_BACKBONE.LANG_DIM": ("model.text.dim", 768, int),
     "MODEL.LANGUAGE_BACKBONE.MAX_QUERY_LEN": ("model.text.max_query_len", 256, int),
     "MODEL.LANGUAGE_BACKBONE.N_LAYERS": ("model.text.num_layers", 1, int),
-    "MODEL.LANGUAGE_BACKBONE.MASK_SPECIAL": ("model.text.mask_special", False, bool),
     "MODEL.LANGUAGE_BACKBONE.FREEZE": ("model.text.freeze", False, bool),
     "MODEL.DYHEAD.CHANNELS": ("model.trunk.channels", 128, int),
     "MODEL.DYHEAD.NUM_CONVS": ("model.trunk.num_blocks", 4, int),
@@ -242,6 +238,7 @@ _REQUIRED: dict[str, tuple[Any, ...]] = {
     "MODEL.RPN.USE_FPN": (True,),
     "MODEL.RPN.ANCHOR_SHIFT": ([0.0, 0.0, 0.0, 0.0],),
     "MODEL.LANGUAGE_BACKBONE.PAD_MAX": (True,),
+    "MODEL.LANGUAGE_BACKBONE.MASK_SPECIAL": (False,),  # True: special tokens left out of the text mask
     "MODEL.DYHEAD.FUSE_CONFIG.TYPE": ("MHA-B",),
     "MODEL.DYHEAD.FUSE_CONFIG.USE_CLASSIFICATION_LOSS": (False,),
     "MODEL.DYHEAD.FUSE_CONFIG.USE_DOT_PRODUCT_TOKEN_LOSS": (True,),
@@ -338,14 +335,6 @@ def flatten_official(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any
 def is_official_yaml(tree: Mapping[str, Any]) -> bool:
     """True when a parsed yaml uses the official upper-case layout (``MODEL:``, ``INPUT:``...)."""
     return any(k in tree for k in ("MODEL", "INPUT", "DATASETS", "SOLVER")) and "model" not in tree
-
-
-def load_official_yaml(path: str | Path) -> dict[str, Any]:
-    with open(path, encoding="utf-8") as f:
-        tree = yaml.safe_load(f) or {}
-    if not isinstance(tree, Mapping):
-        raise OfficialConfigError(f"{path}: not a yaml mapping")
-    return dict(tree)
 
 
 def _set(cfg: Any, dotted: str, value: Any) -> None:

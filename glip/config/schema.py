@@ -74,7 +74,6 @@ class TextConfig:
     dim: int = 768  # official LANGUAGE_BACKBONE.LANG_DIM; must equal the encoder's hidden size
     max_query_len: int = 256  # official LANGUAGE_BACKBONE.MAX_QUERY_LEN
     num_layers: int = 1  # official LANGUAGE_BACKBONE.N_LAYERS: last layers averaged
-    mask_special: bool = False
     freeze: bool = False  # official LANGUAGE_BACKBONE.FREEZE: no gradient, kept in eval mode
     # Fresh models (training) load the encoder's pretrained weights from ``encoder``
     # (official: BertModel.from_pretrained in the language backbone); checkpoints override them.

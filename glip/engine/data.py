@@ -11,21 +11,20 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from glip.config import GLIPConfig
-from glip.data import CaptionRecipe, CocoGroundingDataset, GroundingCollator, MdetrGroundingDataset
+from glip.data import CocoGroundingDataset, GroundingCollator, MdetrGroundingDataset
 from glip.data.caption_packing import CaptionPacking
 from glip.data.caption_screen import CaptionScreen
 from glip.data.captions import CaptionDataset
-from glip.data.od_to_grounding import parse_caption_prompt
 from glip.data.seeded import SeededDataset
 from glip.data.transforms import build_train_transform
 from glip.data.tsv import TsvIndex
+from glip.engine.caption_recipe import caption_recipe
 from glip.engine.vqa import VQA_FORMATS, build_vqa_dataset
 
 __all__ = [
     "RepeatDataset",
     "ShardedBatchSampler",
     "build_dataset",
-    "caption_recipe",
     "check_teacher_scores",
     "make_loader",
 ]
@@ -167,20 +166,6 @@ def build_dataset(cfg: GLIPConfig, tokenizer: Any, train: bool = True) -> Datase
         ann, images, tokenizer, transform, recipe, max_query_len=max_len, seed=cfg.solver.seed, masks=masks, **index
     )
     return RepeatDataset(dataset, d.general_copy) if train and d.general_copy > 1 else dataset
-
-
-def caption_recipe(cfg: GLIPConfig, train: bool) -> CaptionRecipe:
-    """How ``cfg.data`` turns detection labels into a caption (training or validation)."""
-    d = cfg.data
-    return CaptionRecipe(
-        sample_negatives=d.sample_negatives and train,
-        shuffle=d.shuffle_categories and train,
-        disjoint_negatives=d.disjoint_negatives and train,
-        separator=d.separator,
-        add_detection_prompt=d.add_detection_prompt,
-        random_sample_negative=d.random_sample_negative,
-        caption_prompt=parse_caption_prompt(d.caption_prompt) if d.caption_prompt else None,
-    )
 
 
 def _annotations(cfg: GLIPConfig, ann: str, images: str) -> Any:

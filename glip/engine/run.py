@@ -55,7 +55,7 @@ def build_training_model(cfg: GLIPConfig, weights: str | Path | None = None, tru
     packaged name such as ``all-MiniLM-L6-v2``, or the Hugging Face cache)."""
     text_dir = resolve_text_encoder(cfg.model.text.encoder)
     if weights is not None:
-        from glip.hub.checkpoint import load_model
+        from glip.hub.loading import load_model
 
         # The heads a transfer mode trains whole (the mask head) may start fresh.
         mode = resolve_tuning_mode(cfg.train.tuning)
@@ -242,8 +242,8 @@ def _save_final(trainer: Trainer, output_dir: Path, weights: str | Path | None =
     saves the whole model (its base may lack the head it trains). Either records the
     classes of a transfer run (``model.tuned_prompt``)."""
     from glip.hub.checkpoint import save_model
+    from glip.hub.sources import resolve_model_source
     from glip.hub.tuned import save_tuned
-    from glip.hub.zoo import resolve_model_source
 
     mode = resolve_tuning_mode(trainer.cfg.train.tuning)
     if weights is not None and mode is not None and mode.saves_delta:

@@ -10,8 +10,8 @@ from glip.data import CocoGroundingDataset, CocoIndex, MdetrGroundingDataset
 from glip.data.caption_screen import CaptionScreen
 from glip.data.shards import ShardStream, open_shard_set
 from glip.data.transforms import build_train_transform
+from glip.engine.caption_recipe import caption_recipe
 from glip.engine.checkpoint import Progress
-from glip.engine.data import caption_recipe
 
 __all__ = ["build_shard_stream", "resume_stream", "stream_state"]
 

@@ -21,7 +21,8 @@ from transformers.utils import ModelOutput
 
 from glip.hf.card import model_card
 from glip.hf.configuration import GLIPTransformersConfig
-from glip.hub.checkpoint import WEIGHTS_NAME, load_model, save_weights
+from glip.hub.checkpoint import WEIGHTS_NAME, save_weights
+from glip.hub.loading import load_model
 from glip.hub.transformers_folder import text_config_from_fields
 from glip.hub.zoo import ZOO
 from glip.inference import Predictor

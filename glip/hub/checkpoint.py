@@ -26,7 +26,6 @@ from glip.hub.transformers_folder import (
     read_transformers_config,
     text_config_from_fields,
 )
-from glip.hub.zoo import resolve_model_source
 from glip.modeling.build import build_model
 from glip.modeling.glip import GLIP
 from glip.modeling.language.text_encoder import load_text_config
@@ -36,7 +35,14 @@ from glip.utils.fs import atomic_directory
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["CheckpointError", "load_model", "read_checkpoint", "register_folder_loader", "save_model", "save_weights"]
+__all__ = [
+    "CheckpointError",
+    "load_checkpoint",
+    "read_checkpoint",
+    "register_folder_loader",
+    "save_model",
+    "save_weights",
+]
 
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.yaml"
@@ -61,7 +67,7 @@ _FOLDER_LOADERS: dict[str, FolderLoader] = {}
 
 
 def register_folder_loader(marker: str, loader: FolderLoader) -> None:
-    """Makes :func:`load_model` hand a folder holding ``marker`` (and no
+    """Makes :func:`load_checkpoint` hand a folder holding ``marker`` (and no
     ``model.safetensors``) to ``loader``."""
     _FOLDER_LOADERS[marker] = loader
 
@@ -245,8 +251,8 @@ def _text_components(kind: str, name_or_dir: str) -> tuple[Any, Any]:
         ) from None
 
 
-def load_model(
-    weights: str | Path,
+def load_checkpoint(
+    weights: Path,
     config: str | Path | GLIPConfig | None = None,
     *,
     text_encoder: str | Path | None = None,
@@ -255,42 +261,11 @@ def load_model(
     fresh_heads: Sequence[str] = (),
     weights_dtype: str | torch.dtype | None = None,
 ) -> GLIP:
-    """Loads GLIP weights and returns the model in eval mode.
-
-    Args:
-        weights: a model-zoo name (``glip-t``, ``demo-shapes``; downloaded and converted on
-            first use), an official checkpoint (``.pth`` with ``{"model": {"module." + key: ...}}``),
-            or a folder written by :func:`save_model` / ``glip convert``
-            (``model.safetensors`` + ``config.yaml``), a transformers-style folder written by
-            ``glip.hf``'s ``save_pretrained`` (``config.json`` of ``model_type`` ``"glip"``,
-            :mod:`glip.hub.transformers_folder`), or a ``.safetensors`` file, or a
-            tuned-model folder (``tuned.json``, :func:`glip.hub.tuned.save_tuned`): its base
-            is loaded, checked against the recorded hash, and the delta applied.
-        config: an official yaml, one of ours, a zoo config name (``glip-t``), or a
-            :class:`GLIPConfig`; None when the weights carry their config (zoo names, our
-            folders). Names are resolved by :func:`glip.hub.zoo.resolve_model_source`.
-        text_encoder: a Hugging Face name or a local directory with a BERT ``config.json``
-            and tokenizer files; default: the folder's own copy, else the config's
-            ``model.text.encoder`` (``bert-base-uncased``). Only its config and tokenizer
-            are read: the weights come from the checkpoint.
-        device: where to put the model.
-        trust_pickle: allow pickles that ``torch.load(weights_only=True)`` refuses.
-        fresh_heads: heads of the config that may be absent from the weights and then keep
-            their initialisation (:func:`with_fresh_heads`; e.g. a mask head about to be
-            trained on a detection checkpoint). Not for tuned-delta folders.
-        weights_dtype: ``None`` / ``"float32"`` (the default: float32 weights), or
-            ``"bfloat16"`` (``"bf16"``): an inference mode that keeps the parameters in
-            bfloat16 (half the memory) and computes in float32
-            (:func:`glip.modeling.low_precision.store_weights`); the model is built in
-            bfloat16 from the start, so float32 weights are never all in memory. Results
-            differ from float32 by the weights' rounding only (README, "Speed and memory").
-    """
+    """Loads the weights at the path ``weights`` (a file or folder; a model argument is
+    resolved to one by :func:`glip.hub.loading.load_model`) with ``config`` (a yaml, a
+    :class:`GLIPConfig`, or None when the weights carry theirs) and returns the model in
+    eval mode; the arguments are those of :func:`glip.hub.loading.load_model`."""
     storage = parse_weights_dtype(weights_dtype)
-    if isinstance(config, GLIPConfig):
-        weights = resolve_model_source(weights, text_encoder=text_encoder).weights
-    else:  # zoo names and zoo config names -> files (glip.hub.zoo.resolve_model_source)
-        source = resolve_model_source(weights, config, text_encoder=text_encoder)
-        weights, config = source.weights, source.config
     base: Path | None = None
     if weights.is_dir() and not (weights / WEIGHTS_NAME).is_file():
         for marker, loader in _FOLDER_LOADERS.items():
@@ -371,14 +346,14 @@ def save_model(
     """Writes ``model.safetensors``, ``config.yaml`` and ``text_encoder/`` (the BERT or CLIP
     text config and the tokenizer) into ``out_dir``, atomically (a crash leaves no half-written folder);
     with ``model.tuned_prompt`` (a fine-tuned model's classes) also ``prompt.json``, which
-    :func:`load_model` reads back.
+    :func:`~glip.hub.loading.load_model` reads back.
 
     Args:
         dtype: cast floating-point tensors (e.g. ``torch.float16`` halves the file);
-            :func:`load_model` casts them back to the model's float32.
+            :func:`~glip.hub.loading.load_model` casts them back to the model's float32.
         include_text_encoder: False leaves the text encoder's weights out and keeps the
             config's ``model.text.encoder`` reference (with ``model.text.pretrained``), for
-            a frozen, pretrained encoder that :func:`load_model` reloads from its source.
+            a frozen, pretrained encoder that :func:`~glip.hub.loading.load_model` reloads from its source.
     """
     if model.config is None:
         raise ValueError("the model has no config attached; build it with glip.modeling.build_model")

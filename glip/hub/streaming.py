@@ -1,6 +1,6 @@
 """Reading a ``.safetensors`` file into an already-built model one tensor at a time.
 
-:func:`glip.hub.checkpoint.load_model` used to read the whole file into memory and then
+:func:`glip.hub.loading.load_model` used to read the whole file into memory and then
 copy it into the model: for a moment the process held the weights twice. Here the file's
 header is read first into *meta* tensors (shape and dtype, no data), so the key remapping
 and the strict key/shape checks run on them unchanged; then each tensor's bytes are read

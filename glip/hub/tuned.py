@@ -21,8 +21,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from glip.hub.checkpoint import TUNED_NAME, WEIGHTS_NAME, CheckpointError, load_model, register_folder_loader
+from glip.hub.checkpoint import TUNED_NAME, WEIGHTS_NAME, CheckpointError, register_folder_loader
+from glip.hub.fetch import resolve_weights
 from glip.hub.legacy_keys import remap_legacy_state_dict
+from glip.hub.loading import load_model
+from glip.hub.zoo import ZOO
 from glip.modeling.glip import GLIP
 from glip.modeling.transfer import resolve_tuning_mode, tuned_state_names
 from glip.text import Prompt
@@ -84,8 +87,6 @@ def save_tuned(
     """
     from safetensors.torch import save_file
 
-    from glip.hub.zoo import ZOO, resolve_weights
-
     zoo = str(base) if str(base) in ZOO and not Path(base).exists() else None
     base_path = resolve_weights(zoo) if zoo else Path(base).resolve()
     weights_file = base_weights_file(base_path)
@@ -125,8 +126,6 @@ def save_tuned(
 
 def _find_base(folder: Path, base: dict[str, Any]) -> Path:
     if base.get("zoo"):
-        from glip.hub.zoo import resolve_weights
-
         return resolve_weights(base["zoo"])
     candidates = [folder / base["relative"]] if base.get("relative") else []
     if base.get("path"):

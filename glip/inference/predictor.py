@@ -17,7 +17,7 @@ from typing import Any, Union
 import torch
 
 from glip.export.runtime import parse_backend
-from glip.hub.checkpoint import load_model
+from glip.hub.loading import load_model
 from glip.modeling.caption_decoding import require_caption_head
 from glip.modeling.glip import GLIP
 from glip.modeling.low_precision import parse_autocast_dtype, parse_weights_dtype, store_weights, stored_weights_dtype
@@ -55,7 +55,7 @@ def resolve_model(
 ) -> GLIP:
     """A model-zoo name, a weights path (official ``.pth``, converted or tuned folder) or a
     model -> the model in eval mode. Names and paths are interpreted by
-    :func:`glip.hub.zoo.resolve_model_source`, as in :func:`glip.load_model`.
+    :func:`glip.hub.sources.resolve_model_source`, as in :func:`glip.load_model`.
     ``weights_dtype`` (``"bfloat16"``): see :func:`glip.load_model`; a given model is
     converted in place (unless its weights are stored so already)."""
     if isinstance(model, GLIP):

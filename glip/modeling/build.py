@@ -8,6 +8,7 @@ from typing import Any
 
 from glip.config import GLIPConfig
 from glip.modeling.backbone import VisionBackbone, build_resnet, build_swin, build_timm
+from glip.modeling.build_language import LANGUAGE_HEAD_BUILDERS
 from glip.modeling.criterion import Criterion
 from glip.modeling.fusion.trunk import FusionTrunk
 from glip.modeling.glip import GLIP
@@ -315,4 +316,5 @@ def build_model(
 
 # The GLIPv2 language heads register after the detection heads above (heads run in
 # registration order); their builders live in their own module.
-from glip.modeling import build_language as _build_language  # noqa: E402, F401
+for _name, _builder in LANGUAGE_HEAD_BUILDERS.items():
+    register_head(_name)(_builder)

@@ -1,23 +1,22 @@
 """Builders of the GLIPv2 language heads (MLM, inter-image contrastive, VQA, captioning),
-registered after the detection heads of :mod:`glip.modeling.build`; like every builder,
-the only code that reads these heads' config sections."""
+which :mod:`glip.modeling.build` registers after its detection heads
+(:data:`LANGUAGE_HEAD_BUILDERS`, in order); like every builder, the only code that reads
+these heads' config sections."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from glip.config import GLIPConfig
-from glip.modeling.build import register_head
 from glip.modeling.heads import CaptionHead, InterImageHead, MaskedLMHead
 from glip.modeling.heads.readout import VisualReadout
 from glip.modeling.heads.vqa import VQAHead
 from glip.modeling.losses.inter_image import InterImageContrastiveLoss
 from glip.text.vqa import normalize_answer
 
-__all__: list[str] = []
+__all__ = ["LANGUAGE_HEAD_BUILDERS"]
 
 
-@register_head("mlm")
 def _build_mlm(cfg: GLIPConfig, bert_config: Any) -> MaskedLMHead | None:
     h = cfg.model.heads.mlm
     if not h.enabled:
@@ -32,7 +31,6 @@ def _build_mlm(cfg: GLIPConfig, bert_config: Any) -> MaskedLMHead | None:
     )
 
 
-@register_head("inter_image")
 def _build_inter_image(cfg: GLIPConfig, bert_config: Any) -> InterImageHead | None:
     h = cfg.model.heads.inter_image
     if not h.enabled:
@@ -58,7 +56,6 @@ def _build_inter_image(cfg: GLIPConfig, bert_config: Any) -> InterImageHead | No
     )
 
 
-@register_head("vqa")
 def _build_vqa(cfg: GLIPConfig, bert_config: Any) -> VQAHead | None:
     h = cfg.model.heads.vqa
     if not h.enabled:
@@ -98,7 +95,6 @@ def _readout(cfg: GLIPConfig, dim: int, heads: int, bert_config: Any) -> VisualR
 
 
 # --- captioning (GLIPv2) ---
-@register_head("caption")
 def _build_caption(cfg: GLIPConfig, bert_config: Any) -> CaptionHead | None:
     h = cfg.model.heads.caption
     if not h.enabled:
@@ -131,3 +127,12 @@ def _inter_image_dim(cfg: GLIPConfig, variant: str) -> int:
     if b.type == "timm":
         raise ValueError("model.heads.inter_image.variant 'backbone' needs a swin or resnet body, not timm")
     return 4 * b.swin.embed_dim if b.type == "swin" else 1024
+
+
+# name -> builder, in registration (and run) order; registered by glip.modeling.build.
+LANGUAGE_HEAD_BUILDERS = {
+    "mlm": _build_mlm,
+    "inter_image": _build_inter_image,
+    "vqa": _build_vqa,
+    "caption": _build_caption,
+}

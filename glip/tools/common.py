@@ -53,7 +53,7 @@ def add_model_args(
 ) -> None:
     """``--model``, ``--weights`` (unless ``model`` is False: a positional names the
     weights), ``--config``, ``--text-encoder``, ``--trust-pickle``; all interpreted by
-    :func:`glip.hub.zoo.resolve_model_source`. ``weights_dtype``: also ``--weights-dtype``
+    :func:`glip.hub.sources.resolve_model_source`. ``weights_dtype``: also ``--weights-dtype``
     (``float32`` or ``bfloat16``/``bf16``, for inference commands; default float32) and
     ``--autocast`` (``no``, ``bf16``, ``fp16``; default no)."""
     g = p.add_argument_group("model")

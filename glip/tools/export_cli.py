@@ -14,7 +14,7 @@ __all__ = ["add_export_parser"]
 
 def _cmd_export(args: argparse.Namespace) -> int:
     from glip.export.onnx import export_onnx
-    from glip.hub.checkpoint import load_model
+    from glip.hub.loading import load_model
 
     try:
         import onnx  # noqa: F401  (torch's exporter needs it)

@@ -228,7 +228,7 @@ def finetune(
     """
     from glip.api import Predictor
     from glip.engine import TrainingInterrupted, train
-    from glip.hub.checkpoint import load_model
+    from glip.hub.loading import load_model
 
     out = Path(out_dir)
     if resume and (out / "metrics.json").is_file():

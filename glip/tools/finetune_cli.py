@@ -61,7 +61,7 @@ def _run_task(args: argparse.Namespace) -> int:
     """``glip finetune --task vqa|caption``: :func:`glip.tools.finetune_tasks.finetune_task`."""
     import logging
 
-    from glip.hub.zoo import resolve_model_source
+    from glip.hub.sources import resolve_model_source
     from glip.tools.finetune_tasks import finetune_task, task_overrides
     from glip.tools.train_cli import device_is_cpu
 
@@ -99,7 +99,7 @@ def run_finetune(args: argparse.Namespace) -> int:
 def _run_detection(args: argparse.Namespace) -> int:
     import logging
 
-    from glip.hub.zoo import resolve_model_source
+    from glip.hub.sources import resolve_model_source
     from glip.tools.finetune import finetune, shots_label, transfer_overrides
     from glip.tools.train_cli import device_is_cpu
 

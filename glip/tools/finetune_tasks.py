@@ -137,7 +137,7 @@ def finetune_task(
         headline metric: VQA ``accuracy`` or ``CIDEr``), ``score`` (its value) and ``steps``.
     """
     from glip.engine import TrainingInterrupted, train
-    from glip.hub.checkpoint import load_model
+    from glip.hub.loading import load_model
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

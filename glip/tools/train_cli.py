@@ -7,7 +7,7 @@ import signal
 from collections.abc import Sequence
 from typing import Any
 
-from glip.hub.zoo import ModelSource
+from glip.hub.sources import ModelSource
 from glip.tools.common import (
     ArgumentParser,
     add_device_arg,
@@ -53,7 +53,7 @@ def training_config(args: argparse.Namespace) -> Any:
     :func:`glip.config.io.explicit_length`)."""
     from glip.config.io import explicit_length
     from glip.data.layout import read_dataset_dir
-    from glip.hub.zoo import resolve_config, resolve_model_source
+    from glip.hub.sources import resolve_config, resolve_model_source
 
     check_overrides(args.overrides)
     weights = model_arg(args)

@@ -96,3 +96,13 @@ def test_our_shipped_yamls_are_in_the_current_layout() -> None:
         if "model" in tree:
             assert not is_legacy_tree(tree), path
             load_config(path)
+
+
+def test_retired_mask_special_is_dropped_from_files_and_overrides(tmp_path) -> None:
+    # Written by earlier versions (every shipped yaml and saved folder had the key).
+    tree = config_to_dict(load_config(None))
+    tree["model"]["text"]["mask_special"] = False
+    cfg = config_from_dict(tree, ["model.text.mask_special=false", "model.text.num_layers=2"])
+    assert cfg.model.text.num_layers == 2 and not hasattr(cfg.model.text, "mask_special")
+    save_config(cfg, tmp_path / "c.yaml")
+    assert "mask_special" not in (tmp_path / "c.yaml").read_text()

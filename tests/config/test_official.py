@@ -220,3 +220,13 @@ def test_vl_mask_head_takes_the_official_rpn_only_default():
     # The official default RPN_ONLY is False: a mask yaml need not restate it.
     flat = {k: v for k, v in _VL_MASK.items() if k != "MODEL.RPN_ONLY"}
     assert config_from_dict(_tree(flat)).model.heads.mask.enabled
+
+
+def test_mask_special_must_stay_off():
+    # Official MASK_SPECIAL=True leaves special tokens out of the text mask: not implemented.
+    def tree(value: bool) -> dict:
+        return {"MODEL": {"META_ARCHITECTURE": "GeneralizedVLRCNN", "LANGUAGE_BACKBONE": {"MASK_SPECIAL": value}}}
+
+    config_from_dict(tree(False))
+    with pytest.raises(OfficialConfigError, match="MODEL.LANGUAGE_BACKBONE.MASK_SPECIAL=True"):
+        config_from_dict(tree(True))

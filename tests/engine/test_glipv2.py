@@ -154,7 +154,8 @@ def test_new_heads_never_run_at_inference(v2, shapes):
 
 
 def test_checkpoint_round_trip_and_fresh_heads_from_a_glip_checkpoint(v2, shapes, text_dir, tmp_path):
-    from glip.hub.checkpoint import load_model, save_model
+    from glip.hub.checkpoint import save_model
+    from glip.hub.loading import load_model
 
     cfg, model, _, _ = v2
     save_model(model, tmp_path / "v2")

@@ -11,7 +11,8 @@ import torch
 
 from glip.engine import build_training_model, prepare_for_training
 from glip.engine.tuning import trainable_names
-from glip.hub.checkpoint import load_model, save_model
+from glip.hub.checkpoint import save_model
+from glip.hub.loading import load_model
 from tests.engine.conftest import tiny_config
 
 MASK = {"model.heads.mask.enabled": "true"}

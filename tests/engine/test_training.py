@@ -82,7 +82,7 @@ def test_overfit_one_image_to_its_boxes(text_dir, tmp_path):
         "train.log_period": 10,
     })  # fmt: skip
     train(cfg, tmp_path / "run", cpu=True, progress_bar=False)
-    from glip.hub.checkpoint import load_model
+    from glip.hub.loading import load_model
 
     model = load_model(tmp_path / "run" / "model")
     data = json.loads(one.train_json.read_text())
@@ -111,7 +111,7 @@ def test_ema_follows_the_official_update():
 
 def test_frozen_backbone_and_fpn_keep_their_weights_and_eval_mode(shapes, text_dir, tmp_path):
     from glip.engine.run import _seed_everything
-    from glip.hub.checkpoint import load_model
+    from glip.hub.loading import load_model
 
     cfg = tiny_config(shapes, text_dir, **{"model.backbone.freeze": True, "model.backbone.freeze_fpn": True,
                                             "solver.max_iter": 3, "solver.model_ema": 0.0})  # fmt: skip

@@ -82,7 +82,7 @@ def test_only_the_official_set_trains(mode, expected, shapes, text_dir):
 def test_tuning_changes_only_its_tensors(mode, domain, base_model, tmp_path):
     cfg, base = base_model
     _, _, target = domain
-    from glip.hub.checkpoint import load_model
+    from glip.hub.loading import load_model
 
     before = _state(load_model(base))
     run = tmp_path / "run"
@@ -106,7 +106,7 @@ def test_tuning_changes_only_its_tensors(mode, domain, base_model, tmp_path):
 
 def test_prompt_tuned_delta_is_tiny_and_reloads(domain, base_model, tmp_path):
     from glip.api import Predictor
-    from glip.hub.checkpoint import load_model
+    from glip.hub.loading import load_model
     from glip.tools.evaluate import evaluate_detection
     from glip.tools.finetune import TransferData, finetune
 
@@ -192,7 +192,8 @@ def test_interrupted_finetune_says_how_to_resume_and_resumes_once(domain, base_m
 
 
 def test_mismatched_base_is_refused(domain, base_model, tmp_path):
-    from glip.hub.checkpoint import CheckpointError, load_model, save_model
+    from glip.hub.checkpoint import CheckpointError, save_model
+    from glip.hub.loading import load_model
     from glip.hub.tuned import save_tuned
 
     cfg, base = base_model
@@ -253,8 +254,8 @@ def test_prompt_tuning_beats_zero_shot_on_demo_shapes(tmp_path):
     on 16 validation images well above zero-shot (measured: 0.170 -> 0.252)."""
     from glip.api import Predictor
     from glip.config import load_config
-    from glip.hub.checkpoint import load_model
-    from glip.hub.zoo import resolve_weights
+    from glip.hub.fetch import resolve_weights
+    from glip.hub.loading import load_model
     from glip.tools.evaluate import evaluate_detection
     from glip.tools.finetune import TransferData, finetune
 

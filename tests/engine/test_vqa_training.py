@@ -42,7 +42,7 @@ def test_answer_vocabulary_is_built_from_the_training_answers(shapes, text_dir) 
 def test_vqa_training_saves_a_model_that_answers(shapes, text_dir, tmp_path) -> None:
     from glip.engine import train
     from glip.engine.checkpoint import load_state
-    from glip.hub.checkpoint import load_model
+    from glip.hub.loading import load_model
     from glip.vqa_api import answer
 
     cfg = vqa_config(shapes, text_dir)

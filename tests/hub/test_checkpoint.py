@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from glip.config import load_config
-from glip.hub.checkpoint import CheckpointError, load_model, read_checkpoint
+from glip.hub.checkpoint import CheckpointError, read_checkpoint
+from glip.hub.loading import load_model
 from glip.hub.official_keys import remap_official_state_dict
 from glip.modeling.build import build_model
 from glip.modeling.language.text_encoder import load_bert_config

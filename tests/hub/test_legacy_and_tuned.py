@@ -12,8 +12,8 @@ import pytest
 import torch
 import yaml
 
+from glip.hub.fetch import resolve_weights
 from glip.hub.legacy_keys import legacy_key_to_current, remap_legacy_state_dict
-from glip.hub.zoo import resolve_weights
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -96,7 +96,7 @@ def test_loading_a_tuned_delta_does_not_import_the_engine(tmp_path) -> None:
         f"""
         import sys
         import glip.hub
-        from glip.hub.checkpoint import load_model
+        from glip.hub.loading import load_model
         model = load_model({str(tmp_path / "delta")!r})
         print(float(model.grounding.bias0))
         print(sorted(m for m in sys.modules if m == "glip.engine" or m.startswith("glip.engine.")))

@@ -13,11 +13,12 @@ import torch
 
 import glip
 from glip.cli import main
-from glip.hub import zoo
-from glip.hub.checkpoint import CheckpointError, load_model
-from glip.hub.zoo import resolve_config, resolve_model_source
+from glip.hub import fetch, sources
+from glip.hub.checkpoint import CheckpointError
+from glip.hub.loading import load_model
+from glip.hub.sources import resolve_config, resolve_model_source
 
-DEMO = zoo.resolve_weights("demo-shapes")
+DEMO = fetch.resolve_weights("demo-shapes")
 
 
 @pytest.fixture(scope="module")
@@ -72,8 +73,8 @@ def test_tuned_delta_resolves_to_its_base_config(tmp_path, demo):
 def test_config_zoo_name_on_the_command_line(demo, tmp_path, monkeypatch, capsys):
     """`--weights FILE --config NAME` (the README's offline advice) with a zoo config name."""
     torch.save(demo.state_dict(), tmp_path / "demo.pth")
-    monkeypatch.setattr(zoo, "config_names", lambda: ["demo-cfg", "glip-t"])
-    monkeypatch.setattr(zoo, "zoo_config", lambda name: DEMO / "config.yaml")
+    monkeypatch.setattr(sources, "config_names", lambda: ["demo-cfg", "glip-t"])
+    monkeypatch.setattr(sources, "zoo_config", lambda name: DEMO / "config.yaml")
     image = tmp_path / "a.png"
     from PIL import Image
 

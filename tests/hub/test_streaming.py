@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from glip.hub.checkpoint import CheckpointError, _to_our_keys, load_model, read_checkpoint, save_model
+from glip.hub.checkpoint import CheckpointError, _to_our_keys, read_checkpoint, save_model
 from glip.hub.legacy_keys import remap_legacy_state_dict
+from glip.hub.loading import load_model
 
 DEMO = Path(__file__).resolve().parents[2] / "glip" / "assets" / "demo-shapes"
 

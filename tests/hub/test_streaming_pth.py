@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from glip.hub import streaming
-from glip.hub.checkpoint import _to_our_keys, load_model, read_checkpoint
+from glip.hub.checkpoint import _to_our_keys, read_checkpoint
+from glip.hub.loading import load_model
 from glip.hub.streaming import mapped_file, release_mapped
 from tests.conftest import OFFICIAL, REPO, tiny_text_encoder_dir
 

@@ -53,7 +53,8 @@ def test_decoding_with_the_words_it_chose_is_unchanged(captioner) -> None:
 def test_config_vocab_round_trips_through_a_saved_model(tmp_path) -> None:
     from glip.config import load_config
     from glip.engine.run import build_training_model
-    from glip.hub.checkpoint import load_model, save_model
+    from glip.hub.checkpoint import save_model
+    from glip.hub.loading import load_model
 
     overrides = [
         "model.heads.vqa.enabled=false",

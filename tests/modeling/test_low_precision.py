@@ -11,7 +11,7 @@ import torch
 
 import glip
 from glip.data import generate_synthetic
-from glip.hub.checkpoint import load_model
+from glip.hub.loading import load_model
 from glip.modeling.low_precision import parse_weights_dtype, store_weights, stored_weights_dtype
 from glip.ops.boxes import box_iou
 from glip.structures import ImageBatch

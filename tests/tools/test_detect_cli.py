@@ -145,9 +145,9 @@ def test_detect_keeps_formats_and_agnostic_nms_keeps_one_label_per_box(tmp_path)
 
 
 def test_models_lists_the_bundled_model_at_its_measured_size(capsys):
-    from glip.hub.zoo import ZOO, _bundled_dir
+    from glip.hub.zoo import ZOO, bundled_dir
 
-    folder = _bundled_dir(ZOO["demo-shapes"])
+    folder = bundled_dir(ZOO["demo-shapes"])
     size_mb = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) / 1e6
     assert main(["models"]) == 0
     (row,) = [line for line in capsys.readouterr().out.splitlines() if line.startswith("demo-shapes")]

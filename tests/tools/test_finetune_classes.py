@@ -15,7 +15,7 @@ import glip
 from glip.api import Predictor
 from glip.cli import main
 from glip.data import generate_synthetic
-from glip.hub.checkpoint import load_model
+from glip.hub.loading import load_model
 from glip.text import tokenize_prompt
 from glip.tools.evaluate import category_prompt
 from glip.tools.finetune import transfer_overrides

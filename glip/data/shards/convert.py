@@ -10,27 +10,17 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from glip.data.shards.manifest import Manifest, ShardEntry
-from glip.data.shards.schema import make_record
+from glip.data.shards.odvg import read_odvg
+from glip.data.shards.schema import ShardSample, image_sample, make_record
 from glip.data.shards.tario import ShardWriter
 
 __all__ = ["SOURCES", "ShardSample", "convert", "shard_name", "write_shard_set"]
 
 SOURCES = ("coco", "mdetr", "odvg", "vqa", "captions")
-
-
-@dataclass
-class ShardSample:
-    """One sample to write: its key, encoded image, the image's extension and its record."""
-
-    key: str
-    image: bytes
-    ext: str
-    record: dict[str, Any]
 
 
 def shard_name(index: int) -> str:
@@ -79,11 +69,6 @@ def _close(writer: ShardWriter) -> ShardEntry:
     return ShardEntry(writer.path.name, count, writer.path.stat().st_size)
 
 
-def _image_sample(key: str, path: Path, record: dict[str, Any]) -> ShardSample:
-    ext = path.suffix.lower().lstrip(".") or "jpg"
-    return ShardSample(key, path.read_bytes(), "jpg" if ext == "jpeg" else ext, record)
-
-
 def _shuffled(items: list[Any], seed: int) -> list[Any]:
     items = list(items)
     random.Random(seed).shuffle(items)
@@ -100,7 +85,7 @@ def _from_coco(ann: Path, images: Path, seed: int) -> Iterator[ShardSample]:
         if not has_valid_annotation(anns):
             continue
         record = index.images[image_id]
-        yield _image_sample(f"{n:09d}", images / record["file_name"], make_record(f"{n:09d}", record, anns))
+        yield image_sample(f"{n:09d}", images / record["file_name"], make_record(f"{n:09d}", record, anns))
 
 
 def _from_vqa(ann: Path, images: Path, seed: int) -> Iterator[ShardSample]:
@@ -116,7 +101,7 @@ def _from_vqa(ann: Path, images: Path, seed: int) -> Iterator[ShardSample]:
                       "multiple_choice_answer": r.multiple_choice_answer, "answer_boxes": r.answer_boxes}
                      for r in rs]  # fmt: skip
         record = make_record(f"{n:09d}", {"id": image_id, "file_name": rs[0].file_name}, questions=questions)
-        yield _image_sample(f"{n:09d}", images / rs[0].file_name, record)
+        yield image_sample(f"{n:09d}", images / rs[0].file_name, record)
 
 
 def _from_captions(ann: Path, images: Path, seed: int) -> Iterator[ShardSample]:
@@ -128,7 +113,7 @@ def _from_captions(ann: Path, images: Path, seed: int) -> Iterator[ShardSample]:
         record = dict(data.images[image_id])
         captions = data.captions[image_id]
         out = make_record(f"{n:09d}", {**record, "caption": captions[0]}, captions=captions)
-        yield _image_sample(f"{n:09d}", images / str(record["file_name"]), out)
+        yield image_sample(f"{n:09d}", images / str(record["file_name"]), out)
 
 
 def convert(source: str, ann: str | Path, images: str | Path, out: str | Path, shard_size: int = 1000,
@@ -151,8 +136,6 @@ def convert(source: str, ann: str | Path, images: str | Path, out: str | Path, s
     elif source == "mdetr":
         samples, kind = _from_coco(ann, images, seed), "grounding"
     elif source == "odvg":
-        from glip.data.shards.odvg import read_odvg
-
         odvg = read_odvg(ann, images, seed, label_map)
         samples, kind, categories = odvg.samples, odvg.kind, odvg.categories
     elif source == "vqa":

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from glip.data.shards.schema import make_record
+from glip.data.shards.schema import image_sample, make_record
 
 __all__ = ["OdvgInput", "read_odvg", "write_odvg"]
 
@@ -88,8 +88,6 @@ def read_odvg(path: str | Path, images: str | Path, seed: int = 0, label_map: st
     """The samples of an ODVG jsonl (images under ``images``), in a seeded random order.
     Detection files take their category names from ``label_map`` or, without one, from the
     instances' ``category``."""
-    from glip.data.shards.convert import _image_sample
-
     path, images = Path(path), Path(images)
     rows = _lines(path)
     kinds = {"detection" if "detection" in r else "grounding" for r in rows}
@@ -111,7 +109,7 @@ def read_odvg(path: str | Path, images: str | Path, seed: int = 0, label_map: st
     def samples() -> Iterator[Any]:
         for n, i in enumerate(order):
             key = f"{n:09d}"
-            yield _image_sample(key, images / rows[i]["filename"], _record(key, rows[i]))
+            yield image_sample(key, images / rows[i]["filename"], _record(key, rows[i]))
 
     return OdvgInput(samples(), kind, categories)
 

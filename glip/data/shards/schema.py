@@ -40,12 +40,16 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 __all__ = [
     "IMAGE_EXTENSIONS",
     "SCHEMA_VERSION",
     "RecordError",
+    "ShardSample",
+    "image_sample",
     "make_record",
     "record_from_members",
     "validate_record",
@@ -55,6 +59,22 @@ SCHEMA_VERSION = 1
 # Member extensions read as the image (webdataset's and img2dataset's names).
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
 _OPTIONAL_LISTS = ("annotations", "questions", "captions")
+
+
+@dataclass
+class ShardSample:
+    """One sample to write: its key, encoded image, the image's extension and its record."""
+
+    key: str
+    image: bytes
+    ext: str
+    record: dict[str, Any]
+
+
+def image_sample(key: str, path: Path, record: dict[str, Any]) -> ShardSample:
+    """A sample of the image file at ``path`` (its bytes; ``.jpeg`` stored as ``jpg``)."""
+    ext = path.suffix.lower().lstrip(".") or "jpg"
+    return ShardSample(key, path.read_bytes(), "jpg" if ext == "jpeg" else ext, record)
 
 
 class RecordError(ValueError):
