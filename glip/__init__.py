@@ -5,18 +5,16 @@ model is built or an op first runs. Once transformers is imported, glip's Huggin
 classes are registered with it (:mod:`glip.hf`).
 """
 
-from glip.api import Predictor, predict
-from glip.captioning import Caption, caption  # captioning (GLIPv2)
 from glip.config import GLIPConfig, load_config
 from glip.hf import install_import_hook as _install_hf_hook
 from glip.hub.checkpoint import CheckpointError, save_model
 from glip.hub.loading import load_model
+from glip.inference import Answer, Caption, Predictor, answer, caption, predict
 from glip.modeling.glip import GLIP
 from glip.structures import Detections
 from glip.text import Prompt, PromptError, parse_prompt
 from glip.utils.image import ImageLoadError
 from glip.version import __version__
-from glip.vqa_api import Answer, answer
 
 # Registers glip's model type, Auto classes and pipeline with transformers once transformers
 # is imported (glip.hf; nothing is imported now).

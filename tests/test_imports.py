@@ -32,6 +32,7 @@ RANK = {
     "hub": 4,
     "export": 4,
     "api": 5,
+    "inference": 5,  # glip.inference: processor, predictor, decoding to user objects
     "hf": 5,  # glip.hf: the transformers classes over the api (Predictor)
     "vqa_api": 5,  # glip.answer (beside api.py)
     "captioning": 5,  # glip.caption (grounded captioning), beside the api

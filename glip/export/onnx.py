@@ -11,7 +11,7 @@ Dimension letters: B images (1), H x W the padded input, A anchors over all leve
 
 Graph inputs and outputs:
 
-* ``image``: ``float32[B, 3, H, W]``, normalised as :class:`glip.modeling.glip.Preprocessing`
+* ``image``: ``float32[B, 3, H, W]``, normalised as :class:`glip.inference.processor.Preprocessing`
   does, padded to a multiple of 32. With ``dynamic=True`` H and W are free;
 * ``input_ids``, ``attention_mask``: ``int64[B, T]`` (only with a prompt input; dynamic T);
 * ``box_regression``: ``float32[B, A, 4]`` box deltas against the anchors (after the level scales);

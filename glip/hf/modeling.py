@@ -2,7 +2,7 @@
 
 :class:`GLIPForZeroShotObjectDetection` wraps a :class:`glip.GLIP` (it does not copy it):
 ``from_pretrained`` is :func:`glip.load_model`, ``save_pretrained`` writes the weights with
-glip's own writer, ``forward`` runs :meth:`GLIP.detect_prompts` and :meth:`predictor` is the
+glip's own writer, ``forward`` runs :func:`glip.inference.detection.detect_prompts` and :meth:`predictor` is the
 :class:`glip.Predictor` that ``glip.predict`` and the pipeline use.
 """
 
@@ -19,13 +19,14 @@ from torch import Tensor
 from transformers import PreTrainedModel
 from transformers.utils import ModelOutput
 
-from glip.api import Predictor
 from glip.hf.card import model_card
 from glip.hf.configuration import GLIPTransformersConfig
 from glip.hub.checkpoint import WEIGHTS_NAME, save_weights
 from glip.hub.loading import load_model
 from glip.hub.transformers_folder import text_config_from_fields
 from glip.hub.zoo import ZOO
+from glip.inference import Predictor
+from glip.inference.detection import detect_prompts
 from glip.modeling.build import build_model
 from glip.modeling.glip import GLIP
 from glip.structures import ImageBatch
@@ -315,7 +316,7 @@ class GLIPForZeroShotObjectDetection(PreTrainedModel):
             label_to_token={},
         )
         images = ImageBatch(pixel_values.to(self.glip.device), sizes)
-        (dets,) = self.glip.detect_prompts(images, [tokens])
+        (dets,) = detect_prompts(self.glip, images, [tokens])
         return GLIPObjectDetectionOutput(
             pred_boxes=[d.boxes for d in dets],
             scores=[d.scores for d in dets],

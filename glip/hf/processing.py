@@ -11,11 +11,12 @@ from transformers import BatchFeature
 from transformers.image_processing_utils import BaseImageProcessor
 from transformers.processing_utils import ProcessorMixin
 
-from glip.api import chunk_prompt
-from glip.modeling.glip import GLIP, Preprocessing
+from glip.inference.processor import Preprocessing
+from glip.modeling.glip import GLIP
 from glip.ops.boxes import rescale_boxes
 from glip.structures import ImageBatch
 from glip.text import PromptError, parse_prompt, tokenize_prompt
+from glip.text.chunks import chunk_prompt
 
 __all__ = ["GLIPImageProcessor", "GLIPProcessor"]
 
@@ -32,7 +33,7 @@ def _sizes(sizes: Any, n: int, what: str) -> list[tuple[int, int]]:
 
 
 class GLIPImageProcessor(BaseImageProcessor):
-    """glip's test-time preprocessing (:class:`glip.modeling.glip.Preprocessing`: shorter
+    """glip's test-time preprocessing (:class:`glip.inference.processor.Preprocessing`: shorter
     side to ``min_size`` capped by ``max_size``, BGR 0-255 normalisation as the official
     model) and the rescaling of its boxes to the original images.
 

@@ -13,7 +13,7 @@ from glip.modeling.backbone import VisionBackbone, build_resnet, build_swin, bui
 from glip.modeling.build_language import build_caption, build_inter_image, build_mlm, build_vqa
 from glip.modeling.criterion import Criterion
 from glip.modeling.fusion.trunk import FusionSpec, FusionTrunk, TextLayerSpec, TrunkSpec
-from glip.modeling.glip import GLIP, Preprocessing
+from glip.modeling.glip import GLIP
 from glip.modeling.heads import (
     NO_TOKEN_IDS,
     CaptionHead,
@@ -302,7 +302,7 @@ def build_model(
         bert_config: the transformers config of the text encoder (``BertConfig``, or
             ``CLIPTextConfig`` when ``model.text.type`` is ``clip``); its hidden size must
             equal ``cfg.model.text.dim`` (official ``LANG_DIM``).
-        tokenizer: the prompt tokenizer, kept on the model for :meth:`GLIP.predict`.
+        tokenizer: the prompt tokenizer, carried on the model for its processor (:mod:`glip.inference`).
         pretrained_text: a local folder (or cached Hugging Face name) whose weights
             initialise the text encoder, as official training does; None: random weights
             (checkpoints bring their own).
@@ -321,7 +321,6 @@ def build_model(
             f"model.heads.{masked[0]} needs a BERT text encoder (a [MASK] token), not model.text.type clip"
         )
     a = cfg.model.anchors
-    inp = cfg.input
     model = GLIP(
         backbone=build_backbone(cfg, pretrained=pretrained_backbone),
         text_encoder=build_text_encoder(t.type, bert_config, t.num_layers, pretrained_text, t.max_query_len),
@@ -334,14 +333,6 @@ def build_model(
             scales_per_octave=a.scales_per_octave,
             octave=a.octave,
             straddle_thresh=a.straddle_thresh,
-        ),
-        preprocessing=Preprocessing(
-            min_size=inp.min_size_test,
-            max_size=inp.max_size_test,
-            pixel_mean=tuple(inp.pixel_mean),
-            pixel_std=tuple(inp.pixel_std),
-            to_bgr255=inp.to_bgr255,
-            size_divisibility=inp.size_divisibility,
         ),
         tokenizer=tokenizer,
         max_query_len=cfg.model.text.max_query_len,

@@ -3,6 +3,12 @@
 The grounding head (``heads["grounding"]``) detects; GLIPv2's other heads (MDETR
 branches, inter-image contrastive, MLM...) share the same trunk (see
 :mod:`glip.modeling.heads` for how a head is added).
+
+:class:`GLIP` is the network: tensors in (:meth:`GLIP.forward`), :class:`GLIPOutput` out.
+Reading and resizing images, tokenizing prompts and decoding outputs into detections,
+answers or captions belong to :mod:`glip.inference` (the processor and the predictor);
+the methods users call on a model (:meth:`GLIP.predict`, :meth:`GLIP.detect`...) delegate
+there through :func:`register_inference`.
 """
 
 from __future__ import annotations
@@ -15,24 +21,20 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from glip.modeling import low_precision
 from glip.modeling.backbone import VisionBackbone
 from glip.modeling.fusion.trunk import FusionTrunk, TrunkOutput
 from glip.modeling.heads import GroundingHead, Head
 from glip.modeling.heads.grounding.anchors import AnchorGenerator
-from glip.modeling.heads.grounding.postprocess import GroundingPostProcessor, class_agnostic_nms, merge_chunks
+from glip.modeling.heads.grounding.postprocess import GroundingPostProcessor
 from glip.modeling.heads.require import MasksUnavailableError, require_head
 from glip.modeling.language.prompt_offset import PromptOffset
 from glip.modeling.language.text_encoder import BertTextEncoder
-from glip.modeling.preprocessing import Preprocessing
-from glip.modeling.prompt_batch import PROMPTS_PER_PASS, GroundingNetwork, repeat_features, split_head, stack_text
-from glip.ops.boxes import rescale_boxes
-from glip.ops.masks import box_extent, paste_masks
 from glip.structures import Detections, HeadOutputs, ImageBatch, TextFeatures
-from glip.text import Prompt, TokenizedPrompt, parse_prompt, tokenize_prompt
-from glip.text.chunks import prepare_prompt
-from glip.text.tokenize import trim_padding
-from glip.utils.image import ImageInput
+from glip.text import Prompt, TokenizedPrompt
+
+# An image a user gives (a path, a PIL image or an [H, W, 3] uint8 RGB array): the
+# processor's input type (glip.utils.image.ImageInput), named here without importing it.
+ImageInput = Any
 
 __all__ = [
     "GLIP",
@@ -40,7 +42,7 @@ __all__ = [
     "MASK",
     "GLIPOutput",
     "MasksUnavailableError",
-    "Preprocessing",
+    "register_inference",
     "register_pretrained_writers",
 ]
 
@@ -108,8 +110,32 @@ def _pretrained_writer(name: str) -> Callable[..., Any]:
     return _PRETRAINED_WRITERS[name]
 
 
+# The processor / predictor side behind GLIP's convenience methods (predict, tokenize,
+# detect...), registered by glip.inference (imported by `import glip`): the network never
+# imports upward.
+_INFERENCE: dict[str, Callable[..., Any]] = {}
+
+
+def register_inference(**functions: Callable[..., Any]) -> None:
+    """Installs the functions behind :attr:`GLIP.preprocessing`, :meth:`GLIP.tokenize`,
+    :meth:`GLIP.prepare_prompt`, :meth:`GLIP.detect`, :meth:`GLIP.detect_prompts`,
+    :meth:`GLIP.detect_chunks`, :meth:`GLIP.encode_prompts` and :meth:`GLIP.predict`."""
+    _INFERENCE.update(functions)
+
+
+def _inference(name: str) -> Callable[..., Any]:
+    if name not in _INFERENCE:
+        raise RuntimeError(f"GLIP.{name} needs glip.inference: import glip first")
+    return _INFERENCE[name]
+
+
 class GLIP(nn.Module):
-    """Grounded language-image detector.
+    """Grounded language-image detector: the network (no file reads, no tokenizer calls).
+
+    Besides its modules it carries metadata that the processor and the checkpoint writers
+    read: ``tokenizer``, ``config`` (the :class:`GLIPConfig` it was built from; its
+    ``input`` section is :attr:`preprocessing`) and ``tuned_prompt`` (the classes a
+    fine-tuning recorded).
 
     Args:
         backbone: images -> L FPN maps.
@@ -119,8 +145,9 @@ class GLIP(nn.Module):
             ``"grounding"`` (a :class:`GroundingHead`) detects. A head may read the
             outputs of the heads before it.
         anchor_generator: one anchor per location and level.
-        preprocessing: test-time image transforms.
-        tokenizer: a Hugging Face fast BERT tokenizer (needed by :meth:`predict`).
+        tokenizer: a Hugging Face fast BERT tokenizer, carried for the processor
+            (:class:`glip.inference.processor.Processor`) and the checkpoint writers; the
+            network never calls it.
         max_query_len: T, the padded prompt length (official ``MAX_QUERY_LEN``, 256).
         prompt_offset: a tuned :class:`PromptOffset` on the text features (prompt tuning,
             official ``tunable_linear``), or None (the default: the model is unchanged).
@@ -133,7 +160,6 @@ class GLIP(nn.Module):
         trunk: FusionTrunk,
         heads: Mapping[str, Head],
         anchor_generator: AnchorGenerator,
-        preprocessing: Preprocessing,
         tokenizer: Any = None,
         max_query_len: int = 256,
         prompt_offset: PromptOffset | None = None,
@@ -146,7 +172,7 @@ class GLIP(nn.Module):
         self.trunk = trunk
         self.heads = nn.ModuleDict(dict(heads))
         self.anchor_generator = anchor_generator
-        self.preprocessing = preprocessing
+        self._preprocessing: Any = None  # an assigned preprocessing (see the property)
         self.tokenizer = tokenizer
         self.max_query_len = max_query_len
         self.prompt_offset = prompt_offset
@@ -304,189 +330,52 @@ class GLIP(nn.Module):
         anchors = self.anchor_generator([tuple(f.shape[-2:]) for f in features], device=features[0].device)
         return GLIPOutput(trunk=trunk, anchors=anchors, heads=outputs)
 
+    # Convenience methods users call today (README, docs): thin delegations to the processor
+    # and predictor side (glip.inference, registered with register_inference), so that the
+    # network itself reads no file, tokenizes nothing and decodes nothing.
+
+    @property
+    def preprocessing(self) -> Any:
+        """The test-time image preprocessing (:class:`glip.inference.processor.Preprocessing`):
+        the config's ``input`` section, unless one was assigned. The network never calls it."""
+        if self._preprocessing is not None:
+            return self._preprocessing
+        return _inference("preprocessing")(self.config)
+
+    @preprocessing.setter
+    def preprocessing(self, value: Any) -> None:
+        self._preprocessing = value
+
     def tokenize(self, prompt: str | Sequence[str] | Prompt) -> TokenizedPrompt:
-        if self.tokenizer is None:
-            raise RuntimeError("this model has no tokenizer; build it with glip.load_model")
-        return tokenize_prompt(self.tokenizer, parse_prompt(prompt), self.max_query_len)
+        """``Processor.tokenize`` of this model (:class:`glip.inference.processor.Processor`)."""
+        return _inference("processor")(self).tokenize(prompt)
 
     def prepare_prompt(
         self, prompt: str | Sequence[str] | Prompt, chunk_size: int | None = None
     ) -> list[TokenizedPrompt]:
-        """The tokenized passes of a prompt: one, or several when it exceeds the text encoder's
-        ``max_query_len`` tokens or the head's phrases (or with ``chunk_size`` phrases per pass);
-        see :func:`glip.text.chunks.chunk_prompt`."""
-        if self.tokenizer is None:
-            raise RuntimeError("this model has no tokenizer; build it with glip.load_model")
-        return prepare_prompt(prompt, self.tokenizer, self.max_query_len, self.grounding.num_classes, chunk_size)
+        """``Processor.prepare_prompt`` of this model: the tokenized passes of a prompt (one,
+        or several when it is too long for one pass; :func:`glip.text.chunks.chunk_prompt`)."""
+        return _inference("processor")(self).prepare_prompt(prompt, chunk_size)
 
-    @torch.no_grad()
-    def detect_chunks(
-        self,
-        images: ImageBatch,
-        chunks: Sequence[TokenizedPrompt],
-        original_sizes: Sequence[tuple[int, int]] | None = None,
-        *,
-        masks: bool = False,
-        autocast: torch.dtype | None = None,
-        max_detections: int | None = None,
-        agnostic_nms: bool = False,
-        text: Sequence[TextFeatures] | None = None,
-        prompts_per_pass: int = 1,
-        network: GroundingNetwork | None = None,
-    ) -> list[Detections]:
-        """One prompt's detections per image, its chunks (:meth:`prepare_prompt`) merged:
-        global labels, sorted by score, at most ``max_detections`` (default the config's
-        ``detections_per_img``; ``0``: all). ``agnostic_nms``: one label per box (NMS over
-        all labels at the config's ``nms_thresh``). Other arguments: see :meth:`detect_prompts`."""
-        per_chunk = self.detect_prompts(
-            images, chunks, original_sizes, masks=masks, autocast=autocast, text=text,
-            prompts_per_pass=prompts_per_pass, network=network,
-        )  # fmt: skip
-        post = self.postprocessor
-        top_k = post.detections_per_img if max_detections is None else max_detections
-        out = []
-        for j in range(len(per_chunk[0])):
-            det = merge_chunks([dets[j] for dets in per_chunk], chunks, post.nms_thresh, top_k)
-            out.append(class_agnostic_nms(det, post.nms_thresh) if agnostic_nms else det)
-        return out
+    def detect_chunks(self, images: ImageBatch, chunks: Sequence[TokenizedPrompt], *args: Any, **kwargs: Any) -> Any:
+        """:func:`glip.inference.detection.detect_chunks` on this model: one prompt's
+        detections per image, its chunks merged."""
+        return _inference("detect_chunks")(self, images, chunks, *args, **kwargs)
 
-    @torch.no_grad()
-    def detect(
-        self,
-        images: ImageBatch,
-        tokens: TokenizedPrompt,
-        original_sizes: Sequence[tuple[int, int]] | None = None,
-        masks: bool = False,
-        autocast: torch.dtype | None = None,
-    ) -> list[Detections]:
-        """Detections of one prompt in every image of a batch, sorted by score.
+    def detect(self, images: ImageBatch, tokens: TokenizedPrompt, *args: Any, **kwargs: Any) -> Any:
+        """:func:`glip.inference.detection.detect` on this model: one prompt's detections in
+        every image of a batch."""
+        return _inference("detect")(self, images, tokens, *args, **kwargs)
 
-        Boxes are in resized-image pixels, or in ``original_sizes`` pixels when given.
-        Phrases are filled from ``tokens``. ``masks``: also each detection's mask (needs
-        the mask head), in the same pixels. ``autocast``: see :meth:`detect_prompts`.
-        """
-        return self.detect_prompts(images, [tokens], original_sizes, masks=masks, autocast=autocast)[0]
+    def encode_prompts(self, prompts: Sequence[TokenizedPrompt], *args: Any, **kwargs: Any) -> Any:
+        """:func:`glip.inference.detection.encode_prompts` on this model: each prompt's text features."""
+        return _inference("encode_prompts")(self, prompts, *args, **kwargs)
 
-    @torch.no_grad()
-    def encode_prompts(
-        self, prompts: Sequence[TokenizedPrompt], autocast: torch.dtype | None = None
-    ) -> list[TextFeatures]:
-        """Each prompt's text features (``B = 1``), as :meth:`detect_prompts` computes them:
-        padding trimmed (when ``trim_text``), the prompt offset added to the prompt it was
-        tuned for only. Encode a fixed class list once and pass the result to
-        :meth:`detect_prompts` for every image batch."""
-        device = self.device
-        out = []
-        for tokens in prompts:
-            tokens = trim_padding(tokens) if self.trim_text else tokens
-            ids, mask = tokens.input_ids.to(device), tokens.attention_mask.to(device)
-            with low_precision.autocast(device, autocast):
-                text = self.text_encoder(ids, mask)
-                if self.prompt_offset is not None and self.prompt_offset.matches(ids, mask):
-                    text = self.prompt_offset(text)
-            out.append(text)
-        return out
+    def detect_prompts(self, images: ImageBatch, prompts: Sequence[TokenizedPrompt], *args: Any, **kwargs: Any) -> Any:
+        """:func:`glip.inference.detection.detect_prompts` on this model: ``[prompt][image]``
+        detections, the backbone run once."""
+        return _inference("detect_prompts")(self, images, prompts, *args, **kwargs)
 
-    @torch.no_grad()
-    def detect_prompts(
-        self,
-        images: ImageBatch,
-        prompts: Sequence[TokenizedPrompt],
-        original_sizes: Sequence[tuple[int, int]] | None = None,
-        masks: bool = False,
-        autocast: torch.dtype | None = None,
-        *,
-        text: Sequence[TextFeatures] | None = None,
-        prompts_per_pass: int = 1,
-        network: GroundingNetwork | None = None,
-    ) -> list[list[Detections]]:
-        """Like :meth:`detect` for several prompts, running the backbone once.
-
-        Returns ``[prompt][image]`` detections (labels index each prompt's own phrases).
-        A prompt offset (prompt tuning) applies only to the prompt it was tuned for (the
-        same token ids); any other prompt runs the base model. ``masks``: see :meth:`detect`.
-        ``autocast`` (``torch.bfloat16`` / ``torch.float16``): the network runs under
-        ``torch.autocast`` in that dtype; its outputs are decoded in float32.
-        ``text``: the prompts' :meth:`encode_prompts` (same autocast), else encoded here.
-        ``prompts_per_pass``: prompts run through the trunk and head as one batch
-        (:mod:`glip.modeling.prompt_batch`; equal to one at a time up to float rounding;
-        with ``masks`` always 1). ``network``: another runtime for the backbone, trunk and
-        grounding head (ONNX Runtime, :mod:`glip.export.runtime`); no masks, no autocast.
-        """
-        if prompts_per_pass < 1:
-            raise ValueError(f"prompts_per_pass must be at least 1, got {prompts_per_pass}")
-        if masks:
-            self.require_masks()
-        if network is not None and (masks or autocast is not None):
-            raise ValueError("masks and autocast need the PyTorch backend")
-        device = self.device
-        images = images.to(device)
-        amp = low_precision.autocast(device, autocast)
-        with amp:
-            features = self.backbone(images.tensor) if network is None else network.features(images.tensor)
-        prompts = [trim_padding(t) if self.trim_text else t for t in prompts]
-        text = self.encode_prompts(prompts, autocast) if text is None else text
-        heads = (GROUNDING, MASK) if masks else (GROUNDING,)
-        batch, per_pass = images.tensor.shape[0], 1 if masks else prompts_per_pass
-        results = []
-        for start in range(0, len(prompts), per_pass):
-            group = range(start, min(start + per_pass, len(prompts)))
-            stacked = stack_text([text[i] for i in group], batch)  # [K * B, T, D]
-            repeated = repeat_features(features, len(group))  # L x [K * B, C, H_l, W_l]
-            with amp:
-                if network is None:
-                    out = self.forward_text_features(repeated, stacked, heads=heads)
-                    head_all, anchors = out.head, out.anchors
-                else:
-                    head_all = network.grounding(repeated, stacked)
-                    anchors = self.anchor_generator([tuple(f.shape[-2:]) for f in features], device=device)
-            for k, i in enumerate(group):
-                tokens = prompts[i]
-                head = split_head(head_all, k, batch, tokens.input_ids.shape[1]) if len(group) > 1 else head_all
-                head = head.float() if autocast is not None else head
-                positive_map = tokens.positive_map.to(device)
-                if masks:
-                    # Decode in the network-input frame (the mask head pools there), then map to the originals.
-                    dets = self.grounding.postprocess(head, anchors, positive_map, images.image_sizes)
-                    dets = self._add_masks(
-                        out.heads[MASK], dets, positive_map, images.image_sizes, original_sizes, autocast
-                    )
-                else:
-                    dets = self.grounding.postprocess(head, anchors, positive_map, images.image_sizes, original_sizes)
-                for det in dets:
-                    det.phrases = [tokens.phrases[int(label) - 1] for label in det.labels.tolist()]
-                results.append([det.to("cpu") for det in dets])
-        return results
-
-    def _add_masks(
-        self,
-        output: Any,
-        dets: list[Detections],
-        positive_map: Tensor,
-        image_sizes: Sequence[tuple[int, int]],
-        original_sizes: Sequence[tuple[int, int]] | None,
-        autocast: torch.dtype | None = None,
-    ) -> list[Detections]:
-        """Each detection's mask, pasted into its image (``original_sizes`` when given, with
-        the boxes rescaled as the grounding post-processor does), threshold 0.5. ``autocast``:
-        the mask head runs under ``torch.autocast`` in that dtype, the pasting in float32."""
-        token_maps = [positive_map[det.labels - 1] > 0 for det in dets]  # B x [N_b, T]
-        with low_precision.autocast(positive_map.device, autocast):
-            probs = self.heads[MASK].predict(output, [det.boxes for det in dets], token_maps)  # B x [N_b, M, M]
-        probs = [p.float() for p in probs]
-        out = []
-        for b, (det, prob) in enumerate(zip(dets, probs)):
-            size, boxes = tuple(image_sizes[b]), det.boxes
-            extents = box_extent(boxes)
-            if original_sizes is not None:
-                size = tuple(original_sizes[b])
-                boxes = rescale_boxes(boxes, tuple(image_sizes[b]), size)
-                extents = rescale_boxes(extents, tuple(image_sizes[b]), size)
-            pasted = paste_masks(prob, extents, size)  # [N_b, H, W]
-            out.append(Detections(boxes, det.scores, det.labels, [], size, pasted))
-        return out
-
-    @torch.no_grad()
     def predict(
         self,
         image: ImageInput,
@@ -497,24 +386,17 @@ class GLIP(nn.Module):
         agnostic_nms: bool = False,
     ) -> Detections:
         """Detects the prompt's phrases in one image, as the official demo does; a prompt too
-        long for one pass is split as :meth:`glip.Predictor.predict` splits it (the same code).
+        long for one pass is split as :meth:`glip.Predictor.predict` splits it (the same code:
+        :func:`glip.inference.predictor.predict_image`).
 
         Args:
             image: a path, a PIL image or an ``[H, W, 3]`` uint8 RGB array.
             prompt: ``"a cat. a dog."``, a list of class names, or a :class:`Prompt`.
             threshold: keep detections whose final score is above this.
             masks: also return each detection's mask (``Detections.masks``; needs a mask head).
-            agnostic_nms: one label per box (see :meth:`detect_chunks`).
+            agnostic_nms: one label per box (see :func:`glip.inference.detection.detect_chunks`).
 
         Returns:
             :class:`Detections` in original-image pixels, sorted by descending score.
         """
-        if not 0.0 <= threshold <= 1.0:
-            raise ValueError(f"threshold must be in [0, 1], got {threshold}")
-        chunks = self.prepare_prompt(prompt)
-        tensor, original_size = self.preprocessing(image)
-        batch = ImageBatch.from_tensors([tensor], self.preprocessing.size_divisibility)
-        (det,) = self.detect_chunks(
-            batch, chunks, [original_size], masks=masks, agnostic_nms=agnostic_nms, prompts_per_pass=PROMPTS_PER_PASS
-        )
-        return det.above(threshold)
+        return _inference("predict")(self, image, prompt, threshold, masks, agnostic_nms=agnostic_nms)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import glip
-from glip import captioning
+from glip.inference import captioning
 from glip.modeling.caption_decoding import CaptionUnavailableError, GeneratedCaption
 from glip.text import Prompt
 from tests.golden import case

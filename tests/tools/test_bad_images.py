@@ -11,6 +11,7 @@ from PIL import Image
 
 from glip.api import Predictor
 from glip.cli import main
+from glip.inference import detection
 from glip.structures import Detections
 from glip.utils.image import ImageLoadError, load_image, resize_shape
 
@@ -72,16 +73,16 @@ def test_tiny_and_extreme_sizes_resize_to_at_least_one_pixel():
 def test_an_image_that_breaks_the_model_fails_alone(predictor, monkeypatch):
     """A batch whose forward pass raises is rerun image by image: only the culprit fails."""
     images = [np.full((64, 64, 3), value, np.uint8) for value in (0, 50, 255, 100)]  # one batch of 4
-    original = predictor.model.detect_prompts
+    original = detection.detect_prompts
     calls = []
 
-    def fragile(batch, chunks, original_sizes, **options):
+    def fragile(model, batch, chunks, original_sizes, **options):
         calls.append(len(original_sizes))
         if bool((batch.tensor.flatten(1).amax(1) > 2.0).any()):  # the white image (normalised 255)
             raise RuntimeError("simulated kernel failure")
-        return original(batch, chunks, original_sizes=original_sizes, **options)
+        return original(model, batch, chunks, original_sizes=original_sizes, **options)
 
-    monkeypatch.setattr(predictor.model, "detect_prompts", fragile)
+    monkeypatch.setattr(detection, "detect_prompts", fragile)
     results = dict(predictor.iter_predict(images, PROMPT, threshold=0.0, batch_size=4))
     assert calls == [4, 1, 1, 1, 1]  # the batch, then each image alone
     assert isinstance(results[2], ImageLoadError) and "simulated kernel failure" in str(results[2])
