@@ -130,10 +130,18 @@ def _training_outputs(out: dict, tmp: Path) -> None:
         step = row.get("step")
         losses = {k: v for k, v in row.items() if k.startswith("loss") or k.endswith("loss")}
         out[f"train/step{step}"] = {k: torch.tensor(float(v), dtype=torch.float64) for k, v in sorted(losses.items())}
+    # The tensors by name, not the file bytes: safetensors' header order varies between runs.
+    from safetensors import safe_open
+
     digest = hashlib.sha256()
     weights = sorted(run.rglob("*.safetensors"))
     for path in weights:
-        digest.update(path.read_bytes())
+        with safe_open(str(path), "pt") as f:
+            digest.update(json.dumps(f.metadata(), sort_keys=True).encode())
+            for key in sorted(f.keys()):
+                tensor = f.get_tensor(key).contiguous()
+                digest.update(f"{key}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+                digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
     out["train/weights"] = {"files": [str(p.relative_to(run)) for p in weights], "sha256": digest.hexdigest()}
 
 
