@@ -5,7 +5,7 @@
 One image of ``generate_synthetic`` (and its ``captions_train.json`` sentence) is loaded
 through ``CaptionDataset``; a tiny GLIP (the golden test's architecture without deformable
 convs, random weights, ``model.heads.caption.enabled``) trains on it through the training
-loop's own path (:class:`glip.engine.trainer.LossModel`, the caption head's causal batches): causal trunk,
+loop's own path (:class:`glip.engine.loss_model.LossModel`, the caption head's causal batches): causal trunk,
 one masked token per copy of the caption (``mask_prob`` 0, ``max_masked`` 1: the prefix is
 clean, as at decoding), a batch of copies with different masks. The backbone is frozen
 and its maps computed once (the trunk and text encoder train). Every ``--eval-every``
@@ -44,7 +44,7 @@ def run(steps: int = 150, lr: float = 3e-3, seed: int = 0, batch: int = 6, eval_
     from glip.data import GroundingCollator, generate_synthetic
     from glip.data.captions import CaptionDataset
     from glip.data.transforms import build_train_transform
-    from glip.engine.trainer import LossModel
+    from glip.engine.loss_model import LossModel
     from glip.modeling.build import build_loss, build_model
     from glip.modeling.caption_decoding import greedy_decode
     from glip.text import BUNDLED_TEXT_ENCODERS, load_tokenizer

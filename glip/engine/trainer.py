@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from glip.config import GLIPConfig
@@ -39,13 +38,13 @@ from glip.engine.checkpoint import (
 )
 from glip.engine.data import ShardedBatchSampler, make_loader
 from glip.engine.ema import ModelEMA
-from glip.engine.head_needs import causal_head, causal_losses, is_empty_image
+from glip.engine.head_needs import causal_head, is_empty_image
+from glip.engine.loss_model import LossModel
 from glip.engine.metrics_log import MetricsLog, format_metric, short_loss_name
 from glip.engine.monitor import BestMonitor
 from glip.engine.multitask import MultiSourceData, TrainingSource
 from glip.engine.optim import build_optimizer, build_schedule, clip_grad_norm
 from glip.engine.plan import StepClock, describe_plan
-from glip.engine.pretraining import pretraining_inputs
 from glip.engine.shard_data import resume_stream, stream_state
 from glip.engine.tuning import set_frozen_eval
 from glip.modeling.criterion import Criterion
@@ -58,38 +57,6 @@ logger = logging.getLogger(__name__)
 
 # fn(model, step) -> {metric name: value}; called on every process with the model in eval mode.
 Evaluator = Callable[[GLIP, int], Mapping[str, float]]
-
-
-class LossModel(nn.Module):
-    """The model and its criterion as one module, so DistributedDataParallel wraps one
-    forward that returns tensors: ``forward(batch, step) -> {loss name: 0-d tensor}``
-    (every head's named, weighted losses; the loop sums them).
-
-    It reads the heads' declarations, never the task: a batch of a causal head's
-    ``batch_kind`` (captioning) trains that head alone on causal text
-    (:func:`glip.engine.head_needs.causal_losses`). Otherwise, in training mode, with
-    GLIPv2's pre-training (``training_only``) heads, the batch's prompts are first
-    corrupted for MLM and the per-sample seeds of ``(seed, step, dataset index)`` made
-    (:mod:`glip.engine.pretraining`); the whole model runs on the corrupted ids. In eval
-    mode those heads do not run and the prompts stay clean. ``step``: the optimiser steps
-    done before this batch.
-    """
-
-    def __init__(self, model: GLIP, loss: Criterion, seed: int = 0) -> None:
-        super().__init__()
-        self.model = model
-        self.loss = loss
-        self.seed = seed
-
-    def forward(self, batch: GroundingBatch, step: int = 0) -> dict[str, Tensor]:
-        causal = causal_head(self.model.heads, batch.kinds)
-        if causal is not None:
-            return causal_losses(self.model, self.loss, causal, batch, self.seed, step)
-        ids, pretraining = batch.input_ids, None
-        if self.training:
-            ids, pretraining = pretraining_inputs(self.model.heads, batch, self.seed, step)
-        out = self.model(batch.images, ids, batch.attention_mask)
-        return self.loss(self.model.heads, out, batch.attention_mask, batch.targets, pretraining)
 
 
 @dataclass

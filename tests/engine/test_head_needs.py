@@ -15,7 +15,7 @@ from torch import Tensor, nn
 import glip.engine.trainer as trainer_module
 from glip.data import GroundingBatch
 from glip.engine.head_needs import causal_head, causal_losses, is_empty_image
-from glip.engine.trainer import LossModel
+from glip.engine.loss_model import LossModel
 from glip.modeling.build import HEADS
 from glip.modeling.criterion import Criterion
 from glip.modeling.heads import Head, LossInputs, MaskedTokens
