@@ -16,10 +16,8 @@ so files load with ``torch.load(weights_only=True)``.
 
 from __future__ import annotations
 
-import os
 import random
 import shutil
-import tempfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -29,7 +27,7 @@ import numpy as np
 import torch
 
 from glip.config import GLIPConfig, save_config
-from glip.utils.fs import atomic_directory
+from glip.utils.fs import atomic_directory, atomic_write_text
 
 __all__ = [
     "CheckpointReadError",
@@ -110,15 +108,6 @@ def checkpoint_dir(output_dir: str | Path, step: int) -> Path:
     return Path(output_dir) / "checkpoints" / f"step_{step:07d}"
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def write_checkpoint(
     output_dir: str | Path,
     step: int,
@@ -137,7 +126,7 @@ def write_checkpoint(
             torch.save(rng, tmp / f"rng_{rank}.pt")
         if config is not None:
             save_config(config, tmp / CONFIG_NAME)
-    _atomic_write_text(final.parent / LAST_NAME, final.name + "\n")
+    atomic_write_text(final.parent / LAST_NAME, final.name + "\n")
     return final
 
 

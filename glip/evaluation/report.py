@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 import statistics
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+from glip.utils.fs import atomic_write_text
 
 __all__ = ["format_metrics", "format_suite", "suite_summary", "write_json"]
 
@@ -66,15 +66,4 @@ def format_suite(rows: Mapping[str, Mapping[str, float]], columns: Sequence[str]
 def write_json(path: str | Path, data: Any) -> Path:
     """Writes ``data`` as indented JSON atomically (a temporary file renamed into place),
     so an interrupted run never leaves a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=1)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write_text(path, json.dumps(data, indent=1) + "\n")

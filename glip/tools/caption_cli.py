@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ from glip.tools.common import (
     model_arg,
     parse_device,
 )
+from glip.utils.fs import atomic_write_text
 
 __all__ = ["add_caption_parser", "caption_files", "evaluate_captioning", "evaluate_caption_model"]
 
@@ -111,13 +111,6 @@ def caption_files(
     return entries
 
 
-def _write_json(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    os.replace(tmp, path)
-
-
 def _cmd_caption(args: argparse.Namespace) -> int:
     from glip.tools.detect import expand_inputs
 
@@ -137,7 +130,7 @@ def _cmd_caption(args: argparse.Namespace) -> int:
             grounded = "; ".join(f"{p['phrase']} {p['box']}" for p in e["phrases"])
             print(f"{e['file']}: {e['caption']}" + (f"  [{grounded}]" if grounded else ""))
     if args.out:
-        _write_json(Path(args.out) / "captions.json", entries)
+        atomic_write_text(Path(args.out) / "captions.json", json.dumps(entries, indent=2))
         print(f"wrote {Path(args.out) / 'captions.json'}")
     failed = sum("error" in e for e in entries)
     if failed:
@@ -167,9 +160,10 @@ def evaluate_caption_model(
             f"{len(failed)} of {len(entries)} images failed, e.g. {failed[0]['file']}: {failed[0]['error']}"
         )
     results_file = Path(out_dir) / "results.json"
-    _write_json(results_file, [{"image_id": i, "caption": e["caption"]} for i, e in zip(data.image_ids, entries)])
+    results = [{"image_id": i, "caption": e["caption"]} for i, e in zip(data.image_ids, entries)]
+    atomic_write_text(results_file, json.dumps(results, indent=2))
     scores = evaluate_caption_files(ann_file, results_file, quiet=not progress)
-    _write_json(Path(out_dir) / "metrics.json", scores.to_json())
+    atomic_write_text(Path(out_dir) / "metrics.json", json.dumps(scores.to_json(), indent=2))
     return scores
 
 
@@ -187,7 +181,7 @@ def evaluate_captioning(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if args.results:
         scores = evaluate_caption_files(args.ann, Path(args.results), quiet=args.quiet)
-        _write_json(out / "metrics.json", scores.to_json())
+        atomic_write_text(out / "metrics.json", json.dumps(scores.to_json(), indent=2))
     else:
         if not args.images:
             raise ValueError("--task caption needs --images, the folder of the json's file_name (or --results)")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import glob
 import json
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -12,6 +11,7 @@ from typing import Any
 
 from glip.api import Predictor, PromptLike
 from glip.structures import Detections
+from glip.utils.fs import atomic_write_text
 
 __all__ = ["IMAGE_SUFFIXES", "annotated_suffix", "detect_files", "expand_inputs", "format_table"]
 
@@ -102,9 +102,7 @@ def detect_files(
     if bar is not None:
         bar.close()
     if out is not None:
-        tmp = out / ".detections.json.tmp"
-        tmp.write_text(json.dumps(entries, indent=2))
-        os.replace(tmp, out / "detections.json")
+        atomic_write_text(out / "detections.json", json.dumps(entries, indent=2))
     return entries
 
 

@@ -34,7 +34,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import sys
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -47,6 +46,7 @@ from glip.data.annotations import read_image
 from glip.data.caption_screen import CaptionScreen
 from glip.data.captions import load_coco_captions
 from glip.tools.teachers import Chunker, PseudoBox, Teacher, caption_prompt
+from glip.utils.fs import atomic_write_text
 
 __all__ = [
     "CATEGORIES",
@@ -132,12 +132,6 @@ def default_shard_dir(out: str | Path) -> Path:
     return out.with_name(out.name + ".shards")
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 class ShardStore:
     """The shard folder: ``settings.json`` and the part files."""
 
@@ -160,7 +154,7 @@ class ShardStore:
         have = self.read_settings()
         if have is None:
             self.root.mkdir(parents=True, exist_ok=True)
-            _write_atomic(self.settings_file, json.dumps(wanted, indent=1, sort_keys=True))
+            atomic_write_text(self.settings_file, json.dumps(wanted, indent=1, sort_keys=True))
             return
         differ = sorted(k for k in set(have) | set(wanted) if have.get(k) != wanted.get(k))
         if differ:
@@ -198,7 +192,7 @@ class ShardStore:
         while path.exists():  # a part of a run that was killed between the glob and the write
             seq += 1
             path = self.root / f"{prefix}{seq:06d}.json"
-        _write_atomic(path, json.dumps({"format": _PART_FORMAT, "entries": list(entries)}, sort_keys=True))
+        atomic_write_text(path, json.dumps({"format": _PART_FORMAT, "entries": list(entries)}, sort_keys=True))
         return path
 
 
@@ -389,5 +383,5 @@ def merge_shards(items: Sequence[ImageItem], store: ShardStore, out: str | Path)
     }
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    _write_atomic(out, json.dumps(merged, sort_keys=True))
+    atomic_write_text(out, json.dumps(merged, sort_keys=True))
     return MergeSummary(out, len(images), len(annotations), failed, dropped)

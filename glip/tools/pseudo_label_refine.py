@@ -34,7 +34,7 @@ import numpy as np
 
 from glip.data.caption_screen import CaptionScreen
 from glip.data.shards import RecordError, ShardError, iter_shard, record_from_members
-from glip.tools.pseudo_label import ShardStore, _write_atomic
+from glip.tools.pseudo_label import ShardStore
 from glip.tools.pseudo_label_shards import (
     input_digest,
     output_shard,
@@ -43,6 +43,7 @@ from glip.tools.pseudo_label_shards import (
     write_output_manifest,
 )
 from glip.tools.teachers import Chunker
+from glip.utils.fs import atomic_write_text
 
 __all__ = [
     "RefineOptions",
@@ -127,7 +128,7 @@ def refine_json(pseudo: str | Path, out: str | Path, refiner: Refiner) -> dict[s
     kept = list(refine_records(json_records(pseudo), refiner))
     data["images"] = [image for image, _ in kept]
     data["annotations"] = [a for _, anns in kept for a in anns]
-    _write_atomic(Path(out), json.dumps(data))
+    atomic_write_text(out, json.dumps(data))
     return {"captions": len(data["images"]), "boxes": len(data["annotations"])}
 
 
