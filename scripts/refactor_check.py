@@ -88,41 +88,18 @@ def _demo_outputs(out: dict, tmp: Path) -> None:
 
 
 def _training_outputs(out: dict, tmp: Path) -> None:
-    from glip.config import load_config
     from glip.data import generate_synthetic
     from glip.engine import train
     from glip.text import text_encoder_without_dropout
+    from tests.engine.test_multitask import _multitask_config
 
     shapes = generate_synthetic(
         tmp / "train", num_train=16, num_val=4, image_size=96, seed=3,
         colors=("red", "blue"), shapes=("circle", "square"), max_objects=3,
     )  # fmt: skip
     text_dir = text_encoder_without_dropout("all-MiniLM-L6-v2", tmp / "minilm")
-    root, images = shapes.root, shapes.image_dir
-    sources = (
-        f"[{{format: coco, train_json: '{root / 'train.json'}', train_images: '{images}', weight: 1}},"
-        f" {{format: vqa, train_json: '{root / 'vqa_train.json'}', train_images: '{images}', weight: 1}},"
-        f" {{format: captions, train_json: '{root / 'captions_train.json'}', train_images: '{images}', weight: 1}}]"
-    )
-    values = {
-        "model.text.encoder": str(text_dir),
-        "model.text.max_query_len": 32,
-        "model.backbone.swin.drop_path_rate": 0.0,
-        "model.heads.vqa.min_answer_count": 3,
-        "model.heads.caption.max_length": 4,
-        "input.min_size_train": "[96]",
-        "input.max_size_train": 96,
-        "input.min_size_test": 96,
-        "input.max_size_test": 96,
-        "solver.seed": 1,
-        "solver.ims_per_batch": 2,
-        "solver.max_iter": 6,
-        "solver.warmup_iters": 1,
-        "solver.checkpoint_period": 0,
-        "train.log_period": 1,
-        "data.sources": sources,
-    }
-    cfg = load_config(REPO / "configs" / "multitask" / "synthetic.yaml", [f"{k}={v}" for k, v in values.items()])
+    # The multi-task test's run (tests/engine/test_multitask.py), 6 steps of 2 images.
+    cfg = _multitask_config(shapes, text_dir, **{"solver.ims_per_batch": 2, "solver.max_iter": 6})
     run = tmp / "run"
     train(cfg, run, cpu=True, progress_bar=False)
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
