@@ -83,7 +83,7 @@ def mask_ious(model, sample, batch) -> list[float]:
     model.eval()
     with torch.no_grad():
         out = model(batch.images, batch.input_ids, batch.attention_mask)
-        (probs,) = model.heads["mask"].predict(out.heads["mask"], [t.boxes], [t.positive_map])
+        (probs,) = model.heads["mask"].postprocess(out.heads["mask"], [t.boxes], [t.positive_map]).probs
     model.train()
     pasted = paste_masks(probs, box_extent(t.boxes), sample.image_size)
     return mask_iou(pasted, t.masks).tolist()
@@ -94,7 +94,7 @@ def head_ious(head, output, sample) -> list[float]:
     from glip.ops.masks import box_extent, mask_iou, paste_masks
 
     t = sample.targets
-    (probs,) = head.predict(output, [t.boxes], [t.positive_map])
+    (probs,) = head.postprocess(output, [t.boxes], [t.positive_map]).probs
     return mask_iou(paste_masks(probs, box_extent(t.boxes), sample.image_size), t.masks).tolist()
 
 

@@ -38,7 +38,7 @@ def add_masks(
     """
     token_maps = [positive_map[det.labels - 1] > 0 for det in dets]  # B x [N_b, T]
     with low_precision.autocast(positive_map.device, autocast):
-        probs = model.heads[MASK].predict(output, [det.boxes for det in dets], token_maps)  # B x [N_b, M, M]
+        probs = model.heads[MASK].postprocess(output, [det.boxes for det in dets], token_maps).probs  # B x [N_b, M, M]
     probs = [p.float() for p in probs]
     out = []
     for b, (det, prob) in enumerate(zip(dets, probs)):
