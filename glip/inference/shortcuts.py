@@ -38,11 +38,13 @@ def shared_predictor(
     batch_size: int = 4,
 ) -> Predictor:
     """The predictor of ``model``: a new one around a loaded :class:`GLIP`; for a name or a
-    path, the one kept from the last call on the same model and device, else a new one
-    (which replaces it). ``config``, ``text_encoder``, ``trust_pickle``: used when loading."""
+    path, the one kept from the last call with the same model, device, ``config``,
+    ``text_encoder`` and ``batch_size``, else a new one (which replaces it). ``config``,
+    ``text_encoder``, ``trust_pickle``: used when loading."""
     if isinstance(model, GLIP):
         return Predictor(model, device=device, batch_size=batch_size)
-    key = (str(model), str(device or default_device()))
+    # Everything that changes the loaded model or its outputs; trust_pickle only permits a load.
+    key = (str(model), str(device or default_device()), str(config), str(text_encoder), batch_size)
     predictor = _CACHE.get(key)
     if predictor is None:
         _CACHE.clear()

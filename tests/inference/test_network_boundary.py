@@ -101,6 +101,30 @@ def test_predict_answer_and_caption_share_one_predictor(monkeypatch):
     assert isinstance(det, glip.Detections) and isinstance(ans, glip.Answer) and isinstance(cap, glip.Caption)
 
 
+def test_the_shared_predictor_is_reloaded_when_the_loading_options_change(monkeypatch):
+    """A second call on the same model path with another config or text encoder must not
+    reuse the model the first call loaded with other settings."""
+    monkeypatch.setattr(shortcuts, "_CACHE", {})
+    made = []
+
+    class Fake:
+        def __init__(self, model, **kwargs):
+            made.append((model, kwargs["config"], kwargs["text_encoder"], kwargs["batch_size"]))
+
+    monkeypatch.setattr(shortcuts, "Predictor", Fake)
+    first = shortcuts.shared_predictor("folder", device="cpu")
+    assert shortcuts.shared_predictor("folder", device="cpu") is first
+    shortcuts.shared_predictor("folder", device="cpu", config="other.yaml")
+    shortcuts.shared_predictor("folder", device="cpu", config="other.yaml", text_encoder="bert-dir")
+    shortcuts.shared_predictor("folder", device="cpu", config="other.yaml", text_encoder="bert-dir", batch_size=1)
+    assert made == [
+        ("folder", None, None, 4),
+        ("folder", "other.yaml", None, 4),
+        ("folder", "other.yaml", "bert-dir", 4),
+        ("folder", "other.yaml", "bert-dir", 1),
+    ]
+
+
 def _recording(method, made):
     def wrapper(self, *args, **kwargs):
         made.append((method.__name__, self))
