@@ -72,6 +72,27 @@ VL_RECIPE = [
 # over a phrase's tokens puts a half-right phrase at about half the right one's score.
 HARD_NEGATIVES = ["data.disjoint_negatives=false"]
 
+# The binding stage (``--bind-steps``, issue #25): detection alone, with the negatives above
+# and the fusion's text path (the X-attention blocks and the in-head BERT layers) trained at
+# ``--bind-fusion-lr-factor`` of the base rate, the backbone, FPN and tower frozen. Its
+# in-head BERT layers are the only place where a word's feature can take in the other words
+# of its phrase (the MiniLM encoder is frozen and referenced, not shipped): they learn to
+# tell the "blue" of "blue circle" from the "blue" of "blue diamond", which frozen text and
+# word-sharing negatives alone cannot (the continued stage above).
+BIND_RECIPE = [
+    "model.backbone.freeze=true",
+    "model.backbone.freeze_fpn=true",
+    "solver.tower_lr_factor=0.0",
+    "train.find_unused_parameters=true",
+    "train.eval_period=0",
+    *HARD_NEGATIVES,
+    "solver.steps=[0.8]",
+]
+
+
+# The bias0 shifts the calibration tries (logits; +1 takes a token probability of 0.4 to 0.64).
+CALIBRATION_SHIFTS = [-1.0, -0.75, -0.5, -0.25, 0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0]
+
 
 def _train_demo() -> Any:
     """scripts/train_demo.py as a module (its data settings, ``evaluate`` and ``save_demo``)."""
@@ -79,6 +100,62 @@ def _train_demo() -> Any:
     import train_demo
 
     return train_demo
+
+
+def calibrate_bias(model, calib, precision: float, shifts: list[float]) -> tuple[float, list[dict[str, float]]]:
+    """Calibrate the grounding scores to the 0.5 threshold: the largest shift of the grounding
+    head's ``bias0`` (every region-token logit moves by it) at which at least ``precision`` of
+    the detections above 0.5 name the shape under them, with all 16 names prompted, on the
+    calibration set ``calib`` (fresh images of a fixed seed of their own, never an evaluation
+    seed), or the most precise shift when none reaches it. Sets the shift on ``model`` and
+    returns it with one row per shift tried."""
+    from eval_demo import confident_mistakes
+
+    bias0 = model.heads["grounding"].bias0
+    base = bias0.detach().clone()
+    best: float | None = None
+    rows: list[dict[str, float]] = []
+    for shift in sorted(shifts):
+        with torch.no_grad():
+            bias0.copy_(base + shift)
+        kinds = confident_mistakes(model, calib.val_json, calib.image_dir, 0.5)
+        found, right = kinds.get("detections", 0), kinds.get("right", 0)
+        rows.append({"shift": shift, "detections": found, "right": right})
+        print(f"  bias0 {shift:+.2f}: {right} of {found} detections above 0.5 right", flush=True)
+        if found and right / found >= precision:
+            best = shift
+    if best is None:  # no shift reaches the precision: the most precise one
+        best = max(rows, key=lambda r: r["right"] / max(r["detections"], 1))["shift"]
+    with torch.no_grad():
+        bias0.copy_(base + best)
+    return best, rows
+
+
+def detection_stage(
+    name: str, start: Path, out: Path, ds: Any, steps: int, fusion_lr_factor: float, seed: int
+) -> Path | None:
+    """Detection alone from the model folder ``start`` on the synthetic set ``ds``
+    (:data:`BIND_RECIPE`, the fusion's text path at ``fusion_lr_factor``); the trained model
+    folder, or None when the run was interrupted (a rerun resumes)."""
+    from glip.config import load_config
+    from glip.engine import train
+
+    cfg = load_config(
+        start / "config.yaml",
+        [
+            *BIND_RECIPE, f"solver.fusion_lr_factor={fusion_lr_factor}", "data.sources=[]",
+            f"data.train_json={ds.train_json}", f"data.train_images={ds.image_dir}",
+            f"solver.max_iter={steps}", f"solver.warmup_iters={max(steps // 20, 1)}",
+            f"solver.checkpoint_period={max(steps // 4, 1)}", f"solver.seed={seed}",
+        ],
+    )  # fmt: skip
+    begin = time.time()
+    result = train(cfg, out, resume=True, cpu=True, weights=start)
+    if result.interrupted_by is not None:
+        print(f"interrupted at {name} step {result.progress.step}; run again to resume")
+        return None
+    print(f"{name} stage: {result.progress.step} steps in {(time.time() - begin) / 60:.1f} min")
+    return out / "model"
 
 
 def evaluate_all(model, ds, fresh, out: Path) -> dict[str, Any]:
@@ -125,6 +202,17 @@ def main() -> int:
     p.add_argument("--num-fresh", type=int, default=100, help="fresh images of the VQA / caption evaluation")
     p.add_argument("--fresh-seed", type=int, default=4242)
     p.add_argument("--seed", type=int, default=0, help="the demo's data seed (train_demo.py's --seed)")
+    p.add_argument("--bind-steps", type=int, default=1500,
+                   help="steps of the binding stage before the multi-task one (BIND_RECIPE; 0: none)")  # fmt: skip
+    p.add_argument("--bind-fusion-lr-factor", type=float, default=0.3,
+                   help="the fusion text path's rate in the binding stage, a factor of the base rate")  # fmt: skip
+    p.add_argument("--all-classes-steps", type=int, default=300,
+                   help="steps of the grounding and mask heads on every colour-shape pair after the multi-task "
+                        "stage (0: none)")  # fmt: skip
+    p.add_argument("--calibrate", action=argparse.BooleanOptionalAction, default=True,
+                   help="shift the grounding head's bias0 so that the 0.5 threshold means --calibration-precision")  # fmt: skip
+    p.add_argument("--calibration-precision", type=float, default=0.98,
+                   help="the share of detections above 0.5 that must name the shape under them")  # fmt: skip
     p.add_argument("--continue-heads", action="store_true",
                    help="continue the answer and caption heads of --from (the shipped model) instead of fresh ones, "
                         "with negatives that share a word with the image's shapes (HARD_NEGATIVES)")  # fmt: skip
@@ -167,6 +255,12 @@ def main() -> int:
         print_report(f"the detector ({args.start})", before)
         del detector
 
+    if args.bind_steps > 0:
+        start_folder = detection_stage(
+            "binding", start_folder, work / "bind", ds, args.bind_steps, args.bind_fusion_lr_factor, args.seed
+        )
+        if start_folder is None:
+            return 1
     sources = [
         {"format": "coco", "train_json": str(ds.train_json), "train_images": str(ds.image_dir)},
         {"format": "vqa", "train_json": str(ds.root / "vqa_train.json"), "train_images": str(ds.image_dir)},
@@ -178,7 +272,8 @@ def main() -> int:
         start_folder / "config.yaml",
         [
             *VL_RECIPE,
-            *(HARD_NEGATIVES if args.continue_heads else []),
+            *(HARD_NEGATIVES if args.continue_heads or args.bind_steps > 0 else []),
+            "data.train_json=''", "data.train_images=''",  # the binding stage's single source
             "model.heads.vqa.enabled=true", "model.heads.caption.enabled=true",
             f"model.heads.vqa.readout_dim={args.readout_dim}", f"model.heads.caption.readout_dim={args.readout_dim}",
             f"solver.max_iter={args.steps}", f"solver.warmup_iters={max(args.steps // 20, 1)}",
@@ -195,7 +290,20 @@ def main() -> int:
         return 1
     print(f"trained {result.progress.step} steps in {minutes:.1f} min")
 
-    model = load_model(work / "train" / "model")
+    final = work / "train" / "model"
+    if args.all_classes_steps > 0:
+        # Every colour-shape pair, the three the grounding stage held out included, as phrases
+        # for the grounding and mask heads alone (fusion frozen: the answer and caption heads'
+        # inputs stay the ones they were trained on).
+        every = generate_synthetic(
+            work / "data_all_classes", seed=args.seed + 5, **{**demo.DEMO_DATA, "held_out": 0}
+        )  # fmt: skip
+        final = detection_stage(
+            "all-classes", final, work / "all_classes", every, args.all_classes_steps, 0.0, args.seed
+        )
+        if final is None:
+            return 1
+    model = load_model(final)
     after: dict[str, Any] = {}
     if args.eval:
         after = evaluate_all(model, ds, fresh, work / "eval_after")
@@ -208,6 +316,19 @@ def main() -> int:
         words.discard(model.tokenizer.cls_token_id)
         model.heads["caption"] = restrict_vocabulary(model.heads["caption"], sorted(words))
         model.config.model.heads.caption.vocab = sorted(words)
+    calibration: dict[str, Any] = {}
+    if args.calibrate:
+        calib = generate_synthetic(
+            work / "calibration", num_train=0, num_val=100, image_size=demo.DEMO_DATA["image_size"], seed=args.seed + 2000
+        )  # fmt: skip
+        print(f"calibrating on {calib.root} (precision {args.calibration_precision} above 0.5)")
+        shift, rows = calibrate_bias(model, calib, args.calibration_precision, CALIBRATION_SHIFTS)
+        calibration = {"shift": shift, "rows": rows}
+        print(f"  bias0 shifted by {shift:+.2f}")
+        if args.eval:
+            after["detection_calibrated"] = demo.evaluate(
+                model, ds.val_json, ds.image_dir, set(ds.held_out), masks=True
+            )
     out, size = demo.save_demo(model, args.out)
     shipped: dict[str, Any] = {}
     if args.eval:
@@ -215,7 +336,7 @@ def main() -> int:
         print_report(f"as shipped ({out}, {size / 1e6:.1f} MB, fp16)", shipped)
     report = {
         "steps": result.progress.step, "train_minutes": minutes, "held_out": list(ds.held_out),
-        "before": before, "after": after, "shipped": shipped, "folder": str(out), "size_mb": size / 1e6,
+        "before": before, "after": after, "calibration": calibration, "shipped": shipped, "folder": str(out), "size_mb": size / 1e6,
     }  # fmt: skip
     (work / "report.json").write_text(json.dumps(report, indent=1))
     return 0
