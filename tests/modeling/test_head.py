@@ -502,3 +502,40 @@ def test_dyconv_keeps_one_finest_map_between_levels_and_equals_the_autograd_path
         reference = conv(features)
     for u, v in zip(outputs, reference):
         assert torch.equal(u, v.detach())
+
+
+def test_trunk_frees_a_blocks_input_maps_before_its_dyconv() -> None:
+    """The trunk calls each block's halves apart (``fuse``, then ``dyconv``), so the previous
+    block's output maps are gone when the next DyConv runs (one pyramid fewer alive at
+    inference), and the output equals calling the blocks whole."""
+    import gc
+    import weakref
+
+    from glip.config import config_from_dict
+    from glip.modeling.build import build_trunk
+
+    bert = SimpleNamespace(num_attention_heads=4, intermediate_size=64, hidden_act="gelu", layer_norm_eps=1e-12,
+                           hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1)  # fmt: skip
+    small = ["model.trunk.channels=32", "model.backbone.out_channels=32", "model.trunk.num_blocks=2",
+             "model.text.dim=64", "model.trunk.fusion_embed_dim=64", "model.trunk.fusion_num_heads=4"]  # fmt: skip
+    torch.manual_seed(0)
+    trunk = build_trunk(config_from_dict({}, small), bert).eval()
+    features = [torch.randn(1, 32, 8, 8), torch.randn(1, 32, 4, 4)]
+    text = TextFeatures(torch.randn(1, 5, 64), torch.randn(1, 5, 64), torch.ones(1, 5, dtype=torch.long), None)
+    first_out: list[weakref.ref] = []
+    alive: list[int] = []
+    trunk.blocks[0].dyconv.register_forward_hook(lambda m, a, out: first_out.extend(weakref.ref(t) for t in out))
+
+    def count(module: nn.Module, args: tuple) -> None:
+        gc.collect()  # the hooks' closures leave cycles for the collector
+        alive.append(sum(ref() is not None for ref in first_out))
+
+    trunk.blocks[1].dyconv.register_forward_pre_hook(count)
+    with torch.no_grad():
+        out = trunk(features, text)
+        visual, hidden = list(features), text.hidden
+        for block in trunk.blocks:
+            whole = block(visual, hidden, text.mask)
+            visual, hidden = whole.visual, whole.text
+    assert len(first_out) == 4 and alive[0] == 0  # both levels of block 0's output freed
+    assert all(torch.equal(a, b) for a, b in zip(out.visual, visual)) and torch.equal(out.text, hidden)

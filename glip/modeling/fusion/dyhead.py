@@ -258,6 +258,13 @@ class HeadBlock(nn.Module):
     def forward(self, visual: list[Tensor], hidden: Tensor, mask: Tensor, causal: bool = False) -> FusedFeatures:
         """``causal``: the captioning mode of the fusion and the text layer (see
         :class:`glip.modeling.fusion.bi_attention.BiAttentionBlock`)."""
+        fused = self.fuse(visual, hidden, mask, causal)
+        return FusedFeatures(visual=self.dyconv(fused.visual), text=fused.text)
+
+    def fuse(self, visual: list[Tensor], hidden: Tensor, mask: Tensor, causal: bool = False) -> FusedFeatures:
+        """The block's first half, fusion then text layer: the maps and text the DyConv reads
+        (``visual`` itself without fusion). :class:`FusionTrunk` calls it and ``dyconv``
+        separately, so that the block's input maps can be freed before the DyConv runs."""
         if self.fusion is not None:
             if self.use_checkpoint and self.training and torch.is_grad_enabled():
                 fused = checkpoint(self.fusion, visual, hidden, mask, causal, use_reentrant=False)
@@ -266,4 +273,4 @@ class HeadBlock(nn.Module):
             visual, hidden = fused.visual, fused.text
         if self.text_layer is not None:
             hidden = self.text_layer(hidden, mask, causal) if causal else self.text_layer(hidden, mask)
-        return FusedFeatures(visual=self.dyconv(visual), text=hidden)
+        return FusedFeatures(visual=visual, text=hidden)
