@@ -54,7 +54,10 @@ class DyReLU(nn.Module):
         # Four coefficients per channel, laid out [a1 | b1 | a2 | b2] along dim 1.
         self.fc2 = nn.Linear(channels // reduction, 4 * channels)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, inplace: bool = False) -> Tensor:
+        """``inplace``: the caller gives up ``x``; without gradients (and not while tracing)
+        the first piece is then formed in ``x`` itself, so one new map is allocated, not two.
+        The same float ops either way."""
         b, c = x.shape[:2]
         pooled = F.adaptive_avg_pool2d(x, 1).view(b, c)  # [B, C]
         hidden = F.relu(self.fc1(pooled))  # [B, C/4]
@@ -69,10 +72,12 @@ class DyReLU(nn.Module):
         # float adds; autograd keeps what it needs, x and a). Without gradients the maximum
         # overwrites the first piece, so three maps of x's size are alive at most, not five
         # (not while tracing: ONNX's maximum has no ``out``).
-        first, second = x * a1, x * a2
+        tracing = torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
+        graph = tracing or (torch.is_grad_enabled() and (x.requires_grad or coeffs.requires_grad))
+        second = x * a2
+        first = x.mul_(a1) if inplace and not graph else x * a1
         first += b1
         second += b2
-        tracing = torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
-        if tracing or (torch.is_grad_enabled() and first.requires_grad):
+        if graph:
             return torch.maximum(first, second)
         return torch.maximum(first, second, out=first)

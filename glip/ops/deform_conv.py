@@ -94,6 +94,19 @@ def _bilinear_corners(h: Tensor, w: Tensor, mask: Tensor, height: int, width: in
     return indices, weights
 
 
+def _write_rows(result: Tensor, rows: Tensor, start: int) -> None:
+    """Copies ``rows`` (Tensor[n, Cout], output positions ``start .. start + n`` of the flat
+    ``B * L`` order) into ``result`` (Tensor[B, Cout, L]), splitting at image boundaries."""
+    length = result.shape[-1]
+    stop = start + rows.shape[0]
+    while start < stop:
+        image, pos = divmod(start, length)
+        n = min(stop - start, length - pos)
+        first = rows.shape[0] - (stop - start)
+        result[image, :, pos : pos + n] = rows[first : first + n].T  # [Cout, n]
+        start += n
+
+
 def _modulated_deform_conv2d_torch(
     input: Tensor,
     offset: Tensor,
@@ -118,6 +131,7 @@ def _modulated_deform_conv2d_torch(
     padded = F.pad(input, (1, 1, 1, 1))  # [B, Cin, H+2, W+2]
     plane = (height + 2) * (width + 2)
     table = padded.view(b, g, c_dg, plane).transpose(2, 3).reshape(b * g * plane, c_dg)  # [B*G*P, Cin/G]
+    del padded  # the table is a channels-last copy: one input-sized buffer alive, not two
 
     h, w = _sample_positions(offset, kh, kw, stride, padding, dilation)  # 2 x [B, Ho, Wo, K, G]
     mask = mask.view(b, g, k, ho, wo).permute(0, 3, 4, 2, 1).contiguous()  # [B, Ho, Wo, K, G]
@@ -141,6 +155,14 @@ def _modulated_deform_conv2d_torch(
     else:
         chunk = max(1, _MAX_CHUNK_ELEMENTS // (k * c_in))
         spans = [slice(start, min(start + chunk, n_positions)) for start in range(0, n_positions, chunk)]
+    # Without autograd each chunk is written straight into the [B, Cout, Ho*Wo] result, so the
+    # chunks' [B*L, Cout] rows, their concatenation and its permuted copy (3 output-sized
+    # buffers) never exist; the same float ops, so the same bits. With autograd (or while
+    # tracing) the chunks are concatenated as before.
+    direct = not torch.jit.is_tracing() and not (
+        torch.is_grad_enabled() and any(t.requires_grad for t in (input, offset, mask, weight, bias) if t is not None)
+    )
+    result = input.new_empty((b, c_out, ho * wo)) if direct else None
     outputs = []
     for span in spans:
         # Weighted sum of the 4 corners, accumulated in place (autograd-safe: the gathered tensors are fresh).
@@ -157,7 +179,13 @@ def _modulated_deform_conv2d_torch(
             cols = columns.view(n, k, groups, c_in_group).permute(2, 0, 1, 3)  # [groups, n, K, Cin/groups]
             out = torch.bmm(cols.reshape(groups, n, k * c_in_group), weight_mat)  # [groups, n, Cout/groups]
             out = out.permute(1, 0, 2).reshape(n, c_out)  # [n, Cout]
-        outputs.append(out if bias is None else out + bias)
+        out = out if bias is None else out + bias
+        if result is not None:
+            _write_rows(result, out, span.start)
+        else:
+            outputs.append(out)
+    if result is not None:
+        return result.view(b, c_out, ho, wo)  # [B, Cout, Ho, Wo]
     out = torch.cat(outputs) if len(outputs) > 1 else outputs[0]  # [B*L, Cout]
     return out.view(b, ho, wo, c_out).permute(0, 3, 1, 2).contiguous()  # [B, Cout, Ho, Wo]
 

@@ -174,10 +174,34 @@ def test_swin_inference_chunks_equal_one_pass(monkeypatch) -> None:
     calls = []
     attn = model.layers[0].blocks[1].attn
     attn.register_forward_hook(lambda mod, args, out: calls.append(args[0].shape[0]))
-    monkeypatch.setattr(swin, "INFERENCE_CHUNK_TOKENS", 2 * 4 * 36)  # one window row of 2 images
+    # stage 0 (C = 16): one window row of 2 images
+    monkeypatch.setattr(swin, "INFERENCE_CHUNK_ELEMENTS", 2 * 4 * 36 * 16)
     with torch.no_grad():
         chunked = model(x)
     assert calls == [2 * 9] * 6  # 6 bands of one window row (9 windows per image)
+    for u, v in zip(chunked, reference):
+        torch.testing.assert_close(u, v, atol=1e-6, rtol=1e-6)
+
+
+def test_swin_inference_chunks_shrink_with_the_stage_width(monkeypatch) -> None:
+    """A chunk holds the same number of elements at every stage: a stage twice as wide runs
+    bands of half as many tokens (stage 2 of GLIP-T no longer attends over its whole grid at
+    once), with the same maps."""
+    import glip.modeling.backbone.swin as swin
+
+    model = _tiny_swin().eval()
+    x = torch.randn(2, 3, 93, 130)  # stage 0: 24 x 33 tokens (6 x 9 windows); stage 1: 12 x 17 (3 x 5)
+    with torch.enable_grad():
+        reference = [t.detach() for t in model(x)]
+    calls: dict[int, list[int]] = {0: [], 1: []}
+    for stage in (0, 1):
+        attn = model.layers[stage].blocks[0].attn
+        attn.register_forward_hook(lambda mod, args, out, s=stage: calls[s].append(args[0].shape[0]))
+    # 576 tokens of C = 16 at stage 0 (two window rows of 2 images), 288 of C = 32 at stage 1
+    monkeypatch.setattr(swin, "INFERENCE_CHUNK_ELEMENTS", 576 * 16)
+    with torch.no_grad():
+        chunked = model(x)
+    assert calls == {0: [2 * 18] * 3, 1: [2 * 5] * 3}  # a fixed token count would run stage 1 in one call
     for u, v in zip(chunked, reference):
         torch.testing.assert_close(u, v, atol=1e-6, rtol=1e-6)
 

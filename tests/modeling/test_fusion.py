@@ -5,10 +5,12 @@ image's result does not depend on the other images of its batch."""
 
 from __future__ import annotations
 
+import weakref
 from types import SimpleNamespace
 
 import pytest
 import torch
+import torch.utils._python_dispatch
 
 from glip.modeling.fusion.bi_attention import CUDA_CHUNK_ELEMENTS, BiMultiHeadAttention
 
@@ -96,3 +98,64 @@ def test_cuda_chunks_keep_one_attention_buffer_within_the_budget() -> None:
         )
         == 1
     )  # never 0
+
+
+class _Track(torch.utils._python_dispatch.TorchDispatchMode):
+    """Weak references to every new tensor of ``numel`` elements."""
+
+    def __init__(self, numel: int) -> None:
+        super().__init__()
+        self.numel, self.refs, self.most = numel, [], 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in out if isinstance(out, (tuple, list)) else [out]:
+            if isinstance(t, torch.Tensor) and t.numel() == self.numel:
+                self.refs.append(weakref.ref(t))
+                self.most = max(self.most, self.alive())
+        return out
+
+    def alive(self) -> int:
+        """Distinct storages of the tracked tensors still alive."""
+        return len({r().untyped_storage().data_ptr() for r in self.refs if r() is not None})
+
+
+def test_the_inference_path_drops_each_attention_map_once_consumed(inputs, monkeypatch) -> None:
+    """At the image -> text product at most three [B, N, hT] maps are alive (the logits, the
+    masked logits' softmax and its input were five before), with the same result."""
+    attention, v, t, mask = inputs
+    v1, t1, m1 = v[:1], t[:1], mask[:1]
+    reference = _run(attention, v1, t1, m1, train=False)
+    alive: list[int] = []
+    inner = torch.baddbmm
+
+    def spy(*args, **kwargs):
+        alive.append(track.alive())
+        return inner(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "baddbmm", spy)
+    with _Track(N * attention.num_heads * T) as track:
+        out = _run(attention, v1, t1, m1, train=False)
+    assert alive[-1] <= 2  # probs_v and the masked logits it was made from at most
+    for a, b in zip(out, reference):
+        assert torch.equal(a, b)
+
+
+def test_the_block_forms_its_residual_in_place_at_inference_only() -> None:
+    """Eval without gradients: ``LN(v) + gamma * delta`` is formed in delta's buffer (two
+    [B, N, C] maps alive at the residual instead of four), bit-identical to the autograd path."""
+    from glip.modeling.fusion.bi_attention import BiAttentionBlock
+
+    torch.manual_seed(0)
+    block = BiAttentionBlock(C, D, embed_dim=32, num_heads=4, init_values=0.5).eval()
+    visual = [torch.randn(1, C, 5, 6), torch.randn(1, C, 3, 3)]
+    text, mask = torch.randn(1, T, D), torch.ones(1, T, dtype=torch.long)
+    with torch.enable_grad():
+        reference = block(visual, text, mask)
+    n = sum(f.shape[-2] * f.shape[-1] for f in visual)
+    with torch.no_grad(), _Track(n * C) as track:
+        out = block(visual, text, mask)
+    assert track.most == 2 and track.alive() == 1  # LN(v) and delta at most; the output at the end
+    for a, b in zip(out.visual, reference.visual):
+        assert torch.equal(a, b.detach())
+    assert torch.equal(out.text, reference.text.detach())

@@ -135,11 +135,12 @@ def _traced_forward(head: GLIPHead, case: dict) -> tuple[object, _Trace]:
     for name, index in _OFFICIAL_CONV_INDEX.items():
         hooks.append(
             getattr(first, name).register_forward_hook(
-                lambda m, a, o, index=index: trace.conv_calls.append((index, list(a[0].shape), o))
+                lambda m, a, o, index=index: trace.conv_calls.append((index, list(a[0].shape), o.clone()))
             )
         )
     hooks.append(first.scale_attn.register_forward_hook(lambda m, a, o: trace.attn_calls.extend(F.relu(o).split(1))))
-    hooks.append(first.dyrelu.register_forward_pre_hook(lambda m, a: trace.relu_inputs.append(a[0])))
+    # Copies: without autograd DyConv weights its branch maps in place and DyReLU overwrites its input.
+    hooks.append(first.dyrelu.register_forward_pre_hook(lambda m, a: trace.relu_inputs.append(a[0].clone())))
 
     def on_proj(m, a, o):
         trace.proj_input, trace.proj_tokens = a[0], o
@@ -426,8 +427,9 @@ def test_dyconv_fuse_equals_the_stacked_mean_bitwise(dyfuse: bool, k: int) -> No
 
 
 def test_dyconv_frees_the_branches_before_the_activation() -> None:
-    """Each level's branch maps are gone by the time its DyReLU runs (inference memory: at the
-    finest level of an 800 x 1216 input, 2-3 maps of 15.6 MiB fewer alive at once)."""
+    """Each level's branch maps are gone by the time its DyReLU runs, but the first, which holds
+    the fused sum (inference memory: at the finest level of an 800 x 1216 input, 2-3 maps of
+    15.6 MiB fewer alive at once)."""
     import gc
     import weakref
 
@@ -437,6 +439,7 @@ def test_dyconv_frees_the_branches_before_the_activation() -> None:
     conv = DyConv(16, 16, gn_groups=4).eval()
     branches: list[weakref.ref] = []
     alive_at_activation: list[int] = []
+    seen = [0]
     for branch in (conv.same, conv.from_finer, conv.from_coarser):
         branch.register_forward_hook(lambda m, a, out: branches.append(weakref.ref(out)))
 
@@ -444,9 +447,95 @@ def test_dyconv_frees_the_branches_before_the_activation() -> None:
         # The hooks above send the branch calls through torch's hooked call path, whose closures
         # leave reference cycles for the collector; without the hooks nothing waits for it.
         gc.collect()
-        alive_at_activation.append(sum(ref() is not None for ref in branches))
+        # The first branch is the fused map itself (the others are summed into it in place).
+        # This level's branches only: an earlier level's first branch is now its output.
+        fused = args[0].untyped_storage().data_ptr()
+        alive = [ref() for ref in branches[seen[0] :] if ref() is not None]
+        seen[0] = len(branches)
+        alive_at_activation.append(sum(t.untyped_storage().data_ptr() != fused for t in alive))
 
     conv.dyrelu.register_forward_pre_hook(count)
     with torch.no_grad():
         conv([torch.randn(1, 16, 8, 8), torch.randn(1, 16, 4, 4), torch.randn(1, 16, 2, 2)])
     assert len(branches) == 7 and alive_at_activation == [0, 0, 0]
+
+
+def test_dyconv_keeps_one_finest_map_between_levels_and_equals_the_autograd_path() -> None:
+    """Without autograd the branches are weighted and summed in place and DyReLU overwrites the
+    fused map: when the next level's branches start, the finest level leaves one map of its size
+    alive (its output; before, its fused map too). The outputs equal the autograd path's bit for bit."""
+    import weakref
+
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from glip.modeling.fusion.dyhead import DyConv
+
+    torch.manual_seed(0)
+    conv = DyConv(16, 16, gn_groups=4).eval()
+    features = [torch.randn(1, 16, 8, 8), torch.randn(1, 16, 4, 4), torch.randn(1, 16, 2, 2)]
+    finest = features[0].numel()
+
+    class Track(TorchDispatchMode):
+        """Weak references to every new finest-level-sized tensor."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.maps: list[weakref.ref] = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            if isinstance(out, torch.Tensor) and out.numel() == finest:
+                self.maps.append(weakref.ref(out))
+            return out
+
+    alive: list[int] = []
+
+    def count(module: nn.Module, args: tuple) -> None:
+        ptrs = {ref().untyped_storage().data_ptr() for ref in track.maps if ref() is not None}
+        alive.append(len(ptrs - {features[0].untyped_storage().data_ptr()}))
+
+    conv.same.register_forward_pre_hook(count)
+    with torch.no_grad(), Track() as track:
+        outputs = conv(features)
+    assert alive[1] == 1  # level 1 starts with level 0's output alone
+    with torch.enable_grad():
+        reference = conv(features)
+    for u, v in zip(outputs, reference):
+        assert torch.equal(u, v.detach())
+
+
+def test_trunk_frees_a_blocks_input_maps_before_its_dyconv() -> None:
+    """The trunk calls each block's halves apart (``fuse``, then ``dyconv``), so the previous
+    block's output maps are gone when the next DyConv runs (one pyramid fewer alive at
+    inference), and the output equals calling the blocks whole."""
+    import gc
+    import weakref
+
+    from glip.config import config_from_dict
+    from glip.modeling.build import build_trunk
+
+    bert = SimpleNamespace(num_attention_heads=4, intermediate_size=64, hidden_act="gelu", layer_norm_eps=1e-12,
+                           hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1)  # fmt: skip
+    small = ["model.trunk.channels=32", "model.backbone.out_channels=32", "model.trunk.num_blocks=2",
+             "model.text.dim=64", "model.trunk.fusion_embed_dim=64", "model.trunk.fusion_num_heads=4"]  # fmt: skip
+    torch.manual_seed(0)
+    trunk = build_trunk(config_from_dict({}, small), bert).eval()
+    features = [torch.randn(1, 32, 8, 8), torch.randn(1, 32, 4, 4)]
+    text = TextFeatures(torch.randn(1, 5, 64), torch.randn(1, 5, 64), torch.ones(1, 5, dtype=torch.long), None)
+    first_out: list[weakref.ref] = []
+    alive: list[int] = []
+    trunk.blocks[0].dyconv.register_forward_hook(lambda m, a, out: first_out.extend(weakref.ref(t) for t in out))
+
+    def count(module: nn.Module, args: tuple) -> None:
+        gc.collect()  # the hooks' closures leave cycles for the collector
+        alive.append(sum(ref() is not None for ref in first_out))
+
+    trunk.blocks[1].dyconv.register_forward_pre_hook(count)
+    with torch.no_grad():
+        out = trunk(features, text)
+        visual, hidden = list(features), text.hidden
+        for block in trunk.blocks:
+            whole = block(visual, hidden, text.mask)
+            visual, hidden = whole.visual, whole.text
+    assert len(first_out) == 4 and alive[0] == 0  # both levels of block 0's output freed
+    assert all(torch.equal(a, b) for a, b in zip(out.visual, visual)) and torch.equal(out.text, hidden)

@@ -190,6 +190,42 @@ def test_chunking_does_not_change_the_result(monkeypatch: pytest.MonkeyPatch) ->
     torch.testing.assert_close(chunked, full, rtol=0, atol=1e-6)
 
 
+@pytest.mark.parametrize("bias_on", [True, False])
+def test_inference_writes_chunks_into_the_result_bitwise(monkeypatch: pytest.MonkeyPatch, bias_on: bool) -> None:
+    """Without autograd each chunk goes straight into the [B, Cout, Ho, Wo] result (no [B*L, Cout]
+    rows, concatenation or permuted copy): the same bits as the autograd path, also when chunks
+    straddle images, and the only output-sized tensor allocated is the result."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    # Cout = 64 >> K * Cin / 9: nothing but output-sized buffers reach the output's size.
+    x, offset, mask, weight, bias = _case(9, b=3, c_in=4, c_out=64, size=(6, 7))
+    bias = bias if bias_on else None
+    monkeypatch.setattr(deform_ops, "_MAX_CHUNK_ELEMENTS", 5 * 9 * 4)  # 5 positions: chunks straddle images
+    leaves = [t.clone().requires_grad_() for t in (x, offset, mask, weight)]
+    with_graph = modulated_deform_conv2d(*leaves, bias, backend="torch")
+    assert with_graph.grad_fn is not None
+
+    class CountBig(TorchDispatchMode):
+        """New storages of at least the output's size."""
+
+        def __init__(self, numel: int) -> None:
+            super().__init__()
+            self.numel, self.big = numel, 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            inputs = [a for a in list(args) + list((kwargs or {}).values()) if isinstance(a, torch.Tensor)]
+            if isinstance(out, torch.Tensor) and out.untyped_storage().nbytes() >= 4 * self.numel:
+                if all(out.untyped_storage().data_ptr() != a.untyped_storage().data_ptr() for a in inputs):
+                    self.big += 1
+            return out
+
+    with torch.no_grad(), CountBig(with_graph.numel()) as mode:
+        direct = modulated_deform_conv2d(x, offset, mask, weight, bias, backend="torch")
+    assert torch.equal(direct, with_graph.detach()) and direct.is_contiguous()
+    assert mode.big == 1  # the result (before: chunk rows, their cat and the permuted copy)
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_low_precision_inputs_are_computed_in_float32(dtype: torch.dtype) -> None:
     x, offset, mask, weight, bias = (t.to(dtype) for t in _case(5))

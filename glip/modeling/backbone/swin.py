@@ -31,12 +31,22 @@ from torch.utils.checkpoint import checkpoint
 from glip.layers.drop_path import DropPath
 from glip.modeling.backbone.swin_attention import WindowAttention, shifted_window_mask, window_merge, window_partition
 
-__all__ = ["INFERENCE_CHUNK_TOKENS", "PatchEmbed", "PatchMerging", "SwinBlock", "SwinStage", "SwinTransformer"]
+__all__ = ["INFERENCE_CHUNK_ELEMENTS", "PatchEmbed", "PatchMerging", "SwinBlock", "SwinStage", "SwinTransformer"]
 
-# Tokens per chunk of a block's attention and MLP at inference: 2**14 tokens keep a stage-1
-# chunk's 4C-wide MLP activations at 24 MiB (C = 96), against 89 MiB each for the whole
-# 200 x 304 grid of an 800 x 1216 input (measured effect: README, "Speed and memory").
-INFERENCE_CHUNK_TOKENS = 1 << 14
+# Elements of a C-wide token map per chunk of a block's attention and MLP at inference: a chunk
+# holds INFERENCE_CHUNK_ELEMENTS // C tokens, so its temporaries (qkv: 3C per token, attention
+# maps: nH * N with nH = C / 32, MLP: 4C) take the same memory at every stage: 2**13 tokens at
+# stage 1 (C = 96; the MLP's 4C-wide activations 12 MiB a chunk, against 89 MiB for the whole
+# 200 x 304 grid of an 800 x 1216 input), 2**12 at stage 2 (C = 192; before, stage 2 ran its
+# whole 100 x 152 grid at once and was the call's largest live set). The chunk size changes
+# no value (checked bit for bit on a full-size GLIP-T call); measured effect:
+# docs/performance.md, "Memory".
+INFERENCE_CHUNK_ELEMENTS = (1 << 13) * 96
+
+
+def _chunk_tokens(channels: int) -> int:
+    """Tokens per inference chunk of a ``channels``-wide stage."""
+    return max(1, INFERENCE_CHUNK_ELEMENTS // channels)
 
 
 class Mlp(nn.Module):
@@ -96,7 +106,7 @@ class SwinBlock(nn.Module):
             ``Tensor[B, H * W, C]``.
 
         Without autograd (inference) the attention runs over bands of window rows and the
-        MLP over chunks of tokens (:data:`INFERENCE_CHUNK_TOKENS`), so the largest
+        MLP over chunks of tokens (:data:`INFERENCE_CHUNK_ELEMENTS`), so the largest
         temporaries (``qkv``, the attention bias, the 4C-wide MLP activations) exist for
         one chunk at a time; every window and every token is computed by the same ops.
         """
@@ -124,8 +134,9 @@ class SwinBlock(nn.Module):
             return x + self.drop_path(self.mlp(self.norm2(x)))
         x = x.contiguous()
         rows = x.view(b * hw_tokens, c)  # [B*H*W, C], a view of this block's own output
-        for start in range(0, rows.shape[0], INFERENCE_CHUNK_TOKENS):
-            part = rows[start : start + INFERENCE_CHUNK_TOKENS]  # [n, C]
+        chunk = _chunk_tokens(c)
+        for start in range(0, rows.shape[0], chunk):
+            part = rows[start : start + chunk]  # [n, C]
             part.add_(self.mlp(self.norm2(part)))
         return x
 
@@ -140,7 +151,7 @@ class SwinBlock(nn.Module):
         b, hp, wp, c = y.shape
         ws = self.window_size
         per_row = wp // ws  # windows in one window row
-        band = max(1, INFERENCE_CHUNK_TOKENS // (b * ws * wp))  # window rows per band
+        band = max(1, _chunk_tokens(c) // (b * ws * wp))  # window rows per band
         if band >= hp // ws:
             return self._attend(y, mask)
         out = torch.empty_like(y)

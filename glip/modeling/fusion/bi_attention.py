@@ -240,12 +240,16 @@ class BiMultiHeadAttention(nn.Module):
         logits = self._clamp(torch.baddbmm(a_bias, v, a))  # [B, N, hT]
 
         # text -> image: softmax over the N pixels (dim 1 here), after the max subtraction.
+        # Each [B, N, hT] map is dropped once consumed (del: names only, autograd keeps what
+        # it needs), so at most three are alive at once, not five.
         logits_l = self._clamp(logits - logits.amax(dim=1, keepdim=True))  # [B, N, hT]
         probs_l = logits_l.softmax(dim=1)  # [B, N, hT]
+        del logits_l
         pooled = (probs_l.transpose(1, 2) @ v).view(b, h, num_t, c)  # [B, h, T, C]
         w_v = self.values_v_proj.weight.view(h, d, c)  # [h, d, C]
         b_v = self.values_v_proj.bias.view(h, 1, d)  # [h, 1, d]
         mass = probs_l.sum(dim=1).view(b, h, num_t, 1)  # [B, h, T, 1], ~1 per row
+        del probs_l
         context_l = pooled @ w_v.transpose(1, 2) + mass * b_v  # [B, h, T, d]
         context_l = context_l.transpose(1, 2).reshape(b, num_t, h * d)  # [B, T, E]
         delta_l = self.out_l_proj(context_l)  # [B, T, D]
@@ -255,13 +259,20 @@ class BiMultiHeadAttention(nn.Module):
         # image -> text: softmax over the T tokens of each head, padding masked.
         logits_v = logits.view(b, n, h, num_t)  # [B, N, h, T]
         additive = self._image_to_text_logits_bias(text_mask, logits.dtype)
+        del logits
         if additive is not None:
             logits_v = logits_v + additive[:, None, None, :]  # [B, N, h, T]
         probs_v = logits_v.softmax(dim=-1).view(b, n, h * num_t)  # [B, N, hT]
+        del logits_v
         w_o = self.out_v_proj.weight.view(c, h, d)  # [C, h, d]
         u = torch.einsum("bthd,chd->bhtc", value_l, w_o).reshape(b, h * num_t, c)  # [B, hT, C]
         delta_v = torch.baddbmm(self.out_v_proj.bias, probs_v, u)  # [B, N, C]
         return delta_v, delta_l
+
+
+def _tracing() -> bool:
+    """Whether a tracer (TorchScript, ONNX export) records the ops: it sees the out-of-place graph."""
+    return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
 
 
 @dataclass
@@ -350,8 +361,14 @@ class BiAttentionBlock(nn.Module):
         v = self.norm_v(v)
         t = self.norm_l(text)
         delta_v, delta_l = self.attn(v, t, text_mask, update_visual=not causal)
-        if delta_v is not None:
+        if delta_v is not None and not self.training and not torch.is_grad_enabled() and not _tracing():
+            # Inference: the layer scale and the residual are formed in delta_v, which is this
+            # block's own (drop path is the identity in eval; a + b == b + a bit for bit), so two
+            # [B, N, C] maps are alive here instead of four.
+            v = delta_v.mul_(self.gamma_v).add_(v)  # [B, N, C]
+        elif delta_v is not None:
             v = v + self.drop_path(self.gamma_v * delta_v)  # [B, N, C]
+        del delta_v
         t = t + self.drop_path(self.gamma_l * delta_l)  # [B, T, D]
 
         v = v.transpose(1, 2)  # [B, C, N]

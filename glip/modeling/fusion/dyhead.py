@@ -105,6 +105,14 @@ def _reinterpret_raw_buffer(t: Tensor, out_hw: tuple[int, int]) -> Tensor:
     return flat[:, : c * ho * wo].reshape(b, c, ho, wo)  # [B, c, Ho, Wo]
 
 
+def _needs_graph(branches: list[Tensor], weights: list[Tensor | None]) -> bool:
+    """Whether autograd (or a tracer) must see the branch average out of place."""
+    if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+        return True
+    tensors = branches + [w for w in weights if w is not None]
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+
+
 class DyConv(nn.Module):
     """One scale-aware DyHead convolution over all L levels.
 
@@ -170,6 +178,13 @@ class DyConv(nn.Module):
             pooled = torch.cat([F.adaptive_avg_pool2d(x, 1) for x in branches])  # [K*B, C, 1, 1]
             attn = h_sigmoid(F.relu(self.scale_attn(pooled)).view(k, b, 1, 1, 1))  # [K, B, 1, 1, 1]
             weights = list(attn.unbind(0))  # K x [B, 1, 1, 1]
+        if not _needs_graph(branches, weights):
+            # Inference: the branches are this DyConv's own, so each is weighted in place and
+            # summed into the first (the same products and sums): no map beyond the K branches.
+            total = branches[0].mul_(weights[0]) if weights[0] is not None else branches[0]
+            for x, w in zip(branches[1:], weights[1:]):
+                total += x.mul_(w) if w is not None else x
+            return total.div_(k)
         total = branches[0] * weights[0] if weights[0] is not None else branches[0].clone()
         for x, w in zip(branches[1:], weights[1:]):
             total += x * w if w is not None else x
@@ -199,10 +214,16 @@ class DyConv(nn.Module):
     def forward(self, features: list[Tensor]) -> list[Tensor]:
         outputs = []
         for level in range(len(features)):
-            # The branches (and their sampling maps) are freed once fused, before the activation.
-            fused = self._fuse(self._branches(features, level))
-            outputs.append(self.dyrelu(fused) if self.dyrelu is not None else F.relu(fused))
+            # The branches (and their sampling maps) are freed once fused, before the activation,
+            # and no name keeps a level's fused map alive while the next level is computed.
+            outputs.append(self._activate(self._fuse(self._branches(features, level))))
         return outputs
+
+    def _activate(self, fused: Tensor) -> Tensor:
+        """DyReLU (or ReLU) of a fused map this DyConv owns (overwritten without gradients)."""
+        if self.dyrelu is None:
+            return F.relu(fused)
+        return self.dyrelu(fused, inplace=True)
 
 
 class HeadBlock(nn.Module):
@@ -237,6 +258,13 @@ class HeadBlock(nn.Module):
     def forward(self, visual: list[Tensor], hidden: Tensor, mask: Tensor, causal: bool = False) -> FusedFeatures:
         """``causal``: the captioning mode of the fusion and the text layer (see
         :class:`glip.modeling.fusion.bi_attention.BiAttentionBlock`)."""
+        fused = self.fuse(visual, hidden, mask, causal)
+        return FusedFeatures(visual=self.dyconv(fused.visual), text=fused.text)
+
+    def fuse(self, visual: list[Tensor], hidden: Tensor, mask: Tensor, causal: bool = False) -> FusedFeatures:
+        """The block's first half, fusion then text layer: the maps and text the DyConv reads
+        (``visual`` itself without fusion). :class:`FusionTrunk` calls it and ``dyconv``
+        separately, so that the block's input maps can be freed before the DyConv runs."""
         if self.fusion is not None:
             if self.use_checkpoint and self.training and torch.is_grad_enabled():
                 fused = checkpoint(self.fusion, visual, hidden, mask, causal, use_reentrant=False)
@@ -245,4 +273,4 @@ class HeadBlock(nn.Module):
             visual, hidden = fused.visual, fused.text
         if self.text_layer is not None:
             hidden = self.text_layer(hidden, mask, causal) if causal else self.text_layer(hidden, mask)
-        return FusedFeatures(visual=self.dyconv(visual), text=hidden)
+        return FusedFeatures(visual=visual, text=hidden)
