@@ -53,7 +53,7 @@ def test_spellings_of_the_tuned_prompt_use_its_offset(models, image, caplog):
     assert not caplog.records
 
 
-@pytest.mark.parametrize("other", ["blue square. red circle.", "red circle."])
+@pytest.mark.parametrize("other", ["blue square. red circle.", "red square."])  # the image holds one red square
 def test_another_prompt_runs_without_the_offset_and_says_so(models, image, other, caplog):
     base, tuned = models
     with caplog.at_level(logging.WARNING, logger="glip.api"):

@@ -65,7 +65,9 @@ def test_forward_computes_in_float32_and_restores_the_stored_weights(demo_pair):
     assert all(p.dtype == torch.bfloat16 for p in bf16.parameters())  # the float32 copies are gone
     assert all(isinstance(p, torch.nn.Parameter) for p in bf16.parameters())
     for ours, theirs in zip(out.head.dot_product_logits, ref.head.dot_product_logits):
-        torch.testing.assert_close(ours, theirs, atol=0.05, rtol=0.02)
+        # bf16 weights move the logits of the noise image by up to 0.57 (9 %) through the demo
+        # model trained on 2026-12-07 (its fusion text layers are trained), 0.05 before.
+        torch.testing.assert_close(ours, theirs, atol=0.6, rtol=0.1)
         assert not torch.equal(ours, theirs)  # the weights really are rounded
 
 

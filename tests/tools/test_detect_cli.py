@@ -132,13 +132,13 @@ def test_detect_keeps_formats_and_agnostic_nms_keeps_one_label_per_box(tmp_path)
     Image.open(data.image_dir / "val_00000.png").save(jpg)
     prompt = "blue triangle. triangle. blue shape. red circle. circle. blue diamond"
     out = tmp_path / "out"
-    common = ["--model", "demo-shapes", "--device", "cpu", "--prompt", prompt, "--threshold", "0.3", "--quiet"]
+    common = ["--model", "demo-shapes", "--device", "cpu", "--prompt", prompt, "--threshold", "0.1", "--quiet"]
     assert main(["detect", str(png), str(jpg), "--agnostic-nms", "--out", str(out), *common]) == 0
     assert Image.open(out / "val_00001.png").format == "PNG" and Image.open(out / "photo.jpg").format == "JPEG"
     entries = json.loads((out / "detections.json").read_text())
     model = Predictor("demo-shapes", device="cpu").model
-    reference = Predictor(model, agnostic_nms=True).predict([str(png), str(jpg)], prompt, threshold=0.3)
-    plain = Predictor(model).predict(str(png), prompt, threshold=0.3)
+    reference = Predictor(model, agnostic_nms=True).predict([str(png), str(jpg)], prompt, threshold=0.1)
+    plain = Predictor(model).predict(str(png), prompt, threshold=0.1)
     assert len(reference[0]) < len(plain)  # the flag changed something
     for entry, ref in zip(entries, reference):
         assert [d["phrase"] for d in entry["detections"]] == ref.phrases
