@@ -6,6 +6,7 @@ import torch
 
 from glip.layers.dyrelu import DyReLU, h_sigmoid
 from glip.layers.scale import Scale
+from tests.allocations import NewStorages
 
 
 def test_h_sigmoid_values() -> None:
@@ -69,55 +70,25 @@ def test_dyrelu_in_place_pieces_are_bitwise_the_formula_and_keep_gradients() -> 
 def test_dyrelu_without_gradients_allocates_two_maps() -> None:
     """Without gradients the maximum is written into the first piece: the layer allocates
     two tensors of x's size (the two pieces), not five (two products, two sums, the maximum)."""
-    from torch.utils._python_dispatch import TorchDispatchMode
-
-    class CountMaps(TorchDispatchMode):
-        def __init__(self, numel: int) -> None:
-            super().__init__()
-            self.numel, self.new = numel, 0
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            out = func(*args, **(kwargs or {}))
-            inputs = [a for a in list(args) + list((kwargs or {}).values()) if isinstance(a, torch.Tensor)]
-            if isinstance(out, torch.Tensor) and out.numel() == self.numel:
-                if all(out.untyped_storage().data_ptr() != a.untyped_storage().data_ptr() for a in inputs):
-                    self.new += 1
-            return out
-
     layer = DyReLU(16)
     x = torch.randn(1, 16, 6, 6)
-    with torch.no_grad(), CountMaps(x.numel()) as mode:
+    with torch.no_grad(), NewStorages(lambda t: t.numel() == x.numel()) as mode:
         layer(x)
-    assert mode.new == 2
+    assert mode.count == 2
 
 
 def test_dyrelu_in_place_overwrites_x_without_gradients_only() -> None:
     """``inplace=True`` (the caller gives up x): without gradients the first piece is formed in
     x itself, so one new map is allocated, with the same bits; with gradients x is untouched
     and the gradients are the formula's."""
-    from torch.utils._python_dispatch import TorchDispatchMode
-
-    class CountMaps(TorchDispatchMode):
-        def __init__(self, numel: int) -> None:
-            super().__init__()
-            self.numel, self.new = numel, 0
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            out = func(*args, **(kwargs or {}))
-            inputs = [a for a in list(args) + list((kwargs or {}).values()) if isinstance(a, torch.Tensor)]
-            if isinstance(out, torch.Tensor) and out.numel() == self.numel:
-                if all(out.untyped_storage().data_ptr() != a.untyped_storage().data_ptr() for a in inputs):
-                    self.new += 1
-            return out
-
     torch.manual_seed(0)
     layer = DyReLU(16)
     x = torch.randn(1, 16, 6, 6)
     expected = _out_of_place(layer, x).detach()
     owned = x.clone()
-    with torch.no_grad(), CountMaps(x.numel()) as mode:
+    with torch.no_grad(), NewStorages(lambda t: t.numel() == x.numel()) as mode:
         out = layer(owned, inplace=True)
-    assert mode.new == 1 and torch.equal(out, expected)
+    assert mode.count == 1 and torch.equal(out, expected)
     assert out.untyped_storage().data_ptr() == owned.untyped_storage().data_ptr()
 
     leaf = x.clone().requires_grad_(True)

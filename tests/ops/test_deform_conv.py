@@ -13,6 +13,7 @@ import glip.ops.deform_conv as deform_ops
 from glip.layers.deform_conv import ModulatedDeformConv2d
 from glip.ops.backend import torchvision_available
 from glip.ops.deform_conv import modulated_deform_conv2d
+from tests.allocations import NewStorages
 
 NO_TORCHVISION = "torchvision is not usable here, so there is no second backend to compare the pure path with"
 
@@ -195,8 +196,6 @@ def test_inference_writes_chunks_into_the_result_bitwise(monkeypatch: pytest.Mon
     """Without autograd each chunk goes straight into the [B, Cout, Ho, Wo] result (no [B*L, Cout]
     rows, concatenation or permuted copy): the same bits as the autograd path, also when chunks
     straddle images, and the only output-sized tensor allocated is the result."""
-    from torch.utils._python_dispatch import TorchDispatchMode
-
     # Cout = 64 >> K * Cin / 9: nothing but output-sized buffers reach the output's size.
     x, offset, mask, weight, bias = _case(9, b=3, c_in=4, c_out=64, size=(6, 7))
     bias = bias if bias_on else None
@@ -205,25 +204,10 @@ def test_inference_writes_chunks_into_the_result_bitwise(monkeypatch: pytest.Mon
     with_graph = modulated_deform_conv2d(*leaves, bias, backend="torch")
     assert with_graph.grad_fn is not None
 
-    class CountBig(TorchDispatchMode):
-        """New storages of at least the output's size."""
-
-        def __init__(self, numel: int) -> None:
-            super().__init__()
-            self.numel, self.big = numel, 0
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            out = func(*args, **(kwargs or {}))
-            inputs = [a for a in list(args) + list((kwargs or {}).values()) if isinstance(a, torch.Tensor)]
-            if isinstance(out, torch.Tensor) and out.untyped_storage().nbytes() >= 4 * self.numel:
-                if all(out.untyped_storage().data_ptr() != a.untyped_storage().data_ptr() for a in inputs):
-                    self.big += 1
-            return out
-
-    with torch.no_grad(), CountBig(with_graph.numel()) as mode:
+    with torch.no_grad(), NewStorages(lambda t: t.untyped_storage().nbytes() >= 4 * with_graph.numel()) as mode:
         direct = modulated_deform_conv2d(x, offset, mask, weight, bias, backend="torch")
     assert torch.equal(direct, with_graph.detach()) and direct.is_contiguous()
-    assert mode.big == 1  # the result (before: chunk rows, their cat and the permuted copy)
+    assert mode.count == 1  # the result (before: chunk rows, their cat and the permuted copy)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
