@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from glip.utils.graph import needs_graph
+
 __all__ = ["DyReLU", "h_sigmoid"]
 
 
@@ -72,8 +74,7 @@ class DyReLU(nn.Module):
         # float adds; autograd keeps what it needs, x and a). Without gradients the maximum
         # overwrites the first piece, so three maps of x's size are alive at most, not five
         # (not while tracing: ONNX's maximum has no ``out``).
-        tracing = torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
-        graph = tracing or (torch.is_grad_enabled() and (x.requires_grad or coeffs.requires_grad))
+        graph = needs_graph(x, coeffs)
         second = x * a2
         first = x.mul_(a1) if inplace and not graph else x * a1
         first += b1

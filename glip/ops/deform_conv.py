@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from glip.ops.backend import resolve_backend
+from glip.utils.graph import needs_graph
 
 __all__ = ["modulated_deform_conv2d"]
 
@@ -159,9 +160,7 @@ def _modulated_deform_conv2d_torch(
     # chunks' [B*L, Cout] rows, their concatenation and its permuted copy (3 output-sized
     # buffers) never exist; the same float ops, so the same bits. With autograd (or while
     # tracing) the chunks are concatenated as before.
-    direct = not torch.jit.is_tracing() and not (
-        torch.is_grad_enabled() and any(t.requires_grad for t in (input, offset, mask, weight, bias) if t is not None)
-    )
+    direct = not needs_graph(input, offset, mask, weight, bias)
     result = input.new_empty((b, c_out, ho * wo)) if direct else None
     outputs = []
     for span in spans:

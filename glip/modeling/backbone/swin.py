@@ -30,6 +30,7 @@ from torch.utils.checkpoint import checkpoint
 
 from glip.layers.drop_path import DropPath
 from glip.modeling.backbone.swin_attention import WindowAttention, shifted_window_mask, window_merge, window_partition
+from glip.utils.graph import tracing
 
 __all__ = ["INFERENCE_CHUNK_ELEMENTS", "PatchEmbed", "PatchMerging", "SwinBlock", "SwinStage", "SwinTransformer"]
 
@@ -115,8 +116,7 @@ class SwinBlock(nn.Module):
         ws = self.window_size
         # (drop path is off in eval; a traced graph, e.g. an ONNX export, keeps the plain path:
         # the chunk loop would bake the traced size into it)
-        tracing = torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
-        chunked = not torch.is_grad_enabled() and not self.training and not tracing
+        chunked = not torch.is_grad_enabled() and not self.training and not tracing()
         y = self.norm1(x).view(b, h, w, c)  # [B, H, W, C]
         # Pad after the norm, so padded tokens are exact zeros that still get attended.
         pad_b, pad_r = (-h) % ws, (-w) % ws

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from glip.layers.drop_path import DropPath
+from glip.utils.graph import tracing
 
 __all__ = [
     "CUDA_CHUNK_ELEMENTS",
@@ -270,11 +271,6 @@ class BiMultiHeadAttention(nn.Module):
         return delta_v, delta_l
 
 
-def _tracing() -> bool:
-    """Whether a tracer (TorchScript, ONNX export) records the ops: it sees the out-of-place graph."""
-    return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
-
-
 @dataclass
 class FusedFeatures:
     """Output of :class:`BiAttentionBlock`.
@@ -361,7 +357,7 @@ class BiAttentionBlock(nn.Module):
         v = self.norm_v(v)
         t = self.norm_l(text)
         delta_v, delta_l = self.attn(v, t, text_mask, update_visual=not causal)
-        if delta_v is not None and not self.training and not torch.is_grad_enabled() and not _tracing():
+        if delta_v is not None and not self.training and not torch.is_grad_enabled() and not tracing():
             # Inference: the layer scale and the residual are formed in delta_v, which is this
             # block's own (drop path is the identity in eval; a + b == b + a bit for bit), so two
             # [B, N, C] maps are alive here instead of four.

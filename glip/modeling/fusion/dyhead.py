@@ -28,6 +28,7 @@ from glip.layers.deform_conv import ModulatedDeformConv2d
 from glip.layers.dyrelu import DyReLU, h_sigmoid
 from glip.modeling.fusion.bi_attention import BiAttentionBlock, FusedFeatures
 from glip.modeling.fusion.text_layer import TextLayer
+from glip.utils.graph import needs_graph
 
 __all__ = ["ConvNorm", "DyConv", "HeadBlock"]
 
@@ -105,14 +106,6 @@ def _reinterpret_raw_buffer(t: Tensor, out_hw: tuple[int, int]) -> Tensor:
     return flat[:, : c * ho * wo].reshape(b, c, ho, wo)  # [B, c, Ho, Wo]
 
 
-def _needs_graph(branches: list[Tensor], weights: list[Tensor | None]) -> bool:
-    """Whether autograd (or a tracer) must see the branch average out of place."""
-    if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
-        return True
-    tensors = branches + [w for w in weights if w is not None]
-    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
-
-
 class DyConv(nn.Module):
     """One scale-aware DyHead convolution over all L levels.
 
@@ -178,7 +171,7 @@ class DyConv(nn.Module):
             pooled = torch.cat([F.adaptive_avg_pool2d(x, 1) for x in branches])  # [K*B, C, 1, 1]
             attn = h_sigmoid(F.relu(self.scale_attn(pooled)).view(k, b, 1, 1, 1))  # [K, B, 1, 1, 1]
             weights = list(attn.unbind(0))  # K x [B, 1, 1, 1]
-        if not _needs_graph(branches, weights):
+        if not needs_graph(*branches, *weights):
             # Inference: the branches are this DyConv's own, so each is weighted in place and
             # summed into the first (the same products and sums): no map beyond the K branches.
             total = branches[0].mul_(weights[0]) if weights[0] is not None else branches[0]
