@@ -32,6 +32,7 @@ __all__ = [
     "CaptionDataset",
     "CocoCaptions",
     "describe_objects",
+    "ground_objects",
     "load_coco_captions",
     "write_synthetic_captions",
 ]
@@ -158,6 +159,37 @@ def _relation(a: Sequence[float], b: Sequence[float]) -> str:
     return "above" if dy < 0 else "below"
 
 
+def ground_objects(
+    objects: Sequence[tuple[str, Sequence[float]]], rng: np.random.Generator
+) -> tuple[str, list[tuple[int, tuple[int, int]]]]:
+    """One sentence about an image's shapes (:func:`describe_objects`) and where it names
+    them: ``(index into objects, (start, end))`` per named shape, the character span of its
+    noun phrase with the article (``"a red circle"``, as noun-phrase chunkers cut it), in
+    the order the sentence names them."""
+    if not objects:
+        return "an empty picture", []
+    order = sorted(range(len(objects)), key=lambda i: -objects[i][1][2] * objects[i][1][3])
+    named: list[int] = [order[0]]
+    if len(order) > 1:
+        named = [order[0], order[1]]
+        if rng.integers(2):
+            named.reverse()
+    words = [f"a {objects[named[0]][0]}"]
+    if len(named) > 1:
+        words += [_relation(objects[named[0]][1], objects[named[1]][1]), f"a {objects[named[1]][0]}"]
+    if len(order) > 2:
+        named.append(order[2])
+        words += ["and", f"a {objects[order[2]][0]}"]
+    sentence = " ".join(words)
+    spans, start = [], 0
+    for index in named:
+        phrase = f"a {objects[index][0]}"
+        start = sentence.index(phrase, start)
+        spans.append((index, (start, start + len(phrase))))
+        start += len(phrase)
+    return sentence, spans
+
+
 def describe_objects(objects: Sequence[tuple[str, Sequence[float]]], rng: np.random.Generator) -> str:
     """One sentence about an image's shapes: ``"a red circle to the left of a blue square"``.
 
@@ -169,43 +201,47 @@ def describe_objects(objects: Sequence[tuple[str, Sequence[float]]], rng: np.ran
     offset of their centres; a third largest is added as ``"and a ..."``; one shape is named
     alone. No punctuation, lower case: the sentence decodes back exactly from BERT tokens.
     """
-    if not objects:
-        return "an empty picture"
-    order = sorted(range(len(objects)), key=lambda i: -objects[i][1][2] * objects[i][1][3])
-    if len(order) == 1:
-        return f"a {objects[order[0]][0]}"
-    first, second = order[0], order[1]
-    if rng.integers(2):
-        first, second = second, first
-    sentence = f"a {objects[first][0]} {_relation(objects[first][1], objects[second][1])} a {objects[second][0]}"
-    if len(order) > 2:
-        sentence += f" and a {objects[order[2]][0]}"
-    return sentence
+    return ground_objects(objects, rng)[0]
 
 
 def write_synthetic_captions(root: str | Path, detection_jsons: Mapping[str, Path], seed: int = 0) -> list[Path]:
-    """Writes ``root/captions_<split>.json`` (COCO-captions layout, one caption per image) for
-    each ``{split: detection json}`` of :func:`glip.data.synthetic.generate_synthetic`.
+    """Writes ``root/captions_<split>.json`` (COCO-captions layout, one caption per image) and
+    ``root/grounding_<split>.json`` (the same captions grounded, MDETR layout: each image
+    record holds its ``caption``; one annotation per named shape, its box, mask and category
+    with the ``tokens_positive`` span of its noun phrase, ``"a red circle"``) for each
+    ``{split: detection json}`` of :func:`glip.data.synthetic.generate_synthetic`. Returns
+    the captions files.
 
     The captions come from the boxes and names of the detection json
-    (:func:`describe_objects`) and a generator seeded by ``(seed, split index)``: the same
+    (:func:`ground_objects`) and a generator seeded by ``(seed, split index)``: the same
     seed gives byte-identical files.
     """
     paths = []
     for k, (split, det_json) in enumerate(detection_jsons.items()):
         data = json.loads(Path(det_json).read_text(encoding="utf-8"))
         names = {c["id"]: c["name"] for c in data["categories"]}
-        by_image: dict[Any, list[tuple[str, list[float]]]] = {im["id"]: [] for im in data["images"]}
+        by_image: dict[Any, list[dict[str, Any]]] = {im["id"]: [] for im in data["images"]}
         for ann in sorted(data["annotations"], key=lambda a: a["id"]):
-            by_image[ann["image_id"]].append((names[ann["category_id"]], ann["bbox"]))
+            by_image[ann["image_id"]].append(ann)
         rng = np.random.Generator(np.random.PCG64([seed, k]))
         images = [{key: im[key] for key in ("id", "file_name", "width", "height")} for im in data["images"]]
-        annotations = [
-            {"id": i + 1, "image_id": im["id"], "caption": describe_objects(by_image[im["id"]], rng)}
-            for i, im in enumerate(data["images"])
-        ]
+        annotations, grounded = [], []
+        for i, im in enumerate(images):
+            anns = by_image[im["id"]]
+            caption, spans = ground_objects([(names[a["category_id"]], a["bbox"]) for a in anns], rng)
+            annotations.append({"id": i + 1, "image_id": im["id"], "caption": caption})
+            im["caption"] = caption
+            for index, span in spans:
+                box = {key: anns[index][key] for key in ("bbox", "area", "category_id", "iscrowd", "segmentation")}
+                grounded.append({**box, "id": len(grounded) + 1, "image_id": im["id"], "tokens_positive": [list(span)]})
+        records = [{key: v for key, v in im.items() if key != "caption"} for im in images]
         path = Path(root) / f"captions_{split}.json"
-        text = json.dumps({"images": images, "annotations": annotations}, sort_keys=True, indent=1)
+        text = json.dumps({"images": records, "annotations": annotations}, sort_keys=True, indent=1)
         path.write_text(text + "\n", encoding="utf-8")
+        categories = data["categories"]
+        text = json.dumps(
+            {"images": images, "annotations": grounded, "categories": categories}, sort_keys=True, indent=1
+        )
+        (Path(root) / f"grounding_{split}.json").write_text(text + "\n", encoding="utf-8")
         paths.append(path)
     return paths

@@ -260,7 +260,9 @@ def generate_synthetic(
     """Writes ``out_dir/train.json``, ``out_dir/val.json``, ``out_dir/images/*.png``,
     ``out_dir/phrasecut_val.json`` (the validation split as PhraseCut tasks), VQA
     questions about the images (``out_dir/vqa_train.json``, ``out_dir/vqa_val.json``) and
-    ``out_dir/captions_{train,val}.json`` (:func:`glip.data.captions.write_synthetic_captions`).
+    ``out_dir/captions_{train,val}.json`` with their grounded copies
+    ``out_dir/grounding_{train,val}.json`` (MDETR layout: a noun phrase per named shape;
+    :func:`glip.data.captions.write_synthetic_captions`).
 
     Args:
         image_size: side length, or ``(min, max)``: each image's height and width are
@@ -312,6 +314,7 @@ def generate_synthetic(
     val = {"images": val_images, "annotations": val_anns, "categories": all_categories}
     text = json.dumps(phrasecut_from_coco(val), sort_keys=True, indent=1)
     (root / PHRASECUT_NAME).write_text(text + "\n", encoding="utf-8")
-    # Captioning (GLIPv2): captions_train.json / captions_val.json beside the detection jsons.
+    # Captioning (GLIPv2): captions_train.json / captions_val.json beside the detection jsons,
+    # and the same captions grounded (MDETR layout): grounding_train.json / grounding_val.json.
     write_synthetic_captions(root, {"train": train_json, "val": val_json}, seed)
     return SyntheticDataset(root, train_json, val_json, image_dir, tuple(names), tuple(held))

@@ -163,7 +163,10 @@ def _run_synthetic(args: argparse.Namespace) -> int:
     )
     print(f"wrote {ds.train_json}, {ds.val_json} and {ds.image_dir}/ ({len(ds.categories)} categories)")
     # The other tasks' files about the same images (see glip.data.synthetic.generate_synthetic).
-    extra = ("phrasecut_val.json", "vqa_train.json", "vqa_val.json", "captions_train.json", "captions_val.json")
+    extra = (
+        "phrasecut_val.json", "vqa_train.json", "vqa_val.json", "captions_train.json", "captions_val.json",
+        "grounding_train.json", "grounding_val.json",
+    )  # fmt: skip
     print("and " + ", ".join(n for n in extra if (ds.root / n).is_file()) + f" in {ds.root}")
     if ds.held_out:
         print("held out of training: " + ", ".join(ds.held_out))

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from glip.data import TrainTransform, generate_synthetic
-from glip.data.captions import CAPTIONING, CaptionDataset, describe_objects, load_coco_captions
+from glip.data.captions import CAPTIONING, CaptionDataset, describe_objects, ground_objects, load_coco_captions
 
 
 @pytest.fixture(scope="module")
@@ -84,3 +84,48 @@ def test_dataset_samples(synthetic) -> None:
         CaptionDataset(
             synthetic.root / "captions_train.json", synthetic.image_dir, tokenizer, TrainTransform([64], 96, 0.5), 24
         )
+
+
+def test_ground_objects_spans_name_their_shapes() -> None:
+    three = [("red circle", [0, 0, 20, 20]), ("blue square", [50, 5, 30, 30]), ("red circle", [90, 0, 10, 10])]
+    for seed in range(6):
+        rng, again = np.random.default_rng(seed), np.random.default_rng(seed)
+        sentence, spans = ground_objects(three, rng)
+        assert sentence == describe_objects(three, again)  # the same draws, the same sentence
+        assert [i for i, _ in spans][-1] == 2 and sorted(i for i, _ in spans) == [0, 1, 2]
+        for index, (start, end) in spans:
+            assert sentence[start:end] == f"a {three[index][0]}"
+        # the two "red circle" phrases point at two different spans, in sentence order
+        assert [s for _, s in spans] == sorted(s for _, s in spans)
+    assert ground_objects([], np.random.default_rng(0)) == ("an empty picture", [])
+
+
+def test_grounded_captions_are_mdetr_data(synthetic) -> None:
+    """grounding_<split>.json: the captions of captions_<split>.json, each named shape's
+    box and mask on its noun phrase, readable as MDETR grounding data."""
+    from glip.data import MdetrGroundingDataset
+    from glip.text import BUNDLED_TEXT_ENCODERS, load_tokenizer
+
+    det = json.loads(synthetic.train_json.read_text())
+    grounded = json.loads((synthetic.root / "grounding_train.json").read_text())
+    caps = load_coco_captions(synthetic.root / "captions_train.json")
+    by_id = {a["id"]: a for a in det["annotations"]}
+    names = {c["id"]: c["name"] for c in det["categories"]}
+    for record in grounded["images"]:
+        assert [record["caption"]] == caps.captions[record["id"]]
+    for ann in grounded["annotations"]:
+        (start, end), caption = (
+            ann["tokens_positive"][0],
+            next(r["caption"] for r in grounded["images"] if r["id"] == ann["image_id"]),
+        )
+        assert caption[start:end] == f"a {names[ann['category_id']]}"
+        source = [a for a in by_id.values() if a["image_id"] == ann["image_id"] and a["bbox"] == ann["bbox"]]
+        assert source and source[0]["segmentation"] == ann["segmentation"]
+    tokenizer = load_tokenizer(BUNDLED_TEXT_ENCODERS["bert-base-uncased"])
+    data = MdetrGroundingDataset(
+        synthetic.root / "grounding_train.json", synthetic.image_dir, tokenizer, TrainTransform([64], 96, 0.0), 32
+    )
+    sample = data[0]
+    first = [a for a in grounded["annotations"] if a["image_id"] == sample.image_id]
+    assert len(sample.targets.boxes) == len(first) and sample.caption == caps.captions[sample.image_id][0]
+    assert (sample.targets.positive_map.sum(1) > 0).all()  # every box grounds its phrase's tokens

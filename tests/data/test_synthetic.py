@@ -97,5 +97,6 @@ def test_cli_names_every_file_it_writes(tmp_path, capsys):
 
     assert main(["data", "synthetic", "--out", str(tmp_path / "s"), "--num-train", "2", "--num-val", "1"]) == 0
     out = capsys.readouterr().out
-    for name in ("phrasecut_val.json", "vqa_train.json", "vqa_val.json", "captions_train.json", "captions_val.json"):
+    names = ("phrasecut_val.json", "vqa_train.json", "vqa_val.json", "captions_train.json", "captions_val.json")
+    for name in (*names, "grounding_train.json", "grounding_val.json"):
         assert name in out and (tmp_path / "s" / name).is_file(), name
