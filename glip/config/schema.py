@@ -240,6 +240,11 @@ class CaptionHeadConfig:
     # (glip.modeling.heads.readout; causal-safe): its width, 0 = none.
     readout_dim: int = 0
     readout_heads: int = 4
+    # Causal self-attention layers over the fused text before the read-out
+    # (glip.modeling.heads.caption.CausalTextContext): a frozen trunk's captioner needs
+    # them to see the words it wrote; 0 = none.
+    context_layers: int = 0
+    context_heads: int = 4
     # The token ids the decoder scores ([]: the whole vocabulary); a closed-domain model
     # lists its captions' words (glip.modeling.heads.caption.restrict_vocabulary).
     vocab: list[int] = field(default_factory=list)

@@ -219,7 +219,9 @@ def with_fresh_heads(
     """``state`` completed with the initial weights of each ``fresh_start`` head (GLIPv2's MLM
     and inter-image heads), or head named in ``fresh_heads``, of which it holds NO tensor: a
     GLIP checkpoint then loads into a GLIPv2 model, the new heads starting fresh (as the
-    official MLM head does). A head with some of its tensors present is left to the strict check."""
+    official MLM head does); likewise each ``fresh_parts`` sub-module of a head the
+    checkpoint holds without it. A head with some of its tensors present is otherwise left
+    to the strict check."""
     ours = model.state_dict()
     fresh: dict[str, Tensor] = {}
     for name, head in model.heads.items():
@@ -229,6 +231,12 @@ def with_fresh_heads(
         if may_start and keys and not any(k.startswith(prefix) for k in state):
             fresh.update({k: ours[k] for k in keys})
             logger.info("%s has no weights for the %r head: it starts from its initialisation", source, name)
+            continue
+        for part in getattr(head, "fresh_parts", ()):
+            inner = [k for k in keys if k.startswith(f"{prefix}{part}.")]
+            if inner and not any(k.startswith(f"{prefix}{part}.") for k in state):
+                fresh.update({k: ours[k] for k in inner})
+                logger.info("%s has no weights for the %r head's %s: it starts fresh", source, name, part)
     return {**fresh, **state} if fresh else state
 
 

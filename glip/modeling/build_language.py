@@ -8,6 +8,7 @@ from typing import Any
 
 from glip.config import GLIPConfig
 from glip.modeling.heads import NO_TOKEN_IDS, CaptionHead, InterImageHead, MaskedLMHead, TokenIds
+from glip.modeling.heads.caption import CausalTextContext
 from glip.modeling.heads.mlm import BERT_MASK_TOKEN_ID
 from glip.modeling.heads.readout import VisualReadout
 from glip.modeling.heads.vqa import VQAHead
@@ -118,6 +119,11 @@ def build_caption(cfg: GLIPConfig, bert_config: Any, ids: TokenIds = NO_TOKEN_ID
         box_threshold=h.box_threshold,
         readout=_readout(cfg, h.readout_dim, h.readout_heads, bert_config),
         vocab=list(h.vocab) or None,
+        context=CausalTextContext(
+            cfg.model.text.dim, h.context_layers, h.context_heads, float(bert_config.layer_norm_eps)
+        )
+        if h.context_layers > 0
+        else None,
     )
 
 

@@ -146,6 +146,9 @@ class Head(nn.Module):
         fresh_start: a checkpoint without this head's weights may still be loaded (the
             head keeps its initialisation), e.g. GLIPv2's pre-training heads added to a
             GLIP checkpoint (the official MLM head starts fresh too).
+        fresh_parts: optional sub-modules (attribute names) that may start fresh when a
+            checkpoint holds the head without them (a trained captioner given a
+            ``context``, :class:`~glip.modeling.heads.caption.CausalTextContext`).
         needs_backbone: the head reads the visual body's maps (``TrunkOutput.backbone``);
             the model keeps them in training when a head sets this.
         needs_causal_text: the head trains alone, on causal text, on the batches of
@@ -158,6 +161,7 @@ class Head(nn.Module):
     untrained: tuple[str, ...] = ()
     training_only: bool = False
     fresh_start: bool = False
+    fresh_parts: tuple[str, ...] = ()
     needs_backbone: bool = False
     needs_causal_text: bool = False
     batch_kind: str | None = None

@@ -33,6 +33,7 @@ __all__ = [
     "CAPTIONING",
     "CaptionHead",
     "CaptionOutput",
+    "CausalTextContext",
     "NextTokenScores",
     "mask_caption_tokens",
     "restrict_vocabulary",
@@ -78,6 +79,47 @@ def mask_caption_tokens(
     return MaskedTokens(input_ids=ids, labels=labels)
 
 
+class CausalTextContext(nn.Module):
+    """Causal self-attention layers over the fused text: each token reads the tokens up to
+    itself. A captioning head on a frozen trunk (the demo's: its text encoder frozen and run
+    causally, its fusion trained for grounding) has no trained view of the words already
+    written without it: the demo's decoder, trained without one, repeated and skipped words
+    ("a a green and and circle circle"). Each layer is a post-norm
+    :class:`torch.nn.TransformerEncoderLayer` (feed-forward width 2D, GELU) under a causal mask.
+
+    Args:
+        dim: D, the text width.
+        num_layers: the layers (at least 1).
+        num_heads: attention heads (``dim`` must divide by it).
+        layer_norm_eps: the layers' LayerNorm epsilon.
+        dropout: in training.
+
+    ``forward(text)``: ``Tensor[B, T, D]`` -> ``Tensor[B, T, D]``; token ``i``'s output
+    depends on tokens ``<= i`` only (padding after a caption is never read by its tokens).
+    """
+
+    def __init__(
+        self, dim: int, num_layers: int = 1, num_heads: int = 4, layer_norm_eps: float = 1e-12, dropout: float = 0.1
+    ) -> None:
+        super().__init__()
+        if num_layers < 1 or dim % num_heads:
+            raise ValueError(f"a causal text context needs >= 1 layer and a width divisible by its heads: "
+                             f"{num_layers} layers, width {dim}, {num_heads} heads")  # fmt: skip
+        self.layers = nn.ModuleList(
+            nn.TransformerEncoderLayer(
+                dim, num_heads, 2 * dim, dropout, activation="gelu", layer_norm_eps=layer_norm_eps, batch_first=True
+            )
+            for _ in range(num_layers)
+        )
+
+    def forward(self, text: Tensor) -> Tensor:
+        length = text.shape[1]
+        causal = torch.triu(torch.full((length, length), float("-inf"), device=text.device), 1).to(text.dtype)  # [T, T]
+        for layer in self.layers:
+            text = layer(text, src_mask=causal, is_causal=True)
+        return text
+
+
 @dataclass
 class NextTokenScores:
     """The caption head's decoding of one step (:meth:`CaptionHead.postprocess`).
@@ -106,7 +148,7 @@ class CaptionOutput:
 
 class CaptionHead(Head):
     """The captioning head (``model.heads["caption"]``): an :class:`MLMHead` on the causal
-    fused text. Parameters: ``predictor.*``, ``readout.*``. It may start fresh from a
+    fused text. Parameters: ``predictor.*``, ``readout.*``, ``context.*``. It may start fresh from a
     checkpoint without it.
 
     It declares ``needs_causal_text`` with ``batch_kind`` ``"captioning"``: the training
@@ -127,6 +169,7 @@ class CaptionHead(Head):
         box_threshold: grounded captioning: the least score of a noun phrase's box.
         readout: an optional :class:`~glip.modeling.heads.readout.VisualReadout` through
             which every token reads the trunk's visual maps before the predictor.
+        context: an optional :class:`CausalTextContext` the fused text goes through first.
         vocab: the token ids the decoder scores (None: all V). A caption model for a
             closed domain needs only its captions' words: the decoder then has one row
             per listed id (the demo model keeps 18 of 30522 rows: 11.7 M parameters fewer);
@@ -134,6 +177,7 @@ class CaptionHead(Head):
     """
 
     fresh_start = True
+    fresh_parts = ("context",)  # a trained captioner may be given a context
     needs_causal_text = True
     batch_kind = CAPTIONING
 
@@ -151,6 +195,7 @@ class CaptionHead(Head):
         box_threshold: float = 0.3,
         readout: nn.Module | None = None,
         vocab: Sequence[int] | None = None,
+        context: nn.Module | None = None,
     ) -> None:
         super().__init__()
         if not 0.0 <= mask_prob <= 1.0 or max_masked < 1:
@@ -178,6 +223,7 @@ class CaptionHead(Head):
         self.beam_size = beam_size
         self.box_threshold = box_threshold
         self.readout = readout
+        self.context = context
 
     @torch.no_grad()
     def corrupt(self, input_ids: Tensor, attention_mask: Tensor, generators: Sequence[torch.Generator]) -> MaskedTokens:
@@ -187,7 +233,8 @@ class CaptionHead(Head):
         )
 
     def forward(self, trunk: TrunkOutput, outputs: Mapping[str, Any]) -> CaptionOutput:
-        hidden = trunk.text if self.readout is None else self.readout(trunk.text, trunk.visual)  # [B, T, D]
+        hidden = trunk.text if self.context is None else self.context(trunk.text)  # [B, T, D]
+        hidden = hidden if self.readout is None else self.readout(hidden, trunk.visual)  # [B, T, D]
         return CaptionOutput(hidden=hidden, causal=trunk.text_input.causal)
 
     def logits(self, output: CaptionOutput, positions: Tensor) -> Tensor:
@@ -260,7 +307,7 @@ def restrict_vocabulary(head: CaptionHead, token_ids: Sequence[int]) -> CaptionH
     new = CaptionHead(
         head.predictor.dense.in_features, head.vocab_size, head.predictor.norm.eps, head.mask_token_id,
         head.mask_prob, head.max_masked, head.label_smoothing, head.max_length, head.beam_size,
-        head.box_threshold, head.readout, ids,
+        head.box_threshold, head.readout, ids, head.context,
     )  # fmt: skip
     state = {k: v for k, v in head.predictor.state_dict().items() if not k.startswith("decoder.")}
     index = torch.tensor(ids, device=head.predictor.decoder.weight.device)
