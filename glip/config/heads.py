@@ -147,6 +147,8 @@ class CaptionHeadConfig:
     # them to see the words it wrote; 0 = none.
     context_layers: int = 0
     context_heads: int = 4
+    # Learned position embeddings added before the context layers, for this many tokens (0: none).
+    context_positions: int = 0
     # The token ids the decoder scores ([]: the whole vocabulary); a closed-domain model
     # lists its captions' words (glip.modeling.heads.caption.restrict_vocabulary).
     vocab: list[int] = field(default_factory=list)

@@ -120,7 +120,11 @@ def build_caption(cfg: GLIPConfig, bert_config: Any, ids: TokenIds = NO_TOKEN_ID
         readout=_readout(cfg, h.readout_dim, h.readout_heads, bert_config),
         vocab=list(h.vocab) or None,
         context=CausalTextContext(
-            cfg.model.text.dim, h.context_layers, h.context_heads, float(bert_config.layer_norm_eps)
+            cfg.model.text.dim,
+            h.context_layers,
+            h.context_heads,
+            float(bert_config.layer_norm_eps),
+            max_positions=h.context_positions,
         )
         if h.context_layers > 0
         else None,

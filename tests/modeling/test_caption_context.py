@@ -8,9 +8,10 @@ import torch
 from glip.modeling.heads.caption import CAPTION, CaptionHead, CausalTextContext, restrict_vocabulary
 
 
-def test_a_token_reads_only_the_tokens_up_to_itself() -> None:
+@pytest.mark.parametrize("positions", [0, 8])
+def test_a_token_reads_only_the_tokens_up_to_itself(positions: int) -> None:
     torch.manual_seed(0)
-    context = CausalTextContext(16, num_layers=2, num_heads=4).eval()
+    context = CausalTextContext(16, num_layers=2, num_heads=4, max_positions=positions).eval()
     text = torch.randn(2, 6, 16)
     changed = text.clone()
     changed[:, 4:] = torch.randn(2, 2, 16)  # later tokens (and padding) differ
@@ -22,6 +23,21 @@ def test_a_token_reads_only_the_tokens_up_to_itself() -> None:
     assert not torch.allclose(context(earlier)[:, 2:], out[:, 2:])
     with pytest.raises(ValueError, match="divisible by its heads"):
         CausalTextContext(10, num_heads=4)
+
+
+def test_positions_tell_a_token_where_it_is() -> None:
+    """With position embeddings the same token at two places reads differently even with
+    nothing before it that differs; too long a text is a one-line error."""
+    torch.manual_seed(0)
+    same = torch.randn(1, 1, 16).expand(1, 5, 16)  # one token repeated: no content tells the places apart
+    plain = CausalTextContext(16, max_positions=0).eval()(same)
+    placed_context = CausalTextContext(16, max_positions=8).eval()
+    placed = placed_context(same)
+    assert torch.allclose(plain[0, 1], plain[0, 4], atol=1e-5)
+    assert not torch.allclose(placed[0, 1], placed[0, 4], atol=1e-3)
+    assert placed_context.position.weight.shape == (8, 16)
+    with pytest.raises(ValueError, match="8 positions, got 9 tokens"):
+        placed_context(torch.randn(1, 9, 16))
 
 
 def test_the_head_reads_the_context_and_keeps_it_when_its_vocabulary_is_cut() -> None:
@@ -41,8 +57,12 @@ def test_config_builds_saves_and_loads_the_context(tmp_path) -> None:
     plain = build_training_model(load_config("configs/caption/synthetic.yaml", overrides))
     assert plain.heads[CAPTION].context is None  # off by default
     model = build_training_model(
-        load_config("configs/caption/synthetic.yaml", [*overrides, "model.heads.caption.context_layers=1"])
+        load_config(
+            "configs/caption/synthetic.yaml",
+            [*overrides, "model.heads.caption.context_layers=1", "model.heads.caption.context_positions=12"],
+        )
     )
+    assert model.heads[CAPTION].context.position.weight.shape == (12, model.config.model.text.dim)
     (layer,) = model.heads[CAPTION].context.layers
     assert layer.self_attn.embed_dim == model.config.model.text.dim
     loaded = load_model(save_model(model, tmp_path / "m", include_text_encoder=False), device="cpu")

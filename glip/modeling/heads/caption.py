@@ -93,15 +93,29 @@ class CausalTextContext(nn.Module):
         num_heads: attention heads (``dim`` must divide by it).
         layer_norm_eps: the layers' LayerNorm epsilon.
         dropout: in training.
+        max_positions: learned position embeddings (GPT-style) added to the input, for up
+            to this many tokens (0: none). The fused text's own positions are weak after a
+            frozen causal encoder: without them the demo's context could not find the word
+            just before a ``[MASK]`` (teacher-forced, it never named the second shape's colour).
 
     ``forward(text)``: ``Tensor[B, T, D]`` -> ``Tensor[B, T, D]``; token ``i``'s output
     depends on tokens ``<= i`` only (padding after a caption is never read by its tokens).
+    Parameters: ``layers.*``, ``position`` (with ``max_positions``).
     """
 
     def __init__(
-        self, dim: int, num_layers: int = 1, num_heads: int = 4, layer_norm_eps: float = 1e-12, dropout: float = 0.1
+        self,
+        dim: int,
+        num_layers: int = 1,
+        num_heads: int = 4,
+        layer_norm_eps: float = 1e-12,
+        dropout: float = 0.1,
+        max_positions: int = 0,
     ) -> None:
         super().__init__()
+        self.position = nn.Embedding(max_positions, dim) if max_positions > 0 else None
+        if self.position is not None:
+            nn.init.normal_(self.position.weight, std=0.02)
         if num_layers < 1 or dim % num_heads:
             raise ValueError(f"a causal text context needs >= 1 layer and a width divisible by its heads: "
                              f"{num_layers} layers, width {dim}, {num_heads} heads")  # fmt: skip
@@ -114,6 +128,12 @@ class CausalTextContext(nn.Module):
 
     def forward(self, text: Tensor) -> Tensor:
         length = text.shape[1]
+        if self.position is not None:
+            if length > self.position.num_embeddings:
+                raise ValueError(
+                    f"the caption context has {self.position.num_embeddings} positions, got {length} tokens"
+                )
+            text = text + self.position.weight[:length].to(text.dtype)  # [B, T, D]
         causal = torch.triu(torch.full((length, length), float("-inf"), device=text.device), 1).to(text.dtype)  # [T, T]
         for layer in self.layers:
             text = layer(text, src_mask=causal, is_causal=True)
