@@ -132,12 +132,22 @@ def calibrate_bias(model, calib, precision: float, shifts: list[float]) -> tuple
 
 
 def detection_stage(
-    name: str, start: Path, out: Path, ds: Any, steps: int, fusion_lr_factor: float, seed: int
+    name: str,
+    start: Path,
+    out: Path,
+    ds: Any,
+    steps: int,
+    fusion_lr_factor: float,
+    seed: int,
+    grounded_captions: float = 0.0,
 ) -> Path | None:
-    """Detection alone from the model folder ``start`` on the synthetic set ``ds``
-    (:data:`BIND_RECIPE`, the fusion's text path at ``fusion_lr_factor``); the trained model
-    folder, or None when the run was interrupted (a rerun resumes)."""
-    from glip.config import load_config
+    """Detection from the model folder ``start`` on the synthetic set ``ds``
+    (:data:`BIND_RECIPE`, the fusion's text path at ``fusion_lr_factor``); with
+    ``grounded_captions`` > 0 also the set's captions as grounding data (its
+    ``grounding_train.json``: the caption is the prompt, each named shape's noun phrase its
+    positive), drawn with that weight against detection's 1. The trained model folder, or
+    None when the run was interrupted (a rerun resumes)."""
+    from glip.config import config_from_dict, config_to_dict, load_config
     from glip.engine import train
 
     cfg = load_config(
@@ -149,6 +159,14 @@ def detection_stage(
             f"solver.checkpoint_period={max(steps // 4, 1)}", f"solver.seed={seed}",
         ],
     )  # fmt: skip
+    if grounded_captions > 0:
+        sources = [
+            {"format": "coco", "train_json": str(ds.train_json), "train_images": str(ds.image_dir)},
+            {"format": "mdetr", "train_json": str(ds.root / "grounding_train.json"),
+             "train_images": str(ds.image_dir), "weight": grounded_captions},
+        ]  # fmt: skip
+        data = {**config_to_dict(cfg)["data"], "sources": sources, "train_json": "", "train_images": ""}
+        cfg = config_from_dict({**config_to_dict(cfg), "data": data})
     begin = time.time()
     result = train(cfg, out, resume=True, cpu=True, weights=start)
     if result.interrupted_by is not None:
@@ -156,6 +174,72 @@ def detection_stage(
         return None
     print(f"{name} stage: {result.progress.step} steps in {(time.time() - begin) / 60:.1f} min")
     return out / "model"
+
+
+LANGUAGE_HEADS = ("vqa", "caption")
+
+
+def resolve_folder(name: str) -> Path:
+    """A model folder, or a zoo name's folder."""
+    from glip.hub.fetch import resolve_weights
+
+    return Path(name) if Path(name).is_dir() else Path(resolve_weights(name))
+
+
+def take_language_heads(model: Any, donor: Any, names: tuple[str, ...] = LANGUAGE_HEADS) -> None:
+    """Puts ``donor``'s heads ``names`` (answer and caption by default) with their config
+    sections on ``model``. Both must share every tensor outside the grounding, mask and
+    language heads (the trunk those heads read), or a ``ValueError`` names the first that
+    differs."""
+    own = ("heads.grounding.", "heads.mask.", *(f"heads.{h}." for h in LANGUAGE_HEADS))
+    theirs = donor.state_dict()
+    for key, value in model.state_dict().items():
+        if not key.startswith(own) and not torch.equal(value.float(), theirs[key].float()):
+            raise ValueError(f"the donor of the {'/'.join(names)} heads was trained on another trunk: {key} differs")
+    for name in names:
+        model.heads[name] = donor.heads[name]
+        setattr(model.config.model.heads, name, getattr(donor.config.model.heads, name))
+
+
+def multitask_stage(args: argparse.Namespace, ds: Any, start: Path, work: Path) -> tuple[Path, int, float] | None:
+    """The multi-task stage (:data:`VL_RECIPE`): detection with masks, VQA and captions by
+    ``--source-weights``, the trunk frozen, from the model folder ``start``; the trained
+    folder, its steps and minutes, or None when interrupted (a rerun resumes)."""
+    from glip.config import config_from_dict, config_to_dict, load_config
+    from glip.engine import train
+
+    sources = [
+        {"format": "coco", "train_json": str(ds.train_json), "train_images": str(ds.image_dir)},
+        {"format": "vqa", "train_json": str(ds.root / "vqa_train.json"), "train_images": str(ds.image_dir)},
+        {"format": "captions", "train_json": str(ds.root / "captions_train.json"), "train_images": str(ds.image_dir)},
+    ]
+    for source, weight in zip(sources, args.source_weights):
+        source["weight"] = weight
+    cfg = load_config(
+        start / "config.yaml",
+        [
+            *VL_RECIPE,
+            *(HARD_NEGATIVES if args.continue_heads or args.bind_steps > 0 else []),
+            "data.train_json=''", "data.train_images=''",  # the binding stage's single source
+            "model.heads.vqa.enabled=true", "model.heads.caption.enabled=true",
+            f"model.heads.vqa.readout_dim={args.readout_dim}", f"model.heads.caption.readout_dim={args.readout_dim}",
+            f"model.heads.caption.context_layers={args.caption_context_layers}",
+            f"model.heads.caption.context_positions={args.caption_context_positions}",
+            f"solver.max_iter={args.steps}", f"solver.warmup_iters={max(args.steps // 20, 1)}",
+            f"solver.checkpoint_period={max(args.steps // 4, 1)}", f"solver.seed={args.seed}",
+            *args.overrides,
+        ],
+    )  # fmt: skip
+    cfg = config_from_dict({**config_to_dict(cfg), "data": {**config_to_dict(cfg)["data"], "sources": sources}})
+    begin = time.time()
+    result = train(cfg, work / "train", resume=True, cpu=True, weights=start)
+    minutes = (time.time() - begin) / 60
+    if result.interrupted_by is not None:
+        print(f"interrupted at step {result.progress.step}; run again to resume")
+        return None
+    print(f"trained {result.progress.step} steps in {minutes:.1f} min")
+
+    return work / "train" / "model", result.progress.step, minutes
 
 
 def evaluate_all(model, ds, fresh, out: Path) -> dict[str, Any]:
@@ -199,6 +283,18 @@ def main() -> int:
     p.add_argument("--source-weights", type=float, nargs=3, default=(1.0, 2.0, 1.0), metavar=("DET", "VQA", "CAP"),
                    help="sampling weights of the detection, VQA and caption batches (1 2 1)")  # fmt: skip
     p.add_argument("--readout-dim", type=int, default=128, help="the answer and caption heads' read-out width")
+    p.add_argument("--caption-context-layers", type=int, default=1,
+                   help="causal self-attention layers of the caption head before its read-out (a continued head "
+                        "without them gets them fresh)")  # fmt: skip
+    p.add_argument("--heads-from", metavar="FOLDER",
+                   help="skip the multi-task stage and take the answer and caption heads of FOLDER: a model made by "
+                        "this script's multi-task stage from the same --from detector (the trunk they read must be "
+                        "the same; checked), so that the two stages can run side by side")  # fmt: skip
+    p.add_argument("--caption-from", metavar="FOLDER",
+                   help="then the caption head of FOLDER (as --heads-from: the same trunk), e.g. a caption-heavy "
+                        "multi-task run beside the one --heads-from names")  # fmt: skip
+    p.add_argument("--caption-context-positions", type=int, default=64,
+                   help="learned position embeddings of the caption context (0: none)")  # fmt: skip
     p.add_argument("--num-fresh", type=int, default=100, help="fresh images of the VQA / caption evaluation")
     p.add_argument("--fresh-seed", type=int, default=4242)
     p.add_argument("--seed", type=int, default=0, help="the demo's data seed (train_demo.py's --seed)")
@@ -209,6 +305,9 @@ def main() -> int:
     p.add_argument("--all-classes-steps", type=int, default=300,
                    help="steps of the grounding and mask heads on every colour-shape pair after the multi-task "
                         "stage (0: none)")  # fmt: skip
+    p.add_argument("--grounded-captions", type=float, default=1.0,
+                   help="the all-classes stage also grounds the synthetic captions' noun phrases (grounding_train.json), "
+                        "drawn with this weight against detection's 1 (0: detection alone)")  # fmt: skip
     p.add_argument("--calibrate", action=argparse.BooleanOptionalAction, default=True,
                    help="shift the grounding head's bias0 so that the 0.5 threshold means --calibration-precision")  # fmt: skip
     p.add_argument("--calibration-precision", type=float, default=0.98,
@@ -227,11 +326,8 @@ def main() -> int:
     args = p.parse_args()
 
     sys.path.insert(0, str(REPO))
-    from glip.config import config_from_dict, config_to_dict, load_config
     from glip.data import generate_synthetic
     from glip.data.captions import load_coco_captions
-    from glip.engine import train
-    from glip.hub.fetch import resolve_weights
     from glip.hub.loading import load_model
     from glip.modeling.heads.caption import restrict_vocabulary
 
@@ -247,7 +343,7 @@ def main() -> int:
     # A copy of the detector: --out may be the folder it came from, and a rerun resumes.
     start_folder = work / "detector"
     if not start_folder.is_dir():
-        shutil.copytree(Path(args.start) if Path(args.start).is_dir() else resolve_weights(args.start), start_folder)
+        shutil.copytree(resolve_folder(args.start), start_folder)
     before: dict[str, Any] = {}
     if args.eval:
         detector = load_model(start_folder)
@@ -261,36 +357,13 @@ def main() -> int:
         )
         if start_folder is None:
             return 1
-    sources = [
-        {"format": "coco", "train_json": str(ds.train_json), "train_images": str(ds.image_dir)},
-        {"format": "vqa", "train_json": str(ds.root / "vqa_train.json"), "train_images": str(ds.image_dir)},
-        {"format": "captions", "train_json": str(ds.root / "captions_train.json"), "train_images": str(ds.image_dir)},
-    ]
-    for source, weight in zip(sources, args.source_weights):
-        source["weight"] = weight
-    cfg = load_config(
-        start_folder / "config.yaml",
-        [
-            *VL_RECIPE,
-            *(HARD_NEGATIVES if args.continue_heads or args.bind_steps > 0 else []),
-            "data.train_json=''", "data.train_images=''",  # the binding stage's single source
-            "model.heads.vqa.enabled=true", "model.heads.caption.enabled=true",
-            f"model.heads.vqa.readout_dim={args.readout_dim}", f"model.heads.caption.readout_dim={args.readout_dim}",
-            f"solver.max_iter={args.steps}", f"solver.warmup_iters={max(args.steps // 20, 1)}",
-            f"solver.checkpoint_period={max(args.steps // 4, 1)}", f"solver.seed={args.seed}",
-            *args.overrides,
-        ],
-    )  # fmt: skip
-    cfg = config_from_dict({**config_to_dict(cfg), "data": {**config_to_dict(cfg)["data"], "sources": sources}})
-    begin = time.time()
-    result = train(cfg, work / "train", resume=True, cpu=True, weights=start_folder)
-    minutes = (time.time() - begin) / 60
-    if result.interrupted_by is not None:
-        print(f"interrupted at step {result.progress.step}; run again to resume")
-        return 1
-    print(f"trained {result.progress.step} steps in {minutes:.1f} min")
-
-    final = work / "train" / "model"
+    steps, minutes = 0, 0.0
+    final = start_folder
+    if args.heads_from is None:
+        trained = multitask_stage(args, ds, start_folder, work)
+        if trained is None:
+            return 1
+        final, steps, minutes = trained
     if args.all_classes_steps > 0:
         # Every colour-shape pair, the three the grounding stage held out included, as phrases
         # for the grounding and mask heads alone (fusion frozen: the answer and caption heads'
@@ -299,11 +372,22 @@ def main() -> int:
             work / "data_all_classes", seed=args.seed + 5, **{**demo.DEMO_DATA, "held_out": 0}
         )  # fmt: skip
         final = detection_stage(
-            "all-classes", final, work / "all_classes", every, args.all_classes_steps, 0.0, args.seed
+            "all-classes",
+            final,
+            work / "all_classes",
+            every,
+            args.all_classes_steps,
+            0.0,
+            args.seed,
+            grounded_captions=args.grounded_captions,
         )
         if final is None:
             return 1
     model = load_model(final)
+    if args.heads_from is not None:
+        take_language_heads(model, load_model(resolve_folder(args.heads_from)))
+    if args.caption_from is not None:
+        take_language_heads(model, load_model(resolve_folder(args.caption_from)), ("caption",))
     after: dict[str, Any] = {}
     if args.eval:
         after = evaluate_all(model, ds, fresh, work / "eval_after")
@@ -335,7 +419,7 @@ def main() -> int:
         shipped = evaluate_all(load_model(out), ds, fresh, work / "eval_shipped")
         print_report(f"as shipped ({out}, {size / 1e6:.1f} MB, fp16)", shipped)
     report = {
-        "steps": result.progress.step, "train_minutes": minutes, "held_out": list(ds.held_out),
+        "steps": steps, "train_minutes": minutes, "heads_from": args.heads_from, "caption_from": args.caption_from, "held_out": list(ds.held_out),
         "before": before, "after": after, "calibration": calibration, "shipped": shipped, "folder": str(out), "size_mb": size / 1e6,
     }  # fmt: skip
     (work / "report.json").write_text(json.dumps(report, indent=1))
