@@ -159,3 +159,56 @@ def test_the_block_forms_its_residual_in_place_at_inference_only() -> None:
     for a, b in zip(out.visual, reference.visual):
         assert torch.equal(a, b.detach())
     assert torch.equal(out.text, reference.text.detach())
+
+
+class _CountNew(torch.utils._python_dispatch.TorchDispatchMode):
+    """Counts the outputs of ``numel`` elements that do not share storage with an input
+    (new buffers: ``out=`` and in-place ops, and views, do not count)."""
+
+    def __init__(self, numel: int) -> None:
+        super().__init__()
+        self.numel, self.new = numel, 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        inputs = [a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)]
+        seen = {a.untyped_storage().data_ptr() for a in inputs}
+        for t in out if isinstance(out, (tuple, list)) else [out]:
+            if isinstance(t, torch.Tensor) and t.numel() == self.numel and t.untyped_storage().data_ptr() not in seen:
+                self.new += 1
+        return out
+
+
+def test_inference_creates_two_attention_maps_and_overwrites_the_rest(inputs) -> None:
+    """Without autograd the [B, N, hT] maps are overwritten once consumed (clamp, masking and
+    the image -> text softmax in place): two new maps per call, not seven, and the same bits
+    as the out-of-place path that autograd takes."""
+    attention, v, t, mask = inputs
+    v1, t1, m1 = v[1:2], t[1:2], mask[1:2]  # a prompt with padding: the masked path
+    with torch.no_grad(), _CountNew(N * attention.num_heads * T) as count:
+        out_v, out_l = attention(v1, t1, m1)
+    assert count.new == 2
+    params = list(attention.parameters())
+    with torch.enable_grad():
+        for p in params:
+            p.requires_grad_(True)
+        ref_v, ref_l = attention(v1, t1, m1)  # needs_graph: the out-of-place path
+    assert torch.equal(out_v, ref_v.detach()) and torch.equal(out_l, ref_l.detach())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_the_pixel_softmax_skips_the_official_max_subtraction_bit_for_bit(dtype) -> None:
+    """``softmax(clamp(x - max x))`` over dim 1 (the official text -> image steps) equals
+    ``softmax(x)`` bit for bit on clamped logits, also with values at the clamp bounds and
+    columns whose spread exceeds the lower clamp, and odd sizes (the kernel's vector tails)."""
+    attention = BiMultiHeadAttention(C, D, embed_dim=32, num_heads=4)
+    torch.manual_seed(0)
+    x = torch.randn(2, 997, 37, dtype=dtype) * 30
+    x[0, :5, 0] = 50000.0
+    x[0, 5:9, 0] = -50000.0
+    x[1, 3, 2:7] = 49999.5
+    x[1, 4:100, 3] = -7.5e-3
+    x = attention._clamp(x)
+    official = attention._clamp(x - x.amax(dim=1, keepdim=True)).softmax(dim=1)
+    assert torch.equal(attention._softmax_over_pixels(x), official)

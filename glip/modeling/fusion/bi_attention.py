@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from glip.layers.drop_path import DropPath
-from glip.utils.graph import tracing
+from glip.utils.graph import needs_graph, tracing
 
 __all__ = [
     "CUDA_CHUNK_ELEMENTS",
@@ -117,10 +117,29 @@ class BiMultiHeadAttention(nn.Module):
         b, _, n, _ = x.shape
         return x.transpose(1, 2).reshape(b, n, self.embed_dim)  # [B, n, E]
 
-    def _clamp(self, x: Tensor) -> Tensor:
+    def _clamp(self, x: Tensor, inplace: bool = False) -> Tensor:
         if self.clamp_min is None and self.clamp_max is None:
             return x
+        if inplace:
+            return x.clamp_(min=self.clamp_min, max=self.clamp_max)
         return x.clamp(min=self.clamp_min, max=self.clamp_max)
+
+    def _softmax_over_pixels(self, logits: Tensor) -> Tensor:
+        """The text -> image softmax of clamped logits ``Tensor[B, N, hT]`` over the N pixels
+        (dim 1): the official ``softmax(clamp(x - max(x)))``.
+
+        In float32 and float64 the explicit max subtraction and the second clamp are left
+        out, bit for bit the same: the softmax kernel subtracts the same maximum itself
+        (``fl(x - m)``, the same rounding; the subtracted logits have the maximum 0, so the
+        kernel's own subtraction then changes nothing), and the clamp only raises values
+        below -50000 (``x - m <= 0``, so its upper bound never acts), whose exponential is
+        0 either way. In lower precision (autocast) the subtraction rounds to that dtype
+        before the softmax's float32 upcast, so the official steps are kept there.
+        """
+        if logits.dtype in (torch.float32, torch.float64):
+            return logits.softmax(dim=1)
+        logits_l = self._clamp(logits - logits.amax(dim=1, keepdim=True))  # [B, N, hT]
+        return logits_l.softmax(dim=1)
 
     def forward(
         self, v: Tensor, t: Tensor, text_mask: Tensor | None, update_visual: bool = True
@@ -238,33 +257,41 @@ class BiMultiHeadAttention(nn.Module):
         key_s = key * self.scale  # [B, T, h, d]
         a = torch.einsum("hdc,bthd->bcht", w_q, key_s).reshape(b, c, h * num_t)  # [B, C, hT]
         a_bias = torch.einsum("hd,bthd->bht", b_q, key_s).reshape(b, 1, h * num_t)  # [B, 1, hT]
-        logits = self._clamp(torch.baddbmm(a_bias, v, a))  # [B, N, hT]
+        logits = torch.baddbmm(a_bias, v, a)  # [B, N, hT]
+        # Without autograd (and not while tracing) each [B, N, hT] map is overwritten once
+        # consumed instead of allocated anew: the same float ops, so the same bits, but two maps
+        # are created per call instead of seven (each fresh one costs its page faults: on the
+        # CPU about as much as the op itself).
+        inplace = not needs_graph(v, t, logits)
+        logits = self._clamp(logits, inplace)
 
-        # text -> image: softmax over the N pixels (dim 1 here), after the max subtraction.
-        # Each [B, N, hT] map is dropped once consumed (del: names only, autograd keeps what
-        # it needs), so at most three are alive at once, not five.
-        logits_l = self._clamp(logits - logits.amax(dim=1, keepdim=True))  # [B, N, hT]
-        probs_l = logits_l.softmax(dim=1)  # [B, N, hT]
-        del logits_l
+        # text -> image: softmax over the N pixels (dim 1 here).
+        probs_l = self._softmax_over_pixels(logits)  # [B, N, hT]
         pooled = (probs_l.transpose(1, 2) @ v).view(b, h, num_t, c)  # [B, h, T, C]
         w_v = self.values_v_proj.weight.view(h, d, c)  # [h, d, C]
         b_v = self.values_v_proj.bias.view(h, 1, d)  # [h, 1, d]
         mass = probs_l.sum(dim=1).view(b, h, num_t, 1)  # [B, h, T, 1], ~1 per row
-        del probs_l
         context_l = pooled @ w_v.transpose(1, 2) + mass * b_v  # [B, h, T, d]
         context_l = context_l.transpose(1, 2).reshape(b, num_t, h * d)  # [B, T, E]
         delta_l = self.out_l_proj(context_l)  # [B, T, D]
         if not update_visual:
             return None, delta_l
 
-        # image -> text: softmax over the T tokens of each head, padding masked.
+        # image -> text: softmax over the T tokens of each head, padding masked. In place, the
+        # masked logits overwrite the logits and their softmax the (consumed) text -> image
+        # probabilities; otherwise each [B, N, hT] map is dropped once consumed (del: names
+        # only, autograd keeps what it needs), so at most three are alive at once.
         logits_v = logits.view(b, n, h, num_t)  # [B, N, h, T]
         additive = self._image_to_text_logits_bias(text_mask, logits.dtype)
         del logits
         if additive is not None:
-            logits_v = logits_v + additive[:, None, None, :]  # [B, N, h, T]
-        probs_v = logits_v.softmax(dim=-1).view(b, n, h * num_t)  # [B, N, hT]
-        del logits_v
+            additive = additive[:, None, None, :]  # [B, 1, 1, T]
+            logits_v = logits_v.add_(additive) if inplace else logits_v + additive  # [B, N, h, T]
+        if inplace and probs_l.dtype == logits_v.dtype:
+            probs_v = torch.softmax(logits_v, -1, out=probs_l.view(b, n, h, num_t)).view(b, n, h * num_t)
+        else:
+            probs_v = logits_v.softmax(dim=-1).view(b, n, h * num_t)  # [B, N, hT]
+        del logits_v, probs_l
         w_o = self.out_v_proj.weight.view(c, h, d)  # [C, h, d]
         u = torch.einsum("bthd,chd->bhtc", value_l, w_o).reshape(b, h * num_t, c)  # [B, hT, C]
         delta_v = torch.baddbmm(self.out_v_proj.bias, probs_v, u)  # [B, N, C]
