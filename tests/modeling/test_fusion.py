@@ -13,6 +13,7 @@ import torch
 import torch.utils._python_dispatch
 
 from glip.modeling.fusion.bi_attention import CUDA_CHUNK_ELEMENTS, BiMultiHeadAttention
+from tests.allocations import NewStorages
 
 B, N, T, C, D = 3, 37, 6, 16, 12
 
@@ -161,34 +162,15 @@ def test_the_block_forms_its_residual_in_place_at_inference_only() -> None:
     assert torch.equal(out.text, reference.text.detach())
 
 
-class _CountNew(torch.utils._python_dispatch.TorchDispatchMode):
-    """Counts the outputs of ``numel`` elements that do not share storage with an input
-    (new buffers: ``out=`` and in-place ops, and views, do not count)."""
-
-    def __init__(self, numel: int) -> None:
-        super().__init__()
-        self.numel, self.new = numel, 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        out = func(*args, **kwargs)
-        inputs = [a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)]
-        seen = {a.untyped_storage().data_ptr() for a in inputs}
-        for t in out if isinstance(out, (tuple, list)) else [out]:
-            if isinstance(t, torch.Tensor) and t.numel() == self.numel and t.untyped_storage().data_ptr() not in seen:
-                self.new += 1
-        return out
-
-
 def test_inference_creates_two_attention_maps_and_overwrites_the_rest(inputs) -> None:
     """Without autograd the [B, N, hT] maps are overwritten once consumed (clamp, masking and
     the image -> text softmax in place): two new maps per call, not seven, and the same bits
     as the out-of-place path that autograd takes."""
     attention, v, t, mask = inputs
     v1, t1, m1 = v[1:2], t[1:2], mask[1:2]  # a prompt with padding: the masked path
-    with torch.no_grad(), _CountNew(N * attention.num_heads * T) as count:
+    with torch.no_grad(), NewStorages(lambda x: x.numel() == N * attention.num_heads * T) as mode:
         out_v, out_l = attention(v1, t1, m1)
-    assert count.new == 2
+    assert mode.count == 2
     params = list(attention.parameters())
     with torch.enable_grad():
         for p in params:
