@@ -22,7 +22,6 @@ faster and runs instead (see :mod:`glip.ops.backend`).
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from glip.ops.backend import resolve_backend
@@ -95,6 +94,23 @@ def _bilinear_corners(h: Tensor, w: Tensor, mask: Tensor, height: int, width: in
     return indices, weights
 
 
+def _padded_table(input: Tensor, groups: int) -> Tensor:
+    """The gather table: ``input`` (Tensor[B, Cin, H, W], any strides) with a 1-pixel zero border,
+    channels last, as Tensor[B * G * (H+2) * (W+2), Cin / G] whose rows are (image, deformable group,
+    padded pixel) and columns that group's channels.
+
+    One copy of the input (the border zeroed apart): GLIP's fusion hands the DyConv channels-last views,
+    which a contiguous copy, a padded copy and a transposed copy used to move three times.
+    """
+    b, c_in, height, width = input.shape
+    c_dg = c_in // groups
+    table = input.new_empty((b, groups, height + 2, width + 2, c_dg))
+    for border in (table[:, :, 0], table[:, :, -1], table[:, :, :, 0], table[:, :, :, -1]):
+        border.zero_()
+    table[:, :, 1:-1, 1:-1] = input.view(b, groups, c_dg, height, width).permute(0, 1, 3, 4, 2)
+    return table.view(-1, c_dg)
+
+
 def _gather(table: Tensor, index: Tensor, into: Tensor | None) -> Tensor:
     """Rows ``index`` (Tensor[...] of row numbers) of ``table`` (Tensor[R, c]) as Tensor[index.numel(), c],
     written into the first rows of ``into`` when given."""
@@ -137,11 +153,8 @@ def _modulated_deform_conv2d_torch(
     g = deformable_groups
     c_dg = c_in // g
 
-    # Rows of the table are (image, deformable group, padded pixel); columns are that group's channels.
-    padded = F.pad(input, (1, 1, 1, 1))  # [B, Cin, H+2, W+2]
     plane = (height + 2) * (width + 2)
-    table = padded.view(b, g, c_dg, plane).transpose(2, 3).reshape(b * g * plane, c_dg)  # [B*G*P, Cin/G]
-    del padded  # the table is a channels-last copy: one input-sized buffer alive, not two
+    table = _padded_table(input, g)  # [B*G*P, Cin/G]
 
     h, w = _sample_positions(offset, kh, kw, stride, padding, dilation)  # 2 x [B, Ho, Wo, K, G]
     mask = mask.view(b, g, k, ho, wo).permute(0, 3, 4, 2, 1).contiguous()  # [B, Ho, Wo, K, G]
@@ -293,7 +306,7 @@ def modulated_deform_conv2d(
             )
         else:
             out = _modulated_deform_conv2d_torch(
-                input.contiguous(),
+                input,  # read once, into the gather table, whatever its strides
                 offset.contiguous(),
                 mask.contiguous(),
                 weight.contiguous(),
