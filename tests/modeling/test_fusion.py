@@ -70,9 +70,9 @@ def test_the_cpu_runs_one_image_at_a_time_by_default(inputs, monkeypatch) -> Non
     seen: list[int] = []
     inner = attention._forward_reassociated
 
-    def spy(v, t, text_mask, update_visual=True):
+    def spy(v, t, text_mask, update_visual=True, **kwargs):
         seen.append(v.shape[0])
-        return inner(v, t, text_mask, update_visual)
+        return inner(v, t, text_mask, update_visual, **kwargs)
 
     monkeypatch.setattr(attention, "_forward_reassociated", spy)
     _run(attention, v, t, mask, train=False)
@@ -177,6 +177,18 @@ def test_inference_creates_two_attention_maps_and_overwrites_the_rest(inputs) ->
             p.requires_grad_(True)
         ref_v, ref_l = attention(v1, t1, m1)  # needs_graph: the out-of-place path
     assert torch.equal(out_v, ref_v.detach()) and torch.equal(out_l, ref_l.detach())
+
+
+def test_image_chunks_share_two_attention_maps(inputs) -> None:
+    """Images run one at a time (the CPU default) write their [1, N, hT] maps into the same two
+    buffers: two new maps for the batch, not two per image, and the same bits."""
+    attention, v, t, mask = inputs
+    with torch.no_grad():
+        alone = [attention(v[i : i + 1], t[i : i + 1], mask[i : i + 1]) for i in range(B)]
+        with NewStorages(lambda x: x.numel() == N * attention.num_heads * T) as mode:
+            out_v, out_l = attention(v, t, mask)
+    assert mode.count == 2
+    assert torch.equal(out_v, torch.cat([a[0] for a in alone])) and torch.equal(out_l, torch.cat([a[1] for a in alone]))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
