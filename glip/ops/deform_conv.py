@@ -193,7 +193,7 @@ def _modulated_deform_conv2d_torch(
     if direct:
         most = spans[0].stop - spans[0].start  # the first chunk is the largest
         gathered, corners = (table.new_empty((most * k * g, c_dg)) for _ in range(2))  # [n*K*G, Cin/G]
-        products = table.new_empty((most, c_out))  # [n, Cout]
+        products = table.new_empty((most, c_out)) if groups == 1 else None  # [n, Cout]
     outputs = []
     for span in spans:
         # Weighted sum of the 4 corners, accumulated in place (autograd-safe: the gathered tensors are fresh).
