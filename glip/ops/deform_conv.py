@@ -22,7 +22,6 @@ faster and runs instead (see :mod:`glip.ops.backend`).
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from glip.ops.backend import resolve_backend
@@ -95,6 +94,32 @@ def _bilinear_corners(h: Tensor, w: Tensor, mask: Tensor, height: int, width: in
     return indices, weights
 
 
+def _padded_table(input: Tensor, groups: int) -> Tensor:
+    """The gather table: ``input`` (Tensor[B, Cin, H, W], any strides) with a 1-pixel zero border,
+    channels last, as Tensor[B * G * (H+2) * (W+2), Cin / G] whose rows are (image, deformable group,
+    padded pixel) and columns that group's channels.
+
+    One copy of the input (the border zeroed apart): GLIP's fusion hands the DyConv channels-last views,
+    which a contiguous copy, a padded copy and a transposed copy used to move three times.
+    """
+    b, c_in, height, width = input.shape
+    c_dg = c_in // groups
+    table = input.new_empty((b, groups, height + 2, width + 2, c_dg))
+    for border in (table[:, :, 0], table[:, :, -1], table[:, :, :, 0], table[:, :, :, -1]):
+        border.zero_()
+    table[:, :, 1:-1, 1:-1] = input.view(b, groups, c_dg, height, width).permute(0, 1, 3, 4, 2)
+    return table.view(-1, c_dg)
+
+
+def _gather(table: Tensor, index: Tensor, into: Tensor | None) -> Tensor:
+    """Rows ``index`` (Tensor[...] of row numbers) of ``table`` (Tensor[R, c]) as Tensor[index.numel(), c],
+    written into the first rows of ``into`` when given."""
+    index = index.reshape(-1)
+    if into is None:
+        return table.index_select(0, index)
+    return torch.index_select(table, 0, index, out=into[: index.numel()])
+
+
 def _write_rows(result: Tensor, rows: Tensor, start: int) -> None:
     """Copies ``rows`` (Tensor[n, Cout], output positions ``start .. start + n`` of the flat
     ``B * L`` order) into ``result`` (Tensor[B, Cout, L]), splitting at image boundaries."""
@@ -128,11 +153,8 @@ def _modulated_deform_conv2d_torch(
     g = deformable_groups
     c_dg = c_in // g
 
-    # Rows of the table are (image, deformable group, padded pixel); columns are that group's channels.
-    padded = F.pad(input, (1, 1, 1, 1))  # [B, Cin, H+2, W+2]
     plane = (height + 2) * (width + 2)
-    table = padded.view(b, g, c_dg, plane).transpose(2, 3).reshape(b * g * plane, c_dg)  # [B*G*P, Cin/G]
-    del padded  # the table is a channels-last copy: one input-sized buffer alive, not two
+    table = _padded_table(input, g)  # [B*G*P, Cin/G]
 
     h, w = _sample_positions(offset, kh, kw, stride, padding, dilation)  # 2 x [B, Ho, Wo, K, G]
     mask = mask.view(b, g, k, ho, wo).permute(0, 3, 4, 2, 1).contiguous()  # [B, Ho, Wo, K, G]
@@ -162,23 +184,35 @@ def _modulated_deform_conv2d_torch(
     # tracing) the chunks are concatenated as before.
     direct = not needs_graph(input, offset, mask, weight, bias)
     result = input.new_empty((b, c_out, ho * wo)) if direct else None
+    # Without autograd the chunks also share their gathered columns, corner and product buffers
+    # (``out=``): the same ops on the same values, but a chunk's 4 MiB buffers are made once per
+    # call instead of once per chunk. Freed, each would go back to the system (the heap's top is
+    # trimmed, or above the mmap threshold unmapped) and be faulted in anew by the next chunk:
+    # that made the gathers 3x slower (glip.utils.allocator).
+    gathered = corners = products = None
+    if direct:
+        most = spans[0].stop - spans[0].start  # the first chunk is the largest
+        gathered, corners = (table.new_empty((most * k * g, c_dg)) for _ in range(2))  # [n*K*G, Cin/G]
+        products = table.new_empty((most, c_out)) if groups == 1 else None  # [n, Cout]
     outputs = []
     for span in spans:
         # Weighted sum of the 4 corners, accumulated in place (autograd-safe: the gathered tensors are fresh).
-        columns = table.index_select(0, indices[0][span].reshape(-1)).view(-1, k * g, c_dg)  # [n, K*G, Cin/G]
+        columns = _gather(table, indices[0][span], gathered).view(-1, k * g, c_dg)  # [n, K*G, Cin/G]
         n = columns.shape[0]
         columns.mul_(weights[0][span])
         for idx, wt in zip(indices[1:], weights[1:]):
-            corner = table.index_select(0, idx[span].reshape(-1)).view(n, k * g, c_dg)  # [n, K*G, Cin/G]
+            corner = _gather(table, idx[span], corners).view(n, k * g, c_dg)  # [n, K*G, Cin/G]
             columns.addcmul_(corner, wt[span])
         # columns: [n, K*G, Cin/G] == [n, K, Cin] with channel c = group * Cin/G + channel-in-group
         if groups == 1:
-            out = columns.view(n, k * c_in) @ weight_mat[0]  # [n, Cout]
+            into = None if products is None else products[:n]
+            out = torch.mm(columns.view(n, k * c_in), weight_mat[0], out=into)  # [n, Cout]
         else:
             cols = columns.view(n, k, groups, c_in_group).permute(2, 0, 1, 3)  # [groups, n, K, Cin/groups]
             out = torch.bmm(cols.reshape(groups, n, k * c_in_group), weight_mat)  # [groups, n, Cout/groups]
             out = out.permute(1, 0, 2).reshape(n, c_out)  # [n, Cout]
-        out = out if bias is None else out + bias
+        if bias is not None:
+            out = out.add_(bias) if direct else out + bias
         if result is not None:
             _write_rows(result, out, span.start)
         else:
@@ -269,7 +303,7 @@ def modulated_deform_conv2d(
             )
         else:
             out = _modulated_deform_conv2d_torch(
-                input.contiguous(),
+                input,  # read once, into the gather table, whatever its strides
                 offset.contiguous(),
                 mask.contiguous(),
                 weight.contiguous(),

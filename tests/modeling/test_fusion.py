@@ -13,6 +13,7 @@ import torch
 import torch.utils._python_dispatch
 
 from glip.modeling.fusion.bi_attention import CUDA_CHUNK_ELEMENTS, BiMultiHeadAttention
+from tests.allocations import NewStorages
 
 B, N, T, C, D = 3, 37, 6, 16, 12
 
@@ -69,9 +70,9 @@ def test_the_cpu_runs_one_image_at_a_time_by_default(inputs, monkeypatch) -> Non
     seen: list[int] = []
     inner = attention._forward_reassociated
 
-    def spy(v, t, text_mask, update_visual=True):
+    def spy(v, t, text_mask, update_visual=True, **kwargs):
         seen.append(v.shape[0])
-        return inner(v, t, text_mask, update_visual)
+        return inner(v, t, text_mask, update_visual, **kwargs)
 
     monkeypatch.setattr(attention, "_forward_reassociated", spy)
     _run(attention, v, t, mask, train=False)
@@ -159,3 +160,49 @@ def test_the_block_forms_its_residual_in_place_at_inference_only() -> None:
     for a, b in zip(out.visual, reference.visual):
         assert torch.equal(a, b.detach())
     assert torch.equal(out.text, reference.text.detach())
+
+
+def test_inference_creates_two_attention_maps_and_overwrites_the_rest(inputs) -> None:
+    """Without autograd the [B, N, hT] maps are overwritten once consumed (clamp, masking and
+    the image -> text softmax in place): two new maps per call, not seven, and the same bits
+    as the out-of-place path that autograd takes."""
+    attention, v, t, mask = inputs
+    v1, t1, m1 = v[1:2], t[1:2], mask[1:2]  # a prompt with padding: the masked path
+    with torch.no_grad(), NewStorages(lambda x: x.numel() == N * attention.num_heads * T) as mode:
+        out_v, out_l = attention(v1, t1, m1)
+    assert mode.count == 2
+    params = list(attention.parameters())
+    with torch.enable_grad():
+        for p in params:
+            p.requires_grad_(True)
+        ref_v, ref_l = attention(v1, t1, m1)  # needs_graph: the out-of-place path
+    assert torch.equal(out_v, ref_v.detach()) and torch.equal(out_l, ref_l.detach())
+
+
+def test_image_chunks_share_two_attention_maps(inputs) -> None:
+    """Images run one at a time (the CPU default) write their [1, N, hT] maps into the same two
+    buffers: two new maps for the batch, not two per image, and the same bits."""
+    attention, v, t, mask = inputs
+    with torch.no_grad():
+        alone = [attention(v[i : i + 1], t[i : i + 1], mask[i : i + 1]) for i in range(B)]
+        with NewStorages(lambda x: x.numel() == N * attention.num_heads * T) as mode:
+            out_v, out_l = attention(v, t, mask)
+    assert mode.count == 2
+    assert torch.equal(out_v, torch.cat([a[0] for a in alone])) and torch.equal(out_l, torch.cat([a[1] for a in alone]))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_the_pixel_softmax_skips_the_official_max_subtraction_bit_for_bit(dtype) -> None:
+    """``softmax(clamp(x - max x))`` over dim 1 (the official text -> image steps) equals
+    ``softmax(x)`` bit for bit on clamped logits, also with values at the clamp bounds and
+    columns whose spread exceeds the lower clamp, and odd sizes (the kernel's vector tails)."""
+    attention = BiMultiHeadAttention(C, D, embed_dim=32, num_heads=4)
+    torch.manual_seed(0)
+    x = torch.randn(2, 997, 37, dtype=dtype) * 30
+    x[0, :5, 0] = 50000.0
+    x[0, 5:9, 0] = -50000.0
+    x[1, 3, 2:7] = 49999.5
+    x[1, 4:100, 3] = -7.5e-3
+    x = attention._clamp(x)
+    official = attention._clamp(x - x.amax(dim=1, keepdim=True)).softmax(dim=1)
+    assert torch.equal(attention._softmax_over_pixels(x), official)

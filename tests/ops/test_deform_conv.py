@@ -210,6 +210,42 @@ def test_inference_writes_chunks_into_the_result_bitwise(monkeypatch: pytest.Mon
     assert mode.count == 1  # the result (before: chunk rows, their cat and the permuted copy)
 
 
+def test_inference_chunks_share_their_gather_buffers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without autograd the chunks gather into two buffers made once per call (a fresh 4 MiB
+    buffer per gather was faulted in anew each time), bit for bit the autograd path's result."""
+    x, offset, mask, weight, bias = _case(10, b=3, c_in=4, c_out=6, size=(6, 7))
+    monkeypatch.setattr(deform_ops, "_MAX_CHUNK_ELEMENTS", 5 * 9 * 4)  # 5 positions: 26 chunks
+    leaves = [t.clone().requires_grad_() for t in (x, offset, mask, weight)]
+    with_graph = modulated_deform_conv2d(*leaves, bias, backend="torch")
+    chunk_bytes = 5 * 9 * 4 * x.element_size()  # the columns of a 5-position chunk: [5 * K, Cin]
+    with torch.no_grad(), NewStorages(lambda t: t.untyped_storage().nbytes() == chunk_bytes) as mode:
+        direct = modulated_deform_conv2d(x, offset, mask, weight, bias, backend="torch")
+    assert torch.equal(direct, with_graph.detach())
+    assert mode.count == 2  # the columns and the corner buffer (before: 4 per full chunk, 100)
+
+
+@pytest.mark.parametrize("grad", [False, True])
+def test_a_channels_last_input_is_copied_once_into_the_table(grad: bool) -> None:
+    """GLIP's fusion hands the DyConv channels-last views: the pure path copies such an input once,
+    into its padded channels-last table (before: a contiguous copy, a padded one and a transposed
+    one), with the same bits as a contiguous input, and the same gradients."""
+    x, offset, mask, weight, bias = _case(11, c_in=8, c_out=2, size=(6, 7), dg=2)
+    strided = x.to(memory_format=torch.channels_last)
+    assert not strided.is_contiguous()
+    sizes = {x.numel() * x.element_size(), x.shape[0] * 8 * 8 * 9 * x.element_size()}  # the input, padded by 1
+    leaves = [t.clone().requires_grad_(grad) for t in (strided, x)]
+    with torch.set_grad_enabled(grad), NewStorages(lambda t: t.untyped_storage().nbytes() in sizes) as mode:
+        out = modulated_deform_conv2d(leaves[0], offset, mask, weight, bias, deformable_groups=2, backend="torch")
+    ref = modulated_deform_conv2d(leaves[1], offset, mask, weight, bias, deformable_groups=2, backend="torch")
+    assert torch.equal(out, ref)
+    if grad:
+        out.square().sum().backward()
+        ref.square().sum().backward()
+        assert torch.equal(leaves[0].grad, leaves[1].grad)
+    else:
+        assert mode.count == 1
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_low_precision_inputs_are_computed_in_float32(dtype: torch.dtype) -> None:
     x, offset, mask, weight, bias = (t.to(dtype) for t in _case(5))

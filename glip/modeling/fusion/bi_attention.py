@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from glip.layers.drop_path import DropPath
-from glip.utils.graph import tracing
+from glip.utils.graph import needs_graph, tracing
 
 __all__ = [
     "CUDA_CHUNK_ELEMENTS",
@@ -117,10 +117,28 @@ class BiMultiHeadAttention(nn.Module):
         b, _, n, _ = x.shape
         return x.transpose(1, 2).reshape(b, n, self.embed_dim)  # [B, n, E]
 
-    def _clamp(self, x: Tensor) -> Tensor:
+    def _clamp(self, x: Tensor, inplace: bool = False) -> Tensor:
         if self.clamp_min is None and self.clamp_max is None:
             return x
+        if inplace:
+            return x.clamp_(min=self.clamp_min, max=self.clamp_max)
         return x.clamp(min=self.clamp_min, max=self.clamp_max)
+
+    def _softmax_over_pixels(self, logits: Tensor, out: Tensor | None = None) -> Tensor:
+        """The text -> image softmax of clamped logits ``Tensor[B, N, hT]`` over the N pixels
+        (dim 1): the official ``softmax(clamp(x - max(x)))``.
+
+        In float32/64 the max subtraction and second clamp are left out, bit for bit the same:
+        the kernel subtracts the same maximum itself (``fl(x - m)``; on subtracted logits, whose
+        maximum is 0, its subtraction changes nothing), and the clamp only raises values below
+        -50000, whose exponential is 0 either way. In lower precision (autocast) the subtraction
+        rounds before the softmax's float32 upcast, so the official steps stay. ``out``: a
+        buffer of the logits' shape and dtype for the probabilities.
+        """
+        if logits.dtype in (torch.float32, torch.float64):
+            return logits.softmax(dim=1) if out is None else torch.softmax(logits, 1, out=out)
+        logits_l = self._clamp(logits - logits.amax(dim=1, keepdim=True))  # [B, N, hT]
+        return logits_l.softmax(dim=1)
 
     def forward(
         self, v: Tensor, t: Tensor, text_mask: Tensor | None, update_visual: bool = True
@@ -145,14 +163,16 @@ class BiMultiHeadAttention(nn.Module):
             return self._forward_projected(v, t, text_mask, update_visual)
         chunk = self.images_per_chunk or self._auto_chunk(v, t)
         if v.shape[0] > chunk:
-            # Images never attend to each other: run them `chunk` at a time, which bounds the
-            # attention buffers ([n, N, hT]) to `chunk` images instead of B.
+            # Images never attend to each other: `chunk` at a time bounds the [n, N, hT] maps
+            # to `chunk` images; without autograd the chunks share two (`scratch`).
+            scratch: list[Tensor] = []
             parts = [
                 self._forward_reassociated(
                     v[i : i + chunk],
                     t[i : i + chunk],
                     None if text_mask is None else text_mask[i : i + chunk],
                     update_visual,
+                    scratch=scratch,
                 )
                 for i in range(0, v.shape[0], chunk)
             ]
@@ -209,7 +229,12 @@ class BiMultiHeadAttention(nn.Module):
         return delta_v, delta_l
 
     def _forward_reassociated(
-        self, v: Tensor, t: Tensor, text_mask: Tensor | None, update_visual: bool = True
+        self,
+        v: Tensor,
+        t: Tensor,
+        text_mask: Tensor | None,
+        update_visual: bool = True,
+        scratch: list[Tensor] | None = None,
     ) -> tuple[Tensor | None, Tensor]:
         """The same attention without dropout, with every product around the visual side
         re-associated through the text side (h heads of width d = E / h; per image):
@@ -225,6 +250,9 @@ class BiMultiHeadAttention(nn.Module):
         3 N E (C + T): 2x fewer at the padded T = 256 and ~30x fewer for a 16-token prompt,
         and the largest buffer is ``[B, N, hT]`` instead of ``[B, N, E]``. Results equal the
         projected path up to float rounding (checked against the official fixtures).
+
+        ``scratch``: without autograd the two ``[B, N, hT]`` maps go into its buffers (made
+        and left there when missing, for the caller's next image chunk); no effect on values.
         """
         b, n, c = v.shape
         h, d = self.num_heads, self.head_dim
@@ -238,37 +266,53 @@ class BiMultiHeadAttention(nn.Module):
         key_s = key * self.scale  # [B, T, h, d]
         a = torch.einsum("hdc,bthd->bcht", w_q, key_s).reshape(b, c, h * num_t)  # [B, C, hT]
         a_bias = torch.einsum("hd,bthd->bht", b_q, key_s).reshape(b, 1, h * num_t)  # [B, 1, hT]
-        logits = self._clamp(torch.baddbmm(a_bias, v, a))  # [B, N, hT]
+        # Without autograd (not tracing) the [B, N, hT] maps are overwritten once consumed: the
+        # same ops and bits, but 2 new maps per call instead of 7 (0 with `scratch`), each costing
+        # its page faults (on the CPU about as much as the op itself).
+        inplace = not needs_graph(v, a, a_bias)
+        reuse = inplace and scratch is not None and not torch.is_autocast_enabled(v.device.type)
+        buffers = _scratch(scratch, (b, n, h * num_t), v) if reuse else (None, None)  # type: ignore[arg-type]
+        logits = torch.baddbmm(a_bias, v, a, out=buffers[0])  # [B, N, hT]
+        logits = self._clamp(logits, inplace)
 
-        # text -> image: softmax over the N pixels (dim 1 here), after the max subtraction.
-        # Each [B, N, hT] map is dropped once consumed (del: names only, autograd keeps what
-        # it needs), so at most three are alive at once, not five.
-        logits_l = self._clamp(logits - logits.amax(dim=1, keepdim=True))  # [B, N, hT]
-        probs_l = logits_l.softmax(dim=1)  # [B, N, hT]
-        del logits_l
+        # text -> image: softmax over the N pixels (dim 1 here).
+        probs_l = self._softmax_over_pixels(logits, out=buffers[1])  # [B, N, hT]
         pooled = (probs_l.transpose(1, 2) @ v).view(b, h, num_t, c)  # [B, h, T, C]
         w_v = self.values_v_proj.weight.view(h, d, c)  # [h, d, C]
         b_v = self.values_v_proj.bias.view(h, 1, d)  # [h, 1, d]
         mass = probs_l.sum(dim=1).view(b, h, num_t, 1)  # [B, h, T, 1], ~1 per row
-        del probs_l
         context_l = pooled @ w_v.transpose(1, 2) + mass * b_v  # [B, h, T, d]
         context_l = context_l.transpose(1, 2).reshape(b, num_t, h * d)  # [B, T, E]
         delta_l = self.out_l_proj(context_l)  # [B, T, D]
         if not update_visual:
             return None, delta_l
 
-        # image -> text: softmax over the T tokens of each head, padding masked.
+        # image -> text: softmax over each head's T tokens, padding masked; in place into the
+        # logits, then the spent text -> image probabilities. Else each map is dropped once
+        # consumed (del: names only, autograd keeps what it needs): three alive at most.
         logits_v = logits.view(b, n, h, num_t)  # [B, N, h, T]
         additive = self._image_to_text_logits_bias(text_mask, logits.dtype)
         del logits
         if additive is not None:
-            logits_v = logits_v + additive[:, None, None, :]  # [B, N, h, T]
-        probs_v = logits_v.softmax(dim=-1).view(b, n, h * num_t)  # [B, N, hT]
-        del logits_v
+            additive = additive[:, None, None, :]  # [B, 1, 1, T]
+            logits_v = logits_v.add_(additive) if inplace else logits_v + additive  # [B, N, h, T]
+        if inplace and probs_l.dtype == logits_v.dtype:
+            probs_v = torch.softmax(logits_v, -1, out=probs_l.view(b, n, h, num_t)).view(b, n, h * num_t)
+        else:
+            probs_v = logits_v.softmax(dim=-1).view(b, n, h * num_t)  # [B, N, hT]
+        del logits_v, probs_l
         w_o = self.out_v_proj.weight.view(c, h, d)  # [C, h, d]
         u = torch.einsum("bthd,chd->bhtc", value_l, w_o).reshape(b, h * num_t, c)  # [B, hT, C]
         delta_v = torch.baddbmm(self.out_v_proj.bias, probs_v, u)  # [B, N, C]
         return delta_v, delta_l
+
+
+def _scratch(buffers: list[Tensor], shape: tuple[int, ...], like: Tensor) -> tuple[Tensor, Tensor]:
+    """Two buffers of ``shape`` (``like``'s dtype and device) from ``buffers``, made and kept
+    there when it has none of that shape."""
+    if len(buffers) != 2 or buffers[0].shape != shape or buffers[0].dtype != like.dtype:
+        buffers[:] = [like.new_empty(shape), like.new_empty(shape)]
+    return buffers[0], buffers[1]
 
 
 @dataclass
