@@ -131,6 +131,18 @@ def calibrate_bias(model, calib, precision: float, shifts: list[float]) -> tuple
     return best, rows
 
 
+def with_sources(cfg: Any, ds: Any, sources: list[tuple[str, Path, float]]) -> Any:
+    """``cfg`` training on ``(format, json, weight)`` sources over the images of the synthetic
+    set ``ds`` (``data.sources``; the single-source ``data.train_json`` / ``train_images`` cleared)."""
+    from glip.config import config_from_dict, config_to_dict
+
+    rows = [
+        {"format": f, "train_json": str(path), "train_images": str(ds.image_dir), "weight": w} for f, path, w in sources
+    ]
+    data = {**config_to_dict(cfg)["data"], "sources": rows, "train_json": "", "train_images": ""}
+    return config_from_dict({**config_to_dict(cfg), "data": data})
+
+
 def detection_stage(
     name: str,
     start: Path,
@@ -147,7 +159,7 @@ def detection_stage(
     ``grounding_train.json``: the caption is the prompt, each named shape's noun phrase its
     positive), drawn with that weight against detection's 1. The trained model folder, or
     None when the run was interrupted (a rerun resumes)."""
-    from glip.config import config_from_dict, config_to_dict, load_config
+    from glip.config import load_config
     from glip.engine import train
 
     cfg = load_config(
@@ -160,13 +172,9 @@ def detection_stage(
         ],
     )  # fmt: skip
     if grounded_captions > 0:
-        sources = [
-            {"format": "coco", "train_json": str(ds.train_json), "train_images": str(ds.image_dir)},
-            {"format": "mdetr", "train_json": str(ds.root / "grounding_train.json"),
-             "train_images": str(ds.image_dir), "weight": grounded_captions},
-        ]  # fmt: skip
-        data = {**config_to_dict(cfg)["data"], "sources": sources, "train_json": "", "train_images": ""}
-        cfg = config_from_dict({**config_to_dict(cfg), "data": data})
+        cfg = with_sources(
+            cfg, ds, [("coco", ds.train_json, 1.0), ("mdetr", ds.root / "grounding_train.json", grounded_captions)]
+        )
     begin = time.time()
     result = train(cfg, out, resume=True, cpu=True, weights=start)
     if result.interrupted_by is not None:
@@ -205,22 +213,19 @@ def multitask_stage(args: argparse.Namespace, ds: Any, start: Path, work: Path) 
     """The multi-task stage (:data:`VL_RECIPE`): detection with masks, VQA and captions by
     ``--source-weights``, the trunk frozen, from the model folder ``start``; the trained
     folder, its steps and minutes, or None when interrupted (a rerun resumes)."""
-    from glip.config import config_from_dict, config_to_dict, load_config
+    from glip.config import load_config
     from glip.engine import train
 
-    sources = [
-        {"format": "coco", "train_json": str(ds.train_json), "train_images": str(ds.image_dir)},
-        {"format": "vqa", "train_json": str(ds.root / "vqa_train.json"), "train_images": str(ds.image_dir)},
-        {"format": "captions", "train_json": str(ds.root / "captions_train.json"), "train_images": str(ds.image_dir)},
+    files = [
+        ("coco", ds.train_json),
+        ("vqa", ds.root / "vqa_train.json"),
+        ("captions", ds.root / "captions_train.json"),
     ]
-    for source, weight in zip(sources, args.source_weights):
-        source["weight"] = weight
     cfg = load_config(
         start / "config.yaml",
         [
             *VL_RECIPE,
             *(HARD_NEGATIVES if args.continue_heads or args.bind_steps > 0 else []),
-            "data.train_json=''", "data.train_images=''",  # the binding stage's single source
             "model.heads.vqa.enabled=true", "model.heads.caption.enabled=true",
             f"model.heads.vqa.readout_dim={args.readout_dim}", f"model.heads.caption.readout_dim={args.readout_dim}",
             f"model.heads.caption.context_layers={args.caption_context_layers}",
@@ -230,7 +235,7 @@ def multitask_stage(args: argparse.Namespace, ds: Any, start: Path, work: Path) 
             *args.overrides,
         ],
     )  # fmt: skip
-    cfg = config_from_dict({**config_to_dict(cfg), "data": {**config_to_dict(cfg)["data"], "sources": sources}})
+    cfg = with_sources(cfg, ds, [(f, path, w) for (f, path), w in zip(files, args.source_weights)])
     begin = time.time()
     result = train(cfg, work / "train", resume=True, cpu=True, weights=start)
     minutes = (time.time() - begin) / 60

@@ -230,17 +230,15 @@ def write_synthetic_captions(root: str | Path, detection_jsons: Mapping[str, Pat
             anns = by_image[im["id"]]
             caption, spans = ground_objects([(names[a["category_id"]], a["bbox"]) for a in anns], rng)
             annotations.append({"id": i + 1, "image_id": im["id"], "caption": caption})
-            im["caption"] = caption
             for index, span in spans:
                 box = {key: anns[index][key] for key in ("bbox", "area", "category_id", "iscrowd", "segmentation")}
                 grounded.append({**box, "id": len(grounded) + 1, "image_id": im["id"], "tokens_positive": [list(span)]})
-        records = [{key: v for key, v in im.items() if key != "caption"} for im in images]
         path = Path(root) / f"captions_{split}.json"
-        text = json.dumps({"images": records, "annotations": annotations}, sort_keys=True, indent=1)
+        text = json.dumps({"images": images, "annotations": annotations}, sort_keys=True, indent=1)
         path.write_text(text + "\n", encoding="utf-8")
-        categories = data["categories"]
+        captioned = [{**im, "caption": a["caption"]} for im, a in zip(images, annotations)]
         text = json.dumps(
-            {"images": images, "annotations": grounded, "categories": categories}, sort_keys=True, indent=1
+            {"images": captioned, "annotations": grounded, "categories": data["categories"]}, sort_keys=True, indent=1
         )
         (Path(root) / f"grounding_{split}.json").write_text(text + "\n", encoding="utf-8")
         paths.append(path)

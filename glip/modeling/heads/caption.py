@@ -113,12 +113,12 @@ class CausalTextContext(nn.Module):
         max_positions: int = 0,
     ) -> None:
         super().__init__()
-        self.position = nn.Embedding(max_positions, dim) if max_positions > 0 else None
-        if self.position is not None:
-            nn.init.normal_(self.position.weight, std=0.02)
         if num_layers < 1 or dim % num_heads:
             raise ValueError(f"a causal text context needs >= 1 layer and a width divisible by its heads: "
                              f"{num_layers} layers, width {dim}, {num_heads} heads")  # fmt: skip
+        self.position = nn.Embedding(max_positions, dim) if max_positions > 0 else None
+        if self.position is not None:
+            nn.init.normal_(self.position.weight, std=0.02)
         self.layers = nn.ModuleList(
             nn.TransformerEncoderLayer(
                 dim, num_heads, 2 * dim, dropout, activation="gelu", layer_norm_eps=layer_norm_eps, batch_first=True
@@ -134,7 +134,7 @@ class CausalTextContext(nn.Module):
                     f"the caption context has {self.position.num_embeddings} positions, got {length} tokens"
                 )
             text = text + self.position.weight[:length].to(text.dtype)  # [B, T, D]
-        causal = torch.triu(torch.full((length, length), float("-inf"), device=text.device), 1).to(text.dtype)  # [T, T]
+        causal = nn.Transformer.generate_square_subsequent_mask(length, text.device, text.dtype)  # [T, T]
         for layer in self.layers:
             text = layer(text, src_mask=causal, is_causal=True)
         return text
