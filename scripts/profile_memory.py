@@ -1,7 +1,8 @@
 """Where a GLIP process's peak resident memory comes from: loading stages and modules.
 
-One process imports torch, transformers' ``BertModel``, torchvision and glip (the resident
-set printed after each, so the import footprint shows by package), loads a saved GLIP folder with
+One process imports torch, what glip takes from transformers (the config and tokenizer
+classes), torchvision's compiled ops and glip (the resident set printed after each, so the
+import footprint shows by package), loads a saved GLIP folder with
 ``glip.Predictor`` (optionally ``--weights-dtype bfloat16``) and runs one call on the
 chelsea image (resized by the model to 800 x ~1200) with the prompt of
 ``scripts/bench_predict.py``. A thread samples the resident set (``/proc/self/statm``) every
@@ -79,12 +80,13 @@ def main() -> None:
     import transformers  # noqa: F401
 
     sampler.stage("imported transformers (lazy)")
-    from transformers import BertModel  # noqa: F401  (what the text encoder needs; the peer too)
+    from transformers import AutoTokenizer, BertConfig  # noqa: F401  (what glip needs of transformers)
 
-    sampler.stage("imported BertModel (+torch._dynamo)")
-    import torchvision  # noqa: F401  (already in by now when installed: transformers imports it)
+    sampler.stage("imported BertConfig, AutoTokenizer")
+    from glip.utils.imports import load_torchvision_ops
 
-    sampler.stage("imported torchvision")
+    load_torchvision_ops()  # torchvision's compiled ops, without its Python package
+    sampler.stage("loaded torchvision's ops")
     import glip.hub.checkpoint as checkpoint
     from glip.api import Predictor
 

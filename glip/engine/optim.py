@@ -19,7 +19,7 @@ from torch import nn
 from glip.config import SolverConfig
 from glip.modeling.fusion.bi_attention import BiAttentionBlock
 from glip.modeling.fusion.dyhead import DyConv
-from glip.modeling.fusion.text_layer import TextLayer
+from glip.modeling.language.text_layer import TextLayer
 
 __all__ = [
     "WarmupSchedule",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from transformers import PreTrainedConfig
@@ -10,6 +11,8 @@ from glip.config import GLIPConfig
 from glip.hub.transformers_folder import GLIP_CONFIG_KEY, MODEL_TYPE, TEXT_CONFIG_KEY, config_fields
 
 __all__ = ["GLIPTransformersConfig"]
+
+_WHEN_MADE: list[Callable[[], None]] = []
 
 
 class GLIPTransformersConfig(PreTrainedConfig):
@@ -26,6 +29,18 @@ class GLIPTransformersConfig(PreTrainedConfig):
 
     glip_config: dict | None = None
     glip_text_config: dict | None = None
+
+    def __post_init__(self, **kwargs: Any) -> None:
+        # A glip config is about to meet an Auto model or processor class: the callbacks
+        # register those (glip.hf's import hook registers the model type alone).
+        while _WHEN_MADE:
+            _WHEN_MADE.pop(0)()
+        super().__post_init__(**kwargs)
+
+    @staticmethod
+    def call_when_made(callback: Callable[[], None]) -> None:
+        """Calls ``callback`` once, when the next glip config is made."""
+        _WHEN_MADE.append(callback)
 
     @classmethod
     def from_glip(cls, cfg: GLIPConfig, text_config: Any, **kwargs: Any) -> GLIPTransformersConfig:

@@ -3,9 +3,25 @@
 
 from __future__ import annotations
 
-__all__ = ["register_with_transformers"]
+from collections.abc import Callable
+
+__all__ = ["register_config_with_transformers", "register_with_transformers"]
 
 _TASK = "zero-shot-object-detection"
+
+
+def register_config_with_transformers(when_made: Callable[[], None] | None = None) -> None:
+    """``AutoConfig`` (``model_type`` ``"glip"``) alone: imports transformers' configuration
+    code, not its modelling code; ``when_made`` is called when a glip config is first made.
+    Idempotent."""
+    from transformers import AutoConfig
+
+    from glip.hf.configuration import GLIPTransformersConfig
+    from glip.hub.transformers_folder import MODEL_TYPE
+
+    AutoConfig.register(MODEL_TYPE, GLIPTransformersConfig, exist_ok=True)
+    if when_made is not None:
+        GLIPTransformersConfig.call_when_made(when_made)
 
 
 def register_with_transformers() -> None:
@@ -14,7 +30,6 @@ def register_with_transformers() -> None:
     the task's pipeline class (:class:`GLIPZeroShotObjectDetectionPipeline`, which is the
     stock pipeline for every other model). Idempotent."""
     from transformers import (
-        AutoConfig,
         AutoImageProcessor,
         AutoModel,
         AutoModelForZeroShotObjectDetection,
@@ -27,14 +42,13 @@ def register_with_transformers() -> None:
     from glip.hf.modeling import GLIPForZeroShotObjectDetection
     from glip.hf.pipeline import GLIPZeroShotObjectDetectionPipeline
     from glip.hf.processing import GLIPImageProcessor, GLIPProcessor
-    from glip.hub.transformers_folder import MODEL_TYPE
     from glip.modeling.glip import register_pretrained_writers
 
     register_pretrained_writers(
         lambda model, directory, **kw: GLIPForZeroShotObjectDetection.from_glip(model).save_pretrained(directory, **kw),
         lambda model, repo_id, **kw: GLIPForZeroShotObjectDetection.from_glip(model).push_to_hub(repo_id, **kw),
     )
-    AutoConfig.register(MODEL_TYPE, GLIPTransformersConfig, exist_ok=True)
+    register_config_with_transformers()
     AutoModel.register(GLIPTransformersConfig, GLIPForZeroShotObjectDetection, exist_ok=True)
     AutoModelForZeroShotObjectDetection.register(GLIPTransformersConfig, GLIPForZeroShotObjectDetection, exist_ok=True)
     # One class for every backend: glip's preprocessing is its own (torch), whichever transformers prefers.

@@ -27,6 +27,7 @@ import torch
 from torch import Tensor
 
 from glip.ops.backend import resolve_backend
+from glip.utils.imports import import_torchvision
 
 __all__ = ["level_of_boxes", "multilevel_roi_align", "roi_align"]
 
@@ -158,6 +159,8 @@ def roi_align(
     size = (output_size, output_size) if isinstance(output_size, int) else tuple(output_size)
     if resolve_backend(backend, op="roi_align", device=input.device) == "torchvision":
         rois = rois.to(input.dtype)
+        if torch.is_grad_enabled() and input.requires_grad:
+            import_torchvision()  # the backward formula is registered by torchvision's Python package
         return torch.ops.torchvision.roi_align(
             input, rois, float(spatial_scale), size[0], size[1], int(sampling_ratio), bool(aligned)
         )

@@ -153,7 +153,7 @@ def test_language_and_body_rates_follow_the_modules_not_the_names():
 
 def test_fusion_lr_factor_scales_the_fusion_and_in_head_text_layers_only():
     from glip.modeling.fusion.bi_attention import BiAttentionBlock
-    from glip.modeling.fusion.text_layer import TextLayer
+    from glip.modeling.language.text_layer import TextLayer
 
     model = nn.Module()
     model.head = nn.Module()

@@ -15,9 +15,9 @@ from torch import nn
 
 from glip.hub.official_keys import remap_official_state_dict
 from glip.modeling.fusion.dyhead import _reinterpret_raw_buffer
-from glip.modeling.fusion.text_layer import TextLayer
 from glip.modeling.fusion.trunk import FusionTrunk, TrunkOutput
 from glip.modeling.heads import GroundingHead
+from glip.modeling.language.text_layer import TextLayer
 from glip.structures import HeadOutputs, TextFeatures
 from tests.conftest import CASES, OFFICIAL, TINY_CONFIGS, load_case, official_state_dict
 

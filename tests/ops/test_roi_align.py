@@ -150,3 +150,36 @@ def test_multilevel_pooler_pools_each_box_on_its_level() -> None:
     for r, lvl in enumerate(levels):
         expected = roi_align(feats[lvl], rois[r : r + 1], 4, 1 / strides[lvl], 0, backend="torch")
         torch.testing.assert_close(out[r : r + 1], expected)
+
+
+@pytest.mark.skipif(not torchvision_available(), reason="torchvision's compiled ops are not usable")
+def test_torchvision_backward_in_a_process_that_never_imported_torchvision() -> None:
+    """glip loads torchvision's compiled library alone (no ``import torchvision``); its
+    ROIAlign backward formula is registered by the Python package, which a gradient
+    through the kernel must therefore import first."""
+    import subprocess
+    import sys
+    import textwrap
+    from pathlib import Path
+
+    code = textwrap.dedent(
+        """
+        import sys, torch
+        from glip.ops.roi_align import roi_align
+        x = torch.randn(1, 2, 8, 8, requires_grad=True)
+        rois = torch.tensor([[0, 1.0, 1.0, 6.0, 5.0]])
+        with torch.no_grad():
+            roi_align(x, rois, 3, 1.0, 2, True, backend="torchvision")
+        imported_for_inference = "torchvision" in sys.modules
+        roi_align(x, rois, 3, 1.0, 2, True, backend="torchvision").square().sum().backward()
+        ours = x.grad.clone()
+        x.grad = None
+        roi_align(x, rois, 3, 1.0, 2, True, backend="torch").square().sum().backward()
+        torch.testing.assert_close(ours, x.grad)
+        print(imported_for_inference, "torchvision" in sys.modules)
+        """
+    )
+    root = Path(__file__).resolve().parents[2]
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["False", "True"]

@@ -27,7 +27,7 @@ from torch.utils.checkpoint import checkpoint
 from glip.layers.deform_conv import ModulatedDeformConv2d
 from glip.layers.dyrelu import DyReLU, h_sigmoid
 from glip.modeling.fusion.bi_attention import BiAttentionBlock, FusedFeatures
-from glip.modeling.fusion.text_layer import TextLayer
+from glip.modeling.language.text_layer import TextLayer
 from glip.utils.graph import needs_graph
 
 __all__ = ["ConvNorm", "DyConv", "HeadBlock"]

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from glip.modeling.fusion.bi_attention import FUSION_EMBED_DIM, FUSION_NUM_HEADS, BiAttentionBlock
 from glip.modeling.fusion.dyhead import DyConv, HeadBlock
-from glip.modeling.fusion.text_layer import TextLayer
+from glip.modeling.language.text_layer import TextLayer
 from glip.structures.text import TextFeatures
 
 __all__ = ["FusionSpec", "FusionTrunk", "TextLayerSpec", "TrunkOutput", "TrunkSpec"]

@@ -7,8 +7,12 @@ for clamps to +-50000:
 
 * the attention scores, after the ``1/sqrt(d)`` scaling and *before* the additive
   mask (official CLAMP_BERTATTN_{MIN,MAX}_FOR_{UNDER,OVER}FLOW, on in every GLIP config);
-* unconditionally in the feed-forward block: after the first dense layer, after the
-  activation, after the second dense layer and after its LayerNorm.
+* in the feed-forward block: after the first dense layer, after the activation, after
+  the second dense layer and after its LayerNorm (unconditional in the official layer).
+
+Without the clamps, and with ``score_scaling="multiply"``, it is ``transformers``'
+``BertLayer`` op for op: :class:`glip.modeling.language.bert.BertEncoder` stacks it as the
+language backbone.
 
 Submodule names follow Hugging Face BERT (``attention.self.query`` ...), which is
 what the official checkpoints store.
@@ -57,8 +61,11 @@ class _SelfAttention(nn.Module):
         dropout: float,
         clamp_min: bool,
         clamp_max: bool,
+        score_scaling: str = "divide",
     ) -> None:
         super().__init__()
+        if score_scaling not in ("divide", "multiply"):
+            raise ValueError(f"score_scaling must be 'divide' or 'multiply', got {score_scaling!r}")
         if hidden_size % num_heads != 0:
             raise ValueError(f"hidden size {hidden_size} is not a multiple of num_heads {num_heads}")
         self.num_heads = num_heads
@@ -69,6 +76,7 @@ class _SelfAttention(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.clamp_min = -_CLAMP if clamp_min else None
         self.clamp_max = _CLAMP if clamp_max else None
+        self.multiply_scores = score_scaling == "multiply"
 
     def _heads(self, x: Tensor) -> Tensor:
         b, t, _ = x.shape
@@ -80,7 +88,10 @@ class _SelfAttention(nn.Module):
             self._heads(self.key(x)),
             self._heads(self.value(x)),
         )
-        scores = (q @ k.transpose(-1, -2)) / math.sqrt(self.head_dim)  # [B, h, T, T]
+        scores = q @ k.transpose(-1, -2)  # [B, h, T, T]
+        # The official layer divides by sqrt(d), transformers' BertModel multiplies by
+        # d ** -0.5: the same numbers when sqrt(d) is a power of two (BERT-base), not always.
+        scores = scores * self.head_dim**-0.5 if self.multiply_scores else scores / math.sqrt(self.head_dim)
         if self.clamp_min is not None or self.clamp_max is not None:
             scores = scores.clamp(min=self.clamp_min, max=self.clamp_max)
         probs = self.dropout((scores + additive_mask).softmax(dim=-1))
@@ -120,25 +131,34 @@ class _Intermediate(nn.Module):
         hidden_size: int,
         intermediate_size: int,
         activation: Callable[[Tensor], Tensor],
+        clamp: bool = True,
     ) -> None:
         super().__init__()
         self.dense = nn.Linear(hidden_size, intermediate_size)
         self.activation = activation
+        self.clamp = clamp
 
     def forward(self, x: Tensor) -> Tensor:
+        if not self.clamp:
+            return self.activation(self.dense(x))
         return _clamp(self.activation(_clamp(self.dense(x))))
 
 
 class _Output(nn.Module):
     """Dense + dropout + clamp, residual LayerNorm, clamp."""
 
-    def __init__(self, intermediate_size: int, hidden_size: int, eps: float, dropout: float) -> None:
+    def __init__(
+        self, intermediate_size: int, hidden_size: int, eps: float, dropout: float, clamp: bool = True
+    ) -> None:
         super().__init__()
         self.dense = nn.Linear(intermediate_size, hidden_size)
         self.LayerNorm = nn.LayerNorm(hidden_size, eps=eps)
         self.dropout = nn.Dropout(dropout)
+        self.clamp = clamp
 
     def forward(self, x: Tensor, residual: Tensor) -> Tensor:
+        if not self.clamp:
+            return self.LayerNorm(self.dropout(self.dense(x)) + residual)
         x = _clamp(self.dropout(self.dense(x)))
         return _clamp(self.LayerNorm(x + residual))
 
@@ -155,7 +175,10 @@ class TextLayer(nn.Module):
         hidden_dropout: BERT ``hidden_dropout_prob`` (training only).
         attention_dropout: BERT ``attention_probs_dropout_prob`` (training only).
         clamp_min_for_underflow, clamp_max_for_overflow: clamp the attention scores
-            (official CLAMP_BERTATTN_*; the feed-forward clamps are unconditional).
+            (official CLAMP_BERTATTN_*).
+        clamp_feed_forward: clamp in the feed-forward block (always, officially).
+        score_scaling: ``"divide"`` the scores by ``sqrt(d)`` (the official layer) or
+            ``"multiply"`` them by ``d ** -0.5`` (transformers' ``BertModel``).
 
     Weights keep PyTorch's default initialisation: the official layer never calls
     BERT's ``init_weights``.
@@ -176,6 +199,8 @@ class TextLayer(nn.Module):
         attention_dropout: float = 0.1,
         clamp_min_for_underflow: bool = True,
         clamp_max_for_overflow: bool = True,
+        clamp_feed_forward: bool = True,
+        score_scaling: str = "divide",
     ) -> None:
         super().__init__()
         if activation not in _ACTIVATIONS:
@@ -187,11 +212,12 @@ class TextLayer(nn.Module):
                 attention_dropout,
                 clamp_min_for_underflow,
                 clamp_max_for_overflow,
+                score_scaling,
             ),
             _SelfOutput(hidden_size, layer_norm_eps, hidden_dropout),
         )
-        self.intermediate = _Intermediate(hidden_size, intermediate_size, _ACTIVATIONS[activation])
-        self.output = _Output(intermediate_size, hidden_size, layer_norm_eps, hidden_dropout)
+        self.intermediate = _Intermediate(hidden_size, intermediate_size, _ACTIVATIONS[activation], clamp_feed_forward)
+        self.output = _Output(intermediate_size, hidden_size, layer_norm_eps, hidden_dropout, clamp_feed_forward)
 
     @classmethod
     def from_bert_config(
@@ -199,6 +225,8 @@ class TextLayer(nn.Module):
         config: Any,
         clamp_min_for_underflow: bool = True,
         clamp_max_for_overflow: bool = True,
+        clamp_feed_forward: bool = True,
+        score_scaling: str = "divide",
     ) -> TextLayer:
         """Builds the layer from a Hugging Face ``BertConfig`` (or any object with its attributes)."""
         return cls(
@@ -211,6 +239,8 @@ class TextLayer(nn.Module):
             attention_dropout=config.attention_probs_dropout_prob,
             clamp_min_for_underflow=clamp_min_for_underflow,
             clamp_max_for_overflow=clamp_max_for_overflow,
+            clamp_feed_forward=clamp_feed_forward,
+            score_scaling=score_scaling,
         )
 
     def forward(self, hidden: Tensor, mask: Tensor, causal: bool = False) -> Tensor:
