@@ -9,7 +9,7 @@ import pickle
 import pickletools
 import warnings
 import zipfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,14 @@ from torch import Tensor
 from glip.config import GLIPConfig, load_config, save_config
 from glip.hub.legacy_keys import remap_legacy_state_dict
 from glip.hub.official_keys import remap_official_state_dict
-from glip.hub.streaming import MappedFile, SafetensorsIndex, index_safetensors, mapped_file, stream_state_into
+from glip.hub.streaming import (
+    MappedFile,
+    SafetensorsIndex,
+    index_safetensors,
+    mapped_file,
+    sparse_tables,
+    stream_state_into,
+)
 from glip.hub.transformers_folder import (
     TransformersFolderError,
     is_transformers_folder,
@@ -177,10 +184,12 @@ def load_state_into(
     *,
     index: SafetensorsIndex | None = None,
     mapped: MappedFile | None = None,
+    keep_mapped: Collection[str] = (),
 ) -> None:
     """Loads ``state`` (our key names) strictly; errors name missing, unexpected and
     mis-shaped keys. ``index`` (meta tensors read from their file) and ``mapped`` (a
-    ``read_checkpoint(mmap=True)``) stream it (:func:`glip.hub.streaming.stream_state_into`)."""
+    ``read_checkpoint(mmap=True)``) stream it (:func:`glip.hub.streaming.stream_state_into`,
+    which leaves the ``keep_mapped`` parameters in the file's mapping)."""
     ours = model.state_dict()
     missing = sorted(set(ours) - set(state))
     unexpected = sorted(set(state) - set(ours))
@@ -205,10 +214,10 @@ def load_state_into(
         model.load_state_dict(state, strict=True)
         return
     if index is None:
-        stream_state_into(model, state, mapped=mapped)
+        stream_state_into(model, state, mapped=mapped, keep_mapped=keep_mapped)
         return
     try:
-        stream_state_into(model, state, index)
+        stream_state_into(model, state, index, keep_mapped=keep_mapped)
     except (OSError, ValueError) as e:
         raise CheckpointError(f"cannot read {source}: corrupt or not a safetensors file ({e})") from None
 
@@ -332,7 +341,9 @@ def load_checkpoint(
     state = with_fresh_heads(model, state, str(weights), fresh_heads)
     if "prompt_offset.weight" in state:  # a prompt-tuned checkpoint (ours or official tunable_linear)
         model.enable_prompt_offset(int(state["prompt_offset.weight"].shape[0]))
-    load_state_into(model, state, str(weights), index=index, mapped=mapped)
+    # float32 weights: BERT's word table (94 MiB, of which a prompt reads tens of rows) stays in the file
+    keep_mapped = sparse_tables(model) if storage is None else ()
+    load_state_into(model, state, str(weights), index=index, mapped=mapped, keep_mapped=keep_mapped)
     if base is not None and (base / PROMPT_NAME).is_file():
         _read_prompt(model, base / PROMPT_NAME)
     del raw, state  # a .pth's tensors: not held beside the model any longer than needed

@@ -26,14 +26,22 @@ import mmap
 import os
 import struct
 import sys
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
-__all__ = ["MappedFile", "SafetensorsIndex", "index_safetensors", "mapped_file", "release_mapped", "stream_state_into"]
+__all__ = [
+    "MappedFile",
+    "SafetensorsIndex",
+    "index_safetensors",
+    "mapped_file",
+    "release_mapped",
+    "sparse_tables",
+    "stream_state_into",
+]
 
 _DTYPES = {
     "F64": torch.float64,
@@ -151,6 +159,15 @@ _MADVISE = _madvise()
 _MADV_DONTNEED = 4  # <sys/mman.h> on Linux
 
 
+def _inside(tensor: Tensor, mapped: MappedFile) -> bool:
+    """Whether ``tensor``'s storage lies in one of ``mapped``'s ranges."""
+    if tensor.device.type != "cpu" or tensor.layout != torch.strided:
+        return False
+    begin = tensor.untyped_storage().data_ptr()
+    size = tensor.untyped_storage().nbytes()
+    return any(start <= begin and begin + size <= end for start, end in mapped.ranges)
+
+
 def release_mapped(tensor: Tensor, mapped: MappedFile) -> bool:
     """Drops the resident pages under ``tensor``'s storage when that storage lies inside one
     of ``mapped``'s ranges (a private mapping that nothing wrote: a later read faults the
@@ -170,6 +187,53 @@ def release_mapped(tensor: Tensor, mapped: MappedFile) -> bool:
     return False
 
 
+def sparse_tables(model: torch.nn.Module, min_bytes: int = 8 * 2**20) -> set[str]:
+    """The state-dict keys of ``model``'s float32 CPU embedding tables of at least
+    ``min_bytes`` that no other parameter shares: tables that inference reads a few rows of
+    (BERT's word table: 30522 rows, a prompt looks up tens), worth leaving in their file
+    (:func:`stream_state_into`'s ``keep_mapped``)."""
+    counts: dict[int, int] = {}
+    for _, p in model.named_parameters(remove_duplicate=False):
+        counts[p.data_ptr()] = counts.get(p.data_ptr(), 0) + 1
+    return {
+        f"{name}.weight" if name else "weight"
+        for name, m in model.named_modules()
+        if isinstance(m, torch.nn.Embedding)
+        and m.weight.dtype == torch.float32
+        and m.weight.device.type == "cpu"
+        and m.weight.nbytes >= min_bytes
+        and counts[m.weight.data_ptr()] == 1
+    }
+
+
+def _map_span(path: Path, begin: int, end: int, dtype: torch.dtype, shape: torch.Size) -> Tensor | None:
+    """Bytes ``begin..end`` of ``path`` as a tensor backed by a private, copy-on-write
+    mapping (pages read from the file when touched, never written back); None where the
+    file cannot be mapped or the bytes are misaligned for ``dtype``."""
+    granule = mmap.ALLOCATIONGRANULARITY
+    start = begin // granule * granule
+    if (begin - start) % torch.empty(0, dtype=dtype).element_size():
+        return None
+    try:
+        with open(path, "rb") as f:
+            view = mmap.mmap(
+                f.fileno(), end - start, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ | mmap.PROT_WRITE, offset=start
+            )
+    except (OSError, ValueError, AttributeError):  # no MAP_PRIVATE (Windows), an unmappable file
+        return None
+    count = (end - begin) // torch.empty(0, dtype=dtype).element_size()
+    # frombuffer holds a reference to the mapping for as long as the tensor lives
+    return torch.frombuffer(view, dtype=dtype, count=count, offset=begin - start).view(shape)
+
+
+def _assign(model: torch.nn.Module, key: str, value: Tensor) -> None:
+    """Makes ``value`` the parameter ``key`` of ``model`` (same ``requires_grad``)."""
+    owner, _, name = key.rpartition(".")
+    module = model.get_submodule(owner)
+    old = getattr(module, name)
+    setattr(module, name, torch.nn.Parameter(value, requires_grad=old.requires_grad))
+
+
 @torch.no_grad()
 def stream_state_into(
     model: torch.nn.Module,
@@ -177,15 +241,29 @@ def stream_state_into(
     index: SafetensorsIndex | None = None,
     *,
     mapped: MappedFile | None = None,
+    keep_mapped: Collection[str] = (),
 ) -> None:
     """Copies ``state`` into ``model``'s parameters and buffers, as
     ``model.load_state_dict(state)`` would (dtype casts included), after the caller has
     checked that keys and shapes match. Values that are meta tensors of ``index`` are read
     from its file; any other value (a real tensor) is copied as is, and when it lies in
-    ``mapped`` (a ``torch.load(mmap=True)`` of a ``.pth``) its pages are released right after."""
+    ``mapped`` (a ``torch.load(mmap=True)`` of a ``.pth``) its pages are released right after.
+
+    The parameters named in ``keep_mapped`` (:func:`sparse_tables`) are not copied when their
+    stored dtype is theirs: they become views of a private mapping of the file, so only the
+    pages a forward pass reads count in the resident set. Values are the same bit for bit.
+    """
     targets = model.state_dict(keep_vars=False)
     if index is None:
         for key, value in state.items():
+            if (
+                key in keep_mapped
+                and mapped is not None
+                and _inside(value, mapped)
+                and value.dtype == targets[key].dtype
+            ):
+                _assign(model, key, value)
+                continue
             targets[key].copy_(value)
             if mapped is not None:
                 release_mapped(value, mapped)
@@ -197,6 +275,11 @@ def stream_state_into(
             if span is None:
                 target.copy_(value)
                 continue
+            if key in keep_mapped and value.dtype == target.dtype:
+                view = _map_span(index.path, *span, value.dtype, value.shape)
+                if view is not None:
+                    _assign(model, key, view)
+                    continue
             begin, end = span
             f.seek(begin)
             if (
