@@ -115,7 +115,7 @@ def main() -> None:
 
     image, _ = _image()
     for name, module in predictor.model.named_modules():
-        if name and name.count(".") <= 3:
+        if name and name.count(".") <= (5 if name.startswith("backbone.body.layers") else 3):
             module.register_forward_pre_hook(lambda m, a, n=name: setattr(sampler, "label", n))
             module.register_forward_hook(lambda m, a, o, n=name: setattr(sampler, "label", f"after {n}"))
     sampler.stage("call")

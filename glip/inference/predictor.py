@@ -229,6 +229,9 @@ class Predictor:
 
         def run_batch(group: list[tuple[int, torch.Tensor, tuple[int, int]]]) -> list[tuple[int, Detections]]:
             batch = processor.batch([t for _, t, _ in group])
+            # From here the batch holds the pixels: the group keeps views of it (a failed batch
+            # is rerun image by image from them), not a second copy of every image.
+            group[:] = [(i, batch.tensor[k, :, : t.shape[-2], : t.shape[-1]], s) for k, (i, t, s) in enumerate(group)]
             sizes = [s for _, _, s in group]
             dets = detection.detect_chunks(
                 self.model, batch, chunks, sizes, masks=with_masks, autocast=self.autocast, max_detections=max_detections,
@@ -261,6 +264,7 @@ class Predictor:
                 h, w = tensor.shape[-2:]
                 key = (-(-h // stride) * stride, -(-w // stride) * stride) if stride > 0 else (h, w)
                 pending.setdefault(key, []).append((index, tensor, size))
+                del tensor  # held by `pending` alone
                 if len(pending[key]) >= batch_size:
                     results.update(run(pending.pop(key)))
             while next_out in results:

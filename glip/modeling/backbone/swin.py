@@ -45,6 +45,25 @@ __all__ = ["INFERENCE_CHUNK_ELEMENTS", "PatchEmbed", "PatchMerging", "SwinBlock"
 INFERENCE_CHUNK_ELEMENTS = (1 << 13) * 96
 
 
+def add_unshifted(x: Tensor, y: Tensor, shift: int) -> Tensor:
+    """``x + roll(y, (shift, shift), dims=(1, 2))[:, :H, :W]`` for ``x`` ``Tensor[B, H, W, C]``
+    and the padded, shifted ``y`` ``Tensor[B, Hp, Wp, C]``, added block by block: neither the
+    rolled copy nor the crop is made. The same sums, bit for bit."""
+    _, h, w, _ = x.shape
+    out = torch.empty_like(x, memory_format=torch.contiguous_format)
+
+    def pairs(n: int, n_padded: int) -> list[tuple[slice, slice]]:
+        # output index i reads y at (i - shift) mod n_padded
+        first = min(shift, n)
+        spans = [(slice(0, first), slice(n_padded - shift, n_padded - shift + first))] if first else []
+        return spans + ([(slice(shift, n), slice(0, n - shift))] if n > shift else [])
+
+    for rows_out, rows_in in pairs(h, y.shape[1]):
+        for cols_out, cols_in in pairs(w, y.shape[2]):
+            torch.add(x[:, rows_out, cols_out], y[:, rows_in, cols_in], out=out[:, rows_out, cols_out])
+    return out
+
+
 def _chunk_tokens(channels: int) -> int:
     """Tokens per inference chunk of a ``channels``-wide stage."""
     return max(1, INFERENCE_CHUNK_ELEMENTS // channels)
@@ -124,15 +143,18 @@ class SwinBlock(nn.Module):
         if self.shift_size:
             y = torch.roll(y, shifts=(-self.shift_size, -self.shift_size), dims=(1, 2))
         mask = shift_mask if self.shift_size else None
-        y = self._attend_in_bands(y, mask) if chunked else self._attend(y, mask)  # [B, Hp, Wp, C]
-        if self.shift_size:
-            y = torch.roll(y, shifts=(self.shift_size, self.shift_size), dims=(1, 2))
-        y = y[:, :h, :w, :].reshape(b, hw_tokens, c)  # [B, H*W, C]
-        x = x + self.drop_path(y)
-        del y
         if not chunked:
+            y = self._attend(y, mask)  # [B, Hp, Wp, C]
+            if self.shift_size:
+                y = torch.roll(y, shifts=(self.shift_size, self.shift_size), dims=(1, 2))
+            y = y[:, :h, :w, :].reshape(b, hw_tokens, c)  # [B, H*W, C]
+            x = x + self.drop_path(y)
+            del y
             return x + self.drop_path(self.mlp(self.norm2(x)))
-        x = x.contiguous()
+        y = self._attend_in_bands(y, mask)  # [B, Hp, Wp, C], in place
+        # (drop path is the identity at inference)
+        x = add_unshifted(x.reshape(b, h, w, c), y, self.shift_size).view(b, hw_tokens, c)  # [B, H*W, C]
+        del y
         rows = x.view(b * hw_tokens, c)  # [B*H*W, C], a view of this block's own output
         chunk = _chunk_tokens(c)
         for start in range(0, rows.shape[0], chunk):
@@ -147,19 +169,19 @@ class SwinBlock(nn.Module):
         return window_merge(windows, self.window_size, hp, wp)  # [B, Hp, Wp, C]
 
     def _attend_in_bands(self, y: Tensor, mask: Tensor | None) -> Tensor:
-        """:meth:`_attend` a band of window rows at a time (the windows are independent)."""
+        """:meth:`_attend` a band of window rows at a time (the windows are independent),
+        each band's result written over its input: ``y`` is this block's own temporary."""
         b, hp, wp, c = y.shape
         ws = self.window_size
         per_row = wp // ws  # windows in one window row
         band = max(1, _chunk_tokens(c) // (b * ws * wp))  # window rows per band
         if band >= hp // ws:
             return self._attend(y, mask)
-        out = torch.empty_like(y)
         for r0 in range(0, hp // ws, band):
             r1 = min(r0 + band, hp // ws)
             part_mask = None if mask is None else mask[r0 * per_row : r1 * per_row]  # [nW_band, N, N]
-            out[:, r0 * ws : r1 * ws] = self._attend(y[:, r0 * ws : r1 * ws], part_mask)
-        return out
+            y[:, r0 * ws : r1 * ws] = self._attend(y[:, r0 * ws : r1 * ws], part_mask)
+        return y
 
 
 class PatchMerging(nn.Module):
@@ -247,19 +269,27 @@ class SwinStage(nn.Module):
             ``next_hw = (ceil(H/2), ceil(W/2))`` (or ``out`` and ``hw`` for the last stage).
         """
         h, w = hw
-        ws = self.window_size
-        padded = (h + (-h) % ws, w + (-w) % ws)
-        mask = None
-        if len(self.blocks) > 1:  # only odd-numbered blocks are shifted
-            mask = shifted_window_mask(padded, ws, self.shift_size, device=x.device)  # [nW, N, N]
+        mask = self.shift_mask(hw, x.device)
         for block in self.blocks:
-            if self.use_checkpoint and torch.is_grad_enabled():
-                x = checkpoint(block, x, hw, mask, use_reentrant=False)
-            else:
-                x = block(x, hw, mask)
+            x = self.run_block(block, x, hw, mask)
         if self.downsample is None:
             return x, x, hw
         return x, self.downsample(x, hw), ((h + 1) // 2, (w + 1) // 2)
+
+    def shift_mask(self, hw: tuple[int, int], device: torch.device) -> Tensor | None:
+        """The shifted blocks' ``Tensor[nW, N, N]`` attention mask on the padded ``(H, W)``
+        grid (None for a one-block stage: only odd-numbered blocks are shifted)."""
+        if len(self.blocks) < 2:
+            return None
+        h, w = hw
+        ws = self.window_size
+        return shifted_window_mask((h + (-h) % ws, w + (-w) % ws), ws, self.shift_size, device=device)
+
+    def run_block(self, block: SwinBlock, x: Tensor, hw: tuple[int, int], mask: Tensor | None) -> Tensor:
+        """One of this stage's blocks, recomputed in backward when ``use_checkpoint``."""
+        if self.use_checkpoint and torch.is_grad_enabled():
+            return checkpoint(block, x, hw, mask, use_reentrant=False)
+        return block(x, hw, mask)
 
 
 class PatchEmbed(nn.Module):
@@ -392,11 +422,19 @@ class SwinTransformer(nn.Module):
         x, hw = self.patch_embed(images)  # [B, H0*W0, C0]
         outputs: list[Tensor] = []
         for i, stage in enumerate(self.layers):
-            out, x, next_hw = stage(x, hw)  # out: [B, Hi*Wi, Ci]
+            # The stage's steps (SwinStage.forward) run here, so that no frame holds a stage's
+            # input while its later blocks run, nor its output during the next stage: at
+            # inference on an 800 x 1216 image, 22 and 33 MiB less at GLIP-T's stage-1 and -2 peaks.
+            mask = stage.shift_mask(hw, x.device)
+            for block in stage.blocks:
+                x = stage.run_block(block, x, hw, mask)  # [B, Hi*Wi, Ci]
+            del mask
             if i in self.out_indices:
-                out = getattr(self, f"norm{i}")(out)
+                out = getattr(self, f"norm{i}")(x)
                 b, _, c = out.shape
-                out = out.view(b, hw[0], hw[1], c).permute(0, 3, 1, 2).contiguous()  # [B, Ci, Hi, Wi]
-                outputs.append(out)
-            hw = next_hw
+                outputs.append(out.view(b, hw[0], hw[1], c).permute(0, 3, 1, 2).contiguous())  # [B, Ci, Hi, Wi]
+                del out
+            if stage.downsample is not None:
+                x = stage.downsample(x, hw)
+                hw = ((hw[0] + 1) // 2, (hw[1] + 1) // 2)
         return outputs

@@ -376,7 +376,12 @@ class BiAttentionBlock(nn.Module):
         self.gamma_l = nn.Parameter(torch.full((l_dim,), init_values))
 
     def forward(
-        self, visual: list[Tensor], text: Tensor, text_mask: Tensor | None, causal: bool = False
+        self,
+        visual: list[Tensor],
+        text: Tensor,
+        text_mask: Tensor | None,
+        causal: bool = False,
+        consume: bool = False,
     ) -> FusedFeatures:
         """
         Args:
@@ -385,6 +390,9 @@ class BiAttentionBlock(nn.Module):
             text_mask: ``Tensor[B, T]`` int64 attention mask (1 = real token) or None.
             causal: the captioning mode: the image -> text update is left out, so
                 ``v = LN_v(v)`` and the text reads a visual stream that no token wrote to.
+            consume: without autograd, empty the ``visual`` list once its maps are
+                concatenated, so that maps no one else holds are freed during the attention
+                (the trunk hands over its own list: 20.8 MiB at 800 x 1216).
 
         Why the image update is dropped in causal mode (and not masked): every pixel is
         shared by all T tokens, so a pixel that read token ``j`` would carry ``j`` to every
@@ -398,6 +406,8 @@ class BiAttentionBlock(nn.Module):
         """
         sizes = [f.shape[-2:] for f in visual]
         v = torch.cat([f.flatten(2).transpose(1, 2) for f in visual], dim=1)  # [B, N, C]
+        if consume and not torch.is_grad_enabled():
+            visual.clear()
         v = self.norm_v(v)
         t = self.norm_l(text)
         delta_v, delta_l = self.attn(v, t, text_mask, update_visual=not causal)

@@ -254,15 +254,18 @@ class HeadBlock(nn.Module):
         fused = self.fuse(visual, hidden, mask, causal)
         return FusedFeatures(visual=self.dyconv(fused.visual), text=fused.text)
 
-    def fuse(self, visual: list[Tensor], hidden: Tensor, mask: Tensor, causal: bool = False) -> FusedFeatures:
+    def fuse(
+        self, visual: list[Tensor], hidden: Tensor, mask: Tensor, causal: bool = False, consume: bool = False
+    ) -> FusedFeatures:
         """The block's first half, fusion then text layer: the maps and text the DyConv reads
         (``visual`` itself without fusion). :class:`FusionTrunk` calls it and ``dyconv``
-        separately, so that the block's input maps can be freed before the DyConv runs."""
+        separately, so that the block's input maps can be freed before the DyConv runs
+        (during the fusion, with ``consume``: :class:`BiAttentionBlock`)."""
         if self.fusion is not None:
             if self.use_checkpoint and self.training and torch.is_grad_enabled():
                 fused = checkpoint(self.fusion, visual, hidden, mask, causal, use_reentrant=False)
             else:
-                fused = self.fusion(visual, hidden, mask, causal)
+                fused = self.fusion(visual, hidden, mask, causal, consume=consume)
             visual, hidden = fused.visual, fused.text
         if self.text_layer is not None:
             hidden = self.text_layer(hidden, mask, causal) if causal else self.text_layer(hidden, mask)
