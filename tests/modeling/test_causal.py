@@ -65,7 +65,9 @@ def test_the_image_update_would_leak_later_tokens(captioner, monkeypatch) -> Non
     later token reaches an earlier one through the pixels of the next block."""
     model, features = captioner
     original = BiAttentionBlock.forward
-    monkeypatch.setattr(BiAttentionBlock, "forward", lambda self, v, t, m, causal=False: original(self, v, t, m))
+    monkeypatch.setattr(
+        BiAttentionBlock, "forward", lambda self, v, t, m, causal=False, **kw: original(self, v, t, m, **kw)
+    )
     ids, mask = _ids(model, "a red square left of a blue circle")
     changed = ids.clone()
     changed[0, 5] = model.tokenizer.convert_tokens_to_ids("triangle")

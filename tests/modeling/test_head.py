@@ -117,17 +117,19 @@ class _Trace:
 
 def _traced_forward(head: GLIPHead, case: dict) -> tuple[object, _Trace]:
     trace = _Trace()
-    hooks = []
+    hooks = []  # lists are copied: the next block's fusion empties the list it is handed
     for i, block in enumerate(head.trunk.blocks):
         if block.fusion is not None:
             hooks.append(
-                block.fusion.register_forward_hook(lambda m, a, o: trace.tower.append(("fusion", o.visual, o.text)))
+                block.fusion.register_forward_hook(
+                    lambda m, a, o: trace.tower.append(("fusion", list(o.visual), o.text))
+                )
             )
         if block.text_layer is not None:
             hooks.append(
                 block.text_layer.register_forward_hook(lambda m, a, o: trace.tower.append(("text_layer", None, o)))
             )
-        hooks.append(block.dyconv.register_forward_hook(lambda m, a, o: trace.tower.append(("dyconv", o, None))))
+        hooks.append(block.dyconv.register_forward_hook(lambda m, a, o: trace.tower.append(("dyconv", list(o), None))))
         hooks.append(
             block.dyconv.offset.register_forward_hook(lambda m, a, o, i=i: trace.offsets.setdefault(i, []).append(o))
         )
