@@ -24,7 +24,7 @@ from glip.modeling.low_precision import parse_autocast_dtype, parse_weights_dtyp
 from glip.modeling.prompt_batch import PROMPTS_PER_PASS
 from glip.structures import Detections
 from glip.text import Prompt, TokenizedPrompt
-from glip.utils.allocator import map_large_blocks
+from glip.utils.allocator import map_large_blocks, uncache_onednn_primitives
 from glip.utils.image import ImageInput, ImageLoadError
 
 from . import detection
@@ -143,6 +143,7 @@ class Predictor:
             self.model.require_masks()
         if next(self.model.parameters()).device.type == "cpu":
             map_large_blocks()  # freed activations go back to the system (glip.utils.allocator)
+            uncache_onednn_primitives()  # no convolution kept alive between calls
         self.batch_size = batch_size
         self.masks = masks
         self.agnostic_nms = agnostic_nms

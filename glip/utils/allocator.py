@@ -10,6 +10,11 @@ the tensors alive, at the cost of the kernel's zero-filling of those fresh pages
 on GLIP-T: +2.3 s of system time on ~68 s of CPU time per call, peak RSS -174 MiB).
 
 Allocation placement changes no value. The setting is process-wide and kept once made.
+
+:func:`uncache_onednn_primitives` is the same idea for oneDNN (torch's CPU convolutions): its
+primitive cache keeps every convolution it has made, with its buffers, for the life of the
+process, which raised GLIP-T's peak by ~15 MiB over repeated calls for no measurable speed
+(docs/performance.md, "Memory").
 """
 
 from __future__ import annotations
@@ -19,11 +24,12 @@ import functools
 import os
 import sys
 
-__all__ = ["DEFAULT_THRESHOLD", "ENV", "map_large_blocks"]
+__all__ = ["DEFAULT_THRESHOLD", "ENV", "ONEDNN_CACHE_ENV", "map_large_blocks", "uncache_onednn_primitives"]
 
 DEFAULT_THRESHOLD = 4 << 20  # bytes; below a stage-2 map of GLIP-T (11 MiB), above its weights' small tensors
 ENV = "GLIP_MMAP_THRESHOLD"  # bytes; 0 leaves glibc's own (dynamic) threshold alone
 _M_MMAP_THRESHOLD = -3  # <malloc.h>
+ONEDNN_CACHE_ENV = "ONEDNN_PRIMITIVE_CACHE_CAPACITY"  # oneDNN's own; DNNL_... is its older name
 
 
 @functools.cache
@@ -46,3 +52,15 @@ def map_large_blocks() -> int:
         return 0
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     return threshold if mallopt(_M_MMAP_THRESHOLD, threshold) == 1 else 0
+
+
+@functools.cache
+def uncache_onednn_primitives() -> bool:
+    """Sets ``$ONEDNN_PRIMITIVE_CACHE_CAPACITY`` to 0 once per process, unless it (or its older
+    name ``DNNL_PRIMITIVE_CACHE_CAPACITY``) is already set: the user's choice wins. oneDNN reads
+    it when it makes its first primitive, so it has no effect in a process that has already
+    run a CPU convolution. Returns whether it was set."""
+    if ONEDNN_CACHE_ENV in os.environ or "DNNL_PRIMITIVE_CACHE_CAPACITY" in os.environ:
+        return False
+    os.environ[ONEDNN_CACHE_ENV] = "0"
+    return True

@@ -1,6 +1,8 @@
 """glip.utils.allocator: with the fixed glibc mmap threshold a freed activation-sized block
 goes back to the system at once, the user's own glibc setting wins, and predictions are
-bit-identical with and without it (each case in its own process: the setting is process-wide)."""
+bit-identical with and without it; a CPU Predictor turns oneDNN's primitive cache off unless
+the user set its size, with the same predictions (each case in its own process: the settings
+are process-wide)."""
 
 from __future__ import annotations
 
@@ -52,9 +54,30 @@ out["runs"] = [{"boxes": d.boxes.tolist(), "scores": d.scores.tolist()} for d in
 print(json.dumps(out))
 """
 
+_ONEDNN = r"""
+import json, os
+import numpy as np
+import glip
+
+rng = np.random.default_rng(0)
+image = (rng.random((96, 128, 3)) * 255).astype(np.uint8)
+predictor = glip.Predictor("demo-shapes", device="cpu", batch_size=1)
+runs = [predictor.predict(image, "red circle. blue square.", threshold=0.0) for _ in range(2)]
+print(json.dumps({
+    "capacity": os.environ.get("ONEDNN_PRIMITIVE_CACHE_CAPACITY"),
+    "runs": [{"boxes": d.boxes.tolist(), "scores": d.scores.tolist()} for d in runs],
+}))
+"""
+_OURS = (
+    "MALLOC_MMAP_THRESHOLD_",
+    "GLIP_MMAP_THRESHOLD",
+    "ONEDNN_PRIMITIVE_CACHE_CAPACITY",
+    "DNNL_PRIMITIVE_CACHE_CAPACITY",
+)
+
 
 def _run(code: str, **env: str) -> dict:
-    base = {k: v for k, v in os.environ.items() if k not in ("MALLOC_MMAP_THRESHOLD_", "GLIP_MMAP_THRESHOLD")}
+    base = {k: v for k, v in os.environ.items() if k not in _OURS}
     res = subprocess.run(
         [sys.executable, "-c", code],
         capture_output=True,
@@ -81,3 +104,13 @@ def test_predictions_are_bit_identical_with_and_without() -> None:
     assert out["before"] == 0 and out["after"] == 4 << 20
     glibc, fixed = out["runs"]
     assert glibc["boxes"] and fixed == glibc
+
+
+def test_a_cpu_predictor_turns_onednn_primitive_caching_off_unless_the_user_sized_it() -> None:
+    uncached = _run(_ONEDNN)
+    assert uncached["capacity"] == "0"
+    cached = _run(_ONEDNN, ONEDNN_PRIMITIVE_CACHE_CAPACITY="1024")  # oneDNN's default size, chosen by the user
+    assert cached["capacity"] == "1024"
+    assert _run(_ONEDNN, DNNL_PRIMITIVE_CACHE_CAPACITY="64")["capacity"] is None  # its older name counts too
+    assert uncached["runs"][0]["boxes"] and uncached["runs"] == cached["runs"]
+    assert uncached["runs"][0] == uncached["runs"][1]
