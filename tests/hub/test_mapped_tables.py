@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -13,6 +9,7 @@ from safetensors.torch import save_file
 from glip.hub.checkpoint import read_checkpoint
 from glip.hub.streaming import index_safetensors, mapped_file, sparse_tables, stream_state_into
 from tests.conftest import REPO
+from tests.subprocesses import run_json
 
 ROWS, WIDTH = 16384, 1024  # 64 MiB of float32
 
@@ -93,13 +90,7 @@ def test_the_table_costs_the_rows_read_not_its_size(tmp_path, kind) -> None:
     state = _state()
     path = tmp_path / f"w.{kind}"
     save_file(state, str(path)) if kind == "safetensors" else torch.save(state, path)
-    res = subprocess.run(
-        [sys.executable, "-c", _RSS, str(path), kind, str(REPO)],
-        capture_output=True,
-        text=True,
-        env={"PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "PATH": ""},
-        timeout=120,
+    out = run_json(
+        ["-c", _RSS, str(path), kind, str(REPO)], env={"PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "PATH": ""}
     )
-    assert res.returncode == 0, res.stderr[-2000:]
-    out = json.loads(res.stdout.strip().splitlines()[-1])
     assert out["looked_up"] < 16, out  # copied: >= 64 MiB

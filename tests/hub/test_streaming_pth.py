@@ -4,10 +4,6 @@ without the whole pickle ever resident beside the model."""
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-
 import pytest
 import torch
 
@@ -16,6 +12,7 @@ from glip.hub.checkpoint import _to_our_keys, read_checkpoint
 from glip.hub.loading import load_model
 from glip.hub.streaming import mapped_file, release_mapped
 from tests.conftest import OFFICIAL, REPO, tiny_text_encoder_dir
+from tests.subprocesses import run_json
 
 
 @pytest.mark.needs_fixtures
@@ -87,14 +84,6 @@ def test_streaming_a_pth_does_not_materialise_it(tmp_path) -> None:
     n = 8
     path = tmp_path / "big.pth"
     torch.save({"model": {f"t{i}": torch.full((4 << 20,), float(i)) for i in range(n)}}, path)
-    res = subprocess.run(
-        [sys.executable, "-c", _PEAK, str(path), str(n)],
-        capture_output=True,
-        text=True,
-        env={"PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "PATH": ""},
-        timeout=120,
-    )
-    assert res.returncode == 0, res.stderr[-2000:]
-    out = json.loads(res.stdout.strip().splitlines()[-1])
+    out = run_json(["-c", _PEAK, str(path), str(n)], env={"PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "PATH": ""})
     assert out["equal"]
     assert out["delta_mib"] < 48, out  # whole file: >= 128 MiB

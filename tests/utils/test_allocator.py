@@ -6,14 +6,13 @@ are process-wide)."""
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
 import sys
 
 import pytest
 
 from tests.conftest import REPO
+from tests.subprocesses import run_json
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
 
@@ -78,15 +77,7 @@ _OURS = (
 
 def _run(code: str, **env: str) -> dict:
     base = {k: v for k, v in os.environ.items() if k not in _OURS}
-    res = subprocess.run(
-        [sys.executable, "-c", code],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**base, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", **env},
-    )
-    assert res.returncode == 0, res.stderr[-2000:]
-    return json.loads(res.stdout.strip().splitlines()[-1])
+    return run_json(["-c", code], {**base, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", **env}, timeout=300)
 
 
 def test_a_freed_large_block_goes_back_to_the_system() -> None:
