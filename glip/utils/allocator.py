@@ -13,8 +13,8 @@ Allocation placement changes no value. The setting is process-wide and kept once
 
 :func:`uncache_onednn_primitives` is the same idea for oneDNN (torch's CPU convolutions): its
 primitive cache keeps every convolution it has made, with its buffers, for the life of the
-process, which raised GLIP-T's peak by ~15 MiB over repeated calls for no measurable speed
-(docs/performance.md, "Memory").
+process: off, GLIP-T's peak over repeated calls is ~20 MiB lower (median of five pairs of
+bench runs) for ~1.5 % more latency, within the pairs' spread (docs/performance.md, "Memory").
 """
 
 from __future__ import annotations
