@@ -120,6 +120,12 @@ class VQAHeadConfig:
     # GLIPv2 describes); the demo model's small trunk needs it.
     readout_dim: int = 0
     readout_heads: int = 4
+    # A density map of the answer's objects whose count is added to the slot feature
+    # (glip.modeling.heads.counting), trained against the answer's boxes: its width, 0 = none.
+    counter_dim: int = 0
+    counter_max: int = 5  # the largest count its feature tells apart
+    counter_level: int = 0  # the trunk map it lives on (0: the finest)
+    counter_weight: float = 1.0  # the weight of loss_count
 
 
 @dataclass
@@ -149,6 +155,10 @@ class CaptionHeadConfig:
     context_heads: int = 4
     # Learned position embeddings added before the context layers, for this many tokens (0: none).
     context_positions: int = 0
+    # Transformer decoder layers after the read-out (glip.modeling.heads.readout.VisualDecoder:
+    # causal self-attention, cross-attention to the visual maps, 64 learned positions); 0 = none.
+    decoder_layers: int = 0
+    decoder_heads: int = 4
     # The token ids the decoder scores ([]: the whole vocabulary); a closed-domain model
     # lists its captions' words (glip.modeling.heads.caption.restrict_vocabulary).
     vocab: list[int] = field(default_factory=list)

@@ -9,8 +9,9 @@ from typing import Any
 from glip.config import GLIPConfig
 from glip.modeling.heads import NO_TOKEN_IDS, CaptionHead, InterImageHead, MaskedLMHead, TokenIds
 from glip.modeling.heads.caption import CausalTextContext
+from glip.modeling.heads.counting import AnswerCounter
 from glip.modeling.heads.mlm import BERT_MASK_TOKEN_ID
-from glip.modeling.heads.readout import VisualReadout
+from glip.modeling.heads.readout import VisualDecoder, VisualReadout
 from glip.modeling.heads.vqa import VQAHead
 from glip.modeling.losses.inter_image import InterImageContrastiveLoss
 from glip.text.vqa import normalize_answer
@@ -79,6 +80,13 @@ def build_vqa(cfg: GLIPConfig, bert_config: Any, ids: TokenIds = NO_TOKEN_IDS) -
         mlp_dim=h.mlp_dim or None,
         layer_norm_eps=float(bert_config.layer_norm_eps),
         readout=_readout(cfg, h.readout_dim, h.readout_heads, bert_config),
+        counter=AnswerCounter(
+            cfg.model.text.dim, cfg.model.trunk.channels, h.counter_dim, h.counter_max, h.counter_level
+        )
+        if h.counter_dim > 0
+        else None,
+        counter_weight=h.counter_weight,
+        counter_stride=float(cfg.model.anchors.strides[h.counter_level]),
     )
 
 
@@ -127,6 +135,16 @@ def build_caption(cfg: GLIPConfig, bert_config: Any, ids: TokenIds = NO_TOKEN_ID
             max_positions=h.context_positions,
         )
         if h.context_layers > 0
+        else None,
+        decoder=VisualDecoder(
+            cfg.model.text.dim,
+            cfg.model.trunk.channels,
+            len(cfg.model.anchors.strides),
+            h.decoder_layers,
+            h.decoder_heads,
+            layer_norm_eps=float(bert_config.layer_norm_eps),
+        )
+        if h.decoder_layers > 0
         else None,
     )
 

@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from glip.modeling.fusion.trunk import TrunkOutput
 from glip.modeling.heads.base import Head, LossInputs
+from glip.modeling.heads.counting import AnswerCounter, density_targets
 
 __all__ = ["AnswerClassifier", "VQAHead", "VQAOutput", "VQAPrediction", "answer_slot", "vqa_loss"]
 
@@ -81,10 +82,13 @@ class VQAOutput:
     Attributes:
         logits: ``Tensor[B, A]``, each prompt's answer logits (sigmoid = score).
         slot: ``Tensor[B]`` int64, the answer slot's token index.
+        density: ``Tensor[B, H, W]``, the counter's density of the answer's objects (its
+            sum is their count); None without a counter.
     """
 
     logits: Tensor
     slot: Tensor
+    density: Tensor | None = None
 
 
 @dataclass
@@ -123,12 +127,19 @@ class VQAHead(Head):
         readout: an optional :class:`~glip.modeling.heads.readout.VisualReadout` through
             which the slot feature reads the trunk's visual maps before the classifier
             (None: the fused slot feature alone).
+        counter: an optional :class:`~glip.modeling.heads.counting.AnswerCounter`: a density
+            map of the answer's objects whose count feature is added to the slot feature;
+            trained by ``loss_count`` against the answer's boxes.
+        counter_weight: the weight of ``loss_count``.
+        counter_stride: the pixel stride of the counter's map (its targets' grid).
 
     Images whose targets have no ``answer_scores`` (non-VQA data in a mixed batch) are left
-    out of the loss. Parameters: ``classifier.*`` (:class:`AnswerClassifier`), ``readout.*``.
+    out of the loss. Parameters: ``classifier.*`` (:class:`AnswerClassifier`), ``readout.*``,
+    ``counter.*``.
     """
 
     fresh_start = True
+    fresh_parts = ("counter",)  # a counter added to a trained head starts fresh
     extra_inputs = ("answer_scores",)  # a question trains the head without boxes
 
     def __init__(
@@ -138,6 +149,9 @@ class VQAHead(Head):
         mlp_dim: int | None = None,
         layer_norm_eps: float = 1e-12,
         readout: nn.Module | None = None,
+        counter: AnswerCounter | None = None,
+        counter_weight: float = 1.0,
+        counter_stride: float = 8.0,
     ) -> None:
         super().__init__()
         if not answers:
@@ -147,6 +161,9 @@ class VQAHead(Head):
         self.answers = tuple(answers)
         self.classifier = AnswerClassifier(hidden_dim, len(self.answers), mlp_dim, layer_norm_eps)
         self.readout = readout
+        self.counter = counter
+        self.counter_weight = counter_weight
+        self.counter_stride = counter_stride
 
     @property
     def num_answers(self) -> int:
@@ -158,7 +175,11 @@ class VQAHead(Head):
         feature = trunk.text[rows, slot.to(trunk.text.device)]  # [B, D]
         if self.readout is not None:
             feature = self.readout(feature[:, None], trunk.visual)[:, 0]  # [B, 1, D] -> [B, D]
-        return VQAOutput(logits=self.classifier(feature), slot=slot)
+        density = None
+        if self.counter is not None:
+            counted, density = self.counter(feature, trunk.visual)  # [B, D], [B, H, W]
+            feature = feature + counted
+        return VQAOutput(logits=self.classifier(feature), slot=slot, density=density)
 
     def loss(self, output: VQAOutput, inputs: LossInputs) -> dict[str, Tensor]:
         rows = [b for b, t in enumerate(inputs.targets) if t.answer_scores is not None]
@@ -171,7 +192,23 @@ class VQAHead(Head):
                 "build the data with the model's answer vocabulary"
             )
         index = torch.tensor(rows, device=output.logits.device)
-        return {"loss_vqa": vqa_loss(output.logits[index], scores.to(output.logits.device))}
+        losses = {"loss_vqa": vqa_loss(output.logits[index], scores.to(output.logits.device))}
+        if output.density is not None and self.counter is not None:
+            losses["loss_count"] = self.counter_weight * self._count_loss(output.density[index], rows, inputs)
+        return losses
+
+    def _count_loss(self, density: Tensor, rows: Sequence[int], inputs: LossInputs) -> Tensor:
+        """Squared error of the density map against the answer boxes' Gaussians (summed over
+        the grid) plus the absolute error of its sum, averaged over the questions."""
+        anchors = inputs.anchors[self.counter.level]  # [H*W, 4] xyxy over the padded grid
+        centres = (anchors[:, :2] + anchors[:, 2:]) / 2  # [N, 2]
+        flat = density.flatten(1).float()  # [B', N]
+        if flat.shape[1] != centres.shape[0]:
+            raise ValueError(f"the counter's map has {flat.shape[1]} cells, the anchors {centres.shape[0]}")
+        target = density_targets([inputs.targets[b].boxes for b in rows], centres.float(), self.counter_stride)
+        dense = ((flat - target) ** 2).sum(1)  # [B']
+        total = (flat.sum(1) - target.sum(1)).abs()  # [B']
+        return (dense + total).mean()
 
     @torch.no_grad()
     def postprocess(self, output: VQAOutput, topk: int = 1) -> VQAPrediction:
