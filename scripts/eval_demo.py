@@ -39,6 +39,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "scripts"))
+TASKS = ("detection", "vqa", "mistakes", "captions", "pseudo-label")
 
 
 def _iou(a: list[float], b: list[float]) -> float:
@@ -181,6 +182,13 @@ def main() -> int:
     p.add_argument("--num-images", type=int, default=100)
     p.add_argument("--conf", type=float, default=0.5, help="the confidence of a 'confident' detection")
     p.add_argument("--skip-pseudo-label", action="store_true")
+    p.add_argument(
+        "--tasks",
+        nargs="+",
+        choices=TASKS,
+        default=list(TASKS),
+        help="what to measure (default: all; --tasks vqa: the answers alone, a few seconds a seed)",
+    )
     p.add_argument("--work", help="folder for the generated sets (default: a temporary one)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: up to 2)")
     p.add_argument(
@@ -209,11 +217,13 @@ def main() -> int:
             root = work / f"seed{seed}"
             ds = generate_synthetic(root, num_train=0, num_val=args.num_images,
                                     image_size=DEMO_DATA["image_size"], seed=seed)  # fmt: skip
-            det = evaluate(model, ds.val_json, ds.image_dir, set(), masks=model.has_masks)["all"]
-            found = {"box AP50": det["AP50"] / 100}
-            if "segm_AP50" in det:
-                found["mask AP50"] = det["segm_AP50"] / 100
-            if "vqa" in model.heads:
+            found: dict[str, float] = {}
+            if "detection" in args.tasks:
+                det = evaluate(model, ds.val_json, ds.image_dir, set(), masks=model.has_masks)["all"]
+                found["box AP50"] = det["AP50"] / 100
+                if "segm_AP50" in det:
+                    found["mask AP50"] = det["segm_AP50"] / 100
+            if "vqa" in model.heads and "vqa" in args.tasks:
                 vqa = evaluate_vqa(model, root / "vqa_val.json", ds.image_dir, progress=False)
                 found["VQA accuracy"] = vqa["accuracy"]
                 for qtype, acc in vqa["per_question_type"].items():
@@ -221,13 +231,14 @@ def main() -> int:
             if args.tokens:
                 tokens = token_probabilities(model, ds.val_json, ds.image_dir)
                 print(f"seed {seed} token probabilities: " + ", ".join(f"{k} {v:.3f}" for k, v in tokens.items()))
-            kinds = confident_mistakes(model, ds.val_json, ds.image_dir, args.conf)
-            mistakes_total.update(kinds)
-            wrong = kinds.get("detections", 0) - kinds.get("right", 0)
-            found[f"wrong detections above {args.conf}"] = float(wrong)
-            if "caption" in model.heads:
+            if "mistakes" in args.tasks:
+                kinds = confident_mistakes(model, ds.val_json, ds.image_dir, args.conf)
+                mistakes_total.update(kinds)
+                wrong = kinds.get("detections", 0) - kinds.get("right", 0)
+                found[f"wrong detections above {args.conf}"] = float(wrong)
+            if "caption" in model.heads and "captions" in args.tasks:
                 found["captions naming only present shapes"] = caption_faithfulness(model, ds.val_json, ds.image_dir)
-            if not args.skip_pseudo_label:
+            if "pseudo-label" in args.tasks and not args.skip_pseudo_label:
                 # A folder of this run's own: pseudo-label resumes from a folder's shards.
                 pl_dir = Path(tempfile.mkdtemp(prefix="pl-", dir=root))
                 found["pseudo-label keep rate"] = pseudo_label_keep_rate(args.model, root, pl_dir)

@@ -235,7 +235,9 @@ def multitask_stage(args: argparse.Namespace, ds: Any, start: Path, work: Path) 
             *args.overrides,
         ],
     )  # fmt: skip
-    cfg = with_sources(cfg, ds, [(f, path, w) for (f, path), w in zip(files, args.source_weights)])
+    # A weight of 0 leaves its source out (``--source-weights 0 1 0 train.tuning=vqa``: the
+    # answer head alone, on the questions alone).
+    cfg = with_sources(cfg, ds, [(f, path, w) for (f, path), w in zip(files, args.source_weights) if w > 0])
     begin = time.time()
     result = train(cfg, work / "train", resume=True, cpu=True, weights=start)
     minutes = (time.time() - begin) / 60
@@ -284,9 +286,11 @@ def main() -> int:
     p.add_argument("--work", default="runs/demo-vl", help="data, training output and report")
     p.add_argument("--from", dest="start", default="demo-shapes", help="the detector: a zoo name or folder")
     p.add_argument("--out", default=str(REPO / "glip" / "assets" / "demo-shapes"), help="zoo folder to write")
-    p.add_argument("--steps", type=int, default=2000)
+    p.add_argument(
+        "--steps", type=int, default=2000, help="multi-task steps (0: none; the language heads of --from are kept)"
+    )
     p.add_argument("--source-weights", type=float, nargs=3, default=(1.0, 2.0, 1.0), metavar=("DET", "VQA", "CAP"),
-                   help="sampling weights of the detection, VQA and caption batches (1 2 1)")  # fmt: skip
+                   help="sampling weights of the detection, VQA and caption batches (1 2 1; 0 leaves one out)")  # fmt: skip
     p.add_argument("--readout-dim", type=int, default=128, help="the answer and caption heads' read-out width")
     p.add_argument("--caption-context-layers", type=int, default=1,
                    help="causal self-attention layers of the caption head before its read-out (a continued head "
@@ -310,6 +314,9 @@ def main() -> int:
     p.add_argument("--all-classes-steps", type=int, default=300,
                    help="steps of the grounding and mask heads on every colour-shape pair after the multi-task "
                         "stage (0: none)")  # fmt: skip
+    p.add_argument("--all-classes-fusion-lr-factor", type=float, default=0.0,
+                   help="the fusion's text path in the all-classes stage, times the base rate (0: frozen, so the "
+                        "answer and caption heads' inputs stay the same; else retrain them after it)")  # fmt: skip
     p.add_argument("--grounded-captions", type=float, default=1.0,
                    help="the all-classes stage also grounds the synthetic captions' noun phrases (grounding_train.json), "
                         "drawn with this weight against detection's 1 (0: detection alone)")  # fmt: skip
@@ -364,7 +371,7 @@ def main() -> int:
             return 1
     steps, minutes = 0, 0.0
     final = start_folder
-    if args.heads_from is None:
+    if args.heads_from is None and args.steps > 0:
         trained = multitask_stage(args, ds, start_folder, work)
         if trained is None:
             return 1
@@ -382,7 +389,7 @@ def main() -> int:
             work / "all_classes",
             every,
             args.all_classes_steps,
-            0.0,
+            args.all_classes_fusion_lr_factor,
             args.seed,
             grounded_captions=args.grounded_captions,
         )
