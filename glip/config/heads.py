@@ -126,6 +126,9 @@ class VQAHeadConfig:
     counter_max: int = 5  # the largest count its feature tells apart
     counter_level: int = 0  # the trunk map it lives on (0: the finest)
     counter_weight: float = 1.0  # the weight of loss_count
+    # The slot feature the head reads: "fused" (post-fusion, GLIPv2) or "encoder" (the text
+    # encoder's, before the fusion: unchanged when the fusion is trained after the head).
+    text_source: str = "fused"
 
 
 @dataclass

@@ -87,6 +87,7 @@ def build_vqa(cfg: GLIPConfig, bert_config: Any, ids: TokenIds = NO_TOKEN_IDS) -
         else None,
         counter_weight=h.counter_weight,
         counter_stride=float(cfg.model.anchors.strides[h.counter_level]),
+        text_source=h.text_source,
     )
 
 

@@ -85,3 +85,17 @@ def test_heads_register_in_the_order_they_run() -> None:
         "vqa",
         "caption",
     ]
+
+
+def test_the_encoder_text_source_reads_the_slot_before_the_fusion() -> None:
+    torch.manual_seed(0)
+    mask = torch.tensor([[1, 1, 1, 1, 0, 0]])
+    fused, encoded = torch.randn(1, 6, 8), torch.randn(1, 6, 8)
+    feats = TextFeatures(hidden=encoded, embedded=encoded, mask=mask, aggregate=encoded.mean(1))
+    trunk = TrunkOutput(visual=[], text=fused, features=[], text_input=feats)
+    head = VQAHead(8, ["yes", "no"], text_source="encoder")
+    assert torch.allclose(head(trunk, {}).logits, head.classifier(encoded[:, 2]))
+    head.text_source = "fused"
+    assert torch.allclose(head(trunk, {}).logits, head.classifier(fused[:, 2]))
+    with pytest.raises(ValueError, match="text_source"):
+        VQAHead(8, ["yes"], text_source="both")

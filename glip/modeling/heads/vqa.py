@@ -114,8 +114,9 @@ class VQAPrediction:
 class VQAHead(Head):
     """The answer head on the trunk (``model.heads["vqa"]``, loss ``loss_vqa``).
 
-    Reads the post-fusion text hidden states (``trunk.text``, before L2 normalisation) at
-    the answer slot; runs at inference too (answers come from it). It may start fresh from
+    Reads the post-fusion text hidden states (``trunk.text``, before L2 normalisation; the
+    text encoder's, ``trunk.text_input.embedded``, with ``text_source="encoder"``) at the
+    answer slot; runs at inference too (answers come from it). It may start fresh from
     a checkpoint without it (fine-tuning a pre-trained model).
 
     Args:
@@ -132,6 +133,9 @@ class VQAHead(Head):
             trained by ``loss_count`` against the answer's boxes.
         counter_weight: the weight of ``loss_count``.
         counter_stride: the pixel stride of the counter's map (its targets' grid).
+        text_source: ``"fused"``: the slot's post-fusion feature (GLIPv2); ``"encoder"``: its
+            text encoder feature before the fusion (the head then sees the image through its
+            read-out and counter only, and a retrained fusion leaves its input unchanged).
 
     Images whose targets have no ``answer_scores`` (non-VQA data in a mixed batch) are left
     out of the loss. Parameters: ``classifier.*`` (:class:`AnswerClassifier`), ``readout.*``,
@@ -152,10 +156,13 @@ class VQAHead(Head):
         counter: AnswerCounter | None = None,
         counter_weight: float = 1.0,
         counter_stride: float = 8.0,
+        text_source: str = "fused",
     ) -> None:
         super().__init__()
         if not answers:
             raise ValueError("the VQA head needs at least one answer in its vocabulary")
+        if text_source not in ("fused", "encoder"):
+            raise ValueError(f"the VQA head's text_source must be 'fused' or 'encoder', got {text_source!r}")
         if len(set(answers)) != len(answers):
             raise ValueError("the VQA answer vocabulary has duplicates")
         self.answers = tuple(answers)
@@ -164,6 +171,7 @@ class VQAHead(Head):
         self.counter = counter
         self.counter_weight = counter_weight
         self.counter_stride = counter_stride
+        self.text_source = text_source
 
     @property
     def num_answers(self) -> int:
@@ -171,8 +179,9 @@ class VQAHead(Head):
 
     def forward(self, trunk: TrunkOutput, outputs: Mapping[str, Any]) -> VQAOutput:
         slot = answer_slot(trunk.mask)  # [B]
-        rows = torch.arange(trunk.text.shape[0], device=trunk.text.device)
-        feature = trunk.text[rows, slot.to(trunk.text.device)]  # [B, D]
+        text = trunk.text if self.text_source == "fused" else trunk.text_input.embedded  # [B, T, D]
+        rows = torch.arange(text.shape[0], device=text.device)
+        feature = text[rows, slot.to(text.device)]  # [B, D]
         if self.readout is not None:
             feature = self.readout(feature[:, None], trunk.visual)[:, 0]  # [B, 1, D] -> [B, D]
         density = None
