@@ -12,7 +12,7 @@ Per seed (a new ``glip data synthetic`` set: 100 validation images of the demo's
   them, split into a second phrase on a shape another detection already names rightly
   (``duplicate``), a wrong colour word only, a wrong shape word only, both wrong, and a box
   on no shape (best IoU < 0.5);
-- captions that name only shapes present in the image (greedy decoding);
+- captions that name at least one shape and only shapes present in the image (greedy decoding);
 - the share of captions that ``glip pseudo-label`` keeps (at least one box) at its default
   threshold with the model as teacher.
 
@@ -140,7 +140,8 @@ def token_probabilities(model: Any, val_json: Path, image_dir: Path, limit: int 
 
 
 def caption_faithfulness(model: Any, val_json: Path, image_dir: Path) -> float:
-    """Share of images whose greedy caption names only colour-shape pairs present."""
+    """Share of images whose greedy caption names at least one colour-shape pair and only
+    pairs present (a caption naming none, "a a and", is not faithful, only empty)."""
     from glip.captioning import caption_image
     from glip.data.synthetic import DEFAULT_COLORS, DEFAULT_SHAPES
 
@@ -153,7 +154,7 @@ def caption_faithfulness(model: Any, val_json: Path, image_dir: Path) -> float:
     for record in data["images"]:
         words = caption_image(model, image_dir / record["file_name"], ground=False).text.split()
         named = {f"{c} {s}" for c, s in zip(words, words[1:]) if c in DEFAULT_COLORS and s in DEFAULT_SHAPES}
-        good += named <= present[record["id"]]
+        good += bool(named) and named <= present[record["id"]]  # a caption naming no shape says nothing
     return good / max(len(data["images"]), 1)
 
 

@@ -158,10 +158,6 @@ class CaptionHeadConfig:
     context_heads: int = 4
     # Learned position embeddings added before the context layers, for this many tokens (0: none).
     context_positions: int = 0
-    # Transformer decoder layers after the read-out (glip.modeling.heads.readout.VisualDecoder:
-    # causal self-attention, cross-attention to the visual maps, 64 learned positions); 0 = none.
-    decoder_layers: int = 0
-    decoder_heads: int = 4
     # The token ids the decoder scores ([]: the whole vocabulary); a closed-domain model
     # lists its captions' words (glip.modeling.heads.caption.restrict_vocabulary).
     vocab: list[int] = field(default_factory=list)

@@ -11,7 +11,7 @@ from glip.modeling.heads import NO_TOKEN_IDS, CaptionHead, InterImageHead, Maske
 from glip.modeling.heads.caption import CausalTextContext
 from glip.modeling.heads.counting import AnswerCounter
 from glip.modeling.heads.mlm import BERT_MASK_TOKEN_ID
-from glip.modeling.heads.readout import VisualDecoder, VisualReadout
+from glip.modeling.heads.readout import VisualReadout
 from glip.modeling.heads.vqa import VQAHead
 from glip.modeling.losses.inter_image import InterImageContrastiveLoss
 from glip.text.vqa import normalize_answer
@@ -136,16 +136,6 @@ def build_caption(cfg: GLIPConfig, bert_config: Any, ids: TokenIds = NO_TOKEN_ID
             max_positions=h.context_positions,
         )
         if h.context_layers > 0
-        else None,
-        decoder=VisualDecoder(
-            cfg.model.text.dim,
-            cfg.model.trunk.channels,
-            len(cfg.model.anchors.strides),
-            h.decoder_layers,
-            h.decoder_heads,
-            layer_norm_eps=float(bert_config.layer_norm_eps),
-        )
-        if h.decoder_layers > 0
         else None,
     )
 

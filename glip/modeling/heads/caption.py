@@ -168,7 +168,7 @@ class CaptionOutput:
 
 class CaptionHead(Head):
     """The captioning head (``model.heads["caption"]``): an :class:`MLMHead` on the causal
-    fused text. Parameters: ``predictor.*``, ``readout.*``, ``context.*``, ``decoder.*``. It may start fresh from a
+    fused text. Parameters: ``predictor.*``, ``readout.*``, ``context.*``. It may start fresh from a
     checkpoint without it.
 
     It declares ``needs_causal_text`` with ``batch_kind`` ``"captioning"``: the training
@@ -190,8 +190,6 @@ class CaptionHead(Head):
         readout: an optional :class:`~glip.modeling.heads.readout.VisualReadout` through
             which every token reads the trunk's visual maps before the predictor.
         context: an optional :class:`CausalTextContext` the fused text goes through first.
-        decoder: an optional :class:`~glip.modeling.heads.readout.VisualDecoder` after the
-            read-out (causal self-attention and cross-attention to the visual maps, layered).
         vocab: the token ids the decoder scores (None: all V). A caption model for a
             closed domain needs only its captions' words: the decoder then has one row
             per listed id (the demo model keeps 18 of 30522 rows: 11.7 M parameters fewer);
@@ -199,7 +197,7 @@ class CaptionHead(Head):
     """
 
     fresh_start = True
-    fresh_parts = ("context", "decoder")  # a trained captioner may be given a context or a decoder
+    fresh_parts = ("context",)  # a trained captioner may be given a context
     needs_causal_text = True
     batch_kind = CAPTIONING
 
@@ -218,7 +216,6 @@ class CaptionHead(Head):
         readout: nn.Module | None = None,
         vocab: Sequence[int] | None = None,
         context: nn.Module | None = None,
-        decoder: nn.Module | None = None,
     ) -> None:
         super().__init__()
         if not 0.0 <= mask_prob <= 1.0 or max_masked < 1:
@@ -247,7 +244,6 @@ class CaptionHead(Head):
         self.box_threshold = box_threshold
         self.readout = readout
         self.context = context
-        self.decoder = decoder
 
     @torch.no_grad()
     def corrupt(self, input_ids: Tensor, attention_mask: Tensor, generators: Sequence[torch.Generator]) -> MaskedTokens:
@@ -259,7 +255,6 @@ class CaptionHead(Head):
     def forward(self, trunk: TrunkOutput, outputs: Mapping[str, Any]) -> CaptionOutput:
         hidden = trunk.text if self.context is None else self.context(trunk.text)  # [B, T, D]
         hidden = hidden if self.readout is None else self.readout(hidden, trunk.visual)  # [B, T, D]
-        hidden = hidden if self.decoder is None else self.decoder(hidden, trunk.visual)  # [B, T, D]
         return CaptionOutput(hidden=hidden, causal=trunk.text_input.causal)
 
     def logits(self, output: CaptionOutput, positions: Tensor) -> Tensor:

@@ -28,7 +28,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-__all__ = ["VisualDecoder", "VisualReadout", "location_encoding"]
+__all__ = ["VisualReadout", "location_encoding"]
 
 
 def location_encoding(shapes: Sequence[tuple[int, int]], bands: int, device: torch.device) -> Tensor:
@@ -108,76 +108,3 @@ class VisualReadout(nn.Module):
         read = nn.functional.scaled_dot_product_attention(heads(q), heads(keys), heads(values))  # [B, h, Q, E/h]
         read = read.transpose(1, 2).reshape(batch, num_queries, -1)  # [B, Q, E]
         return self.norm(queries + self.out(read).to(queries.dtype))
-
-
-class VisualDecoder(nn.Module):
-    """Transformer decoder layers (``torch.nn.TransformerDecoderLayer``, pre-norm) over the
-    text: causal self-attention among the tokens, then cross-attention to the trunk's visual
-    maps (each location's position and level added, as :class:`VisualReadout` does), then
-    a feed-forward; learned positions are added to the text first.
-
-    A read-out gives each token its own look at the image, blind to what the tokens before
-    it saw; here a token's self-attention takes in the earlier tokens' reads, so "a red
-    circle to the left of a ..." can look for a shape to the right of the circle it read.
-
-    Args:
-        text_dim: D.
-        visual_dim: C, the trunk's channels.
-        num_levels: L, the pyramid levels.
-        num_layers: decoder layers (at least 1).
-        num_heads: attention heads (``text_dim`` must divide by it).
-        max_positions: learned positions, for up to this many tokens.
-        bands: Fourier frequencies per coordinate of the location encoding.
-        dropout: in training.
-        layer_norm_eps: the layers' LayerNorm epsilon.
-
-    ``forward(text, visual)``: ``Tensor[B, T, D]`` and L maps ``Tensor[B, C, H_l, W_l]``
-    -> ``Tensor[B, T, D]``; token ``i``'s output depends on the maps and tokens ``<= i``.
-    Parameters: ``position``, ``memory``, ``memory_position``, ``layers.*``, ``norm``.
-    """
-
-    def __init__(
-        self,
-        text_dim: int,
-        visual_dim: int,
-        num_levels: int,
-        num_layers: int = 2,
-        num_heads: int = 4,
-        max_positions: int = 64,
-        bands: int = 4,
-        dropout: float = 0.1,
-        layer_norm_eps: float = 1e-12,
-    ) -> None:
-        super().__init__()
-        if num_layers < 1 or text_dim % num_heads or max_positions < 1:
-            raise ValueError(
-                f"a visual decoder needs >= 1 layer, >= 1 position and a width divisible by its heads: "
-                f"{num_layers} layers, {max_positions} positions, width {text_dim}, {num_heads} heads"
-            )
-        self.num_levels = num_levels
-        self.bands = bands
-        self.position = nn.Embedding(max_positions, text_dim)
-        nn.init.normal_(self.position.weight, std=0.02)
-        self.memory = nn.Linear(visual_dim, text_dim)
-        self.memory_position = nn.Linear(4 * bands + num_levels, text_dim)
-        layer = nn.TransformerDecoderLayer(
-            text_dim, num_heads, 2 * text_dim, dropout, activation="gelu", layer_norm_eps=layer_norm_eps,
-            batch_first=True, norm_first=True,
-        )  # fmt: skip
-        self.layers = nn.TransformerDecoder(layer, num_layers)
-        self.norm = nn.LayerNorm(text_dim, eps=layer_norm_eps)
-
-    def forward(self, text: Tensor, visual: Sequence[Tensor]) -> Tensor:
-        if len(visual) != self.num_levels:
-            raise ValueError(f"the decoder was built for {self.num_levels} levels, got {len(visual)}")
-        length = text.shape[1]
-        if length > self.position.num_embeddings:
-            raise ValueError(f"the visual decoder has {self.position.num_embeddings} positions, got {length} tokens")
-        flat = torch.cat([v.flatten(2) for v in visual], dim=2).transpose(1, 2)  # [B, N, C]
-        flat = flat.to(self.memory.weight.dtype)
-        where = location_encoding([tuple(v.shape[-2:]) for v in visual], self.bands, flat.device).to(flat.dtype)
-        memory = self.memory(flat) + self.memory_position(where)  # [B, N, D]
-        x = text.to(flat.dtype) + self.position.weight[:length]  # [B, T, D]
-        causal = nn.Transformer.generate_square_subsequent_mask(length, x.device, x.dtype)  # [T, T]
-        x = self.layers(x, memory, tgt_mask=causal, tgt_is_causal=True)
-        return self.norm(x).to(text.dtype)
