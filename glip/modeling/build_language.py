@@ -81,12 +81,16 @@ def build_vqa(cfg: GLIPConfig, bert_config: Any, ids: TokenIds = NO_TOKEN_IDS) -
         layer_norm_eps=float(bert_config.layer_norm_eps),
         readout=_readout(cfg, h.readout_dim, h.readout_heads, bert_config),
         counter=AnswerCounter(
-            cfg.model.text.dim, cfg.model.trunk.channels, h.counter_dim, h.counter_max, h.counter_level
+            cfg.model.text.dim,
+            cfg.model.trunk.channels,
+            h.counter_dim,
+            h.counter_max,
+            h.counter_level,
+            stride=float(cfg.model.anchors.strides[h.counter_level]),
         )
         if h.counter_dim > 0
         else None,
         counter_weight=h.counter_weight,
-        counter_stride=float(cfg.model.anchors.strides[h.counter_level]),
         text_source=h.text_source,
     )
 

@@ -59,7 +59,7 @@ def test_a_new_counter_leaves_the_answers_unchanged_and_its_loss_trains_it() -> 
     mask = torch.ones(2, 5, dtype=torch.long)
     trunk = TrunkOutput(visual=visual, text=text, features=[], text_input=TextFeatures(text, text, mask, text.mean(1)))
     plain = VQAHead(8, ["0", "1", "2"])
-    head = VQAHead(8, ["0", "1", "2"], counter=AnswerCounter(8, 16, dim=8, max_count=3), counter_stride=8.0)
+    head = VQAHead(8, ["0", "1", "2"], counter=AnswerCounter(8, 16, dim=8, max_count=3, stride=8.0))
     head.classifier.load_state_dict(plain.classifier.state_dict())
     out = head(trunk, {})
     assert torch.equal(out.logits, plain(trunk, {}).logits)  # the count feature starts at zero
@@ -97,7 +97,7 @@ def test_builder_and_a_checkpoint_without_the_counter() -> None:
     cfg.model.heads.vqa.counter_level = 1
     head = HEAD_BUILDERS["vqa"](cfg, bert)
     assert head.counter.conv1.out_channels == 32 and head.counter.level == 1
-    assert head.counter_stride == cfg.model.anchors.strides[1]
+    assert head.counter.stride == cfg.model.anchors.strides[1]
     with pytest.raises(ValueError, match="max_count"):
         AnswerCounter(8, 8, max_count=0)
 

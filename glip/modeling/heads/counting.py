@@ -75,6 +75,7 @@ class AnswerCounter(nn.Module):
         dim: E, the convolutions' width.
         max_count: the largest count the feature tells apart (larger ones read as it).
         level: which of the trunk's maps the density lives on (0: the finest).
+        stride: that map's pixel stride (the grid of its targets, :func:`density_targets`).
 
     ``forward(slot, visual)``: ``Tensor[B, D]`` and the trunk's maps (``[B, C, H_l, W_l]``)
     -> ``(feature, density)``: the count feature ``Tensor[B, D]`` to add to the slot, and
@@ -83,12 +84,15 @@ class AnswerCounter(nn.Module):
     :data:`DENSITY_BIAS_INIT`), ``embed`` (zero at the start).
     """
 
-    def __init__(self, text_dim: int, visual_dim: int, dim: int = 64, max_count: int = 5, level: int = 0) -> None:
+    def __init__(
+        self, text_dim: int, visual_dim: int, dim: int = 64, max_count: int = 5, level: int = 0, stride: float = 8.0
+    ) -> None:
         super().__init__()
         if max_count < 1:
             raise ValueError(f"the counter's max_count must be at least 1, got {max_count}")
         self.max_count = max_count
         self.level = level
+        self.stride = stride
         self.conv1 = nn.Conv2d(visual_dim, dim, 3, padding=1)
         self.film = nn.Linear(text_dim, 2 * dim)
         self.conv2 = nn.Conv2d(dim, dim, 3, padding=1)

@@ -132,7 +132,6 @@ class VQAHead(Head):
             map of the answer's objects whose count feature is added to the slot feature;
             trained by ``loss_count`` against the answer's boxes.
         counter_weight: the weight of ``loss_count``.
-        counter_stride: the pixel stride of the counter's map (its targets' grid).
         text_source: ``"fused"``: the slot's post-fusion feature (GLIPv2); ``"encoder"``: its
             text encoder feature before the fusion (the head then sees the image through its
             read-out and counter only, and a retrained fusion leaves its input unchanged).
@@ -155,7 +154,6 @@ class VQAHead(Head):
         readout: nn.Module | None = None,
         counter: AnswerCounter | None = None,
         counter_weight: float = 1.0,
-        counter_stride: float = 8.0,
         text_source: str = "fused",
     ) -> None:
         super().__init__()
@@ -170,7 +168,6 @@ class VQAHead(Head):
         self.readout = readout
         self.counter = counter
         self.counter_weight = counter_weight
-        self.counter_stride = counter_stride
         self.text_source = text_source
 
     @property
@@ -202,7 +199,7 @@ class VQAHead(Head):
             )
         index = torch.tensor(rows, device=output.logits.device)
         losses = {"loss_vqa": vqa_loss(output.logits[index], scores.to(output.logits.device))}
-        if output.density is not None and self.counter is not None:
+        if output.density is not None:  # the head has a counter
             losses["loss_count"] = self.counter_weight * self._count_loss(output.density[index], rows, inputs)
         return losses
 
@@ -214,7 +211,7 @@ class VQAHead(Head):
         flat = density.flatten(1).float()  # [B', N]
         if flat.shape[1] != centres.shape[0]:
             raise ValueError(f"the counter's map has {flat.shape[1]} cells, the anchors {centres.shape[0]}")
-        target = density_targets([inputs.targets[b].boxes for b in rows], centres.float(), self.counter_stride)
+        target = density_targets([inputs.targets[b].boxes for b in rows], centres.float(), self.counter.stride)
         dense = ((flat - target) ** 2).sum(1)  # [B']
         total = (flat.sum(1) - target.sum(1)).abs()  # [B']
         return (dense + total).mean()
