@@ -12,7 +12,8 @@ Per seed (a new ``glip data synthetic`` set: 100 validation images of the demo's
   them, split into a second phrase on a shape another detection already names rightly
   (``duplicate``), a wrong colour word only, a wrong shape word only, both wrong, and a box
   on no shape (best IoU < 0.5);
-- captions that name at least one shape and only shapes present in the image (greedy decoding);
+- captions that name at least one shape and only shapes present in the image (the model's
+  own decoding: its beam size and re-ranking, as ``glip caption`` runs it);
 - the share of captions that ``glip pseudo-label`` keeps (at least one box) at its default
   threshold with the model as teacher.
 
@@ -140,8 +141,9 @@ def token_probabilities(model: Any, val_json: Path, image_dir: Path, limit: int 
 
 
 def caption_faithfulness(model: Any, val_json: Path, image_dir: Path) -> float:
-    """Share of images whose greedy caption names at least one colour-shape pair and only
-    pairs present (a caption naming none, "a a and", is not faithful, only empty)."""
+    """Share of images whose caption (the model's decoding settings) names at least one
+    colour-shape pair and only pairs present (a caption naming none, "a a and", is not
+    faithful, only empty)."""
     from glip.captioning import caption_image
     from glip.data.synthetic import DEFAULT_COLORS, DEFAULT_SHAPES
 

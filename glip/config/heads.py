@@ -146,6 +146,9 @@ class CaptionHeadConfig:
     label_smoothing: float = 0.1  # GLIPv2 / OSCAR captioning fine-tuning
     max_length: int = 20  # decoding: most generated tokens, the end token included
     beam_size: int = 1  # decoding: 1 = greedy
+    # How a beam's finished captions are chosen: "none" (the likeliest, GLIPv2) or "grounding"
+    # (the one whose least grounded noun phrase scores highest: glip.inference.captioning).
+    rerank: str = "none"
     box_threshold: float = 0.3  # grounded captioning: a noun phrase's box needs this score
     # Each token's cross-attention to the trunk's visual maps before the predictor
     # (glip.modeling.heads.readout; causal-safe): its width, 0 = none.
@@ -158,6 +161,9 @@ class CaptionHeadConfig:
     context_heads: int = 4
     # Learned position embeddings added before the context layers, for this many tokens (0: none).
     context_positions: int = 0
+    # The text the head reads: "fused" (post-fusion, GLIPv2) or "encoder" (the causal text
+    # encoder's, before the fusion: unchanged when the fusion is trained after the head).
+    text_source: str = "fused"
     # The token ids the decoder scores ([]: the whole vocabulary); a closed-domain model
     # lists its captions' words (glip.modeling.heads.caption.restrict_vocabulary).
     vocab: list[int] = field(default_factory=list)

@@ -2,7 +2,8 @@
 :meth:`glip.inference.Predictor.caption` and :func:`glip.caption`).
 
 A caption is decoded with the captioning head on the causal trunk
-(:mod:`glip.modeling.caption_decoding`); its noun phrases (the offline chunker of
+(:mod:`glip.modeling.caption_decoding`); with ``rerank="grounding"`` the beam's finished
+captions are ranked by how well the grounding head finds their noun phrases (below). Its noun phrases (the offline chunker of
 :mod:`glip.text.noun_phrases`) are then grounded by the grounding head in a second,
 bi-directional pass with the caption itself as the prompt, so each phrase comes with its
 best box.
@@ -15,8 +16,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from glip.modeling.caption_decoding import beam_search, greedy_decode, require_caption_head
+from glip.modeling.caption_decoding import GeneratedCaption, beam_candidates, greedy_decode, require_caption_head
 from glip.modeling.glip import GLIP
+from glip.modeling.heads.caption import RERANKERS
 from glip.structures import Detections, ImageBatch
 from glip.text import Prompt
 from glip.text.noun_phrases import find_noun_phrases
@@ -93,6 +95,22 @@ def _ground(
     return phrases, spans, torch.stack(boxes), torch.stack(scores), det
 
 
+def _grounding_support(
+    model: GLIP, processor: Processor, features: list[Tensor], batch: ImageBatch, text: str, size: tuple[int, int]
+) -> float:
+    """The score of ``text``'s least grounded noun phrase: each phrase's best box score
+    with the caption as the prompt (0 for a phrase without a box, and for a caption without
+    a noun phrase). A caption naming something the image lacks scores low."""
+    found = find_noun_phrases(text)
+    if not found:
+        return 0.0
+    det = _ground(model, processor, features, batch, text, size, 0.0)[4]
+    if det is None:
+        return 0.0
+    best = [det.scores[det.labels == j + 1] for j in range(len(found))]  # P score tensors
+    return min(float(scores.max()) if scores.numel() else 0.0 for scores in best)
+
+
 @torch.no_grad()
 def caption_image(
     model: GLIP,
@@ -102,6 +120,7 @@ def caption_image(
     max_length: int | None = None,
     box_threshold: float | None = None,
     ground: bool = True,
+    rerank: str | None = None,
 ) -> Caption:
     """Captions one image and grounds the caption's noun phrases.
 
@@ -112,6 +131,11 @@ def caption_image(
         max_length: the most generated tokens, the end token counted (default: the head's).
         box_threshold: the least score of a phrase's box (default: the head's).
         ground: False skips the grounding pass (``phrases`` and ``boxes`` stay empty).
+        rerank: ``"none"``: the beam's most likely caption; ``"grounding"``: of the beam's
+            finished captions, the one whose least grounded noun phrase scores highest
+            (ties: the more likely), which drops captions naming what the grounding head
+            does not find (one grounding pass per candidate; greedy decoding has one
+            candidate). Default: the head's ``rerank``.
 
     Raises:
         CaptionUnavailableError: the model has no captioning head.
@@ -121,8 +145,11 @@ def caption_image(
     beams = head.beam_size if beam_size is None else int(beam_size)
     length = head.max_length if max_length is None else int(max_length)
     thr = head.box_threshold if box_threshold is None else float(box_threshold)
+    reranker = head.rerank if rerank is None else rerank
     if beams < 1 or length < 1:
         raise ValueError(f"beam size ({beams}) and max length ({length}) must be at least 1")
+    if reranker not in RERANKERS:
+        raise ValueError(f"rerank must be one of {RERANKERS}, got {reranker!r}")
     model.eval()
     processor = Processor.of(model)
     tensor, size = processor(image)
@@ -131,7 +158,10 @@ def caption_image(
     if beams == 1:
         generated = greedy_decode(model, features, max_length=length)
     else:
-        generated = beam_search(model, features, beam_size=beams, max_length=length)
+        candidates = beam_candidates(model, features, beam_size=beams, max_length=length)
+        generated = candidates[0]
+        if reranker == "grounding" and len(candidates) > 1:
+            generated = _best_grounded(model, processor, features, batch, size, candidates)
     text = processor.decode(generated.token_ids)
     result = Caption(text=text, log_prob=generated.score, finished=generated.finished)
     if ground and result.text:
@@ -144,3 +174,19 @@ def caption_image(
             det,
         )
     return result
+
+
+def _best_grounded(
+    model: GLIP,
+    processor: Processor,
+    features: list[Tensor],
+    batch: ImageBatch,
+    size: tuple[int, int],
+    candidates: list[GeneratedCaption],
+) -> GeneratedCaption:
+    """The candidate with the highest :func:`_grounding_support`, the likelier on a tie
+    (``candidates`` come best first, and ``max`` keeps the first of equals)."""
+    support = [
+        _grounding_support(model, processor, features, batch, processor.decode(c.token_ids), size) for c in candidates
+    ]
+    return candidates[max(range(len(candidates)), key=lambda i: (support[i], candidates[i].score))]

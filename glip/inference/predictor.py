@@ -351,14 +351,18 @@ class Predictor:
         max_length: int | None = None,
         box_threshold: float | None = None,
         ground: bool = True,
+        rerank: str | None = None,
     ) -> Caption | list[Caption]:
         """Captions each image and grounds the caption's noun phrases
-        (:func:`glip.inference.captioning.caption_image`); one image in, one :class:`Caption`
-        out, a list in, a list out. The model needs a captioning head."""
+        (:func:`glip.inference.captioning.caption_image`, whose options these are); one
+        image in, one :class:`Caption` out, a list in, a list out. The model needs a
+        captioning head."""
         require_caption_head(self.model)
         single = not isinstance(images, (list, tuple))
         batch = [images] if single else list(images)
-        options = dict(beam_size=beam_size, max_length=max_length, box_threshold=box_threshold, ground=ground)
+        options = dict(
+            beam_size=beam_size, max_length=max_length, box_threshold=box_threshold, ground=ground, rerank=rerank
+        )
         out = [caption_image(self.model, image, **options) for image in batch]  # type: ignore[arg-type]
         return out[0] if single else out
 

@@ -134,6 +134,7 @@ def caption(
     max_length: int | None = None,
     box_threshold: float | None = None,
     ground: bool = True,
+    rerank: str | None = None,
     config: str | Path | None = None,
     text_encoder: str | Path | None = None,
 ) -> Caption | list[Caption]:
@@ -145,5 +146,5 @@ def caption(
     """
     predictor = shared_predictor(model, device=device, config=config, text_encoder=text_encoder)
     return predictor.caption(
-        images, beam_size=beam_size, max_length=max_length, box_threshold=box_threshold, ground=ground
+        images, beam_size=beam_size, max_length=max_length, box_threshold=box_threshold, ground=ground, rerank=rerank
     )

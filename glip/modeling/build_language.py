@@ -129,9 +129,11 @@ def build_caption(cfg: GLIPConfig, bert_config: Any, ids: TokenIds = NO_TOKEN_ID
         label_smoothing=h.label_smoothing,
         max_length=h.max_length,
         beam_size=h.beam_size,
+        rerank=h.rerank,
         box_threshold=h.box_threshold,
         readout=_readout(cfg, h.readout_dim, h.readout_heads, bert_config),
         vocab=list(h.vocab) or None,
+        text_source=h.text_source,
         context=CausalTextContext(
             cfg.model.text.dim,
             h.context_layers,

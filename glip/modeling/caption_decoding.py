@@ -26,7 +26,14 @@ from glip.modeling.heads.base import TokenIds
 from glip.modeling.heads.caption import CAPTION, CaptionHead
 from glip.modeling.heads.require import CaptionUnavailableError, require_head
 
-__all__ = ["CaptionUnavailableError", "GeneratedCaption", "beam_search", "greedy_decode", "require_caption_head"]
+__all__ = [
+    "CaptionUnavailableError",
+    "GeneratedCaption",
+    "beam_candidates",
+    "beam_search",
+    "greedy_decode",
+    "require_caption_head",
+]
 
 
 def require_caption_head(model: GLIP) -> CaptionHead:
@@ -108,7 +115,8 @@ def greedy_decode(model: GLIP, features: Sequence[Tensor], max_length: int = 20)
 
 @torch.no_grad()
 def beam_search(model: GLIP, features: Sequence[Tensor], beam_size: int = 3, max_length: int = 20) -> GeneratedCaption:
-    """Beam search over captions; the best by summed log-probability.
+    """Beam search over captions; the best by summed log-probability (the first of
+    :func:`beam_candidates`).
 
     Each step extends the live beams and keeps the ``beam_size`` best continuations that do
     not end; an ending among the ``beam_size`` best continuations goes to the finished list. It stops when ``beam_size`` captions
@@ -120,6 +128,16 @@ def beam_search(model: GLIP, features: Sequence[Tensor], beam_size: int = 3, max
         model, features, max_length: as :func:`greedy_decode`.
         beam_size: K.
     """
+    return beam_candidates(model, features, beam_size, max_length)[0]
+
+
+@torch.no_grad()
+def beam_candidates(
+    model: GLIP, features: Sequence[Tensor], beam_size: int = 3, max_length: int = 20
+) -> list[GeneratedCaption]:
+    """The captions :func:`beam_search` chooses among, best first: up to ``beam_size``
+    finished ones by summed log-probability, or, when none finished, the best live one
+    alone (the input of a re-ranker; the first is :func:`beam_search`'s caption)."""
     if beam_size < 1:
         raise ValueError(f"beam_size must be at least 1, got {beam_size}")
     special = _special_ids(model.tokenizer)
@@ -152,7 +170,6 @@ def beam_search(model: GLIP, features: Sequence[Tensor], beam_size: int = 3, max
         if not live or (len(finished) >= beam_size and max(sc for _, sc in live) <= finished[-1][1]):
             break
     if finished:
-        tokens, score = finished[0]
-        return GeneratedCaption(tokens, score, True)
+        return [GeneratedCaption(tokens, score, True) for tokens, score in finished]
     tokens, score = max(live, key=lambda b: b[1])
-    return GeneratedCaption(tokens[1:], score, False)
+    return [GeneratedCaption(tokens[1:], score, False)]

@@ -41,6 +41,12 @@ def add_caption_parser(subparsers: argparse._SubParsersAction) -> argparse.Argum
     )
     p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR_OR_GLOB")
     p.add_argument("--beam", type=int, help="beam size (1 = greedy; default: the model's, 1)")
+    p.add_argument(
+        "--rerank",
+        choices=("none", "grounding"),
+        help="how the beam's captions are chosen: the likeliest, or the one whose noun phrases the model "
+        "grounds best (default: the model's)",
+    )
     p.add_argument("--max-length", type=int, help="most generated tokens, the end token counted (default: the model's)")
     add_threshold_arg(
         p, default=None, help="least score of a phrase's box (default: the model's)", aliases=("--box-threshold",)
@@ -80,6 +86,7 @@ def caption_files(
     beam_size: int | None = None,
     max_length: int | None = None,
     box_threshold: float | None = None,
+    rerank: str | None = None,
     progress: bool = True,
 ) -> list[dict[str, Any]]:
     """One JSON entry per file: ``{"file", "caption", "phrases": [{"phrase", "box", "score"}]}``,
@@ -95,7 +102,9 @@ def caption_files(
     entries: list[dict[str, Any]] = []
     for file in files:
         try:
-            cap = caption_image(model, file, beam_size=beam_size, max_length=max_length, box_threshold=box_threshold)
+            cap = caption_image(
+                model, file, beam_size=beam_size, max_length=max_length, box_threshold=box_threshold, rerank=rerank
+            )
         except (ImageLoadError, OSError) as e:
             entries.append({"file": file, "error": str(e)})
         else:
@@ -121,7 +130,7 @@ def _cmd_caption(args: argparse.Namespace) -> int:
     model = _load(args)
     entries = caption_files(
         model, files, beam_size=args.beam, max_length=args.max_length, box_threshold=args.threshold,
-        progress=not args.quiet,
+        rerank=args.rerank, progress=not args.quiet,
     )  # fmt: skip
     for e in entries:
         if "error" in e:

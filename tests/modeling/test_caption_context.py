@@ -47,6 +47,26 @@ def test_the_head_reads_the_context_and_keeps_it_when_its_vocabulary_is_cut() ->
     assert small.context is head.context
 
 
+def test_the_encoder_text_source_reads_the_text_before_the_fusion() -> None:
+    """``text_source="encoder"`` feeds the causal text encoder's output to the context (the
+    fused text is ignored), survives a vocabulary cut, and an unknown source is refused."""
+    from glip.modeling.fusion.trunk import TrunkOutput
+    from glip.structures import TextFeatures
+
+    torch.manual_seed(0)
+    mask = torch.ones(1, 5, dtype=torch.int64)
+    fused, encoded = torch.randn(1, 5, 16), torch.randn(1, 5, 16)
+    feats = TextFeatures(hidden=encoded, embedded=encoded, mask=mask, aggregate=encoded.mean(1))
+    trunk = TrunkOutput(visual=[], text=fused, features=[], text_input=feats)
+    head = CaptionHead(16, 50, context=CausalTextContext(16), text_source="encoder").eval()
+    assert torch.allclose(head(trunk, {}).hidden, head.context(encoded))
+    assert restrict_vocabulary(head, [3, 7]).text_source == "encoder"
+    head.text_source = "fused"
+    assert torch.allclose(head(trunk, {}).hidden, head.context(fused))
+    with pytest.raises(ValueError, match="text_source"):
+        CaptionHead(16, 50, text_source="both")
+
+
 def test_config_builds_saves_and_loads_the_context(tmp_path) -> None:
     from glip.config import load_config
     from glip.engine.run import build_training_model
@@ -63,6 +83,15 @@ def test_config_builds_saves_and_loads_the_context(tmp_path) -> None:
         )
     )
     assert model.heads[CAPTION].context.position.weight.shape == (12, model.config.model.text.dim)
+    assert plain.heads[CAPTION].text_source == "fused"  # GLIPv2's, by default
+    assert (
+        build_training_model(
+            load_config("configs/caption/synthetic.yaml", [*overrides, "model.heads.caption.text_source=encoder"])
+        )
+        .heads[CAPTION]
+        .text_source
+        == "encoder"
+    )
     (layer,) = model.heads[CAPTION].context.layers
     assert layer.self_attn.embed_dim == model.config.model.text.dim
     loaded = load_model(save_model(model, tmp_path / "m", include_text_encoder=False), device="cpu")

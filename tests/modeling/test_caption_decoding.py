@@ -10,6 +10,7 @@ from glip.modeling.caption_decoding import (
     CaptionUnavailableError,
     _special_ids,
     _Stepper,
+    beam_candidates,
     beam_search,
     greedy_decode,
     require_caption_head,
@@ -61,6 +62,13 @@ def test_end_token_stops(captioner, monkeypatch) -> None:
     assert greedy.finished and len(greedy.token_ids) == 1
     beam = beam_search(model, features, beam_size=1, max_length=10)
     assert beam.finished and beam.token_ids == greedy.token_ids
+    # Wider: the candidates a re-ranker gets are the finished ones, best first, the first
+    # of them beam_search's caption.
+    wide = beam_candidates(model, features, beam_size=3, max_length=10)
+    best = beam_search(model, features, beam_size=3, max_length=10)
+    assert 1 < len(wide) <= 3 and all(c.finished for c in wide)
+    assert [c.score for c in wide] == sorted((c.score for c in wide), reverse=True)
+    assert (wide[0].token_ids, wide[0].score) == (best.token_ids, best.score)
 
 
 def test_model_without_caption_head_is_a_clear_error() -> None:

@@ -39,3 +39,49 @@ def test_noun_phrases_are_grounded(captioner, monkeypatch) -> None:
 def test_model_without_caption_head() -> None:
     with pytest.raises(CaptionUnavailableError, match="no caption head"):
         glip.caption(case.golden_image(), model=case.build_tiny_glip())
+
+
+def _support(model, text: str) -> float:
+    """The least grounded noun phrase's best score, from the predictor with the caption as
+    the prompt (the rule ``rerank="grounding"`` ranks by)."""
+    from glip.text.noun_phrases import find_noun_phrases
+
+    found = find_noun_phrases(text)
+    prompt = Prompt(text, tuple(p for p, _ in found), tuple((s,) for _, s in found))
+    det = model.predict(case.golden_image(), prompt, threshold=0.0)
+    per_phrase = [det.scores[det.labels == j + 1] for j in range(len(found))]
+    return min(float(scores.max()) if scores.numel() else 0.0 for scores in per_phrase)
+
+
+def test_grounding_rerank_picks_the_best_grounded_caption(captioner, monkeypatch) -> None:
+    """Of the beam's finished captions (stubbed), ``rerank="grounding"`` takes the one whose
+    least grounded noun phrase scores highest; ``"none"`` the likeliest; a tie goes to the
+    likelier; an unknown reranker is a one-line error."""
+    model, _ = captioner
+    texts = [TEXT, "a green triangle", "a blue circle", "a red square and a green triangle"]
+
+    def cands(*texts_: str) -> list[GeneratedCaption]:
+        return [
+            GeneratedCaption(model.tokenizer(t, add_special_tokens=False)["input_ids"], -1.0 - i, True)
+            for i, t in enumerate(texts_)
+        ]
+
+    support = {t: _support(model, t) for t in texts}
+    assert len(set(support.values())) == len(texts)  # the case tells the candidates apart
+    texts.sort(key=support.__getitem__)  # the likeliest is the least grounded
+    best = texts[-1]
+    monkeypatch.setattr(captioning, "beam_candidates", lambda m, f, beam_size, max_length: cands(*texts))
+    ranked = glip.caption(case.golden_image(), model=model, beam_size=4, rerank="grounding", ground=False)
+    assert ranked.text == best and ranked.log_prob == -1.0 - (len(texts) - 1)
+    likeliest = glip.caption(case.golden_image(), model=model, beam_size=4, rerank="none", ground=False)
+    assert likeliest.text == texts[0]
+    model.heads["caption"].rerank = "grounding"  # the head's default is used
+    try:
+        assert glip.caption(case.golden_image(), model=model, beam_size=4, ground=False).text == best
+        monkeypatch.setattr(captioning, "beam_candidates", lambda m, f, beam_size, max_length: cands(best, best))
+        tie = captioning.caption_image(model, case.golden_image(), beam_size=2, ground=False)
+        assert tie.log_prob == -1.0  # equal support: the likelier
+    finally:
+        model.heads["caption"].rerank = "none"
+    with pytest.raises(ValueError, match="rerank must be one of"):
+        glip.caption(case.golden_image(), model=model, beam_size=2, rerank="clip")

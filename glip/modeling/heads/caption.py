@@ -35,6 +35,7 @@ __all__ = [
     "CaptionOutput",
     "CausalTextContext",
     "NextTokenScores",
+    "RERANKERS",
     "mask_caption_tokens",
     "restrict_vocabulary",
 ]
@@ -43,6 +44,10 @@ __all__ = [
 CAPTION = "caption"
 # The sample kind of captioning data (glip.data.captions.CAPTIONING): the head's own batches.
 CAPTIONING = "captioning"
+# How a beam's finished captions are chosen (glip.inference.captioning.caption_image):
+# "none", the likeliest (GLIPv2); "grounding", the one whose least grounded noun phrase
+# scores highest.
+RERANKERS = ("none", "grounding")
 
 
 def mask_caption_tokens(
@@ -186,10 +191,15 @@ class CaptionHead(Head):
         mask_prob, max_masked: :func:`mask_caption_tokens`'s settings.
         label_smoothing: of the cross-entropy (0.1, as GLIPv2's and OSCAR's captioning).
         max_length, beam_size: decoding defaults (:mod:`glip.modeling.caption_decoding`).
+        rerank: how a beam's finished captions are chosen by default, one of
+            :data:`RERANKERS` (:func:`glip.inference.captioning.caption_image`).
         box_threshold: grounded captioning: the least score of a noun phrase's box.
         readout: an optional :class:`~glip.modeling.heads.readout.VisualReadout` through
             which every token reads the trunk's visual maps before the predictor.
         context: an optional :class:`CausalTextContext` the fused text goes through first.
+        text_source: ``"fused"``: the causal trunk's post-fusion text (GLIPv2); ``"encoder"``:
+            the causal text encoder's output before the fusion (the head then sees the image
+            through its read-out only, and a retrained fusion leaves its input unchanged).
         vocab: the token ids the decoder scores (None: all V). A caption model for a
             closed domain needs only its captions' words: the decoder then has one row
             per listed id (the demo model keeps 18 of 30522 rows: 11.7 M parameters fewer);
@@ -216,8 +226,14 @@ class CaptionHead(Head):
         readout: nn.Module | None = None,
         vocab: Sequence[int] | None = None,
         context: nn.Module | None = None,
+        text_source: str = "fused",
+        rerank: str = "none",
     ) -> None:
         super().__init__()
+        if rerank not in RERANKERS:
+            raise ValueError(f"the caption head's rerank must be one of {RERANKERS}, got {rerank!r}")
+        if text_source not in ("fused", "encoder"):
+            raise ValueError(f"the caption head's text_source must be 'fused' or 'encoder', got {text_source!r}")
         if not 0.0 <= mask_prob <= 1.0 or max_masked < 1:
             raise ValueError(f"bad caption masking: mask_prob={mask_prob}, max_masked={max_masked}")
         if max_length < 1 or beam_size < 1:
@@ -244,6 +260,8 @@ class CaptionHead(Head):
         self.box_threshold = box_threshold
         self.readout = readout
         self.context = context
+        self.text_source = text_source
+        self.rerank = rerank
 
     @torch.no_grad()
     def corrupt(self, input_ids: Tensor, attention_mask: Tensor, generators: Sequence[torch.Generator]) -> MaskedTokens:
@@ -253,7 +271,8 @@ class CaptionHead(Head):
         )
 
     def forward(self, trunk: TrunkOutput, outputs: Mapping[str, Any]) -> CaptionOutput:
-        hidden = trunk.text if self.context is None else self.context(trunk.text)  # [B, T, D]
+        text = trunk.text if self.text_source == "fused" else trunk.text_input.embedded  # [B, T, D]
+        hidden = text if self.context is None else self.context(text)  # [B, T, D]
         hidden = hidden if self.readout is None else self.readout(hidden, trunk.visual)  # [B, T, D]
         return CaptionOutput(hidden=hidden, causal=trunk.text_input.causal)
 
@@ -327,7 +346,7 @@ def restrict_vocabulary(head: CaptionHead, token_ids: Sequence[int]) -> CaptionH
     new = CaptionHead(
         head.predictor.dense.in_features, head.vocab_size, head.predictor.norm.eps, head.mask_token_id,
         head.mask_prob, head.max_masked, head.label_smoothing, head.max_length, head.beam_size,
-        head.box_threshold, head.readout, ids, head.context,
+        head.box_threshold, head.readout, ids, head.context, head.text_source, head.rerank,
     )  # fmt: skip
     state = {k: v for k, v in head.predictor.state_dict().items() if not k.startswith("decoder.")}
     index = torch.tensor(ids, device=head.predictor.decoder.weight.device)
