@@ -209,6 +209,16 @@ def take_language_heads(model: Any, donor: Any, names: tuple[str, ...] = LANGUAG
         setattr(model.config.model.heads, name, getattr(donor.config.model.heads, name))
 
 
+def set_caption_decoding(model: Any, beam_size: int | None, rerank: str | None) -> None:
+    """The caption head's default decoding (``model.heads.caption.beam_size`` / ``rerank``,
+    head and config), each left as it is when None."""
+    section = model.config.model.heads.caption
+    if beam_size is not None:
+        model.heads["caption"].beam_size = section.beam_size = beam_size
+    if rerank is not None:
+        model.heads["caption"].rerank = section.rerank = rerank
+
+
 def multitask_stage(args: argparse.Namespace, ds: Any, start: Path, work: Path) -> tuple[Path, int, float] | None:
     """The multi-task stage (:data:`VL_RECIPE`): detection with masks, VQA and captions by
     ``--source-weights``, the trunk frozen, from the model folder ``start``; the trained
@@ -302,6 +312,9 @@ def main() -> int:
     p.add_argument("--caption-from", metavar="FOLDER",
                    help="then the caption head of FOLDER (as --heads-from: the same trunk), e.g. a caption-heavy "
                         "multi-task run beside the one --heads-from names")  # fmt: skip
+    p.add_argument("--caption-beam", type=int, help="the shipped caption head's beam size (default: as trained)")
+    p.add_argument("--caption-rerank", choices=("none", "grounding"),
+                   help="how the shipped caption head chooses among its beam (default: as trained)")  # fmt: skip
     p.add_argument("--caption-context-positions", type=int, default=64,
                    help="learned position embeddings of the caption context (0: none)")  # fmt: skip
     p.add_argument("--num-fresh", type=int, default=100, help="fresh images of the VQA / caption evaluation")
@@ -400,6 +413,7 @@ def main() -> int:
         take_language_heads(model, load_model(resolve_folder(args.heads_from)))
     if args.caption_from is not None:
         take_language_heads(model, load_model(resolve_folder(args.caption_from)), ("caption",))
+    set_caption_decoding(model, args.caption_beam, args.caption_rerank)
     after: dict[str, Any] = {}
     if args.eval:
         after = evaluate_all(model, ds, fresh, work / "eval_after")

@@ -68,7 +68,7 @@ def test_caption_cli_with_a_bad_file(trained, shapes, tmp_path, capsys) -> None:
     bad.write_text("not an image\n")
     good = str(shapes.image_dir / "val_00000.png")
     code = main(["caption", good, str(bad), "--weights", str(out / "model"), "--device", "cpu",
-                 "--out", str(tmp_path / "o"), "--quiet", "--beam", "2", "--max-length", "3"])  # fmt: skip
+                 "--out", str(tmp_path / "o"), "--quiet", "--beam", "2", "--max-length", "3", "--rerank", "grounding"])  # fmt: skip
     assert code == 1
     printed = capsys.readouterr()
     assert "Traceback" not in printed.err + printed.out
