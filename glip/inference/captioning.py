@@ -2,11 +2,11 @@
 :meth:`glip.inference.Predictor.caption` and :func:`glip.caption`).
 
 A caption is decoded with the captioning head on the causal trunk
-(:mod:`glip.modeling.caption_decoding`); with ``rerank="grounding"`` the beam's finished
-captions are ranked by how well the grounding head finds their noun phrases (below). Its noun phrases (the offline chunker of
-:mod:`glip.text.noun_phrases`) are then grounded by the grounding head in a second,
-bi-directional pass with the caption itself as the prompt, so each phrase comes with its
-best box.
+(:mod:`glip.modeling.caption_decoding`; with ``rerank="grounding"`` the beam's finished
+captions are ranked by how well the grounding head finds their noun phrases). Its noun
+phrases (the offline chunker of :mod:`glip.text.noun_phrases`) are then grounded by the
+grounding head in a second, bi-directional pass with the caption itself as the prompt, so
+each phrase comes with its best box.
 """
 
 from __future__ import annotations
@@ -184,8 +184,8 @@ def _best_grounded(
     size: tuple[int, int],
     candidates: list[GeneratedCaption],
 ) -> GeneratedCaption:
-    """The candidate with the highest :func:`_grounding_support`, the likelier on a tie
-    (``candidates`` come best first, and ``max`` keeps the first of equals)."""
+    """The candidate with the highest :func:`_grounding_support`, the likelier (higher
+    summed log-probability) on a tie."""
     support = [
         _grounding_support(model, processor, features, batch, processor.decode(c.token_ids), size) for c in candidates
     ]
