@@ -57,19 +57,15 @@ class Caption:
     detections: Detections | None = None
 
 
-def _ground(
-    model: GLIP,
-    processor: Processor,
-    features: list[Tensor],
-    batch: ImageBatch,
-    text: str,
-    size: tuple[int, int],
-    thr: float,
-):
-    """(phrases, spans, boxes, scores, detections) of ``text``'s noun phrases in the image."""
+def _detect_noun_phrases(
+    model: GLIP, processor: Processor, features: list[Tensor], batch: ImageBatch, text: str, size: tuple[int, int]
+) -> tuple[list[tuple[str, tuple[int, int]]], Detections | None]:
+    """``text``'s noun phrases (the offline chunker's ``(phrase, span)``) and every detection
+    of them with ``text`` as the prompt (labels: 1-based phrase indices), or None when it
+    has no noun phrase."""
     found = find_noun_phrases(text)
     if not found:
-        return [], [], torch.zeros(0, 4), torch.zeros(0), None
+        return found, None
     prompt = Prompt(text, tuple(p for p, _ in found), tuple((span,) for _, span in found))
     tokens = trim_padding(processor.tokenize(prompt))
     device = features[0].device
@@ -81,8 +77,14 @@ def _ground(
     )
     det = det.to("cpu")
     det.phrases = [prompt.phrases[int(label) - 1] for label in det.labels.tolist()]
+    return found, det
+
+
+def _best_boxes(found: list[tuple[str, tuple[int, int]]], det: Detections | None, thr: float):
+    """(phrases, spans, boxes, scores) of the phrases of ``found`` with a detection scoring
+    ``thr`` or more in ``det``: each one's best, in caption order."""
     phrases, spans, boxes, scores = [], [], [], []
-    for j, (phrase, span) in enumerate(found):
+    for j, (phrase, span) in enumerate(found if det is not None else []):
         hits = (det.labels == j + 1) & (det.scores >= thr)
         if bool(hits.any()):
             best = int(torch.nonzero(hits)[det.scores[hits].argmax()])
@@ -91,24 +93,16 @@ def _ground(
             boxes.append(det.boxes[best])
             scores.append(det.scores[best])
     if not boxes:
-        return [], [], torch.zeros(0, 4), torch.zeros(0), det
-    return phrases, spans, torch.stack(boxes), torch.stack(scores), det
+        return [], [], torch.zeros(0, 4), torch.zeros(0)
+    return phrases, spans, torch.stack(boxes), torch.stack(scores)
 
 
-def _grounding_support(
-    model: GLIP, processor: Processor, features: list[Tensor], batch: ImageBatch, text: str, size: tuple[int, int]
-) -> float:
-    """The score of ``text``'s least grounded noun phrase: each phrase's best box score
-    with the caption as the prompt (0 for a phrase without a box, and for a caption without
-    a noun phrase). A caption naming something the image lacks scores low."""
-    found = find_noun_phrases(text)
-    if not found:
-        return 0.0
-    det = _ground(model, processor, features, batch, text, size, 0.0)[4]
-    if det is None:
-        return 0.0
-    best = [det.scores[det.labels == j + 1] for j in range(len(found))]  # P score tensors
-    return min(float(scores.max()) if scores.numel() else 0.0 for scores in best)
+def _grounding_support(found: list[tuple[str, tuple[int, int]]], det: Detections | None) -> float:
+    """The score of the least grounded of the noun phrases ``found``: each phrase's best
+    box score in ``det`` (0 for a phrase without a box, and when there is no phrase). A
+    caption naming something the image lacks scores low."""
+    phrases, _, _, scores = _best_boxes(found, det, 0.0)
+    return float(scores.min()) if found and len(phrases) == len(found) else 0.0
 
 
 @torch.no_grad()
@@ -155,24 +149,24 @@ def caption_image(
     tensor, size = processor(image)
     batch = processor.batch([tensor]).to(model.device)
     features = model.backbone(batch.tensor)
+    grounded = None  # the chosen caption's (noun phrases, detections), when the re-rank found them
     if beams == 1:
         generated = greedy_decode(model, features, max_length=length)
     else:
         candidates = beam_candidates(model, features, beam_size=beams, max_length=length)
         generated = candidates[0]
         if reranker == "grounding" and len(candidates) > 1:
-            generated = _best_grounded(model, processor, features, batch, size, candidates)
+            generated, grounded = _best_grounded(model, processor, features, batch, size, candidates)
     text = processor.decode(generated.token_ids)
     result = Caption(text=text, log_prob=generated.score, finished=generated.finished)
     if ground and result.text:
-        phrases, spans, boxes, scores, det = _ground(model, processor, features, batch, result.text, size, thr)
-        result.phrases, result.spans, result.boxes, result.scores, result.detections = (
-            phrases,
-            spans,
-            boxes,
-            scores,
-            det,
+        found, det = (
+            grounded
+            if grounded is not None
+            else _detect_noun_phrases(model, processor, features, batch, result.text, size)
         )
+        result.phrases, result.spans, result.boxes, result.scores = _best_boxes(found, det, thr)
+        result.detections = det
     return result
 
 
@@ -183,10 +177,12 @@ def _best_grounded(
     batch: ImageBatch,
     size: tuple[int, int],
     candidates: list[GeneratedCaption],
-) -> GeneratedCaption:
+) -> tuple[GeneratedCaption, tuple[list[tuple[str, tuple[int, int]]], Detections | None]]:
     """The candidate with the highest :func:`_grounding_support`, the likelier (higher
-    summed log-probability) on a tie."""
-    support = [
-        _grounding_support(model, processor, features, batch, processor.decode(c.token_ids), size) for c in candidates
+    summed log-probability) on a tie, with its noun phrases and their detections."""
+    grounded = [
+        _detect_noun_phrases(model, processor, features, batch, processor.decode(c.token_ids), size) for c in candidates
     ]
-    return candidates[max(range(len(candidates)), key=lambda i: (support[i], candidates[i].score))]
+    support = [_grounding_support(found, det) for found, det in grounded]
+    best = max(range(len(candidates)), key=lambda i: (support[i], candidates[i].score))
+    return candidates[best], grounded[best]

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from glip.modeling.heads.caption import RERANKERS
 from glip.tools.common import (
     add_device_arg,
     add_model_args,
@@ -43,7 +44,7 @@ def add_caption_parser(subparsers: argparse._SubParsersAction) -> argparse.Argum
     p.add_argument("--beam", type=int, help="beam size (1 = greedy; default: the model's, 1)")
     p.add_argument(
         "--rerank",
-        choices=("none", "grounding"),
+        choices=RERANKERS,
         help="how the beam's captions are chosen: the likeliest, or the one whose noun phrases the model "
         "grounds best (default: the model's)",
     )
