@@ -8,6 +8,7 @@ from typing import Any
 
 from glip.config import GLIPConfig
 from glip.modeling.heads import NO_TOKEN_IDS, CaptionHead, InterImageHead, MaskedLMHead, TokenIds
+from glip.modeling.heads.base import TEXT_SOURCES
 from glip.modeling.heads.caption import CausalTextContext
 from glip.modeling.heads.counting import AnswerCounter
 from glip.modeling.heads.mlm import BERT_MASK_TOKEN_ID
@@ -40,7 +41,7 @@ def build_inter_image(cfg: GLIPConfig, bert_config: Any, ids: TokenIds = NO_TOKE
         return None
     if h.variant not in ("fpn", "backbone"):
         raise ValueError(f"model.heads.inter_image.variant must be 'fpn' or 'backbone', got {h.variant!r}")
-    if h.text_source not in ("fused", "encoder"):
+    if h.text_source not in TEXT_SOURCES:
         raise ValueError(f"model.heads.inter_image.text_source must be 'fused' or 'encoder', got {h.text_source!r}")
     a = cfg.model.anchors
     if len(a.aspect_ratios) * a.scales_per_octave != 1:

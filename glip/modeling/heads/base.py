@@ -57,7 +57,11 @@ from glip.modeling.fusion.trunk import TrunkOutput
 from glip.modeling.heads.grounding.assigner import AssignedTargets
 from glip.structures.targets import GroundingTargets, PretrainingTargets
 
-__all__ = ["NO_TOKEN_IDS", "Head", "LossInputs", "MaskedTokens", "TokenIds"]
+__all__ = ["NO_TOKEN_IDS", "TEXT_SOURCES", "Head", "LossInputs", "MaskedTokens", "TokenIds"]
+
+# The text a language head may read: "fused" (the trunk's post-fusion text, GLIPv2) or
+# "encoder" (the text encoder's output before the fusion; ``model.heads.*.text_source``).
+TEXT_SOURCES = ("fused", "encoder")
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from glip.modeling.fusion.trunk import TrunkOutput
-from glip.modeling.heads.base import Head, LossInputs, MaskedTokens
+from glip.modeling.heads.base import TEXT_SOURCES, Head, LossInputs, MaskedTokens
 from glip.modeling.heads.mlm import BERT_MASK_TOKEN_ID, MLMHead
 from glip.text.masking import IGNORE_INDEX
 
@@ -232,7 +232,7 @@ class CaptionHead(Head):
         super().__init__()
         if rerank not in RERANKERS:
             raise ValueError(f"the caption head's rerank must be one of {RERANKERS}, got {rerank!r}")
-        if text_source not in ("fused", "encoder"):
+        if text_source not in TEXT_SOURCES:
             raise ValueError(f"the caption head's text_source must be 'fused' or 'encoder', got {text_source!r}")
         if not 0.0 <= mask_prob <= 1.0 or max_masked < 1:
             raise ValueError(f"bad caption masking: mask_prob={mask_prob}, max_masked={max_masked}")

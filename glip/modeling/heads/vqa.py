@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from glip.modeling.fusion.trunk import TrunkOutput
-from glip.modeling.heads.base import Head, LossInputs
+from glip.modeling.heads.base import TEXT_SOURCES, Head, LossInputs
 from glip.modeling.heads.counting import AnswerCounter, density_targets
 
 __all__ = ["AnswerClassifier", "VQAHead", "VQAOutput", "VQAPrediction", "answer_slot", "vqa_loss"]
@@ -159,7 +159,7 @@ class VQAHead(Head):
         super().__init__()
         if not answers:
             raise ValueError("the VQA head needs at least one answer in its vocabulary")
-        if text_source not in ("fused", "encoder"):
+        if text_source not in TEXT_SOURCES:
             raise ValueError(f"the VQA head's text_source must be 'fused' or 'encoder', got {text_source!r}")
         if len(set(answers)) != len(answers):
             raise ValueError("the VQA answer vocabulary has duplicates")
