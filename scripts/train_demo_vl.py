@@ -39,6 +39,7 @@ import os
 import shutil
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -131,13 +132,24 @@ def calibrate_bias(model, calib, precision: float, shifts: list[float]) -> tuple
     return best, rows
 
 
-def with_sources(cfg: Any, ds: Any, sources: list[tuple[str, Path, float]]) -> Any:
+def all_classes_set(work: Path, seed: int) -> Any:
+    """The synthetic set of the all-classes stage: the demo's sizes with no pair held out
+    (``work/data_all_classes``, data seed ``seed + 5``)."""
+    from glip.data import generate_synthetic
+
+    return generate_synthetic(work / "data_all_classes", seed=seed + 5, **{**_train_demo().DEMO_DATA, "held_out": 0})
+
+
+def with_sources(cfg: Any, ds: Any, sources: list[tuple[str, Path, float]], images: Sequence[Path] = ()) -> Any:
     """``cfg`` training on ``(format, json, weight)`` sources over the images of the synthetic
-    set ``ds`` (``data.sources``; the single-source ``data.train_json`` / ``train_images`` cleared)."""
+    set ``ds``, or of ``images[i]`` for source ``i`` where given (``data.sources``; the
+    single-source ``data.train_json`` / ``train_images`` cleared)."""
     from glip.config import config_from_dict, config_to_dict
 
+    folders = list(images) + [ds.image_dir] * (len(sources) - len(images))
     rows = [
-        {"format": f, "train_json": str(path), "train_images": str(ds.image_dir), "weight": w} for f, path, w in sources
+        {"format": f, "train_json": str(path), "train_images": str(folder), "weight": w}
+        for (f, path, w), folder in zip(sources, folders)
     ]
     data = {**config_to_dict(cfg)["data"], "sources": rows, "train_json": "", "train_images": ""}
     return config_from_dict({**config_to_dict(cfg), "data": data})
@@ -226,10 +238,14 @@ def multitask_stage(args: argparse.Namespace, ds: Any, start: Path, work: Path) 
     from glip.config import load_config
     from glip.engine import train
 
+    # The captions of the set the grounding stage trains on (three pairs held out), or of
+    # the all-classes stage's set (every colour-shape pair: a caption head that never read
+    # "red triangle" cannot write it).
+    captions = all_classes_set(work, args.seed) if args.caption_data == "all-classes" else ds
     files = [
-        ("coco", ds.train_json),
-        ("vqa", ds.root / "vqa_train.json"),
-        ("captions", ds.root / "captions_train.json"),
+        ("coco", ds.train_json, ds.image_dir),
+        ("vqa", ds.root / "vqa_train.json", ds.image_dir),
+        ("captions", captions.root / "captions_train.json", captions.image_dir),
     ]
     cfg = load_config(
         start / "config.yaml",
@@ -247,7 +263,8 @@ def multitask_stage(args: argparse.Namespace, ds: Any, start: Path, work: Path) 
     )  # fmt: skip
     # A weight of 0 leaves its source out (``--source-weights 0 1 0 train.tuning=vqa``: the
     # answer head alone, on the questions alone).
-    cfg = with_sources(cfg, ds, [(f, path, w) for (f, path), w in zip(files, args.source_weights) if w > 0])
+    chosen = [(f, path, images, w) for (f, path, images), w in zip(files, args.source_weights) if w > 0]
+    cfg = with_sources(cfg, ds, [(f, path, w) for f, path, _, w in chosen], [images for _, _, images, _ in chosen])
     begin = time.time()
     result = train(cfg, work / "train", resume=True, cpu=True, weights=start)
     minutes = (time.time() - begin) / 60
@@ -313,7 +330,9 @@ def main() -> int:
                    help="then the caption head of FOLDER (as --heads-from: the same trunk), e.g. a caption-heavy "
                         "multi-task run beside the one --heads-from names")  # fmt: skip
     p.add_argument("--caption-beam", type=int, help="the shipped caption head's beam size (default: as trained)")
-    p.add_argument("--caption-rerank", choices=("none", "grounding"),
+    p.add_argument("--caption-data", choices=("held-out", "all-classes"), default="held-out",
+                   help="the multi-task stage's captions: the grounding stage's set (three pairs held out) or the all-classes set")  # fmt: skip
+    p.add_argument("--caption-rerank", choices=("none", "grounding", "contrastive"),
                    help="how the shipped caption head chooses among its beam (default: as trained)")  # fmt: skip
     p.add_argument("--caption-context-positions", type=int, default=64,
                    help="learned position embeddings of the caption context (0: none)")  # fmt: skip
@@ -393,9 +412,7 @@ def main() -> int:
         # Every colour-shape pair, the three the grounding stage held out included, as phrases
         # for the grounding and mask heads alone (fusion frozen: the answer and caption heads'
         # inputs stay the ones they were trained on).
-        every = generate_synthetic(
-            work / "data_all_classes", seed=args.seed + 5, **{**demo.DEMO_DATA, "held_out": 0}
-        )  # fmt: skip
+        every = all_classes_set(work, args.seed)
         final = detection_stage(
             "all-classes",
             final,

@@ -2,8 +2,9 @@
 :meth:`glip.inference.Predictor.caption` and :func:`glip.caption`).
 
 A caption is decoded with the captioning head on the causal trunk
-(:mod:`glip.modeling.caption_decoding`; with ``rerank="grounding"`` the beam's finished
-captions are ranked by how well the grounding head finds their noun phrases). Its noun
+(:mod:`glip.modeling.caption_decoding`; with ``rerank="grounding"`` or ``"contrastive"``
+the beam's finished captions are ranked by how well the grounding head finds their noun
+phrases). Its noun
 phrases (the offline chunker of :mod:`glip.text.noun_phrases`) are then grounded by the
 grounding head in a second, bi-directional pass with the caption itself as the prompt, so
 each phrase comes with its best box.
@@ -25,6 +26,7 @@ from glip.text.noun_phrases import find_noun_phrases
 from glip.text.tokenize import trim_padding
 from glip.utils.image import ImageInput
 
+from .detection import detect_chunks
 from .processor import Processor
 
 __all__ = ["Caption", "caption_image"]
@@ -129,7 +131,9 @@ def caption_image(
             finished captions, the one whose least grounded noun phrase scores highest
             (ties: the more likely), which drops captions naming what the grounding head
             does not find (one grounding pass per candidate; greedy decoding has one
-            candidate). Default: the head's ``rerank``.
+            candidate); ``"contrastive"``: the same rule, with each phrase's best box
+            score from one pass whose prompt is the distinct noun phrases of all the
+            candidates (:func:`_best_contrastive`). Default: the head's ``rerank``.
 
     Raises:
         CaptionUnavailableError: the model has no captioning head.
@@ -157,6 +161,8 @@ def caption_image(
         generated = candidates[0]
         if reranker == "grounding" and len(candidates) > 1:
             generated, grounded = _best_grounded(model, processor, features, batch, size, candidates)
+        elif reranker == "contrastive" and len(candidates) > 1:
+            generated = _best_contrastive(model, processor, batch, size, candidates)
     text = processor.decode(generated.token_ids)
     result = Caption(text=text, log_prob=generated.score, finished=generated.finished)
     if ground and result.text:
@@ -183,6 +189,32 @@ def _best_grounded(
     grounded = [
         _detect_noun_phrases(model, processor, features, batch, processor.decode(c.token_ids), size) for c in candidates
     ]
-    support = [_grounding_support(found, det) for found, det in grounded]
-    best = max(range(len(candidates)), key=lambda i: (support[i], candidates[i].score))
+    best = _most_supported(candidates, [_grounding_support(found, det) for found, det in grounded])
     return candidates[best], grounded[best]
+
+
+def _best_contrastive(
+    model: GLIP, processor: Processor, batch: ImageBatch, size: tuple[int, int], candidates: list[GeneratedCaption]
+) -> GeneratedCaption:
+    """The candidate whose least supported noun phrase has the highest best-box score, the
+    likelier on a tie, where the scores come from one detection pass whose prompt lists the
+    distinct noun phrases of all the candidates (chunked when long).
+
+    Beam candidates tend to differ in the phrase the decoder is unsure of ("a red circle"
+    against "a red square"); with the caption alone as the prompt the grounding head may put
+    a wrong phrase on the shape it resembles, while with the alternatives beside it the
+    phrase that fits the shape takes the box's score. A candidate without a noun phrase
+    scores 0."""
+    found = [[phrase.strip() for phrase, _ in find_noun_phrases(processor.decode(c.token_ids))] for c in candidates]
+    phrases = list(dict.fromkeys(p for f in found for p in f))
+    best_score: dict[str, float] = dict.fromkeys(phrases, 0.0)
+    if phrases:
+        (det,) = detect_chunks(model, batch, processor.prepare_prompt(phrases), [size], max_detections=0)
+        for phrase, score in zip(det.phrases, det.scores.tolist()):
+            best_score[phrase] = max(best_score[phrase], score)
+    return candidates[_most_supported(candidates, [min(best_score[p] for p in f) if f else 0.0 for f in found])]
+
+
+def _most_supported(candidates: list[GeneratedCaption], support: list[float]) -> int:
+    """The index of the highest ``support``, the likelier candidate on a tie."""
+    return max(range(len(candidates)), key=lambda i: (support[i], candidates[i].score))

@@ -45,8 +45,9 @@ def add_caption_parser(subparsers: argparse._SubParsersAction) -> argparse.Argum
     p.add_argument(
         "--rerank",
         choices=RERANKERS,
-        help="how the beam's captions are chosen: the likeliest, or the one whose noun phrases the model "
-        "grounds best (default: the model's)",
+        help="how the beam's captions are chosen: the likeliest (none), the one whose noun phrases the model "
+        "grounds best with the caption as the prompt (grounding), or with all the captions' phrases in one "
+        "prompt (contrastive) (default: the model's)",
     )
     p.add_argument("--max-length", type=int, help="most generated tokens, the end token counted (default: the model's)")
     add_threshold_arg(

@@ -85,3 +85,46 @@ def test_grounding_rerank_picks_the_best_grounded_caption(captioner, monkeypatch
         model.heads["caption"].rerank = "none"
     with pytest.raises(ValueError, match="rerank must be one of"):
         glip.caption(case.golden_image(), model=model, beam_size=2, rerank="clip")
+
+
+def _contrastive_support(model, texts: list[str]) -> dict[str, float]:
+    """Each caption's least supported noun phrase's best score, from the predictor with the
+    distinct noun phrases of all ``texts`` as one class-name prompt (the rule
+    ``rerank="contrastive"`` ranks by)."""
+    from glip.text.noun_phrases import find_noun_phrases
+
+    found = {t: [p for p, _ in find_noun_phrases(t)] for t in texts}
+    phrases = list(dict.fromkeys(p for t in texts for p in found[t]))
+    det = model.predict(case.golden_image(), phrases, threshold=0.0)
+    best = {p: max((s for q, s in zip(det.phrases, det.scores.tolist()) if q == p), default=0.0) for p in phrases}
+    return {t: min(best[p] for p in found[t]) for t in texts}
+
+
+def test_contrastive_rerank_grounds_all_candidates_phrases_in_one_prompt(captioner, monkeypatch) -> None:
+    """``rerank="contrastive"`` takes the candidate whose least supported noun phrase scores
+    highest when the noun phrases of all the candidates share one prompt (a tie goes to the
+    likelier); its boxes still come from the chosen caption as the prompt."""
+    model, _ = captioner
+    texts = ["a red square", "a green triangle", "a blue circle", "a yellow star to the left of a white box"]
+    support = _contrastive_support(model, texts)
+    assert len(set(support.values())) == len(texts)  # the case tells the candidates apart
+    texts.sort(key=support.__getitem__)  # the likeliest is the least supported
+    best = texts[-1]
+
+    def cands(*texts_: str) -> list[GeneratedCaption]:
+        return [
+            GeneratedCaption(model.tokenizer(t, add_special_tokens=False)["input_ids"], -1.0 - i, True)
+            for i, t in enumerate(texts_)
+        ]
+
+    monkeypatch.setattr(captioning, "beam_candidates", lambda m, f, beam_size, max_length: cands(*texts))
+    ranked = glip.caption(case.golden_image(), model=model, beam_size=4, rerank="contrastive", box_threshold=0.0)
+    assert ranked.text == best and ranked.log_prob == -1.0 - (len(texts) - 1)
+    alone = Prompt(best, tuple(ranked.phrases), tuple((s,) for s in ranked.spans))
+    det = model.predict(case.golden_image(), alone, threshold=0.0)
+    torch.testing.assert_close(ranked.scores[0], det.scores[det.labels == 1].max())
+    monkeypatch.setattr(captioning, "beam_candidates", lambda m, f, beam_size, max_length: cands(best, best))
+    tie = glip.caption(case.golden_image(), model=model, beam_size=2, rerank="contrastive", ground=False)
+    assert tie.log_prob == -1.0  # equal support: the likelier
+    monkeypatch.setattr(captioning, "beam_candidates", lambda m, f, beam_size, max_length: cands("the", best))
+    assert glip.caption(case.golden_image(), model=model, beam_size=2, rerank="contrastive", ground=False).text == best

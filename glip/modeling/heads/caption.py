@@ -46,8 +46,9 @@ CAPTION = "caption"
 CAPTIONING = "captioning"
 # How a beam's finished captions are chosen (glip.inference.captioning.caption_image):
 # "none", the likeliest (GLIPv2); "grounding", the one whose least grounded noun phrase
-# scores highest.
-RERANKERS = ("none", "grounding")
+# scores highest with the caption as the prompt; "contrastive", the same with the noun
+# phrases of all the candidates in one prompt (each phrase against the others').
+RERANKERS = ("none", "grounding", "contrastive")
 
 
 def mask_caption_tokens(
