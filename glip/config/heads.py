@@ -146,8 +146,10 @@ class CaptionHeadConfig:
     label_smoothing: float = 0.1  # GLIPv2 / OSCAR captioning fine-tuning
     max_length: int = 20  # decoding: most generated tokens, the end token included
     beam_size: int = 1  # decoding: 1 = greedy
-    # How a beam's finished captions are chosen: "none" (the likeliest, GLIPv2) or "grounding"
-    # (the one whose least grounded noun phrase scores highest: glip.inference.captioning).
+    # How a beam's finished captions are chosen: "none" (the likeliest, GLIPv2), "grounding"
+    # (the one whose least grounded noun phrase scores highest, each caption its own prompt)
+    # or "contrastive" (the same, all the candidates' phrases in one prompt):
+    # glip.inference.captioning.
     rerank: str = "none"
     box_threshold: float = 0.3  # grounded captioning: a noun phrase's box needs this score
     # Each token's cross-attention to the trunk's visual maps before the predictor
