@@ -173,7 +173,12 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     if task.iou_types is not None and not set(args.iou_type) <= set(task.iou_types):
         masked = " and ".join(n for n, t in EVAL_TASKS.items() if t.iou_types and "segm" in t.iou_types)
         raise ValueError(f"--iou-type segm (mask AP) is implemented for --task {masked}, not {args.task}")
-    return task.run(args)
+    from glip.utils.distributed import shutdown_distributed
+
+    try:
+        return task.run(args)
+    finally:
+        shutdown_distributed()  # under a distributed launch: every rank exits 0 after its part
 
 
 def _check_batching(args: argparse.Namespace) -> None:

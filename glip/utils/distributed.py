@@ -13,7 +13,16 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-__all__ = ["all_gather_objects", "barrier", "init_distributed", "is_main_process", "local_device", "rank", "world_size"]
+__all__ = [
+    "all_gather_objects",
+    "barrier",
+    "init_distributed",
+    "is_main_process",
+    "local_device",
+    "rank",
+    "shutdown_distributed",
+    "world_size",
+]
 
 
 def init_distributed() -> bool:
@@ -27,6 +36,16 @@ def init_distributed() -> bool:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     dist.init_process_group(backend=backend, init_method="env://")
     return True
+
+
+def shutdown_distributed() -> None:
+    """Leaves the process group :func:`init_distributed` joined (a no-op without one).
+
+    A process that exits with the group still up leaves its gloo threads to the
+    interpreter's teardown, which can abort it ("terminate called without an active
+    exception", a non-zero exit after a finished run) while another rank still works."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def world_size() -> int:
