@@ -39,7 +39,6 @@ import os
 import shutil
 import sys
 import time
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -140,16 +139,14 @@ def all_classes_set(work: Path, seed: int) -> Any:
     return generate_synthetic(work / "data_all_classes", seed=seed + 5, **{**_train_demo().DEMO_DATA, "held_out": 0})
 
 
-def with_sources(cfg: Any, ds: Any, sources: list[tuple[str, Path, float]], images: Sequence[Path] = ()) -> Any:
-    """``cfg`` training on ``(format, json, weight)`` sources over the images of the synthetic
-    set ``ds``, or of ``images[i]`` for source ``i`` where given (``data.sources``; the
-    single-source ``data.train_json`` / ``train_images`` cleared)."""
+def with_sources(cfg: Any, sources: list[tuple[str, Path, Path, float]]) -> Any:
+    """``cfg`` training on ``(format, json, image folder, weight)`` sources (``data.sources``;
+    the single-source ``data.train_json`` / ``train_images`` cleared)."""
     from glip.config import config_from_dict, config_to_dict
 
-    folders = list(images) + [ds.image_dir] * (len(sources) - len(images))
     rows = [
-        {"format": f, "train_json": str(path), "train_images": str(folder), "weight": w}
-        for (f, path, w), folder in zip(sources, folders)
+        {"format": f, "train_json": str(path), "train_images": str(images), "weight": w}
+        for f, path, images, w in sources
     ]
     data = {**config_to_dict(cfg)["data"], "sources": rows, "train_json": "", "train_images": ""}
     return config_from_dict({**config_to_dict(cfg), "data": data})
@@ -184,8 +181,9 @@ def detection_stage(
         ],
     )  # fmt: skip
     if grounded_captions > 0:
+        grounding = ds.root / "grounding_train.json"
         cfg = with_sources(
-            cfg, ds, [("coco", ds.train_json, 1.0), ("mdetr", ds.root / "grounding_train.json", grounded_captions)]
+            cfg, [("coco", ds.train_json, ds.image_dir, 1.0), ("mdetr", grounding, ds.image_dir, grounded_captions)]
         )
     begin = time.time()
     result = train(cfg, out, resume=True, cpu=True, weights=start)
@@ -263,8 +261,7 @@ def multitask_stage(args: argparse.Namespace, ds: Any, start: Path, work: Path) 
     )  # fmt: skip
     # A weight of 0 leaves its source out (``--source-weights 0 1 0 train.tuning=vqa``: the
     # answer head alone, on the questions alone).
-    chosen = [(f, path, images, w) for (f, path, images), w in zip(files, args.source_weights) if w > 0]
-    cfg = with_sources(cfg, ds, [(f, path, w) for f, path, _, w in chosen], [images for _, _, images, _ in chosen])
+    cfg = with_sources(cfg, [(*source, w) for source, w in zip(files, args.source_weights) if w > 0])
     begin = time.time()
     result = train(cfg, work / "train", resume=True, cpu=True, weights=start)
     minutes = (time.time() - begin) / 60
@@ -309,6 +306,9 @@ def print_report(name: str, report: dict[str, Any]) -> None:
 
 
 def main() -> int:
+    sys.path.insert(0, str(REPO))
+    from glip.modeling.heads.caption import RERANKERS
+
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--work", default="runs/demo-vl", help="data, training output and report")
     p.add_argument("--from", dest="start", default="demo-shapes", help="the detector: a zoo name or folder")
@@ -332,7 +332,7 @@ def main() -> int:
     p.add_argument("--caption-beam", type=int, help="the shipped caption head's beam size (default: as trained)")
     p.add_argument("--caption-data", choices=("held-out", "all-classes"), default="held-out",
                    help="the multi-task stage's captions: the grounding stage's set (three pairs held out) or the all-classes set")  # fmt: skip
-    p.add_argument("--caption-rerank", choices=("none", "grounding", "contrastive"),
+    p.add_argument("--caption-rerank", choices=RERANKERS,
                    help="how the shipped caption head chooses among its beam (default: as trained)")  # fmt: skip
     p.add_argument("--caption-context-positions", type=int, default=64,
                    help="learned position embeddings of the caption context (0: none)")  # fmt: skip
@@ -369,7 +369,6 @@ def main() -> int:
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
     args = p.parse_args()
 
-    sys.path.insert(0, str(REPO))
     from glip.data import generate_synthetic
     from glip.data.captions import load_coco_captions
     from glip.hub.loading import load_model
