@@ -162,7 +162,7 @@ def caption_image(
         if reranker == "grounding" and len(candidates) > 1:
             generated, grounded = _best_grounded(model, processor, features, batch, size, candidates)
         elif reranker == "contrastive" and len(candidates) > 1:
-            generated = _best_contrastive(model, processor, batch, size, candidates)
+            generated = _best_contrastive(model, processor, features, batch, size, candidates)
     text = processor.decode(generated.token_ids)
     result = Caption(text=text, log_prob=generated.score, finished=generated.finished)
     if ground and result.text:
@@ -194,7 +194,12 @@ def _best_grounded(
 
 
 def _best_contrastive(
-    model: GLIP, processor: Processor, batch: ImageBatch, size: tuple[int, int], candidates: list[GeneratedCaption]
+    model: GLIP,
+    processor: Processor,
+    features: list[Tensor],
+    batch: ImageBatch,
+    size: tuple[int, int],
+    candidates: list[GeneratedCaption],
 ) -> GeneratedCaption:
     """The candidate whose least supported noun phrase has the highest best-box score, the
     likelier on a tie, where the scores come from one detection pass whose prompt lists the
@@ -209,7 +214,8 @@ def _best_contrastive(
     phrases = list(dict.fromkeys(p for f in found for p in f))
     best_score: dict[str, float] = dict.fromkeys(phrases, 0.0)
     if phrases:
-        (det,) = detect_chunks(model, batch, processor.prepare_prompt(phrases), [size], max_detections=0)
+        chunks = processor.prepare_prompt(phrases)
+        (det,) = detect_chunks(model, batch, chunks, [size], max_detections=0, features=features)
         for phrase, score in zip(det.phrases, det.scores.tolist()):
             best_score[phrase] = max(best_score[phrase], score)
     return candidates[_most_supported(candidates, [min(best_score[p] for p in f) if f else 0.0 for f in found])]

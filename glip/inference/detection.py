@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+from torch import Tensor
 
 from glip.modeling import low_precision
 from glip.modeling.glip import GLIP, GROUNDING, MASK
@@ -59,6 +60,7 @@ def detect_prompts(
     text: Sequence[TextFeatures] | None = None,
     prompts_per_pass: int = 1,
     network: GroundingNetwork | None = None,
+    features: Sequence[Tensor] | None = None,
 ) -> list[list[Detections]]:
     """Detections of several prompts in every image of a batch, the backbone run once.
 
@@ -77,6 +79,8 @@ def detect_prompts(
             with ``masks`` always 1).
         network: another runtime for the backbone, trunk and grounding head (ONNX Runtime,
             :mod:`glip.export.runtime`); no masks, no autocast.
+        features: the backbone's L maps of ``images`` (``Tensor[B, C, H_l, W_l]``) when the
+            caller has run it already (then it is not run again).
     """
     if prompts_per_pass < 1:
         raise ValueError(f"prompts_per_pass must be at least 1, got {prompts_per_pass}")
@@ -87,8 +91,9 @@ def detect_prompts(
     device = model.device
     images = images.to(device)
     amp = low_precision.autocast(device, autocast)
-    with amp:
-        features = model.backbone(images.tensor) if network is None else network.features(images.tensor)
+    if features is None:
+        with amp:
+            features = model.backbone(images.tensor) if network is None else network.features(images.tensor)
     prompts = [trim_padding(t) if model.trim_text else t for t in prompts]
     text = encode_prompts(model, prompts, autocast) if text is None else text
     heads = (GROUNDING, MASK) if masks else (GROUNDING,)
@@ -139,6 +144,7 @@ def detect_chunks(
     text: Sequence[TextFeatures] | None = None,
     prompts_per_pass: int = 1,
     network: GroundingNetwork | None = None,
+    features: Sequence[Tensor] | None = None,
 ) -> list[Detections]:
     """One prompt's detections per image, its chunks (:meth:`Processor.prepare_prompt
     <glip.inference.processor.Processor.prepare_prompt>`) merged: global labels, sorted by
@@ -147,7 +153,7 @@ def detect_chunks(
     ``nms_thresh``). Other arguments: see :func:`detect_prompts`."""
     per_chunk = detect_prompts(
         model, images, chunks, original_sizes, masks=masks, autocast=autocast, text=text,
-        prompts_per_pass=prompts_per_pass, network=network,
+        prompts_per_pass=prompts_per_pass, network=network, features=features,
     )  # fmt: skip
     post = model.postprocessor
     top_k = post.detections_per_img if max_detections is None else max_detections
