@@ -210,7 +210,7 @@ def _best_contrastive(
     a wrong phrase on the shape it resembles, while with the alternatives beside it the
     phrase that fits the shape takes the box's score. A candidate without a noun phrase
     scores 0."""
-    found = [[phrase.strip() for phrase, _ in find_noun_phrases(processor.decode(c.token_ids))] for c in candidates]
+    found = [[phrase for phrase, _ in find_noun_phrases(processor.decode(c.token_ids))] for c in candidates]
     phrases = list(dict.fromkeys(p for f in found for p in f))
     best_score: dict[str, float] = dict.fromkeys(phrases, 0.0)
     if phrases:
