@@ -23,10 +23,9 @@ from glip.modeling.heads.caption import RERANKERS
 from glip.structures import Detections, ImageBatch
 from glip.text import Prompt
 from glip.text.noun_phrases import find_noun_phrases
-from glip.text.tokenize import trim_padding
 from glip.utils.image import ImageInput
 
-from .detection import detect_chunks
+from .detection import detect_chunks, detect_prompts
 from .processor import Processor
 
 __all__ = ["Caption", "caption_image"]
@@ -69,16 +68,7 @@ def _detect_noun_phrases(
     if not found:
         return found, None
     prompt = Prompt(text, tuple(p for p, _ in found), tuple((span,) for _, span in found))
-    tokens = trim_padding(processor.tokenize(prompt))
-    device = features[0].device
-    out = model.forward_features(
-        features, tokens.input_ids.to(device), tokens.attention_mask.to(device), heads=("grounding",)
-    )
-    (det,) = model.grounding.postprocess(
-        out.head, out.anchors, tokens.positive_map.to(device), batch.image_sizes, [size]
-    )
-    det = det.to("cpu")
-    det.phrases = [prompt.phrases[int(label) - 1] for label in det.labels.tolist()]
+    ((det,),) = detect_prompts(model, batch, [processor.tokenize(prompt)], [size], features=features)
     return found, det
 
 
