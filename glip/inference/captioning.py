@@ -4,10 +4,9 @@
 A caption is decoded with the captioning head on the causal trunk
 (:mod:`glip.modeling.caption_decoding`; with ``rerank="grounding"`` or ``"contrastive"``
 the beam's finished captions are ranked by how well the grounding head finds their noun
-phrases). Its noun
-phrases (the offline chunker of :mod:`glip.text.noun_phrases`) are then grounded by the
-grounding head in a second, bi-directional pass with the caption itself as the prompt, so
-each phrase comes with its best box.
+phrases). Its noun phrases (the offline chunker of :mod:`glip.text.noun_phrases`) are then
+grounded by the grounding head in a second, bi-directional pass with the caption itself as
+the prompt, so each phrase comes with its best box.
 """
 
 from __future__ import annotations
