@@ -102,30 +102,55 @@ def _train_demo() -> Any:
     return train_demo
 
 
-def calibrate_bias(model, calib, precision: float, shifts: list[float]) -> tuple[float, list[dict[str, float]]]:
-    """Calibrate the grounding scores to the 0.5 threshold: the largest shift of the grounding
-    head's ``bias0`` (every region-token logit moves by it) at which at least ``precision`` of
-    the detections above 0.5 name the shape under them, with all 16 names prompted, on the
+def choose_shift(rows: list[dict[str, float]], precision: float, keep: float) -> float:
+    """The calibration's rule over its measured rows (``shift``, ``detections``, ``right`` and,
+    when measured, ``keep``): with ``keep`` > 0, the lowest shift whose teacher still keeps at
+    least ``keep`` of the calibration captions (the most precise threshold the teacher
+    allows; the highest shift measured when none does); else the largest shift at which at
+    least ``precision`` of the detections above 0.5 are right (the most precise shift when
+    none is)."""
+    if keep > 0:
+        enough = [r["shift"] for r in rows if r.get("keep", -1.0) >= keep]
+        return min(enough) if enough else max(r["shift"] for r in rows)
+    precise = [r["shift"] for r in rows if r["detections"] and r["right"] / r["detections"] >= precision]
+    if precise:
+        return max(precise)
+    return max(rows, key=lambda r: r["right"] / max(r["detections"], 1))["shift"]
+
+
+def calibrate_bias(
+    model, calib, precision: float, shifts: list[float], keep: float = 0.0, work: Path | None = None
+) -> tuple[float, list[dict[str, float]]]:
+    """Calibrate the grounding scores to the 0.5 threshold by a shift of the grounding head's
+    ``bias0`` (every region-token logit moves by it), chosen by :func:`choose_shift` on the
     calibration set ``calib`` (fresh images of a fixed seed of their own, never an evaluation
-    seed), or the most precise shift when none reaches it. Sets the shift on ``model`` and
-    returns it with one row per shift tried."""
-    from eval_demo import confident_mistakes
+    seed): the precision of the detections above 0.5 with all 16 names prompted, and with
+    ``keep`` > 0 the share of its captions that ``glip pseudo-label`` (default threshold)
+    keeps with the model, saved as shipped under ``work``, as teacher. Sets the shift on
+    ``model`` and returns it with one row per shift tried."""
+    from eval_demo import confident_mistakes, pseudo_label_keep_rate
 
     bias0 = model.heads["grounding"].bias0
     base = bias0.detach().clone()
-    best: float | None = None
     rows: list[dict[str, float]] = []
+    # Ascending: the teacher keeps more as the shift rises, so with ``keep`` the first shift
+    # that keeps enough is the answer and the higher ones need no measuring.
     for shift in sorted(shifts):
         with torch.no_grad():
             bias0.copy_(base + shift)
         kinds = confident_mistakes(model, calib.val_json, calib.image_dir, 0.5)
-        found, right = kinds.get("detections", 0), kinds.get("right", 0)
-        rows.append({"shift": shift, "detections": found, "right": right})
-        print(f"  bias0 {shift:+.2f}: {right} of {found} detections above 0.5 right", flush=True)
-        if found and right / found >= precision:
-            best = shift
-    if best is None:  # no shift reaches the precision: the most precise one
-        best = max(rows, key=lambda r: r["right"] / max(r["detections"], 1))["shift"]
+        row = {"shift": shift, "detections": kinds.get("detections", 0), "right": kinds.get("right", 0)}
+        line = f"  bias0 {shift:+.2f}: {row['right']} of {row['detections']} detections above 0.5 right"
+        if keep > 0:
+            assert work is not None, "keep > 0 needs a work folder for the teacher's runs"
+            folder, _ = _train_demo().save_demo(model, work / f"shift{shift:+.2f}")
+            row["keep"] = pseudo_label_keep_rate(str(folder), calib.root, work / f"shift{shift:+.2f}")
+            line += f", the teacher keeps {row['keep']:.2f} of the captions"
+        rows.append(row)
+        print(line, flush=True)
+        if keep > 0 and row["keep"] >= keep:
+            break
+    best = choose_shift(rows, precision, keep)
     with torch.no_grad():
         bias0.copy_(base + best)
     return best, rows
@@ -355,7 +380,13 @@ def main() -> int:
     p.add_argument("--calibrate", action=argparse.BooleanOptionalAction, default=True,
                    help="shift the grounding head's bias0 so that the 0.5 threshold means --calibration-precision")  # fmt: skip
     p.add_argument("--calibration-precision", type=float, default=0.98,
-                   help="the share of detections above 0.5 that must name the shape under them")  # fmt: skip
+                   help="with --calibration-keep 0: the share of detections above 0.5 that must name the shape under them")  # fmt: skip
+    p.add_argument("--calibration-keep", type=float, default=0.85,
+                   help="the lowest bias0 at which `glip pseudo-label` still keeps this share of the calibration "
+                        "captions (0: the --calibration-precision rule instead)")  # fmt: skip
+    p.add_argument("--min-size-test", type=int, default=160,
+                   help="the shipped model's test size (shorter side; the longer at most twice it): the demo's "
+                        "images are 128 to 192 px, and the detector trained at 128 and 160")  # fmt: skip
     p.add_argument("--continue-heads", action="store_true",
                    help="continue the answer and caption heads of --from (the shipped model) instead of fresh ones, "
                         "with negatives that share a word with the image's shapes (HARD_NEGATIVES)")  # fmt: skip
@@ -430,6 +461,8 @@ def main() -> int:
     if args.caption_from is not None:
         take_language_heads(model, load_model(resolve_folder(args.caption_from)), ("caption",))
     set_caption_decoding(model, args.caption_beam, args.caption_rerank)
+    model.config.input.min_size_test = args.min_size_test
+    model.config.input.max_size_test = 2 * args.min_size_test
     after: dict[str, Any] = {}
     if args.eval:
         after = evaluate_all(model, ds, fresh, work / "eval_after")
@@ -447,8 +480,20 @@ def main() -> int:
         calib = generate_synthetic(
             work / "calibration", num_train=0, num_val=100, image_size=demo.DEMO_DATA["image_size"], seed=args.seed + 2000
         )  # fmt: skip
-        print(f"calibrating on {calib.root} (precision {args.calibration_precision} above 0.5)")
-        shift, rows = calibrate_bias(model, calib, args.calibration_precision, CALIBRATION_SHIFTS)
+        rule = (
+            f"teacher keeps {args.calibration_keep}"
+            if args.calibration_keep > 0
+            else f"precision {args.calibration_precision}"
+        )
+        print(f"calibrating on {calib.root} ({rule} above 0.5)")
+        shift, rows = calibrate_bias(
+            model,
+            calib,
+            args.calibration_precision,
+            CALIBRATION_SHIFTS,
+            args.calibration_keep,
+            work / "calibration_runs",
+        )
         calibration = {"shift": shift, "rows": rows}
         print(f"  bias0 shifted by {shift:+.2f}")
         if args.eval:
