@@ -120,6 +120,7 @@ def test_bad_inputs_are_one_line_errors(files) -> None:
         evaluate_caption_files(ann, res)
 
 
+@pytest.mark.slow  # four Java tokenizer runs: ~6 s (pytest -m slow)
 @pytest.mark.skipif(not captioning.java_available(), reason="the PTB tokenizer runs on Java")
 def test_quiet_silences_the_java_tokenizer(files, tmp_path, capfd) -> None:
     from glip.cli import main

@@ -314,6 +314,7 @@ def test_gradio_client_gets_the_results_of_glip_predict(server, shapes, referenc
     assert text == data["caption"] == reference_caption.text
 
 
+@pytest.mark.slow  # a second server process: ~6 s (pytest -m slow)
 def test_an_official_checkpoint_is_served(fixtures_dir, tmp_path_factory, shapes, tmp_path):
     """An official ``.pth`` (the fixture's tiny GLIP-T, written by the official code) with its
     config: the page serves it and ``/detect`` equals ``glip.predict`` on the same files."""

@@ -12,7 +12,7 @@ import sys
 import pytest
 
 from tests.conftest import REPO
-from tests.subprocesses import run_json
+from tests.subprocesses import run_json_many
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
 
@@ -75,33 +75,39 @@ _OURS = (
 )
 
 
-def _run(code: str, **env: str) -> dict:
+def _run(code: str, *envs: dict[str, str]) -> list[dict]:
+    """``code`` in one fresh process per environment (side by side), each with ``env`` added
+    to ours minus the settings under test."""
     base = {k: v for k, v in os.environ.items() if k not in _OURS}
-    return run_json(["-c", code], {**base, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", **env}, timeout=300)
+    base.update(PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    return run_json_many([(["-c", code], {**base, **env}) for env in envs], timeout=300)
 
 
 def test_a_freed_large_block_goes_back_to_the_system() -> None:
-    fixed = _run(_HEAP)
+    fixed, glibc, users = _run(_HEAP, {}, {"GLIP_MMAP_THRESHOLD": "0"}, {"MALLOC_MMAP_THRESHOLD_": "131072"})
     assert fixed["threshold"] == 4 << 20
     assert fixed["returned_mib"] > 12, fixed
-    glibc = _run(_HEAP, GLIP_MMAP_THRESHOLD="0")  # glibc's dynamic threshold: the heap keeps it
-    assert glibc["threshold"] == 0
+    assert glibc["threshold"] == 0  # glibc's dynamic threshold: the heap keeps it
     assert glibc["returned_mib"] < 4, glibc
-    assert _run(_HEAP, MALLOC_MMAP_THRESHOLD_="131072")["threshold"] == 0  # the user's setting wins
+    assert users["threshold"] == 0  # the user's setting wins
 
 
 def test_predictions_are_bit_identical_with_and_without() -> None:
-    out = _run(_PREDICT, GLIP_MMAP_THRESHOLD="0")
+    (out,) = _run(_PREDICT, {"GLIP_MMAP_THRESHOLD": "0"})
     assert out["before"] == 0 and out["after"] == 4 << 20
     glibc, fixed = out["runs"]
     assert glibc["boxes"] and fixed == glibc
 
 
 def test_a_cpu_predictor_turns_onednn_primitive_caching_off_unless_the_user_sized_it() -> None:
-    uncached = _run(_ONEDNN)
+    uncached, cached, older = _run(
+        _ONEDNN,
+        {},
+        {"ONEDNN_PRIMITIVE_CACHE_CAPACITY": "1024"},  # oneDNN's default size, chosen by the user
+        {"DNNL_PRIMITIVE_CACHE_CAPACITY": "64"},  # its older name counts too
+    )
     assert uncached["capacity"] == "0"
-    cached = _run(_ONEDNN, ONEDNN_PRIMITIVE_CACHE_CAPACITY="1024")  # oneDNN's default size, chosen by the user
     assert cached["capacity"] == "1024"
-    assert _run(_ONEDNN, DNNL_PRIMITIVE_CACHE_CAPACITY="64")["capacity"] is None  # its older name counts too
+    assert older["capacity"] is None
     assert uncached["runs"][0]["boxes"] and uncached["runs"] == cached["runs"]
     assert uncached["runs"][0] == uncached["runs"][1]
