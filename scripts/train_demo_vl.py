@@ -378,7 +378,7 @@ def main() -> int:
                    help="the all-classes stage also grounds the synthetic captions' noun phrases (grounding_train.json), "
                         "drawn with this weight against detection's 1 (0: detection alone)")  # fmt: skip
     p.add_argument("--calibrate", action=argparse.BooleanOptionalAction, default=True,
-                   help="shift the grounding head's bias0 so that the 0.5 threshold means --calibration-precision")  # fmt: skip
+                   help="shift the grounding head's bias0 by the calibration rule (--calibration-keep, --calibration-precision)")  # fmt: skip
     p.add_argument("--calibration-precision", type=float, default=0.98,
                    help="with --calibration-keep 0: the share of detections above 0.5 that must name the shape under them")  # fmt: skip
     p.add_argument("--calibration-keep", type=float, default=0.85,
