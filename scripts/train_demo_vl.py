@@ -38,6 +38,7 @@ import json
 import os
 import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -144,7 +145,10 @@ def calibrate_bias(
         if keep > 0:
             assert work is not None, "keep > 0 needs a work folder for the teacher's runs"
             folder, _ = _train_demo().save_demo(model, work / f"shift{shift:+.2f}")
-            row["keep"] = pseudo_label_keep_rate(str(folder), calib.root, work / f"shift{shift:+.2f}")
+            # A fresh folder for the teacher's run: glip pseudo-label resumes from the shards
+            # of its folder, which an earlier run of this script at this shift would have left.
+            with tempfile.TemporaryDirectory(dir=work) as labels:
+                row["keep"] = pseudo_label_keep_rate(str(folder), calib.root, Path(labels))
             line += f", the teacher keeps {row['keep']:.2f} of the captions"
         rows.append(row)
         print(line, flush=True)
