@@ -471,7 +471,7 @@ def main() -> int:
     if args.eval:
         after = evaluate_all(model, ds, fresh, work / "eval_after")
         print_report("after multi-task training", after)
-    if model.heads["caption"].vocab is None:  # a continued head (--continue-heads) is cut already
+    if "caption" in model.heads and model.heads["caption"].vocab is None:  # a continued head is cut already
         # The caption decoder keeps the rows of the training captions' words and [SEP] only
         # (their logits unchanged): 18 of 30522 rows for the demo, 23 MB fewer in fp16.
         captions = load_coco_captions(ds.root / "captions_train.json").captions.values()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 
 # Tests never touch the network: Hugging Face names resolve from the local cache only.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -54,6 +55,7 @@ def load_script(name: str):
 
     spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
