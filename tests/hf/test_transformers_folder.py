@@ -18,7 +18,7 @@ from glip.data.synthetic import generate_synthetic, synthetic_categories
 from glip.hf import GLIPForZeroShotObjectDetection
 from tests.conftest import OFFICIAL, load_tiny_model, single_torch_thread
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+pytestmark = pytest.mark.usefixtures("one_thread", "fresh_processes")  # the fresh processes overlap the module
 
 LABELS = synthetic_categories()[:6]
 THRESHOLD = 0.15  # low enough that each of the 3 images has detections to compare
@@ -206,41 +206,60 @@ def test_empty_candidate_labels_are_a_one_line_error(demo_dir, images):
         AutoProcessor.from_pretrained(demo_dir)(images=images[0], text=[])
 
 
-def test_import_glip_registers_with_transformers_once_transformers_is_imported():
-    """`import glip` imports no transformers; importing transformers afterwards registers the
-    glip model type, Auto classes and the pipeline class (the import hook of glip.hf)."""
-    import subprocess
-    import sys
-
-    code = """
+# Two checks in fresh processes (what a user's first `import glip` sees), started together
+# when the first of them runs so that they overlap each other on a 2-core machine.
+FRESH_IMPORT = """
 import sys, glip
 assert "transformers" not in sys.modules
 from transformers import CONFIG_MAPPING
 from transformers.pipelines import PIPELINE_REGISTRY
 print(CONFIG_MAPPING["glip"].__name__, PIPELINE_REGISTRY.supported_tasks["zero-shot-object-detection"]["impl"].__name__)
 """
-    root = Path(__file__).resolve().parents[2]
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root)
-    assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.split() == ["GLIPTransformersConfig", "GLIPZeroShotObjectDetectionPipeline"]
+FRESH_AUTO = """
+import glip
+from transformers import AutoConfig, AutoModelForZeroShotObjectDetection, AutoProcessor, AutoTokenizer
+tokenizer = AutoTokenizer.from_pretrained({folder!r})
+model = AutoModelForZeroShotObjectDetection.from_pretrained({folder!r})
+processor = AutoProcessor.from_pretrained({folder!r})
+print(type(tokenizer).__name__, type(model).__name__, type(processor).__name__)
+"""
 
 
-def test_a_fresh_process_loads_a_folder_through_the_auto_classes_without_the_pipelines(demo_dir):
-    """The hook registers the model type when the Auto config table is imported and the rest
-    when a glip config is made, so AutoTokenizer / AutoModel / AutoProcessor work on a glip
-    folder with no pipeline import."""
+@pytest.fixture(scope="module")
+def fresh_processes(demo_dir):
+    """The two fresh processes, by name, running side by side (stopped at the module's end)."""
     import subprocess
     import sys
 
-    code = f"""
-import glip
-from transformers import AutoConfig, AutoModelForZeroShotObjectDetection, AutoProcessor, AutoTokenizer
-tokenizer = AutoTokenizer.from_pretrained({str(demo_dir)!r})
-model = AutoModelForZeroShotObjectDetection.from_pretrained({str(demo_dir)!r})
-processor = AutoProcessor.from_pretrained({str(demo_dir)!r})
-print(type(tokenizer).__name__, type(model).__name__, type(processor).__name__)
-"""
     root = Path(__file__).resolve().parents[2]
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root)
-    assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.split() == ["BertTokenizer", "GLIPForZeroShotObjectDetection", "GLIPProcessor"]
+    codes = {"import": FRESH_IMPORT, "auto": FRESH_AUTO.format(folder=str(demo_dir))}
+    procs = {
+        name: subprocess.Popen(
+            [sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=root
+        )
+        for name, code in codes.items()
+    }
+    yield procs
+    for proc in procs.values():
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate()
+
+
+def _stdout(proc) -> list[str]:
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err[-2000:]
+    return out.split()
+
+
+def test_import_glip_registers_with_transformers_once_transformers_is_imported(fresh_processes):
+    """`import glip` imports no transformers; importing transformers afterwards registers the
+    glip model type, Auto classes and the pipeline class (the import hook of glip.hf)."""
+    assert _stdout(fresh_processes["import"]) == ["GLIPTransformersConfig", "GLIPZeroShotObjectDetectionPipeline"]
+
+
+def test_a_fresh_process_loads_a_folder_through_the_auto_classes_without_the_pipelines(fresh_processes):
+    """The hook registers the model type when the Auto config table is imported and the rest
+    when a glip config is made, so AutoTokenizer / AutoModel / AutoProcessor work on a glip
+    folder with no pipeline import."""
+    assert _stdout(fresh_processes["auto"]) == ["BertTokenizer", "GLIPForZeroShotObjectDetection", "GLIPProcessor"]
