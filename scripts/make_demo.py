@@ -20,7 +20,9 @@ settings are those of the shipped model's stages, docs/demo-model.md, in fewer r
 
 Every stage writes a zoo folder under ``--work``; a stage whose folder is complete is
 skipped, and an interrupted one resumes from its last checkpoint, so running the same
-command again after a stop (Ctrl-C, a killed job) loses at most a checkpoint period.
+command again after a stop (Ctrl-C, a killed job) loses at most a checkpoint period (a
+quarter of the stage's steps), or the visual pre-training (``train_demo.py``'s first
+minutes, not checkpointed) when it stops there.
 Each stage's output goes to ``WORK/<stage>.log``; the minutes of each stage go to
 ``WORK/recipe.json`` (wall time, side-by-side stages as one). ``scripts/eval_demo.py --model OUT`` measures the result.
 """
@@ -86,7 +88,7 @@ def plan(args: argparse.Namespace) -> list[list[Stage]]:
         "caption",
         (*vl, "--work", str(work / "caption"), "--from", str(trunk.output), "--out", str(work / "caption" / "zoo"),
          *heads, "--steps", str(args.caption_steps), "--source-weights", "0", "0", "1", "--caption-data", "all-classes",
-         "train.tuning=caption", "model.heads.caption.text_source=encoder",
+         "train.tuning=caption", "model.heads.vqa.enabled=false", "model.heads.caption.text_source=encoder",
          "model.heads.caption.mask_prob=0.3", "model.heads.caption.max_masked=6"),
         work / "caption" / "zoo", half,
     )  # fmt: skip
