@@ -167,7 +167,10 @@ def main() -> int:
         record.write_text(json.dumps(minutes, indent=1))
         for stage, code, took in results:
             if code != 0:
-                tail = (work / f"{stage.name}.log").read_text().splitlines()[-5:]
+                # The last lines of the log, a progress bar's redraws (``\r``) reduced to the last.
+                with open(work / f"{stage.name}.log", newline="", errors="replace") as f:  # keep the \r
+                    text = f.read()
+                tail = [line.rsplit("\r", 1)[-1] for line in text.split("\n") if line.strip()][-5:]
                 print(f"{stage.name} stopped (exit {code}); run the same command again to resume. Its log ends:")
                 print("\n".join(f"  {line}" for line in tail))
                 return 1

@@ -66,7 +66,7 @@ def _fake_plan(tmp_path: Path, fail: str | None = None):
                 code = (
                     f"import pathlib,sys; p=pathlib.Path({str(out)!r}); p.mkdir(exist_ok=True);"
                     f"c=p/'runs'; c.write_text(str(int(c.read_text()) + 1 if c.exists() else 1));"
-                    + ("print('boom'); sys.exit(3)" if name == fail else "(p/'model.safetensors').write_text('');"
+                    + ("print('step 1\\rstep 2\\rboom'); sys.exit(3)" if name == fail else "(p/'model.safetensors').write_text('');"
                        "(p/'config.yaml').write_text('')")
                 )  # fmt: skip
                 group.append(make_demo.Stage(name, (sys.executable, "-c", code), out, 1))
@@ -84,7 +84,7 @@ def test_a_finished_stage_is_skipped_and_a_failed_one_stops_the_recipe(
     monkeypatch.setattr(sys, "argv", ["make_demo.py", "--work", str(tmp_path / "w")])
     assert make_demo.main() == 1
     out = capsys.readouterr().out
-    assert "c stopped (exit 3)" in out and "boom" in out
+    assert "c stopped (exit 3)" in out and "  boom" in out and "step 1" not in out
     assert not (tmp_path / "d").exists()  # nothing after the failed group ran
     # Mended, the same command resumes: a and b are not run again.
     make_demo, plan = _fake_plan(tmp_path)
