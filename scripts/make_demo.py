@@ -9,8 +9,8 @@ settings are those of the shipped model's stages, docs/demo-model.md, in fewer r
 1. ``detector``: ``train_demo.py``: the visual pre-training, grounding on the held-out set,
    the mask head (all threads).
 2. ``trunk``: the all-classes stage with the fusion's text path trained (0.3 of the base
-   rate), word-sharing negatives and the grounded captions at weight 2: the binding of the
-   shipped model's binding and all-classes stages in one run (all threads).
+   rate), word-sharing negatives and the grounded captions at weight 2: the shipped model's
+   binding and all-classes stages in one run (all threads).
 3. ``answer`` and ``caption``, side by side on the frozen trunk (half the threads each): the
    answer head alone on the questions (reading the text encoder's slot feature, with the
    counter), and the caption head alone on the all-classes set's captions (reading the text
@@ -59,65 +59,65 @@ class Stage:
 
 def plan(args: argparse.Namespace) -> list[list[Stage]]:
     """The recipe's stages in order; the stages of one inner list run side by side."""
-    work, out, py = Path(args.work), Path(args.out), sys.executable
+    work, py = Path(args.work), sys.executable
     threads = max(1, args.threads)
     half = max(1, threads // 2)
-    vl = [py, str(SCRIPTS / "train_demo_vl.py"), "--bind-steps", "0", "--no-eval", "--seed", str(args.seed)]
+
+    def vl(name: str, start: Stage, threads: int, *options: str, out: Path | None = None) -> Stage:
+        """A ``train_demo_vl.py`` stage from ``start``'s folder, writing ``out`` (WORK/name/zoo)."""
+        out = out or work / name / "zoo"
+        argv = (py, str(SCRIPTS / "train_demo_vl.py"), "--bind-steps", "0", "--no-eval", "--seed", str(args.seed),
+                "--work", str(work / name), "--from", str(start.output), "--out", str(out),
+                "--threads", str(threads), *options)  # fmt: skip
+        return Stage(name, argv, out, threads)
+
     detector = Stage(
         "detector",
         (py, str(SCRIPTS / "train_demo.py"), "--work", str(work / "detector"), "--out", str(work / "detector" / "zoo"),
          "--probe-every", "0", "--seed", str(args.seed)),
         work / "detector" / "zoo", threads,
     )  # fmt: skip
-    trunk = Stage(
-        "trunk",
-        (*vl, "--work", str(work / "trunk"), "--from", str(detector.output), "--out", str(work / "trunk" / "zoo"),
-         "--steps", "0", "--all-classes-steps", str(args.trunk_steps), "--all-classes-fusion-lr-factor", "0.3",
-         "--grounded-captions", "2", "--no-calibrate", "--threads", str(threads)),
-        work / "trunk" / "zoo", threads,
+    trunk = vl(
+        "trunk", detector, threads,
+        "--steps", "0", "--all-classes-steps", str(args.trunk_steps), "--all-classes-fusion-lr-factor", "0.3",
+        "--grounded-captions", "2", "--no-calibrate",
     )  # fmt: skip
-    heads = ("--all-classes-steps", "0", "--no-calibrate", "--threads", str(half))
-    answer = Stage(
-        "answer",
-        (*vl, "--work", str(work / "answer"), "--from", str(trunk.output), "--out", str(work / "answer" / "zoo"),
-         *heads, "--steps", str(args.answer_steps), "--source-weights", "0", "1", "0",
-         "train.tuning=vqa", "model.heads.vqa.counter_dim=64", "model.heads.vqa.text_source=encoder"),
-        work / "answer" / "zoo", half,
+    answer = vl(
+        "answer", trunk, half,
+        "--all-classes-steps", "0", "--no-calibrate", "--steps", str(args.answer_steps), "--source-weights", "0", "1", "0",
+        "train.tuning=vqa", "model.heads.vqa.counter_dim=64", "model.heads.vqa.text_source=encoder",
     )  # fmt: skip
-    caption = Stage(
-        "caption",
-        (*vl, "--work", str(work / "caption"), "--from", str(trunk.output), "--out", str(work / "caption" / "zoo"),
-         *heads, "--steps", str(args.caption_steps), "--source-weights", "0", "0", "1", "--caption-data", "all-classes",
-         "train.tuning=caption", "model.heads.vqa.enabled=false", "model.heads.caption.text_source=encoder",
-         "model.heads.caption.mask_prob=0.3", "model.heads.caption.max_masked=6"),
-        work / "caption" / "zoo", half,
+    caption = vl(
+        "caption", trunk, half,
+        "--all-classes-steps", "0", "--no-calibrate", "--steps", str(args.caption_steps), "--source-weights", "0", "0", "1",
+        "--caption-data", "all-classes",
+        "train.tuning=caption", "model.heads.vqa.enabled=false", "model.heads.caption.text_source=encoder",
+        "model.heads.caption.mask_prob=0.3", "model.heads.caption.max_masked=6",
     )  # fmt: skip
-    final = Stage(
-        "final",
-        (*vl, "--work", str(work / "final"), "--from", str(trunk.output), "--out", str(out),
-         "--heads-from", str(answer.output), "--caption-from", str(caption.output), "--steps", "0",
-         "--all-classes-steps", "0", "--caption-beam", "5", "--caption-rerank", "contrastive",
-         "--threads", str(threads)),
-        out, threads,
+    final = vl(
+        "final", trunk, threads,
+        "--heads-from", str(answer.output), "--caption-from", str(caption.output), "--steps", "0",
+        "--all-classes-steps", "0", "--caption-beam", "5", "--caption-rerank", "contrastive",
+        out=Path(args.out),
     )  # fmt: skip
     return [[detector], [trunk], [answer, caption], [final]]
 
 
-def run_group(group: list[Stage], work: Path) -> list[tuple[Stage, int, float]]:
+def run_group(group: list[Stage], work: Path) -> tuple[list[int], float]:
     """Runs the stages of ``group`` side by side (each with its own thread count and log);
-    their exit codes and minutes. Ctrl-C or SIGTERM is passed on to the stages, which
-    write a resumable checkpoint before they stop."""
+    their exit codes and the group's wall time in minutes. Ctrl-C or SIGTERM is passed on to
+    the stages, which write a resumable checkpoint before they stop."""
     procs = []
     for stage in group:
         env = {**os.environ, "OMP_NUM_THREADS": str(stage.threads), "HF_HUB_OFFLINE": "1"}
         log = open(work / f"{stage.name}.log", "a")
         print(f"[{time.strftime('%H:%M:%S')}] {stage.name}: started ({stage.threads} threads, log {log.name})")
-        procs.append((stage, subprocess.Popen(stage.argv, stdout=log, stderr=subprocess.STDOUT, env=env), log))
+        procs.append((subprocess.Popen(stage.argv, stdout=log, stderr=subprocess.STDOUT, env=env), log))
     begin = time.time()
-    previous = signal.signal(signal.SIGTERM, lambda *_: [p.send_signal(signal.SIGTERM) for _, p, _ in procs])
+    previous = signal.signal(signal.SIGTERM, lambda *_: [p.send_signal(signal.SIGTERM) for p, _ in procs])
     try:
         codes = []
-        for _, proc, log in procs:
+        for proc, log in procs:
             while True:
                 try:
                     codes.append(proc.wait())
@@ -127,8 +127,7 @@ def run_group(group: list[Stage], work: Path) -> list[tuple[Stage, int, float]]:
             log.close()
     finally:
         signal.signal(signal.SIGTERM, previous)
-    minutes = (time.time() - begin) / 60
-    return [(stage, code, minutes) for (stage, _, _), code in zip(procs, codes)]
+    return codes, (time.time() - begin) / 60
 
 
 def main() -> int:
@@ -161,11 +160,11 @@ def main() -> int:
                 print(f"{stage.name}: done ({stage.output})")
         if not todo:
             continue
-        results = run_group(todo, work)
+        codes, took = run_group(todo, work)
         key = "+".join(s.name for s in todo)  # side by side: one wall time for the group
-        minutes[key] = minutes.get(key, 0.0) + results[0][2]
+        minutes[key] = minutes.get(key, 0.0) + took
         record.write_text(json.dumps(minutes, indent=1))
-        for stage, code, took in results:
+        for stage, code in zip(todo, codes):
             if code != 0:
                 # The last lines of the log, a progress bar's redraws (``\r``) reduced to the last.
                 with open(work / f"{stage.name}.log", newline="", errors="replace") as f:  # keep the \r
@@ -174,7 +173,7 @@ def main() -> int:
                 print(f"{stage.name} stopped (exit {code}); run the same command again to resume. Its log ends:")
                 print("\n".join(f"  {line}" for line in tail))
                 return 1
-            print(f"[{time.strftime('%H:%M:%S')}] {stage.name}: finished ({took:.1f} min)")
+        print(f"[{time.strftime('%H:%M:%S')}] {key}: finished ({took:.1f} min)")
     total = sum(minutes.values())
     print(f"demo model written to {args.out}; {total:.1f} min of wall time in all ({record})")
     print(f"measure it: python scripts/eval_demo.py --model {args.out} --threads 1")
