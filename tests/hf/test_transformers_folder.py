@@ -17,6 +17,7 @@ from glip.cli import main
 from glip.data.synthetic import generate_synthetic, synthetic_categories
 from glip.hf import GLIPForZeroShotObjectDetection
 from tests.conftest import OFFICIAL, load_tiny_model, single_torch_thread
+from tests.subprocesses import finish, start_python, stop
 
 pytestmark = pytest.mark.usefixtures("one_thread", "fresh_processes")  # the fresh processes overlap the module
 
@@ -228,38 +229,28 @@ print(type(tokenizer).__name__, type(model).__name__, type(processor).__name__)
 @pytest.fixture(scope="module")
 def fresh_processes(demo_dir):
     """The two fresh processes, by name, running side by side (stopped at the module's end)."""
-    import subprocess
-    import sys
-
-    root = Path(__file__).resolve().parents[2]
+    root = str(Path(__file__).resolve().parents[2])
     codes = {"import": FRESH_IMPORT, "auto": FRESH_AUTO.format(folder=str(demo_dir))}
-    procs = {
-        name: subprocess.Popen(
-            [sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=root
-        )
-        for name, code in codes.items()
-    }
+    procs = {name: start_python(["-c", code], cwd=root) for name, code in codes.items()}
     yield procs
-    for proc in procs.values():
-        if proc.poll() is None:
-            proc.kill()
-        proc.communicate()
-
-
-def _stdout(proc) -> list[str]:
-    out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 0, err[-2000:]
-    return out.split()
+    stop(procs.values())
 
 
 def test_import_glip_registers_with_transformers_once_transformers_is_imported(fresh_processes):
     """`import glip` imports no transformers; importing transformers afterwards registers the
     glip model type, Auto classes and the pipeline class (the import hook of glip.hf)."""
-    assert _stdout(fresh_processes["import"]) == ["GLIPTransformersConfig", "GLIPZeroShotObjectDetectionPipeline"]
+    assert finish(fresh_processes["import"]).split() == [
+        "GLIPTransformersConfig",
+        "GLIPZeroShotObjectDetectionPipeline",
+    ]
 
 
 def test_a_fresh_process_loads_a_folder_through_the_auto_classes_without_the_pipelines(fresh_processes):
     """The hook registers the model type when the Auto config table is imported and the rest
     when a glip config is made, so AutoTokenizer / AutoModel / AutoProcessor work on a glip
     folder with no pipeline import."""
-    assert _stdout(fresh_processes["auto"]) == ["BertTokenizer", "GLIPForZeroShotObjectDetection", "GLIPProcessor"]
+    assert finish(fresh_processes["auto"]).split() == [
+        "BertTokenizer",
+        "GLIPForZeroShotObjectDetection",
+        "GLIPProcessor",
+    ]

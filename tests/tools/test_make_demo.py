@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import argparse
 import sys
+from operator import attrgetter
 from pathlib import Path
 
 import pytest
-import yaml
 
+from glip.config import load_config
 from tests.conftest import load_script
 
 REPO = Path(__file__).resolve().parents[2]
@@ -21,27 +22,21 @@ def _args(tmp_path: Path, **kw) -> argparse.Namespace:
     return argparse.Namespace(**{**base, **kw})
 
 
-def _lookup(config: dict, dotted: str):
-    for part in dotted.split("."):
-        config = config[part]
-    return config
-
-
 def test_the_recipe_trains_the_heads_the_shipped_model_has(tmp_path: Path) -> None:
     """Every KEY=VALUE a stage sets under model.heads is what the bundled folder's config
     says, so the recipe makes the shipped architecture (a change to one must change both)."""
     groups = load_script("make_demo").plan(_args(tmp_path))
     assert [[s.name for s in g] for g in groups] == [["detector"], ["trunk"], ["answer", "caption"], ["final"]]
-    shipped = yaml.safe_load(SHIPPED.read_text())
+    shipped = load_config(SHIPPED)
     # (The caption stage turns the answer head off: it has no questions to build its answers from.)
     overrides = [a for g in groups for s in g for a in s.argv if a.startswith("model.heads.") and "enabled" not in a]
     assert len(overrides) == 5
     for item in overrides:
         key, value = item.split("=")
-        assert str(_lookup(shipped, key)) == value, item
+        assert str(attrgetter(key)(shipped)) == value, item
     final = groups[-1][0].argv
-    assert final[final.index("--caption-beam") + 1] == str(shipped["model"]["heads"]["caption"]["beam_size"])
-    assert final[final.index("--caption-rerank") + 1] == shipped["model"]["heads"]["caption"]["rerank"]
+    assert final[final.index("--caption-beam") + 1] == str(shipped.model.heads.caption.beam_size)
+    assert final[final.index("--caption-rerank") + 1] == shipped.model.heads.caption.rerank
     # Each stage starts from the one before; the final one takes both heads.
     by_name = {s.name: s for g in groups for s in g}
     for name, start in (("trunk", "detector"), ("answer", "trunk"), ("caption", "trunk"), ("final", "trunk")):
